@@ -1,0 +1,54 @@
+"""The errors the device side raises.
+
+Every message says what happened and what to do next. The CLI turns an ``EdgeError``
+into a one-line message and the class's ``exit_code``; no traceback for a user error.
+"""
+
+from __future__ import annotations
+
+# sysexits.h: EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CONFIG
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+class EdgeError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgeError):
+    """The configuration file or a command-line option is wrong."""
+
+    exit_code = EX_CONFIG
+
+
+class ManifestError(EdgeError):
+    """``model.json`` is missing, malformed, or does not describe the model beside it."""
+
+    exit_code = EX_CONFIG
+
+
+class ModelIntegrityError(ManifestError):
+    """The ``.tflite`` file does not match the sha256 recorded in its manifest."""
+
+
+class RuntimeUnavailableError(EdgeError):
+    """No TFLite interpreter package is installed, or it cannot load the model."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class UnsupportedInputError(EdgeError):
+    """An input file the model was not made for (not MR, no pixel data, unknown format).
+
+    Such a file is quarantined with this message as its reason, never classified.
+    """
+
+    exit_code = EX_DATAERR
+
+
+class DecodeError(UnsupportedInputError):
+    """An input file that claims to be an image but cannot be decoded."""

@@ -1,0 +1,21 @@
+"""Shared test fixtures: the location of the real data set, and a skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASET_DIR = Path(
+    os.environ.get("NEUROEDGE_DATA", REPO_ROOT.parent / "shared" / "data" / "brain-tumor-mri")
+)
+
+
+@pytest.fixture(scope="session")
+def dataset_dir() -> Path:
+    """The real Brain Tumor MRI data set; skips the test when it is not on this machine."""
+    if not (DATASET_DIR / "Training").is_dir() or not (DATASET_DIR / "Testing").is_dir():
+        pytest.skip(f"real data set not found at {DATASET_DIR} (set NEUROEDGE_DATA to its folder)")
+    return DATASET_DIR

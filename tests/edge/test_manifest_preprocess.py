@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.errors import ManifestError, ModelIntegrityError
+from edge.manifest import (
+    ModelManifest,
+    TensorSpec,
+    load_manifest,
+    load_verified,
+    sha256_file,
+    write_manifest,
+)
+from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess, resize_uint8, scale
+
+
+def make_manifest(model_sha: str, **overrides) -> ModelManifest:
+    fields = dict(
+        name="toy", version="1", architecture="toy_cnn",
+        labels=("glioma", "meningioma", "notumor", "pituitary"),
+        model_file="model.tflite", model_sha256=model_sha, quantization="int8",
+        input=TensorSpec((1, 224, 224, 3), "int8", 1 / 255, -128),
+        output=TensorSpec((1, 4), "int8", 1 / 256, -128),
+        preprocess=DEFAULT_SPEC,
+    )
+    fields.update(overrides)
+    return ModelManifest(**fields)
+
+
+def test_manifest_round_trip_and_integrity(tmp_path):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"not really a model")
+    manifest = make_manifest(sha256_file(model), metrics={"int8_accuracy": 0.9})
+    write_manifest(manifest, tmp_path / "model.json")
+    assert load_manifest(tmp_path) == manifest
+    loaded, path = load_verified(tmp_path / "model.tflite")
+    assert path == model and loaded.labels[2] == "notumor"
+
+    model.write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        load_verified(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("labels"), "lacks labels"),
+        (lambda d: d.update(extra=1), "unknown keys: extra"),
+        (lambda d: d.update(labels=["a", "b", "c"]), "4 outputs"),
+        (lambda d: d.update(format_version=99), "format_version"),
+        (lambda d: d.update(model_file="../evil.tflite"), "bare file name"),
+        (lambda d: d["input"].update(scale=0), "quantization scale"),
+        (lambda d: d["preprocess"].update(interpolation="magic"), "interpolation"),
+    ],
+)
+def test_manifest_rejects_malformed(tmp_path, mutate, message):
+    data = make_manifest("0" * 64).to_dict()
+    mutate(data)
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(tmp_path / "model.json")
+
+
+def test_manifest_missing_and_not_json(tmp_path):
+    with pytest.raises(ManifestError, match="no model manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_preprocess_grayscale_equals_replicated_rgb():
+    rng = np.random.default_rng(0)
+    gray = Image.fromarray(rng.integers(0, 256, (300, 260), dtype=np.uint8))
+    a = resize_uint8(gray)
+    b = resize_uint8(gray.convert("RGB"))
+    assert a.shape == (224, 224, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    x = preprocess(gray)
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_allclose(x, a / 255.0, rtol=0, atol=1e-7)
+
+
+def test_preprocess_16bit_png_is_windowed_to_full_range():
+    values = np.linspace(1000, 5000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    img = Image.fromarray(values)
+    out = resize_uint8(img, PreprocessSpec(height=64, width=64))
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_scale_applies_spec():
+    spec = PreprocessSpec(scale=2 / 255, offset=-1.0)
+    out = scale(np.array([[[0, 255, 128]]], dtype=np.uint8), spec)
+    np.testing.assert_allclose(out, [[[-1.0, 1.0, 128 * 2 / 255 - 1]]], atol=1e-6)
