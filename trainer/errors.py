@@ -1,0 +1,41 @@
+"""Expected trainer failures, each with a message for the user and an exit code.
+
+The CLI prints the message and exits with ``exit_code``; no traceback for a user mistake.
+Codes follow sysexits.h like the device side (``edge.errors``).
+"""
+
+from __future__ import annotations
+
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+
+
+class TrainerError(Exception):
+    """Base class: an expected failure whose message says what to do next."""
+
+    exit_code = 1
+
+
+class DataError(TrainerError):
+    """A data folder is missing, empty, mislaid out, or holds an unreadable image."""
+
+    exit_code = EX_DATAERR
+
+
+class ArchitectureError(TrainerError):
+    """An unknown architecture name or an option the architecture does not take."""
+
+    exit_code = EX_USAGE
+
+
+class WeightsNotFoundError(TrainerError):
+    """Pretrained backbone weights were asked for (or needed) but are not on this machine."""
+
+    exit_code = EX_NOINPUT
+
+
+class RunError(TrainerError):
+    """A run folder is missing, incomplete, or would be overwritten."""
+
+    exit_code = EX_NOINPUT
