@@ -23,10 +23,14 @@ class DataError(TrainerError):
     exit_code = EX_DATAERR
 
 
-class ArchitectureError(TrainerError):
-    """An unknown architecture name or an option the architecture does not take."""
+class OptionError(TrainerError):
+    """A command-line option or training setting out of its valid range."""
 
     exit_code = EX_USAGE
+
+
+class ArchitectureError(OptionError):
+    """An unknown architecture name or an option the architecture does not take."""
 
 
 class WeightsNotFoundError(TrainerError):

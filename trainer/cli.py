@@ -1,0 +1,289 @@
+"""``python -m trainer``: train, evaluate, summary, audit-leakage, diagnose.
+
+Heavy imports (Keras, TensorFlow, matplotlib) happen inside each command, so ``--help``
+answers at once. A user mistake (missing data, wrong option, missing weights) prints one
+line and exits with the error's code, no traceback; Ctrl-C during training exits 130 and
+says how to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trainer.errors import OptionError, TrainerError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ARCH_NAMES = ("dsconv_cbam", "dsconv_cbam_bn", "dsconv_cbam_gap", "mlp", "mobilenetv2")
+DEFAULT_RUNS_DIR = "runs"
+EXIT_INTERRUPTED = 130
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn TrainerError into 'error: ...' + its exit code; Ctrl-C into exit 130."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TrainerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """NeuroEdge trainer: DSConv-CBAM and baselines on any Keras 3 backend.
+
+    The backend is Keras' own choice: KERAS_BACKEND=tensorflow (default) or jax.
+    """
+    _setup_logging(-1 if quiet else verbose)
+    ctx.obj = {"quiet": quiet}
+
+
+def _model_options(arch: str, padding: str | None, bn_momentum: float | None,
+                   backbone_weights: str | None, mlp_hidden: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if padding is not None:
+        options["padding"] = padding
+    if bn_momentum is not None:
+        options["bn_momentum"] = bn_momentum
+    if backbone_weights is not None:
+        options["backbone_weights"] = backbone_weights
+    if mlp_hidden is not None:
+        try:
+            options["hidden_units"] = tuple(int(u) for u in mlp_hidden.split(","))
+        except ValueError:
+            raise OptionError(f"--mlp-hidden takes comma-separated integers like 256,128, "
+                              f"got {mlp_hidden!r}") from None
+    from trainer.models import ARCHITECTURES, _check_options
+
+    _check_options(arch, ARCHITECTURES[arch], options)
+    return options
+
+
+def _spec(image_size: int | None) -> Any:
+    from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
+
+    if image_size is None:
+        return DEFAULT_SPEC
+    if image_size < 32:
+        raise OptionError(f"--image-size must be at least 32, got {image_size}")
+    return PreprocessSpec(height=image_size, width=image_size)
+
+
+def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--padding", type=click.Choice(["same", "valid"]),
+                     help="dsconv_*: convolution padding (default same; see README)."),
+        click.option("--bn-momentum", type=float,
+                     help="dsconv_cbam_bn/_gap: BatchNormalization momentum (default 0.9)."),
+        click.option("--backbone-weights", metavar="PATH|none",
+                     help="mobilenetv2: the Keras no-top ImageNet weights file, or 'none' to "
+                          "train from scratch (default: ~/.keras/models/<file>)."),
+        click.option("--mlp-hidden", metavar="N[,N...]",
+                     help="mlp: hidden layer widths (default 128)."),
+        click.option("--image-size", type=int,
+                     help="Square input size in pixels (default 224, the paper's)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+_RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "distribute"}
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(ARCH_NAMES), help="Architecture to train.")
+@click.option("--data", "data", type=click.Path(file_okay=False),
+              help="Data folder with Training/<class>/ (and Testing/<class>/).")
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
+              help="Continue the stopped run in folder RUN with its recorded settings.")
+@click.option("--runs-dir", default=DEFAULT_RUNS_DIR, show_default=True,
+              help="Where run folders are created.")
+@click.option("--name", help="Run folder name (default <arch>-<date>-<time>).")
+@click.option("--epochs", type=int, help="Epochs  [default: 35; with --resume: the run's].")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True)
+@click.option("--beta-1", type=float, default=0.9, show_default=True)
+@click.option("--beta-2", type=float, default=0.99, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int,
+              help="Use a seeded, stratified subset of at most N training images.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Stratified share of Training held out for model selection.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Flip/shift/intensity augmentation (off in the paper).")
+@click.option("--patience", type=int,
+              help="Early stopping: stop after N epochs without a val_accuracy gain.")
+@click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
+              help="After training, recompute BatchNormalization statistics on N batches.")
+@click.option("--distribute", is_flag=True,
+              help="All local GPUs: DataParallel (JAX) or MirroredStrategy (TensorFlow).")
+@_model_option_flags
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Decoded-image cache (default ~/.cache/neuroedge).")
+@click.option("--no-cache", is_flag=True, help="Decode images without the on-disk cache.")
+@click.pass_context
+@_user_errors
+def train(ctx: click.Context, **opts: Any) -> None:
+    """Train a model; writes runs/<name>/ (model.keras, run.json, history, checkpoints)."""
+    from trainer.train import TrainConfig
+    from trainer.train import resume as resume_run
+    from trainer.train import train as train_run
+
+    verbose = 0 if ctx.obj["quiet"] else "auto"
+    progress = not ctx.obj["quiet"]
+    if opts["resume"]:
+        given = {name for name in opts
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        extra = sorted(given - _RESUMABLE)
+        if extra:
+            raise OptionError(
+                "--resume continues a run with its recorded settings; only --epochs, --data, "
+                "--distribute and cache options may be given, not "
+                + ", ".join("--" + e.replace("_", "-") for e in extra))
+        resume_run(opts["resume"], epochs=opts["epochs"], data_dir=opts["data"],
+                   verbose=verbose, progress=progress)
+        return
+    if not opts["arch"] or not opts["data"]:
+        raise OptionError("train needs --arch NAME and --data DIR (or --resume RUN); "
+                          "see python -m trainer train --help")
+    from trainer.data import class_names
+
+    class_names(opts["data"])  # a wrong folder fails here, before Keras loads
+    config = TrainConfig(
+        arch=opts["arch"], data_dir=opts["data"], runs_dir=opts["runs_dir"], name=opts["name"],
+        model_options=_model_options(opts["arch"], opts["padding"], opts["bn_momentum"],
+                                     opts["backbone_weights"], opts["mlp_hidden"]),
+        epochs=opts["epochs"] if opts["epochs"] is not None else 35,
+        batch_size=opts["batch_size"], learning_rate=opts["learning_rate"],
+        beta_1=opts["beta_1"], beta_2=opts["beta_2"], seed=opts["seed"], limit=opts["limit"],
+        val_fraction=opts["val_fraction"], augment=opts["augment"], patience=opts["patience"],
+        distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
+        cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
+        spec=_spec(opts["image_size"]))
+    command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
+    train_run(config, verbose=verbose, progress=progress, command=command)
+
+
+@main.command()
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data", type=click.Path(file_okay=False),
+              help="Data folder with Testing/<class>/ (default: the run's data folder).")
+@click.option("--dedup-list", type=click.Path(dir_okay=False),
+              help="Deduplicated test list from audit-leakage (default: looked up, see README).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (default RUN/evaluation).")
+@click.option("--limit", type=int, help="Evaluate a seeded, stratified subset of N test images.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False))
+@click.option("--no-cache", is_flag=True)
+@click.pass_context
+@_user_errors
+def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | None,
+             out: str | None, limit: int | None, batch_size: int, cache_dir: str | None,
+             no_cache: bool) -> None:
+    """Score RUN's model on the Testing split: official and deduplicated, side by side."""
+    from trainer.evaluate import evaluate_run
+
+    result = evaluate_run(run, data, dedup_list=dedup_list, out_dir=out, limit=limit,
+                          batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
+                          progress=not ctx.obj["quiet"])
+    click.echo(result["table_markdown"])
+    click.echo(f"written to {result['out_dir']}")
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(ARCH_NAMES), required=True)
+@_model_option_flags
+@_user_errors
+def summary(arch: str, padding: str | None, bn_momentum: float | None,
+            backbone_weights: str | None, mlp_hidden: str | None,
+            image_size: int | None) -> None:
+    """Print the layer table and parameter count of an architecture."""
+    from trainer.summary import architecture_summary
+
+    options = _model_options(arch, padding, bn_momentum, backbone_weights, mlp_hidden)
+    as_trained = None
+    if arch == "mobilenetv2" and backbone_weights is None:
+        # The paper's frozen layout; the layer table does not need the ImageNet file.
+        as_trained, options = options, {"backbone_weights": "none", "freeze_backbone": True}
+    click.echo(architecture_summary(arch, _spec(image_size).shape, options, as_trained))
+
+
+@main.command("audit-leakage")
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (default runs/leakage-audit/<data folder name>).")
+@click.option("--threshold", type=float, help="Similarity above which a test image is a leak.")
+@_user_errors
+def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> None:
+    """Find test images that (nearly) duplicate training images; write a deduplicated list."""
+    from trainer.evaluate import default_audit_dir, write_audit_record
+
+    try:
+        from trainer.audit import audit_leakage as run_audit
+    except ImportError as exc:
+        raise TrainerError(f"the leakage audit module is not installed ({exc})") from None
+    out_dir = Path(out) if out else default_audit_dir(Path(DEFAULT_RUNS_DIR), data_dir)
+    kwargs = {} if threshold is None else {"threshold": threshold}
+    result = run_audit(data_dir, out_dir, **kwargs)
+    write_audit_record(out_dir, data_dir, result)
+    click.echo(f"leakage audit written to {out_dir}")
+    for key, value in (result or {}).items():
+        if isinstance(value, (int, float, str)):
+            click.echo(f"  {key}: {value}")
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default="dsconv_cbam", show_default=True)
+@click.option("--data", type=click.Path(file_okay=False), required=True)
+@click.option("--limit", type=int, default=256, show_default=True)
+@click.option("--steps", type=int, default=12, show_default=True,
+              help="Training steps to watch.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the numbers as JSON.")
+@_model_option_flags
+@_user_errors
+def diagnose(arch: str, data: str, limit: int, steps: int, batch_size: int,
+             learning_rate: float, seed: int, out: str | None, padding: str | None,
+             bn_momentum: float | None, backbone_weights: str | None,
+             mlp_hidden: str | None, image_size: int | None) -> None:
+    """Watch activations, dead ReLUs and outputs over the first training steps."""
+    from trainer.diagnose import diagnose as run_diagnose
+
+    options = _model_options(arch, padding, bn_momentum, backbone_weights, mlp_hidden)
+    run_diagnose(arch, data, options=options, spec=_spec(image_size), limit=limit, steps=steps,
+                 batch_size=batch_size, learning_rate=learning_rate, seed=seed, out=out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The run folder: everything one training run leaves behind, in one place.
+
+::
+
+    runs/<name>/
+      run.json            config, labels, preprocessing, environment, deviations, status
+      model.keras         the selected model (best validation accuracy), no optimizer state
+      history.json/.csv   per-epoch loss, accuracy, val_loss, val_accuracy, seconds
+      data_split.json     the exact training and validation files (relative paths)
+      checkpoints/        epoch-NNN.keras (latest, with optimizer state), best.keras,
+                          state.json (what --resume continues from)
+      evaluation/         written by `python -m trainer evaluate`
+
+Every JSON/CSV file is written atomically (temp file + rename), so an interrupted run never
+leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edge.manifest import write_json_atomic
+from trainer.errors import RunError
+
+RUN_JSON = "run.json"
+MODEL_FILE = "model.keras"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+SPLIT_JSON = "data_split.json"
+CHECKPOINTS = "checkpoints"
+STATE_JSON = "state.json"
+BEST_CHECKPOINT = "best.keras"
+EVALUATION = "evaluation"
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+_PACKAGES = ("neuroedge", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pillow",
+             "h5py", "matplotlib")
+
+
+class RunFolder:
+    """Paths and atomic reads/writes of one run folder."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser()
+
+    # -- locations -------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def state_json(self) -> Path:
+        return self.checkpoints / STATE_JSON
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / BEST_CHECKPOINT
+
+    def epoch_checkpoint(self, epochs_done: int) -> Path:
+        return self.checkpoints / f"epoch-{epochs_done:03d}.keras"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / EVALUATION
+
+    # -- creation / opening ----------------------------------------------------------
+    @classmethod
+    def create(cls, runs_dir: str | os.PathLike, name: str) -> RunFolder:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise RunError(f"run name {name!r} may only contain letters, digits, '.', '_', '-'")
+        run = cls(Path(runs_dir).expanduser() / name)
+        if run.path.exists() and any(run.path.iterdir()):
+            raise RunError(
+                f"run folder {run.path} already exists. Continue it with --resume {run.path}, "
+                f"or choose another --name."
+            )
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunFolder:
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunError(f"run folder {run.path} does not exist; pass the folder that "
+                           f"`python -m trainer train` created (runs/<name>)")
+        if not run.run_json.is_file():
+            raise RunError(f"{run.path} is not a run folder: it has no {RUN_JSON}")
+        return run
+
+    # -- JSON ------------------------------------------------------------------------
+    def _read_json(self, path: Path) -> dict:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunError(f"{path} is missing; the run folder is incomplete") from None
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{path} cannot be read ({exc}); the run folder is damaged") from None
+        if not isinstance(data, dict):
+            raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
+        return data
+
+    def read_config(self) -> dict:
+        return self._read_json(self.run_json)
+
+    def write_config(self, config: dict) -> None:
+        write_json_atomic(self.run_json, config)
+
+    def update_config(self, **changes: Any) -> dict:
+        config = self.read_config()
+        config.update(changes)
+        self.write_config(config)
+        return config
+
+    def read_state(self) -> dict:
+        return self._read_json(self.state_json)
+
+    def write_state(self, state: dict) -> None:
+        write_json_atomic(self.state_json, state)
+
+    def read_split(self) -> dict:
+        return self._read_json(self.path / SPLIT_JSON)
+
+    def write_split(self, train_paths: list[str], val_paths: list[str]) -> None:
+        write_json_atomic(self.path / SPLIT_JSON, {"train": train_paths, "validation": val_paths})
+
+    def read_history(self) -> dict[str, list[float]]:
+        path = self.path / HISTORY_JSON
+        return self._read_json(path) if path.is_file() else {}
+
+    def write_history(self, history: dict[str, list[float]]) -> None:
+        write_json_atomic(self.path / HISTORY_JSON, history)
+        keys = [k for k in HISTORY_KEYS if k in history]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["epoch", *keys])
+        for i in range(len(history.get("loss", []))):
+            writer.writerow([i + 1, *(history[k][i] for k in keys)])
+        write_text_atomic(self.path / HISTORY_CSV, buffer.getvalue())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def default_run_name(arch: str) -> str:
+    return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran: Python, OS, package versions, Keras backend and devices."""
+    import keras
+
+    try:
+        devices = [str(d) for d in keras.distribution.list_devices()]
+    except Exception as exc:  # noqa: BLE001 - informational only
+        devices = [f"unknown ({type(exc).__name__})"]
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": keras.backend.backend(),
+        "devices": devices,
+        "packages": package_versions(),
+    }

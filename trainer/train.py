@@ -1,0 +1,406 @@
+"""Training: paper defaults, a seeded stratified validation split, a checkpoint every epoch,
+and ``resume`` that continues a stopped run to the same final weights.
+
+The paper's settings are the defaults (Adam, learning rate 1e-3, beta_1 0.9, beta_2 0.99,
+categorical cross-entropy, 35 epochs, batch 64). The model kept in ``model.keras`` is the
+epoch with the best validation accuracy; the test split is never touched here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import sha256_file
+from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
+from trainer.data import Dataset, load_split, stratified_split
+from trainer.errors import OptionError, RunError
+from trainer.runs import RunFolder, default_run_name, environment
+
+log = logging.getLogger(__name__)
+
+LOSS = "categorical_crossentropy"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored in run.json and reused by ``resume``."""
+
+    arch: str
+    data_dir: str
+    runs_dir: str = "runs"
+    name: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 35
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    epsilon: float = 1e-7
+    seed: int = 0
+    limit: int | None = None
+    val_fraction: float = 0.1
+    augment: bool = False
+    patience: int | None = None
+    distribute: bool = False
+    recalibrate_bn: int = 0
+    cache_dir: str | None = None
+    use_cache: bool = True
+    spec: PreprocessSpec = DEFAULT_SPEC
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1,
+             f"--beta-1/--beta-2 must be in [0, 1), got {self.beta_1}, {self.beta_2}"),
+            (0 < self.val_fraction < 1,
+             f"--val-fraction must be between 0 and 1, got {self.val_fraction}"),
+            (self.limit is None or self.limit >= 4,
+             f"--limit must be at least 4, got {self.limit}"),
+            (self.patience is None or self.patience >= 1,
+             f"--patience must be at least 1, got {self.patience}"),
+            (self.recalibrate_bn >= 0,
+             f"--recalibrate-bn must be 0 (off) or a number of batches, got {self.recalibrate_bn}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OptionError(message)
+
+    def optimizer_config(self) -> dict[str, Any]:
+        return {"name": "adam", "learning_rate": self.learning_rate, "beta_1": self.beta_1,
+                "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["spec"] = self.spec.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data["spec"] = PreprocessSpec.from_dict(data.get("spec", DEFAULT_SPEC.to_dict()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainingData:
+    train: Dataset
+    val: Dataset
+
+    @property
+    def labels(self) -> list[str]:
+        return self.train.class_names
+
+
+def load_training_data(config: TrainConfig, progress: bool = False) -> TrainingData:
+    """Training split (optionally a stratified --limit subset), cut into train/validation."""
+    full = load_split(config.data_dir, "Training", config.spec, limit=config.limit,
+                      seed=config.seed, progress=progress, cache_dir=config.cache_dir,
+                      use_cache=config.use_cache)
+    train_idx, val_idx = stratified_split(full.labels, config.val_fraction, config.seed)
+    return TrainingData(full.subset(train_idx), full.subset(val_idx))
+
+
+def _resolved_model_options(arch: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options as recorded: a backbone weights path made absolute (checked to exist)."""
+    options = dict(options)
+    if arch == "mobilenetv2":
+        from trainer.models import resolve_backbone_weights
+
+        path = resolve_backbone_weights(options.get("backbone_weights"))
+        options["backbone_weights"] = "none" if path is None else str(path.resolve())
+    return options
+
+
+def _optimizer(config: TrainConfig) -> Any:
+    import keras
+
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1,
+                                 beta_2=config.beta_2, epsilon=config.epsilon)
+
+
+def save_model_atomic(model: Any, path: Path) -> None:
+    """``model.save`` to a temp name in the same folder, then rename over ``path``."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any],
+                distribution: str) -> dict[str, Any]:
+    import keras
+
+    from trainer.models import ARCHITECTURE_INFO, deviations, is_no_imagenet
+
+    record: dict[str, Any] = {
+        "format": 1,
+        "architecture": config.arch,
+        "architecture_summary": ARCHITECTURE_INFO[config.arch].summary,
+        "model_options": options,
+        "labels": data.labels,
+        "preprocess": config.spec.to_dict(),
+        "data_dir": str(Path(config.data_dir).expanduser().resolve()),
+        "data": {"train": len(data.train), "validation": len(data.val),
+                 "train_per_class": data.train.class_counts(),
+                 "validation_per_class": data.val.class_counts(), "limit": config.limit},
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer_config(),
+        "loss": LOSS,
+        "val_fraction": config.val_fraction,
+        "augment": config.augment,
+        "early_stopping_patience": config.patience,
+        "selection": "best val_accuracy",
+        "distribution": distribution,
+        "backend": keras.backend.backend(),
+        "environment": environment(),
+        "deviations": deviations(config.arch, options),
+        "no_imagenet_weights": is_no_imagenet(config.arch, options),
+        "status": "running",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config.to_dict(),
+    }
+    weights = options.get("backbone_weights")
+    if weights and weights != "none":
+        record["backbone_weights_sha256"] = sha256_file(weights)
+    return record
+
+
+def _new_state() -> dict[str, Any]:
+    return {"epochs_done": 0, "checkpoint": None, "best_epoch": None,
+            "best_val_accuracy": None, "wait": 0, "stopped_early": False,
+            "history": {}, "seconds": 0.0}
+
+
+def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None) -> Any:
+    import keras
+
+    class RunRecorder(keras.callbacks.Callback):
+        """After each epoch: checkpoint, best model, history, state (in that order)."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            done = epoch + 1
+            seconds = time.perf_counter() - self._started
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            history = state["history"]
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
+            history.setdefault("learning_rate", []).append(lr)
+            history.setdefault("seconds", []).append(round(seconds, 3))
+            checkpoint = run.epoch_checkpoint(done)
+            save_model_atomic(self.model, checkpoint)
+            val_acc = float(logs.get("val_accuracy", float("nan")))
+            best = state["best_val_accuracy"]
+            if best is None or val_acc > best:
+                _copy_atomic(checkpoint, run.best_checkpoint)
+                state.update(best_epoch=done, best_val_accuracy=val_acc, wait=0)
+            else:
+                state["wait"] += 1
+            if patience and state["wait"] >= patience:
+                self.model.stop_training = True
+                state["stopped_early"] = True
+            state.update(epochs_done=done, checkpoint=checkpoint.name,
+                         seconds=round(state["seconds"] + seconds, 3))
+            run.write_state(state)  # the commit point: --resume starts from here
+            run.write_history(history)
+            for old in run.checkpoints.glob("epoch-*.keras"):
+                if old != checkpoint:
+                    old.unlink()
+            log.info("epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f "
+                     "(%.0f s)%s", done, history["loss"][-1], history["accuracy"][-1],
+                     history["val_loss"][-1], val_acc, seconds,
+                     "  [best so far]" if state["best_epoch"] == done else "")
+            if state["stopped_early"]:
+                log.info("early stopping: no val_accuracy gain for %d epoch(s)", patience)
+
+    return RunRecorder()
+
+
+def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
+         state: dict[str, Any], callbacks: Sequence[Any], verbose: Any) -> None:
+    from trainer.batches import EvaluationBatches, TrainingBatches
+
+    num_classes = len(data.labels)
+    train_batches = TrainingBatches(
+        data.train.images, data.train.labels, num_classes, config.batch_size,
+        seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
+        augment=config.augment)
+    val_batches = EvaluationBatches(data.val.images, data.val.labels, num_classes,
+                                    config.batch_size, spec=config.spec)
+    try:
+        model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
+                  initial_epoch=state["epochs_done"], validation_data=val_batches,
+                  shuffle=False, verbose=verbose,
+                  callbacks=[_recorder(run, state, config.patience), *callbacks])
+    except KeyboardInterrupt:
+        run.update_config(status="interrupted", epochs_done=state["epochs_done"])
+        log.warning("interrupted after %d completed epoch(s); continue with: "
+                    "python -m trainer train --resume %s", state["epochs_done"], run.path)
+        raise
+
+
+def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
+            state: dict[str, Any], started: float) -> None:
+    """model.keras = the best epoch, without optimizer state; run.json gets the outcome."""
+    import keras
+
+    import trainer.layers  # noqa: F401 - registers the custom layers for loading
+
+    model = keras.saving.load_model(run.best_checkpoint, compile=False)
+    outcome: dict[str, Any] = {}
+    if config.recalibrate_bn:
+        outcome["bn_recalibration"] = _recalibrate(model, config, data)
+    model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"])
+    save_model_atomic(model, run.model)
+    status = "stopped_early" if state["stopped_early"] else "completed"
+    run.update_config(
+        status=status, epochs_done=state["epochs_done"], best_epoch=state["best_epoch"],
+        best_val_accuracy=state["best_val_accuracy"],
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        train_seconds=state["seconds"], wall_seconds=round(time.perf_counter() - started, 1),
+        **outcome)
+    log.info("run %s: %s after %d epoch(s); best val_accuracy %.4f at epoch %d -> %s",
+             run.path, status, state["epochs_done"], state["best_val_accuracy"],
+             state["best_epoch"], run.model)
+
+
+def _recalibrate(model: Any, config: TrainConfig, data: TrainingData) -> dict[str, Any]:
+    from trainer.batches import EvaluationBatches, TrainingBatches
+    from trainer.bn import recalibrate_batchnorm
+
+    val = EvaluationBatches(data.val.images, data.val.labels, len(data.labels),
+                            config.batch_size, spec=config.spec)
+
+    def val_accuracy() -> float:
+        probs = model.predict(val, verbose=0)
+        return float(np.mean(np.argmax(probs, axis=1) == data.val.labels))
+
+    before = val_accuracy()
+    stream = TrainingBatches(data.train.images, data.train.labels, len(data.labels),
+                             config.batch_size, seed=config.seed + 1, spec=config.spec)
+    steps = min(config.recalibrate_bn, len(stream))
+    used = recalibrate_batchnorm(model, (stream[i][0] for i in range(steps)))
+    after = val_accuracy()
+    log.info("BatchNormalization recalibration on %d batch(es): val_accuracy %.4f -> %.4f",
+             used, before, after)
+    return {"batches": used, "val_accuracy_before": before, "val_accuracy_after": after}
+
+
+def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = "auto",
+          progress: bool = False, command: str | None = None) -> RunFolder:
+    """Train a new run; returns its folder. ``callbacks`` run after the run recorder."""
+    import keras
+
+    from trainer.distribute import distribution_scope
+    from trainer.models import build_model
+
+    config.validate()
+    options = _resolved_model_options(config.arch, config.model_options)
+    name = config.name or default_run_name(config.arch)
+    runs_dir = Path(config.runs_dir).expanduser()
+    if (runs_dir / name).exists() and any((runs_dir / name).iterdir()):
+        RunFolder.create(runs_dir, name)  # raises the "already exists" error
+    started = time.perf_counter()
+    data = load_training_data(config, progress)
+    if data.train.images.shape[1:] != config.spec.shape:
+        raise OptionError(f"images are {data.train.images.shape[1:]}, expected {config.spec.shape}")
+    keras.utils.set_random_seed(config.seed)
+    with distribution_scope(config.distribute) as distribution:
+        model = build_model(config.arch, input_shape=config.spec.shape,
+                            num_classes=len(data.labels), **options)
+        model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"])
+        run = RunFolder.create(runs_dir, name)
+        record = _run_record(config, data, options, distribution)
+        record["command"] = command
+        run.write_config(record)
+        run.write_split(data.train.paths, data.val.paths)
+        log.info("run folder %s: %s, %d training / %d validation images, %d epoch(s)",
+                 run.path, config.arch, len(data.train), len(data.val), config.epochs)
+        state = _new_state()
+        _fit(run, model, config, data, state, callbacks, verbose)
+    _finish(run, config, data, state, started)
+    return run
+
+
+def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
+           data_dir: str | None = None, callbacks: Sequence[Any] = (), verbose: Any = "auto",
+           progress: bool = False) -> RunFolder:
+    """Continue a stopped run from its last checkpoint (model, optimizer state, epoch).
+
+    Data order and augmentation are pure functions of (seed, epoch), so the resumed run
+    ends with the weights an uninterrupted run would have had. ``epochs`` may extend a
+    finished run; ``data_dir`` points at the same data set if it moved.
+    """
+    import keras
+
+    import trainer.layers  # noqa: F401 - registers the custom layers for loading
+    from trainer.distribute import distribution_scope
+
+    started = time.perf_counter()
+    run = RunFolder.open(run_path)
+    record = run.read_config()
+    if "config" not in record:
+        raise RunError(f"{run.run_json} has no 'config'; it was not written by this trainer")
+    changes: dict[str, Any] = {}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    config = dataclasses.replace(TrainConfig.from_dict(record["config"]), **changes)
+    config.validate()
+    if not run.state_json.is_file():
+        raise RunError(f"{run.path} has no completed epoch to resume from; start it again "
+                       f"(delete the folder or choose another --name)")
+    state = run.read_state()
+    checkpoint = run.checkpoints / str(state.get("checkpoint"))
+    if not checkpoint.is_file():
+        raise RunError(f"checkpoint {checkpoint} named in {run.state_json} is missing")
+    if state["epochs_done"] >= config.epochs:
+        raise RunError(f"{run.path} has already trained {state['epochs_done']} of "
+                       f"{config.epochs} epoch(s); pass --epochs N (more than "
+                       f"{state['epochs_done']}) to train further")
+    if state.get("stopped_early"):
+        if epochs is None:
+            raise RunError(f"{run.path} stopped early (no val_accuracy gain for "
+                           f"{config.patience} epochs); pass --epochs N to train further anyway")
+        state.update(stopped_early=False, wait=0)
+    data = load_training_data(config, progress)
+    recorded = run.read_split()
+    if recorded.get("train") != data.train.paths or recorded.get("validation") != data.val.paths:
+        raise RunError(f"the training files under {config.data_dir} differ from those this run "
+                       f"started with ({run.path / 'data_split.json'}); resume needs the same data")
+    run.update_config(status="running", epochs=config.epochs, config=config.to_dict())
+    log.info("resuming %s after epoch %d of %d", run.path, state["epochs_done"], config.epochs)
+    keras.utils.set_random_seed(config.seed)
+    with distribution_scope(config.distribute):
+        model = keras.saving.load_model(checkpoint)
+        _fit(run, model, config, data, state, callbacks, verbose)
+    _finish(run, config, data, state, started)
+    return run
