@@ -1,0 +1,212 @@
+"""Keras model -> TFLite flatbuffer, in one of four modes, with a fixed batch of one.
+
+The device classifies one image at a time. Exporting with a fixed ``(1, H, W, 3)`` input
+signature keeps the graph free of the shape-handling ops a dynamic batch dimension adds
+(measured on the paper model: see docs/readme/converters.md), and gives XNNPACK static
+shapes to plan with.
+
+The route is the one Keras' own LiteRT exporter takes: ``keras.export.ExportArchive`` with
+the fixed signature -> SavedModel in a scratch folder -> ``TFLiteConverter.from_saved_model``.
+``from_concrete_functions`` with the model as trackable object fails on Keras 3 models
+(``READ_VARIABLE ... variable != nullptr`` during calibration), and without it TensorFlow
+takes a deprecated path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.errors import ConversionFailedError
+from edge.manifest import TensorSpec
+
+log = logging.getLogger(__name__)
+
+MODES = ("int8", "float16", "dynamic", "float32")
+MODE_HELP = {
+    "int8": "full-integer: int8 weights, activations, input and output (the device model)",
+    "float16": "float16 weights, float32 compute and I/O (half the size, no calibration)",
+    "dynamic": "dynamic-range: int8 weights, float activations and I/O",
+    "float32": "no quantization: the float model as TFLite (reference)",
+}
+
+
+def export_saved_model(model: Any, folder: Path) -> Path:
+    """Write ``model`` as a SavedModel whose one endpoint takes a batch of exactly one."""
+    import tensorflow as tf
+    from keras.export import ExportArchive
+
+    shape = [1, *(int(d) for d in model.inputs[0].shape[1:])]
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+    with quiet_native_stderr():
+        archive.write_out(str(folder), verbose=False)
+    return folder
+
+
+def make_converter(saved_model: Path, mode: str,
+                   representative: Callable[[], Iterator[list[np.ndarray]]] | None = None) -> Any:
+    """A ``TFLiteConverter`` configured for ``mode`` (int8 needs ``representative``)."""
+    import tensorflow as tf
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if mode == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs a representative dataset")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter
+
+
+def representative_dataset(images: np.ndarray, progress_stream: Any = None,
+                           desc: str = "calibrating") -> Callable[[], Iterator[list[np.ndarray]]]:
+    """The converter's calibration feed: one float32 image of batch 1 at a time."""
+    def feed() -> Iterator[list[np.ndarray]]:
+        from tqdm import tqdm
+
+        for image in tqdm(images, desc=desc, unit="img", file=progress_stream, disable=None,
+                          leave=False):
+            yield [np.asarray(image, dtype=np.float32)[None]]
+    return feed
+
+
+def convert(saved_model: Path, mode: str, calibration: np.ndarray | None = None) -> bytes:
+    """Run TensorFlow's converter; its own failures become a ``ConversionFailedError``.
+
+    ``calibration`` (float32 images, already preprocessed) is required for int8.
+    """
+    with quiet_native_stderr() as captured:
+        representative = (representative_dataset(calibration, captured.terminal)
+                          if calibration is not None else None)
+        converter = make_converter(saved_model, mode, representative)
+        try:
+            return bytes(converter.convert())
+        except Exception as exc:  # noqa: BLE001 - TF raises ConverterError, RuntimeError, ...
+            failure = exc
+    detail = str(failure).strip().splitlines()
+    native = [line for line in captured.text().splitlines() if "error" in line.lower()]
+    hint = (" An op cannot be quantized to int8: try --dynamic or --float16, or an "
+            "architecture variant without that op." if mode == "int8" else "")
+    raise ConversionFailedError(
+        f"TensorFlow could not convert the model to {mode} TFLite: "
+        f"{(detail or native or [type(failure).__name__])[0]}.{hint}")
+
+
+def ops_summary(tflite_model: bytes) -> dict[str, Any]:
+    """Operator count, by type, and each type's highest version (what old runtimes choke on)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+    counts: Counter[str] = Counter()
+    versions: dict[str, int] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+            name = names.get(builtin, f"BUILTIN_{builtin}")
+            if name == "CUSTOM":
+                name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
+            counts[name] += 1
+            versions[name] = max(versions.get(name, 0), int(code.version))
+    return {"count": sum(counts.values()), "by_type": dict(sorted(counts.items())),
+            "max_versions": dict(sorted(versions.items()))}
+
+
+def io_specs(tflite_model: bytes) -> tuple[TensorSpec, TensorSpec]:
+    """Input and output tensor specs read from the flatbuffer itself (no interpreter needed)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+    graph = model.subgraphs[0]
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ConversionFailedError(f"the converted model has {len(graph.inputs)} inputs and "
+                                    f"{len(graph.outputs)} outputs; expected one of each")
+
+    def spec(index: int) -> TensorSpec:
+        tensor = graph.tensors[index]
+        quant = tensor.quantization
+        scale = float(quant.scale[0]) if quant is not None and quant.scale is not None and len(
+            quant.scale) else 0.0
+        zero = int(quant.zeroPoint[0]) if quant is not None and quant.zeroPoint is not None and len(
+            quant.zeroPoint) else 0
+        return TensorSpec(tuple(int(d) for d in tensor.shape), types[tensor.type], scale, zero)
+
+    return spec(graph.inputs[0]), spec(graph.outputs[0])
+
+
+class _Captured:
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self.terminal: Any = None  # the real stderr, for progress bars
+
+    def text(self) -> str:
+        if self.path is None or not os.path.exists(self.path):
+            return ""
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[_Captured]:
+    """Collect what TensorFlow's C++ code prints to fd 2 during conversion.
+
+    The converter prints dozens of lines that mean nothing to a user; they are kept for
+    an error message instead. Python warnings raised meanwhile are filtered the same way.
+    """
+    captured = _Captured()
+    try:
+        fd_err = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest capture, notebooks: no real fd
+        fd_err = -1
+    if fd_err < 0:
+        captured.terminal = sys.stderr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield captured
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd_err)
+    captured.terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    handle, captured.path = tempfile.mkstemp(prefix="neuroedge-tflite-", suffix=".log")
+    try:
+        os.dup2(handle, fd_err)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield captured
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, fd_err)
+        os.close(saved)
+        captured.terminal.close()
+        os.close(handle)
+        text = captured.text()
+        os.unlink(captured.path)
+        captured.path = None
+        captured.text = lambda: text  # type: ignore[method-assign]

@@ -1,0 +1,306 @@
+"""Convert, check, and only then publish: the whole ``converters.tflite`` run.
+
+Everything is built in a hidden staging folder inside ``--out``. Only a model that loads in
+the edge runtime and passes the accuracy gate is moved into place (``model.tflite``, then
+``model.json``, then ``report.json``); a refused model leaves ``rejected/report.json`` and
+``rejected/quant_debug.md`` and nothing a device could install.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import datasets, export
+from converters.errors import OutputError, UsageError
+from converters.gate import GateResult, Thresholds, apply_gate
+from converters.provenance import (
+    build_manifest,
+    default_version,
+    manifest_metrics,
+    now_utc,
+    package_versions,
+    provenance,
+)
+from converters.quant_debug import diagnose, to_markdown
+from converters.report import REPORT_FORMAT, summary_text, write_report
+from converters.runtimes import check_in_process, check_subprocess, parse_runtime_specs
+from converters.source import load_keras_model, resolve_source
+from edge.manifest import MANIFEST_NAME, load_verified, write_manifest
+from edge.preprocess import scale
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model.tflite"
+REJECTED = "rejected"
+QUANT_DEBUG = "quant_debug.md"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every knob of one conversion (the CLI's options, one to one)."""
+
+    model: Path
+    data: Path
+    out: Path
+    mode: str = "int8"
+    labels: str | None = None
+    arch: str | None = None
+    name: str | None = None
+    model_version: str | None = None
+    calibration_size: int = 300
+    seed: int = 0
+    eval_data: Path | None = None
+    eval_split: str = "Testing"
+    eval_limit: int | None = None
+    dedup_list: Path | None = None
+    auto_dedup: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    check_runtimes: tuple[str, ...] = ()
+    require_runtimes: tuple[str, ...] = ()
+    probe_images: int = 8
+    debug_samples: int = 32
+    force: bool = False
+    command: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    passed: bool
+    report: dict[str, Any]
+    report_path: Path
+    model_dir: Path | None
+    gate: GateResult
+    summary: str
+
+
+def _validate(opts: ConvertOptions) -> list[tuple[str, str]]:
+    if opts.mode not in export.MODES:
+        raise UsageError(f"unknown mode {opts.mode!r}; choose one of {', '.join(export.MODES)}")
+    for name, value, low in (("--calibration-size", opts.calibration_size, 1),
+                             ("--eval-limit", opts.eval_limit, 1),
+                             ("--probe-images", opts.probe_images, 1),
+                             ("--debug-samples", opts.debug_samples, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{name} must be at least {low}, got {value}")
+    th = opts.thresholds
+    if not 0.0 <= th.max_drop_pp <= 100.0:
+        raise UsageError(f"--max-drop is in percentage points (0-100), got {th.max_drop_pp}")
+    if not 0.0 <= th.min_agreement_pct <= 100.0:
+        raise UsageError(f"--min-agreement is a percentage (0-100), got {th.min_agreement_pct}")
+    if opts.eval_split not in ("Training", "Testing"):
+        raise UsageError(f"--eval-split must be Training or Testing, got {opts.eval_split!r}")
+    out = opts.out
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
+    existing = [p.name for p in (out / MODEL_NAME, out / MANIFEST_NAME) if p.exists()]
+    if existing and not opts.force:
+        raise OutputError(f"--out {out} already holds {' and '.join(existing)}; choose another "
+                          "folder, or pass --force to replace that model if this one passes")
+    return parse_runtime_specs(opts.check_runtimes)
+
+
+def run_conversion(opts: ConvertOptions) -> Outcome:
+    """Convert ``opts.model``, check it, and publish it only if it passes the gate."""
+    started = time.monotonic()
+    subprocess_runtimes = _validate(opts)
+    source = resolve_source(opts.model, opts.labels, opts.arch, opts.name)
+    model, source = load_keras_model(source)
+    spec = source.preprocess
+    eval_root = opts.eval_data or opts.data
+    dedup_path = datasets.find_dedup_list(opts.dedup_list, opts.auto_dedup, opts.eval_split)
+
+    calibration, calib_info = np.zeros((0, *spec.shape), np.float32), None
+    if opts.mode == "int8":
+        log.info("drawing %d calibration images from %s/Training", opts.calibration_size,
+                 opts.data)
+        calibration, calib_info = datasets.calibration_images(
+            opts.data, source.labels, spec, opts.calibration_size, opts.seed)
+    log.info("loading the evaluation set %s/%s", eval_root, opts.eval_split)
+    eval_set = datasets.evaluation_set(eval_root, opts.eval_split, source.labels, spec,
+                                       opts.eval_limit, opts.seed)
+    if len(eval_set.labels) == 0:
+        raise UsageError(f"the evaluation set {eval_root}/{opts.eval_split} holds no images")
+    dedup_idx = (datasets.dedup_indices(eval_set, dedup_path, opts.dedup_list is not None)
+                 if dedup_path is not None else None)
+    from trainer.data import stratified_indices
+
+    probe_idx = stratified_indices(eval_set.labels, opts.probe_images, opts.seed)
+    probe = scale(eval_set.images[probe_idx], spec)
+    float_probe = np.asarray(model.predict(probe, verbose=0), dtype=np.float32)
+    from converters.evaluate import output_kind_of
+
+    output_kind = output_kind_of(float_probe)
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=opts.out))
+    try:
+        return _convert_and_publish(opts, source, model, calibration, calib_info, eval_set,
+                                    dedup_idx, dedup_path, probe, output_kind,
+                                    subprocess_runtimes, staging, started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibration: np.ndarray,
+                         calib_info: dict[str, Any] | None, eval_set: datasets.EvaluationSet,
+                         dedup_idx: np.ndarray | None, dedup_path: Path | None,
+                         probe: np.ndarray, output_kind: str,
+                         subprocess_runtimes: list[tuple[str, str]], staging: Path,
+                         started: float) -> Outcome:
+    from converters.evaluate import compare, keras_predictor, predict_batched
+
+    spec, mode = source.preprocess, opts.mode
+    created = now_utc()
+    log.info("exporting the Keras model with a fixed batch of 1")
+    saved_model = export.export_saved_model(model, staging / "saved_model")
+    log.info("converting to %s TFLite", mode)
+    t0 = time.monotonic()
+    tflite = export.convert(saved_model, mode, calibration if mode == "int8" else None)
+    convert_s = time.monotonic() - t0
+    model_path = staging / MODEL_NAME
+    model_path.write_bytes(tflite)
+    ops = export.ops_summary(tflite)
+    input_spec, output_spec = export.io_specs(tflite)
+    version = opts.model_version or default_version(created)
+    prov = provenance(source, mode, created, ops, calib_info, len(tflite), opts.command)
+
+    def manifest_with(**extra: Any) -> Any:
+        return build_manifest(source=source, mode=mode, model_path=model_path,
+                              input_spec=input_spec, output_spec=output_spec,
+                              output_kind=output_kind, version=version, provenance_info=prov,
+                              **extra)
+
+    write_manifest(manifest_with(), staging / MANIFEST_NAME)
+    manifest, _ = load_verified(staging)
+
+    log.info("loading the model in the edge runtime (default delegates)")
+    edge_check, classifier = check_in_process(model_path, manifest, probe)
+    comparison = dedup = None
+    other_checks = []
+    if classifier is not None:
+        edge_check.compared_with = ""
+        float_probs = predict_batched(keras_predictor(model, output_kind), eval_set.images, spec,
+                                      "float model")
+        quant_probs = predict_batched(classifier.predict, eval_set.images, spec,
+                                      f"{mode} model ({edge_check.name})")
+        labels = list(source.labels)
+        comparison = compare(eval_set.labels, float_probs, quant_probs, labels, mode)
+        comparison.update(set=eval_set.name, data_dir=str(eval_set.data_dir))
+        if dedup_idx is not None:
+            dedup = compare(eval_set.labels[dedup_idx], float_probs[dedup_idx],
+                            quant_probs[dedup_idx], labels, mode)
+            dedup["list"] = str(dedup_path)
+        reference = classifier.predict(probe)
+        for name, python in subprocess_runtimes:
+            log.info("checking %s with %s", name, python)
+            other_checks.append(check_subprocess(name, python, staging, probe, reference,
+                                                 edge_check.name))
+    gate = apply_gate(comparison, edge_check, other_checks, opts.require_runtimes,
+                      opts.thresholds, mode, eval_set.name)
+    checks = [edge_check, *other_checks]
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "passed": gate.passed,
+        "mode": mode,
+        "created_utc": prov["created_utc"],
+        "source": {"model": str(source.keras_path), "sha256": source.sha256,
+                   "run_dir": str(source.run_dir) if source.run_dir else None,
+                   "architecture": source.architecture, "labels": list(source.labels),
+                   "preprocess": spec.to_dict(), "output_kind": output_kind},
+        "conversion": {"ops": ops, "bytes": len(tflite), "seconds": round(convert_s, 1),
+                       "calibration": calib_info, "input": input_spec.to_dict(),
+                       "output": output_spec.to_dict()},
+        "evaluation": comparison,
+        "evaluation_dedup": dedup,
+        "runtimes": [c.to_dict() for c in checks],
+        "thresholds": {**opts.thresholds.to_dict(),
+                       "required_runtimes": list(opts.require_runtimes)},
+        "gate": gate.to_dict(),
+        "versions": package_versions(),
+        "notes": _notes(edge_check, other_checks, subprocess_runtimes),
+    }
+    if gate.passed:
+        return _publish(opts, report, manifest_with, comparison, dedup, eval_set, checks, gate,
+                        staging, model_path, started)
+    return _reject(opts, report, gate, saved_model, calibration, eval_set, spec, input_spec,
+                   source.architecture, started)
+
+
+def _notes(edge_check: Any, others: list[Any], configured: list[tuple[str, str]]) -> list[str]:
+    notes = []
+    if edge_check.ok and edge_check.xnnpack is False:
+        notes.append(f"{edge_check.name} ran the model without the XNNPACK delegate")
+    if not configured:
+        notes.append("tflite-runtime was not checked: set NEUROEDGE_TFLITE_RUNTIME_PYTHON or pass "
+                     "--check-runtime tflite-runtime=/path/to/venv/bin/python (a numpy<2 venv)")
+    for check in others:
+        if not check.ok:
+            notes.append(f"{check.name} ({check.where}) did not verify the model: {check.error}")
+    return notes
+
+
+def _publish(opts: ConvertOptions, report: dict[str, Any], manifest_with: Any,
+             comparison: dict[str, Any], dedup: dict[str, Any] | None,
+             eval_set: datasets.EvaluationSet, checks: list[Any], gate: GateResult,
+             staging: Path, model_path: Path, started: float) -> Outcome:
+    verified = [c.manifest_entry() for c in checks if c.ok]
+    verified[0]["evaluated_images"] = comparison["n"]
+    manifest = manifest_with(
+        metrics=manifest_metrics(comparison, dedup, eval_set.name, eval_set.data_dir),
+        thresholds=report["thresholds"], verified_runtimes=verified)
+    write_manifest(manifest, staging / MANIFEST_NAME)
+    load_verified(staging)  # exactly what the device will do with the pair
+    out = opts.out
+    report["output"] = {"dir": str(out), "model": str(out / MODEL_NAME),
+                        "manifest": str(out / MANIFEST_NAME), "report": str(out / "report.json")}
+    report["seconds"] = round(time.monotonic() - started, 1)
+    write_report(staging, report)
+    for staged in (model_path, staging / MANIFEST_NAME, staging / "report.json"):
+        os.chmod(staged, 0o644)  # temp files are 0600; the device's service user reads these
+    os.replace(model_path, out / MODEL_NAME)
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+    os.replace(staging / "report.json", out / "report.json")
+    shutil.rmtree(out / REJECTED, ignore_errors=True)  # a stale refusal of an earlier attempt
+    return Outcome(True, report, out / "report.json", out, gate, summary_text(report))
+
+
+def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, saved_model: Path,
+            calibration: np.ndarray, eval_set: datasets.EvaluationSet, spec: Any,
+            input_spec: Any, architecture: str, started: float) -> Outcome:
+    from trainer.data import stratified_indices
+
+    log.info("the gate refused the model; analysing where the quantization error grows")
+    debug_idx = stratified_indices(eval_set.labels, opts.debug_samples, opts.seed + 1)
+    debug = diagnose(saved_model=saved_model, calibration=calibration,
+                     debug_images=scale(eval_set.images[debug_idx], spec), spec=spec,
+                     input_quant=(input_spec.scale, input_spec.zero_point)
+                     if input_spec.quantized else None,
+                     architecture=architecture, calibration_size=opts.calibration_size,
+                     mode=opts.mode)
+    report["quant_debug"] = debug.to_dict()
+    rejected = opts.out / REJECTED
+    staged = saved_model.parent / REJECTED
+    staged.mkdir()
+    (staged / QUANT_DEBUG).write_text(to_markdown(debug, gate.reasons, opts.mode),
+                                      encoding="utf-8")
+    report["output"] = {"dir": str(opts.out), "model": None, "manifest": None,
+                        "report": str(rejected / "report.json"),
+                        "quant_debug": str(rejected / QUANT_DEBUG)}
+    if (opts.out / MODEL_NAME).exists():
+        report["notes"].append(f"the model already in {opts.out} (from an earlier run) was left "
+                               "as it was")
+    report["seconds"] = round(time.monotonic() - started, 1)
+    write_report(staged, report)
+    os.chmod(staged / "report.json", 0o644)
+    shutil.rmtree(rejected, ignore_errors=True)
+    os.replace(staged, rejected)
+    return Outcome(False, report, rejected / "report.json", None, gate, summary_text(report))
