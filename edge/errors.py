@@ -10,6 +10,7 @@ from __future__ import annotations
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
@@ -52,3 +53,20 @@ class UnsupportedInputError(EdgeError):
 
 class DecodeError(UnsupportedInputError):
     """An input file that claims to be an image but cannot be decoded."""
+
+
+class MissingDecoderError(DecodeError):
+    """A compressed DICOM whose transfer syntax no installed pixel-data plugin can decode."""
+
+
+class InputLimitError(UnsupportedInputError):
+    """An input larger than the configured limits (file size, pixels, dimensions).
+
+    The guard against decompression bombs: the header is checked before any pixel is decoded.
+    """
+
+
+class AgentBusyError(EdgeError):
+    """Another edge-agent already holds the outbox's lock; two agents must not share one."""
+
+    exit_code = EX_TEMPFAIL

@@ -1,0 +1,95 @@
+"""``edge-agent check``: everything the agent needs, verified before a clinic relies on it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .config import AgentConfig
+from .errors import EdgeError
+
+
+def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
+    """Print one line per check; return the failures (empty: all good)."""
+    failures: list[str] = []
+
+    def ok(what: str, detail: str) -> None:
+        echo(f"ok      {what}: {detail}")
+
+    def fail(what: str, detail: str) -> None:
+        echo(f"FAILED  {what}: {detail}")
+        failures.append(f"{what}: {detail}")
+
+    ok("config", config.source or "built-in defaults (no --config given)")
+    classifier = None
+    try:
+        from .classifier import Classifier, resolve_model_path
+        from .manifest import load_verified
+
+        path = resolve_model_path(config.paths.model)
+        manifest, model_path = load_verified(path)
+        ok("model", f"{manifest.name} {manifest.version} ({manifest.architecture}, "
+           f"{manifest.quantization}), sha256 {manifest.model_sha256[:12]}... matches "
+           f"{model_path}")
+        classifier = Classifier(config, model_path.parent)
+        classifier.self_test()
+        ok("runtime", f"{classifier.runtime_name} loads and runs the model")
+    except EdgeError as exc:
+        fail("model" if classifier is None else "runtime", str(exc))
+    _check_codecs(ok)
+    if config.paths.inbox:
+        try:
+            from .watch import resolve_folders
+
+            inbox, outbox = resolve_folders(config)
+            ok("inbox", f"{inbox} is readable and writable")
+            _check_outbox(outbox, inbox, ok, fail)
+        except EdgeError as exc:
+            fail("folders", str(exc))
+    else:
+        echo("skip    folders: no inbox given (--inbox or [paths] inbox)")
+    return failures
+
+
+def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
+                  fail: Callable[[str, str], None]) -> None:
+    existing = outbox
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail("outbox", f"{outbox}: {existing} is not a folder")
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".neuroedge-check-", dir=str(existing))
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        fail("outbox", f"cannot write in {existing} ({exc.strerror}); fix its permissions")
+        return
+    where = "exists" if outbox.exists() else f"will be created (in {existing})"
+    ok("outbox", f"{outbox} {where} and is writable")
+    try:
+        same = os.stat(str(inbox)).st_dev == os.stat(str(existing)).st_dev
+    except OSError:
+        same = True
+    if not same:
+        ok("filesystems", "inbox and outbox are on different filesystems: inputs are copied "
+           "durably, then removed from the inbox (slower than a rename, equally safe)")
+
+
+def _check_codecs(ok: Callable[[str, str], None]) -> None:
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+    from .dicom_compat import decoder_problem
+
+    names = {JPEGBaseline8Bit: "JPEG", JPEGLSLossless: "JPEG-LS", JPEG2000Lossless: "JPEG 2000",
+             RLELossless: "RLE"}
+    usable = [label for uid, label in names.items() if not decoder_problem(uid)]
+    missing = [label for uid, label in names.items() if decoder_problem(uid)]
+    detail = f"compressed DICOM decodable: {', '.join(usable) or 'none'}"
+    if missing:
+        detail += (f"; not decodable: {', '.join(missing)} (such files are quarantined; "
+                   "`pip install 'neuroedge[dicom-codecs]'` adds them)")
+    ok("dicom codecs", detail)

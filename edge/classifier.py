@@ -1,0 +1,126 @@
+"""The model, its manifest, and the decision whether a prediction needs a human's review.
+
+``Classifier`` loads a model only after its sha256 matches its manifest, preprocesses with
+the manifest's ``PreprocessSpec`` (the very functions the trainer used), and turns the
+interpreter's output into a ``Prediction``. A prediction whose top probability is below
+``[review] threshold``, or whose margin over the runner-up is below ``[review]
+min_margin``, is flagged ``needs_review`` with the reason spelled out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import AgentConfig, ReviewConfig
+from .errors import ConfigError
+from .inputs import DecodedImage
+from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_verified
+from .preprocess import resize_uint8, scale
+from .runtime import TFLiteClassifier
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    needs_review: bool
+    review_reasons: list[str]
+    model_input: np.ndarray  # the uint8 (H, W, 3) picture the model saw, for the thumbnail
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_model_path(configured: str) -> Path:
+    """The model folder/file to use: the configured one, else the one shipped with the package."""
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.exists():
+            raise ConfigError(f"model {path} does not exist; pass --model with a folder holding "
+                              f"model.tflite and {MANIFEST_NAME}")
+        return path
+    shipped = default_model_dir()
+    if shipped is None:
+        raise ConfigError(
+            "no model is shipped with this version of neuroedge yet: pass --model DIR (a folder "
+            f"holding model.tflite and the {MANIFEST_NAME} written by `python -m "
+            "converters.tflite`), or set [paths] model in the config file")
+    return shipped
+
+
+class Classifier:
+    """A verified model plus the review policy; ``classify`` turns a picture into a Prediction."""
+
+    def __init__(self, config: AgentConfig, model_path: Path | None = None) -> None:
+        path = model_path if model_path is not None else resolve_model_path(config.paths.model)
+        if path.is_file() and path.name == MANIFEST_NAME:
+            path = path.parent
+        self.manifest, self.model_path = load_verified(path)
+        self.model_sha256 = self.manifest.model_sha256
+        threads = config.runtime.threads or None
+        self._model = TFLiteClassifier(self.model_path, self.manifest, num_threads=threads,
+                                       runtime=config.runtime.name or None)
+        self.runtime_name = f"{self._model.runtime.name} {self._model.runtime.version}"
+        self.review = config.review
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.labels)
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``model`` section."""
+        m: ModelManifest = self.manifest
+        return {"name": m.name, "version": m.version, "architecture": m.architecture,
+                "sha256": m.model_sha256, "quantization": m.quantization,
+                "labels": list(m.labels), "runtime": self.runtime_name,
+                "file": self.model_path.name}
+
+    def self_test(self) -> np.ndarray:
+        """Run the model once on a blank picture: proves the runtime can execute it."""
+        blank = np.zeros(self.manifest.preprocess.shape, dtype=np.uint8)
+        probs = self._model.predict(scale(blank, self.manifest.preprocess))
+        if probs.shape != (len(self.manifest.labels),) or not np.all(np.isfinite(probs)):
+            raise ConfigError(f"the model returned {probs!r} for a blank picture; it is broken")
+        return probs
+
+    def classify(self, decoded: DecodedImage) -> Prediction:
+        spec = self.manifest.preprocess
+        t0 = time.perf_counter()
+        pixels = resize_uint8(decoded.picture, spec)
+        model_input = scale(pixels, spec)
+        t1 = time.perf_counter()
+        probs = np.asarray(self._model.predict(model_input), dtype=np.float64)
+        t2 = time.perf_counter()
+        return self._decide(probs, pixels, {"preprocess": (t1 - t0) * 1000,
+                                            "inference": (t2 - t1) * 1000})
+
+    def _decide(self, probs: np.ndarray, pixels: np.ndarray,
+                timings: dict[str, float]) -> Prediction:
+        labels = self.labels
+        probs = np.clip(probs, 0.0, 1.0)
+        order = np.argsort(-probs, kind="stable")
+        top = int(order[0])
+        confidence = float(probs[top])
+        margin = confidence - float(probs[order[1]]) if len(order) > 1 else confidence
+        reasons = review_reasons(confidence, margin, labels[int(order[1])], self.review)
+        return Prediction(
+            label=labels[top], confidence=round(confidence, 6),
+            probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
+            needs_review=bool(reasons), review_reasons=reasons, model_input=pixels,
+            timings_ms=timings)
+
+
+def review_reasons(confidence: float, margin: float, runner_up: str,
+                   review: ReviewConfig) -> list[str]:
+    reasons = []
+    if confidence < review.threshold:
+        reasons.append(f"confidence {confidence:.2f} is below the review threshold "
+                       f"{review.threshold:.2f}")
+    if review.min_margin > 0 and margin < review.min_margin:
+        reasons.append(f"the runner-up ({runner_up}) is only {margin:.2f} behind (minimum "
+                       f"margin {review.min_margin:.2f})")
+    return reasons

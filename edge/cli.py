@@ -1,0 +1,199 @@
+"""``edge-agent``: the command line of the device agent.
+
+Exit codes (sysexits.h, so systemd and scripts can tell them apart):
+
+====  ====================================================================================
+0     success (``classify``: every file was classified)
+1     an unexpected internal error (a bug: please report it with the log)
+2     wrong usage (unknown option, missing argument, a FILE that does not exist)
+65    ``classify``: at least one file was refused (its entry says why)
+69    no TFLite runtime can be imported, or it cannot run the model
+75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
+      yet and stay journaled for the next run
+78    configuration error: config file, model/manifest (incl. sha256 mismatch), folders.
+      ``check`` exits 78 for any failed check. The systemd unit uses
+      ``RestartPreventExitStatus=78``: restarting cannot fix a configuration.
+====  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .config import AgentConfig, load_config
+from .errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EdgeError
+
+log = logging.getLogger("edge")
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an ``EdgeError`` into a one-line message and its exit code; no traceback."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except EdgeError as exc:
+            raise _Failure(str(exc), exc.exit_code) from None
+    return wrapper
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd the journal adds its own timestamps.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
+    # Third-party loggers can quote DICOM element values (patient names): keep them quiet.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    for noisy in ("PIL", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="edge-agent")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="NEUROEDGE_CONFIG",
+              help="TOML configuration file (see edge/config.example.toml); flags override it. "
+                   "Also read from $NEUROEDGE_CONFIG.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, config_path: str | None) -> None:
+    """NeuroEdge device agent: classify brain MR images dropped into an inbox folder.
+
+    NOT FOR CLINICAL USE.
+    """
+    try:
+        config = load_config(config_path)
+    except EdgeError as exc:
+        raise _Failure(str(exc), exc.exit_code) from None
+    if verbose:
+        config = config.override("logging", level="debug")
+    _setup_logging(config.logging.level)
+    ctx.obj = config
+
+
+@cli.command()
+@click.argument("inbox", required=False, type=click.Path(file_okay=False))
+@click.option("--outbox", type=click.Path(file_okay=False),
+              help="Where reports, archive and quarantine go [default: 'outbox' beside INBOX].")
+@click.option("--model", type=click.Path(), help="Model folder (model.tflite + model.json).")
+@click.option("--once", is_flag=True, help="Process what is in the inbox now, then exit.")
+@click.option("--poll", is_flag=True, default=None,
+              help="Poll the folder instead of using OS events (network shares).")
+@click.pass_obj
+@_user_errors
+def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str | None,
+          once: bool, poll: bool | None) -> None:
+    """Process INBOX's backlog, then watch it for new files until stopped."""
+    from .classifier import Classifier
+    from .watch import Agent
+
+    config = config.override("paths", inbox=inbox, outbox=outbox, model=model)
+    config = config.override("watch", poll=poll)
+    agent = Agent(config, Classifier(config), once=once)
+    agent.install_signal_handlers()
+    counts = agent.run()
+    if counts.get("unfinished"):
+        raise _Failure(f"{counts['unfinished']} input(s) could not be finished (see the log); "
+                       "they are kept in the outbox's .state folder and are retried on the next "
+                       "run", EX_TEMPFAIL)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", type=click.Path(), help="Model folder (model.tflite + model.json).")
+@click.pass_obj
+@_user_errors
+def classify(config: AgentConfig, files: tuple[str, ...], model: str | None) -> None:
+    """Classify FILES and print the results as a JSON list (nothing is moved or written)."""
+    from .classifier import Classifier
+    from .errors import UnsupportedInputError
+    from .inputs import decode_file
+    from .manifest import sha256_file
+    from .report import build_report, now_iso
+
+    config = config.override("paths", model=model)
+    classifier = Classifier(config)
+    results, refused = [], 0
+    for name in files:
+        path = Path(name)
+        t0 = time.perf_counter()
+        sha = sha256_file(path)
+        timings = {"hash": (time.perf_counter() - t0) * 1000}
+        try:
+            t1 = time.perf_counter()
+            decoded = decode_file(path, config.dicom, config.limits)
+            timings["decode"] = (time.perf_counter() - t1) * 1000
+        except UnsupportedInputError as exc:
+            refused += 1
+            results.append({"file": name, "status": "refused", "sha256": sha,
+                            "reason_code": exc.__class__.__name__, "reason": str(exc)})
+            continue
+        prediction = classifier.classify(decoded)
+        timings.update(prediction.timings_ms)
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        report = build_report(sha256=sha, file_name=path.name, size=path.stat().st_size,
+                              decoded=decoded, prediction=prediction,
+                              model=classifier.describe(), timings_ms=timings, token="",
+                              received_at=now_iso())
+        report.pop("intake")
+        results.append({"file": name, "status": "classified", **report})
+    click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+    if refused:
+        sys.exit(EX_DATAERR)
+
+
+@cli.command()
+@click.option("--inbox", type=click.Path(file_okay=False), help="Inbox folder to check.")
+@click.option("--outbox", type=click.Path(file_okay=False), help="Outbox folder to check.")
+@click.option("--model", type=click.Path(), help="Model folder (model.tflite + model.json).")
+@click.pass_obj
+def check(config: AgentConfig, inbox: str | None, outbox: str | None,
+          model: str | None) -> None:
+    """Validate config, model (sha256), runtime and folders; exit 0, or 78 with the reason."""
+    from .checks import run_checks
+
+    try:
+        config = config.override("paths", inbox=inbox, outbox=outbox, model=model)
+    except EdgeError as exc:
+        raise _Failure(str(exc), EX_CONFIG) from None
+    failures = run_checks(config, click.echo)
+    if failures:
+        raise _Failure(f"check failed: {failures[0]}", EX_CONFIG)
+    click.echo("all checks passed")
+
+
+@cli.command("sample-inbox")
+@click.argument("folder", type=click.Path(file_okay=False))
+@_user_errors
+def sample_inbox(folder: str) -> None:
+    """Fill FOLDER with sample inputs that show every path through the agent."""
+    from .sample_inbox import write_sample_inbox
+
+    for name, purpose in write_sample_inbox(Path(folder)):
+        click.echo(f"{name:28s} {purpose}")
+    click.echo(f"\nNow run: edge-agent watch {folder} --once --model MODEL_DIR")
+
+
+def main() -> None:
+    cli(prog_name="edge-agent")

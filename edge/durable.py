@@ -1,0 +1,223 @@
+"""Crash-safe file operations: every output is complete or absent, never half-written.
+
+The pattern is the classic one: write a temporary file in the destination folder, flush and
+fsync it, rename it over the final name, then fsync the folder so the rename itself survives
+a power cut. Moves never overwrite: a name that is taken gets a suffix instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".neuroedge-"
+TMP_SUFFIX = ".tmp"
+_MAX_NAME_BYTES = 150
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or unlink in ``folder`` durable (no-op where directories can't be opened)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (e.g. certain network mounts) refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None if it is absent or unreadable (a torn write never is)."""
+    try:
+        with open(str(path), "rb") as handle:
+            return json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def append_line_durable(path: Path, line: str) -> None:
+    """Append one line (plus newline) and fsync; a crash can only leave a torn last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = (line.rstrip("\n") + "\n").encode("utf-8")
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+
+
+def repair_torn_tail(path: Path) -> bool:
+    """Cut a partial last line left by a crash mid-append; True if something was cut."""
+    try:
+        with open(str(path), "rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            if size == 0:
+                return False
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return False
+            # walk back to the last newline (lines are short: read the tail in blocks)
+            pos = size
+            keep = 0
+            while pos > 0:
+                start = max(0, pos - 65536)
+                handle.seek(start)
+                block = handle.read(pos - start)
+                idx = block.rfind(b"\n")
+                if idx >= 0:
+                    keep = start + idx + 1
+                    break
+                pos = start
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+            return True
+    except FileNotFoundError:
+        return False
+
+
+def safe_name(name: str, fallback: str = "unnamed") -> str:
+    """A file name that is safe to create inside one folder, whatever the input was called.
+
+    Only the last path component survives (no ``..``, no separators of either kind),
+    control characters become ``_``, a leading dot is dropped (no hidden files, no ``..``),
+    and the result is at most 150 UTF-8 bytes with its extension kept.
+    """
+    name = unicodedata.normalize("NFC", str(name))
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join("_" if (unicodedata.category(c).startswith("C") or c in '<>:"|?*') else c
+                   for c in name)
+    name = name.strip().lstrip(".").strip()
+    if not name:
+        return fallback
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext) > 16:
+        stem, ext = name, ""
+    ext = ("." + ext) if ext else ""
+    while len((stem + ext).encode("utf-8")) > _MAX_NAME_BYTES and stem:
+        stem = stem[:-1]
+    return (stem + ext) or fallback
+
+
+def split_ext(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return name, ""
+    return stem, "." + ext
+
+
+def free_name(folder: Path, name: str, tag: str) -> Path:
+    """``folder/name`` if unused, else ``name~tag``, ``name~tag-2``, ... (extension kept)."""
+    candidate = folder / name
+    if not os.path.lexists(str(candidate)):
+        return candidate
+    stem, ext = split_ext(name)
+    for n in range(1, 10000):
+        suffix = f"~{tag}" if n == 1 else f"~{tag}-{n}"
+        candidate = folder / f"{stem}{suffix}{ext}"
+        if not os.path.lexists(str(candidate)):
+            return candidate
+    raise FileExistsError(f"no free name for {name} in {folder}")
+
+
+def move_no_replace(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst`` (same filesystem) and never overwrite an existing ``dst``.
+
+    A hard link followed by an unlink is atomic with respect to the destination name
+    (``link`` fails if it exists). Filesystems without hard links (FAT, exFAT, some network
+    shares) fall back to check-then-rename, safe because one agent owns the outbox.
+    """
+    try:
+        os.link(str(src), str(dst), follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                             errno.EXDEV, errno.ENOSYS, errno.EACCES):
+            raise
+        if os.path.lexists(str(dst)):
+            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from None
+        os.rename(str(src), str(dst))
+    else:
+        os.unlink(str(src))
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def copy_durable(src_fd: int, dst: Path) -> None:
+    """Copy an open file's bytes to ``dst`` atomically (used when a rename crosses filesystems)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=str(dst.parent))
+    try:
+        with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(src_fd), "rb") as inp:
+            inp.seek(0)
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, str(dst))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(dst.parent)
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete temp files a crash left in ``folder`` (only ours: ``.neuroedge-*.tmp``)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(str(folder)))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed

@@ -1,0 +1,179 @@
+"""The inbox: which files are candidates, and when a candidate is completely written.
+
+A file is taken only once it is *settled*: its size and modification time have not changed
+for ``[watch] settle_seconds`` (files already old at start-up are settled at once), or it
+was closed after writing (inotify's IN_CLOSE_WRITE, where the OS reports it) and then left
+unchanged for ``[watch] settle_after_close``. Until then it is left alone.
+
+Never taken: hidden files and names of in-progress downloads or copies (``.part``,
+``.tmp``, ``.crdownload``, ``~`` ...), which the copying program renames when done, and
+anything that is not a regular file or a symbolic link (FIFOs, sockets, devices: opening a
+FIFO would hang). Symbolic links are taken *as links* and quarantined without being
+followed. Sub-folders are walked when ``[watch] recursive`` is on; links to folders never.
+
+Memory stays bounded on a burst of thousands of files: at most ``[watch] max_pending``
+candidates are tracked; the rest wait on disk for the next rescan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download",
+                    ".filepart", ".swp", ".swx", ".lck", ".lock", "~", ".!sync", ".opdownload")
+IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
+
+
+def is_ignored_name(name: str) -> bool:
+    lower = name.lower()
+    return name.startswith(".") or lower.endswith(IGNORED_SUFFIXES) or lower in IGNORED_NAMES
+
+
+@dataclass
+class Candidate:
+    size: int
+    mtime_ns: int
+    changed_at: float  # monotonic time of the last change we know of
+    closed_at: float | None = None
+    is_link: bool = False
+
+
+class Inbox:
+    def __init__(self, root: Path, recursive: bool, settle: float, settle_after_close: float,
+                 max_pending: int) -> None:
+        self.root = root
+        self.recursive = recursive
+        self.settle = settle
+        self.settle_after_close = settle_after_close
+        self.max_pending = max_pending
+        self.pending: dict[str, Candidate] = {}
+        self.overflowed = False
+        self._skipped: dict[str, float] = {}  # paths that failed to claim: retry later
+
+    def contains(self, path: str) -> bool:
+        """Is ``path`` inside the inbox (its folder resolved, the file itself not followed)?"""
+        parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        root = str(self.root)
+        return parent == root or parent.startswith(root + os.sep)
+
+    def observe(self, path: str, closed: bool = False, now: float | None = None) -> None:
+        """Note that ``path`` exists or changed (from an event or a scan)."""
+        now = time.monotonic() if now is None else now
+        name = os.path.basename(path)
+        if is_ignored_name(name) or not self.contains(path):
+            return
+        if not self.recursive and os.path.dirname(os.path.abspath(path)) != str(self.root):
+            return
+        retry_at = self._skipped.get(path)
+        if retry_at is not None and now < retry_at:
+            return
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.pending.pop(path, None)
+            return
+        is_link = stat.S_ISLNK(st.st_mode)
+        if not is_link and not stat.S_ISREG(st.st_mode):
+            return
+        current = self.pending.get(path)
+        if current is None:
+            if len(self.pending) >= self.max_pending:
+                self.overflowed = True
+                return
+            age = max(0.0, time.time() - st.st_mtime)  # an old file is settled already
+            self.pending[path] = Candidate(st.st_size, st.st_mtime_ns, now - age,
+                                           now if closed else None, is_link)
+            return
+        if (st.st_size, st.st_mtime_ns) != (current.size, current.mtime_ns):
+            current.size, current.mtime_ns = st.st_size, st.st_mtime_ns
+            current.changed_at, current.closed_at = now, None
+        if closed:
+            current.closed_at = now
+
+    def skip_for(self, path: str, seconds: float) -> None:
+        """Leave ``path`` alone for a while (it could not be claimed: permissions, ...)."""
+        self.pending.pop(path, None)
+        self._skipped[path] = time.monotonic() + seconds
+        if len(self._skipped) > 10 * self.max_pending:
+            self._skipped.clear()
+
+    def take_ready(self, now: float | None = None) -> str | None:
+        """A settled candidate (re-checked on disk), removed from the pending set; or None."""
+        now = time.monotonic() if now is None else now
+        for path, cand in sorted(self.pending.items(), key=lambda kv: kv[1].changed_at):
+            if not self._due(cand, now):
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                del self.pending[path]
+                continue
+            if (st.st_size, st.st_mtime_ns) != (cand.size, cand.mtime_ns):
+                cand.size, cand.mtime_ns = st.st_size, st.st_mtime_ns
+                cand.changed_at, cand.closed_at = now, None
+                continue
+            del self.pending[path]
+            return path
+        return None
+
+    def _due(self, cand: Candidate, now: float) -> bool:
+        if cand.is_link:
+            return True
+        if now - cand.changed_at >= self.settle:
+            return True
+        return cand.closed_at is not None and now - cand.closed_at >= self.settle_after_close
+
+    def next_due(self) -> float | None:
+        """Monotonic time at which the earliest pending candidate may be settled."""
+        times = []
+        for cand in self.pending.values():
+            t = cand.changed_at + self.settle
+            if cand.closed_at is not None:
+                t = min(t, cand.closed_at + self.settle_after_close)
+            times.append(t)
+        return min(times) if times else None
+
+    def scan(self, folder: Path | None = None) -> int:
+        """Walk the inbox (or one sub-folder) and observe every candidate; return how many."""
+        self.overflowed = False
+        count = 0
+        for path in self._walk(folder or self.root):
+            self.observe(path)
+            count += 1
+            if len(self.pending) >= self.max_pending:
+                self.overflowed = True
+                break
+        return count
+
+    def _walk(self, folder: Path) -> Iterator[str]:
+        stack = [str(folder)]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = os.scandir(current)
+            except OSError as exc:
+                log.warning("cannot list an inbox folder (%s)", exc.strerror)
+                continue
+            with entries:
+                subfolders = []
+                for entry in entries:
+                    if is_ignored_name(entry.name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if self.recursive:
+                                subfolders.append(entry.path)
+                            continue
+                        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                            yield entry.path
+                    except OSError:
+                        continue
+            stack.extend(sorted(subfolders, reverse=True))

@@ -1,0 +1,91 @@
+"""The daily index: ``<outbox>/index/YYYY-MM-DD.jsonl``, one line per input handled.
+
+JSON Lines because a line is appended and fsynced atomically enough: a crash can only
+leave a torn last line, which start-up cuts (the job that wrote it is still journaled and
+appends it again). Each line carries the job's token, so a replayed job never adds a
+second line. ``index/YYYY-MM-DD.html`` and ``index.html`` are rendered from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from . import pages
+from .durable import append_line_durable, repair_torn_tail, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class DailyIndex:
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.folder = outbox / "index"
+        self._dirty: set[str] = set()
+
+    def path_for(self, day: str) -> Path:
+        if not _DAY.match(day):
+            raise ValueError(f"not a day: {day!r}")
+        return self.folder / f"{day}.jsonl"
+
+    def repair(self) -> None:
+        """Cut torn last lines left by a crash mid-append."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.jsonl")):
+            if repair_torn_tail(path):
+                log.warning("index %s: removed a partial last line left by a crash", path.name)
+
+    def read(self, day: str) -> list[dict[str, Any]]:
+        entries = []
+        try:
+            with open(str(self.path_for(day)), encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        entries.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return entries
+
+    def contains(self, day: str, token: str) -> bool:
+        needle = f'"token": "{token}"'
+        try:
+            with open(str(self.path_for(day)), encoding="utf-8") as handle:
+                return any(needle in line for line in handle)
+        except FileNotFoundError:
+            return False
+
+    def append(self, day: str, entry: dict[str, Any], replay: bool = False) -> None:
+        """Append ``entry``; on a replay after a crash, only if its token is not there yet."""
+        if replay and self.contains(day, entry["token"]):
+            return
+        append_line_durable(self.path_for(day), json.dumps(entry, ensure_ascii=False))
+        self._dirty.add(day)
+
+    def days(self) -> list[tuple[str, int]]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.glob("*.jsonl"):
+            if _DAY.match(path.stem):
+                with open(str(path), "rb") as handle:
+                    found.append((path.stem, sum(1 for _ in handle)))
+        return found
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def render(self, days: Any = None) -> None:
+        """Rewrite the HTML pages of the changed days (or ``days``) and ``index.html``."""
+        todo = set(days) if days is not None else set(self._dirty)
+        for day in sorted(todo):
+            write_bytes_atomic(self.folder / f"{day}.html", pages.day_page(day, self.read(day)))
+        write_bytes_atomic(self.outbox / "index.html", pages.index_page(self.days()))
+        self._dirty.difference_update(todo)

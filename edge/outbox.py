@@ -1,0 +1,153 @@
+"""The outbox's folder layout, its lock, and the journal of inputs being worked on.
+
+::
+
+    <outbox>/
+      reports/<id>.json, <id>.html     one report per distinct input content (id = sha256)
+      archive/YYYY-MM-DD/<name>        inputs, moved here once their report is durable
+      quarantine/<name>                inputs that were refused...
+      quarantine/<name>.reason.json    ...and why
+      index/YYYY-MM-DD.jsonl, .html    everything handled that day
+      index.html                       links to the days
+      .state/lock                      held by the running agent
+      .state/jobs/<token>.json         intent records: the journal
+      .state/claimed/<token>           inputs taken out of the inbox, being worked on
+
+A job record is written *before* each step that moves a file, so after a crash (power cut,
+``kill -9``) the next start reads ``.state/jobs`` and finishes every step that was begun.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .durable import fsync_dir, read_json, remove_stale_temp_files, write_json_atomic
+from .errors import AgentBusyError, ConfigError
+
+SUBFOLDERS = ("reports", "archive", "quarantine", "index", ".state", ".state/jobs",
+              ".state/claimed")
+
+
+@dataclass
+class Job:
+    """One input's progress through claim -> decide -> move -> index."""
+
+    token: str
+    stage: str  # claiming, claimed, decided, moved
+    source: str  # path relative to the inbox, as found
+    file_name: str  # the input's original base name, for the report and the archive name
+    claimed_at: str
+    is_symlink: bool = False
+    attempts: int = 0
+    sha256: str | None = None
+    size: int | None = None
+    outcome: str | None = None  # classified, duplicate, quarantined
+    reason: str | None = None
+    reason_code: str | None = None
+    dest: str | None = None  # relative to the outbox
+    day: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Outbox:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.reports = root / "reports"
+        self.archive = root / "archive"
+        self.quarantine = root / "quarantine"
+        self.state = root / ".state"
+        self.jobs = self.state / "jobs"
+        self.claimed = self.state / "claimed"
+        self._lock_fd: int | None = None
+
+    def prepare(self) -> None:
+        """Create the layout; refuse folders replaced by symlinks (they could point anywhere)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for name in SUBFOLDERS:
+                path = self.root / name
+                if path.is_symlink():
+                    raise ConfigError(f"{path} is a symbolic link; the outbox's folders must be "
+                                      "real folders (remove the link)")
+                path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the outbox folders in {self.root}: "
+                              f"{exc.strerror}; check the path and its permissions") from None
+        if not os.access(str(self.root), os.W_OK | os.X_OK):
+            raise ConfigError(f"the outbox {self.root} is not writable by this user")
+
+    def lock(self) -> None:
+        """Hold ``.state/lock`` for the agent's lifetime: two agents must not share an outbox."""
+        import fcntl
+
+        path = self.state / "lock"
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise AgentBusyError(
+                    f"another edge-agent is already using the outbox {self.root}; stop it "
+                    "first (two agents on one outbox could process a file twice)") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def remove_temp_files(self) -> int:
+        removed = 0
+        for folder in (self.reports, self.quarantine, self.jobs, self.claimed, self.root,
+                       self.root / "index"):
+            removed += remove_stale_temp_files(folder)
+        if self.archive.is_dir():
+            for day in self.archive.iterdir():
+                if day.is_dir() and not day.is_symlink():
+                    removed += remove_stale_temp_files(day)
+        return removed
+
+    # --- the journal -----------------------------------------------------------------
+
+    @staticmethod
+    def new_token() -> str:
+        return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
+
+    def claimed_path(self, job: Job) -> Path:
+        return self.claimed / job.token
+
+    def save(self, job: Job) -> None:
+        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job))
+
+    def delete(self, job: Job) -> None:
+        try:
+            os.unlink(str(self.jobs / f"{job.token}.json"))
+        except FileNotFoundError:
+            pass
+        fsync_dir(self.jobs)
+
+    def pending_jobs(self) -> list[Job]:
+        jobs = []
+        for path in sorted(self.jobs.glob("*.json")):
+            data = read_json(path)
+            if isinstance(data, dict) and "token" in data:
+                jobs.append(Job.from_dict(data))
+        return jobs
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()

@@ -1,0 +1,159 @@
+"""Human-readable HTML: one page per report, one page per day, and ``index.html``.
+
+Pages are self-contained (inline CSS, the thumbnail embedded as a base64 PNG), so they open
+from a USB stick or a file share with no server. Every value from an input file or a
+report is HTML-escaped, and a Content-Security-Policy forbids scripts outright: a DICOM tag
+or a file name such as ``<script>`` can only ever show up as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any, Iterable
+
+import numpy as np
+from PIL import Image
+
+_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'")
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;max-width:60rem;
+color:#1b1b1b}
+h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+.notice{background:#fff3cd;border:2px solid #b58100;padding:.8rem;font-weight:600}
+.review{background:#fde2e1;border:2px solid #b3261e;padding:.8rem;margin-top:1rem}
+.ok{background:#e6f4ea;border:2px solid #1e7e34;padding:.8rem;margin-top:1rem}
+table{border-collapse:collapse;margin-top:.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem;
+text-align:left;vertical-align:top}th{background:#f3f3f3}
+.bar{background:#4a6fa5;height:.8rem;display:inline-block}
+.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem;word-break:break-all}
+img.thumb{width:224px;height:224px;image-rendering:pixelated;border:1px solid #999}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def thumbnail_data_uri(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _page(title: str, body: str) -> bytes:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>\n"
+            f"{body}\n</body></html>\n").encode()
+
+
+def _rows(pairs: Iterable[tuple[str, Any]], mono: tuple[str, ...] = ()) -> str:
+    out = []
+    for key, value in pairs:
+        if value is None or value == "":
+            continue
+        cls = ' class="mono"' if key in mono else ""
+        out.append(f"<tr><th>{esc(key)}</th><td{cls}>{esc(value)}</td></tr>")
+    return "<table>" + "".join(out) + "</table>"
+
+
+def report_page(report: dict[str, Any], thumbnail: np.ndarray | None) -> bytes:
+    """The clinician's page for one input."""
+    pred = report["prediction"]
+    label, confidence = pred["label"], pred["confidence"]
+    parts = [f"<p class=\"notice\">{esc(report['notice'])}</p>",
+             f"<h1>{esc(report['input']['file_name'])}</h1>"]
+    if report["needs_review"]:
+        reasons = "".join(f"<li>{esc(r)}</li>" for r in report["review_reasons"])
+        parts.append(f"<div class=\"review\"><strong>Needs review.</strong> Model's answer: "
+                     f"{esc(label)} ({confidence:.0%}), but<ul>{reasons}</ul></div>")
+    else:
+        parts.append(f"<div class=\"ok\">Model's answer: <strong>{esc(label)}</strong> "
+                     f"({confidence:.0%} confidence)</div>")
+    if thumbnail is not None:
+        uri = thumbnail_data_uri(thumbnail)
+        parts.append(f"<h2>What the model saw</h2><img class=\"thumb\" alt=\"model input\" "
+                     f"src=\"{uri}\">")
+    probs = "".join(
+        f"<tr><td>{esc(name)}</td><td>{p:.1%}</td><td><span class=\"bar\" "
+        f"style=\"width:{max(0.0, min(1.0, p)) * 20:.2f}rem\"></span></td></tr>"
+        for name, p in sorted(pred["probabilities"].items(), key=lambda kv: -kv[1]))
+    parts.append("<h2>Probabilities</h2><table><tr><th>class</th><th>probability</th><th></th>"
+                 f"</tr>{probs}</table>")
+    if report.get("notes"):
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report["notes"])
+                     + "</ul>")
+    inp = report["input"]
+    parts.append("<h2>Input</h2>" + _rows(
+        [("file name", inp["file_name"]), ("format", inp["format"]),
+         ("size (bytes)", inp["size_bytes"]), ("sha256", inp["sha256"]),
+         ("received", report["intake"]["received_at"])], mono=("sha256",)))
+    dicom = report.get("dicom")
+    if dicom:
+        window = dicom.get("window") or {}
+        parts.append("<h2>DICOM</h2>" + _rows(
+            [("Study Instance UID", dicom.get("study_instance_uid")),
+             ("Series Instance UID", dicom.get("series_instance_uid")),
+             ("SOP Instance UID", dicom.get("sop_instance_uid")),
+             ("SOP Class", dicom.get("sop_class")), ("Modality", dicom.get("modality")),
+             ("Study date", dicom.get("study_date")),
+             ("Series description", dicom.get("series_description")),
+             ("Transfer syntax", dicom.get("transfer_syntax")),
+             ("Photometric interpretation", dicom.get("photometric_interpretation")),
+             ("Size", f"{dicom.get('columns')} x {dicom.get('rows')}"),
+             ("Frames", f"{dicom.get('frames')} (classified: {dicom.get('frame_index')})"),
+             ("Windowing", window.get("method"))],
+            mono=("Study Instance UID", "Series Instance UID", "SOP Instance UID")))
+    model = report["model"]
+    parts.append("<h2>Model and software</h2>" + _rows(
+        [("model", f"{model['name']} {model['version']} ({model['architecture']}, "
+                   f"{model['quantization']})"), ("model sha256", model["sha256"]),
+         ("runtime", model.get("runtime")),
+         ("agent", f"edge-agent {report['agent']['version']}"),
+         ("timings (ms)", ", ".join(f"{k} {v:g}" for k, v in report["timings_ms"].items())),
+         ("report created", report["created_at"]), ("report id", report["id"])],
+        mono=("model sha256", "report id")))
+    return _page(f"{label} - {report['input']['file_name']}", "\n".join(parts))
+
+
+def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
+    """Everything processed on one day, newest first, linking to the report pages."""
+    rows = []
+    for e in reversed(entries):
+        outcome = e.get("outcome")
+        link = e.get("html") or e.get("report")
+        name = esc(e.get("file_name"))
+        if link:
+            name = f"<a href=\"../{esc(link)}\">{name}</a>"
+        if outcome == "quarantined":
+            result = f"refused: {esc(e.get('reason'))}"
+        else:
+            result = f"{esc(e.get('label'))} ({(e.get('confidence') or 0):.0%})"
+            if e.get("needs_review"):
+                result += " <strong>needs review</strong>"
+            if outcome == "duplicate":
+                result += " (same content as an earlier input)"
+        rows.append(f"<tr><td>{esc(e.get('time'))}</td><td>{name}</td><td>{esc(outcome)}</td>"
+                    f"<td>{result}</td><td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
+    body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>Processed on {esc(day)}</h1>"
+            "<p><a href=\"../index.html\">all days</a></p><table><tr><th>time</th><th>input</th>"
+            "<th>outcome</th><th>result</th><th>input moved to</th></tr>" + "".join(rows)
+            + "</table>")
+    return _page(f"NeuroEdge {day}", body)
+
+
+def index_page(days: list[tuple[str, int]]) -> bytes:
+    items = "".join(f"<li><a href=\"index/{esc(d)}.html\">{esc(d)}</a> ({n} inputs)</li>"
+                    for d, n in sorted(days, reverse=True))
+    body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>"
+            f"<ul>{items or '<li>nothing processed yet</li>'}</ul>")
+    return _page("NeuroEdge reports", body)
+
+
+def _notice() -> str:
+    from .report import NOTICE
+    return NOTICE

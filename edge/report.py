@@ -1,0 +1,76 @@
+"""The per-input report: ``<outbox>/reports/<id>.json`` (schema ``neuroedge.report/1``).
+
+``id`` is the sha256 of the input's bytes, so the same content always maps to the same
+report and is never classified twice. The schema is documented field by field in
+docs/readme/agent.md; a change to a field's meaning bumps the schema version.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime
+from typing import Any
+
+from . import __version__
+from .inputs import DecodedImage
+
+REPORT_SCHEMA = "neuroedge.report/1"
+NOTICE = ("NOT FOR CLINICAL USE. This is an automated research classification of one image by "
+          "a machine-learning model. It is not a diagnosis, may be wrong, and must not be used "
+          "to make decisions about a patient's care.")
+
+
+def now_iso() -> str:
+    """Local time with its UTC offset, to the second (what a clinic's staff read)."""
+    return datetime.now().astimezone().replace(microsecond=0).isoformat()
+
+
+def local_day() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def agent_info() -> dict[str, Any]:
+    versions = {"name": "edge-agent", "version": __version__,
+                "python": platform.python_version()}
+    for module in ("numpy", "pydicom", "PIL"):
+        try:
+            versions[module.lower() if module != "PIL" else "pillow"] = __import__(
+                module).__version__
+        except Exception:  # noqa: BLE001 - informative only
+            pass
+    return versions
+
+
+def build_report(*, sha256: str, file_name: str, size: int, decoded: DecodedImage,
+                 prediction: Any, model: dict[str, Any], timings_ms: dict[str, float],
+                 token: str, received_at: str) -> dict[str, Any]:
+    """The report as a JSON-ready dict (the HTML page is rendered from the same dict)."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "id": sha256,
+        "notice": NOTICE,
+        "created_at": now_iso(),
+        "input": {"file_name": file_name, "sha256": sha256, "size_bytes": size,
+                  "format": decoded.kind},
+        "dicom": decoded.details if decoded.kind == "dicom" else None,
+        "image": decoded.details if decoded.kind != "dicom" else None,
+        "prediction": {"label": prediction.label, "confidence": prediction.confidence,
+                       "probabilities": prediction.probabilities},
+        "needs_review": prediction.needs_review,
+        "review_reasons": list(prediction.review_reasons),
+        "notes": list(decoded.notes),
+        "model": model,
+        "agent": agent_info(),
+        "timings_ms": {k: round(v, 2) for k, v in timings_ms.items()},
+        "intake": {"token": token, "received_at": received_at},
+    }
+
+
+def summary_line(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of a report the daily index repeats."""
+    if not report:
+        return {"label": None, "confidence": None, "needs_review": None}
+    return {"label": report["prediction"]["label"],
+            "confidence": report["prediction"]["confidence"],
+            "needs_review": report["needs_review"]}

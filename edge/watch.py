@@ -1,0 +1,267 @@
+"""``edge-agent watch``: recover, process the backlog, then watch the inbox until stopped.
+
+The watchdog observer's handler is thin: it only puts paths on a bounded queue (when the
+queue is full it asks for a rescan instead, so a burst can never exhaust memory). One
+worker, the main loop, does everything else: it tracks candidates until they are settled,
+claims and processes one file at a time, rescans the inbox periodically (events get lost:
+network shares, inotify limits), retries jobs that failed for a passing reason (a full
+disk), pings systemd's watchdog, and stops cleanly on SIGTERM/SIGINT after the current file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import sdnotify
+from .classifier import Classifier
+from .config import AgentConfig
+from .errors import ConfigError
+from .inbox import Inbox
+from .index import DailyIndex
+from .outbox import Job, Outbox
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+_EVENT_QUEUE_SIZE = 10000
+_TICK = 0.25  # longest sleep: how quickly a stop request or new event is noticed
+
+
+def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
+    """The inbox and outbox as real absolute paths, checked for sense."""
+    if not config.paths.inbox:
+        raise ConfigError("no inbox given: pass INBOX to `edge-agent watch` or set [paths] inbox "
+                          "in the config file")
+    inbox = Path(os.path.realpath(os.path.expanduser(config.paths.inbox)))
+    if not inbox.is_dir():
+        raise ConfigError(f"the inbox {inbox} does not exist or is not a folder; create it "
+                          "or fix the path")
+    if not os.access(str(inbox), os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"the inbox {inbox} must be readable and writable by this user "
+                          "(inputs are moved out of it once handled)")
+    outbox_raw = config.paths.outbox or str(inbox.parent / "outbox")
+    outbox = Path(os.path.realpath(os.path.expanduser(outbox_raw)))
+    if outbox == inbox or str(outbox).startswith(str(inbox) + os.sep) or str(
+            inbox).startswith(str(outbox) + os.sep):
+        raise ConfigError(f"the outbox {outbox} and the inbox {inbox} must be separate folders, "
+                          "neither inside the other")
+    return inbox, outbox
+
+
+class _Handler:
+    """watchdog event handler: enqueue, nothing else (it runs in the observer's thread)."""
+
+    def __init__(self, events: queue.Queue, rescan: threading.Event) -> None:
+        self.events = events
+        self.rescan = rescan
+
+    def dispatch(self, event: Any) -> None:
+        kind = event.event_type
+        if kind in ("deleted", "closed_no_write", "opened"):
+            return
+        path = getattr(event, "dest_path", "") if kind == "moved" else event.src_path
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        if not path:
+            return
+        try:
+            self.events.put_nowait((path, kind == "closed", event.is_directory))
+        except queue.Full:
+            self.rescan.set()
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, classifier: Classifier, once: bool = False) -> None:
+        self.config = config
+        self.once = once
+        self.inbox_root, outbox_root = resolve_folders(config)
+        self.outbox = Outbox(outbox_root)
+        self.index = DailyIndex(outbox_root)
+        w = config.watch
+        self.inbox = Inbox(self.inbox_root, w.recursive, w.settle_seconds, w.settle_after_close,
+                           w.max_pending)
+        self.worker = Worker(config, self.inbox_root, self.outbox, classifier, self.index)
+        self.stop_requested = threading.Event()
+        self._events: queue.Queue = queue.Queue(maxsize=_EVENT_QUEUE_SIZE)
+        self._rescan = threading.Event()
+        self._observer: Any = None
+        self._failed_jobs: list[Job] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            if self.stop_requested.is_set() and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            log.info("%s received: finishing the current file, then stopping",
+                     signal.Signals(signum).name)
+            self.stop_requested.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    def run(self) -> dict[str, int]:
+        """Run until stopped (or, with ``once``, until the backlog is done); return counts."""
+        self.outbox.prepare()
+        self.outbox.lock()
+        try:
+            self._recover()
+            if not self.once:
+                self._start_observer()
+            self.inbox.scan()
+            sdnotify.notify("READY=1")
+            sdnotify.notify(f"STATUS=watching {self.inbox_root}")
+            log.info("watching %s (outbox %s, %s)", self.inbox_root, self.outbox.root,
+                     "backlog only" if self.once else
+                     ("polling" if self.config.watch.poll else "native events"))
+            self._loop()
+        finally:
+            sdnotify.notify("STOPPING=1")
+            self._stop_observer()
+            self._render_index()
+            self.outbox.unlock()
+        counts = dict(self.worker.counts, unfinished=len(self._failed_jobs))
+        log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
+                 counts["classified"], counts["duplicate"], counts["quarantined"],
+                 counts["unfinished"])
+        return counts
+
+    def _recover(self) -> None:
+        """Finish whatever a crash interrupted, before looking at anything new."""
+        removed = self.outbox.remove_temp_files()
+        if removed:
+            log.warning("removed %d partial temporary file(s) left by an interrupted run",
+                        removed)
+        self.index.repair()
+        jobs = self.outbox.pending_jobs()
+        known = {job.token for job in jobs}
+        for entry in sorted(os.listdir(str(self.outbox.claimed))):
+            if entry not in known and not entry.startswith("."):
+                # a claimed input with no record (the record was removed by hand): adopt it
+                job = Job(token=entry, stage="claimed", source=entry,
+                          file_name=f"recovered-{entry}", claimed_at="")
+                self.outbox.save(job)
+                jobs.append(job)
+        if jobs:
+            log.warning("resuming %d input(s) interrupted by a crash or power cut", len(jobs))
+        for job in jobs:
+            self._run_job(job, replay=True)
+
+    def _start_observer(self) -> None:
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        if self.config.watch.poll:
+            observer = PollingObserver(timeout=self.config.watch.poll_interval)
+        else:
+            observer = Observer()
+        observer.schedule(_Handler(self._events, self._rescan), str(self.inbox_root),
+                          recursive=self.config.watch.recursive)
+        observer.daemon = True
+        try:
+            observer.start()
+        except OSError as exc:  # e.g. inotify watch limit reached
+            log.warning("native file events unavailable (%s); relying on rescans every %gs",
+                        exc.strerror or exc, self.config.watch.rescan_interval)
+            return
+        self._observer = observer
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    # --- the loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        w = self.config.watch
+        ping_every = sdnotify.watchdog_interval()
+        last_ping = last_scan = last_retry = time.monotonic()
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            if ping_every and now - last_ping >= ping_every:
+                sdnotify.notify("WATCHDOG=1")
+                last_ping = now
+            self._drain_events()
+            if self._rescan.is_set() or now - last_scan >= w.rescan_interval or (
+                    self.inbox.overflowed and len(self.inbox.pending) < w.max_pending // 2):
+                self._rescan.clear()
+                self.inbox.scan()
+                last_scan = now
+            if self._failed_jobs and now - last_retry >= w.retry_interval:
+                last_retry = now
+                retry, self._failed_jobs = self._failed_jobs, []
+                for job in retry:
+                    self._run_job(job, replay=True)
+            path = self.inbox.take_ready()
+            if path is not None:
+                self._process(path)
+                continue
+            if self.index.dirty:
+                self._render_index()
+            if self.once and not self.inbox.pending and not self.inbox.overflowed:
+                self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
+                if not self.inbox.pending:
+                    break
+                continue
+            due = self.inbox.next_due()
+            timeout = _TICK if due is None else min(_TICK, max(0.01, due - time.monotonic()))
+            if ping_every:
+                timeout = min(timeout, ping_every)
+            try:
+                item = self._events.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            self._observe_event(item)
+
+    def _drain_events(self) -> None:
+        for _ in range(1000):
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            self._observe_event(item)
+
+    def _observe_event(self, item: tuple[str, bool, bool]) -> None:
+        path, closed, is_dir = item
+        if is_dir:
+            if os.path.isdir(path) and not os.path.islink(path) and self.inbox.contains(path):
+                self.inbox.scan(Path(path))  # files copied into a new folder before its watch
+            return
+        self.inbox.observe(path, closed=closed)
+
+    def _process(self, path: str) -> None:
+        try:
+            job = self.worker.claim(path)
+        except OSError as exc:
+            log.warning("cannot take an inbox file (%s); will retry in %gs", exc.strerror or exc,
+                        self.config.watch.retry_interval)
+            self.inbox.skip_for(path, self.config.watch.retry_interval)
+            return
+        if job is not None:
+            self._run_job(job)
+
+    def _run_job(self, job: Job, replay: bool = False) -> None:
+        try:
+            self.worker.run(job, replay=replay)
+        except Exception as exc:  # noqa: BLE001 - keep the input journaled and retry later
+            log.error("input %s could not be finished (%s: %s); it stays safely in %s and "
+                      "will be retried in %gs", (job.sha256 or job.token)[:12],
+                      exc.__class__.__name__, str(exc)[:200], self.outbox.state,
+                      self.config.watch.retry_interval,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            self._failed_jobs.append(job)
+
+    def _render_index(self) -> None:
+        try:
+            self.index.render()
+        except OSError as exc:
+            log.warning("could not update the HTML index pages (%s)", exc.strerror or exc)
+
