@@ -156,6 +156,15 @@ class TFLiteClassifier:
                     f"says {declared.dtype}{list(declared.shape)}: re-export the model")
 
     @property
+    def delegate_nodes(self) -> Optional[int]:
+        """Graph nodes run by a delegate (XNNPACK on a CPU); 0: plain kernels; None: unknown."""
+        try:
+            ops = self._interpreter._get_ops_details()
+        except Exception:  # noqa: BLE001 - a private API: informative only
+            return None
+        return sum(1 for op in ops if op.get("op_name") == "DELEGATE")
+
+    @property
     def batch_size(self) -> int:
         return int(self.input_spec.shape[0])
 
