@@ -58,29 +58,33 @@ def decode_dicom(path: Path, preamble: bool, dicom: DicomConfig,
     with warnings.catch_warnings():
         # pydicom's warnings can quote element values (names, IDs): never let them reach logs
         warnings.simplefilter("ignore")
-        ds = _read(path, preamble)
-        details = _describe(ds, preamble)
-        _check_is_classifiable(ds, dicom)
-        rows, columns, frames, samples = _geometry(ds)
-        check_dimensions(columns, rows, limits, "DICOM image", frames, samples)
-        photometric = details["photometric_interpretation"]
-        if photometric not in SUPPORTED_PHOTOMETRIC:
-            raise UnsupportedInputError(
-                f"Photometric Interpretation {photometric!r} is not supported (supported: "
-                f"{', '.join(SUPPORTED_PHOTOMETRIC)})")
-        tsyntax = ds.file_meta.TransferSyntaxUID
-        problem = compat.decoder_problem(tsyntax)
-        if problem:
-            raise MissingDecoderError(problem)
-        if compat.UID(str(tsyntax)).is_compressed:
-            _check_codestream(ds, columns, rows)
-        index = (frames - 1) // 2 if dicom.frame == "middle" else 0
-        try:
-            arr, photometric_out = compat.decode_frame(ds, index, frames)
-        except MemoryError:
-            raise InputLimitError("not enough memory to decode this image") from None
-        except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged data
-            raise DecodeError(_decode_failure(exc, tsyntax)) from None
+        return _decode(path, preamble, dicom, limits)
+
+
+def _decode(path: Path, preamble: bool, dicom: DicomConfig, limits: LimitsConfig) -> DecodedImage:
+    ds = _read(path, preamble)
+    details = _describe(ds, preamble)
+    _check_is_classifiable(ds, dicom)
+    rows, columns, frames, samples = _geometry(ds)
+    check_dimensions(columns, rows, limits, "DICOM image", frames, samples)
+    photometric = details["photometric_interpretation"]
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise UnsupportedInputError(
+            f"Photometric Interpretation {photometric!r} is not supported (supported: "
+            f"{', '.join(SUPPORTED_PHOTOMETRIC)})")
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    problem = compat.decoder_problem(tsyntax)
+    if problem:
+        raise MissingDecoderError(problem)
+    if compat.UID(str(tsyntax)).is_compressed:
+        _check_codestream(ds, columns, rows)
+    index = (frames - 1) // 2 if dicom.frame == "middle" else 0
+    try:
+        arr, photometric_out = compat.decode_frame(ds, index, frames)
+    except MemoryError:
+        raise InputLimitError("not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged data
+        raise DecodeError(_decode_failure(exc, tsyntax)) from None
     expected: tuple[int, ...] = (rows, columns) if samples == 1 else (rows, columns, samples)
     if tuple(arr.shape) != expected:
         raise DecodeError(f"the decoded frame has shape {tuple(arr.shape)}, the header "
@@ -188,6 +192,9 @@ def _int_or_none(ds: Any, keyword: str) -> int | None:
 
 
 def _check_is_classifiable(ds: Any, dicom: DicomConfig) -> None:
+    if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData", "StudyInstanceUID")):
+        raise DecodeError("the file is marked as DICOM but holds no readable DICOM elements: it "
+                          "is damaged or truncated; copy it again from the scanner")
     if "PixelData" not in ds:
         what = _uid_name(ds.get("SOPClassUID")) or "DICOM object"
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -326,7 +333,8 @@ def _grayscale_to_uint8(arr: np.ndarray, ds: Any, index: int,
     values, rescale = _modality_values(arr, ds, index)
     if dicom.use_file_window and "VOILUTSequence" in ds:
         try:
-            out = np.asarray(compat.apply_voi_lut(values, ds, index=0, prefer_lut=True),
+            lut_input = np.rint(values).astype(np.int64)  # LUTs map integer values
+            out = np.asarray(compat.apply_voi_lut(lut_input, ds, index=0, prefer_lut=True),
                              dtype=np.float64)
             bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
             top = float(2 ** bits - 1) if 8 <= bits <= 16 else float(out.max() or 1)

@@ -1,0 +1,79 @@
+"""Crash-safe file primitives: atomic writes, no-overwrite moves, safe names, torn lines."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from edge.durable import (
+    append_line_durable,
+    free_name,
+    move_no_replace,
+    remove_stale_temp_files,
+    repair_torn_tail,
+    safe_name,
+    write_json_atomic,
+)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("scan.dcm", "scan.dcm"),
+    ("../../etc/passwd", "passwd"),
+    ("..\\..\\windows\\evil.dcm", "evil.dcm"),
+    ("..", "unnamed"),
+    (".hidden", "hidden"),
+    ("a\nb\x00c.png", "a_b_c.png"),
+    ("<script>alert(1)</script>.dcm", "script_.dcm"),
+    ("<b>x.dcm", "_b_x.dcm"),
+    ("", "unnamed"),
+])
+def test_safe_name(raw, expected):
+    name = safe_name(raw)
+    assert "/" not in name and "\\" not in name and not name.startswith(".")
+    assert name.startswith(expected) or name == expected
+
+
+def test_safe_name_limits_length_and_keeps_extension():
+    name = safe_name("x" * 400 + ".dcm")
+    assert len(name.encode()) <= 150 and name.endswith(".dcm")
+    assert len(safe_name("é" * 300).encode()) <= 150
+
+
+def test_free_name_and_move_never_overwrite(tmp_path):
+    (tmp_path / "a.dcm").write_text("first")
+    chosen = free_name(tmp_path, "a.dcm", "1234abcd")
+    assert chosen.name == "a~1234abcd.dcm"
+    src = tmp_path / "src"
+    src.write_text("second")
+    with pytest.raises(FileExistsError):
+        move_no_replace(src, tmp_path / "a.dcm")
+    assert (tmp_path / "a.dcm").read_text() == "first" and src.exists()
+    move_no_replace(src, chosen)
+    assert chosen.read_text() == "second" and not src.exists()
+    chosen2 = free_name(tmp_path, "a.dcm", "1234abcd")
+    assert chosen2.name == "a~1234abcd-2.dcm"
+
+
+def test_atomic_json_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "r.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert os.listdir(tmp_path) == ["r.json"]
+    (tmp_path / ".neuroedge-abc.tmp").write_text("partial")
+    (tmp_path / "keep.tmp").write_text("not ours")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert sorted(os.listdir(tmp_path)) == ["keep.tmp", "r.json"]
+
+
+def test_torn_index_line_is_cut(tmp_path):
+    index = tmp_path / "day.jsonl"
+    append_line_durable(index, '{"n": 1}')
+    append_line_durable(index, '{"n": 2}')
+    with open(index, "a") as handle:
+        handle.write('{"n": 3, "trunc')
+    assert repair_torn_tail(index) is True
+    assert index.read_text() == '{"n": 1}\n{"n": 2}\n'
+    assert repair_torn_tail(index) is False
