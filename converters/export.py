@@ -181,16 +181,7 @@ def quiet_native_stderr() -> Iterator[_Captured]:
     an error message instead. Python warnings raised meanwhile are filtered the same way.
     """
     captured = _Captured()
-    try:
-        fd_err = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # pytest capture, notebooks: no real fd
-        fd_err = -1
-    if fd_err < 0:
-        captured.terminal = sys.stderr
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield captured
-        return
+    fd_err = 2  # native code writes to the process's fd 2, whatever sys.stderr is
     sys.stderr.flush()
     saved = os.dup(fd_err)
     captured.terminal = os.fdopen(os.dup(saved), "w", buffering=1)

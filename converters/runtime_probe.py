@@ -42,6 +42,7 @@ def main(argv: list) -> int:
         "python": platform.python_version(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "ms_per_image": 1000.0 * elapsed / max(1, len(images)),
+        "delegate_nodes": getattr(classifier, "delegate_nodes", None),
         "probs": np.asarray(probs, dtype=float).tolist(),
     }))
     return 0

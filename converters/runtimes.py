@@ -38,7 +38,6 @@ TFLITE_RUNTIME_ENV = "NEUROEDGE_TFLITE_RUNTIME_PYTHON"
 # Probabilities from two runtimes may differ by a quantization step or two of the output.
 MAX_PROB_DIFF = 0.01
 PROBE_TIMEOUT_S = 300
-XNNPACK_MARK = "XNNPACK delegate"
 
 
 @dataclass
@@ -53,6 +52,7 @@ class RuntimeCheck:
     platform: str = ""
     numpy: str = ""
     xnnpack: bool | None = None
+    delegate_nodes: int | None = None
     images: int = 0
     compared_with: str = ""
     max_abs_prob_diff: float | None = None
@@ -65,7 +65,8 @@ class RuntimeCheck:
 
     def manifest_entry(self) -> dict[str, Any]:
         """The record kept in ``model.json``'s ``verified_runtimes``."""
-        keep = ("name", "version", "python", "platform", "numpy", "xnnpack", "images",
+        keep = ("name", "version", "python", "platform", "numpy", "xnnpack", "delegate_nodes",
+                "images",
                 "compared_with", "max_abs_prob_diff", "top1_agreement_pct",
                 "ms_per_image_1_thread")
         return {k: v for k, v in self.to_dict().items() if k in keep and v not in (None, "")}
@@ -115,7 +116,8 @@ def check_in_process(model_path: Path, manifest: ModelManifest,
             finally:
                 native = captured.text()
         check.name, check.version = timed.runtime.name, timed.runtime.version
-        check.xnnpack = XNNPACK_MARK in native
+        check.delegate_nodes = timed.delegate_nodes
+        check.xnnpack = None if check.delegate_nodes is None else check.delegate_nodes > 0
         start = time.perf_counter()
         timed.predict(probe)
         check.ms_per_image_1_thread = round(1000 * (time.perf_counter() - start) / len(probe), 3)
@@ -184,7 +186,8 @@ def check_subprocess(name: str, python: str, model_dir: Path, probe: np.ndarray,
     check.version = result["version"]
     check.numpy = result.get("numpy", "")
     check.platform = result.get("platform", "")
-    check.xnnpack = XNNPACK_MARK in done.stderr
+    check.delegate_nodes = result.get("delegate_nodes")
+    check.xnnpack = None if check.delegate_nodes is None else check.delegate_nodes > 0
     check.ms_per_image_1_thread = round(float(result["ms_per_image"]), 3)
     probs = np.asarray(result["probs"], dtype=np.float64)
     if probs.shape != reference.shape:

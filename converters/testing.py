@@ -124,22 +124,33 @@ def train_tiny_run(data_dir: Path, run_dir: Path, epochs: int = 25, seed: int = 
     return run_dir
 
 
+def build_tiny_run(workdir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Synthetic data in ``workdir/data`` and a trained run in ``workdir/run``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    workdir = Path(workdir)
+    data_dir = write_synthetic_dataset(workdir / "data", seed=seed)
+    run_dir = train_tiny_run(data_dir, workdir / "run", seed=seed)
+    return data_dir, run_dir
+
+
+def convert_tiny(run_dir: Path, data_dir: Path, out: Path, **options: Any) -> Any:
+    """``run_conversion`` with settings sized for the tiny model; returns its ``Outcome``."""
+    from converters.pipeline import ConvertOptions, run_conversion
+
+    settings: dict[str, Any] = {"calibration_size": 100, "auto_dedup": False}
+    settings.update(options)
+    return run_conversion(ConvertOptions(model=Path(run_dir), data=Path(data_dir), out=Path(out),
+                                         **settings))
+
+
 def build_tiny_int8_model(workdir: Path, seed: int = 0, **options: Any) -> TinyModel:
     """Synthetic data -> trained tiny run -> gated int8 model in ``workdir/model``.
 
     ``options`` go to ``ConvertOptions`` (for example ``mode="float16"``). Raises
     ``AssertionError`` when the gate refuses the model: callers expect a deployable one.
     """
-    from converters.pipeline import ConvertOptions, run_conversion
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    workdir = Path(workdir)
-    data_dir = write_synthetic_dataset(workdir / "data", seed=seed)
-    run_dir = train_tiny_run(data_dir, workdir / "run", seed=seed)
-    settings: dict[str, Any] = {"calibration_size": 100, "auto_dedup": False, "seed": seed}
-    settings.update(options)
-    outcome = run_conversion(ConvertOptions(model=run_dir, data=data_dir, out=workdir / "model",
-                                            **settings))
+    data_dir, run_dir = build_tiny_run(Path(workdir), seed)
+    outcome = convert_tiny(run_dir, data_dir, Path(workdir) / "model", seed=seed, **options)
     if not outcome.passed:
         raise AssertionError("the tiny model failed the gate:\n" + outcome.summary)
-    return TinyModel(workdir / "model", run_dir, data_dir, outcome.report)
+    return TinyModel(Path(workdir) / "model", run_dir, data_dir, outcome.report)

@@ -34,8 +34,9 @@ def _quiet_tensorflow() -> None:
 
 
 def _mode_option(mode: str) -> click.Option:
-    return click.option(f"--{mode}", "mode", flag_value=mode, default=mode == "int8",
-                        help=MODE_HELP[mode] + (" [default]" if mode == "int8" else "."))
+    extra = {"default": True} if mode == "int8" else {}
+    return click.option(f"--{mode}", "mode", flag_value=mode,
+                        help=MODE_HELP[mode] + (" [default]" if mode == "int8" else "."), **extra)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
