@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# Install (or upgrade) the NeuroEdge edge agent as a systemd service.
+#
+#   sudo deploy/install.sh --model DIR [options]
+#
+# Idempotent: running it again with the same inputs changes nothing; with a new wheel or
+# model it upgrades in place. It never overwrites /etc/neuroedge/config.toml, never
+# overwrites an installed model version, and never touches the inbox or outbox contents.
+#
+# What it creates (defaults; see --prefix, --data, --user):
+#   user and group neuroedge (system user, no login, no home)
+#   /opt/neuroedge/venv/                   virtual environment with neuroedge[edge]
+#   /opt/neuroedge/models/NAME-VERSION/    model.tflite + model.json (read-only, root)
+#   /opt/neuroedge/models/current          symlink to the model the agent runs
+#   /etc/neuroedge/config.toml             0640 root:neuroedge, written once
+#   /etc/neuroedge/config.example.toml     every key documented, refreshed on upgrade
+#   /var/lib/neuroedge/inbox/              2770 neuroedge:neuroedge (staff in the group drop files)
+#   /var/lib/neuroedge/outbox/             0750 neuroedge:neuroedge (staff in the group read reports)
+#   /var/lib/neuroedge/outbox/.state/      0700 neuroedge:neuroedge (the agent's journal and lock)
+#   /etc/systemd/system/edge-agent.service enabled, and (re)started unless --no-start
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: deploy/install.sh [options]
+
+  --model DIR       model folder holding model.json and the .tflite it names (required on
+                    a first install unless the package ships a model; on an upgrade
+                    without --model the current model is kept)
+  --wheel FILE      install neuroedge from this wheel (default: this source tree)
+  --wheels DIR      offline: take every package from this wheelhouse (pip --no-index);
+                    build it on a connected machine with `pip download` (see the docs)
+  --python PY       interpreter for the virtual environment (default: python3;
+                    Jetson Nano: python3.8)
+  --extras LIST     pip extras to install (default: edge; add ",dicom-codecs" to read
+                    compressed DICOM)
+  --prefix DIR      application folder: venv and models (default: /opt/neuroedge)
+  --data DIR        data folder: inbox and outbox (default: /var/lib/neuroedge)
+  --user NAME       service user and group (default: neuroedge)
+  --destdir DIR     write everything under DIR instead of / (also $DESTDIR): for packaging
+                    and tests; creates no user, changes no owner, runs no systemctl
+  --no-user         do not create the user or change owners (implied when not root)
+  --no-venv         skip the virtual environment (an existing one is kept)
+  --no-start        enable the service but do not (re)start it
+  --no-systemctl    install the unit file but run no systemctl at all (images, containers)
+  -h, --help        this help
+EOF
+}
+
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+say() { printf 'install.sh: %s\n' "$*"; }
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+SOURCE_TREE=$(cd "$HERE/.." && pwd)
+MODEL="" WHEEL="" WHEELS="" PYTHON=python3 EXTRAS=edge
+PREFIX=/opt/neuroedge DATA=/var/lib/neuroedge SVC_USER=neuroedge
+DESTDIR=${DESTDIR:-}
+MANAGE_USER=1 MAKE_VENV=1 START=1 SYSTEMCTL=1
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --model|--wheel|--wheels|--python|--extras|--prefix|--data|--user|--destdir)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
+            case $1 in
+                --model) MODEL=$2 ;; --wheel) WHEEL=$2 ;; --wheels) WHEELS=$2 ;;
+                --python) PYTHON=$2 ;; --extras) EXTRAS=$2 ;; --prefix) PREFIX=$2 ;;
+                --data) DATA=$2 ;; --user) SVC_USER=$2 ;; --destdir) DESTDIR=$2 ;;
+            esac
+            shift 2 ;;
+        --no-user) MANAGE_USER=0; shift ;;
+        --no-venv) MAKE_VENV=0; shift ;;
+        --no-start) START=0; shift ;;
+        --no-systemctl) SYSTEMCTL=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+
+case $PREFIX in /*) ;; *) die "--prefix must be an absolute path, got '$PREFIX'" ;; esac
+case $DATA in /*) ;; *) die "--data must be an absolute path, got '$DATA'" ;; esac
+case $SVC_USER in *[!a-z0-9_-]*|"") die "--user must be a plain user name, got '$SVC_USER'" ;; esac
+[[ $EXTRAS =~ ^[a-z0-9,_-]+$ ]] || die "--extras must look like 'edge,dicom-codecs'"
+PREFIX=${PREFIX%/} DATA=${DATA%/}
+if [ -n "$DESTDIR" ]; then
+    mkdir -p "$DESTDIR"
+    DESTDIR=$(cd "$DESTDIR" && pwd)
+    MANAGE_USER=0  # a staging tree: owners are set by whoever deploys it
+fi
+if [ "$(id -u)" != 0 ]; then
+    [ -n "$DESTDIR" ] || die "run as root (sudo), or stage into a folder with --destdir DIR"
+    MANAGE_USER=0
+fi
+D=$DESTDIR  # every path written below is "$D/absolute/path"
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# --- helpers ------------------------------------------------------------------------------
+
+# set_owner PATH OWNER:GROUP: chown only when managing users and only if it differs.
+set_owner() {
+    [ "$MANAGE_USER" = 1 ] || return 0
+    [ "$(stat -c %U:%G "$1")" = "$2" ] || chown -h "$2" "$1"
+}
+
+# make_dir PATH MODE OWNER:GROUP: create, or fix mode and owner (nothing else changes).
+make_dir() {
+    [ -d "$D$1" ] || mkdir -p "$D$1"
+    # Five digits: GNU chmod keeps a folder's setgid bit unless the mode says otherwise.
+    [ "$(stat -c %a "$D$1")" = "${2#0}" ] || chmod "$(printf '%05d' "${2#0}")" "$D$1"
+    set_owner "$D$1" "$3"
+}
+
+# put_file SRC DEST MODE OWNER:GROUP: copy only when the content differs (keeps mtimes on
+# an unchanged upgrade), atomically (temp file + rename in the same folder).
+put_file() {
+    local src=$1 dest=$D$2
+    if [ -f "$dest" ] && cmp -s "$src" "$dest"; then
+        [ "$(stat -c %a "$dest")" = "${3#0}" ] || chmod "$3" "$dest"
+    else
+        cp "$src" "$dest.tmp.$$"
+        chmod "$3" "$dest.tmp.$$"
+        mv -f "$dest.tmp.$$" "$dest"
+        say "wrote $2"
+    fi
+    set_owner "$dest" "$4"
+}
+
+# model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line.
+model_fields() {
+    "$PY_JSON" -c 'import json, sys
+try:
+    data = json.load(open(sys.argv[1], encoding="utf-8"))
+except ValueError as exc:
+    sys.exit("%s is not valid JSON (%s)" % (sys.argv[1], exc))
+for key in ("name", "version", "model_file", "model_sha256"):
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value:
+        sys.exit("%s has no %s" % (sys.argv[1], key))
+    print(value)' "$1"
+}
+
+# --- checks before touching anything ---------------------------------------------------------
+
+command -v "$PYTHON" >/dev/null || die "no '$PYTHON' interpreter: install it (Raspberry Pi OS: \
+apt install python3-venv; Jetson Nano: apt install python3.8 python3.8-venv) or pass --python"
+PY_JSON=$PYTHON
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
+    || die "$PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())'); \
+neuroedge needs 3.8 or newer (Jetson Nano: --python python3.8)"
+[ -z "$WHEEL" ] || [ -f "$WHEEL" ] || die "--wheel $WHEEL does not exist"
+[ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "--wheels $WHEELS is not a folder"
+[ -f "$HERE/systemd/edge-agent.service" ] || die "$HERE/systemd/edge-agent.service is missing"
+EXAMPLE_CONFIG=$SOURCE_TREE/edge/config.example.toml
+[ -f "$EXAMPLE_CONFIG" ] || die "$EXAMPLE_CONFIG is missing: run install.sh from a complete \
+neuroedge source tree or release archive"
+
+MODELS=$PREFIX/models
+if [ -z "$MODEL" ]; then
+    if [ -L "$D$MODELS/current" ]; then
+        say "no --model given: keeping the current model $(readlink "$D$MODELS/current")"
+    elif [ -f "$SOURCE_TREE/edge/models/model.json" ]; then
+        MODEL=$SOURCE_TREE/edge/models
+    else
+        die "no model to install: pass --model DIR (a folder with model.json and its .tflite, \
+as written by python -m converters.tflite)"
+    fi
+fi
+if [ -n "$MODEL" ]; then
+    [ -d "$MODEL" ] || die "--model $MODEL is not a folder (give the folder holding model.json)"
+    [ -f "$MODEL/model.json" ] || die "$MODEL has no model.json: every model needs the manifest \
+written by python -m converters.tflite"
+    fields=$(model_fields "$MODEL/model.json" 2>&1) || die "$fields: re-export the model \
+with python -m converters.tflite"
+    { read -r M_NAME; read -r M_VERSION; read -r M_FILE; read -r M_SHA; } <<<"$fields"
+    for v in "$M_NAME" "$M_VERSION" "$M_FILE"; do
+        [[ $v =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] || die "$MODEL/model.json: '$v' is not a \
+safe file name (letters, digits, . _ + - only)"
+    done
+    [ -f "$MODEL/$M_FILE" ] || die "$MODEL/$M_FILE (named by model.json) does not exist"
+    actual=$(sha256sum "$MODEL/$M_FILE" | cut -d' ' -f1)
+    [ "$actual" = "$M_SHA" ] || die "$MODEL/$M_FILE has sha256 ${actual:0:12}..., its \
+model.json expects ${M_SHA:0:12}...: the copy is corrupt or the files do not belong together"
+fi
+
+# --- user and group ------------------------------------------------------------------------
+
+ROOT_OWN=root:root SVC_OWN=$SVC_USER:$SVC_USER CFG_OWN=root:$SVC_USER
+if [ "$MANAGE_USER" = 1 ]; then
+    if ! getent group "$SVC_USER" >/dev/null; then
+        groupadd --system "$SVC_USER"
+        say "created group $SVC_USER"
+    fi
+    if ! getent passwd "$SVC_USER" >/dev/null; then
+        nologin=$(command -v nologin || echo /usr/sbin/nologin)
+        useradd --system --gid "$SVC_USER" --no-create-home --home-dir "$DATA" \
+            --shell "$nologin" --comment "NeuroEdge edge agent" "$SVC_USER"
+        say "created system user $SVC_USER"
+    fi
+fi
+
+# --- folders -------------------------------------------------------------------------------
+
+make_dir "$PREFIX" 0755 "$ROOT_OWN"
+make_dir "$MODELS" 0755 "$ROOT_OWN"
+make_dir /etc/neuroedge 0750 "$CFG_OWN"
+make_dir /etc/systemd/system 0755 "$ROOT_OWN"
+make_dir "$DATA" 0750 "$SVC_OWN"
+make_dir "$DATA/inbox" 2770 "$SVC_OWN"
+make_dir "$DATA/outbox" 0750 "$SVC_OWN"
+make_dir "$DATA/outbox/.state" 0700 "$SVC_OWN"
+
+# --- virtual environment -----------------------------------------------------------------------
+
+if [ "$MAKE_VENV" = 1 ]; then
+    VENV=$D$PREFIX/venv
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating the virtual environment $PREFIX/venv ($PYTHON)"
+        "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed: install the venv module \
+(Debian/Raspberry Pi OS: apt install python3-venv; Jetson Nano: apt install python3.8-venv)"
+    fi
+    pip_args=(--disable-pip-version-check --no-input)
+    [ -z "$WHEELS" ] || pip_args+=(--no-index --find-links "$WHEELS")
+    # Old pips (Ubuntu 18.04 ships pip 9) cannot read manylinux2014 wheels or pyproject.toml.
+    "$VENV/bin/python" -m pip install -q "${pip_args[@]}" --upgrade "pip>=21" \
+        || die "could not upgrade pip in $PREFIX/venv${WHEELS:+ (does $WHEELS hold a pip wheel?)}"
+    target=${WHEEL:-$SOURCE_TREE}
+    say "installing neuroedge[$EXTRAS] from $target"
+    "$VENV/bin/python" -m pip install -q "${pip_args[@]}" --upgrade "${target}[$EXTRAS]" \
+        || die "pip could not install neuroedge[$EXTRAS]${WHEELS:+ from $WHEELS} (see above)"
+    "$VENV/bin/edge-agent" --version >/dev/null || die "$PREFIX/venv/bin/edge-agent does not run"
+    PY_JSON=$VENV/bin/python
+fi
+
+# --- model ---------------------------------------------------------------------------------
+
+if [ -n "$MODEL" ]; then
+    folder=$M_NAME-$M_VERSION
+    dest=$D$MODELS/$folder
+    if [ -d "$dest" ]; then
+        for f in model.json "$M_FILE"; do
+            cmp -s "$MODEL/$f" "$dest/$f" || die "$MODELS/$folder already exists with a \
+different $f: a published model version never changes; give the new model a new version"
+        done
+    else
+        stage=$D$MODELS/.$folder.tmp.$$
+        mkdir -p "$stage"
+        cp "$MODEL/model.json" "$MODEL/$M_FILE" "$stage/"
+        chmod 0644 "$stage/model.json" "$stage/$M_FILE"
+        chmod 0755 "$stage"
+        mv "$stage" "$dest"
+        say "installed model $folder"
+    fi
+    for f in "$dest" "$dest/model.json" "$dest/$M_FILE"; do set_owner "$f" "$ROOT_OWN"; done
+    if [ "$(readlink "$D$MODELS/current" 2>/dev/null || true)" != "$folder" ]; then
+        ln -sfn "$folder" "$D$MODELS/.current.tmp.$$"
+        mv -T "$D$MODELS/.current.tmp.$$" "$D$MODELS/current"
+        say "the agent now runs model $folder"
+    fi
+fi
+
+# --- configuration -------------------------------------------------------------------------
+
+put_file "$EXAMPLE_CONFIG" /etc/neuroedge/config.example.toml 0644 "$ROOT_OWN"
+if [ ! -e "$D/etc/neuroedge/config.toml" ]; then
+    # The agent's own example with the [paths] filled in: every key stays documented.
+    "$PY_JSON" - "$EXAMPLE_CONFIG" "$TMP/config.toml" "$DATA/inbox" "$DATA/outbox" \
+        "$MODELS/current" <<'EOF'
+import re, sys
+src, dest, inbox, outbox, model = sys.argv[1:]
+text = open(src, encoding="utf-8").read()
+head, sep, rest = text.partition("[paths]")
+section, nxt, tail = rest.partition("\n[")
+for key, value in (("inbox", inbox), ("outbox", outbox), ("model", model)):
+    section, n = re.subn(r'(?m)^%s = ".*"$' % key, '%s = "%s"' % (key, value), section)
+    if n != 1:
+        sys.exit("config.example.toml: no '%s = \"\"' line in [paths]" % key)
+header = "# Written by deploy/install.sh; it never overwrites this file. Every key is\n" \
+         "# documented in config.example.toml beside it.\n"
+open(dest, "w", encoding="utf-8").write(header + head + sep + section + nxt + tail)
+EOF
+    put_file "$TMP/config.toml" /etc/neuroedge/config.toml 0640 "$CFG_OWN"
+else
+    set_owner "$D/etc/neuroedge/config.toml" "$CFG_OWN"
+    say "kept the existing /etc/neuroedge/config.toml"
+fi
+
+# --- systemd unit ------------------------------------------------------------------------------
+
+sed -e "s#/opt/neuroedge#$PREFIX#g" -e "s#/var/lib/neuroedge#$DATA#g" \
+    -e "s#^User=neuroedge\$#User=$SVC_USER#" -e "s#^Group=neuroedge\$#Group=$SVC_USER#" \
+    "$HERE/systemd/edge-agent.service" >"$TMP/edge-agent.service"
+put_file "$TMP/edge-agent.service" /etc/systemd/system/edge-agent.service 0644 "$ROOT_OWN"
+
+if [ -n "$DESTDIR" ]; then
+    say "staged into $DESTDIR (no user, owners or systemctl in a staging tree)"
+    exit 0
+fi
+if [ "$MAKE_VENV" = 1 ] && [ "$MANAGE_USER" = 1 ]; then
+    # The checks the service would fail on, run now as the service user: config, model
+    # sha256, runtime, folder permissions.
+    # setpriv, not su/runuser: no PAM session, works in a chroot too.
+    if ! setpriv --reuid="$SVC_USER" --regid="$SVC_USER" --init-groups -- \
+            "$PREFIX/venv/bin/edge-agent" --config /etc/neuroedge/config.toml check; then
+        die "edge-agent check failed (above): fix /etc/neuroedge/config.toml or the model, \
+then run install.sh again; the service was not started"
+    fi
+fi
+if [ "$SYSTEMCTL" = 0 ]; then
+    say "installed; --no-systemctl: enable it with: systemctl enable --now edge-agent"
+    exit 0
+fi
+if ! command -v systemctl >/dev/null || [ ! -d /run/systemd/system ]; then
+    say "systemd is not running here: the unit is installed but not enabled"
+    exit 0
+fi
+systemctl daemon-reload
+systemctl enable edge-agent.service >/dev/null 2>&1 || die "systemctl enable edge-agent failed"
+if [ "$START" = 1 ]; then
+    systemctl restart edge-agent.service || die "the service did not start: see \
+journalctl -u edge-agent -n 50"
+    say "edge-agent is running: systemctl status edge-agent; journalctl -u edge-agent -f"
+else
+    say "edge-agent is enabled; start it with: systemctl start edge-agent"
+fi
