@@ -65,21 +65,24 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.obj = {"quiet": quiet}
 
 
-def _model_options(arch: str, padding: str | None, bn_momentum: float | None,
-                   backbone_weights: str | None, mlp_hidden: str | None) -> dict[str, Any]:
+MODEL_OPTION_KEYS = ("padding", "bn_momentum", "backbone_weights", "no_batch_norm",
+                     "mlp_hidden", "image_size")
+
+
+def _model_options(arch: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Builder options from the command-line flags that were given (None = not given)."""
     options: dict[str, Any] = {}
-    if padding is not None:
-        options["padding"] = padding
-    if bn_momentum is not None:
-        options["bn_momentum"] = bn_momentum
-    if backbone_weights is not None:
-        options["backbone_weights"] = backbone_weights
-    if mlp_hidden is not None:
+    for key in ("padding", "bn_momentum", "backbone_weights"):
+        if opts.get(key) is not None:
+            options[key] = opts[key]
+    if opts.get("no_batch_norm"):
+        options["batch_norm"] = False
+    if opts.get("mlp_hidden") is not None:
         try:
-            options["hidden_units"] = tuple(int(u) for u in mlp_hidden.split(","))
+            options["hidden_units"] = tuple(int(u) for u in opts["mlp_hidden"].split(","))
         except ValueError:
             raise OptionError(f"--mlp-hidden takes comma-separated integers like 256,128, "
-                              f"got {mlp_hidden!r}") from None
+                              f"got {opts['mlp_hidden']!r}") from None
     from trainer.models import ARCHITECTURES, _check_options
 
     _check_options(arch, ARCHITECTURES[arch], options)
@@ -105,6 +108,8 @@ def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--backbone-weights", metavar="PATH|none",
                      help="mobilenetv2: the Keras no-top ImageNet weights file, or 'none' to "
                           "train from scratch (default: ~/.keras/models/<file>)."),
+        click.option("--no-batch-norm", is_flag=True, default=None,
+                     help="dsconv_cbam_gap: the paper's blocks without BatchNormalization."),
         click.option("--mlp-hidden", metavar="N[,N...]",
                      help="mlp: hidden layer widths (default 128)."),
         click.option("--image-size", type=int,
@@ -179,8 +184,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
     class_names(opts["data"])  # a wrong folder fails here, before Keras loads
     config = TrainConfig(
         arch=opts["arch"], data_dir=opts["data"], runs_dir=opts["runs_dir"], name=opts["name"],
-        model_options=_model_options(opts["arch"], opts["padding"], opts["bn_momentum"],
-                                     opts["backbone_weights"], opts["mlp_hidden"]),
+        model_options=_model_options(opts["arch"], opts),
         epochs=opts["epochs"] if opts["epochs"] is not None else 35,
         batch_size=opts["batch_size"], learning_rate=opts["learning_rate"],
         beta_1=opts["beta_1"], beta_2=opts["beta_2"], seed=opts["seed"], limit=opts["limit"],
@@ -223,18 +227,16 @@ def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | N
 @click.option("--arch", type=click.Choice(ARCH_NAMES), required=True)
 @_model_option_flags
 @_user_errors
-def summary(arch: str, padding: str | None, bn_momentum: float | None,
-            backbone_weights: str | None, mlp_hidden: str | None,
-            image_size: int | None) -> None:
+def summary(arch: str, **opts: Any) -> None:
     """Print the layer table and parameter count of an architecture."""
     from trainer.summary import architecture_summary
 
-    options = _model_options(arch, padding, bn_momentum, backbone_weights, mlp_hidden)
+    options = _model_options(arch, opts)
     as_trained = None
-    if arch == "mobilenetv2" and backbone_weights is None:
+    if arch == "mobilenetv2" and opts["backbone_weights"] is None:
         # The paper's frozen layout; the layer table does not need the ImageNet file.
         as_trained, options = options, {"backbone_weights": "none", "freeze_backbone": True}
-    click.echo(architecture_summary(arch, _spec(image_size).shape, options, as_trained))
+    click.echo(architecture_summary(arch, _spec(opts["image_size"]).shape, options, as_trained))
 
 
 @main.command("audit-leakage")
@@ -274,15 +276,13 @@ def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> No
 @_model_option_flags
 @_user_errors
 def diagnose(arch: str, data: str, limit: int, steps: int, batch_size: int,
-             learning_rate: float, seed: int, out: str | None, padding: str | None,
-             bn_momentum: float | None, backbone_weights: str | None,
-             mlp_hidden: str | None, image_size: int | None) -> None:
+             learning_rate: float, seed: int, out: str | None, **opts: Any) -> None:
     """Watch activations, dead ReLUs and outputs over the first training steps."""
     from trainer.diagnose import diagnose as run_diagnose
 
-    options = _model_options(arch, padding, bn_momentum, backbone_weights, mlp_hidden)
-    run_diagnose(arch, data, options=options, spec=_spec(image_size), limit=limit, steps=steps,
-                 batch_size=batch_size, learning_rate=learning_rate, seed=seed, out=out)
+    run_diagnose(arch, data, options=_model_options(arch, opts), spec=_spec(opts["image_size"]),
+                 limit=limit, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                 seed=seed, out=out)
 
 
 if __name__ == "__main__":

@@ -105,10 +105,15 @@ def dsconv_cbam_gap(
     *,
     padding: str = "same",
     bn_momentum: float = 0.9,
+    batch_norm: bool = True,
 ) -> keras.Model:
-    """The BN variant with GlobalAveragePooling2D instead of Flatten: the compact model."""
+    """The BN variant with GlobalAveragePooling2D instead of Flatten: the compact model.
+
+    ``batch_norm=False`` gives the paper's blocks with only Flatten replaced (31,558
+    parameters), for comparison.
+    """
     return _dsconv_cbam_net(input_shape, num_classes, name="dsconv_cbam_gap", padding=padding,
-                            batch_norm=True, bn_momentum=bn_momentum, head="gap")
+                            batch_norm=bool(batch_norm), bn_momentum=bn_momentum, head="gap")
 
 
 def mlp(
@@ -287,6 +292,8 @@ def deviations(arch: str, options: dict | None = None) -> list[str]:
     """The documented departures from the paper for this architecture and these options."""
     found = list(ARCHITECTURE_INFO[arch].deviations)
     options = options or {}
+    if arch == "dsconv_cbam_gap" and options.get("batch_norm", True) is False:
+        found.remove(_BN_REASON)
     if options.get("padding", "same") != "same":
         found.append(f"padding {options['padding']!r} instead of this project's 'same' reading")
     if arch == "mobilenetv2" and is_no_imagenet(arch, options):

@@ -1,0 +1,210 @@
+"""``python -m trainer evaluate RUN``: the paper's metrics on the test split, twice.
+
+The official Testing split shares near-identical images with Training (see the data set's
+README), so its score is inflated. Whenever a deduplicated test list exists (written by
+``audit-leakage``), the score on it is reported beside the official one, always.
+
+Where the list is looked for, first hit wins:
+
+1. ``--dedup-list FILE``;
+2. ``<runs dir of RUN>/leakage-audit/<data folder name>/dedup_test.txt``;
+3. ``./runs/leakage-audit/<data folder name>/dedup_test.txt`` (audit-leakage's default).
+
+A list found by lookup is used only if its ``audit.json`` names the same data folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import write_json_atomic
+from edge.preprocess import PreprocessSpec
+from trainer.data import load_split
+from trainer.errors import DataError, RunError
+from trainer.runs import RunFolder, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+AUDIT_DIRNAME = "leakage-audit"
+DEDUP_FILE = "dedup_test.txt"
+AUDIT_RECORD = "audit.json"
+
+
+def default_audit_dir(runs_dir: Path, data_dir: str | os.PathLike) -> Path:
+    """Where audit-leakage writes by default: runs/leakage-audit/<data folder name>."""
+    return Path(runs_dir) / AUDIT_DIRNAME / Path(data_dir).expanduser().resolve().name
+
+
+def write_audit_record(out_dir: Path, data_dir: str | os.PathLike, summary: Any) -> None:
+    """Note which data folder an audit describes, so evaluate never pairs it with another."""
+    record = {"data_dir": str(Path(data_dir).expanduser().resolve()),
+              "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if isinstance(summary, dict):
+        record["summary"] = json.loads(json.dumps(summary, default=str))
+    write_json_atomic(Path(out_dir) / AUDIT_RECORD, record)
+
+
+def find_dedup_list(run: RunFolder, data_dir: Path) -> Path | None:
+    """The default deduplicated test list for ``data_dir``, or None (see module doc)."""
+    candidates = [default_audit_dir(run.path.parent, data_dir) / DEDUP_FILE,
+                  default_audit_dir(Path("runs"), data_dir) / DEDUP_FILE]
+    for candidate in dict.fromkeys(c.resolve() for c in candidates):
+        if not candidate.is_file():
+            continue
+        record_path = candidate.parent / AUDIT_RECORD
+        if record_path.is_file():
+            try:
+                recorded = json.loads(record_path.read_text(encoding="utf-8")).get("data_dir")
+            except (OSError, ValueError):
+                recorded = None
+            if recorded and Path(recorded) != data_dir.resolve():
+                log.warning("ignoring %s: it audits %s, not %s", candidate, recorded, data_dir)
+                continue
+        return candidate
+    return None
+
+
+def _load_dedup(path: Path) -> set[str]:
+    try:
+        from trainer.audit import load_dedup_list
+    except ImportError:  # the audit module is optional for reading a plain list
+        load_dedup_list = None
+    try:
+        if load_dedup_list is not None:
+            return set(load_dedup_list(path))
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read the deduplicated test list {path}: {exc}") from None
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def _predictions_csv(paths: list[str], labels: list[str], y_true: np.ndarray,
+                     probs: np.ndarray, in_dedup: np.ndarray | None) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["path", "true", "predicted", *(f"p_{name}" for name in labels)]
+    writer.writerow([*header, "in_dedup"] if in_dedup is not None else header)
+    predicted = probs.argmax(axis=1)
+    for i, path in enumerate(paths):
+        row = [path, labels[y_true[i]], labels[predicted[i]], *(f"{p:.6f}" for p in probs[i])]
+        writer.writerow([*row, int(in_dedup[i])] if in_dedup is not None else row)
+    return buffer.getvalue()
+
+
+def evaluate_run(
+    run_path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    dedup_list: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Predict the Testing split with RUN's model; write metrics.json, table.md, plots."""
+    run = RunFolder.open(run_path)
+    record = run.read_config()
+    if not run.model.is_file():
+        raise RunError(f"{run.path} has no {run.model.name} yet (status "
+                       f"{record.get('status', 'unknown')}); finish it with "
+                       f"python -m trainer train --resume {run.path}")
+    labels = list(record["labels"])
+    spec = PreprocessSpec.from_dict(record["preprocess"])
+    data_dir = Path(data_dir or record["data_dir"]).expanduser()
+    test = load_split(data_dir, "Testing", spec, limit=limit, seed=int(record.get("seed", 0)),
+                      progress=progress, classes=labels, cache_dir=cache_dir,
+                      use_cache=use_cache)
+    dedup_path = Path(dedup_list).expanduser() if dedup_list else find_dedup_list(run, data_dir)
+    if dedup_list and not dedup_path.is_file():
+        raise DataError(f"deduplicated test list {dedup_path} does not exist; write it with "
+                        f"python -m trainer audit-leakage {data_dir}")
+    in_dedup = None
+    if dedup_path is not None:
+        keep = _load_dedup(dedup_path)
+        in_dedup = np.array([p in keep for p in test.paths])
+        if not in_dedup.any():
+            raise DataError(f"the deduplicated test list {dedup_path} names none of the "
+                            f"{len(test)} test images under {data_dir}: it belongs to another "
+                            f"data folder. Rerun audit-leakage or pass the right --dedup-list.")
+        log.info("deduplicated test list %s: %d of %d test images kept", dedup_path,
+                 int(in_dedup.sum()), len(test))
+    else:
+        log.warning("no deduplicated test list found: only the official (leaky) test score is "
+                    "reported. Run: python -m trainer audit-leakage %s", data_dir)
+
+    import keras
+
+    import trainer.layers  # noqa: F401 - registers the custom layers for loading
+    from trainer.batches import EvaluationBatches
+    from trainer.metrics import compute_metrics, table3_markdown
+
+    model = keras.saving.load_model(run.model, compile=False)
+    started = time.perf_counter()
+    probs = np.asarray(model.predict(
+        EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),
+        verbose="auto" if progress else 0), dtype=np.float64)
+    seconds = time.perf_counter() - started
+
+    name = record["architecture"] + (" (no ImageNet weights)"
+                                     if record.get("no_imagenet_weights") else "")
+    official = compute_metrics(test.labels, probs, labels)
+    deduplicated = (compute_metrics(test.labels[in_dedup], probs[in_dedup], labels)
+                    if in_dedup is not None else None)
+    rows = {f"{name}, official test split (n={len(test)})": official}
+    if deduplicated is not None:
+        rows[f"{name}, deduplicated test split (n={int(in_dedup.sum())})"] = deduplicated
+    table = table3_markdown(rows)
+    if deduplicated is None:
+        table += ("\n\nDeduplicated score: not available (no leakage audit found; run "
+                  f"`python -m trainer audit-leakage {data_dir}`).\n")
+
+    out = Path(out_dir).expanduser() if out_dir else run.evaluation
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "run": str(run.path.resolve()), "architecture": record["architecture"],
+        "no_imagenet_weights": bool(record.get("no_imagenet_weights")), "labels": labels,
+        "data_dir": str(data_dir.resolve()), "limit": limit,
+        "dedup_list": str(dedup_path.resolve()) if dedup_path else None,
+        "official": official, "deduplicated": deduplicated,
+        "predict_seconds": round(seconds, 2),
+        "backend": keras.backend.backend(),
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out / "metrics.json", result)
+    write_text_atomic(out / "table.md", table + ("\n" if not table.endswith("\n") else ""))
+    write_text_atomic(out / "predictions.csv",
+                      _predictions_csv(test.paths, labels, test.labels, probs, in_dedup))
+    _plots(run, out, name, labels, official, deduplicated)
+    log.info("accuracy %.4f official%s -> %s", official["accuracy"],
+             f", {deduplicated['accuracy']:.4f} deduplicated" if deduplicated else "", out)
+    return {**result, "out_dir": str(out), "table_markdown": table}
+
+
+def _plots(run: RunFolder, out: Path, name: str, labels: list[str], official: dict,
+           deduplicated: dict | None) -> None:
+    """The paper's Figures 6 and 7: confusion matrix, loss/accuracy curves."""
+    from trainer.plots import plot_confusion_matrix, plot_history
+
+    plot_confusion_matrix(np.asarray(official["confusion_matrix"]), labels,
+                          out / "confusion_matrix.png",
+                          title=f"{name}: official test split")
+    if deduplicated is not None:
+        plot_confusion_matrix(np.asarray(deduplicated["confusion_matrix"]), labels,
+                              out / "confusion_matrix_dedup.png",
+                              title=f"{name}: deduplicated test split")
+    history = run.read_history()
+    curves = {k: history[k] for k in ("loss", "val_loss", "accuracy", "val_accuracy")
+              if k in history}
+    if curves.get("loss"):
+        plot_history(curves, out / "history.png")
