@@ -105,10 +105,11 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
           once: bool, poll: bool | None) -> None:
     """Process INBOX's backlog, then watch it for new files until stopped."""
     from .classifier import Classifier
-    from .watch import Agent
+    from .watch import Agent, resolve_folders
 
     config = config.override("paths", inbox=inbox, outbox=outbox, model=model)
     config = config.override("watch", poll=poll)
+    resolve_folders(config)  # cheap checks first: a wrong folder is reported before the model
     agent = Agent(config, Classifier(config), once=once)
     agent.install_signal_handlers()
     counts = agent.run()

@@ -23,6 +23,9 @@ def notify(state: str) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never block the agent: a full receive queue (a reader that is not reading)
+            # would otherwise stall the worker loop inside a watchdog ping.
+            sock.setblocking(False)
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,14 +57,14 @@ def test_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
 
 
 @pytest.fixture()
-def folders(tmp_path: Path) -> Dict[str, Path]:
+def folders(tmp_path: Path) -> dict[str, Path]:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     return {"inbox": inbox, "outbox": tmp_path / "outbox", "root": tmp_path}
 
 
-def make_config(folders: Dict[str, Path], model: Path, **sections: Dict[str, Any]) -> AgentConfig:
-    data: Dict[str, Any] = {"paths": {"inbox": str(folders["inbox"]),
+def make_config(folders: dict[str, Path], model: Path, **sections: dict[str, Any]) -> AgentConfig:
+    data: dict[str, Any] = {"paths": {"inbox": str(folders["inbox"]),
                                       "outbox": str(folders["outbox"]), "model": str(model)},
                             "watch": {"settle_seconds": 0.0, "rescan_interval": 1.0}}
     for name, values in sections.items():
@@ -72,7 +72,7 @@ def make_config(folders: Dict[str, Path], model: Path, **sections: Dict[str, Any
     return config_from_dict(data, "test")
 
 
-def run_once(config: AgentConfig) -> Dict[str, int]:
+def run_once(config: AgentConfig) -> dict[str, int]:
     """The agent's backlog run, in-process."""
     from edge.classifier import Classifier
     from edge.watch import Agent
@@ -97,9 +97,9 @@ def gray_png(path: Path, level: int, size: int = 64) -> Path:
 
 def make_dicom(path: Path, pixels: np.ndarray, *, modality: str = "MR",
                photometric: str = "MONOCHROME2", signed: bool = False,
-               slope: Optional[float] = None, intercept: Optional[float] = None,
-               window: Optional[tuple] = None, frames: Optional[int] = None,
-               bits_stored: Optional[int] = None, preamble: bool = True,
+               slope: float | None = None, intercept: float | None = None,
+               window: tuple | None = None, frames: int | None = None,
+               bits_stored: int | None = None, preamble: bool = True,
                **tags: Any) -> Path:
     """Write an uncompressed DICOM built from ``pixels`` (2-D, 3-D frames, or RGB)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -162,7 +162,7 @@ def make_dicom(path: Path, pixels: np.ndarray, *, modality: str = "MR",
 
 # --- subprocesses --------------------------------------------------------------------------
 
-def agent_env(**extra: str) -> Dict[str, str]:
+def agent_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -173,16 +173,23 @@ def agent_env(**extra: str) -> Dict[str, str]:
     return env
 
 
-def run_agent(args: List[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+def run_agent(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge"] + args, capture_output=True,
                           text=True, timeout=timeout, env=agent_env(**env), cwd=str(REPO_ROOT))
 
 
-def start_agent(args: List[str], **env: str) -> subprocess.Popen:
+def start_agent(args: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edge"] + args, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=agent_env(**env),
                             cwd=str(REPO_ROOT))
 
 
-def outbox_files(outbox: Path) -> List[Path]:
+def fast_config(folder: Path, text: str = "") -> Path:
+    """A config file for subprocess tests: files count as settled at once."""
+    path = folder / "test-config.toml"
+    path.write_text("[watch]\nsettle_seconds = 0.0\nrescan_interval = 1.0\n" + text)
+    return path
+
+
+def outbox_files(outbox: Path) -> list[Path]:
     return sorted(p for p in outbox.rglob("*") if p.is_file() and ".state" not in p.parts)

@@ -43,7 +43,8 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"watch": {"setle_seconds": 2}}, "unknown key 'setle_seconds' \\(did you mean 'settle_seconds'"),
+    ({"watch": {"setle_seconds": 2}},
+     "unknown key 'setle_seconds' \\(did you mean 'settle_seconds'"),
     ({"wach": {}}, "unknown section 'wach' \\(did you mean 'watch'"),
     ({"review": {"threshold": 1.5}}, "threshold must be between 0 and 1"),
     ({"review": {"threshold": "high"}}, "threshold must be a float"),

@@ -15,8 +15,10 @@ from edge.config import DicomConfig, LimitsConfig
 from edge.errors import DecodeError, InputLimitError, UnsupportedInputError
 from edge.inputs import decode_file, sniff
 
+DEFAULT_LIMITS = LimitsConfig()
 
-def decode(path: Path, limits: LimitsConfig = LimitsConfig()):
+
+def decode(path: Path, limits: LimitsConfig = DEFAULT_LIMITS):
     return decode_file(path, DicomConfig(), limits)
 
 

@@ -32,6 +32,9 @@ def expected_label(mean_brightness: float) -> str:
 def build_toy_model(out_dir: Path) -> Path:
     """Build, quantize to int8 and write ``model.tflite`` + ``model.json`` into ``out_dir``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
     import keras
     import tensorflow as tf
 

@@ -1,0 +1,123 @@
+"""The ``edge-agent`` command line, run as a user would run it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, agent_env, fast_config, gray_png, pydicom_file, run_agent
+
+from edge import __version__
+from edge.errors import EX_CONFIG, EX_DATAERR
+
+
+def test_version_and_help():
+    result = run_agent(["--version"])
+    assert result.returncode == 0 and __version__ in result.stdout
+    result = run_agent(["--help"])
+    assert result.returncode == 0
+    for command in ("watch", "classify", "check", "sample-inbox"):
+        assert command in result.stdout
+
+
+def test_classify_prints_json_and_flags_refusals(tmp_path, test_model):
+    mr = pydicom_file("MR_small.dcm")
+    ct = pydicom_file("CT_small.dcm")
+    result = run_agent(["classify", "--model", str(test_model.path), str(mr), str(ct)])
+    assert result.returncode == EX_DATAERR, result.stderr
+    entries = json.loads(result.stdout)
+    assert [e["status"] for e in entries] == ["classified", "refused"]
+    first = entries[0]
+    assert first["input"]["file_name"] == "MR_small.dcm"
+    assert set(first["prediction"]["probabilities"]) == set(first["model"]["labels"])
+    assert first["dicom"]["modality"] == "MR" and "NOT FOR CLINICAL USE" in first["notice"]
+    assert "Modality is CT" in entries[1]["reason"]
+    again = run_agent(["classify", "--model", str(test_model.path), str(mr)])
+    assert again.returncode == 0
+    assert json.loads(again.stdout)[0]["prediction"] == first["prediction"]  # deterministic
+
+
+def test_missing_model_is_a_clear_config_error(tmp_path):
+    png = gray_png(tmp_path / "x.png", 50)
+    result = run_agent(["classify", str(png)])
+    assert result.returncode == EX_CONFIG
+    assert "no model is shipped" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_agent(["classify", str(tmp_path / "nope.png"), "--model", str(tmp_path)])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_check_passes_then_fails_on_a_tampered_model(tmp_path, test_model):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ok = run_agent(["check", "--model", str(test_model.path), "--inbox", str(inbox),
+                    "--outbox", str(tmp_path / "outbox")])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "all checks passed" in ok.stdout and "runtime" in ok.stdout
+    tampered = tmp_path / "model"
+    shutil.copytree(str(test_model.path), str(tampered))
+    with open(str(tampered / "model.tflite"), "ab") as handle:
+        handle.write(b"\0")
+    bad = run_agent(["check", "--model", str(tampered), "--inbox", str(inbox)])
+    assert bad.returncode == EX_CONFIG
+    assert "sha256" in bad.stdout and "check failed" in bad.stderr
+    no_inbox = run_agent(["check", "--model", str(test_model.path), "--inbox",
+                          str(tmp_path / "missing")])
+    assert no_inbox.returncode == EX_CONFIG and "does not exist" in no_inbox.stdout
+
+
+def test_watch_without_inbox_is_a_config_error():
+    result = run_agent(["watch", "--once", "--model", "."])
+    assert result.returncode == EX_CONFIG and "no inbox given" in result.stderr
+
+
+def test_agent_runs_with_tensorflow_blocked(tmp_path, test_model):
+    """The device has no TensorFlow: import and run the agent with it made unimportable."""
+    png = gray_png(tmp_path / "x.png", 200)
+    code = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None\n"
+        "sys.modules['keras'] = None\n"
+        "import edge, edge.cli, edge.watch, edge.worker, edge.classifier, edge.dicom\n"
+        f"sys.argv = ['edge-agent', 'classify', '--model', {str(test_model.path)!r}, "
+        f"{str(png)!r}]\n"
+        "try:\n"
+        "    edge.cli.main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "assert sys.modules['tensorflow'] is None\n"
+        "assert not [m for m in sys.modules if m.startswith(('trainer', 'converters'))]\n"
+        "print('NO-TF-OK')\n"
+    )
+    env = agent_env()
+    if env.get("NEUROEDGE_RUNTIME") == "tensorflow":
+        pytest.skip("NEUROEDGE_RUNTIME=tensorflow forces the runtime this test blocks")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=str(REPO_ROOT), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NO-TF-OK" in result.stdout
+    assert json.loads(result.stdout.split("NO-TF-OK")[0])[0]["status"] == "classified"
+
+
+def test_sample_inbox_end_to_end(tmp_path, test_model):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    made = run_agent(["sample-inbox", str(inbox)])
+    assert made.returncode == 0, made.stderr
+    names = sorted(p.name for p in inbox.iterdir())
+    assert len(names) == 10 and "IM0003" in names and "phantom.png" in names
+    run = run_agent(["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
+                     str(outbox), "--model", str(test_model.path), "--once"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(inbox.iterdir())
+    quarantined = {p.name for p in (outbox / "quarantine").iterdir()
+                   if not p.name.endswith(".reason.json")}
+    assert {"ct_small.dcm", "structured_report.dcm", "notes.txt"} <= quarantined
+    archived = {p.name for p in (outbox / "archive").rglob("*") if p.is_file()}
+    assert {"mr_small.dcm", "mr_head.dcm", "IM0003", "mr_small_rle.dcm",
+            "phantom.png"} <= archived
+    assert len(archived) + len(quarantined) == 10
+    index_page = (outbox / "index.html").read_text()
+    assert "NOT FOR CLINICAL USE" in index_page and "index/" in index_page

@@ -1,0 +1,110 @@
+"""Never lose an input: kill -9 at every step, then restart, and check the books balance."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fast_config, gray_png, pydicom_file, run_agent, start_agent
+from PIL import Image
+
+from edge.failpoints import POINTS
+from edge.manifest import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def fill_inbox(inbox: Path) -> dict[str, str]:
+    gray_png(inbox / "a.png", 30)
+    gray_png(inbox / "b.png", 220)
+    (inbox / "c.dcm").write_bytes(pydicom_file("CT_small.dcm").read_bytes())  # refused
+    gray_png(inbox / "d.png", 30)  # same content as a.png
+    (inbox / "e.dcm").write_bytes(pydicom_file("MR_small.dcm").read_bytes())
+    return {p.name: sha256_file(p) for p in inbox.iterdir()}
+
+
+def assert_books_balance(inputs: dict[str, str], inbox: Path, outbox: Path,
+                         refused: set) -> None:
+    """Every input is in exactly one place, with exactly one index line; nothing is pending."""
+    assert not [p for p in inbox.rglob("*") if p.is_file()], "inputs left in the inbox"
+    stored = collections.Counter()
+    for folder in ("archive", "quarantine"):
+        for p in (outbox / folder).rglob("*"):
+            if p.is_file() and not p.name.endswith(".reason.json"):
+                stored[sha256_file(p)] += 1
+    assert stored == collections.Counter(inputs.values()), "inputs lost or duplicated"
+    lines = [json.loads(line) for f in (outbox / "index").glob("*.jsonl")
+             for line in f.read_text().splitlines()]
+    assert len(lines) == len(inputs), f"{len(lines)} index lines for {len(inputs)} inputs"
+    assert len({e["token"] for e in lines}) == len(lines)
+    classified = {sha for name, sha in inputs.items() if name not in refused}
+    reports = {p.stem for p in (outbox / "reports").glob("*.json")}
+    assert reports == classified
+    for sha in reports:
+        json.loads((outbox / "reports" / f"{sha}.json").read_text())  # complete, valid JSON
+    for name in refused:
+        assert (outbox / "quarantine" / f"{name}.reason.json").is_file()
+    assert not os.listdir(outbox / ".state" / "jobs")
+    assert not os.listdir(outbox / ".state" / "claimed")
+    leftovers = [p for p in outbox.rglob(".neuroedge-*")]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_at_each_step_then_restart(tmp_path, test_model, point):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    inputs = fill_inbox(inbox)
+    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
+            str(outbox), "--model", str(test_model.path), "--once"]
+    crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"{point}:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert os.listdir(outbox / ".state" / "jobs"), "the crash left no intent record to replay"
+    finished = run_agent(args)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming 1 input(s)" in finished.stderr
+    assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
+
+
+def test_random_kill_minus_9_during_a_burst(tmp_path, test_model):
+    """Real SIGKILLs at moments the test does not choose, several times in a row."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(24):
+        noise = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+        Image.fromarray(noise).save(str(inbox / f"img{i:02d}.png"))
+    (inbox / "ct.dcm").write_bytes(pydicom_file("CT_small.dcm").read_bytes())
+    inputs = {p.name: sha256_file(p) for p in inbox.iterdir()}
+    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
+            str(outbox), "--model", str(test_model.path), "--once"]
+    kills = 0
+    for delay in (0.0, 0.03, 0.07):
+        proc = start_agent(args)
+        index_dir = outbox / "index"
+        deadline = time.monotonic() + 60
+        start_count = _archived(outbox)
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _archived(outbox) > start_count:  # it is working: kill it mid-stream
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=30)
+        assert index_dir.exists()
+    final = run_agent(args)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert kills >= 2
+    assert_books_balance(inputs, inbox, outbox, refused={"ct.dcm"})
+
+
+def _archived(outbox: Path) -> int:
+    folder = outbox / "archive"
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
