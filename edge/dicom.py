@@ -145,7 +145,8 @@ def _text(ds: Any, keyword: str) -> str | None:
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
-    return str(value)[:_TEXT_LIMIT]
+    # no control characters: a tag value must not be able to forge a log line or a report row
+    return "".join(c if c.isprintable() else "?" for c in str(value)[:_TEXT_LIMIT])
 
 
 def _describe(ds: Any, preamble: bool) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .durable import fsync_dir, read_json, remove_stale_temp_files, write_json_atomic
+from .durable import read_json, remove_stale_temp_files, write_json_atomic
 from .errors import AgentBusyError, ConfigError
 
 SUBFOLDERS = ("reports", "archive", "quarantine", "index", ".state", ".state/jobs",
@@ -131,15 +131,17 @@ class Outbox:
     def claimed_path(self, job: Job) -> Path:
         return self.claimed / job.token
 
-    def save(self, job: Job) -> None:
-        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job))
+    def save(self, job: Job, durable: bool = True) -> None:
+        """Write the job's record. ``durable=False`` only where losing this update in a power
+        cut is harmless: recovery then replays the step from the previous record."""
+        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job), durable)
 
     def delete(self, job: Job) -> None:
+        # No fsync: if the unlink is lost, the replayed last step finds its work done.
         try:
             os.unlink(str(self.jobs / f"{job.token}.json"))
         except FileNotFoundError:
             pass
-        fsync_dir(self.jobs)
 
     def pending_jobs(self) -> list[Job]:
         jobs = []

@@ -26,11 +26,12 @@ from .errors import ConfigError
 from .inbox import Inbox
 from .index import DailyIndex
 from .outbox import Job, Outbox
-from .worker import Worker
+from .worker import Worker, describe_error
 
 log = logging.getLogger(__name__)
 _EVENT_QUEUE_SIZE = 10000
 _TICK = 0.25  # longest sleep: how quickly a stop request or new event is noticed
+_RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while busy
 
 
 def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
@@ -184,6 +185,7 @@ class Agent:
         w = self.config.watch
         ping_every = sdnotify.watchdog_interval()
         last_ping = last_scan = last_retry = time.monotonic()
+        last_render = 0.0
         while not self.stop_requested.is_set():
             now = time.monotonic()
             if ping_every and now - last_ping >= ping_every:
@@ -204,8 +206,9 @@ class Agent:
             if path is not None:
                 self._process(path)
                 continue
-            if self.index.dirty:
+            if self.index.dirty and now - last_render >= _RENDER_EVERY:
                 self._render_index()
+                last_render = now
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:
@@ -241,7 +244,7 @@ class Agent:
         try:
             job = self.worker.claim(path)
         except OSError as exc:
-            log.warning("cannot take an inbox file (%s); will retry in %gs", exc.strerror or exc,
+            log.warning("cannot take an inbox file (%s); will retry in %gs", describe_error(exc),
                         self.config.watch.retry_interval)
             self.inbox.skip_for(path, self.config.watch.retry_interval)
             return
@@ -252,11 +255,9 @@ class Agent:
         try:
             self.worker.run(job, replay=replay)
         except Exception as exc:  # noqa: BLE001 - keep the input journaled and retry later
-            log.error("input %s could not be finished (%s: %s); it stays safely in %s and "
+            log.error("input %s could not be finished (%s); it stays safely in %s and "
                       "will be retried in %gs", (job.sha256 or job.token)[:12],
-                      exc.__class__.__name__, str(exc)[:200], self.outbox.state,
-                      self.config.watch.retry_interval,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+                      describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
             self._failed_jobs.append(job)
 
     def _render_index(self) -> None:

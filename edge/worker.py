@@ -27,6 +27,7 @@ import logging
 import os
 import stat
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ class Worker:
         failpoints.hit("after_claim")
         job.is_symlink = os.path.islink(str(dst))  # what we hold now, whatever was checked
         job.stage = "claimed"
-        self.outbox.save(job)
+        job.attempts = 1  # counted now: the decoding that may crash comes next
+        # Not fsynced: if this update is lost, recovery finds the "claiming" record and the
+        # file in .state/claimed, and finishes the claim from there.
+        self.outbox.save(job, durable=False)
         return job
 
     @staticmethod
@@ -145,17 +149,18 @@ class Worker:
         if job.stage == "claiming" and not self._resume_claim(job):
             return None
         if job.stage == "claimed":
-            self._decide(job)
+            self._decide(job, replay)
         if job.stage == "decided":
             self._move(job)
         if job.stage == "moved":
             self._record(job, replay)
         return job.outcome
 
-    def _decide(self, job: Job) -> None:
+    def _decide(self, job: Job, replay: bool) -> None:
         claimed = self.outbox.claimed_path(job)
-        job.attempts += 1
-        self.outbox.save(job)
+        if replay:  # this input is tried again: count it, durably, before decoding it
+            job.attempts += 1
+            self.outbox.save(job)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         report: dict[str, Any] | None = None
@@ -212,7 +217,10 @@ class Worker:
             self._refuse(job, "InputLimitError", "not enough memory to decode this input")
             return None
         except Exception as exc:  # noqa: BLE001 - a library bug on a hostile file: refuse it
-            log.exception("unexpected error decoding input %s", (job.sha256 or "")[:12])
+            # The message is not logged: library messages can quote element values.
+            log.error("unexpected %s decoding input %s; quarantined", exc.__class__.__name__,
+                      (job.sha256 or "")[:12])
+            log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
             self._refuse(job, DecodeError.__name__,
                          f"the file could not be decoded ({exc.__class__.__name__})")
             return None
@@ -276,7 +284,7 @@ class Worker:
                 move_no_replace(claimed, dest)
         failpoints.hit("after_move")
         job.stage = "moved"
-        self.outbox.save(job)
+        self.outbox.save(job, durable=False)  # if lost: the move is found done, index replayed
 
     def _reason_record(self, job: Job) -> dict[str, Any]:
         return {"schema": "neuroedge.quarantine/1", "file_name": job.file_name,
@@ -317,3 +325,10 @@ class Worker:
             s = job.summary
             log.info("classified input %s: %s (%.2f)%s", ident, s.get("label"),
                      s.get("confidence") or 0.0, " NEEDS REVIEW" if s.get("needs_review") else "")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for the log without file names or values (they can carry patient data)."""
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc.__class__.__name__} (errno {exc.errno})"
+    return exc.__class__.__name__
