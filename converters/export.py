@@ -42,12 +42,15 @@ MODE_HELP = {
 }
 
 
-def export_saved_model(model: Any, folder: Path) -> Path:
-    """Write ``model`` as a SavedModel whose one endpoint takes a batch of exactly one."""
+def export_saved_model(model: Any, folder: Path, batch: int | None = 1) -> Path:
+    """Write ``model`` as a SavedModel whose one endpoint takes a batch of exactly one.
+
+    ``batch=None`` exports a dynamic batch dimension (only to measure what it costs).
+    """
     import tensorflow as tf
     from keras.export import ExportArchive
 
-    shape = [1, *(int(d) for d in model.inputs[0].shape[1:])]
+    shape = [batch, *(int(d) for d in model.inputs[0].shape[1:])]
     archive = ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False),

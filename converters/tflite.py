@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from converters.errors import EXIT_REJECTED, ConverterError
+from converters.errors import EX_USAGE, EXIT_REJECTED, ConverterError
 from converters.export import MODE_HELP
 
 log = logging.getLogger("converters.tflite")
@@ -34,9 +34,8 @@ def _quiet_tensorflow() -> None:
 
 
 def _mode_option(mode: str) -> click.Option:
-    extra = {"default": True} if mode == "int8" else {}
-    return click.option(f"--{mode}", "mode", flag_value=mode,
-                        help=MODE_HELP[mode] + (" [default]" if mode == "int8" else "."), **extra)
+    return click.option(f"--{mode}", f"mode_{mode}", is_flag=True,
+                        help=MODE_HELP[mode] + (" [default]" if mode == "int8" else "."))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,7 +89,8 @@ def _mode_option(mode: str) -> click.Option:
 @click.option("--force", is_flag=True,
               help="Replace a model already in --out (only if the new one passes).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
-def main(mode: str, model: Path, data: Path, out: Path, labels: str | None, arch: str | None,
+def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: bool,
+         model: Path, data: Path, out: Path, labels: str | None, arch: str | None,
          name: str | None, model_version: str | None, calibration_size: int, seed: int,
          eval_data: Path | None, eval_split: str, eval_limit: int | None,
          dedup_list: Path | None, no_dedup: bool, max_drop: float, min_agreement: float,
@@ -99,6 +99,14 @@ def main(mode: str, model: Path, data: Path, out: Path, labels: str | None, arch
     """Convert a trained model to TFLite and refuse it unless it matches the float model."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing chatter, not news
+    chosen = [m for m, on in (("int8", mode_int8), ("float16", mode_float16),
+                              ("dynamic", mode_dynamic), ("float32", mode_float32)) if on]
+    if len(chosen) > 1:
+        click.echo(f"error: give one conversion mode, not {' and '.join('--' + m for m in chosen)}",
+                   err=True)
+        sys.exit(EX_USAGE)
+    mode = chosen[0] if chosen else "int8"
     _quiet_tensorflow()
     from converters.gate import Thresholds
     from converters.pipeline import ConvertOptions, run_conversion

@@ -70,6 +70,7 @@ def test_bad_options_are_usage_errors(tmp_path, tiny_run):
         (["--check-runtime", f"tflite-runtime={tmp_path / 'no-python'}"],
          "not an executable Python"),
         (["--labels", "a,b,c,d"], "contradicts the run's labels"),
+        (["--int8", "--dynamic"], "give one conversion mode"),
     ]
     for extra, message in cases:
         result = _cli(*base, *extra)
