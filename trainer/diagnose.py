@@ -124,6 +124,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
 
     from trainer.batches import TrainingBatches, one_hot
     from trainer.models import build_model
+    from trainer.train import avoid_cpu_xla, jit_compile_setting
 
     data = load_split(data_dir, "Training", spec, limit=limit, seed=seed)
     probe_idx = stratified_indices(data.labels, probe_size, seed + 1)
@@ -133,12 +134,13 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     model = build_model(arch, input_shape=spec.shape, num_classes=len(data.class_names),
                         **(options or {}))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.99),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=jit_compile_setting())
     relus = _relu_outputs(model)
     feeder, dense = _classifier_input(model)
     batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-    probe_model = keras.Model(model.inputs[0],
-                              [r.output for r in relus] + [feeder.output, model.output])
+    probe_model = avoid_cpu_xla(keras.Model(
+        model.inputs[0], [r.output for r in relus] + [feeder.output, model.output]))
     stream = TrainingBatches(data.images, data.labels, len(data.class_names), batch_size,
                              seed=seed, spec=spec)
     rows = []

@@ -148,8 +148,9 @@ def evaluate_run(
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
     from trainer.batches import EvaluationBatches
     from trainer.metrics import compute_metrics, table3_markdown
+    from trainer.train import avoid_cpu_xla
 
-    model = keras.saving.load_model(run.model, compile=False)
+    model = avoid_cpu_xla(keras.saving.load_model(run.model, compile=False))
     started = time.perf_counter()
     probs = np.asarray(model.predict(
         EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),

@@ -103,8 +103,9 @@ class CBAM(keras.layers.Layer):
         return self.spatial.kernel_size
 
     def build(self, input_shape: tuple) -> None:
-        self.channel.build(input_shape)
-        self.spatial.build(input_shape)
+        for part in (self.channel, self.spatial):
+            if not part.built:
+                part.build(input_shape)
 
     def call(self, inputs: Any) -> Any:
         return self.spatial(self.channel(inputs))
