@@ -66,6 +66,7 @@ class Classifier:
                                        runtime=config.runtime.name or None)
         self.runtime_name = f"{self._model.runtime.name} {self._model.runtime.version}"
         self.review = config.review
+        self.body_parts = tuple(p.strip().upper() for p in config.dicom.body_parts)
 
     @property
     def labels(self) -> list[str]:
@@ -95,8 +96,14 @@ class Classifier:
         t1 = time.perf_counter()
         probs = np.asarray(self._model.predict(model_input), dtype=np.float64)
         t2 = time.perf_counter()
-        return self._decide(probs, pixels, {"preprocess": (t1 - t0) * 1000,
-                                            "inference": (t2 - t1) * 1000})
+        prediction = self._decide(probs, pixels, {"preprocess": (t1 - t0) * 1000,
+                                                  "inference": (t2 - t1) * 1000})
+        body_part = decoded.details.get("body_part_examined") if decoded.kind == "dicom" else None
+        if body_part and self.body_parts and body_part not in self.body_parts:
+            prediction.review_reasons.append(
+                f"Body Part Examined is {body_part}: the model was trained on brain MR only")
+            prediction.needs_review = True
+        return prediction
 
     def _decide(self, probs: np.ndarray, pixels: np.ndarray,
                 timings: dict[str, float]) -> Prediction:

@@ -63,6 +63,8 @@ class DicomConfig:
     """Which DICOM files are classified, and how their pixels become an 8-bit picture."""
 
     modalities: tuple[str, ...] = ("MR",)
+    body_parts: tuple[str, ...] = ("BRAIN", "HEAD", "HEADNECK", "HEAD_NECK", "SKULL",
+                                   "CEREBRUM", "NEURO", "NEUROCRANIUM")
     frame: str = "middle"
     use_file_window: bool = True
     fallback_window: str = "percentile"

@@ -161,6 +161,7 @@ def _describe(ds: Any, preamble: bool) -> dict[str, Any]:
         "sop_class": _uid_name(sop_class),
         "modality": (_text(ds, "Modality") or "").strip().upper() or None,
         "study_date": _text(ds, "StudyDate"),
+        "body_part_examined": (_text(ds, "BodyPartExamined") or "").strip().upper() or None,
         "series_description": _text(ds, "SeriesDescription"),
         "transfer_syntax_uid": str(tsyntax) if tsyntax else None,
         "transfer_syntax": _uid_name(tsyntax),

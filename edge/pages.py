@@ -137,7 +137,8 @@ def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
                 result += " <strong>needs review</strong>"
             if outcome == "duplicate":
                 result += " (same content as an earlier input)"
-        rows.append(f"<tr><td>{esc(e.get('time'))}</td><td>{name}</td><td>{esc(outcome)}</td>"
+        clock = str(e.get("time") or "")[11:19]
+        rows.append(f"<tr><td>{esc(clock)}</td><td>{name}</td><td>{esc(outcome)}</td>"
                     f"<td>{result}</td><td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>Processed on {esc(day)}</h1>"
             "<p><a href=\"../index.html\">all days</a></p><table><tr><th>time</th><th>input</th>"

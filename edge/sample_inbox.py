@@ -20,7 +20,8 @@ from .errors import ConfigError
 # (name in the sample inbox, pydicom test file, what it shows)
 _PYDICOM_FILES = (
     ("mr_small.dcm", "MR_small.dcm", "MR, uncompressed: classified"),
-    ("mr_head.dcm", "examples_overlay.dcm", "MR 484x300 with a window in the file: classified"),
+    ("mr_abdomen.dcm", "examples_overlay.dcm",
+     "MR of the abdomen: classified but flagged needs_review (not a brain)"),
     ("IM0003", "MR_small_implicit.dcm", "MR without a file extension: recognised by content"),
     ("mr_small_rle.dcm", "MR_small_RLE.dcm", "MR, RLE compressed: classified"),
     ("mr_small_jpeg2000.dcm", "MR_small_jp2klossless.dcm",
@@ -30,6 +31,8 @@ _PYDICOM_FILES = (
     ("ct_small.dcm", "CT_small.dcm", "CT: quarantined (the model is for MR only)"),
     ("structured_report.dcm", "test-SR.dcm", "SR: quarantined (no pixel data)"),
 )
+
+_OPTIONAL = {"examples_overlay.dcm"}  # pydicom >= 3.0 only
 
 
 def pydicom_test_file(name: str) -> Path:
@@ -65,8 +68,14 @@ def write_sample_inbox(folder: Path) -> list[tuple[str, str]]:
         raise ConfigError(f"cannot create {folder}: {exc.strerror}") from None
     written = []
     for name, source, purpose in _PYDICOM_FILES:
+        try:
+            path = pydicom_test_file(source)
+        except ConfigError:
+            if source not in _OPTIONAL:
+                raise
+            continue  # only newer pydicom versions ship it
         dest = free_name(folder, name, "sample")
-        shutil.copyfile(str(pydicom_test_file(source)), str(dest))
+        shutil.copyfile(str(path), str(dest))
         written.append((dest.name, purpose))
     dest = free_name(folder, "phantom.png", "sample")
     Image.fromarray(phantom()).save(str(dest))

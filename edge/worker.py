@@ -148,6 +148,11 @@ class Worker:
         """Drive ``job`` to completion from whatever stage it is in; return its outcome."""
         if job.stage == "claiming" and not self._resume_claim(job):
             return None
+        if job.stage == "claimed" and not os.path.lexists(str(self.outbox.claimed_path(job))):
+            log.error("the claimed input of job %s was removed from %s by hand; forgetting the "
+                      "job", job.token, self.outbox.claimed)
+            self.outbox.delete(job)
+            return None
         if job.stage == "claimed":
             self._decide(job, replay)
         if job.stage == "decided":

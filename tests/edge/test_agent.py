@@ -265,3 +265,17 @@ def test_ignored_names_are_left_alone(folders, test_model):
     assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png", "copying.png.part",
                                                       "download.crdownload"]
     assert not outbox_files(folders["outbox"] / "archive")
+
+
+def test_a_body_part_other_than_the_brain_needs_review(folders, test_model):
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    ramp = np.tile(np.arange(64, dtype=np.uint16) * 30, (64, 1))
+    make_dicom(inbox / "knee.dcm", ramp, window=(100, 50), BodyPartExamined="KNEE")
+    make_dicom(inbox / "head.dcm", ramp + 1, window=(100, 50), BodyPartExamined="HEAD")
+    run_once(make_config(folders, test_model.path, review={"threshold": 0.0}))
+    by_name = {e["file_name"]: e for e in index_lines(outbox)}
+    knee = json.loads((outbox / by_name["knee.dcm"]["report"]).read_text())
+    assert knee["needs_review"] is True and knee["dicom"]["body_part_examined"] == "KNEE"
+    assert "Body Part Examined is KNEE" in knee["review_reasons"][0]
+    head = json.loads((outbox / by_name["head.dcm"]["report"]).read_text())
+    assert head["needs_review"] is False and head["review_reasons"] == []
