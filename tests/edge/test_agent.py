@@ -279,3 +279,50 @@ def test_a_body_part_other_than_the_brain_needs_review(folders, test_model):
     assert "Body Part Examined is KNEE" in knee["review_reasons"][0]
     head = json.loads((outbox / by_name["head.dcm"]["report"]).read_text())
     assert head["needs_review"] is False and head["review_reasons"] == []
+
+
+def _other_filesystem(path: Path) -> Path:
+    for candidate in ("/dev/shm", "/run/user", "/run"):
+        c = Path(candidate)
+        if c.is_dir() and os.access(str(c), os.W_OK) and os.stat(str(c)).st_dev != os.stat(
+                str(path)).st_dev:
+            return c
+    pytest.skip("no writable folder on another filesystem to put the inbox on")
+
+
+def test_inbox_on_another_filesystem_is_copied_then_removed(folders, test_model, tmp_path):
+    import shutil
+    import tempfile
+
+    other = Path(tempfile.mkdtemp(dir=str(_other_filesystem(tmp_path))))
+    try:
+        inbox = other / "inbox"
+        inbox.mkdir()
+        png = gray_png(inbox / "over-there.png", 70)
+        sha = sha256_file(png)
+        config = make_config({"inbox": inbox, "outbox": folders["outbox"]}, test_model.path)
+        counts = run_once(config)
+        assert counts["classified"] == 1 and not list(inbox.iterdir())
+        archived = next((folders["outbox"] / "archive").rglob("over-there.png"))
+        assert sha256_file(archived) == sha
+    finally:
+        shutil.rmtree(str(other), ignore_errors=True)
+
+
+def test_interrupted_cross_filesystem_claim_is_finished(folders, test_model):
+    """Crash after the durable copy but before the inbox file was unlinked: the copy wins."""
+    inbox = folders["inbox"]
+    outbox = Outbox(folders["outbox"])
+    outbox.prepare()
+    original = gray_png(inbox / "half-moved.png", 90)
+    job = Job(token="20990101T000002-crossfs", stage="claiming", source="half-moved.png",
+              file_name="half-moved.png", claimed_at="")
+    outbox.save(job)
+    outbox.claimed_path(job).write_bytes(original.read_bytes())
+
+    counts = run_once(make_config(folders, test_model.path))
+
+    assert counts["classified"] == 1 and counts["duplicate"] == 0
+    assert not original.exists()  # the inbox copy was recognised as already claimed
+    assert len(list((folders["outbox"] / "archive").rglob("*.png"))) == 1
+    assert len(index_lines(folders["outbox"])) == 1

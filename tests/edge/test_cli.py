@@ -127,3 +127,31 @@ def test_sample_inbox_end_to_end(tmp_path, test_model):
         assert any("Body Part Examined is ABDOMEN" in r for r in report["review_reasons"])
     index_page = (outbox / "index.html").read_text()
     assert "NOT FOR CLINICAL USE" in index_page and "index/" in index_page
+
+
+def test_verbose_logs_of_a_real_run_carry_no_patient_data(tmp_path, test_model):
+    import warnings
+
+    import numpy as np
+    from conftest import make_dicom
+
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    name, pid = "DOEJANESECRET^JANE", "MRN-99887766"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_dicom(inbox / "scan1.dcm", np.full((32, 32), 7, np.uint16), PatientName=name,
+                   PatientID=pid, OtherPatientIDs=pid, PatientBirthDate="19700101")
+        make_dicom(inbox / "scan2.dcm", np.full((32, 32), 7, np.uint16), modality="CT",
+                   PatientName=name, PatientID=pid)
+    (inbox / "scan3.dcm").write_bytes((inbox / "scan1.dcm").read_bytes()[:700])  # truncated
+    run = run_agent(["-v", "--config", str(fast_config(tmp_path)), "watch", str(inbox),
+                     "--outbox", str(outbox), "--model", str(test_model.path), "--once"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = run.stdout + run.stderr
+    assert "DEBUG" in logs and "quarantined" in logs  # the logs did say something
+    for secret in ("DOEJANESECRET", pid):
+        assert secret not in logs
+        assert not [p for p in outbox.rglob("*") if secret in str(p)]
+        for report in (outbox / "reports").glob("*"):
+            assert secret not in report.read_text()
