@@ -55,11 +55,10 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
 
 def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
                   fail: Callable[[str, str], None]) -> None:
-    existing = outbox
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = outbox if outbox.exists() else outbox.parent
     if not existing.is_dir():
-        fail("outbox", f"{outbox}: {existing} is not a folder")
+        fail("outbox", f"{outbox}: its folder {existing} does not exist (the agent creates the "
+             "outbox itself, never its parents: is a disk not mounted?)")
         return
     try:
         fd, tmp = tempfile.mkstemp(prefix=".neuroedge-check-", dir=str(existing))

@@ -7,6 +7,8 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 1     an unexpected internal error (a bug: please report it with the log)
 2     wrong usage (unknown option, missing argument, a FILE that does not exist)
 65    ``classify``: at least one file was refused (its entry says why)
+66    the inbox, or the folder meant to hold the outbox, does not exist (yet): a share or
+      disk may not be mounted, so a service manager should restart the agent
 69    no TFLite runtime can be imported, or it cannot run the model
 75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
       yet and stay journaled for the next run

@@ -70,3 +70,13 @@ class AgentBusyError(EdgeError):
     """Another edge-agent already holds the outbox's lock; two agents must not share one."""
 
     exit_code = EX_TEMPFAIL
+
+
+class FolderUnavailableError(EdgeError):
+    """The inbox, or the folder the outbox lives in, does not exist (yet).
+
+    Not a configuration error: a network share or USB disk may simply not be mounted yet,
+    so a service manager should retry (exit code 66, not 78).
+    """
+
+    exit_code = EX_NOINPUT

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .durable import read_json, remove_stale_temp_files, write_json_atomic
-from .errors import AgentBusyError, ConfigError
+from .errors import AgentBusyError, ConfigError, FolderUnavailableError
 
 SUBFOLDERS = ("reports", "archive", "quarantine", "index", ".state", ".state/jobs",
               ".state/claimed")
@@ -73,8 +73,14 @@ class Outbox:
 
     def prepare(self) -> None:
         """Create the layout; refuse folders replaced by symlinks (they could point anywhere)."""
+        if not self.root.parent.is_dir():
+            # Never create the parents: under an unmounted disk's mount point they would
+            # land on the SD card and be hidden once the disk is mounted.
+            raise FolderUnavailableError(
+                f"the folder {self.root.parent} that should hold the outbox does not exist: "
+                "create it, fix the path, or mount the disk it lives on")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
             for name in SUBFOLDERS:
                 path = self.root / name
                 if path.is_symlink():

@@ -22,7 +22,7 @@ from typing import Any
 from . import sdnotify
 from .classifier import Classifier
 from .config import AgentConfig
-from .errors import ConfigError
+from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
 from .outbox import Job, Outbox
@@ -40,9 +40,12 @@ def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
         raise ConfigError("no inbox given: pass INBOX to `edge-agent watch` or set [paths] inbox "
                           "in the config file")
     inbox = Path(os.path.realpath(os.path.expanduser(config.paths.inbox)))
+    if not inbox.exists():
+        raise FolderUnavailableError(
+            f"the inbox {inbox} does not exist: create it, fix the path, or mount the share or "
+            "disk it lives on")
     if not inbox.is_dir():
-        raise ConfigError(f"the inbox {inbox} does not exist or is not a folder; create it "
-                          "or fix the path")
+        raise ConfigError(f"the inbox {inbox} is not a folder; fix the path")
     if not os.access(str(inbox), os.R_OK | os.W_OK | os.X_OK):
         raise ConfigError(f"the inbox {inbox} must be readable and writable by this user "
                           "(inputs are moved out of it once handled)")

@@ -155,3 +155,16 @@ def test_verbose_logs_of_a_real_run_carry_no_patient_data(tmp_path, test_model):
         assert not [p for p in outbox.rglob("*") if secret in str(p)]
         for report in (outbox / "reports").glob("*"):
             assert secret not in report.read_text()
+
+
+def test_missing_folders_exit_66_so_a_service_manager_retries(tmp_path, test_model):
+    """A share or USB disk that is not mounted yet is not a configuration error."""
+    gone = run_agent(["watch", str(tmp_path / "not-mounted"), "--once", "--model", "."])
+    assert gone.returncode == 66 and "mount" in gone.stderr
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    outbox = tmp_path / "usb" / "outbox"
+    result = run_agent(["watch", str(inbox), "--outbox", str(outbox), "--once", "--model",
+                        str(test_model.path)])
+    assert result.returncode == 66 and "mount" in result.stderr
+    assert not (tmp_path / "usb").exists()  # parents are never created
