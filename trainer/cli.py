@@ -147,7 +147,7 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
-              help="After training, recompute BatchNormalization statistics on N batches.")
+              help="Before each validation, recompute BatchNormalization statistics on N batches.")
 @click.option("--distribute", is_flag=True,
               help="All local GPUs: DataParallel (JAX) or MirroredStrategy (TensorFlow).")
 @_model_option_flags

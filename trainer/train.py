@@ -206,6 +206,7 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "selection": "best val_accuracy",
         "distribution": distribution,
         "jit_compile": jit_compile_setting(),
+        "bn_recalibration_batches": config.recalibrate_bn,
         "backend": keras.backend.backend(),
         "environment": environment(),
         "deviations": deviations(config.arch, options),
@@ -226,17 +227,53 @@ def _new_state() -> dict[str, Any]:
             "history": {}, "seconds": 0.0}
 
 
-def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None) -> Any:
+class _Validator:
+    """Validation loss and accuracy after an epoch, BN statistics recalibrated first if asked.
+
+    Done here rather than by Keras' ``validation_data`` so that ``--recalibrate-bn`` can
+    fix the moving statistics *before* the epoch is scored: model selection then compares
+    what the saved model will really predict.
+    """
+
+    def __init__(self, config: TrainConfig, data: TrainingData) -> None:
+        from trainer.batches import EvaluationBatches, TrainingBatches
+
+        num_classes = len(data.labels)
+        self.inputs = EvaluationBatches(data.val.images, None, num_classes, config.batch_size,
+                                        spec=config.spec)
+        self.labels = data.val.labels
+        self.recalibration = None
+        if config.recalibrate_bn:
+            stream = TrainingBatches(data.train.images, data.train.labels, num_classes,
+                                     config.batch_size, seed=config.seed + 1, spec=config.spec)
+            self.recalibration = (stream, min(config.recalibrate_bn, len(stream)))
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        if self.recalibration is not None:
+            from trainer.bn import recalibrate_batchnorm
+
+            stream, steps = self.recalibration
+            recalibrate_batchnorm(model, (stream[i][0] for i in range(steps)))
+        probs = np.asarray(model.predict(self.inputs, verbose=0), dtype=np.float64)
+        picked = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
+        return {"val_loss": float(-np.mean(np.log(picked))),
+                "val_accuracy": float(np.mean(probs.argmax(axis=1) == self.labels))}
+
+
+def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
+              validate: _Validator) -> Any:
     import keras
 
     class RunRecorder(keras.callbacks.Callback):
-        """After each epoch: checkpoint, best model, history, state (in that order)."""
+        """After each epoch: validation, checkpoint, best model, history, state."""
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = dict(logs or {})
+            if logs is None:
+                logs = {}
+            logs.update(validate(self.model))  # in place: the progress bar shows them too
             done = epoch + 1
             seconds = time.perf_counter() - self._started
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -247,7 +284,7 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None) -> An
             history.setdefault("seconds", []).append(round(seconds, 3))
             checkpoint = run.epoch_checkpoint(done)
             save_model_atomic(self.model, checkpoint)
-            val_acc = float(logs.get("val_accuracy", float("nan")))
+            val_acc = history["val_accuracy"][-1]
             best = state["best_val_accuracy"]
             if best is None or val_acc > best:
                 _copy_atomic(checkpoint, run.best_checkpoint)
@@ -276,20 +313,17 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None) -> An
 
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any) -> None:
-    from trainer.batches import EvaluationBatches, TrainingBatches
+    from trainer.batches import TrainingBatches
 
-    num_classes = len(data.labels)
     train_batches = TrainingBatches(
-        data.train.images, data.train.labels, num_classes, config.batch_size,
+        data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
         augment=config.augment)
-    val_batches = EvaluationBatches(data.val.images, data.val.labels, num_classes,
-                                    config.batch_size, spec=config.spec)
+    recorder = _recorder(run, state, config.patience, _Validator(config, data))
     try:
         model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
-                  initial_epoch=state["epochs_done"], validation_data=val_batches,
-                  shuffle=False, verbose=verbose,
-                  callbacks=[_recorder(run, state, config.patience), *callbacks])
+                  initial_epoch=state["epochs_done"], shuffle=False, verbose=verbose,
+                  callbacks=[recorder, *callbacks])
     except KeyboardInterrupt:
         run.update_config(status="interrupted", epochs_done=state["epochs_done"])
         log.warning("interrupted after %d completed epoch(s); continue with: "
@@ -305,10 +339,7 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
 
     model = avoid_cpu_xla(keras.saving.load_model(run.best_checkpoint, compile=False))
-    outcome: dict[str, Any] = {}
-    if config.recalibrate_bn:
-        outcome["bn_recalibration"] = _recalibrate(model, config, data)
-    else:
+    if not config.recalibrate_bn:
         _warn_if_bn_unsettled(model, config, data, state)
     model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"])
     save_model_atomic(model, run.model)
@@ -317,8 +348,7 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
         status=status, epochs_done=state["epochs_done"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_val_accuracy"],
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        train_seconds=state["seconds"], wall_seconds=round(time.perf_counter() - started, 1),
-        **outcome)
+        train_seconds=state["seconds"], wall_seconds=round(time.perf_counter() - started, 1))
     log.info("run %s: %s after %d epoch(s); best val_accuracy %.4f at epoch %d -> %s",
              run.path, status, state["epochs_done"], state["best_val_accuracy"],
              state["best_epoch"], run.model)
@@ -342,28 +372,6 @@ def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
         log.warning("BatchNormalization moving statistics have had only %d update(s); their "
                     "initial values still weigh %.0f%%, so test-time predictions may be poor. "
                     "Train longer or pass --recalibrate-bn 32.", steps, 100 * remaining)
-
-
-def _recalibrate(model: Any, config: TrainConfig, data: TrainingData) -> dict[str, Any]:
-    from trainer.batches import EvaluationBatches, TrainingBatches
-    from trainer.bn import recalibrate_batchnorm
-
-    val = EvaluationBatches(data.val.images, data.val.labels, len(data.labels),
-                            config.batch_size, spec=config.spec)
-
-    def val_accuracy() -> float:
-        probs = model.predict(val, verbose=0)
-        return float(np.mean(np.argmax(probs, axis=1) == data.val.labels))
-
-    before = val_accuracy()
-    stream = TrainingBatches(data.train.images, data.train.labels, len(data.labels),
-                             config.batch_size, seed=config.seed + 1, spec=config.spec)
-    steps = min(config.recalibrate_bn, len(stream))
-    used = recalibrate_batchnorm(model, (stream[i][0] for i in range(steps)))
-    after = val_accuracy()
-    log.info("BatchNormalization recalibration on %d batch(es): val_accuracy %.4f -> %.4f",
-             used, before, after)
-    return {"batches": used, "val_accuracy_before": before, "val_accuracy_after": after}
 
 
 def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = "auto",
