@@ -141,16 +141,19 @@ def classify(config: AgentConfig, files: tuple[str, ...], model: str | None) -> 
     for name in files:
         path = Path(name)
         t0 = time.perf_counter()
-        sha = sha256_file(path)
-        timings = {"hash": (time.perf_counter() - t0) * 1000}
+        sha = None
         try:
+            sha = sha256_file(path)
+            timings = {"hash": (time.perf_counter() - t0) * 1000}
             t1 = time.perf_counter()
             decoded = decode_file(path, config.dicom, config.limits)
             timings["decode"] = (time.perf_counter() - t1) * 1000
-        except UnsupportedInputError as exc:
+        except (UnsupportedInputError, OSError) as exc:
             refused += 1
+            reason = str(exc) if not isinstance(exc, OSError) else (
+                f"cannot read the file: {exc.strerror}")
             results.append({"file": name, "status": "refused", "sha256": sha,
-                            "reason_code": exc.__class__.__name__, "reason": str(exc)})
+                            "reason_code": exc.__class__.__name__, "reason": reason})
             continue
         prediction = classifier.classify(decoded)
         timings.update(prediction.timings_ms)

@@ -162,38 +162,45 @@ class Worker:
         return job.outcome
 
     def _decide(self, job: Job, replay: bool) -> None:
-        claimed = self.outbox.claimed_path(job)
         if replay:  # this input is tried again: count it, durably, before decoding it
             job.attempts += 1
             self.outbox.save(job)
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        report: dict[str, Any] | None = None
-        if job.is_symlink:
-            self._refuse(job, "SymlinkRefused", "a symbolic link: links are never followed, "
-                         "so nothing outside the inbox can be read; copy the real file instead")
-        elif job.attempts > self.config.limits.max_attempts:
-            self._refuse(job, "CrashedAgent",
-                         f"processing this file stopped the agent {job.attempts - 1} times "
-                         "(a decoder crash or running out of memory); it is set aside so the "
-                         "other inputs can be processed")
-        else:
-            job.sha256, job.size = self._hash(claimed)
-            timings["hash"] = (time.perf_counter() - t0) * 1000
-            report_path = self.outbox.reports / f"{job.sha256}.json"
-            existing = read_json(report_path)
-            if existing is not None:
-                own = existing.get("intake", {}).get("token") == job.token
-                job.outcome = "classified" if own else "duplicate"
-                report = existing
-            else:
-                report = self._classify(job, claimed, timings, t0)
+        report = self._outcome(job)
         if job.outcome != "quarantined":
             job.summary = summary_line(report)
         failpoints.hit("after_report")
         self._choose_destination(job)
         job.stage = "decided"
         self.outbox.save(job)
+
+    def _outcome(self, job: Job) -> dict[str, Any] | None:
+        """Set the job's outcome (writing the report if classified); return the report."""
+        claimed = self.outbox.claimed_path(job)
+        if job.is_symlink:
+            self._refuse(job, "SymlinkRefused", "a symbolic link: links are never followed, "
+                         "so nothing outside the inbox can be read; copy the real file instead")
+            return None
+        if job.attempts > self.config.limits.max_attempts:
+            self._refuse(job, "CrashedAgent",
+                         f"processing this file stopped the agent {job.attempts - 1} times "
+                         "(a decoder crash or running out of memory); it is set aside so the "
+                         "other inputs can be processed")
+            return None
+        t0 = time.perf_counter()
+        try:
+            job.sha256, job.size = self._hash(claimed)
+        except PermissionError:
+            self._refuse(job, "UnreadableInput",
+                         "the agent is not allowed to read this file (permission denied): give "
+                         "the agent's user read access and copy it into the inbox again")
+            return None
+        timings = {"hash": (time.perf_counter() - t0) * 1000}
+        existing = read_json(self.outbox.reports / f"{job.sha256}.json")
+        if existing is not None:
+            own = existing.get("intake", {}).get("token") == job.token
+            job.outcome = "classified" if own else "duplicate"
+            return existing
+        return self._classify(job, claimed, timings, t0)
 
     def _hash(self, path: Path) -> tuple[str, int]:
         """sha256 of a file no one is still writing (re-hashed if it changed meanwhile)."""

@@ -326,3 +326,18 @@ def test_interrupted_cross_filesystem_claim_is_finished(folders, test_model):
     assert not original.exists()  # the inbox copy was recognised as already claimed
     assert len(list((folders["outbox"] / "archive").rglob("*.png"))) == 1
     assert len(index_lines(folders["outbox"])) == 1
+
+
+def test_an_unreadable_input_is_quarantined_not_retried_forever(folders, test_model,
+                                                                monkeypatch):
+    import edge.worker
+
+    def denied(path, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    gray_png(folders["inbox"] / "locked.png", 10)
+    monkeypatch.setattr(edge.worker, "sha256_file", denied)  # root can read anything: simulate
+    counts = run_once(make_config(folders, test_model.path))
+    assert counts["quarantined"] == 1 and counts["unfinished"] == 0
+    record = json.loads((folders["outbox"] / "quarantine" / "locked.png.reason.json").read_text())
+    assert record["reason_code"] == "UnreadableInput" and "permission denied" in record["reason"]
