@@ -44,6 +44,7 @@ class Job:
     file_name: str  # the input's original base name, for the report and the archive name
     claimed_at: str
     is_symlink: bool = False
+    cross_filesystem: bool = False  # claimed by copy + unlink (inbox on another filesystem)
     attempts: int = 0
     sha256: str | None = None
     size: int | None = None

@@ -89,6 +89,8 @@ class Worker:
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
+                job.cross_filesystem = True  # recorded first: recovery may unlink the source
+                self.outbox.save(job)
                 self._claim_across_filesystems(src, dst, is_link)
         except FileNotFoundError:
             self.outbox.delete(job)
@@ -128,7 +130,7 @@ class Worker:
         if not os.path.lexists(str(dst)):
             self.outbox.delete(job)  # never taken: the inbox scan finds the file again
             return False
-        if os.path.lexists(str(src)) and not job.is_symlink and not os.path.islink(str(src)):
+        if job.cross_filesystem and os.path.lexists(str(src)) and not os.path.islink(str(src)):
             # copied across filesystems, then crashed before unlinking the original
             try:
                 if os.path.getsize(str(src)) == os.path.getsize(str(dst)) and sha256_file(

@@ -316,7 +316,7 @@ def test_interrupted_cross_filesystem_claim_is_finished(folders, test_model):
     outbox.prepare()
     original = gray_png(inbox / "half-moved.png", 90)
     job = Job(token="20990101T000002-crossfs", stage="claiming", source="half-moved.png",
-              file_name="half-moved.png", claimed_at="")
+              file_name="half-moved.png", claimed_at="", cross_filesystem=True)
     outbox.save(job)
     outbox.claimed_path(job).write_bytes(original.read_bytes())
 
@@ -341,3 +341,20 @@ def test_an_unreadable_input_is_quarantined_not_retried_forever(folders, test_mo
     assert counts["quarantined"] == 1 and counts["unfinished"] == 0
     record = json.loads((folders["outbox"] / "quarantine" / "locked.png.reason.json").read_text())
     assert record["reason_code"] == "UnreadableInput" and "permission denied" in record["reason"]
+
+
+def test_a_same_named_copy_dropped_after_a_crash_is_kept(folders, test_model):
+    """Claimed by rename, crashed; then the user drops the same file again: both are kept."""
+    inbox = folders["inbox"]
+    outbox = Outbox(folders["outbox"])
+    outbox.prepare()
+    again = gray_png(inbox / "again.png", 90)
+    job = Job(token="20990101T000003-samefs", stage="claiming", source="again.png",
+              file_name="again.png", claimed_at="")
+    outbox.save(job)
+    outbox.claimed_path(job).write_bytes(again.read_bytes())
+
+    counts = run_once(make_config(folders, test_model.path))
+
+    assert counts["classified"] == 1 and counts["duplicate"] == 1
+    assert len(list((folders["outbox"] / "archive").rglob("again*.png"))) == 2
