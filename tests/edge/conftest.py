@@ -1,4 +1,4 @@
-"""Fixtures for the edge agent's tests: a model, DICOMs built in memory, and helpers.
+"""Fixtures for the edge agent's tests: a model and folders (helpers: agent_helpers.py).
 
 The model: ``$NEUROEDGE_TEST_MODEL`` (a folder with model.tflite + model.json, e.g. one
 built on a workstation and passed to an emulated arm64 device without TensorFlow), else the
@@ -8,28 +8,17 @@ either, tests that need a model are skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from edge.config import AgentConfig, config_from_dict
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from agent_helpers import TestModel  # noqa: E402
 from toy_model import build_toy_model  # noqa: E402
-
-
-class TestModel:
-    def __init__(self, path: Path, toy: bool) -> None:
-        self.path = path
-        self.toy = toy  # True: predictions follow toy_model.expected_label
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +28,6 @@ def test_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
         path = Path(given)
         if not (path / "model.json").is_file():
             pytest.fail(f"NEUROEDGE_TEST_MODEL={given} has no model.json")
-        import json
         name = json.loads((path / "model.json").read_text())["name"]
         return TestModel(path, toy=(name == "toy-brightness"))
     try:
@@ -63,133 +51,3 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return {"inbox": inbox, "outbox": tmp_path / "outbox", "root": tmp_path}
 
 
-def make_config(folders: dict[str, Path], model: Path, **sections: dict[str, Any]) -> AgentConfig:
-    data: dict[str, Any] = {"paths": {"inbox": str(folders["inbox"]),
-                                      "outbox": str(folders["outbox"]), "model": str(model)},
-                            "watch": {"settle_seconds": 0.0, "rescan_interval": 1.0}}
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data, "test")
-
-
-def run_once(config: AgentConfig) -> dict[str, int]:
-    """The agent's backlog run, in-process."""
-    from edge.classifier import Classifier
-    from edge.watch import Agent
-
-    return Agent(config, Classifier(config), once=True).run()
-
-
-# --- inputs ------------------------------------------------------------------------------
-
-def pydicom_file(name: str) -> Path:
-    from edge.sample_inbox import pydicom_test_file
-    try:
-        return pydicom_test_file(name)
-    except Exception:  # noqa: BLE001
-        pytest.skip(f"this pydicom does not ship {name}")
-
-
-def gray_png(path: Path, level: int, size: int = 64) -> Path:
-    Image.fromarray(np.full((size, size), level, dtype=np.uint8)).save(str(path), format="PNG")
-    return path
-
-
-def make_dicom(path: Path, pixels: np.ndarray, *, modality: str = "MR",
-               photometric: str = "MONOCHROME2", signed: bool = False,
-               slope: float | None = None, intercept: float | None = None,
-               window: tuple | None = None, frames: int | None = None,
-               bits_stored: int | None = None, preamble: bool = True,
-               **tags: Any) -> Path:
-    """Write an uncompressed DICOM built from ``pixels`` (2-D, 3-D frames, or RGB)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.PatientName = "Test^Patient"
-    ds.PatientID = "TEST-0001"
-    colour = photometric in ("RGB", "YBR_FULL")
-    arr = np.asarray(pixels)
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    if frames:
-        ds.NumberOfFrames = frames
-    shape = arr.shape[1:] if frames else arr.shape
-    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
-    bits = arr.dtype.itemsize * 8
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits_stored or bits
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    if slope is not None:
-        ds.RescaleSlope = slope
-    if intercept is not None:
-        ds.RescaleIntercept = intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = arr.tobytes()
-    if not preamble:  # a bare data set: no preamble, no 'DICM', no meta group
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_dataset
-
-        buffer = DicomBytesIO()
-        buffer.is_little_endian, buffer.is_implicit_VR = True, False
-        del ds.file_meta
-        write_dataset(buffer, ds)
-        path.write_bytes(buffer.getvalue())
-        return path
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom 3
-    except TypeError:
-        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2.4
-        ds.save_as(str(path), write_like_original=False)
-    return path
-
-
-# --- subprocesses --------------------------------------------------------------------------
-
-def agent_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.pop("NEUROEDGE_FAILPOINT", None)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env.update(extra)
-    return env
-
-
-def run_agent(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge"] + args, capture_output=True,
-                          text=True, timeout=timeout, env=agent_env(**env), cwd=str(REPO_ROOT))
-
-
-def start_agent(args: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge"] + args, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=agent_env(**env),
-                            cwd=str(REPO_ROOT))
-
-
-def fast_config(folder: Path, text: str = "") -> Path:
-    """A config file for subprocess tests: files count as settled at once."""
-    path = folder / "test-config.toml"
-    path.write_text("[watch]\nsettle_seconds = 0.0\nrescan_interval = 1.0\n" + text)
-    return path
-
-
-def outbox_files(outbox: Path) -> list[Path]:
-    return sorted(p for p in outbox.rglob("*") if p.is_file() and ".state" not in p.parts)

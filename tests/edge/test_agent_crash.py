@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fast_config, gray_png, pydicom_file, run_agent, start_agent
+from agent_helpers import fast_config, gray_png, pydicom_file, run_agent, start_agent
 from PIL import Image
 
 from edge.failpoints import POINTS

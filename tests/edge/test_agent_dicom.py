@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, agent_env, make_dicom, pydicom_file
+from agent_helpers import REPO_ROOT, agent_env, make_dicom, pydicom_file
 from PIL import Image
 
 from edge.config import DicomConfig, LimitsConfig

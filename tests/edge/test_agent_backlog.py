@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gray_png, make_config, make_dicom, outbox_files, pydicom_file, run_once
+from agent_helpers import gray_png, make_config, make_dicom, outbox_files, pydicom_file, run_once
 from toy_model import expected_label
 
 from edge.errors import AgentBusyError, ConfigError

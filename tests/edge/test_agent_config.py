@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_agent
+from agent_helpers import REPO_ROOT, run_agent
 
 from edge.config import AgentConfig, config_from_dict, load_config
 from edge.errors import EX_CONFIG, ConfigError

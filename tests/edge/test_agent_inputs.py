@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import gray_png, pydicom_file
+from agent_helpers import gray_png, pydicom_file
 from PIL import Image
 
 from edge.config import DicomConfig, LimitsConfig

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fast_config, gray_png, pydicom_file, start_agent
+from agent_helpers import fast_config, gray_png, pydicom_file, start_agent
 
 from edge.manifest import sha256_file
 

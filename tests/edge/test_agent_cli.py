@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, agent_env, fast_config, gray_png, pydicom_file, run_agent
+from agent_helpers import REPO_ROOT, agent_env, fast_config, gray_png, pydicom_file, run_agent
 
 from edge import __version__
 from edge.errors import EX_CONFIG, EX_DATAERR
@@ -133,7 +133,7 @@ def test_verbose_logs_of_a_real_run_carry_no_patient_data(tmp_path, test_model):
     import warnings
 
     import numpy as np
-    from conftest import make_dicom
+    from agent_helpers import make_dicom
 
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
