@@ -54,16 +54,28 @@ def evaluation_set(data_dir: Path, split: str, labels: tuple[str, ...], spec: Pr
     return EvaluationSet(data.images, data.labels, data.paths, name, Path(data_dir))
 
 
-def find_dedup_list(explicit: Path | None, auto: bool, split: str) -> Path | None:
-    """The leakage audit's deduplicated test list: given, or found in docs/leakage/."""
+def find_dedup_list(explicit: Path | None, auto: bool, split: str, run_dir: Path | None,
+                    eval_root: Path) -> Path | None:
+    """The leakage audit's deduplicated test list: given, or found where the audit writes it.
+
+    Looked up like ``python -m trainer evaluate`` does (``<runs>/leakage-audit/<data folder
+    name>/dedup_test.txt`` beside the run, then under ./runs, checked against the audit's
+    record of its data folder), then in ``docs/leakage/dedup_test.txt``.
+    """
     if explicit is not None:
         if not explicit.is_file():
             raise UsageError(f"--dedup-list {explicit} does not exist; run the leakage audit "
-                             "(python -m trainer audit) or drop the option")
+                             "(python -m trainer audit-leakage) or drop the option")
         return explicit
     if not auto or split != "Testing":
         return None
-    for candidate in (Path.cwd() / DEDUP_RELATIVE, REPO_ROOT / DEDUP_RELATIVE):
+    from trainer.evaluate import find_dedup_list as trainer_lookup
+    from trainer.runs import RunFolder
+
+    found = trainer_lookup(RunFolder(run_dir or Path("runs") / "_"), Path(eval_root))
+    candidates = [found] if found is not None else []
+    candidates += [Path.cwd() / DEDUP_RELATIVE, REPO_ROOT / DEDUP_RELATIVE]
+    for candidate in candidates:
         if candidate.is_file():
             log.info("using the leakage audit's deduplicated test list %s", candidate)
             return candidate
@@ -74,7 +86,7 @@ def dedup_indices(eval_set: EvaluationSet, dedup_list: Path, explicit: bool) -> 
     """Indices of evaluation images named by the deduplicated list (None: list doesn't fit)."""
     from trainer.audit import load_dedup_list
 
-    keep = {p.strip().lstrip("./") for p in load_dedup_list(dedup_list)}
+    keep = load_dedup_list(dedup_list)
     idx = np.asarray([i for i, p in enumerate(eval_set.paths) if p in keep], dtype=np.int64)
     if len(idx) == 0:
         message = (f"the deduplicated list {dedup_list} names none of the {len(eval_set.paths)} "

@@ -66,7 +66,7 @@ class ConvertOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     check_runtimes: tuple[str, ...] = ()
     require_runtimes: tuple[str, ...] = ()
-    probe_images: int = 8
+    probe_images: int = 16
     debug_samples: int = 32
     force: bool = False
     command: tuple[str, ...] = ()
@@ -116,7 +116,8 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
     model, source = load_keras_model(source)
     spec = source.preprocess
     eval_root = opts.eval_data or opts.data
-    dedup_path = datasets.find_dedup_list(opts.dedup_list, opts.auto_dedup, opts.eval_split)
+    dedup_path = datasets.find_dedup_list(opts.dedup_list, opts.auto_dedup, opts.eval_split,
+                                          source.run_dir, eval_root)
 
     calibration, calib_info = np.zeros((0, *spec.shape), np.float32), None
     if opts.mode == "int8":

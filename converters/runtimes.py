@@ -35,8 +35,11 @@ from edge.runtime import RUNTIMES, TFLiteClassifier
 log = logging.getLogger(__name__)
 
 TFLITE_RUNTIME_ENV = "NEUROEDGE_TFLITE_RUNTIME_PYTHON"
-# Probabilities from two runtimes may differ by a quantization step or two of the output.
-MAX_PROB_DIFF = 0.01
+# Two runtimes run different int8 kernels (XNNPACK, or the reference ones), whose rounding
+# differs by a few output steps through a deep network: measured up to 0.0195 (5 steps of
+# 1/256) between tflite-runtime 2.14 and ai-edge-litert 2.3 on the paper model. A wrong
+# kernel or a misread model differs by far more.
+MAX_PROB_DIFF = 0.05
 PROBE_TIMEOUT_S = 300
 
 

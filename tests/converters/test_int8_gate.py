@@ -163,14 +163,22 @@ def test_comparison_modes(tiny_run, tmp_path, mode, dtype):
     assert manifest.metrics["top1_agreement_pct"] >= 98.0
 
 
-def test_deduplicated_subset_is_reported(tiny_run, tmp_path):
+def test_deduplicated_subset_is_found_and_reported(tiny_run, tmp_path):
+    """The audit's list, where `python -m trainer audit-leakage` writes it, is picked up."""
+    import shutil
+
     data_dir, run_dir = tiny_run
+    run_copy = tmp_path / "runs" / "tiny"
+    shutil.copytree(run_dir, run_copy)
+    audit = tmp_path / "runs" / "leakage-audit" / data_dir.resolve().name
+    audit.mkdir(parents=True)
     listed = [f"Testing/{label}/{label}_{i:03d}.png" for label in LABELS for i in range(0, 15, 2)]
-    dedup = tmp_path / "dedup_test.txt"
-    dedup.write_text("# kept after the leakage audit\n" + "\n".join(listed) + "\n")
-    outcome = convert_tiny(run_dir, data_dir, tmp_path / "out", dedup_list=dedup, mode="float32")
+    (audit / "dedup_test.txt").write_text("# kept after the audit\n" + "\n".join(listed) + "\n")
+    (audit / "audit.json").write_text(json.dumps({"data_dir": str(data_dir.resolve())}))
+    outcome = convert_tiny(run_copy, data_dir, tmp_path / "out", mode="float32", auto_dedup=True)
     assert outcome.passed
-    assert outcome.report["evaluation_dedup"]["n"] == len(listed) == 32
+    dedup = outcome.report["evaluation_dedup"]
+    assert dedup["n"] == len(listed) == 32 and dedup["list"] == str(audit / "dedup_test.txt")
     manifest, _ = load_verified(tmp_path / "out")
     assert manifest.metrics["dedup"]["n"] == 32
     assert "Deduplicated subset" in outcome.summary

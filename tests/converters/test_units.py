@@ -94,3 +94,20 @@ def test_runtime_specs(monkeypatch, tmp_path):
     monkeypatch.setenv(TFLITE_RUNTIME_ENV, str(tmp_path / "missing" / "python"))
     with pytest.raises(UsageError, match=TFLITE_RUNTIME_ENV):
         parse_runtime_specs(())
+
+
+def test_dedup_list_errors(tmp_path):
+    from converters.datasets import EvaluationSet, dedup_indices, find_dedup_list
+
+    with pytest.raises(UsageError, match="does not exist"):
+        find_dedup_list(tmp_path / "none.txt", True, "Testing", None, tmp_path)
+    assert find_dedup_list(None, True, "Training", None, tmp_path) is None
+    listed = tmp_path / "dedup.txt"
+    listed.write_text("Testing/glioma/other.jpg\n")
+    eval_set = EvaluationSet(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]),
+                             ["Testing/glioma/a.png", "Testing/notumor/b.png"], "Testing", tmp_path)
+    with pytest.raises(UsageError, match="names none of the 2 evaluation images"):
+        dedup_indices(eval_set, listed, explicit=True)
+    assert dedup_indices(eval_set, listed, explicit=False) is None
+    listed.write_text("# audit\nTesting/notumor/b.png\n")
+    assert dedup_indices(eval_set, listed, explicit=True).tolist() == [1]
