@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Union
 
 from .errors import ManifestError, ModelIntegrityError
 from .preprocess import PreprocessSpec
@@ -31,7 +31,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 class TensorSpec:
     """Shape, dtype and affine quantization (``real = scale * (q - zero_point)``)."""
 
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     dtype: str
     scale: float = 0.0
     zero_point: int = 0
@@ -40,7 +40,7 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.dtype in ("int8", "uint8")
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale,
                 "zero_point": self.zero_point}
 
@@ -73,7 +73,7 @@ class ModelManifest:
     name: str
     version: str
     architecture: str
-    labels: Tuple[str, ...]
+    labels: tuple[str, ...]
     model_file: str
     model_sha256: str
     quantization: str
@@ -82,13 +82,13 @@ class ModelManifest:
     preprocess: PreprocessSpec
     output_kind: str = "probabilities"
     source_model_sha256: str = ""
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    thresholds: Dict[str, Any] = field(default_factory=dict)
-    verified_runtimes: Tuple[Dict[str, Any], ...] = ()
-    provenance: Dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    verified_runtimes: tuple[dict[str, Any], ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
         data["input"] = self.input.to_dict()
@@ -160,7 +160,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require_keys(data: Any, required: Tuple[str, ...], optional: Tuple[str, ...],
+def _require_keys(data: Any, required: tuple[str, ...], optional: tuple[str, ...],
                   where: str) -> None:
     if not isinstance(data, dict):
         raise ManifestError(f"{where} must be a JSON object")
@@ -221,7 +221,7 @@ def verify_model_file(manifest: ModelManifest, model_path: PathLike) -> None:
             "Reinstall the model together with its model.json.")
 
 
-def load_verified(model_dir_or_file: PathLike) -> Tuple[ModelManifest, Path]:
+def load_verified(model_dir_or_file: PathLike) -> tuple[ModelManifest, Path]:
     """Load the manifest for a model and check the model's sha256; return both."""
     manifest_file = manifest_path_for(model_dir_or_file)
     manifest = load_manifest(manifest_file)
@@ -255,11 +255,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def default_model_dir() -> Optional[Path]:
+def default_model_dir() -> Path | None:
     """The model shipped inside the package (``edge/models``), or None if none is shipped."""
     folder = Path(__file__).resolve().parent / "models"
     return folder if (folder / MANIFEST_NAME).is_file() else None
 
 
-def label_list(manifest: ModelManifest) -> List[str]:
+def label_list(manifest: ModelManifest) -> list[str]:
     return list(manifest.labels)

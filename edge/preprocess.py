@@ -9,7 +9,7 @@ preprocessing cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -55,14 +55,14 @@ class PreprocessSpec:
             raise ValueError("only color='rgb' with grayscale_to_rgb='replicate' is supported")
 
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, 3)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> PreprocessSpec:
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

@@ -12,7 +12,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .errors import RuntimeUnavailableError
 from .manifest import ModelManifest, TensorSpec
 
 # (name used in manifests and NEUROEDGE_RUNTIME, module holding Interpreter, pip package)
-RUNTIMES: Tuple[Tuple[str, str, str], ...] = (
+RUNTIMES: tuple[tuple[str, str, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
     ("tensorflow", "tensorflow.lite", "tensorflow"),
@@ -44,7 +44,7 @@ def _distribution_version(dist: str) -> str:
         return "unknown"
 
 
-def available_runtimes() -> List[str]:
+def available_runtimes() -> list[str]:
     """Names of the interpreter packages that import on this machine, in preference order."""
     found = []
     for name, module, _ in RUNTIMES:
@@ -56,7 +56,7 @@ def available_runtimes() -> List[str]:
     return found
 
 
-def load_runtime(preferred: Optional[str] = None) -> Runtime:
+def load_runtime(preferred: str | None = None) -> Runtime:
     """Import the first interpreter available (or ``preferred`` / ``$NEUROEDGE_RUNTIME``)."""
     preferred = preferred or os.environ.get("NEUROEDGE_RUNTIME") or None
     names = [r[0] for r in RUNTIMES]
@@ -102,7 +102,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def _tensor_spec(detail: Dict[str, Any]) -> TensorSpec:
+def _tensor_spec(detail: dict[str, Any]) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorSpec(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name,
                       float(scale), int(zero_point))
@@ -118,8 +118,8 @@ class TFLiteClassifier:
     output is never normalised by its sum.
     """
 
-    def __init__(self, model_path: Path, manifest: Optional[ModelManifest] = None,
-                 num_threads: Optional[int] = None, runtime: Optional[str] = None) -> None:
+    def __init__(self, model_path: Path, manifest: ModelManifest | None = None,
+                 num_threads: int | None = None, runtime: str | None = None) -> None:
         self.runtime = load_runtime(runtime)
         self.model_path = Path(model_path)
         self.manifest = manifest
@@ -156,7 +156,7 @@ class TFLiteClassifier:
                     f"says {declared.dtype}{list(declared.shape)}: re-export the model")
 
     @property
-    def delegate_nodes(self) -> Optional[int]:
+    def delegate_nodes(self) -> int | None:
         """Graph nodes run by a delegate (XNNPACK on a CPU); 0: plain kernels; None: unknown."""
         try:
             ops = self._interpreter._get_ops_details()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
 
 
 def notify(state: str) -> bool:
@@ -33,7 +32,7 @@ def notify(state: str) -> bool:
     return True
 
 
-def watchdog_interval() -> Optional[float]:
+def watchdog_interval() -> float | None:
     """Seconds between ``WATCHDOG=1`` pings systemd expects (half of WatchdogSec), or None."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
