@@ -37,8 +37,8 @@ def recalibrate_batchnorm(model: keras.Model, batches: Iterable[np.ndarray]) -> 
         return 0
     saved = [layer.momentum for layer in layers]
     for layer in layers:
-        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(keras.ops.ones_like(layer.moving_variance))
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, dtype="float32"))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, dtype="float32"))
     used = 0
     try:
         for x in batches:

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.manifest import write_json_atomic
 from edge.preprocess import PreprocessSpec
 from trainer.data import load_split
 from trainer.errors import DataError, RunError
-from trainer.runs import RunFolder, write_text_atomic
+from trainer.runs import RunFolder, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 

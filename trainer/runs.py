@@ -30,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge.manifest import write_json_atomic
 from trainer.errors import RunError
 
 RUN_JSON = "run.json"
@@ -156,18 +155,36 @@ class RunFolder:
         write_text_atomic(self.path / HISTORY_CSV, buffer.getvalue())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Pretty JSON, written atomically (see ``write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 
 def default_run_name(arch: str) -> str:
