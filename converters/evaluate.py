@@ -78,6 +78,8 @@ def compare(y_true: np.ndarray, float_probs: np.ndarray, quant_probs: np.ndarray
     quant_pred = quant_probs.argmax(axis=1)
     agree = float_pred == quant_pred
     diff = np.abs(float_probs.astype(np.float64) - quant_probs.astype(np.float64))
+    top2 = np.sort(float_probs.astype(np.float64), axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # how sure the float model was: top-1 minus top-2
     per_class = {}
     for label in labels:
         f, q = float_m["per_class"][label], quant_m["per_class"][label]
@@ -97,6 +99,9 @@ def compare(y_true: np.ndarray, float_probs: np.ndarray, quant_probs: np.ndarray
         "disagreements": int((~agree).sum()),
         "mean_abs_prob_diff": _round(diff.mean(), 6) if n else 0.0,
         "max_abs_prob_diff": _round(diff.max(), 6) if n else 0.0,
+        "float_margin_median": _round(np.median(margin), 4) if n else None,
+        "float_margin_median_disagreeing": (_round(np.median(margin[~agree]), 4)
+                                            if (~agree).any() else None),
         "per_class": per_class,
         "float_confusion_matrix": float_m["confusion_matrix"],
         "quantized_confusion_matrix": quant_m["confusion_matrix"],

@@ -286,7 +286,7 @@ def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, save
                      input_quant=(input_spec.scale, input_spec.zero_point)
                      if input_spec.quantized else None,
                      architecture=architecture, calibration_size=opts.calibration_size,
-                     mode=opts.mode)
+                     mode=opts.mode, comparison=report.get("evaluation"))
     report["quant_debug"] = debug.to_dict()
     rejected = opts.out / REJECTED
     staged = saved_model.parent / REJECTED

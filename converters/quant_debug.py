@@ -104,9 +104,11 @@ def _short_name(name: str) -> str:
 
 def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images: np.ndarray,
              spec: PreprocessSpec, input_quant: tuple[float, int] | None, architecture: str,
-             calibration_size: int, mode: str) -> QuantDebugReport:
+             calibration_size: int, mode: str,
+             comparison: dict[str, Any] | None = None) -> QuantDebugReport:
     """Per-layer statistics (int8 only) plus findings and suggestions for any mode."""
     report = QuantDebugReport()
+    hesitant = _check_margins(report, comparison)
     report.expected_range = expected_input_range(spec)
     if len(calibration):
         report.calibration_range = (float(calibration.min()), float(calibration.max()))
@@ -122,8 +124,24 @@ def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images:
             report.error = text.splitlines()[0] if text else type(exc).__name__
             log.warning("the per-layer quantization debugger failed: %s", report.error)
     _check_layers(report)
-    _suggest(report, architecture, calibration_size, mode)
+    _suggest(report, architecture, calibration_size, mode, hesitant)
     return report
+
+
+def _check_margins(report: QuantDebugReport, comparison: dict[str, Any] | None) -> bool:
+    """Do the changed answers sit where the float model itself hesitated?"""
+    if not comparison or not comparison.get("disagreements"):
+        return False
+    overall = comparison.get("float_margin_median")
+    changed = comparison.get("float_margin_median_disagreeing")
+    if overall is None or changed is None or changed >= 0.5 * overall:
+        return False
+    report.findings.append(
+        f"The {comparison['disagreements']} changed answers sit where the float model itself "
+        f"hesitates: the median gap between its two highest probabilities is {changed:.3f} on "
+        f"those images, against {overall:.3f} on all images. Small rounding errors flip "
+        "near-ties; a more confident model keeps its answers.")
+    return True
 
 
 def _check_ranges(report: QuantDebugReport) -> None:
@@ -165,11 +183,15 @@ def _check_layers(report: QuantDebugReport) -> None:
 
 
 def _suggest(report: QuantDebugReport, architecture: str, calibration_size: int,
-             mode: str) -> None:
+             mode: str, hesitant: bool = False) -> None:
     out = report.suggestions
     if any("representative data" in f or "almost erased" in f for f in report.findings):
         out.append("Fix the calibration data first: it must be exactly what the device feeds "
                    "the model (edge.preprocess.resize_uint8 then edge.preprocess.scale, once).")
+    if hesitant:
+        out.append("Train the model further (python -m trainer train --resume RUN --epochs N) "
+                   "and convert again: the float model is unsure on many test images, and "
+                   "near-ties are what quantization flips.")
     if mode == "int8":
         more = max(1000, 2 * calibration_size)
         out.append(f"Calibrate with more images: --calibration-size {more} (this run used "

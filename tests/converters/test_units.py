@@ -111,3 +111,19 @@ def test_dedup_list_errors(tmp_path):
     assert dedup_indices(eval_set, listed, explicit=False) is None
     listed.write_text("# audit\nTesting/notumor/b.png\n")
     assert dedup_indices(eval_set, listed, explicit=True).tolist() == [1]
+
+
+def test_diagnosis_spots_changed_answers_on_near_ties():
+    calibration = np.random.default_rng(0).uniform(0, 1, (8, 4, 4, 3)).astype(np.float32)
+    comparison = {"disagreements": 48, "float_margin_median": 0.31,
+                  "float_margin_median_disagreeing": 0.04}
+    report = diagnose(saved_model=None, calibration=calibration, debug_images=calibration,
+                      spec=DEFAULT_SPEC, input_quant=(1 / 255, -128), architecture="dsconv_cbam_bn",
+                      calibration_size=300, mode="int8", comparison=comparison)
+    assert "0.040 on those images, against 0.310" in report.findings[0]
+    assert report.suggestions[0].startswith("Train the model further")
+    comparison["float_margin_median_disagreeing"] = 0.3  # changes spread evenly: no such claim
+    report = diagnose(saved_model=None, calibration=calibration, debug_images=calibration,
+                      spec=DEFAULT_SPEC, input_quant=(1 / 255, -128), architecture="dsconv_cbam_bn",
+                      calibration_size=300, mode="int8", comparison=comparison)
+    assert not any("hesitates" in f for f in report.findings)
