@@ -12,7 +12,9 @@ measures, on a fixed probe batch:
   pre-activations across images divided by their mean magnitude;
 - the Adam update of the classifier kernel: its size relative to the kernel, and how
   coherent its signs are within each unit (1.0 = every weight of a unit moved the same way);
-- the predictions: how many distinct classes, and the mean top probability.
+- the predictions: how many distinct classes, and the mean top probability;
+- for BatchNormalization models, the batch variance each BN layer normalizes by in training
+  next to the moving variance it will use at test time.
 
 BatchNormalization models are probed in training mode (batch statistics), as the optimizer
 sees them.
@@ -96,7 +98,8 @@ def _probe(probe_model: Any, x: np.ndarray, batch_norm: bool) -> list[np.ndarray
 def _measure(probe_model: Any, x: np.ndarray, y: np.ndarray, dense: Any,
              n_blocks: int, batch_norm: bool) -> dict[str, Any]:
     outputs = _probe(probe_model, x, batch_norm)
-    blocks, features, probs = outputs[:n_blocks], outputs[n_blocks], outputs[-1]
+    blocks, features, probs = outputs[:n_blocks], outputs[n_blocks], outputs[n_blocks + 1]
+    bn_inputs = outputs[n_blocks + 2:]
     kernel, bias = dense.get_weights()
     pre = features.reshape(len(x), -1) @ kernel + bias  # Dense(128) pre-activation
     spread = float(np.mean(pre.std(axis=0)) / (np.mean(np.abs(pre.mean(axis=0))) + 1e-12))
@@ -107,6 +110,9 @@ def _measure(probe_model: Any, x: np.ndarray, y: np.ndarray, dense: Any,
         "dead_channels": [float(np.mean(np.all(b.reshape(-1, b.shape[-1]) <= 0, axis=0)))
                           for b in blocks],
         "mean_activation": [float(np.mean(b)) for b in blocks],
+        # what BatchNormalization normalizes by in training, per layer (mean over channels)
+        "bn_batch_variance": [float(np.mean(v.reshape(-1, v.shape[-1]).var(axis=0)))
+                              for v in bn_inputs],
         "feature_l1": float(np.mean(np.abs(features.reshape(len(x), -1)).sum(axis=1))),
         "dead_dense_units": float(np.mean(np.all(pre <= 0, axis=0))),
         "dense_input_dependence": spread,
@@ -139,8 +145,11 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     relus = _relu_outputs(model)
     feeder, dense = _classifier_input(model)
     batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    bn_layers = [layer for layer in model.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
     probe_model = avoid_cpu_xla(keras.Model(
-        model.inputs[0], [r.output for r in relus] + [feeder.output, model.output]))
+        model.inputs[0], [r.output for r in relus] + [feeder.output, model.output]
+        + [layer.input for layer in bn_layers]))
     stream = TrainingBatches(data.images, data.labels, len(data.class_names), batch_size,
                              seed=seed, spec=spec)
     rows = []
@@ -161,6 +170,10 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
             kernel = new_kernel
         row.update(_measure(probe_model, probe_x, probe_y, dense, len(relus), batch_norm))
         row["conv_bias_mean"] = _conv_biases(model)
+        # what it will divide by at test time: the moving average
+        row["bn_moving_variance"] = [
+            float(np.mean(keras.ops.convert_to_numpy(layer.moving_variance)))
+            for layer in bn_layers]
         rows.append(row)
         _print_row(row, len(relus), header=step == 0)
     report = {"arch": arch, "options": options or {}, "limit": limit, "batch_size": batch_size,
