@@ -162,7 +162,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
     from trainer.train import resume as resume_run
     from trainer.train import train as train_run
 
-    verbose = 0 if ctx.obj["quiet"] else "auto"
+    # A progress bar on a terminal; one line per epoch in a log file or a pipe.
+    verbose = 0 if ctx.obj["quiet"] else (1 if sys.stdout.isatty() else 2)
     progress = not ctx.obj["quiet"]
     if opts["resume"]:
         given = {name for name in opts
