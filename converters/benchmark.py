@@ -41,6 +41,14 @@ def dynamic_batch_ops(model_path: Path, data: Path, calibration_size: int, seed:
     return counts
 
 
+def _short_error(error: str) -> str:
+    """The interpreter's own words (the quoted part) when there are any, for a table cell."""
+    quoted = error.split('"')
+    text = quoted[1] if len(quoted) >= 3 else error
+    text = text.split(". ")[0].replace("|", "/")
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def _row(mode: str, report: dict[str, Any], runtimes: list[str]) -> str:
     ev = report.get("evaluation") or {}
     conv = report["conversion"]
@@ -59,7 +67,7 @@ def _row(mode: str, report: dict[str, Any], runtimes: list[str]) -> str:
             xnn = {True: ", XNNPACK", False: ", no XNNPACK", None: ""}[check.get("xnnpack")]
             cells.append(f"{check['ms_per_image_1_thread']:.1f} ms{xnn}")
         else:
-            cells.append("fails: " + check["error"][:70].replace("|", "/"))
+            cells.append("fails: " + _short_error(check["error"]))
     cells.append("pass" if report["passed"] else "REJECTED")
     return "| " + " | ".join(cells) + " |"
 

@@ -197,16 +197,16 @@ def _suggest(report: QuantDebugReport, architecture: str, calibration_size: int,
         out.append(f"Calibrate with more images: --calibration-size {more} (this run used "
                    f"{calibration_size}); rare large activations then set the ranges.")
         if architecture == "dsconv_cbam":
-            out.append("Convert the batch-normalised variant instead (train dsconv_cbam_bn or "
-                       "dsconv_cbam_gap): normalised activations have narrower, steadier ranges "
-                       "that quantize with less error.")
+            out.append("Convert a batch-normalised variant instead (train dsconv_cbam_bn or "
+                       "dsconv_cbam_gap): normalised activations keep their ranges in check; "
+                       "compare the variants with python -m converters.benchmark.")
         else:
             out.append("Try another architecture variant (python -m trainer summary lists them; "
                        "dsconv_cbam_gap is the compact one) and convert that run.")
         if report.first_suspect is not None and "cbam" in report.first_suspect["tensor"].lower():
-            out.append("The error starts inside a CBAM attention block (sigmoid gates multiply "
-                       "the features): the quantized gates are coarse. A variant with batch "
-                       "normalisation before CBAM usually helps.")
+            out.append("The error starts inside a CBAM attention block, where sigmoid gates "
+                       "multiply the features: if more calibration data does not help, compare "
+                       "the architecture variants with python -m converters.benchmark.")
     out.append("Keep activations in float: --dynamic (int8 weights, float activations) or "
                "--float16 (half-size float weights). Both track the float model closely but "
                "run slower on the device; check the runtime table: tflite-runtime 2.14 cannot "
