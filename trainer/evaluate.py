@@ -10,7 +10,8 @@ Where the list is looked for, first hit wins:
 2. ``<runs dir of RUN>/leakage-audit/<data folder name>/dedup_test.txt``;
 3. ``./runs/leakage-audit/<data folder name>/dedup_test.txt`` (audit-leakage's default).
 
-A list found by lookup is used only if its ``audit.json`` names the same data folder.
+A list found by lookup is used only if its ``audit.json`` (or the audit's ``summary.json``)
+names the same data folder.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def write_audit_record(out_dir: Path, data_dir: str | os.PathLike, summary: Any)
     write_json_atomic(Path(out_dir) / AUDIT_RECORD, record)
 
 
+def _audited_folder(audit_dir: Path) -> str | None:
+    """The data folder an audit describes: audit.json (ours) or the audit's summary.json."""
+    for name in (AUDIT_RECORD, "summary.json"):
+        try:
+            recorded = json.loads((audit_dir / name).read_text(encoding="utf-8")).get("data_dir")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded:
+            return str(recorded)
+    return None
+
+
 def find_dedup_list(run: RunFolder, data_dir: Path) -> Path | None:
     """The default deduplicated test list for ``data_dir``, or None (see module doc)."""
     candidates = [default_audit_dir(run.path.parent, data_dir) / DEDUP_FILE,
@@ -59,15 +72,10 @@ def find_dedup_list(run: RunFolder, data_dir: Path) -> Path | None:
     for candidate in dict.fromkeys(c.resolve() for c in candidates):
         if not candidate.is_file():
             continue
-        record_path = candidate.parent / AUDIT_RECORD
-        if record_path.is_file():
-            try:
-                recorded = json.loads(record_path.read_text(encoding="utf-8")).get("data_dir")
-            except (OSError, ValueError):
-                recorded = None
-            if recorded and Path(recorded) != data_dir.resolve():
-                log.warning("ignoring %s: it audits %s, not %s", candidate, recorded, data_dir)
-                continue
+        recorded = _audited_folder(candidate.parent)
+        if recorded and Path(recorded).resolve() != data_dir.resolve():
+            log.warning("ignoring %s: it audits %s, not %s", candidate, recorded, data_dir)
+            continue
         return candidate
     return None
 
