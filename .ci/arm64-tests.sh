@@ -8,26 +8,39 @@
 #
 #   bash .ci/arm64-tests.sh [--suite bookworm|bullseye]... [--rebuild] [-- PYTEST ARGS]
 #
-# How (measured: the bookworm userland builds in about a minute, and is cached):
+# How:
 #   1. debootstrap's first stage only (--foreign): it downloads the arm64 .debs; they are
 #      unpacked on the host with dpkg-deb (the second stage takes ~10 min under qemu).
-#   2. The aarch64 wheels are downloaded on the host with `pip download --platform
-#      manylinux_2_X_aarch64` for every X from 17 up to the userland's glibc (pip does not
-#      expand perennial manylinux tags downwards: list only one and it silently picks old
-#      releases). Inside the chroot a pip >= 24 (run from its own wheel) installs them into
-#      /opt/venv with --no-index: the chroot never touches the network.
-#   3. The host trains a tiny int8 model (tests/deploy/toy_model.py, TensorFlow is on the
-#      host only) and hands it to the tests as NEUROEDGE_TEST_MODEL=/model.
+#   2. The aarch64 wheels are installed from the host (`pip install --target /opt/site
+#      --platform manylinux_2_X_aarch64` for every X from 17 up to the userland's glibc:
+#      pip does not expand perennial manylinux tags downwards, so naming only one makes it
+#      silently pick old releases), then byte-compiled once by the userland's Python.
+#   3. The host builds the agent's int8 toy model (tests/edge/toy_model.py; TensorFlow is
+#      on the host only) and hands it to the tests as NEUROEDGE_TEST_MODEL=/model.
 #   4. chroot with /proc mounted, as the unprivileged user nobody (like the service), and
 #      run pytest on TESTS. /sys is NOT bind-mounted: ai-edge-litert's CPU detection
-#      crashes reading the x86 host's /sys under qemu.
+#      crashed reading the x86 host's /sys under qemu (without /sys it prints "Error in
+#      cpuinfo: failed to parse the list of possible processors" and works).
+#   5. bookworm only: deploy/install.sh for real, as root in the userland (user, folders,
+#      a venv made by Debian's python3-venv, filled by pip >= 24 from an offline wheelhouse,
+#      config, model, unit), then a staff member in the neuroedge group drops the sample
+#      inbox and the agent, as user neuroedge, classifies it; uninstall.sh keeps the reports.
+#   The chroot never touches the network.
+#
+# What runs: the tests not marked slow in TESTS. qemu-user runs on the host's kernel, so
+# what it proves is the aarch64 code (wheels, runtimes, Python and glibc versions); the
+# slow tests (kill -9, live inotify watching) exercise the kernel, the same as on the host.
 #
 # The userland (steps 1-2) is cached in $NEUROEDGE_CACHE/arm64/<suite>-<hash of the recipe
 # and of pyproject's dependencies>; a change to either rebuilds it, --rebuild forces it.
+# Measured times: docs/readme/deploy.md.
 #
 # Environment:
 #   NEUROEDGE_ARM64_SUITES  suites to run (default: "bookworm bullseye")
 #   NEUROEDGE_ARM64_TESTS   pytest paths (default: "tests/edge tests/deploy/test_model_runtime.py")
+#   NEUROEDGE_ARM64_SELECT  pytest -m expression (default: "not slow"; "" runs everything)
+#   NEUROEDGE_ARM64_E2E     1 or 0: force the install.sh end-to-end run on or off
+#   NEUROEDGE_ARM64_JOBS    suites run at once (default: the number of CPUs; 1: in turn)
 #   NEUROEDGE_CACHE         cache root (default: ${XDG_CACHE_HOME:-~/.cache}/neuroedge)
 #   NEUROEDGE_DEBIAN_MIRROR Debian mirror (default: http://deb.debian.org/debian)
 #   PYTHON                  host Python with pip, and TensorFlow for the test model
@@ -43,10 +56,11 @@ CACHE=${NEUROEDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/neuroedge}/arm64
 MIRROR=${NEUROEDGE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITES=${NEUROEDGE_ARM64_SUITES:-bookworm bullseye}
 TESTS=${NEUROEDGE_ARM64_TESTS:-tests/edge tests/deploy/test_model_runtime.py}
+SELECT=${NEUROEDGE_ARM64_SELECT-not slow}
 REBUILD=0
 PYTEST_ARGS=()
 
-log() { printf '[arm64] %s\n' "$*" >&2; }
+log() { printf '[arm64 %4ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf '[arm64] error: %s\n' "$*" >&2; exit 1; }
 skip() { printf 'SKIPPED: arm64 emulation tests: %s\n' "$*"; exit 0; }
 
@@ -64,15 +78,18 @@ done
 
 # --- the recipe: everything that determines a userland's contents --------------------
 
-# Sets PYVER, GLIBC_MINOR, EXTRA_REQS and RUNTIMES (each runtime runs the tests once).
+# Sets PYVER, GLIBC_MINOR, EXTRA_REQS, RUNTIMES (NEUROEDGE_RUNTIME for the agent; each
+# runs the tests once) and E2E (1: also install with deploy/install.sh and run the agent as
+# its service user).
 suite_recipe() {
     case $1 in
         bookworm)  # Raspberry Pi OS 12: what `pip install neuroedge[edge]` gets on a Pi.
-            PYVER=3.11 GLIBC_MINOR=36 EXTRA_REQS="" RUNTIMES="ai-edge-litert" ;;
-        bullseye)  # The oldest glibc we can build; also the Jetson runtime (tflite-runtime
-                   # 2.13.0, numpy<2) on real aarch64 code, beside ai-edge-litert.
+            PYVER=3.11 GLIBC_MINOR=36 EXTRA_REQS="" RUNTIMES="ai-edge-litert" E2E=1 ;;
+        bullseye)  # The oldest glibc we can build, and the Jetson runtime (tflite-runtime
+                   # 2.13.0, numpy<2) on real aarch64 code. The agent runs on tflite-runtime;
+                   # tests/deploy/test_model_runtime.py runs both runtimes and compares them.
             PYVER=3.9 GLIBC_MINOR=31 EXTRA_REQS="tflite-runtime==2.13.0 numpy<2"
-            RUNTIMES="ai-edge-litert tflite-runtime" ;;
+            RUNTIMES="tflite-runtime" E2E=0 ;;
         *) die "unknown suite '$1' (choose bookworm or bullseye)" ;;
     esac
 }
@@ -83,15 +100,17 @@ platform_args() {
     printf -- '--platform manylinux2014_aarch64'
 }
 
-# Build the userland for $1 into $2: first-stage debootstrap, .debs unpacked on the host,
-# a venv with the edge + dicom-codecs extras and pytest from aarch64 wheels.
+# Build the userland for $1 into $2: first-stage debootstrap, .debs unpacked on the host;
+# the aarch64 wheels of the edge + dicom-codecs extras and pytest installed from the host
+# into /opt/site (pip --target, native speed), byte-compiled once by the userland's own
+# Python; and (E2E suites) the same wheels as an offline wheelhouse in /opt/wheelhouse.
 build_rootfs() {
     local suite=$1 dest=$2 wheel=$3 tmp="$2.partial" deb
     remove_rootfs "$tmp"
-    mkdir -p "$CACHE/debs"
+    mkdir -p "$CACHE/debs-$suite"
     log "$suite: debootstrap (first stage) into $tmp"
-    debootstrap --foreign --arch=arm64 --variant=minbase --include=python3 \
-        --cache-dir="$CACHE/debs" "$suite" "$tmp" "$MIRROR" >"$tmp.log" 2>&1 \
+    debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,python3-venv \
+        --cache-dir="$CACHE/debs-$suite" "$suite" "$tmp" "$MIRROR" >"$tmp.log" 2>&1 \
         || { tail -20 "$tmp.log" >&2; die "debootstrap failed (log: $tmp.log)"; }
     log "$suite: unpacking $(find "$tmp/var/cache/apt/archives" -name '*.deb' | wc -l) packages"
     for deb in "$tmp"/var/cache/apt/archives/*.deb; do
@@ -109,22 +128,27 @@ build_rootfs() {
     done
     chmod 1777 "$tmp/dev/shm" "$tmp/tmp"
 
-    log "$suite: downloading aarch64 wheels for Python $PYVER, glibc <= 2.$GLIBC_MINOR"
-    mkdir -p "$tmp/wheels"
+    log "$suite: installing aarch64 wheels for Python $PYVER, glibc <= 2.$GLIBC_MINOR"
+    local pick=(--only-binary=:all: --python-version "$PYVER" --implementation cp
+                --abi "cp${PYVER/./}")
     # shellcheck disable=SC2046,SC2086 # word splitting wanted
-    "$PYTHON" -m pip download -q --only-binary=:all: $(platform_args) \
-        --python-version "$PYVER" --implementation cp --abi "cp${PYVER/./}" \
-        -d "$tmp/wheels" "${wheel}[edge,dicom-codecs]" pytest "pip>=24" $EXTRA_REQS
-    log "$suite: creating /opt/venv inside the userland (under qemu)"
-    in_root "$tmp" /usr/bin/python3 -m venv --without-pip /opt/venv
-    local pip_wheel
-    pip_wheel=$(cd "$tmp/wheels" && ls pip-*.whl)
-    in_root "$tmp" /opt/venv/bin/python3 "/wheels/$pip_wheel/pip" install -q \
-        --no-index --find-links /wheels pip
-    # shellcheck disable=SC2086
-    in_root "$tmp" /opt/venv/bin/python3 -m pip install -q --no-index \
-        --find-links /wheels "neuroedge[edge,dicom-codecs]" pytest $EXTRA_REQS
-    rm -rf "$tmp/wheels"
+    "$PYTHON" -m pip install -q --no-compile --target "$tmp/opt/site" "${pick[@]}" \
+        $(platform_args) "${wheel}[edge,dicom-codecs]" pytest $EXTRA_REQS
+    # The project itself is installed fresh on every run; console scripts would carry the
+    # host's interpreter path.
+    local info top
+    info=$(ls -d "$tmp"/opt/site/neuroedge-*.dist-info)
+    while read -r top; do rm -rf "${tmp:?}/opt/site/$top"; done <"$info/top_level.txt"
+    rm -rf "$info" "$tmp/opt/site/bin"
+    if [ "$E2E" = 1 ]; then
+        # shellcheck disable=SC2046,SC2086
+        "$PYTHON" -m pip download -q "${pick[@]}" $(platform_args) -d "$tmp/opt/wheelhouse" \
+            "${wheel}[edge,dicom-codecs]" "pip>=24" $EXTRA_REQS
+        rm -f "$tmp"/opt/wheelhouse/neuroedge-*.whl
+    fi
+    log "$suite: byte-compiling /opt/site (under qemu)"
+    in_root "$tmp" /usr/bin/python3 -m compileall -q -j 0 /opt/site >/dev/null \
+        || die "compileall failed in the $suite userland"
     mv "$tmp" "$dest"
     rm -f "$tmp.log"
 }
@@ -143,7 +167,7 @@ in_root() {
     local root=$1
     shift
     with_proc "$root" chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
-        PATH=/opt/venv/bin:/usr/bin:/bin "$@"
+        PYTHONPATH=/opt/project:/opt/site PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
 # rm -rf a userland, never through a /proc left mounted by an interrupted run.
@@ -209,8 +233,9 @@ ensure_binfmt() {
 
 recipe_hash() {
     {
-        echo "suite=$1 mirror=$MIRROR"
-        declare -f suite_recipe platform_args build_rootfs
+        # only what shapes the userland: how a run uses it does not invalidate the cache
+        echo "suite=$1 mirror=$MIRROR python=$PYVER glibc=$GLIBC_MINOR extra=$EXTRA_REQS e2e=$E2E"
+        declare -f platform_args build_rootfs
         sed -n '/^\[project.optional-dependencies\]/,/^\[project.scripts\]/p' \
             "$REPO/pyproject.toml"
     } | sha256sum | cut -c1-12
@@ -218,6 +243,37 @@ recipe_hash() {
 
 # Sum the counts in pytest's last line ("3 passed, 1 skipped in 2.00s").
 count() { grep -Eo "[0-9]+ $1" <<<"$2" | awk '{s += $1} END {print s + 0}'; }
+
+# Runs inside the userland as root: the real install, as on a Pi, offline.
+e2e_install() {
+    set -euo pipefail
+    local wheel=$1 data=/var/lib/neuroedge
+    unset PYTHONPATH  # the test packages in /opt/site must not leak into the real venv
+    as() { local who=$1; shift; setpriv --reuid="$who" --regid="$who" --init-groups -- "$@"; }
+    # Start clean: the userland is cached between runs.
+    rm -rf "$data" /opt/neuroedge /etc/neuroedge /etc/systemd/system/edge-agent.service
+    # PIP_NO_COMPILE: byte-compiling ~100 MB of packages under qemu takes minutes.
+    PIP_NO_COMPILE=1 bash /src/deploy/install.sh --wheel "$wheel" --wheels /opt/wheelhouse \
+        --model /model --extras edge,dicom-codecs --no-systemctl
+    getent passwd clinician >/dev/null || useradd --create-home --groups neuroedge clinician
+    # A staff member (group neuroedge, umask 022) copies files into the inbox.
+    as clinician sh -c "umask 022; /opt/neuroedge/venv/bin/edge-agent sample-inbox $data/inbox" \
+        >/dev/null
+    as neuroedge /opt/neuroedge/venv/bin/edge-agent --config /etc/neuroedge/config.toml watch \
+        --once
+    /opt/neuroedge/venv/bin/python - "$data/outbox" <<'EOF'
+import json, pathlib, sys
+outbox = pathlib.Path(sys.argv[1])
+reports = [json.loads(p.read_text()) for p in (outbox / "reports").glob("*.json")]
+formats = sorted({r["input"]["format"] for r in reports})
+quarantined = len(list((outbox / "quarantine").glob("*.reason.json")))
+assert "dicom" in formats and "png" in formats, formats
+assert not any((outbox.parent / "inbox").iterdir()), "files left in the inbox"
+print(f"e2e: {len(reports)} reports ({', '.join(formats)}), {quarantined} quarantined")
+EOF
+    bash /src/deploy/uninstall.sh --no-systemctl >/dev/null
+    [ ! -e /opt/neuroedge/venv ] && [ -d "$data/outbox/reports" ] && [ -d /opt/neuroedge/models ]
+}
 
 # --- main -------------------------------------------------------------------------------
 
@@ -236,20 +292,20 @@ log "building the project wheel"
     || { cat "$WORK/wheel.log" >&2; die "building the project wheel failed"; }
 WHEEL=$(ls "$WORK"/dist/neuroedge-*.whl)
 
-log "training the int8 test model on the host (tests/deploy/toy_model.py)"
-if "$PYTHON" -c 'import tensorflow' 2>/dev/null; then
-    PYTHONPATH="$REPO" TF_CPP_MIN_LOG_LEVEL=2 "$PYTHON" tests/deploy/toy_model.py \
-        "$WORK/model" >"$WORK/model.log" 2>&1 || { cat "$WORK/model.log" >&2; die "toy model failed"; }
-else
-    die "the host Python ($PYTHON) has no TensorFlow to build the test model: install '.[train]'"
-fi
+log "building the int8 test model on the host (tests/edge/toy_model.py)"
+"$PYTHON" -c 'import tensorflow' 2>/dev/null \
+    || die "the host Python ($PYTHON) has no TensorFlow to build the test model: install '.[train]'"
+PYTHONPATH="$REPO" TF_CPP_MIN_LOG_LEVEL=2 "$PYTHON" tests/edge/toy_model.py "$WORK/model" \
+    >"$WORK/model.log" 2>&1 || { cat "$WORK/model.log" >&2; die "building the toy model failed"; }
 
-declare -a SUMMARY=()
-FAILED=0
-for suite in $SUITES; do
+# One suite: build (or reuse) its userland, run the tests, then the install end to end.
+# Writes its summary lines to $WORK/summary.$suite; returns non-zero on any failure.
+run_suite() {
+    local suite=$1 root start rc failed=0 runtime label last info result
+    trap cleanup EXIT  # a background job has its own mounts to undo
     suite_recipe "$suite"
     root="$CACHE/$suite-$(recipe_hash "$suite")"
-    if [ "$REBUILD" = 1 ] || [ ! -x "$root/opt/venv/bin/python" ]; then
+    if [ "$REBUILD" = 1 ] || [ ! -d "$root/opt/site" ]; then
         for old in "$CACHE/$suite"-*; do remove_rootfs "$old"; done
         start=$SECONDS
         build_rootfs "$suite" "$root" "$WHEEL"
@@ -259,11 +315,13 @@ for suite in $SUITES; do
         die "$suite: the userland does not run as aarch64"
     fi
 
-    # The code and tests under test, fresh each run; the model readable by nobody.
-    rm -rf "$root/src" "$root/model"
+    # Fresh each run: the source tree (/src, where the tests run: like on the host they
+    # import the package from it, and their subprocesses do too), the project's wheel
+    # installed into /opt/project (its metadata and entry points), and the model (/model).
+    rm -rf "$root/src" "$root/model" "$root/opt/project"
     mkdir -p "$root/src"
-    (cd "$REPO" && { git ls-files -co --exclude-standard -- tests pyproject.toml 2>/dev/null \
-        || find tests pyproject.toml -type f; } | tar -c -T - -f -) | tar -x -C "$root/src"
+    (cd "$REPO" && { git ls-files -co --exclude-standard 2>/dev/null || find . -type f \
+        -not -path './.git/*'; } | tar -c -T - -f -) | tar -x -C "$root/src"
     cp -r "$WORK/dist" "$root/src/dist"
     cp -r "$WORK/model" "$root/model"
     cat >"$root/src/userland_info.py" <<'EOF'
@@ -273,34 +331,76 @@ runtime = load_runtime()
 print("userland:", platform.machine(), "Python", sys.version.split()[0], runtime.name,
       runtime.version)
 EOF
-    chmod -R a+rX "$root/src" "$root/model"
-    in_root "$root" /opt/venv/bin/python -m pip install -q --no-index \
-        --no-deps --force-reinstall "/src/dist/$(basename "$WHEEL")"
+    "$PYTHON" -m pip install -q --no-compile --no-deps --target "$root/opt/project" "$WHEEL"
+    rm -rf "$root/opt/project/bin"
+    chmod -R a+rX "$root/src" "$root/model" "$root/opt/project"
 
+    local select=()
+    [ -z "$SELECT" ] || select=(-m "$SELECT")
+    [ -z "${NEUROEDGE_ARM64_E2E:-}" ] || E2E=$NEUROEDGE_ARM64_E2E
     for runtime in $RUNTIMES; do
         label="$suite/$runtime"
-        log "$label: python -m pytest $TESTS ${PYTEST_ARGS[*]:-}"
+        log "$label: pytest $TESTS ${select[*]} ${PYTEST_ARGS[*]:-}"
         start=$SECONDS
         rc=0
         # shellcheck disable=SC2086 # TESTS is a list of paths
         with_proc "$root" chroot --userspec=65534:65534 "$root" /usr/bin/env -i \
-            HOME=/tmp PATH=/opt/venv/bin:/usr/bin:/bin LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
+            HOME=/tmp PATH=/usr/bin:/bin LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
+            PYTHONPATH=/opt/project:/opt/site \
             NEUROEDGE_TEST_MODEL=/model NEUROEDGE_RUNTIME="$runtime" \
-            /bin/sh -c 'cd /src && python userland_info.py && exec python -m pytest \
-                -p no:cacheprovider -q "$@"' pytest $TESTS "${PYTEST_ARGS[@]}" \
-            > >(tee "$WORK/pytest.log") 2>&1 || rc=$?
-        wait $! 2>/dev/null || true  # let tee finish writing the log
-        last=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected)' "$WORK/pytest.log" | tail -1 || true)
-        info=$(grep -m1 '^userland:' "$WORK/pytest.log" | cut -d' ' -f2- || true)
-        SUMMARY+=("$(printf '%-26s %-46s %6s %6s %7s %5s %5ss' "$label" "$info" \
-            "$(count passed "$last")" "$(count failed "$last")" "$(count skipped "$last")" \
-            "$(count error "$last")" "$((SECONDS - start))")")
-        [ "$rc" = 0 ] || FAILED=1
+            /bin/sh -c 'cd /src && python3 userland_info.py && exec python3 -m pytest \
+                -p no:cacheprovider -q "$@"' pytest $TESTS "${select[@]}" "${PYTEST_ARGS[@]}" \
+            >"$WORK/pytest.$suite.$runtime.log" 2>&1 || rc=$?
+        cat "$WORK/pytest.$suite.$runtime.log"
+        last=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected)' \
+            "$WORK/pytest.$suite.$runtime.log" | tail -1 || true)
+        info=$(grep -m1 '^userland:' "$WORK/pytest.$suite.$runtime.log" | cut -d' ' -f2- || true)
+        printf '%-26s %-46s %6s %6s %7s %5s %5ss\n' "$label" "$info" "$(count passed "$last")" \
+            "$(count failed "$last")" "$(count skipped "$last")" "$(count error "$last")" \
+            "$((SECONDS - start))" >>"$WORK/summary.$suite"
+        [ "$rc" = 0 ] || failed=1
     done
-done
+
+    if [ "$E2E" = 1 ]; then
+        label="$suite/install.sh"
+        log "$label: install as root, a staff member drops the sample inbox, the agent runs"
+        start=$SECONDS
+        rc=0
+        [ -d "$root/opt/wheelhouse" ] || die "$suite: no wheelhouse (E2E=0 when it was built)"
+        in_root "$root" /bin/bash -c "$(declare -f e2e_install); e2e_install \
+            /src/dist/$(basename "$WHEEL")" >"$WORK/e2e.$suite.log" 2>&1 || rc=$?
+        cat "$WORK/e2e.$suite.log"
+        result=$(grep -m1 '^e2e:' "$WORK/e2e.$suite.log" | cut -d' ' -f2- || true)
+        printf '%-26s %-46s %6s %6s %7s %5s %5ss\n' "$label" \
+            "${result:-failed: see the log above}" "$([ $rc = 0 ] && echo 1 || echo 0)" \
+            "$([ $rc = 0 ] && echo 0 || echo 1)" 0 0 "$((SECONDS - start))" \
+            >>"$WORK/summary.$suite"
+        [ "$rc" = 0 ] || failed=1
+    fi
+    return "$failed"
+}
+
+# The suites run side by side when there are cores to spare (qemu runs each mostly on one);
+# their output is printed one suite after the other.
+FAILED=0
+if [ "${NEUROEDGE_ARM64_JOBS:-$(nproc)}" -gt 1 ] && [ "$(wc -w <<<"$SUITES")" -gt 1 ]; then
+    declare -A PIDS=()
+    for suite in $SUITES; do
+        log "$suite: started in the background (log: $WORK/run.$suite.log)"
+        run_suite "$suite" >"$WORK/run.$suite.log" 2>&1 &
+        PIDS[$suite]=$!
+    done
+    for suite in $SUITES; do
+        wait "${PIDS[$suite]}" || FAILED=1
+        printf '\n===== %s =====\n' "$suite"
+        grep -v "^WARNING: Location '" "$WORK/run.$suite.log" || true
+    done
+else
+    for suite in $SUITES; do run_suite "$suite" || FAILED=1; done
+fi
 
 printf '\n%-26s %-46s %6s %6s %7s %5s %6s\n' suite/runtime "machine, Python, runtime" \
     passed failed skipped error time
-printf '%s\n' "${SUMMARY[@]}"
+for suite in $SUITES; do cat "$WORK/summary.$suite" 2>/dev/null || printf '%-26s failed before its tests ran\n' "$suite"; done
 [ "$FAILED" = 0 ] || { echo "arm64 emulation tests FAILED"; exit 1; }
 echo "arm64 emulation tests passed"

@@ -92,6 +92,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 D=$DESTDIR  # every path written below is "$D/absolute/path"
 
+# The venv must see only what pip puts into it.
+unset PYTHONPATH PYTHONHOME PYTHONUSERBASE
+
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 

@@ -204,6 +204,17 @@ def test_usage_errors_are_clear(tmp_path: Path, model: Path, args, message) -> N
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr
 
 
+def test_python_older_than_3_8_is_refused(tmp_path: Path, model: Path) -> None:
+    """JetPack's own python3 is 3.6: the script must say to use python3.8."""
+    fake = tmp_path / "python3.6"
+    fake.write_text('#!/bin/sh\ncase "$*" in *version_info*) exit 1 ;; *) echo 3.6.9 ;; esac\n')
+    fake.chmod(0o755)
+    proc = run(INSTALL, "--destdir", str(tmp_path / "root"), "--model", str(model),
+               "--python", str(fake), check=False)
+    assert proc.returncode == 1
+    assert "Python 3.6.9" in proc.stderr and "--python python3.8" in proc.stderr
+
+
 def test_first_install_without_a_model_says_what_to_do(tmp_path: Path) -> None:
     proc = run(INSTALL, "--destdir", str(tmp_path / "root"), "--no-venv", check=False)
     if (REPO / "edge/models/model.json").is_file():

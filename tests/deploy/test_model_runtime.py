@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import deploy_fixtures
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,6 +17,10 @@ from PIL import Image
 from edge.manifest import load_verified
 from edge.preprocess import preprocess
 from edge.runtime import RUNTIMES, TFLiteClassifier, available_runtimes
+
+# shared fixtures (not a conftest.py: see deploy_fixtures)
+device_model = deploy_fixtures.device_model
+toy_labels = deploy_fixtures.toy_labels
 
 # What a device runs; tensorflow.lite is the workstation fallback.
 DEVICE_RUNTIMES = [name for name, _, _ in RUNTIMES if name != "tensorflow"]

@@ -17,9 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import deploy_fixtures
 import pytest
 
 from edge.errors import EX_CONFIG, EX_UNAVAILABLE
+
+# shared fixtures (not a conftest.py: see deploy_fixtures)
+device_model = deploy_fixtures.device_model
+
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "edge-agent.service"

@@ -1,5 +1,8 @@
 """A real int8 model for the deploy tests, on machines with or without TensorFlow.
 
+Not a conftest.py: tests/edge imports names from its own conftest module, which a second
+conftest.py on sys.path would shadow. Test modules import these fixtures by name.
+
 ``$NEUROEDGE_TEST_MODEL`` (a folder with model.tflite + model.json; ``.ci/arm64-tests.sh``
 builds it on the host and passes it into the arm64 userlands, which have no TensorFlow),
 else the agent's brightness toy model (tests/edge/toy_model.py) built once per session
