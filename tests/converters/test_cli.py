@@ -6,13 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from converters.tflite import main
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str):
@@ -58,6 +59,7 @@ def test_run_folder_without_run_json(tmp_path):
     assert result.exit_code == 66 and "run.json" in result.output and "--labels" in result.output
 
 
+@pytest.mark.slow  # the tiny_run fixture trains a model
 def test_bad_options_are_usage_errors(tmp_path, tiny_run):
     data_dir, run_dir = tiny_run
     base = ["--model", str(run_dir), "--data", str(data_dir), "--out", str(tmp_path / "o")]
@@ -79,6 +81,7 @@ def test_bad_options_are_usage_errors(tmp_path, tiny_run):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_bare_keras_needs_labels(tmp_path, tiny_run):
     _, run_dir = tiny_run
     bare = tmp_path / "bare" / "tiny.keras"
