@@ -21,6 +21,7 @@ import numpy as np
 
 from converters import datasets, export
 from converters.errors import OutputError, UsageError
+from converters.evaluate import compare, keras_predictor, output_kind_of, predict_batched
 from converters.gate import GateResult, Thresholds, apply_gate
 from converters.provenance import (
     build_manifest,
@@ -36,6 +37,7 @@ from converters.runtimes import check_in_process, check_subprocess, parse_runtim
 from converters.source import load_keras_model, resolve_source
 from edge.manifest import MANIFEST_NAME, load_verified, write_manifest
 from edge.preprocess import scale
+from trainer.data import scan_split, stratified_indices
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +115,13 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
     started = time.monotonic()
     subprocess_runtimes = _validate(opts)
     source = resolve_source(opts.model, opts.labels, opts.arch, opts.name)
+    eval_root = opts.eval_data or opts.data
+    # Data folder mistakes surface before the (slow) TensorFlow import and model load.
+    if opts.mode == "int8":
+        scan_split(opts.data, "Training", source.labels)
+    scan_split(eval_root, opts.eval_split, source.labels)
     model, source = load_keras_model(source)
     spec = source.preprocess
-    eval_root = opts.eval_data or opts.data
     dedup_path = datasets.find_dedup_list(opts.dedup_list, opts.auto_dedup, opts.eval_split,
                                           source.run_dir, eval_root)
 
@@ -132,17 +138,14 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
         raise UsageError(f"the evaluation set {eval_root}/{opts.eval_split} holds no images")
     dedup_idx = (datasets.dedup_indices(eval_set, dedup_path, opts.dedup_list is not None)
                  if dedup_path is not None else None)
-    from trainer.data import stratified_indices
-
     probe_idx = stratified_indices(eval_set.labels, opts.probe_images, opts.seed)
     probe = scale(eval_set.images[probe_idx], spec)
-    float_probe = np.asarray(model.predict(probe, verbose=0), dtype=np.float32)
-    from converters.evaluate import output_kind_of
-
-    output_kind = output_kind_of(float_probe)
-
-    opts.out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=opts.out))
+    output_kind = output_kind_of(np.asarray(model.predict(probe, verbose=0), dtype=np.float32))
+    try:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=opts.out))
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out {opts.out}: {exc.strerror}") from None
     try:
         return _convert_and_publish(opts, source, model, calibration, calib_info, eval_set,
                                     dedup_idx, dedup_path, probe, output_kind,
@@ -157,8 +160,6 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                          probe: np.ndarray, output_kind: str,
                          subprocess_runtimes: list[tuple[str, str]], staging: Path,
                          started: float) -> Outcome:
-    from converters.evaluate import compare, keras_predictor, predict_batched
-
     spec, mode = source.preprocess, opts.mode
     created = now_utc()
     log.info("exporting the Keras model with a fixed batch of 1")
@@ -277,8 +278,6 @@ def _publish(opts: ConvertOptions, report: dict[str, Any], manifest_with: Any,
 def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, saved_model: Path,
             calibration: np.ndarray, eval_set: datasets.EvaluationSet, spec: Any,
             input_spec: Any, architecture: str, started: float) -> Outcome:
-    from trainer.data import stratified_indices
-
     log.info("the gate refused the model; analysing where the quantization error grows")
     debug_idx = stratified_indices(eval_set.labels, opts.debug_samples, opts.seed + 1)
     debug = diagnose(saved_model=saved_model, calibration=calibration,

@@ -101,10 +101,18 @@ def test_bad_data_folder_and_wrong_labels(tmp_path, tiny_run):
     shutil.copyfile(run_dir / "model.keras", bare)
     result = _cli("--model", str(bare), "--labels", "a,b", "--data", str(data_dir),
                   "--out", str(tmp_path / "o"))
+    assert result.exit_code == 65 and "not among the model's classes" in result.output
+    two = tmp_path / "two-classes"
+    for split in ("Training", "Testing"):
+        for label in ("glioma", "meningioma"):
+            shutil.copytree(data_dir / split / label, two / split / label)
+    result = _cli("--model", str(bare), "--labels", "glioma,meningioma", "--data", str(two),
+                  "--out", str(tmp_path / "o"))
     assert result.exit_code == 66 and "2 labels were given" in result.output
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip file")
-    result = _cli("--model", str(broken), "--labels", "a,b,c,d", "--data", str(data_dir),
+    result = _cli("--model", str(broken), "--labels", "glioma,meningioma,notumor,pituitary",
+                  "--data", str(data_dir),
                   "--out", str(tmp_path / "o"))
     assert result.exit_code == 66 and "cannot load the Keras model" in result.output
     assert not (tmp_path / "o").exists()
