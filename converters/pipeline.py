@@ -228,7 +228,8 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                        "required_runtimes": list(opts.require_runtimes)},
         "gate": gate.to_dict(),
         "versions": package_versions(),
-        "notes": _notes(edge_check, other_checks, subprocess_runtimes),
+        "notes": _notes(edge_check, other_checks, subprocess_runtimes, comparison,
+                        list(source.labels)),
     }
     if gate.passed:
         return _publish(opts, report, manifest_with, comparison, dedup, eval_set, checks, gate,
@@ -237,8 +238,18 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                    source.architecture, started)
 
 
-def _notes(edge_check: Any, others: list[Any], configured: list[tuple[str, str]]) -> list[str]:
+def _notes(edge_check: Any, others: list[Any], configured: list[tuple[str, str]],
+           comparison: dict[str, Any] | None, labels: list[str]) -> list[str]:
     notes = []
+    if comparison is not None and comparison["n"] >= 10:
+        # The gate measures fidelity to the float model, not its quality: say so when the
+        # float model itself is degenerate (the paper model collapses like this in epoch 1).
+        predicted = np.asarray(comparison["float_confusion_matrix"]).sum(axis=0)
+        top = int(predicted.argmax())
+        if predicted[top] >= 0.95 * predicted.sum():
+            notes.append(f"the float model itself answers {labels[top]!r} for "
+                         f"{100 * predicted[top] / predicted.sum():.0f}% of the evaluation "
+                         "images: the conversion is faithful, but check the training run")
     if edge_check.ok and edge_check.xnnpack is False:
         notes.append(f"{edge_check.name} ran the model without the XNNPACK delegate")
     if not configured:

@@ -127,3 +127,16 @@ def test_diagnosis_spots_changed_answers_on_near_ties():
                       spec=DEFAULT_SPEC, input_quant=(1 / 255, -128), architecture="dsconv_cbam_bn",
                       calibration_size=300, mode="int8", comparison=comparison)
     assert not any("hesitates" in f for f in report.findings)
+
+
+def test_note_when_the_float_model_itself_answers_one_class():
+    from converters.pipeline import _notes
+
+    collapsed = {"n": 40, "float_confusion_matrix": [[0, 0, 9, 0], [0, 0, 9, 0], [0, 0, 13, 0],
+                                                     [0, 0, 9, 0]]}
+    notes = _notes(OK, [], [("tflite-runtime", "/py")], collapsed, ["g", "m", "notumor", "p"])
+    assert notes == ["the float model itself answers 'notumor' for 100% of the evaluation "
+                     "images: the conversion is faithful, but check the training run"]
+    healthy = {"n": 40, "float_confusion_matrix": [[9, 0, 0, 0], [0, 9, 0, 0], [0, 0, 13, 0],
+                                                   [0, 0, 0, 9]]}
+    assert _notes(OK, [], [("tflite-runtime", "/py")], healthy, ["g", "m", "n", "p"]) == []
