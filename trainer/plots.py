@@ -1,0 +1,73 @@
+"""The paper's figures: confusion matrix (Figure 7) and training curves (Figure 6).
+
+matplotlib is imported inside each function, with the Agg backend, so importing the trainer
+stays fast and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | str,
+                          title: str = "Confusion matrix") -> Path:
+    """Counts in each cell with the row-normalised share (recall) below them."""
+    plt = _pyplot()
+    cm = np.asarray(cm, dtype=np.int64)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6.2, 5.4), dpi=120)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(len(labels)), labels=list(labels), rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            colour = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.1f}%", ha="center", va="center",
+                    color=colour, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: dict[str, Sequence[float]], path: Path | str,
+                 title: str = "Training history") -> Path:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    plt = _pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        for prefix, style, label in (("", "-o", "training"), ("val_", "-s", "validation")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    acc_ax.set_ylim(0.0, 1.0)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
