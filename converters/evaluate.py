@@ -65,46 +65,45 @@ def compare(y_true: np.ndarray, float_probs: np.ndarray, quant_probs: np.ndarray
             labels: list[str], quant_name: str = "quantized") -> dict[str, Any]:
     """Everything the gate and the report need about one evaluation set.
 
-    Percentages are in percent and differences in percentage points (``_pp``), the units
-    of the gate's thresholds; probabilities differences are absolute on [0, 1].
+    The numbers come from ``trainer.metrics`` (the trainer's own definitions); here they are
+    put in the gate's units: percent (``_pct``) and percentage points (``_pp``); probability
+    differences stay absolute on [0, 1]. Added: how sure the float model was (the gap
+    between its two highest probabilities) overall and on the images whose answer changed.
     """
-    from trainer.metrics import compute_metrics
+    from trainer.metrics import compare_predictions, compute_metrics
 
     y_true = np.asarray(y_true, dtype=np.int64)
     n = int(len(y_true))
+    cmp = compare_predictions(y_true, float_probs, quant_probs, labels)
     float_m = compute_metrics(y_true, float_probs, labels)
     quant_m = compute_metrics(y_true, quant_probs, labels)
-    float_pred = float_probs.argmax(axis=1)
-    quant_pred = quant_probs.argmax(axis=1)
-    agree = float_pred == quant_pred
-    diff = np.abs(float_probs.astype(np.float64) - quant_probs.astype(np.float64))
-    top2 = np.sort(float_probs.astype(np.float64), axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]  # how sure the float model was: top-1 minus top-2
-    per_class = {}
-    for label in labels:
-        f, q = float_m["per_class"][label], quant_m["per_class"][label]
-        per_class[label] = {
-            "support": int(f["support"]),
-            "float_recall_pct": _pct(f["recall"]),
-            "quantized_recall_pct": _pct(q["recall"]),
-            "recall_delta_pp": _round(100.0 * (q["recall"] - f["recall"])),
+    changed = float_probs.argmax(axis=1) != quant_probs.argmax(axis=1)
+    top2 = np.sort(np.asarray(float_probs, dtype=np.float64), axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    per_class = {
+        label: {
+            "support": int(float_m["per_class"][label]["support"]),
+            "float_recall_pct": _pct(float_m["per_class"][label]["recall"]),
+            "quantized_recall_pct": _pct(quant_m["per_class"][label]["recall"]),
+            "recall_delta_pp": _pct(cmp["recall_delta"][label]),
         }
-    float_acc, quant_acc = 100.0 * float_m["accuracy"], 100.0 * quant_m["accuracy"]
+        for label in labels
+    }
     return {
         "n": n,
-        "float_accuracy_pct": _round(float_acc),
-        "quantized_accuracy_pct": _round(quant_acc),
-        "accuracy_drop_pp": _round(float_acc - quant_acc),
-        "top1_agreement_pct": _round(100.0 * agree.mean()) if n else 0.0,
-        "disagreements": int((~agree).sum()),
-        "mean_abs_prob_diff": _round(diff.mean(), 6) if n else 0.0,
-        "max_abs_prob_diff": _round(diff.max(), 6) if n else 0.0,
+        "float_accuracy_pct": _pct(cmp["accuracy_a"]),
+        "quantized_accuracy_pct": _pct(cmp["accuracy_b"]),
+        "accuracy_drop_pp": _pct(-cmp["accuracy_delta"]),
+        "top1_agreement_pct": _pct(cmp["top1_agreement"]),
+        "disagreements": int(changed.sum()),
+        "mean_abs_prob_diff": _round(cmp["mean_abs_prob_diff"], 6),
+        "max_abs_prob_diff": _round(cmp["max_abs_prob_diff"], 6),
         "float_margin_median": _round(np.median(margin), 4) if n else None,
-        "float_margin_median_disagreeing": (_round(np.median(margin[~agree]), 4)
-                                            if (~agree).any() else None),
+        "float_margin_median_disagreeing": (_round(np.median(margin[changed]), 4)
+                                            if changed.any() else None),
         "per_class": per_class,
-        "float_confusion_matrix": float_m["confusion_matrix"],
-        "quantized_confusion_matrix": quant_m["confusion_matrix"],
+        "float_confusion_matrix": cmp["confusion_matrix_a"],
+        "quantized_confusion_matrix": cmp["confusion_matrix_b"],
         "float_macro_f1": _round(float_m["macro"]["f1"], 4),
         "quantized_macro_f1": _round(quant_m["macro"]["f1"], 4),
         "quantized_name": quant_name,
