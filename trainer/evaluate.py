@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ def evaluate_run(
     started = time.perf_counter()
     probs = np.asarray(model.predict(
         EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),
-        verbose="auto" if progress else 0), dtype=np.float64)
+        verbose=1 if progress and sys.stdout.isatty() else 0), dtype=np.float64)
     seconds = time.perf_counter() - started
 
     name = record["architecture"] + (" (no ImageNet weights)"
