@@ -40,12 +40,22 @@ def test_classify_prints_json_and_flags_refusals(tmp_path, test_model):
     assert json.loads(again.stdout)[0]["prediction"] == first["prediction"]  # deterministic
 
 
-def test_missing_model_is_a_clear_config_error(tmp_path):
+def test_without_model_uses_the_shipped_one_or_says_none_is_shipped(tmp_path):
+    from edge.manifest import default_model_dir, load_manifest
+
     png = gray_png(tmp_path / "x.png", 50)
     result = run_agent(["classify", str(png)])
-    assert result.returncode == EX_CONFIG
-    assert "no model is shipped" in result.stderr and "--model" in result.stderr
     assert "Traceback" not in result.stderr
+    shipped = default_model_dir()
+    if shipped is None:
+        assert result.returncode == EX_CONFIG
+        assert "no model is shipped" in result.stderr and "--model" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        entry = json.loads(result.stdout)[0]
+        assert entry["model"]["sha256"] == load_manifest(shipped).model_sha256
+    no_manifest = run_agent(["classify", str(png), "--model", str(tmp_path)])
+    assert no_manifest.returncode == EX_CONFIG and "model.json" in no_manifest.stderr
     missing = run_agent(["classify", str(tmp_path / "nope.png"), "--model", str(tmp_path)])
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 

@@ -1,0 +1,56 @@
+"""The model shipped inside the package: intact, loadable, and as accurate as its manifest says.
+
+The accuracy test runs the whole official Testing split through the agent's own path
+(``edge.inputs.decode_file`` on the raw JPEG files, then ``edge.classifier.Classifier``), not
+the training pipeline, and holds it to the int8 accuracy the converter recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from edge.manifest import default_model_dir, load_verified, sha256_file
+
+SHIPPED = default_model_dir()
+pytestmark = pytest.mark.skipif(SHIPPED is None, reason="no model is shipped in edge/models")
+
+
+def test_shipped_model_matches_its_manifest():
+    manifest, model_path = load_verified(SHIPPED)
+    assert sha256_file(model_path) == manifest.model_sha256
+    assert manifest.labels == ("glioma", "meningioma", "notumor", "pituitary")
+    assert manifest.quantization == "int8"
+    assert manifest.input.dtype == "int8" and manifest.input.shape == (1, 224, 224, 3)
+    assert {"quantized_accuracy_pct", "top1_agreement_pct"} <= set(manifest.metrics)
+    assert any(r.get("name") == "ai-edge-litert" for r in manifest.verified_runtimes)
+
+
+def test_shipped_model_runs_in_the_edge_runtime():
+    from edge.classifier import Classifier
+
+    classifier = Classifier(load_config(None))
+    probs = classifier.self_test()
+    assert probs.shape == (4,) and abs(float(probs.sum()) - 1.0) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.dataset
+def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dataset_dir):
+    from edge.classifier import Classifier
+    from edge.inputs import decode_file
+
+    config = load_config(None)
+    classifier = Classifier(config)
+    files = sorted((dataset_dir / "Testing").glob("*/*"))
+    correct = 0
+    for path in files:
+        decoded = decode_file(Path(path), config.dicom, config.limits)
+        prediction = classifier.classify(decoded)
+        correct += prediction.label == path.parent.name
+    accuracy = 100.0 * correct / len(files)
+    recorded = classifier.manifest.metrics["quantized_accuracy_pct"]
+    assert len(files) > 0 and accuracy >= recorded - 0.5, (
+        f"agent-path accuracy {accuracy:.2f}% vs manifest {recorded:.2f}%")
