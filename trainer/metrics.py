@@ -3,6 +3,23 @@
 One implementation serves ``python -m trainer evaluate``, the int8 converter's float-vs-int8
 check and the benchmarks, so a number means the same thing everywhere. No scikit-learn:
 the formulas are short and the device-side tools must not pull in a large dependency.
+
+Conventions (scikit-learn's, with ``zero_division=0``), stated once:
+
+- Per class k of the confusion matrix C (rows = true class, columns = predicted):
+  TP = C[k, k], FP = column sum - TP, FN = row sum - TP, TN = N - TP - FP - FN;
+  precision = TP / (TP + FP), recall (sensitivity) = TP / (TP + FN),
+  specificity = TN / (TN + FP), F1 = 2 P R / (P + R). A ratio with a zero denominator
+  (a class never predicted, or absent) is 0.0, without a warning.
+- Macro average: unweighted mean over classes (macro F1 is the mean of the per-class F1s,
+  not the F1 of macro precision and recall); weighted: weighted by support. Weighted
+  recall equals accuracy.
+- ROC AUC per class, one-vs-rest: the probability that a picture of the class scores
+  higher for it than a picture of another class, ties counting one half (Mann-Whitney U
+  from average ranks: exact). None when the class or the rest is absent; macro and
+  weighted AUC average the classes where it is defined.
+- Cohen's kappa = (p_o - p_e) / (1 - p_e); 0.0 when p_e = 1 (a single class on both
+  sides, where kappa is undefined).
 """
 
 from __future__ import annotations
@@ -13,15 +30,41 @@ from typing import Any
 import numpy as np
 
 
+def _class_indices(values: Any, name: str) -> np.ndarray:
+    """1-D int64 class indices; floats are accepted only when they are whole numbers."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one class index per image, shape (N,); got shape "
+                         f"{array.shape} (one-hot labels? pass their argmax)")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.number) or not np.all(np.mod(array, 1) == 0):
+            raise ValueError(f"{name} must hold integer class indices, got {array.dtype}")
+    return array.astype(np.int64)
+
+
+def _scores(values: Any, n: int, k: int, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or array.shape != (n, k):
+        raise ValueError(f"{name} must have shape ({n}, {k}) (one row of class scores per "
+                         f"image), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        bad = int((~np.isfinite(array)).any(axis=1).sum())
+        raise ValueError(f"{name} holds NaN or infinite scores in {bad} row(s): the model "
+                         "output is broken (diverged training, or a bad conversion)")
+    return array
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with rows = true class, columns = predicted class."""
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
+    y_true = _class_indices(y_true, "y_true")
+    y_pred = _class_indices(y_pred, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}")
     for name, values in (("y_true", y_true), ("y_pred", y_pred)):
         if values.size and (values.min() < 0 or values.max() >= num_classes):
-            raise ValueError(f"{name} holds a class index outside 0..{num_classes - 1}")
+            bad = int(values.min()) if values.min() < 0 else int(values.max())
+            raise ValueError(f"{name} holds class index {bad}, outside 0..{num_classes - 1} "
+                             f"({num_classes} classes)")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
     return cm
@@ -77,10 +120,8 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray,
     """
     labels = list(labels)
     k = len(labels)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_prob = np.asarray(y_prob, dtype=np.float64)
-    if y_prob.ndim != 2 or y_prob.shape != (y_true.size, k):
-        raise ValueError(f"y_prob must have shape ({y_true.size}, {k}), got {y_prob.shape}")
+    y_true = _class_indices(y_true, "y_true")
+    y_prob = _scores(y_prob, y_true.size, k, "y_prob")
     y_pred = y_prob.argmax(axis=1) if y_true.size else np.zeros(0, dtype=np.int64)
     cm = confusion_matrix(y_true, y_pred, k)
     n = int(cm.sum())
@@ -126,7 +167,11 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray,
 
 def compare_predictions(y_true: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray,
                         labels: Sequence[str]) -> dict[str, Any]:
-    """How far model B (e.g. int8) is from model A (e.g. float) on the same images."""
+    """How far model B (e.g. int8) is from model A (e.g. float) on the same images.
+
+    Top-1 agreement, the images where the top-1 class differs, mean/max absolute
+    probability difference, both accuracies, per-class recall of each and B - A.
+    """
     a = compute_metrics(y_true, prob_a, labels)
     b = compute_metrics(y_true, prob_b, labels)
     prob_a = np.asarray(prob_a, dtype=np.float64)
@@ -134,6 +179,12 @@ def compare_predictions(y_true: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarr
     diff = np.abs(prob_a - prob_b)
     agree = prob_a.argmax(axis=1) == prob_b.argmax(axis=1)
     return {
+        "disagreements": int((~agree).sum()),
+        "disagreement_indices": np.flatnonzero(~agree).tolist(),
+        "per_class_recall": {c: {"a": a["per_class"][c]["recall"],
+                                 "b": b["per_class"][c]["recall"],
+                                 "delta": b["per_class"][c]["recall"]
+                                 - a["per_class"][c]["recall"]} for c in a["labels"]},
         "n": a["n"],
         "accuracy_a": a["accuracy"],
         "accuracy_b": b["accuracy"],

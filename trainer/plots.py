@@ -6,8 +6,11 @@ stays fast and nothing needs a display.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +24,30 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: Path | str) -> Path:
+    """Write the figure atomically: a reader never sees half a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", bbox_inches="tight", pad_inches=0.15)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | str,
                           title: str = "Confusion matrix") -> Path:
     """Counts in each cell with the row-normalised share (recall) below them."""
-    plt = _pyplot()
     cm = np.asarray(cm, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
+        raise ValueError(f"the confusion matrix must be {len(labels)}x{len(labels)} for "
+                         f"{len(labels)} labels, got shape {cm.shape}")
+    plt = _pyplot()
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
     fig, ax = plt.subplots(figsize=(6.2, 5.4), dpi=120)
@@ -42,17 +64,22 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | st
             ax.text(j, i, f"{cm[i, j]}\n{100 * share[i, j]:.1f}%", ha="center", va="center",
                     color=colour, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_history(history: dict[str, Sequence[float]], path: Path | str,
                  title: str = "Training history") -> Path:
     """Loss and accuracy per epoch, training and validation, side by side."""
+    known = [key for key in ("loss", "val_loss", "accuracy", "val_accuracy") if history.get(key)]
+    if not known:
+        raise ValueError("the history holds no 'loss', 'val_loss', 'accuracy' or "
+                         f"'val_accuracy' values (keys: {', '.join(history) or 'none'})")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
     for ax, key, name in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
         for prefix, style, label in (("", "-o", "training"), ("val_", "-s", "validation")):
@@ -60,14 +87,15 @@ def plot_history(history: dict[str, Sequence[float]], path: Path | str,
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_lines():
+            ax.legend()
     acc_ax.set_ylim(0.0, 1.0)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

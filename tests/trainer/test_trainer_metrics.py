@@ -108,3 +108,102 @@ def test_plots_write_pngs(tmp_path):
     for png in (cm_png, hist_png):
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# Two classes, counts chosen so every number is easy to check by hand:
+#            pred 0  pred 1
+#   true 0 [   20,     5  ]   support 25
+#   true 1 [   10,    15  ]   support 25       n = 50, correct 35
+# Cohen's kappa of this table is a textbook value: p_o = 35/50 = 0.7,
+# p_e = (25*30 + 25*20) / 50^2 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4.
+CM2 = np.array([[20, 5], [10, 15]])
+
+
+def _from_cm2():
+    y_true = np.array([0] * 25 + [1] * 25)
+    y_pred = np.array([0] * 20 + [1] * 5 + [0] * 10 + [1] * 15)
+    probs = np.stack([1 - 0.7 * y_pred - 0.1, 0.7 * y_pred + 0.1], axis=1)
+    return y_true, probs
+
+
+def test_two_class_textbook_values():
+    y_true, probs = _from_cm2()
+    m = compute_metrics(y_true, probs, ["neg", "pos"])
+    assert m["confusion_matrix"] == CM2.tolist()
+    assert m["kappa"] == pytest.approx(0.4)
+    neg, pos = m["per_class"]["neg"], m["per_class"]["pos"]
+    # neg: tp 20, fp 10, fn 5, tn 15; pos: tp 15, fp 5, fn 10, tn 20
+    assert neg["precision"] == pytest.approx(20 / 30) and neg["recall"] == pytest.approx(0.8)
+    assert pos["precision"] == pytest.approx(0.75) and pos["recall"] == pytest.approx(0.6)
+    assert neg["specificity"] == pytest.approx(0.6) and pos["specificity"] == pytest.approx(0.8)
+    f1_neg = 2 * (2 / 3) * 0.8 / (2 / 3 + 0.8)        # 0.72727...
+    f1_pos = 2 * 0.75 * 0.6 / 1.35                     # 0.66666...
+    assert neg["f1"] == pytest.approx(f1_neg) and pos["f1"] == pytest.approx(f1_pos)
+    # macro F1 is the mean of per-class F1, not F1 of the macro precision/recall
+    assert m["macro"]["f1"] == pytest.approx((f1_neg + f1_pos) / 2)
+    assert m["macro"]["precision"] == pytest.approx((2 / 3 + 0.75) / 2)
+    # equal supports: weighted == macro
+    assert m["weighted"]["f1"] == pytest.approx(m["macro"]["f1"])
+    # binary scores take two values: AUC = P(pos scores higher) + 1/2 P(tie)
+    # pos scores 0.8 for 15 positives, 0.1 for 10; negatives: 0.8 for 5, 0.1 for 20
+    auc = (15 * 20 + 0.5 * (15 * 5 + 10 * 20)) / (25 * 25)
+    assert pos["auc"] == pytest.approx(auc)
+
+
+def test_auc_against_brute_force_on_continuous_scores():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4)) + 1.5 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    probs[:20, 2] = probs[20:40, 2]            # plant exact ties
+    m = compute_metrics(y, probs, ["a", "b", "c", "d"])
+    for k, label in enumerate("abcd"):
+        pos, neg = probs[y == k, k], probs[y != k, k]
+        brute = ((pos[:, None] > neg[None, :]).sum()
+                 + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+        assert m["per_class"][label]["auc"] == pytest.approx(brute, abs=1e-12)
+    assert m["macro"]["auc"] == pytest.approx(
+        np.mean([m["per_class"][c]["auc"] for c in "abcd"]))
+
+
+def test_bad_inputs_are_clear_errors():
+    probs = np.full((3, 3), 1 / 3)
+    with pytest.raises(ValueError, match="class index 5, outside 0..2"):
+        compute_metrics([0, 1, 5], probs, LABELS)
+    with pytest.raises(ValueError, match="one-hot"):
+        compute_metrics(np.eye(3), probs, LABELS)
+    with pytest.raises(ValueError, match="integer class indices"):
+        compute_metrics([0.5, 1, 2], probs, LABELS)
+    broken = probs.copy()
+    broken[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite scores in 1 row"):
+        compute_metrics([0, 1, 2], broken, LABELS)
+    # float labels that are whole numbers are fine
+    assert compute_metrics(np.array([0.0, 1.0, 2.0]), np.eye(3), LABELS)["accuracy"] == 1.0
+
+
+def test_single_class_kappa_and_no_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from 0/0 anywhere
+        m = compute_metrics([0, 0, 0], [[0.9, 0.1, 0.0]] * 3, LABELS)
+    assert m["accuracy"] == 1.0 and m["kappa"] == 0.0
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                   "specificity": 1.0, "support": 0, "auc": None}
+    assert m["per_class"]["a"]["auc"] is None   # no negatives: undefined
+    assert m["macro"]["auc"] is None
+
+
+def test_compare_predictions_lists_disagreements_and_recalls():
+    y_true, probs = _from_cm(CM)
+    other = probs.copy()
+    other[[0, 13]] = [0.1, 0.1, 0.8]   # image 0 (true a) and 13 (true c, already c)
+    cmp = compare_predictions(y_true, probs, other, LABELS)
+    assert cmp["disagreements"] == 1 and cmp["disagreement_indices"] == [0]
+    assert cmp["per_class_recall"]["a"] == pytest.approx(
+        {"a": 5 / 6, "b": 4 / 6, "delta": -1 / 6})
+    assert cmp["per_class_recall"]["c"]["delta"] == 0.0
+    assert cmp["mean_abs_prob_diff"] == pytest.approx((0.7 + 0.7) / (16 * 3))
+    with pytest.raises(ValueError, match="shape"):
+        compare_predictions(y_true, probs, probs[:5], LABELS)
