@@ -198,7 +198,10 @@ def sample_inbox(folder: str) -> None:
 
     for name, purpose in write_sample_inbox(Path(folder)):
         click.echo(f"{name:28s} {purpose}")
-    click.echo(f"\nNow run: edge-agent watch {folder} --once --model MODEL_DIR")
+    from .manifest import default_model_dir
+
+    model = "" if default_model_dir() is not None else " --model MODEL_DIR"
+    click.echo(f"\nNow run: edge-agent watch {folder} --once{model}")
 
 
 def main() -> None:
