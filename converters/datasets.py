@@ -8,6 +8,7 @@ converter sees exactly what training and the device see.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,21 @@ DEDUP_RELATIVE = Path("docs") / "leakage" / "dedup_test.txt"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _on_terminal() -> bool:
+    """Progress bars for a person at a terminal, not for log files."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def calibration_images(data_dir: Path, labels: tuple[str, ...], spec: PreprocessSpec, size: int,
                        seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     """A stratified, seeded draw of ``size`` Training images, preprocessed to float32."""
     from trainer.data import load_split
 
-    data = load_split(data_dir, "Training", spec=spec, limit=size, seed=seed, progress=True,
-                      classes=list(labels))
+    data = load_split(data_dir, "Training", spec=spec, limit=size, seed=seed,
+                      progress=_on_terminal(), classes=list(labels))
     info = {"split": "Training", "data_dir": str(data_dir), "n": len(data), "seed": seed,
             "per_class": data.class_counts()}
     return scale(data.images, spec), info
@@ -48,8 +57,8 @@ def evaluation_set(data_dir: Path, split: str, labels: tuple[str, ...], spec: Pr
                    limit: int | None, seed: int) -> EvaluationSet:
     from trainer.data import load_split
 
-    data = load_split(data_dir, split, spec=spec, limit=limit, seed=seed, progress=True,
-                      classes=list(labels))
+    data = load_split(data_dir, split, spec=spec, limit=limit, seed=seed,
+                      progress=_on_terminal(), classes=list(labels))
     name = split if limit is None else f"{split} (stratified {len(data)}-image subset, seed {seed})"
     return EvaluationSet(data.images, data.labels, data.paths, name, Path(data_dir))
 
