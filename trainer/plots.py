@@ -32,6 +32,9 @@ def _save(fig: Any, path: Path | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png", bbox_inches="tight", pad_inches=0.15)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the usual permissions, not mkstemp's private 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
