@@ -141,3 +141,20 @@ def test_batchnorm_recalibration_sets_exact_population_statistics():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance),
                                np.mean([b.var(0) for b in batches], axis=0), rtol=1e-3)
     assert bn.momentum == pytest.approx(0.99)
+
+
+@pytest.mark.slow
+def test_diagnose_reports_the_first_steps(dataset, tmp_path):
+    from trainer.diagnose import diagnose
+
+    out = tmp_path / "diagnose.json"
+    report = diagnose("dsconv_cbam", str(dataset), spec=SPEC, limit=32, steps=2, batch_size=8,
+                      probe_size=8, out=str(out))
+    assert json.loads(out.read_text())["arch"] == "dsconv_cbam"
+    steps = report["steps"]
+    assert [s["step"] for s in steps] == [0, 1, 2]
+    assert len(steps[0]["dead_channels"]) == 3 and len(steps[0]["mean_activation"]) == 3
+    assert steps[0]["conv_bias_mean"] == [0.0, 0.0, 0.0]  # biases start at zero
+    assert all(0.0 <= d <= 1.0 for s in steps for d in s["dead_channels"])
+    assert steps[1]["dense_update_relative"] > 0 and "batch_loss" in steps[1]
+    assert 1 <= steps[0]["distinct_predictions"] <= 4
