@@ -40,11 +40,10 @@ def test_probe_explains_a_runtime_that_is_not_installed(tiny_int8):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get(TFLITE_RUNTIME_ENV),
+                    reason=f"set {TFLITE_RUNTIME_ENV} to the python of a venv with "
+                           "'tflite-runtime==2.14.0' 'numpy<2' pillow to run this check")
 def test_int8_model_verifies_in_tflite_runtime_venv(tiny_run, tmp_path):
-    python = os.environ.get(TFLITE_RUNTIME_ENV)
-    if not python:
-        pytest.skip(f"set {TFLITE_RUNTIME_ENV} to the python of a venv with "
-                    "'tflite-runtime==2.14.0' 'numpy<2' pillow to run this check")
     data_dir, run_dir = tiny_run
     outcome = convert_tiny(run_dir, data_dir, tmp_path / "out",
                            require_runtimes=("tflite-runtime",))
