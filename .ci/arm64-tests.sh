@@ -79,17 +79,21 @@ done
 # --- the recipe: everything that determines a userland's contents --------------------
 
 # Sets PYVER, GLIBC_MINOR, EXTRA_REQS, RUNTIMES (NEUROEDGE_RUNTIME for the agent; each
-# runs the tests once) and E2E (1: also install with deploy/install.sh and run the agent as
-# its service user).
+# runs the tests once), E2E (1: also install with deploy/install.sh and run the agent as
+# its service user) and CPU, the core qemu emulates (QEMU_CPU). Not qemu's default "max":
+# with it, XNNPACK picks int8 kernels for CPU features no Pi or Jetson has, and under
+# qemu 7.2 those compute wrong results (measured: docs/readme/deploy.md).
 suite_recipe() {
     case $1 in
         bookworm)  # Raspberry Pi OS 12: what `pip install neuroedge[edge]` gets on a Pi.
-            PYVER=3.11 GLIBC_MINOR=36 EXTRA_REQS="" RUNTIMES="ai-edge-litert" E2E=1 ;;
+            PYVER=3.11 GLIBC_MINOR=36 EXTRA_REQS="" RUNTIMES="ai-edge-litert" E2E=1
+            CPU=cortex-a72 ;;  # the Raspberry Pi 4's core
         bullseye)  # The oldest glibc we can build, and the Jetson runtime (tflite-runtime
                    # 2.13.0, numpy<2) on real aarch64 code. The agent runs on tflite-runtime;
                    # tests/deploy/test_model_runtime.py runs both runtimes and compares them.
             PYVER=3.9 GLIBC_MINOR=31 EXTRA_REQS="tflite-runtime==2.13.0 numpy<2"
-            RUNTIMES="tflite-runtime" E2E=0 ;;
+            RUNTIMES="tflite-runtime" E2E=0
+            CPU=cortex-a57 ;;  # the Jetson Nano's core
         *) die "unknown suite '$1' (choose bookworm or bullseye)" ;;
     esac
 }
@@ -99,6 +103,30 @@ platform_args() {
     for x in $(seq 17 "$GLIBC_MINOR"); do printf -- '--platform manylinux_2_%s_aarch64 ' "$x"; done
     printf -- '--platform manylinux2014_aarch64'
 }
+
+# Run by the userland's Python with /opt/site on its path: prints the requirements of the
+# installed distributions (neuroedge with the extras installed here) that this Python's
+# markers ask for and that are not installed.
+# shellcheck disable=SC2016
+MISSING_REQUIREMENTS='
+import sys
+from importlib import metadata
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+site = sys.argv[1]
+dists = list(metadata.distributions(path=[site]))
+have = {canonicalize_name(d.metadata["Name"]) for d in dists}
+missing = set()
+for dist in dists:
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if req.marker is not None and not any(
+                req.marker.evaluate({"extra": e}) for e in ("", "edge", "dicom-codecs")):
+            continue
+        if canonicalize_name(req.name) not in have:
+            missing.add(str(req).split(";")[0].replace(" ", ""))
+print(" ".join(sorted(missing)))
+'
 
 # Build the userland for $1 into $2: first-stage debootstrap, .debs unpacked on the host;
 # the aarch64 wheels of the edge + dicom-codecs extras and pytest installed from the host
@@ -127,37 +155,65 @@ build_rootfs() {
         [ -e "$tmp/etc/$f" ] || cp "$tmp/usr/share/base-passwd/$f.master" "$tmp/etc/$f"
     done
     chmod 1777 "$tmp/dev/shm" "$tmp/tmp"
+    # A 4-core CPU list where the kernel would show it. The host's /sys is not mounted (see
+    # above); without these files XNNPACK's CPU detection fails and the runtimes silently
+    # fall back to their built-in kernels, which is not what a device runs.
+    mkdir -p "$tmp/sys/devices/system/cpu"
+    for f in possible present online; do echo 0-3 >"$tmp/sys/devices/system/cpu/$f"; done
 
     log "$suite: installing aarch64 wheels for Python $PYVER, glibc <= 2.$GLIBC_MINOR"
     local pick=(--only-binary=:all: --python-version "$PYVER" --implementation cp
                 --abi "cp${PYVER/./}")
     # shellcheck disable=SC2046,SC2086 # word splitting wanted
-    "$PYTHON" -m pip install -q --no-compile --target "$tmp/opt/site" "${pick[@]}" \
-        $(platform_args) "${wheel}[edge,dicom-codecs]" pytest $EXTRA_REQS
-    # The project itself is installed fresh on every run; console scripts would carry the
-    # host's interpreter path.
-    local info top
-    info=$(ls -d "$tmp"/opt/site/neuroedge-*.dist-info)
-    while read -r top; do rm -rf "${tmp:?}/opt/site/$top"; done <"$info/top_level.txt"
-    rm -rf "$info" "$tmp/opt/site/bin"
+    "$PYTHON" -m pip install -q --no-compile --no-warn-conflicts --target "$tmp/opt/site" \
+        "${pick[@]}" $(platform_args) "${wheel}[edge,dicom-codecs]" pytest $EXTRA_REQS
     if [ "$E2E" = 1 ]; then
         # shellcheck disable=SC2046,SC2086
         "$PYTHON" -m pip download -q "${pick[@]}" $(platform_args) -d "$tmp/opt/wheelhouse" \
             "${wheel}[edge,dicom-codecs]" "pip>=24" $EXTRA_REQS
         rm -f "$tmp"/opt/wheelhouse/neuroedge-*.whl
     fi
-    log "$suite: byte-compiling /opt/site (under qemu)"
-    in_root "$tmp" /usr/bin/python3 -m compileall -q -j 0 /opt/site >/dev/null \
-        || die "compileall failed in the $suite userland"
+    # pip evaluates environment markers (python_version < "3.11": tomli, exceptiongroup) for
+    # the host's Python, not --python-version's: let the userland's Python name what is
+    # missing, and add it.
+    local missing _
+    for _ in 1 2 3; do
+        missing=$(in_root "$tmp" /usr/bin/python3 -c "$MISSING_REQUIREMENTS" /opt/site) \
+            || die "$suite: cannot list the missing requirements"
+        [ -n "$missing" ] || break
+        log "$suite: adding what this Python's markers require: ${missing//$'\n'/ }"
+        # shellcheck disable=SC2046,SC2086
+        "$PYTHON" -m pip install -q --no-compile --no-warn-conflicts --upgrade \
+            --target "$tmp/opt/site" "${pick[@]}" $(platform_args) $missing
+    done
+    # The project itself is installed fresh on every run; console scripts would carry the
+    # host's interpreter path.
+    local info top
+    info=$(ls -d "$tmp"/opt/site/neuroedge-*.dist-info)
+    while read -r top; do rm -rf "${tmp:?}/opt/site/$top"; done <"$info/top_level.txt"
+    rm -rf "$info" "$tmp/opt/site/bin"
+    if [ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$PYVER" ]; then
+        log "$suite: byte-compiling /opt/site (host Python $PYVER: same bytecode)"
+        "$PYTHON" -m compileall -q -j 0 -s "$tmp" -p / "$tmp/opt/site" >/dev/null
+    else
+        log "$suite: byte-compiling /opt/site (under qemu)"
+        in_root "$tmp" /usr/bin/python3 -m compileall -q -j 0 /opt/site >/dev/null \
+            || die "compileall failed in the $suite userland"
+    fi
     mv "$tmp" "$dest"
     rm -f "$tmp.log"
 }
 
 # --- helpers ----------------------------------------------------------------------------
 
-MOUNTED=""
+MOUNTED=()
+unmount_all() {
+    local m
+    for m in "${MOUNTED[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
+    MOUNTED=()
+}
 cleanup() {
-    if [ -n "$MOUNTED" ]; then umount "$MOUNTED" || umount -l "$MOUNTED" || true; fi
+    unmount_all
     if [ -n "${WORK:-}" ]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -166,29 +222,36 @@ trap cleanup EXIT
 in_root() {
     local root=$1
     shift
-    with_proc "$root" chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 \
+    with_proc "$root" chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 QEMU_CPU="$CPU" \
         PYTHONPATH=/opt/project:/opt/site PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
 # rm -rf a userland, never through a /proc left mounted by an interrupted run.
 remove_rootfs() {
     [ -e "$1" ] || return 0
-    if [ ! -L "$1/proc" ] && mountpoint -q "$1/proc"; then
-        umount "$1/proc" || die "cannot unmount $1/proc"
-    fi
+    local m
+    for m in "$1/dev/shm" "$1/proc"; do
+        if [ ! -L "$m" ] && mountpoint -q "$m"; then umount "$m" || die "cannot unmount $m"; fi
+    done
     rm -rf "$1"
 }
 
-# Run "$@" with $1/proc mounted (a chroot without /proc breaks Python's subprocess/os).
+# Run "$@" with $1/proc and a tmpfs on $1/dev/shm mounted: Python's subprocess and os need
+# /proc; multiprocessing's semaphores need /dev/shm to be a tmpfs on glibc 2.31 (bullseye).
 with_proc() {
-    local root=$1 rc=0
+    local root=$1 rc=0 m
     shift
     if [ ! -d "$root/proc" ] || [ -L "$root/proc" ]; then die "$root/proc is not a plain folder"; fi
+    if [ ! -d "$root/dev/shm" ] || [ -L "$root/dev/shm" ]; then die "$root/dev/shm is not a folder"; fi
     mount -t proc proc "$root/proc"
-    MOUNTED="$root/proc"
+    MOUNTED=("$root/proc")
+    mount -t tmpfs -o mode=1777,size=256m,nosuid,nodev shm "$root/dev/shm"
+    MOUNTED=("$root/dev/shm" "$root/proc")
     "$@" || rc=$?
-    umount "$root/proc" 2>/dev/null || { sleep 1; umount "$root/proc"; } || umount -l "$root/proc"
-    MOUNTED=""
+    for m in "${MOUNTED[@]}"; do
+        umount "$m" 2>/dev/null || { sleep 1; umount "$m"; } || umount -l "$m"
+    done
+    MOUNTED=()
     return "$rc"
 }
 
@@ -301,9 +364,17 @@ PYTHONPATH="$REPO" TF_CPP_MIN_LOG_LEVEL=2 "$PYTHON" tests/edge/toy_model.py "$WO
 # One suite: build (or reuse) its userland, run the tests, then the install end to end.
 # Writes its summary lines to $WORK/summary.$suite; returns non-zero on any failure.
 run_suite() {
-    local suite=$1 root start rc failed=0 runtime label last info result
-    trap cleanup EXIT  # a background job has its own mounts to undo
+    local suite=$1 root start rc failed=0 runtime label last info result lock
+    trap unmount_all EXIT  # a background job has its own mounts to undo
     suite_recipe "$suite"
+    # Another run on this machine (another checkout, another version) waits for this one:
+    # it could otherwise rebuild, and so delete, the userland under our feet.
+    mkdir -p "$CACHE"
+    exec {lock}>"$CACHE/$suite.lock"
+    if ! flock -n "$lock"; then
+        log "$suite: waiting for another run to finish with the $suite userland"
+        flock "$lock"
+    fi
     root="$CACHE/$suite-$(recipe_hash "$suite")"
     if [ "$REBUILD" = 1 ] || [ ! -d "$root/opt/site" ]; then
         for old in "$CACHE/$suite"-*; do remove_rootfs "$old"; done
@@ -325,11 +396,11 @@ run_suite() {
     cp -r "$WORK/dist" "$root/src/dist"
     cp -r "$WORK/model" "$root/model"
     cat >"$root/src/userland_info.py" <<'EOF'
-import platform, sys
+import os, platform, sys
 from edge.runtime import load_runtime
 runtime = load_runtime()
 print("userland:", platform.machine(), "Python", sys.version.split()[0], runtime.name,
-      runtime.version)
+      runtime.version, os.environ.get("QEMU_CPU", ""))
 EOF
     "$PYTHON" -m pip install -q --no-compile --no-deps --target "$root/opt/project" "$WHEEL"
     rm -rf "$root/opt/project/bin"
@@ -347,7 +418,7 @@ EOF
         with_proc "$root" chroot --userspec=65534:65534 "$root" /usr/bin/env -i \
             HOME=/tmp PATH=/usr/bin:/bin LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
             PYTHONPATH=/opt/project:/opt/site \
-            NEUROEDGE_TEST_MODEL=/model NEUROEDGE_RUNTIME="$runtime" \
+            NEUROEDGE_TEST_MODEL=/model NEUROEDGE_RUNTIME="$runtime" QEMU_CPU="$CPU" \
             /bin/sh -c 'cd /src && python3 userland_info.py && exec python3 -m pytest \
                 -p no:cacheprovider -q "$@"' pytest $TESTS "${select[@]}" "${PYTEST_ARGS[@]}" \
             >"$WORK/pytest.$suite.$runtime.log" 2>&1 || rc=$?
@@ -355,7 +426,7 @@ EOF
         last=$(grep -E '[0-9]+ (passed|failed|error|skipped|deselected)' \
             "$WORK/pytest.$suite.$runtime.log" | tail -1 || true)
         info=$(grep -m1 '^userland:' "$WORK/pytest.$suite.$runtime.log" | cut -d' ' -f2- || true)
-        printf '%-26s %-46s %6s %6s %7s %5s %5ss\n' "$label" "$info" "$(count passed "$last")" \
+        printf '%-26s %-56s %6s %6s %7s %5s %5ss\n' "$label" "$info" "$(count passed "$last")" \
             "$(count failed "$last")" "$(count skipped "$last")" "$(count error "$last")" \
             "$((SECONDS - start))" >>"$WORK/summary.$suite"
         [ "$rc" = 0 ] || failed=1
@@ -371,7 +442,7 @@ EOF
             /src/dist/$(basename "$WHEEL")" >"$WORK/e2e.$suite.log" 2>&1 || rc=$?
         cat "$WORK/e2e.$suite.log"
         result=$(grep -m1 '^e2e:' "$WORK/e2e.$suite.log" | cut -d' ' -f2- || true)
-        printf '%-26s %-46s %6s %6s %7s %5s %5ss\n' "$label" \
+        printf '%-26s %-56s %6s %6s %7s %5s %5ss\n' "$label" \
             "${result:-failed: see the log above}" "$([ $rc = 0 ] && echo 1 || echo 0)" \
             "$([ $rc = 0 ] && echo 0 || echo 1)" 0 0 "$((SECONDS - start))" \
             >>"$WORK/summary.$suite"
@@ -399,7 +470,7 @@ else
     for suite in $SUITES; do run_suite "$suite" || FAILED=1; done
 fi
 
-printf '\n%-26s %-46s %6s %6s %7s %5s %6s\n' suite/runtime "machine, Python, runtime" \
+printf '\n%-26s %-56s %6s %6s %7s %5s %6s\n' suite/runtime "machine, Python, runtime, core" \
     passed failed skipped error time
 for suite in $SUITES; do cat "$WORK/summary.$suite" 2>/dev/null || printf '%-26s failed before its tests ran\n' "$suite"; done
 [ "$FAILED" = 0 ] || { echo "arm64 emulation tests FAILED"; exit 1; }
