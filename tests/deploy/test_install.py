@@ -11,6 +11,7 @@ changes nothing at all: paths, modes, owners, contents and modification times.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -157,7 +158,7 @@ def test_custom_paths_are_written_into_unit_and_config(tmp_path: Path, model: Pa
         "--prefix", "/srv/neuro", "--data", "/data/clinic", "--user", "triage")
     unit = (dest / "etc/systemd/system/edge-agent.service").read_text()
     assert "ExecStart=/srv/neuro/venv/bin/edge-agent --config /etc/neuroedge/config.toml" in unit
-    assert "ReadWritePaths=/data/clinic/inbox /data/clinic/outbox" in unit
+    assert "ReadWritePaths=-/data/clinic/inbox -/data/clinic/outbox" in unit
     assert "User=triage\n" in unit and "Group=triage\n" in unit
     assert "/opt/neuroedge" not in unit and "/var/lib/neuroedge" not in unit
     config = load_config(str(dest / "etc/neuroedge/config.toml"))
@@ -215,11 +216,20 @@ def test_python_older_than_3_8_is_refused(tmp_path: Path, model: Path) -> None:
     assert "Python 3.6.9" in proc.stderr and "--python python3.8" in proc.stderr
 
 
-def test_first_install_without_a_model_says_what_to_do(tmp_path: Path) -> None:
+def test_first_install_without_model_takes_the_shipped_one_or_says_what_to_do(
+        tmp_path: Path) -> None:
     proc = run(INSTALL, "--destdir", str(tmp_path / "root"), "--no-venv", check=False)
-    if (REPO / "edge/models/model.json").is_file():
-        pytest.skip("the package ships a model, which is installed by default")
-    assert proc.returncode == 1 and "pass --model DIR" in proc.stderr
+    shipped = REPO / "edge/models/model.json"
+    if not shipped.is_file():
+        assert proc.returncode == 1 and "pass --model DIR" in proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(shipped.read_text())
+    folder = f"{manifest['name']}-{manifest['version']}"
+    models = tmp_path / "root/opt/neuroedge/models"
+    assert os.readlink(models / "current") == folder
+    assert (models / folder / manifest["model_file"]).read_bytes() == (
+        REPO / "edge/models" / manifest["model_file"]).read_bytes()
 
 
 def test_uninstall_removes_the_service_and_keeps_the_data(tmp_path: Path, model: Path) -> None:

@@ -66,7 +66,7 @@ def test_unit_has_the_required_settings() -> None:
     assert d["User"] == ["neuroedge"] and d["Group"] == ["neuroedge"]
     assert d["ExecStart"] == [
         "/opt/neuroedge/venv/bin/edge-agent --config /etc/neuroedge/config.toml watch"]
-    assert d["ReadWritePaths"] == ["/var/lib/neuroedge/inbox /var/lib/neuroedge/outbox"]
+    assert d["ReadWritePaths"] == ["-/var/lib/neuroedge/inbox -/var/lib/neuroedge/outbox"]
     assert "@system-service" in d["SystemCallFilter"]
 
 
