@@ -302,8 +302,9 @@ fi
 if [ "$MAKE_VENV" = 1 ] && [ "$MANAGE_USER" = 1 ]; then
     # The checks the service would fail on, run now as the service user: config, model
     # sha256, runtime, folder permissions.
-    # setpriv, not su/runuser: no PAM session, works in a chroot too.
-    if ! setpriv --reuid="$SVC_USER" --regid="$SVC_USER" --init-groups -- \
+    # setpriv, not su/runuser: no PAM session, works in a chroot too. Numeric IDs: older
+    # util-linux (Ubuntu 18.04's 2.31) takes no names.
+    if ! setpriv --reuid="$(id -u "$SVC_USER")" --regid="$(id -g "$SVC_USER")" --init-groups -- \
             "$PREFIX/venv/bin/edge-agent" --config /etc/neuroedge/config.toml check; then
         die "edge-agent check failed (above): fix /etc/neuroedge/config.toml or the model, \
 then run install.sh again; the service was not started"
