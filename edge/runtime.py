@@ -23,7 +23,7 @@ from .manifest import ModelManifest, TensorSpec
 RUNTIMES: tuple[tuple[str, str, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow", "tensorflow.lite", "tensorflow"),
+    ("tensorflow", "tensorflow.lite.python.interpreter", "tensorflow"),
 )
 _DISTRIBUTIONS = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime",
                   "tensorflow": "tensorflow"}
