@@ -27,13 +27,17 @@ import numpy as np
 from PIL import Image
 
 
-def _synthetic_mr(path: Path, size: int = 512) -> Path:
-    """A 16-bit MR-like DICOM built on the fly (no patient data)."""
+def synthetic_mr(path: Path, size: int = 512, pixels: np.ndarray | None = None) -> Path:
+    """A 16-bit (12 bits stored) MR-like DICOM built on the fly; no patient data.
+
+    ``pixels`` (8-bit grayscale) become the image, scaled to 12 bits; default: the phantom.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     from .sample_inbox import phantom
 
+    picture = phantom(size) if pixels is None else np.asarray(pixels, dtype=np.uint8)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -43,10 +47,10 @@ def _synthetic_mr(path: Path, size: int = 512) -> Path:
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "MR"
-    ds.Rows = ds.Columns = size
+    ds.Rows, ds.Columns = int(picture.shape[0]), int(picture.shape[1])
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (phantom(size).astype(np.uint16) * 16).tobytes()
+    ds.PixelData = (picture.astype(np.uint16) * 16).tobytes()
     try:
         ds.save_as(str(path), enforce_file_format=True)
     except TypeError:  # pydicom 2.4
@@ -73,7 +77,7 @@ def stage_table(model: str, work: Path, repeats: int) -> list[dict[str, Any]]:
                        pydicom_test_file("examples_overlay.dcm")))
     except ConfigError:
         pass
-    inputs += [("DICOM MR 512x512 16-bit", _synthetic_mr(work / "mr512.dcm")),
+    inputs += [("DICOM MR 512x512 16-bit", synthetic_mr(work / "mr512.dcm")),
                ("PNG 512x512", work / "phantom512.png"),
                ("JPEG 512x512", work / "phantom512.jpg")]
     rows = []

@@ -36,12 +36,15 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
+                       sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file, rename) and, by default, durably
     (fsync the file before the rename and the folder after it).
 
     ``durable=False`` keeps the atomicity but skips both fsyncs: for records whose loss in a
     power cut is harmless because the step they describe is redone from an older record.
+    ``sync_folder=False`` fsyncs the file but not the folder: only when the caller's next
+    durable write goes to the same folder, whose folder fsync then makes both renames last.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=str(path.parent))
@@ -58,13 +61,17 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         except OSError:
             pass
         raise
-    if durable:
+    if durable and sync_folder:
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    write_bytes_atomic(path, text.encode("utf-8"), durable)
+def write_json_atomic(path: Path, data: Any, durable: bool = True, compact: bool = False) -> None:
+    """``compact``: one line, no indentation, for records only the agent reads (its journal)."""
+    if compact:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    else:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable)
 
 
 def read_json(path: Path) -> Any | None:

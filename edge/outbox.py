@@ -141,7 +141,7 @@ class Outbox:
     def save(self, job: Job, durable: bool = True) -> None:
         """Write the job's record. ``durable=False`` only where losing this update in a power
         cut is harmless: recovery then replays the step from the previous record."""
-        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job), durable)
+        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job), durable, compact=True)
 
     def delete(self, job: Job) -> None:
         # No fsync: if the unlink is lost, the replayed last step finds its work done.

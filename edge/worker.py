@@ -250,8 +250,10 @@ class Worker:
         report["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 2)
         base = self.outbox.reports / job.sha256
         if self.config.report.html:
-            write_bytes_atomic(base.with_suffix(".html"), report_page(report,
-                                                                      prediction.model_input))
+            # The page's data is fsynced; its folder is not: the JSON report written next
+            # goes to the same folder and that folder fsync makes both renames durable.
+            write_bytes_atomic(base.with_suffix(".html"),
+                               report_page(report, prediction.model_input), sync_folder=False)
         write_json_atomic(base.with_suffix(".json"), report)  # from now on, the report exists
         report["timings_ms"]["report"] = round((time.perf_counter() - t2) * 1000, 2)
         job.outcome = "classified"
