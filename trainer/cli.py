@@ -1,4 +1,5 @@
-"""``python -m trainer``: train, evaluate, summary, audit-leakage, diagnose.
+"""``python -m trainer``: train, evaluate, summary, pack, unpack, throughput, audit-leakage,
+diagnose.
 
 Heavy imports (Keras, TensorFlow, matplotlib) happen inside each command, so ``--help``
 answers at once. A user mistake (missing data, wrong option, missing weights) prints one
@@ -120,7 +121,8 @@ def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
-_RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "distribute"}
+_RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "distribute",
+              "time_limit"}
 
 
 @main.command()
@@ -150,6 +152,8 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
               help="Before each validation, recompute BatchNormalization statistics on N batches.")
 @click.option("--distribute", is_flag=True,
               help="All local GPUs: DataParallel (JAX) or MirroredStrategy (TensorFlow).")
+@click.option("--time-limit", type=float, metavar="SECONDS",
+              help="Stop after the last epoch that ends within SECONDS; --resume continues.")
 @_model_option_flags
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Decoded-image cache (default ~/.cache/neuroedge).")
@@ -172,10 +176,10 @@ def train(ctx: click.Context, **opts: Any) -> None:
         if extra:
             raise OptionError(
                 "--resume continues a run with its recorded settings; only --epochs, --data, "
-                "--distribute and cache options may be given, not "
+                "--distribute, --time-limit and cache options may be given, not "
                 + ", ".join("--" + e.replace("_", "-") for e in extra))
         resume_run(opts["resume"], epochs=opts["epochs"], data_dir=opts["data"],
-                   verbose=verbose, progress=progress)
+                   verbose=verbose, progress=progress, time_limit=opts["time_limit"])
         return
     if not opts["arch"] or not opts["data"]:
         raise OptionError("train needs --arch NAME and --data DIR (or --resume RUN); "
@@ -194,7 +198,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
         spec=_spec(opts["image_size"]))
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
-    train_run(config, verbose=verbose, progress=progress, command=command)
+    train_run(config, verbose=verbose, progress=progress, command=command,
+              time_limit=opts["time_limit"])
 
 
 @main.command()
@@ -238,6 +243,70 @@ def summary(arch: str, **opts: Any) -> None:
         # The paper's frozen layout; the layer table does not need the ImageNet file.
         as_trained, options = options, {"backbone_weights": "none", "freeze_backbone": True}
     click.echo(architecture_summary(arch, _spec(opts["image_size"]).shape, options, as_trained))
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Data folder with Training/<class>/ and Testing/<class>/.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New, empty folder for the pack.")
+@click.option("--quality", type=int, default=85, show_default=True,
+              help="WebP quality (lossy; 85 is ~8 KB an image at 224x224).")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["Training", "Testing"]),
+              help="Splits to pack (repeatable; default both).")
+@click.option("--image-size", type=int, help="Square size in pixels (default 224).")
+@_user_errors
+def pack(data_dir: str, out: str, quality: int, splits: tuple[str, ...],
+         image_size: int | None) -> None:
+    """Pre-resize a data set into a compact WebP pack (to ship it to a GPU machine)."""
+    from trainer.pack import pack as make_pack
+
+    record = make_pack(data_dir, out, quality=quality, splits=splits or ("Training", "Testing"),
+                       spec=_spec(image_size))
+    click.echo(f"{record['images']} images, {record['bytes'] / 1e6:.1f} MB -> {out}")
+
+
+@main.command()
+@click.argument("pack_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the decoded data set (gray PNGs, original names).")
+@_user_errors
+def unpack(pack_dir: str, out: str) -> None:
+    """Decode a pack into an ordinary data folder that train and evaluate read."""
+    from trainer.pack import unpack as open_pack
+
+    count = open_pack(pack_dir, out)
+    click.echo(f"{count} images -> {out}")
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(ARCH_NAMES), required=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
+@click.option("--warmup", type=int, default=3, show_default=True,
+              help="Untimed first steps (compilation).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Also write the record to this JSON file.")
+@_model_option_flags
+@_user_errors
+def throughput(arch: str, batch_size: int, steps: int, warmup: int, json_out: str | None,
+               **opts: Any) -> None:
+    """Training images per second of ARCH on this backend and device (random batches)."""
+    import json
+
+    from trainer.throughput import measure
+
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise OptionError("--steps and --batch-size must be at least 1, --warmup at least 0")
+    size = opts["image_size"] or 224
+    record = measure(arch, batch_size=batch_size, steps=steps, warmup=warmup, image_size=size,
+                     **_model_options(arch, opts))
+    click.echo(f"{arch} on {record['backend']} ({', '.join(record['devices'])}): "
+               f"{record['images_per_second']} images/s, batch {batch_size}, median step "
+               f"{record['median_step_seconds']} s over {steps} steps "
+               f"(warm-up {record['warmup_seconds']} s)")
+    if json_out:
+        Path(json_out).write_text(json.dumps(record, indent=1) + "\n")
 
 
 @main.command("audit-leakage")

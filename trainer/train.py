@@ -261,7 +261,7 @@ class _Validator:
 
 
 def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
-              validate: _Validator) -> Any:
+              validate: _Validator, deadline: float | None = None) -> Any:
     import keras
 
     class RunRecorder(keras.callbacks.Callback):
@@ -294,6 +294,10 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
             if patience and state["wait"] >= patience:
                 self.model.stop_training = True
                 state["stopped_early"] = True
+            elif deadline is not None and done < self.params.get("epochs", done + 1) and (
+                    time.perf_counter() + seconds > deadline):
+                self.model.stop_training = True  # the next epoch would end past the limit
+                state["stopped_time_limit"] = True
             state.update(epochs_done=done, checkpoint=checkpoint.name,
                          seconds=round(state["seconds"] + seconds, 3))
             run.write_state(state)  # the commit point: --resume starts from here
@@ -307,19 +311,23 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
                      "  [best so far]" if state["best_epoch"] == done else "")
             if state["stopped_early"]:
                 log.info("early stopping: no val_accuracy gain for %d epoch(s)", patience)
+            if state.get("stopped_time_limit"):
+                log.info("time limit: stopping after epoch %d (another would end past it); "
+                         "continue with: python -m trainer train --resume %s", done, run.path)
 
     return RunRecorder()
 
 
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
-         state: dict[str, Any], callbacks: Sequence[Any], verbose: Any) -> None:
+         state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
+         deadline: float | None = None) -> None:
     from trainer.batches import TrainingBatches
 
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
         augment=config.augment)
-    recorder = _recorder(run, state, config.patience, _Validator(config, data))
+    recorder = _recorder(run, state, config.patience, _Validator(config, data), deadline)
     try:
         model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
                   initial_epoch=state["epochs_done"], shuffle=False, verbose=verbose,
@@ -343,7 +351,8 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
         _warn_if_bn_unsettled(model, config, data, state)
     model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"])
     save_model_atomic(model, run.model)
-    status = "stopped_early" if state["stopped_early"] else "completed"
+    status = ("stopped_early" if state["stopped_early"]
+              else "stopped_time_limit" if state.get("stopped_time_limit") else "completed")
     run.update_config(
         status=status, epochs_done=state["epochs_done"], best_epoch=state["best_epoch"],
         best_val_accuracy=state["best_val_accuracy"],
@@ -374,9 +383,22 @@ def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
                     "Train longer or pass --recalibrate-bn 32.", steps, 100 * remaining)
 
 
+def _deadline(started: float, time_limit: float | None) -> float | None:
+    if time_limit is None:
+        return None
+    if time_limit <= 0:
+        raise OptionError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    return started + time_limit
+
+
 def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = "auto",
-          progress: bool = False, command: str | None = None) -> RunFolder:
-    """Train a new run; returns its folder. ``callbacks`` run after the run recorder."""
+          progress: bool = False, command: str | None = None,
+          time_limit: float | None = None) -> RunFolder:
+    """Train a new run; returns its folder. ``callbacks`` run after the run recorder.
+
+    ``time_limit`` (seconds from this call): stop after the last epoch that ends within it;
+    the run is kept as ``stopped_time_limit`` and ``resume`` continues it.
+    """
     import keras
 
     from trainer.distribute import distribution_scope
@@ -389,6 +411,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     if (runs_dir / name).exists() and any((runs_dir / name).iterdir()):
         RunFolder.create(runs_dir, name)  # raises the "already exists" error
     started = time.perf_counter()
+    deadline = _deadline(started, time_limit)
     data = load_training_data(config, progress)
     if data.train.images.shape[1:] != config.spec.shape:
         raise OptionError(f"images are {data.train.images.shape[1:]}, expected {config.spec.shape}")
@@ -405,14 +428,14 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
         log.info("run folder %s: %s, %d training / %d validation images, %d epoch(s)",
                  run.path, config.arch, len(data.train), len(data.val), config.epochs)
         state = _new_state()
-        _fit(run, model, config, data, state, callbacks, verbose)
+        _fit(run, model, config, data, state, callbacks, verbose, deadline)
     _finish(run, config, data, state, started)
     return run
 
 
 def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
            data_dir: str | None = None, callbacks: Sequence[Any] = (), verbose: Any = "auto",
-           progress: bool = False) -> RunFolder:
+           progress: bool = False, time_limit: float | None = None) -> RunFolder:
     """Continue a stopped run from its last checkpoint (model, optimizer state, epoch).
 
     Data order and augmentation are pure functions of (seed, epoch), so the resumed run
@@ -425,6 +448,7 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     from trainer.distribute import distribution_scope
 
     started = time.perf_counter()
+    deadline = _deadline(started, time_limit)
     run = RunFolder.open(run_path)
     record = run.read_config()
     if "config" not in record:
@@ -452,6 +476,7 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
             raise RunError(f"{run.path} stopped early (no val_accuracy gain for "
                            f"{config.patience} epochs); pass --epochs N to train further anyway")
         state.update(stopped_early=False, wait=0)
+    state["stopped_time_limit"] = False
     data = load_training_data(config, progress)
     recorded = run.read_split()
     if recorded.get("train") != data.train.paths or recorded.get("validation") != data.val.paths:
@@ -463,6 +488,6 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     with distribution_scope(config.distribute):
         model = keras.saving.load_model(checkpoint)
         avoid_cpu_xla(model)
-        _fit(run, model, config, data, state, callbacks, verbose)
+        _fit(run, model, config, data, state, callbacks, verbose, deadline)
     _finish(run, config, data, state, started)
     return run

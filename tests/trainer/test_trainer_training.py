@@ -13,7 +13,7 @@ from trainer_testdata import make_dataset  # noqa: E402
 
 from edge.preprocess import PreprocessSpec, scale  # noqa: E402
 from trainer.data import load_split  # noqa: E402
-from trainer.errors import RunError  # noqa: E402
+from trainer.errors import OptionError, RunError  # noqa: E402
 from trainer.runs import RunFolder  # noqa: E402
 from trainer.train import TrainConfig, resume, train  # noqa: E402
 
@@ -158,3 +158,19 @@ def test_diagnose_reports_the_first_steps(dataset, tmp_path):
     assert all(0.0 <= d <= 1.0 for s in steps for d in s["dead_channels"])
     assert steps[1]["dense_update_relative"] > 0 and "batch_loss" in steps[1]
     assert 1 <= steps[0]["distinct_predictions"] <= 4
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_at_an_epoch_end_and_resume_continues(dataset, tmp_path):
+    config = TrainConfig(arch="mlp", data_dir=str(dataset), runs_dir=str(tmp_path),
+                         name="timed", epochs=3, batch_size=16, limit=40, spec=SPEC,
+                         use_cache=False, model_options={"hidden_units": (8,)})
+    run = train(config, verbose=0, time_limit=0.01)  # the first epoch already ends past it
+    record = run.read_config()
+    assert record["status"] == "stopped_time_limit" and record["epochs_done"] == 1
+    assert run.model.is_file()  # the best epoch so far is usable
+    resume(run.path, verbose=0, time_limit=3600)
+    record = run.read_config()
+    assert record["status"] == "completed" and record["epochs_done"] == 3
+    with pytest.raises(OptionError, match="positive number of seconds"):
+        train(TrainConfig(**{**config.__dict__, "name": "bad"}), verbose=0, time_limit=0)
