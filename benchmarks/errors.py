@@ -1,0 +1,7 @@
+"""The one error a user of the benchmark suite can cause: a wrong option or input."""
+
+
+class BenchmarkError(Exception):
+    """A bad option, a missing file or environment: the message says what to do."""
+
+    exit_code = 2
