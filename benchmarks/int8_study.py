@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 def _group_key(tensor_name: str) -> str:
     """'net_1/cbam2_1/channel_attention_1/Max' -> 'cbam2/channel_attention'."""
     parts = [re.sub(r"_\d+$", "", p) for p in tensor_name.split(";")[0].split("/")]
-    if len(parts) < 2:
-        return parts[0] or "?"
+    if len(parts) < 2:  # the graph's output tensor (e.g. an int8 SOFTMAX after the head)
+        return "output (" + tensor_name.split(";")[0] + ")"
     key = parts[1]
     if key.startswith("cbam") and len(parts) > 2:
         key += "/" + parts[2]
