@@ -134,6 +134,15 @@ def _phantom_png(root: Path) -> Path:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux's ru_maxrss also counts the parent's size at the
+    moment this process was started (it survives exec), so VmHWM is read where it exists."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
