@@ -5,7 +5,8 @@
 # at most 64 MiB in and 8 files / 64 MiB back), and rehearsed on the CPU with
 #   EPOCHS=1 LIMIT=96 OUT=/tmp/out PYTHON=/work/venv/bin/python bash trainer/campaign.sh
 #
-# Needs: the project (PYTHONPATH=.), a data pack (python -m trainer pack, in $PACK), and
+# Needs: the project (PYTHONPATH=.), a data pack (python -m trainer pack; a folder, or one
+# tar file of it: tar czf .gpu/pack.tar.gz -C .gpu pack), and
 # the wheels that machine lacks in .whl/ (keras, namex, optree). All models train at once
 # on the one GPU, each its own process with a share of GPU memory: these small models
 # leave a GPU mostly idle one at a time. Every training stops before $BUDGET seconds
@@ -15,14 +16,17 @@
 # Back in $OUT (8 files at most, 16 MiB each):
 #   results.tar.gz   run.json, history, evaluation (metrics, Table 3, figures,
 #                    predictions) and logs of every model, and the small models' model.keras
-#   weights.part-*   model.keras of the better paper-family model (by validation accuracy),
-#                    split: cat weights.part-* > model.keras
+#   weights.part-*   model.keras of the best paper-family run (by validation accuracy, and
+#                    only above $RETURN_ABOVE if set), split: cat weights.part-* > model.keras
+#
+# MODELS lists run names; a name that is not an architecture is a variant, written
+# NAME:ARCH:OPTION,VALUE,... (e.g. mlp-lr1e-4:mlp:--lr,1e-4).
 #   campaign.log     this script's output
 set -uo pipefail
 { # the whole script is read before it runs: editing this file cannot derail a running campaign
 
 PYTHON=${PYTHON:-python3}
-PACK=${PACK:-.gpu/pack}
+PACK=${PACK:-.gpu/pack.tar.gz}
 OUT=${OUT:?set OUT to the folder that receives the results}
 EPOCHS=${EPOCHS:-35}
 LIMIT=${LIMIT:-}
@@ -58,6 +62,10 @@ print("python", __import__("sys").version.split()[0], "keras", keras.__version__
 EOF
 
 say "unpacking $PACK"
+if [ -f "$PACK" ]; then  # a pack in one tar file travels with less overhead than 7,000 files
+    mkdir -p "$WORK/pack" && tar xzf "$PACK" -C "$WORK/pack" --strip-components=1 || exit 1
+    PACK=$WORK/pack
+fi
 "$PYTHON" -m trainer unpack "$PACK" --out "$WORK/data" || exit 1
 # The deduplicated test list names the original .jpg files; the pack's copies are .png.
 sed 's/\.jpg$/.png/' docs/leakage/dedup_test.txt > "$WORK/dedup_test.txt"
@@ -76,12 +84,22 @@ extra_args() {
 
 pids=()
 say "training: $MODELS (epochs $EPOCHS, limit ${LIMIT:-none}, budget ${BUDGET}s each)"
-for model in $MODELS; do
+names=()
+for entry in $MODELS; do  # NAME, or NAME:ARCH[:OPTION,VALUE,...] for a variant
+    model=${entry%%:*}
+    arch=$model
+    options=
+    if [[ $entry == *:* ]]; then
+        rest=${entry#*:}
+        arch=${rest%%:*}
+        [[ $rest == *:* ]] && options=${rest#*:} && options=${options//,/ }
+    fi
+    names+=("$model")
     (
-        # shellcheck disable=SC2046
-        "$PYTHON" -m trainer train --arch "$model" --data "$WORK/data" --epochs "$EPOCHS" \
+        # shellcheck disable=SC2046,SC2086
+        "$PYTHON" -m trainer train --arch "$arch" --data "$WORK/data" --epochs "$EPOCHS" \
             --runs-dir "$WORK/runs" --name "$model" --time-limit "$BUDGET" \
-            ${LIMIT:+--limit "$LIMIT"} $(extra_args "$model") \
+            ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
         && "$PYTHON" -m trainer evaluate "$WORK/runs/$model" \
             --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"}
         echo "exit status $?"
@@ -99,7 +117,7 @@ while running; do
         "GPU: $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null)"
 done
 wait "${pids[@]}"  # not a bare wait: that would also wait for the tee behind the log
-for model in $MODELS; do
+for model in "${names[@]}"; do
     say "$model: $(grep -h 'run .*: \|exit status\|error' "$WORK/logs/$model.log" | tr '\n' ' ')"
     grep -A12 '^| ' "$WORK/logs/$model.log" | head -14
 done
@@ -112,14 +130,16 @@ if [ $(( $(date +%s) - started )) -lt "${THROUGHPUT_BEFORE:-430}" ]; then
 fi
 
 say "collecting results"
-best=$("$PYTHON" - "$WORK/runs" <<'EOF'
+best=$("$PYTHON" - "$WORK/runs" "${RETURN_ABOVE:-0}" <<'EOF'
 import json, sys
 from pathlib import Path
-scores = {}
-for name in ("dsconv_cbam_bn", "dsconv_cbam"):
-    run = Path(sys.argv[1]) / name / "run.json"
-    if (run.parent / "model.keras").is_file():
-        scores[name] = json.loads(run.read_text()).get("best_val_accuracy") or 0.0
+scores = {}  # the paper-family runs with a model, by validation accuracy (never test)
+for run in Path(sys.argv[1]).glob("*/run.json"):
+    record = json.loads(run.read_text())
+    if record.get("architecture") in ("dsconv_cbam_bn", "dsconv_cbam") and \
+            (run.parent / "model.keras").is_file():
+        scores[run.parent.name] = record.get("best_val_accuracy") or 0.0
+scores = {name: v for name, v in scores.items() if v > float(sys.argv[2])}
 print(max(scores, key=scores.get) if scores else "")
 EOF
 )
@@ -127,7 +147,7 @@ say "returning the weights of: ${best:-none}"
 (
     cd "$WORK" || exit 1
     keep=(logs dedup_test.txt)
-    for model in $MODELS; do
+    for model in "${names[@]}"; do
         for f in run.json history.json history.csv data_split.json evaluation; do
             [ -e "runs/$model/$f" ] && keep+=("runs/$model/$f")
         done

@@ -270,6 +270,13 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._started = time.perf_counter()
 
+        def _past_deadline(self, seconds: float) -> bool:
+            """Would the next epoch end past the deadline? The first epoch of a session
+            includes compilation, so it only stops the run once the deadline has passed."""
+            first = not getattr(self, "_timed_one", False)
+            self._timed_one = True
+            return time.perf_counter() + (0.0 if first else seconds) > deadline
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if logs is None:
                 logs = {}
@@ -295,8 +302,8 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
                 self.model.stop_training = True
                 state["stopped_early"] = True
             elif deadline is not None and done < self.params.get("epochs", done + 1) and (
-                    time.perf_counter() + seconds > deadline):
-                self.model.stop_training = True  # the next epoch would end past the limit
+                    self._past_deadline(seconds)):
+                self.model.stop_training = True
                 state["stopped_time_limit"] = True
             state.update(epochs_done=done, checkpoint=checkpoint.name,
                          seconds=round(state["seconds"] + seconds, 3))

@@ -165,7 +165,7 @@ def test_a_time_limit_stops_at_an_epoch_end_and_resume_continues(dataset, tmp_pa
     config = TrainConfig(arch="mlp", data_dir=str(dataset), runs_dir=str(tmp_path),
                          name="timed", epochs=3, batch_size=16, limit=40, spec=SPEC,
                          use_cache=False, model_options={"hidden_units": (8,)})
-    run = train(config, verbose=0, time_limit=0.01)  # the first epoch already ends past it
+    run = train(config, verbose=0, time_limit=0.01)  # the first epoch ends past it: stop
     record = run.read_config()
     assert record["status"] == "stopped_time_limit" and record["epochs_done"] == 1
     assert run.model.is_file()  # the best epoch so far is usable
