@@ -8,10 +8,12 @@ Where the list is looked for, first hit wins:
 
 1. ``--dedup-list FILE``;
 2. ``<runs dir of RUN>/leakage-audit/<data folder name>/dedup_test.txt``;
-3. ``./runs/leakage-audit/<data folder name>/dedup_test.txt`` (audit-leakage's default).
+3. ``./runs/leakage-audit/<data folder name>/dedup_test.txt`` (audit-leakage's default);
+4. the reviewed list committed with the project, ``docs/leakage/dedup_test.txt``.
 
 A list found by lookup is used only if its ``audit.json`` (or the audit's ``summary.json``)
-names the same data folder.
+names the same data folder; for the committed list, a folder of the same name (it describes
+the data set, wherever it is).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ PAPER_ROWS = {
 AUDIT_DIRNAME = "leakage-audit"
 DEDUP_FILE = "dedup_test.txt"
 AUDIT_RECORD = "audit.json"
+COMMITTED_DEDUP_LIST = Path(__file__).resolve().parents[1] / "docs" / "leakage" / DEDUP_FILE
 
 
 def default_audit_dir(runs_dir: Path, data_dir: str | os.PathLike) -> Path:
@@ -86,6 +89,10 @@ def find_dedup_list(run: RunFolder, data_dir: Path) -> Path | None:
             log.warning("ignoring %s: it audits %s, not %s", candidate, recorded, data_dir)
             continue
         return candidate
+    committed = COMMITTED_DEDUP_LIST
+    recorded = _audited_folder(committed.parent) if committed.is_file() else None
+    if recorded and Path(recorded).name == Path(data_dir).expanduser().resolve().name:
+        return committed
     return None
 
 

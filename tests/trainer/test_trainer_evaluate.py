@@ -110,3 +110,14 @@ def test_no_imagenet_runs_are_labelled(trained, tmp_path):
         run.update_config(no_imagenet_weights=False)
     assert "(no ImageNet weights)" in (tmp_path / "out" / "table.md").read_text()
     assert result["no_imagenet_weights"] is True
+
+
+def test_the_committed_list_is_the_last_resort_for_the_same_data_set(tmp_path, monkeypatch):
+    from trainer.evaluate import COMMITTED_DEDUP_LIST, find_dedup_list
+    from trainer.runs import RunFolder
+
+    monkeypatch.chdir(tmp_path)  # no ./runs/leakage-audit here
+    assert COMMITTED_DEDUP_LIST.is_file()
+    run = RunFolder(tmp_path / "runs" / "some-run")
+    assert find_dedup_list(run, tmp_path / "elsewhere" / "brain-tumor-mri") == COMMITTED_DEDUP_LIST
+    assert find_dedup_list(run, tmp_path / "another-data-set") is None
