@@ -144,7 +144,7 @@ def build_models(out: Path, archs: tuple[str, ...] | list[str],
     for arch in archs:
         folder = out / arch
         folder.mkdir(exist_ok=True)
-        weights = str(trained[arch]) if arch in trained else f"random (seed {seed})"
+        weights = _trained_label(trained[arch]) if arch in trained else f"random (seed {seed})"
         wanted = [f for f in formats]
         cached = {}
         for fmt in wanted:
@@ -156,7 +156,7 @@ def build_models(out: Path, archs: tuple[str, ...] | list[str],
         if missing:
             log.info("building %s (%s weights): %s", arch, weights, ", ".join(missing))
             t0 = time.perf_counter()
-            model, weights = keras_model_for(arch, trained.get(arch), seed)
+            model, _ = keras_model_for(arch, trained.get(arch), seed)
             keras_path = folder / "model.keras"
             model.save(str(keras_path))
             saved = export.export_saved_model(model, folder / "saved_model")
@@ -176,6 +176,17 @@ def build_models(out: Path, archs: tuple[str, ...] | list[str],
                 record_path.write_text(json.dumps(record, indent=2), encoding="utf-8")
         built += [cached[f] for f in wanted]
     return built
+
+
+def _trained_label(path: Path) -> str:
+    """The trained model's path and content hash: a cached conversion of an older file at the
+    same path is not reused."""
+    from edge.manifest import sha256_file
+
+    path = Path(path)
+    keras_file = path / "model.keras" if path.is_dir() else path
+    digest = sha256_file(keras_file)[:12] if keras_file.is_file() else "?"
+    return f"{path} (sha256 {digest})"
 
 
 def model_from_file(path: Path, arch: str = "given") -> BuiltModel:
