@@ -2,7 +2,8 @@
 
 The accuracy test runs the whole official Testing split through the agent's own path
 (``edge.inputs.decode_file`` on the raw JPEG files, then ``edge.classifier.Classifier``), not
-the training pipeline, and holds it to the int8 accuracy the converter recorded.
+the training pipeline, and holds it to the int8 accuracy the converter recorded, on the
+official split and on its deduplicated subset.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from edge.config import load_config
 from edge.manifest import default_model_dir, load_verified, sha256_file
 
 SHIPPED = default_model_dir()
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(SHIPPED is None, reason="no model is shipped in edge/models")
 
 
@@ -24,7 +26,8 @@ def test_shipped_model_matches_its_manifest():
     assert manifest.labels == ("glioma", "meningioma", "notumor", "pituitary")
     assert manifest.quantization == "int8"
     assert manifest.input.dtype == "int8" and manifest.input.shape == (1, 224, 224, 3)
-    assert {"quantized_accuracy_pct", "top1_agreement_pct"} <= set(manifest.metrics)
+    assert {"quantized_accuracy_pct", "top1_agreement_pct", "dedup"} <= set(manifest.metrics)
+    assert manifest.metrics["dedup"]["n"] == 273  # docs/leakage/dedup_test.txt
     assert any(r.get("name") == "ai-edge-litert" for r in manifest.verified_runtimes)
 
 
@@ -45,12 +48,23 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     config = load_config(None)
     classifier = Classifier(config)
     files = sorted((dataset_dir / "Testing").glob("*/*"))
-    correct = 0
+    right = {}
     for path in files:
         decoded = decode_file(Path(path), config.dicom, config.limits)
         prediction = classifier.classify(decoded)
-        correct += prediction.label == path.parent.name
-    accuracy = 100.0 * correct / len(files)
+        right[path.relative_to(dataset_dir).as_posix()] = prediction.label == path.parent.name
+    accuracy = 100.0 * sum(right.values()) / len(files)
     recorded = classifier.manifest.metrics["quantized_accuracy_pct"]
-    assert len(files) > 0 and accuracy >= recorded - 0.5, (
+    assert len(files) == 1311 and accuracy >= recorded - 0.5, (
         f"agent-path accuracy {accuracy:.2f}% vs manifest {recorded:.2f}%")
+
+    # The deduplicated subset (test images with no near-twin in Training), same tolerance.
+    dedup = classifier.manifest.metrics["dedup"]
+    listed = REPO / dedup["list"]
+    kept = [line.strip() for line in listed.read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert len(kept) == dedup["n"]
+    dedup_accuracy = 100.0 * sum(right[name] for name in kept) / len(kept)
+    assert dedup_accuracy >= dedup["quantized_accuracy_pct"] - 0.5, (
+        f"agent-path deduplicated accuracy {dedup_accuracy:.2f}% vs manifest "
+        f"{dedup['quantized_accuracy_pct']:.2f}%")
