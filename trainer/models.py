@@ -218,8 +218,9 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
 
 _BN_REASON = (
     "SeparableConv2D without bias -> BatchNormalization(momentum 0.9) -> ReLU instead of "
-    "SeparableConv2D with ReLU: the paper model as written collapses to a constant output "
-    "in epoch 1 with the paper's optimizer (see 'Why dsconv_cbam collapses'); momentum 0.9, "
+    "SeparableConv2D with ReLU: the paper model as written can collapse to a constant "
+    "output in its first Adam steps (always on small runs; see 'Why dsconv_cbam collapses'), "
+    "and with BN it scored higher on the full data set (docs/results.md); momentum 0.9, "
     "not Keras' 0.99, so the moving statistics used at test time keep up with training"
 )
 ARCHITECTURE_INFO: dict[str, ArchitectureInfo] = {
