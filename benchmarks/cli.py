@@ -298,8 +298,12 @@ def _int8(args: argparse.Namespace, built: list[model_set.BuiltModel],
     trained = _pairs(args.keras_model, "--keras-model").get(model_set.PAPER_ARCH)
     keras_model, weights = model_set.keras_model_for(model_set.PAPER_ARCH, trained)
     variants = int8_study.variants(keras_model, calibration, runs, quick=args.quick)
+    log.info("timing the interpreter's switches")
+    switches = int8_study.interpreter_options(Path(paper["int8"].path), runs)
     return {"profiles": profiles, "kernels": kernels, "variants": variants,
-            "variants_model": f"{model_set.PAPER_ARCH} ({weights} weights)"}
+            "variants_model": f"{model_set.PAPER_ARCH} ({weights} weights)",
+            "interpreter_options": switches,
+            "interpreter_model": f"{model_set.PAPER_ARCH} int8 ({paper['int8'].weights} weights)"}
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -49,10 +49,10 @@ def _group_key(tensor_name: str) -> str:
     return key
 
 
-def _interpreter(content: bytes, threads: int = 1) -> Any:
+def _interpreter(content: bytes, threads: int = 1, **options: Any) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=content, num_threads=threads)
+    interpreter = Interpreter(model_content=content, num_threads=threads, **options)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
@@ -65,9 +65,10 @@ def _interpreter(content: bytes, threads: int = 1) -> Any:
     return interpreter
 
 
-def time_invoke(content: bytes, runs: int, warmup: int = 3, threads: int = 1) -> float:
+def time_invoke(content: bytes, runs: int, warmup: int = 3, threads: int = 1,
+                **options: Any) -> float:
     """Median milliseconds of ``invoke`` alone (no input quantization) over ``runs``."""
-    interpreter = _interpreter(content, threads)
+    interpreter = _interpreter(content, threads, **options)
     for _ in range(warmup):
         interpreter.invoke()
     samples = []
@@ -350,6 +351,38 @@ def _run(content: bytes, images: np.ndarray) -> np.ndarray:
     return np.concatenate(results)
 
 
+def interpreter_options(path: Path, runs: int) -> list[dict[str, Any]]:
+    """The same model under the interpreter's own switches (1 thread, 3 interleaved rounds)."""
+    from ai_edge_litert.interpreter import OpResolverType
+
+    content = Path(path).read_bytes()
+    choices = [
+        ("default (XNNPACK delegate)", {}),
+        ("experimental_default_delegate_latest_features=True",
+         {"experimental_default_delegate_latest_features": True}),
+        ("experimental_disable_delegate_clustering=True",
+         {"experimental_disable_delegate_clustering": True}),
+        ("op resolver BUILTIN_WITHOUT_DEFAULT_DELEGATES (no XNNPACK)",
+         {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}),
+    ]
+    rows = [{"option": name, "ms_1_thread": float("inf")} for name, _ in choices]
+    with _quiet_fd2():
+        for _round in range(3):
+            for row, (_name, options) in zip(rows, choices, strict=True):
+                row["ms_1_thread"] = min(row["ms_1_thread"],
+                                         time_invoke(content, runs, **options))
+    return rows
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """The delegate's deprecation notices go to fd 2; not news in a table run."""
+    from converters.export import quiet_native_stderr
+
+    with quiet_native_stderr():
+        yield
+
+
 # --- tables ----------------------------------------------------------------------------
 
 def markdown(result: dict[str, Any]) -> str:
@@ -386,4 +419,9 @@ def markdown(result: dict[str, Any]) -> str:
                          ["variant", "MB", "1 thr ms", "2 thr ms", "× vs float32 (1 thr)",
                           "ops outside XNNPACK", "max |Δ output| vs plain"],
                          rows, ["l", "r", "r", "r", "r", "l", "r"]))
+    if result.get("interpreter_options"):
+        rows = [[o["option"], f"{o['ms_1_thread']:.2f}"] for o in result["interpreter_options"]]
+        parts.append(f"**Interpreter switches on {result['interpreter_model']}** (ai-edge-litert, "
+                     "1 thread, invoke only, minimum of 3 interleaved medians)\n\n"
+                     + table(["interpreter option", "ms"], rows, ["l", "r"]))
     return "\n\n".join(parts)

@@ -148,3 +148,13 @@ def test_variants_convert_and_the_rewrite_is_exact(tiny):
             assert _finite_positive(row["ms_1_thread"]) and row["speedup_vs_float32"] > 0
     assert "Levers on" in int8_study.markdown({"variants": list(rows.values()),
                                                "variants_model": "tiny"})
+
+
+def test_interpreter_switches_are_timed(tiny):
+    rows = int8_study.interpreter_options(Path(tiny.model_path), runs=3)
+    assert [r["option"].split(" ")[0] for r in rows] == [
+        "default", "experimental_default_delegate_latest_features=True",
+        "experimental_disable_delegate_clustering=True", "op"]
+    assert all(_finite_positive(r["ms_1_thread"]) for r in rows)
+    text = int8_study.markdown({"interpreter_options": rows, "interpreter_model": "tiny"})
+    assert "| interpreter option | ms |" in text
