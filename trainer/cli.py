@@ -158,6 +158,9 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Decoded-image cache (default ~/.cache/neuroedge).")
 @click.option("--no-cache", is_flag=True, help="Decode images without the on-disk cache.")
+@click.option("--stock-kernels", is_flag=True,
+              help="TensorFlow on CPU: Keras' own max-pool and separable-conv kernels instead "
+                   "of the faster, equivalent ones (docs/performance-training.md).")
 @click.pass_context
 @_user_errors
 def train(ctx: click.Context, **opts: Any) -> None:
@@ -196,7 +199,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
         val_fraction=opts["val_fraction"], augment=opts["augment"], patience=opts["patience"],
         distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
-        spec=_spec(opts["image_size"]))
+        spec=_spec(opts["image_size"]), cpu_kernels=not opts["stock_kernels"])
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,
               time_limit=opts["time_limit"])
@@ -285,28 +288,54 @@ def unpack(pack_dir: str, out: str) -> None:
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=int, default=3, show_default=True,
               help="Untimed first steps (compilation).")
+@click.option("--stock-kernels", is_flag=True,
+              help="Keras' own kernels, not the trainer's TensorFlow CPU ones.")
+@click.option("--compare", metavar="V1,V2,...",
+              help="Time these variants in one process, a step of each in turn, and print "
+                   "their ratios to V1: default, stock, mixed-bf16.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
-              help="Also write the record to this JSON file.")
+              help="Also write the record(s) to this JSON file.")
 @_model_option_flags
 @_user_errors
-def throughput(arch: str, batch_size: int, steps: int, warmup: int, json_out: str | None,
-               **opts: Any) -> None:
+def throughput(arch: str, batch_size: int, steps: int, warmup: int, stock_kernels: bool,
+               compare: str | None, json_out: str | None, **opts: Any) -> None:
     """Training images per second of ARCH on this backend and device (random batches)."""
     import json
 
-    from trainer.throughput import measure
+    from trainer.throughput import VARIANTS, measure
+    from trainer.throughput import compare as compare_variants
 
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise OptionError("--steps and --batch-size must be at least 1, --warmup at least 0")
     size = opts["image_size"] or 224
-    record = measure(arch, batch_size=batch_size, steps=steps, warmup=warmup, image_size=size,
-                     **_model_options(arch, opts))
-    click.echo(f"{arch} on {record['backend']} ({', '.join(record['devices'])}): "
-               f"{record['images_per_second']} images/s, batch {batch_size}, median step "
-               f"{record['median_step_seconds']} s over {steps} steps "
-               f"(warm-up {record['warmup_seconds']} s)")
+    options = _model_options(arch, opts)
+    if compare is None:
+        record = measure(arch, batch_size=batch_size, steps=steps, warmup=warmup,
+                         image_size=size, stock_kernels=stock_kernels, **options)
+        click.echo(f"{arch} on {record['backend']} ({', '.join(record['devices'])}): "
+                   f"{record['images_per_second']} images/s, batch {batch_size}, median step "
+                   f"{record['median_step_seconds']} s over {steps} steps "
+                   f"(warm-up {record['warmup_seconds']} s)")
+        result: Any = record
+    else:
+        variants = tuple(v.strip() for v in compare.split(",") if v.strip())
+        if (stock_kernels or not variants or len(set(variants)) != len(variants)
+                or any(v not in VARIANTS for v in variants)):
+            raise OptionError(f"--compare takes distinct names from {', '.join(VARIANTS)} "
+                              f"separated by commas (and no --stock-kernels), got {compare!r}")
+        result = compare_variants(arch, variants, batch_size=batch_size, steps=steps,
+                                  warmup=warmup, image_size=size, **options)
+        click.echo(f"{arch} on {result[0]['backend']}, batch {batch_size}, {steps} interleaved "
+                   f"steps each")
+        click.echo("| variant | images/s (median) | images/s (best) | CPU s/step | "
+                   f"x {variants[0]} |")
+        click.echo("|---|---:|---:|---:|---:|")
+        for r in result:
+            click.echo(f"| {r['variant']} | {r['images_per_second']} | "
+                       f"{r['best_images_per_second']} | {r['cpu_seconds_per_step']} | "
+                       f"{r['speedup']:.2f} |")
     if json_out:
-        Path(json_out).write_text(json.dumps(record, indent=1) + "\n")
+        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
 
 
 @main.command("audit-leakage")

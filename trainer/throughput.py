@@ -3,6 +3,16 @@
 Steps run on fixed random batches already in memory, so the figure is the model's and the
 backend's (forward, backward, Adam update), not the data pipeline's. The first steps
 compile (JAX, XLA) or trace (TensorFlow) and are timed apart as "warm-up".
+
+``compare`` times several variants of the same model in ONE process, one step of each in
+turn, so that a machine shared with other work slows all of them alike and their ratio
+stays meaningful (docs/performance-training.md). Variants:
+
+- ``default``: what ``python -m trainer train`` does (on TensorFlow without a GPU: the
+  equivalent kernels of ``trainer.cpu_kernels``);
+- ``stock``: Keras' own kernels;
+- ``mixed-bf16``: Keras' ``mixed_bfloat16`` policy with the default kernels: a change of
+  arithmetic, measured for the record, never used by the trainer.
 """
 
 from __future__ import annotations
@@ -15,39 +25,125 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+VARIANTS = ("default", "stock", "mixed-bf16")
 
-def measure(arch: str, *, batch_size: int = 64, steps: int = 20, warmup: int = 3,
-            image_size: int = 224, seed: int = 0, **options: Any) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup``; returns a JSON-ready record."""
+
+def _compiled_model(arch: str, image_size: int, seed: int, policy: str,
+                    options: dict[str, Any]) -> Any:
     import keras
 
-    from trainer.batches import one_hot
     from trainer.models import build_model
     from trainer.train import LOSS, jit_compile_setting
 
-    keras.utils.set_random_seed(seed)
-    model = build_model(arch, input_shape=(image_size, image_size, 3), **options)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(seed)
+        model = build_model(arch, input_shape=(image_size, image_size, 3), **options)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, beta_1=0.9, beta_2=0.99), loss=LOSS,
                   metrics=["accuracy"], jit_compile=jit_compile_setting())
+    return model
+
+
+def _batch(batch_size: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from trainer.batches import one_hot
+
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
-    y = one_hot(rng.integers(0, 4, batch_size), 4)
-    started = time.perf_counter()
-    for _ in range(warmup):
-        model.train_on_batch(x, y)
-    warm = time.perf_counter() - started
-    times = []
+    return x, one_hot(rng.integers(0, 4, batch_size), 4)
+
+
+def _timed_step(model: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    loss = model.train_on_batch(x, y)  # returns host values: the step has finished
+    return time.perf_counter() - wall, time.process_time() - cpu, loss
+
+
+def _record(arch: str, variant: str, batch_size: int, warm: float, walls: list[float],
+            cpus: list[float], loss: Any, kernels: bool) -> dict[str, Any]:
+    import keras
+
+    step = float(np.median(walls))
+    return {"arch": arch, "variant": variant, "backend": keras.backend.backend(),
+            "batch_size": batch_size, "steps": len(walls), "cpu_kernels": kernels,
+            "warmup_seconds": round(warm, 2), "median_step_seconds": round(step, 6),
+            "best_step_seconds": round(min(walls), 6),
+            "cpu_seconds_per_step": round(float(np.median(cpus)), 4),
+            "images_per_second": round(batch_size / step, 1),
+            "best_images_per_second": round(batch_size / min(walls), 1),
+            "devices": [str(d) for d in keras.distribution.list_devices()],
+            "final_loss": float(np.asarray(loss).ravel()[0])}
+
+
+def compare(arch: str, variants: tuple[str, ...] = ("stock", "default"), *,
+            batch_size: int = 64, steps: int = 20, warmup: int = 3, image_size: int = 224,
+            seed: int = 0, **options: Any) -> list[dict[str, Any]]:
+    """Time ``variants`` of ``arch`` interleaved (one step of each in turn); one record each,
+    with ``speedup`` = the first variant's median step time / this one's."""
+    from trainer.cpu_kernels import cpu_kernels
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or len(set(variants)) != len(variants):
+        raise ValueError(f"variants must be distinct names from {', '.join(VARIANTS)}, "
+                         f"got {', '.join(variants) or 'none'}")
+    x, y = _batch(batch_size, image_size, seed)
+    models, kernels = {}, {}
+    warm: dict[str, float] = {}
+    for variant in variants:
+        policy = "mixed_bfloat16" if variant == "mixed-bf16" else "float32"
+        model = _compiled_model(arch, image_size, seed, policy, options)
+        started = time.perf_counter()
+        # Keras traces the step function on the first call: the kernels must be in place
+        # then; later calls reuse the traced graph.
+        with cpu_kernels(variant != "stock") as active:
+            for _ in range(max(1, warmup)):
+                model.train_on_batch(x, y)
+        warm[variant], models[variant], kernels[variant] = (
+            time.perf_counter() - started, model, active)
+    walls: dict[str, list[float]] = {v: [] for v in variants}
+    cpus: dict[str, list[float]] = {v: [] for v in variants}
+    losses: dict[str, Any] = {}
     for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = model.train_on_batch(x, y)  # returns host values: the step has finished
-        times.append(time.perf_counter() - t0)
-    step = float(np.median(times))
-    record = {"arch": arch, "backend": keras.backend.backend(), "batch_size": batch_size,
-              "steps": steps, "warmup_seconds": round(warm, 2),
-              "median_step_seconds": round(step, 4),
-              "images_per_second": round(batch_size / step, 1),
-              "devices": [str(d) for d in keras.distribution.list_devices()],
-              "final_loss": float(np.asarray(loss).ravel()[0])}
+        for variant in variants:
+            wall, cpu, losses[variant] = _timed_step(models[variant], x, y)
+            walls[variant].append(wall)
+            cpus[variant].append(cpu)
+    records = [_record(arch, v, batch_size, warm[v], walls[v], cpus[v], losses[v], kernels[v])
+               for v in variants]
+    for record in records:
+        record["speedup"] = round(records[0]["median_step_seconds"]
+                                  / record["median_step_seconds"], 3)
+        log.info("%s %s on %s: %.1f images/s (median step %.3f s, x%.2f)", arch,
+                 record["variant"], record["backend"], record["images_per_second"],
+                 record["median_step_seconds"], record["speedup"])
+    return records
+
+
+def measure(arch: str, *, batch_size: int = 64, steps: int = 20, warmup: int = 3,
+            image_size: int = 224, seed: int = 0, stock_kernels: bool = False,
+            **options: Any) -> dict[str, Any]:
+    """Time ``steps`` training steps after ``warmup`` as ``train`` runs them (or with Keras'
+    own kernels); returns a JSON-ready record."""
+    from trainer.cpu_kernels import cpu_kernels
+
+    variant = "stock" if stock_kernels else "default"
+    model = _compiled_model(arch, image_size, seed, "float32", options)
+    x, y = _batch(batch_size, image_size, seed)
+    started = time.perf_counter()
+    with cpu_kernels(not stock_kernels) as active:
+        loss = None
+        for _ in range(warmup):
+            loss = model.train_on_batch(x, y)
+        warm = time.perf_counter() - started
+        walls, cpus = [], []
+        for _ in range(steps):
+            wall, cpu, loss = _timed_step(model, x, y)
+            walls.append(wall)
+            cpus.append(cpu)
+    record = _record(arch, variant, batch_size, warm, walls, cpus, loss, active)
     log.info("%s on %s: %.1f images/s (median step %.3f s, warm-up %.1f s)", arch,
-             record["backend"], record["images_per_second"], step, warm)
+             record["backend"], record["images_per_second"], record["median_step_seconds"],
+             warm)
     return record

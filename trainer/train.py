@@ -56,6 +56,7 @@ class TrainConfig:
     cache_dir: str | None = None
     use_cache: bool = True
     spec: PreprocessSpec = DEFAULT_SPEC
+    cpu_kernels: bool = True  # trainer/cpu_kernels.py: same mathematics, faster on a TF CPU
 
     def validate(self) -> None:
         checks = [
@@ -206,6 +207,7 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "selection": "best val_accuracy",
         "distribution": distribution,
         "jit_compile": jit_compile_setting(),
+        "cpu_kernels": _cpu_kernels_active(config),
         "bn_recalibration_batches": config.recalibrate_bn,
         "backend": keras.backend.backend(),
         "environment": environment(),
@@ -219,6 +221,12 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
     if weights and weights != "none":
         record["backbone_weights_sha256"] = sha256_file(weights)
     return record
+
+
+def _cpu_kernels_active(config: TrainConfig) -> bool:
+    from trainer.cpu_kernels import wanted
+
+    return bool(config.cpu_kernels and wanted())
 
 
 def _new_state() -> dict[str, Any]:
@@ -329,6 +337,7 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
          deadline: float | None = None) -> None:
     from trainer.batches import TrainingBatches
+    from trainer.cpu_kernels import cpu_kernels
 
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
@@ -336,9 +345,10 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
         augment=config.augment)
     recorder = _recorder(run, state, config.patience, _Validator(config, data), deadline)
     try:
-        model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
-                  initial_epoch=state["epochs_done"], shuffle=False, verbose=verbose,
-                  callbacks=[recorder, *callbacks])
+        with cpu_kernels(config.cpu_kernels):  # traced inside fit: must enclose it
+            model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
+                      initial_epoch=state["epochs_done"], shuffle=False, verbose=verbose,
+                      callbacks=[recorder, *callbacks])
     except KeyboardInterrupt:
         run.update_config(status="interrupted", epochs_done=state["epochs_done"])
         log.warning("interrupted after %d completed epoch(s); continue with: "
