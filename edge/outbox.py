@@ -23,7 +23,7 @@ import errno
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,13 @@ class Job:
     dest: str | None = None  # relative to the outbox
     day: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready values. Not ``dataclasses.asdict``: its recursive deep copy
+        was 0.8 ms per input (four saves each), more than all the journal's other CPU work."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["summary"] = dict(self.summary)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -141,7 +148,7 @@ class Outbox:
     def save(self, job: Job, durable: bool = True) -> None:
         """Write the job's record. ``durable=False`` only where losing this update in a power
         cut is harmless: recovery then replays the step from the previous record."""
-        write_json_atomic(self.jobs / f"{job.token}.json", asdict(job), durable, compact=True)
+        write_json_atomic(self.jobs / f"{job.token}.json", job.to_dict(), durable, compact=True)
 
     def delete(self, job: Job) -> None:
         # No fsync: if the unlink is lost, the replayed last step finds its work done.
