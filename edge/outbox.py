@@ -56,8 +56,8 @@ class Job:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready values. Not ``dataclasses.asdict``: its recursive deep copy
-        was 0.8 ms per input (four saves each), more than all the journal's other CPU work."""
+        """The record as JSON-ready values. Not ``dataclasses.asdict``, whose recursive deep
+        copy costs ten times as much (0.05 against 0.005 ms a call, four calls per input)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["summary"] = dict(self.summary)
         return data
