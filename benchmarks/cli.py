@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fewer repeats and files: a few minutes for `all`")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write all numbers as JSON")
     parser.add_argument("--markdown", type=Path, metavar="OUT", help="write the tables too")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="measure nothing: print the tables of a run saved with --json")
     parser.add_argument("--work", type=Path, help="scratch folder (default: the system's temp)")
     parser.add_argument("--cache", type=Path,
                         help="keep converted models here and reuse them in later runs")
@@ -113,15 +115,28 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # an edge-only environment: latency and int8 need the train extra
         known = (BenchmarkError, EdgeError)
     try:
-        result, text = run(args)
+        if args.render is not None:
+            result, text = None, render_file(args.render)
+        else:
+            result, text = run(args)
     except known as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 1) or 1)
     print(text)
     if args.markdown:
         _write(args.markdown, text + "\n")
-    if args.json:
+    if args.json and result is not None:
         _write(args.json, json.dumps(result, indent=2, default=str) + "\n")
+
+
+def render_file(path: Path) -> str:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        return render(result)
+    except OSError as exc:
+        raise BenchmarkError(f"--render {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BenchmarkError(f"--render {path}: not a result written by --json ({exc!r})") from None
 
 
 def _write(path: Path, text: str) -> None:
@@ -142,8 +157,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     info = machine_info()
     result: dict[str, Any] = {"command": ["python", "-m", "benchmarks", *sys.argv[1:]],
                               "quick": args.quick, "machine": info}
-    sections = [f"# NeuroEdge benchmarks ({'quick' if args.quick else 'full'})\n",
-                machine_markdown(info)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="neuroedge-bench-", dir=args.work) as tmp:
         work = Path(tmp)
@@ -160,19 +173,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             lat = latency.measure(built, threads, runs, args.warmup, args.tflite_runtime_python)
             lat.update(runs=runs, warmup=args.warmup, threads=threads)
             result["latency"] = lat
-            sections += [f"## Inference latency per image ({runs} runs after {args.warmup} "
-                         "warm-up, TFLiteClassifier.predict / Keras call)",
-                         latency.markdown(lat, threads)]
         if "sizes" in wanted:
             from benchmarks import sizes
 
             result["sizes"] = sizes.measure(built)
-            sections += ["## Model size on disk", sizes.markdown(result["sizes"])]
         if "int8" in wanted:
             result["int8"] = _int8(args, built, calibration)
-            from benchmarks import int8_study
-
-            sections += ["## Why int8 is not faster here", int8_study.markdown(result["int8"])]
         if "agent" in wanted:
             from benchmarks import agent
 
@@ -180,29 +186,60 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             result["agent"] = agent.measure(args.model or _shipped(), files, ("png", "dicom"),
                                             args.data, work, args.agent_threads,
                                             tmpfs_too=not args.no_tmpfs)
-            sections += ["## The agent end to end", agent.markdown(result["agent"])]
         if "memory" in wanted:
             from benchmarks import memory
 
             files = args.rss_files or (20 if args.quick else 100)
             result["memory"] = memory.measure(args.edge_python, args.model, files, work,
                                               args.data)
-            sections += ["## Peak memory of the agent (device environment)",
-                         memory.markdown(result["memory"])]
         if "startup" in wanted:
             from benchmarks import startup
 
             repeats = args.startup_repeats or (2 if args.quick else 5)
             result["startup"] = startup.measure(args.edge_python, args.model, repeats, work)
-            sections += ["## Start-up time", startup.markdown(result["startup"])]
     result["targets"] = targets(result)
-    if result["targets"]:
-        sections += ["## Targets (issue 7)", targets_markdown(result["targets"])]
     result["seconds"] = round(time.perf_counter() - started, 1)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    result["load_average_at_end"] = load
-    sections.append(f"_Measured in {result['seconds']:.0f} s; load average at the end: {load}._")
-    return result, "\n\n".join(sections)
+    result["load_average_at_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return result, render(result)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown report of a result (also from a saved ``--json`` file: ``--render``)."""
+    sections = [f"# NeuroEdge benchmarks ({'quick' if result.get('quick') else 'full'})\n",
+                machine_markdown(result["machine"])]
+    if "latency" in result:
+        from benchmarks import latency
+
+        lat = result["latency"]
+        sections += [f"## Inference latency per image ({lat['runs']} runs after {lat['warmup']} "
+                     "warm-up, TFLiteClassifier.predict / Keras call)",
+                     latency.markdown(lat, lat["threads"])]
+    if "sizes" in result:
+        from benchmarks import sizes
+
+        sections += ["## Model size on disk", sizes.markdown(result["sizes"])]
+    if "int8" in result:
+        from benchmarks import int8_study
+
+        sections += ["## Why int8 is not faster here", int8_study.markdown(result["int8"])]
+    if "agent" in result:
+        from benchmarks import agent
+
+        sections += ["## The agent end to end", agent.markdown(result["agent"])]
+    if "memory" in result:
+        from benchmarks import memory
+
+        sections += ["## Peak memory of the agent (device environment)",
+                     memory.markdown(result["memory"])]
+    if "startup" in result:
+        from benchmarks import startup
+
+        sections += ["## Start-up time", startup.markdown(result["startup"])]
+    if result.get("targets"):
+        sections += ["## Targets (issue 7)", targets_markdown(result["targets"])]
+    sections.append(f"_Measured in {result['seconds']:.0f} s; load average at the end: "
+                    f"{result['load_average_at_end']}._")
+    return "\n\n".join(sections)
 
 
 def validate(args: argparse.Namespace) -> None:

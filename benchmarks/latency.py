@@ -125,6 +125,15 @@ def measure(models: list[BuiltModel], threads: list[int], runs: int, warmup: int
     return {"rows": rows, "notes": notes, "runtimes": runtimes}
 
 
+def short_error(error: str, limit: int = 80) -> str:
+    """The interpreter's own reason for a table cell: what follows "cannot load NAME: "."""
+    text = error.split("cannot load ", 1)[-1]
+    text = text.split(": ", 1)[-1] if ": " in text else text
+    text = text.split(". The model", 1)[0].strip().strip('"').split(". ", 1)[0]
+    text = text.replace("|", "/").strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _row(model: BuiltModel, runtime: str, result: dict[str, Any],
          threads: int | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"arch": model.arch, "format": model.fmt, "runtime": runtime,
@@ -167,7 +176,7 @@ def markdown(result: dict[str, Any], threads: list[int]) -> str:
             if r is None:
                 cells.append("-")
             elif "error" in r:
-                cells.append("fails: " + r["error"][:60])
+                cells.append("fails: " + short_error(r["error"]))
             else:
                 deleg = r.get("delegate_nodes")
                 tag = " (no XNNPACK)" if deleg == 0 else ""

@@ -46,3 +46,25 @@ def test_unknown_command_is_argparse_usage():
 def test_more_bad_options(args, message):
     done = _run(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_render_reprints_a_saved_run(tmp_path):
+    import json
+
+    saved = {"quick": True, "seconds": 1.0, "load_average_at_end": "0.10, 0.20, 0.30",
+             "machine": {"cpu": "test cpu", "cpus": 2, "memory_gib": 1.0, "system": "Linux",
+                         "python": "3.11", "versions": {"numpy": "2"},
+                         "load_average_at_start": [0.1, 0.2, 0.3], "date_utc": "now"},
+             "sizes": {"rows": [{"arch": "a", "format": "int8", "bytes": 1000,
+                                 "fraction_of_float32": 0.25}]},
+             "targets": [{"target": "t", "value": "1 ms", "met": True}]}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(saved))
+    done = _run("--render", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "| a | int8 | 1,000 | 0.00 | 0.250 |" in done.stdout
+    assert "| t | 1 ms | yes |" in done.stdout
+    path.write_text("{}")
+    bad = _run("--render", str(path))
+    assert bad.returncode == 2 and "not a result written by --json" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -61,3 +61,13 @@ def test_targets_verdicts_follow_the_numbers():
 
 def test_targets_empty_without_measurements():
     assert targets({}) == []
+
+
+def test_short_error_keeps_the_interpreters_reason():
+    from benchmarks.latency import short_error
+
+    error = ("RuntimeUnavailableError: tflite-runtime 2.14.0 cannot load dynamic.tflite: Didn't "
+             "find op for builtin opcode 'FULLY_CONNECTED' version '12'. The model may need a "
+             "newer runtime")
+    assert short_error(error) == "Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'"
+    assert short_error("x" * 200).endswith("...") and len(short_error("x" * 200)) == 80
