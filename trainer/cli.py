@@ -158,9 +158,9 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Decoded-image cache (default ~/.cache/neuroedge).")
 @click.option("--no-cache", is_flag=True, help="Decode images without the on-disk cache.")
-@click.option("--stock-kernels", is_flag=True,
-              help="TensorFlow on CPU: Keras' own max-pool and separable-conv kernels instead "
-                   "of the faster, equivalent ones (docs/performance-training.md).")
+@click.option("--cpu-kernels", is_flag=True,
+              help="TensorFlow on CPU: equivalent max-pool-gradient and separable-conv kernels "
+                   "(same mathematics; see docs/performance-training.md).")
 @click.pass_context
 @_user_errors
 def train(ctx: click.Context, **opts: Any) -> None:
@@ -199,7 +199,7 @@ def train(ctx: click.Context, **opts: Any) -> None:
         val_fraction=opts["val_fraction"], augment=opts["augment"], patience=opts["patience"],
         distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
-        spec=_spec(opts["image_size"]), cpu_kernels=not opts["stock_kernels"])
+        spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"])
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,
               time_limit=opts["time_limit"])
@@ -288,41 +288,64 @@ def unpack(pack_dir: str, out: str) -> None:
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps.")
 @click.option("--warmup", type=int, default=3, show_default=True,
               help="Untimed first steps (compilation).")
-@click.option("--stock-kernels", is_flag=True,
-              help="Keras' own kernels, not the trainer's TensorFlow CPU ones.")
+@click.option("--cpu-kernels", is_flag=True,
+              help="TensorFlow on CPU: the trainer's --cpu-kernels instead of Keras' own.")
 @click.option("--compare", metavar="V1,V2,...",
               help="Time these variants in one process, a step of each in turn, and print "
-                   "their ratios to V1: default, stock, mixed-bf16.")
+                   "their ratios to V1: stock, cpu-kernels, pool-kernel, conv-kernel, mixed-bf16.")
+@click.option("--per-layer", is_flag=True,
+              help="TensorFlow: time each layer's forward and backward pass alone instead.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the record(s) to this JSON file.")
 @_model_option_flags
 @_user_errors
-def throughput(arch: str, batch_size: int, steps: int, warmup: int, stock_kernels: bool,
-               compare: str | None, json_out: str | None, **opts: Any) -> None:
+def throughput(arch: str, batch_size: int, steps: int, warmup: int, cpu_kernels: bool,
+               compare: str | None, per_layer: bool, json_out: str | None,
+               **opts: Any) -> None:
     """Training images per second of ARCH on this backend and device (random batches)."""
     import json
 
-    from trainer.throughput import VARIANTS, measure
+    from trainer.throughput import VARIANTS, measure, profile_layers
     from trainer.throughput import compare as compare_variants
 
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise OptionError("--steps and --batch-size must be at least 1, --warmup at least 0")
     size = opts["image_size"] or 224
     options = _model_options(arch, opts)
-    if compare is None:
+    if per_layer:
+        if compare is not None:
+            raise OptionError("--per-layer and --compare are separate measurements; give one")
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise OptionError("--per-layer needs the TensorFlow backend "
+                              "(KERAS_BACKEND=tensorflow)")
+        result: Any = profile_layers(arch, batch_size=batch_size, image_size=size,
+                                     cpu_kernels=cpu_kernels, **options)
+        click.echo(f"{arch}, batch {batch_size}, each layer alone (best of 3), "
+                   f"{'--cpu-kernels' if cpu_kernels else 'stock kernels'}")
+        click.echo("| layer | input | forward ms | forward+backward ms | share |")
+        click.echo("|---|---|---:|---:|---:|")
+        for r in result:
+            click.echo(f"| {r['layer']} | {'x'.join(map(str, r['input_shape'][1:]))} | "
+                       f"{r['forward_ms']} | {r['forward_backward_ms']} | "
+                       f"{100 * r['share']:.0f}% |")
+        click.echo(f"| total | | {sum(r['forward_ms'] for r in result):.0f} | "
+                   f"{sum(r['forward_backward_ms'] for r in result):.0f} | |")
+    elif compare is None:
         record = measure(arch, batch_size=batch_size, steps=steps, warmup=warmup,
-                         image_size=size, stock_kernels=stock_kernels, **options)
+                         image_size=size, cpu_kernels=cpu_kernels, **options)
         click.echo(f"{arch} on {record['backend']} ({', '.join(record['devices'])}): "
                    f"{record['images_per_second']} images/s, batch {batch_size}, median step "
                    f"{record['median_step_seconds']} s over {steps} steps "
                    f"(warm-up {record['warmup_seconds']} s)")
-        result: Any = record
+        result = record
     else:
         variants = tuple(v.strip() for v in compare.split(",") if v.strip())
-        if (stock_kernels or not variants or len(set(variants)) != len(variants)
+        if (cpu_kernels or not variants or len(set(variants)) != len(variants)
                 or any(v not in VARIANTS for v in variants)):
             raise OptionError(f"--compare takes distinct names from {', '.join(VARIANTS)} "
-                              f"separated by commas (and no --stock-kernels), got {compare!r}")
+                              f"separated by commas (and no --cpu-kernels), got {compare!r}")
         result = compare_variants(arch, variants, batch_size=batch_size, steps=steps,
                                   warmup=warmup, image_size=size, **options)
         click.echo(f"{arch} on {result[0]['backend']}, batch {batch_size}, {steps} interleaved "

@@ -18,6 +18,9 @@ Nothing is stored in the model: the layers stay Keras' ``MaxPooling2D`` and
 ``SeparableConv2D`` with their weights, names and serialization, and a model trained with
 these kernels loads and predicts anywhere. :func:`cpu_kernels` swaps the Keras TensorFlow
 backend's two functions only while training runs, and only for TensorFlow without a GPU.
+
+Opt-in (``python -m trainer train --cpu-kernels``): they replace private Keras backend
+functions, and at the paper's batch of 64 their measured gain is small (see the doc).
 """
 
 from __future__ import annotations
@@ -122,14 +125,20 @@ def separable_conv(inputs: Any, depthwise_kernel: Any, pointwise_kernel: Any, st
     return tf.reshape(flat, tf.concat([size[:3], [filters]], 0))
 
 
+KERNELS = ("max_pool", "separable_conv")
+
+
 @contextlib.contextmanager
-def cpu_kernels(enabled: bool = True) -> Iterator[bool]:
-    """Use the kernels above inside the block (yields whether they are active).
+def cpu_kernels(enabled: bool = True, only: tuple[str, ...] = KERNELS) -> Iterator[bool]:
+    """Use the kernels above inside the block (yields whether they are active); ``only``
+    picks some of them (to measure each alone).
 
     Keras looks its backend functions up at trace time, so the block must enclose the
     first training step (``fit``), where the step function is traced.
     """
     if not enabled or not wanted():
+        if enabled:
+            log.info("CPU kernels not used: they apply to TensorFlow without a GPU only")
         yield False
         return
     import functools
@@ -137,12 +146,13 @@ def cpu_kernels(enabled: bool = True) -> Iterator[bool]:
     from keras.src import backend as keras_backend  # the active backend's ops
 
     nn = keras_backend.nn
-    stock = {"max_pool": nn.max_pool, "separable_conv": nn.separable_conv}
-    nn.max_pool = functools.partial(max_pool, _stock=stock["max_pool"])
-    nn.separable_conv = functools.partial(separable_conv, _stock=stock["separable_conv"])
-    log.debug("TensorFlow CPU training kernels on (max-pool gradient, separable convolution)")
+    replacements = {"max_pool": max_pool, "separable_conv": separable_conv}
+    stock = {name: getattr(nn, name) for name in KERNELS}
+    for name in only:
+        setattr(nn, name, functools.partial(replacements[name], _stock=stock[name]))
+    log.debug("TensorFlow CPU training kernels on: %s", ", ".join(only))
     try:
         yield True
     finally:
-        nn.max_pool = stock["max_pool"]
-        nn.separable_conv = stock["separable_conv"]
+        for name, function in stock.items():
+            setattr(nn, name, function)

@@ -8,10 +8,12 @@ compile (JAX, XLA) or trace (TensorFlow) and are timed apart as "warm-up".
 turn, so that a machine shared with other work slows all of them alike and their ratio
 stays meaningful (docs/performance-training.md). Variants:
 
-- ``default``: what ``python -m trainer train`` does (on TensorFlow without a GPU: the
-  equivalent kernels of ``trainer.cpu_kernels``);
-- ``stock``: Keras' own kernels;
-- ``mixed-bf16``: Keras' ``mixed_bfloat16`` policy with the default kernels: a change of
+- ``stock``: Keras' own kernels, what ``python -m trainer train`` uses by default;
+- ``cpu-kernels``: the equivalent kernels of ``trainer.cpu_kernels`` (``train
+  --cpu-kernels``; TensorFlow without a GPU only, elsewhere the same as ``stock``);
+- ``pool-kernel`` / ``conv-kernel``: only one of the two replacement kernels, to
+  measure each alone;
+- ``mixed-bf16``: Keras' ``mixed_bfloat16`` policy with Keras' kernels: a change of
   arithmetic, measured for the record, never used by the trainer.
 """
 
@@ -25,7 +27,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("default", "stock", "mixed-bf16")
+VARIANTS = ("stock", "cpu-kernels", "pool-kernel", "conv-kernel", "mixed-bf16")
+_ONLY = {"pool-kernel": ("max_pool",), "conv-kernel": ("separable_conv",)}
 
 
 def _compiled_model(arch: str, image_size: int, seed: int, policy: str,
@@ -77,7 +80,7 @@ def _record(arch: str, variant: str, batch_size: int, warm: float, walls: list[f
             "final_loss": float(np.asarray(loss).ravel()[0])}
 
 
-def compare(arch: str, variants: tuple[str, ...] = ("stock", "default"), *,
+def compare(arch: str, variants: tuple[str, ...] = ("stock", "cpu-kernels"), *,
             batch_size: int = 64, steps: int = 20, warmup: int = 3, image_size: int = 224,
             seed: int = 0, **options: Any) -> list[dict[str, Any]]:
     """Time ``variants`` of ``arch`` interleaved (one step of each in turn); one record each,
@@ -97,7 +100,9 @@ def compare(arch: str, variants: tuple[str, ...] = ("stock", "default"), *,
         started = time.perf_counter()
         # Keras traces the step function on the first call: the kernels must be in place
         # then; later calls reuse the traced graph.
-        with cpu_kernels(variant != "stock") as active:
+        wanted = variant in ("cpu-kernels", *_ONLY)
+        with cpu_kernels(wanted, **({"only": _ONLY[variant]} if variant in _ONLY else {})
+                         ) as active:
             for _ in range(max(1, warmup)):
                 model.train_on_batch(x, y)
         warm[variant], models[variant], kernels[variant] = (
@@ -122,17 +127,17 @@ def compare(arch: str, variants: tuple[str, ...] = ("stock", "default"), *,
 
 
 def measure(arch: str, *, batch_size: int = 64, steps: int = 20, warmup: int = 3,
-            image_size: int = 224, seed: int = 0, stock_kernels: bool = False,
+            image_size: int = 224, seed: int = 0, cpu_kernels: bool = False,
             **options: Any) -> dict[str, Any]:
-    """Time ``steps`` training steps after ``warmup`` as ``train`` runs them (or with Keras'
-    own kernels); returns a JSON-ready record."""
-    from trainer.cpu_kernels import cpu_kernels
+    """Time ``steps`` training steps after ``warmup`` as ``train`` runs them (with
+    ``cpu_kernels``: as ``train --cpu-kernels``); returns a JSON-ready record."""
+    from trainer.cpu_kernels import cpu_kernels as kernels
 
-    variant = "stock" if stock_kernels else "default"
+    variant = "cpu-kernels" if cpu_kernels else "stock"
     model = _compiled_model(arch, image_size, seed, "float32", options)
     x, y = _batch(batch_size, image_size, seed)
     started = time.perf_counter()
-    with cpu_kernels(not stock_kernels) as active:
+    with kernels(cpu_kernels) as active:
         loss = None
         for _ in range(warmup):
             loss = model.train_on_batch(x, y)
@@ -147,3 +152,59 @@ def measure(arch: str, *, batch_size: int = 64, steps: int = 20, warmup: int = 3
              record["backend"], record["images_per_second"], record["median_step_seconds"],
              warm)
     return record
+
+
+def profile_layers(arch: str, *, batch_size: int = 16, repeats: int = 3, image_size: int = 224,
+                   seed: int = 0, cpu_kernels: bool = False,
+                   **options: Any) -> list[dict[str, Any]]:
+    """Forward and forward+backward time of each layer alone (TensorFlow backend), fastest
+    of ``repeats``: where a training step's time goes, layer by layer. The optimizer update
+    is not included."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError("the per-layer profile needs the TensorFlow backend "
+                         "(KERAS_BACKEND=tensorflow)")
+    import tensorflow as tf
+
+    from trainer.cpu_kernels import cpu_kernels as kernels
+    from trainer.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(arch, input_shape=(image_size, image_size, 3), **options)
+    rng = np.random.default_rng(seed)
+    rows = []
+    with kernels(cpu_kernels):
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            shape = (batch_size, *tuple(layer.input.shape[1:]))
+            x = tf.constant(rng.random(shape, dtype=np.float32))
+
+            def forward(inputs: Any, layer: Any = layer) -> Any:
+                return layer(inputs, training=True)
+
+            def backward(inputs: Any, layer: Any = layer) -> Any:
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    outputs = layer(inputs, training=True)
+                return tape.gradient(outputs, [inputs, *layer.trainable_weights],
+                                     output_gradients=tf.ones_like(outputs))
+
+            timings = []
+            for function in (tf.function(forward), tf.function(backward)):
+                function(x)  # trace
+                best = float("inf")
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    for value in tf.nest.flatten(function(x)):
+                        np.asarray(value)
+                    best = min(best, time.perf_counter() - started)
+                timings.append(best)
+            rows.append({"layer": layer.name, "type": type(layer).__name__,
+                         "input_shape": list(shape), "forward_ms": round(1000 * timings[0], 1),
+                         "forward_backward_ms": round(1000 * timings[1], 1)})
+    total = sum(r["forward_backward_ms"] for r in rows) or 1.0
+    for r in rows:
+        r["share"] = round(r["forward_backward_ms"] / total, 3)
+    return rows

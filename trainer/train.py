@@ -56,7 +56,7 @@ class TrainConfig:
     cache_dir: str | None = None
     use_cache: bool = True
     spec: PreprocessSpec = DEFAULT_SPEC
-    cpu_kernels: bool = True  # trainer/cpu_kernels.py: same mathematics, faster on a TF CPU
+    cpu_kernels: bool = False  # trainer/cpu_kernels.py (opt-in; same mathematics)
 
     def validate(self) -> None:
         checks = [

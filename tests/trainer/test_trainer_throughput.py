@@ -134,9 +134,9 @@ def test_kernels_are_scoped_and_leave_saved_models_unchanged(tmp_path):
 def test_compare_interleaves_variants_and_reports_ratios():
     from trainer.throughput import compare
 
-    records = compare("dsconv_cbam", ("stock", "default"), batch_size=2, steps=2, warmup=1,
-                      image_size=32)
-    assert [r["variant"] for r in records] == ["stock", "default"]
+    records = compare("dsconv_cbam", ("stock", "cpu-kernels"), batch_size=2, steps=2,
+                      warmup=1, image_size=32)
+    assert [r["variant"] for r in records] == ["stock", "cpu-kernels"]
     assert records[0]["speedup"] == 1.0 and records[1]["speedup"] > 0
     assert [r["cpu_kernels"] for r in records] == [False, True]
     # same initial weights, same batch, same mathematics: the same loss up to rounding
@@ -153,7 +153,7 @@ def test_throughput_compare_rejects_unknown_variants_without_traceback():
 
 @pytest.mark.slow
 @tf_only
-def test_training_records_the_kernels_and_stock_kernels_turn_them_off(tmp_path):
+def test_training_records_whether_the_cpu_kernels_ran(tmp_path):
     from trainer_testdata import make_dataset
 
     from edge.preprocess import PreprocessSpec
@@ -168,3 +168,22 @@ def test_training_records_the_kernels_and_stock_kernels_turn_them_off(tmp_path):
     assert [run.read_config()["cpu_kernels"] for run in runs] == [True, False]
     losses = [json.loads((run.path / "history.json").read_text())["loss"][0] for run in runs]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # same data order, same maths
+
+
+@tf_only
+def test_per_layer_profile_times_every_layer_and_rejects_compare(tmp_path):
+    out = tmp_path / "layers.json"
+    result = CliRunner().invoke(main, ["throughput", "--arch", "dsconv_cbam", "--image-size",
+                                       "32", "--batch-size", "2", "--per-layer", "--cpu-kernels",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [r["layer"] for r in rows][:3] == ["sepconv1", "pool1", "cbam1"]
+    assert rows[-1]["layer"] == "predictions" and len(rows) == 12
+    assert all(r["forward_backward_ms"] > 0 and r["forward_ms"] > 0 for r in rows)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=0.01)
+    assert "| sepconv1 | 32x32x3 |" in result.output
+    result = CliRunner().invoke(main, ["throughput", "--arch", "mlp", "--per-layer",
+                                       "--compare", "stock"])
+    assert result.exit_code != 0 and "--per-layer" in result.output
+    assert "Traceback" not in result.output
