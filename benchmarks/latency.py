@@ -55,13 +55,7 @@ def run_tflite_probe(python: str, runtime: str, models: list[BuiltModel], thread
                                   capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return {"error": f"could not run {python}: {exc}"}
-    for line in reversed(done.stdout.strip().splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"the probe in {python} exited with {done.returncode}: {tail}"}
+    return _probe_result(done, f"the probe in {python}")
 
 
 def run_keras_probe(model: BuiltModel, threads: int, runs: int, warmup: int) -> dict[str, Any]:
@@ -69,13 +63,18 @@ def run_keras_probe(model: BuiltModel, threads: int, runs: int, warmup: int) -> 
     done = subprocess.run([sys.executable, "-m", "benchmarks.keras_probe", model.path,
                            str(threads), str(runs), str(warmup)], capture_output=True, text=True,
                           env=env, timeout=PROBE_TIMEOUT_S)
+    return _probe_result(done, "Keras probe")
+
+
+def _probe_result(done: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
+    """A probe's record: the last JSON line it printed, else an error row with its stderr."""
     for line in reversed(done.stdout.strip().splitlines()):
         try:
             return json.loads(line)
         except ValueError:
             continue
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"Keras probe exited with {done.returncode}: {tail}"}
+    return {"error": f"{what} exited with {done.returncode}: {tail}"}
 
 
 def tflite_runtime_python(explicit: str | None) -> tuple[str | None, str]:
