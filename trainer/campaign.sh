@@ -18,10 +18,10 @@
 #                    predictions) and logs of every model, and the small models' model.keras
 #   weights.part-*   model.keras of the best paper-family run (by validation accuracy, and
 #                    only above $RETURN_ABOVE if set), split: cat weights.part-* > model.keras
+#   campaign.log     this script's output
 #
 # MODELS lists run names; a name that is not an architecture is a variant, written
 # NAME:ARCH:OPTION,VALUE,... (e.g. mlp-lr1e-4:mlp:--lr,1e-4).
-#   campaign.log     this script's output
 set -uo pipefail
 { # the whole script is read before it runs: editing this file cannot derail a running campaign
 
