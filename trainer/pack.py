@@ -55,6 +55,14 @@ def _pack_one(src: Path, dst: Path, spec: PreprocessSpec, quality: int) -> int:
     return dst.stat().st_size
 
 
+def _check_new_folder(out: Path, what: str) -> None:
+    """Refuse a destination that would mix with other files (nothing is overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{what} {out} is a file; choose a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{what} {out} is not empty; choose a new folder or remove it")
+
+
 def pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, quality: int = DEFAULT_QUALITY,
          splits: tuple[str, ...] = SPLITS, spec: PreprocessSpec = DEFAULT_SPEC,
          workers: int | None = None) -> dict[str, Any]:
@@ -62,8 +70,7 @@ def pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, quality: int = 
     if not 1 <= quality <= 100:
         raise DataError(f"--quality must be 1..100, got {quality}")
     root, out = Path(data_dir).expanduser(), Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"pack folder {out} is not empty; choose a new folder or remove it")
+    _check_new_folder(out, "pack folder")
     files: dict[str, str] = {}
     jobs = []
     for split in splits:
@@ -117,6 +124,7 @@ def unpack(pack_dir: str | os.PathLike, out: str | os.PathLike, *,
     """Decode a pack into ``out/<split>/<class>/<original stem>.png``; returns the count."""
     pack_dir, out = Path(pack_dir).expanduser(), Path(out).expanduser()
     record = read_pack(pack_dir)
+    _check_new_folder(out, "data folder")
     missing = [name for name in record["files"] if not (pack_dir / name).is_file()]
     if missing:
         raise DataError(f"pack {pack_dir} lacks {len(missing)} of its {len(record['files'])} "

@@ -54,6 +54,8 @@ def test_pack_refuses_a_used_folder_and_colour_pictures(dataset, tmp_path):
     assert (tmp_path / "used" / "x").read_text() == "keep me"
     with pytest.raises(DataError, match="quality"):
         pack(dataset, tmp_path / "q", quality=0, spec=SPEC)
+    with pytest.raises(DataError, match="is a file"):
+        pack(dataset, tmp_path / "used" / "x", spec=SPEC)
 
     colour = make_dataset(tmp_path / "colour", train_per_class=2, test_per_class=1)
     pixels = np.zeros((20, 20, 3), np.uint8)
@@ -67,6 +69,8 @@ def test_unpack_says_what_is_wrong_with_a_pack(dataset, tmp_path):
     with pytest.raises(DataError, match="not a data pack"):
         unpack(dataset, tmp_path / "out")
     pack(dataset, tmp_path / "pack", spec=SPEC)
+    with pytest.raises(DataError, match="data folder .* is not empty"):
+        unpack(tmp_path / "pack", dataset)  # never mixed into another data set
     (tmp_path / "pack/Training/notumor/notumor_002.webp").unlink()
     with pytest.raises(DataError, match="lacks 1 of its 36 files"):
         unpack(tmp_path / "pack", tmp_path / "out")
