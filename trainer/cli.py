@@ -172,6 +172,9 @@ def train(ctx: click.Context, **opts: Any) -> None:
     # A progress bar on a terminal; one line per epoch in a log file or a pipe.
     verbose = 0 if ctx.obj["quiet"] else (1 if sys.stdout.isatty() else 2)
     progress = not ctx.obj["quiet"]
+    if opts["time_limit"] is not None and opts["time_limit"] <= 0:  # before Keras loads
+        raise OptionError(f"--time-limit must be a positive number of seconds, "
+                          f"got {opts['time_limit']}")
     if opts["resume"]:
         given = {name for name in opts
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from trainer_testdata import make_dataset
 
 from trainer.cli import main
 from trainer.models import MOBILENETV2_WEIGHTS_FILE
@@ -96,3 +97,11 @@ def test_summary_of_mobilenetv2_needs_no_weights_file(tmp_path, monkeypatch):
 def test_evaluate_a_folder_that_is_not_a_run(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path)])
     assert result.exit_code == 66 and "no run.json" in result.output
+
+
+def test_a_bad_time_limit_is_refused_before_anything_loads(tmp_path):
+    data = make_dataset(tmp_path, train_per_class=2, test_per_class=1)
+    result = CliRunner().invoke(main, ["train", "--arch", "mlp", "--data", str(data),
+                                       "--time-limit", "-1"])
+    assert result.exit_code == 64 and "--time-limit must be a positive" in result.output
+    assert "Traceback" not in result.output
