@@ -1,6 +1,6 @@
 """``python -m edge`` runs the agent (same as the ``edge-agent`` console script)."""
 
-from .cli import main
+from .entry import main
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,28 @@
+"""The ``edge-agent`` console script: a clear message when the device extra is missing.
+
+``pip install neuroedge`` alone installs no dependencies (the device and the workstation
+choose theirs through extras), so the agent's own imports would fail with a traceback.
+This entry point imports the agent inside a guard and says what to install instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EX_UNAVAILABLE = 69  # sysexits.h: a service the program needs is unavailable
+
+INSTALL_HINT = (
+    "install the device extra: pip install 'neuroedge[edge]' (and 'neuroedge[dicom-codecs]' "
+    "for compressed DICOM); on a Jetson Nano see the README's deploy section"
+)
+
+
+def main() -> None:
+    try:
+        from .cli import main as agent_main
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        sys.stderr.write(f"error: edge-agent needs the Python package '{missing}', which is "
+                         f"not installed; {INSTALL_HINT}\n")
+        sys.exit(EX_UNAVAILABLE)
+    agent_main()
