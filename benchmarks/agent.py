@@ -114,6 +114,7 @@ def _config(model: str, inbox: Path | None, outbox: Path | None, threads: int) -
 
 def bare_inference(model: str, inbox: Path, threads: int) -> dict[str, Any]:
     """decode + preprocess + invoke per file in a tight loop (files stay where they are)."""
+    from edge.benchmark import time_bare
     from edge.classifier import Classifier
     from edge.inputs import decode_file
 
@@ -121,15 +122,8 @@ def bare_inference(model: str, inbox: Path, threads: int) -> dict[str, Any]:
     classifier = Classifier(config)
     files = sorted(inbox.iterdir())
     classifier.classify(decode_file(files[0], config.dicom, config.limits))  # warm-up
-    decode, prep, infer = [], [], []
     start = time.perf_counter()
-    for path in files:
-        t0 = time.perf_counter()
-        decoded = decode_file(path, config.dicom, config.limits)
-        decode.append((time.perf_counter() - t0) * 1000)
-        prediction = classifier.classify(decoded)
-        prep.append(prediction.timings_ms["preprocess"])
-        infer.append(prediction.timings_ms["inference"])
+    decode, prep, infer = time_bare(classifier, config, files)
     wall = time.perf_counter() - start
     return {"files": len(files), "seconds": wall, "ms_per_file": 1000 * wall / len(files),
             "files_per_s": len(files) / wall, "decode_ms": statistics.mean(decode),

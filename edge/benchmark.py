@@ -59,11 +59,26 @@ def synthetic_mr(path: Path, size: int = 512, pixels: np.ndarray | None = None) 
     return path
 
 
+def time_bare(classifier: Any, config: Any, paths: list[Path]
+              ) -> tuple[list[float], list[float], list[float]]:
+    """Decode and classify each path in turn: (decode, preprocess, inference) ms per file."""
+    from .inputs import decode_file
+
+    decode, prep, infer = [], [], []
+    for path in paths:
+        t0 = time.perf_counter()
+        decoded = decode_file(path, config.dicom, config.limits)
+        decode.append((time.perf_counter() - t0) * 1000)
+        prediction = classifier.classify(decoded)
+        prep.append(prediction.timings_ms["preprocess"])
+        infer.append(prediction.timings_ms["inference"])
+    return decode, prep, infer
+
+
 def stage_table(model: str, work: Path, repeats: int) -> list[dict[str, Any]]:
     from .classifier import Classifier
     from .config import AgentConfig
     from .errors import ConfigError
-    from .inputs import decode_file
     from .sample_inbox import phantom, pydicom_test_file
 
     config = AgentConfig().override("paths", model=model)
@@ -82,14 +97,7 @@ def stage_table(model: str, work: Path, repeats: int) -> list[dict[str, Any]]:
                ("JPEG 512x512", work / "phantom512.jpg")]
     rows = []
     for label, path in inputs:
-        decode, prep, infer = [], [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            decoded = decode_file(path, config.dicom, config.limits)
-            decode.append((time.perf_counter() - t0) * 1000)
-            prediction = classifier.classify(decoded)
-            prep.append(prediction.timings_ms["preprocess"])
-            infer.append(prediction.timings_ms["inference"])
+        decode, prep, infer = time_bare(classifier, config, [path] * repeats)
         rows.append({"input": label, "decode_ms": statistics.median(decode),
                      "preprocess_ms": statistics.median(prep),
                      "inference_ms": statistics.median(infer)})
