@@ -21,7 +21,6 @@ from edge.preprocess import PreprocessSpec, scale
 log = logging.getLogger(__name__)
 
 DEDUP_RELATIVE = Path("docs") / "leakage" / "dedup_test.txt"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _on_terminal() -> bool:
@@ -78,12 +77,13 @@ def find_dedup_list(explicit: Path | None, auto: bool, split: str, run_dir: Path
         return explicit
     if not auto or split != "Testing":
         return None
+    from trainer.evaluate import COMMITTED_DEDUP_LIST
     from trainer.evaluate import find_dedup_list as trainer_lookup
     from trainer.runs import RunFolder
 
     found = trainer_lookup(RunFolder(run_dir or Path("runs") / "_"), Path(eval_root))
     candidates = [found] if found is not None else []
-    candidates += [Path.cwd() / DEDUP_RELATIVE, REPO_ROOT / DEDUP_RELATIVE]
+    candidates += [Path.cwd() / DEDUP_RELATIVE, COMMITTED_DEDUP_LIST]
     for candidate in candidates:
         if candidate.is_file():
             log.info("using the leakage audit's deduplicated test list %s", candidate)

@@ -275,15 +275,18 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
     class RunRecorder(keras.callbacks.Callback):
         """After each epoch: validation, checkpoint, best model, history, state."""
 
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self._first_epoch = True  # of this session: it includes compilation
+
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self._started = time.perf_counter()
 
         def _past_deadline(self, seconds: float) -> bool:
-            """Would the next epoch end past the deadline? The first epoch of a session
-            includes compilation, so it only stops the run once the deadline has passed."""
-            first = not getattr(self, "_timed_one", False)
-            self._timed_one = True
-            return time.perf_counter() + (0.0 if first else seconds) > deadline
+            """Would the next epoch end past the deadline? The first epoch of a session is
+            no guide to the next (compilation), so it only stops the run once past it."""
+            predicted = 0.0 if self._first_epoch else seconds
+            self._first_epoch = False
+            return time.perf_counter() + predicted > deadline
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if logs is None:
