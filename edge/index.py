@@ -4,6 +4,8 @@ JSON Lines because a line is appended and fsynced atomically enough: a crash can
 leave a torn last line, which start-up cuts (the job that wrote it is still journaled and
 appends it again). Each line carries the job's token, so a replayed job never adds a
 second line. ``index/YYYY-MM-DD.html`` and ``index.html`` are rendered from these files.
+The agent's two threads both use the index (the committer appends, the main loop renders
+pages when idle), so every method that touches the files holds one lock.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 from . import pages
-from .durable import append_line_durable, repair_torn_tail, write_bytes_atomic
+from .durable import append_lines_durable, repair_torn_tail, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -26,6 +29,7 @@ class DailyIndex:
         self.outbox = outbox
         self.folder = outbox / "index"
         self._dirty: set[str] = set()
+        self._lock = threading.RLock()
 
     def path_for(self, day: str) -> Path:
         if not _DAY.match(day):
@@ -61,12 +65,15 @@ class DailyIndex:
         except FileNotFoundError:
             return False
 
-    def append(self, day: str, entry: dict[str, Any], replay: bool = False) -> None:
-        """Append ``entry``; on a replay after a crash, only if its token is not there yet."""
-        if replay and self.contains(day, entry["token"]):
-            return
-        append_line_durable(self.path_for(day), json.dumps(entry, ensure_ascii=False))
-        self._dirty.add(day)
+    def append(self, day: str, entries: list[tuple[dict[str, Any], bool]]) -> None:
+        """Append ``(entry, replay)`` pairs to the day's file with one fsync; an entry whose
+        job is replayed after a crash only if its token is not there yet."""
+        with self._lock:
+            lines = [json.dumps(entry, ensure_ascii=False) for entry, replay in entries
+                     if not (replay and self.contains(day, entry["token"]))]
+            if lines:
+                append_lines_durable(self.path_for(day), lines)
+                self._dirty.add(day)
 
     def days(self) -> list[tuple[str, int]]:
         if not self.folder.is_dir():
@@ -84,8 +91,10 @@ class DailyIndex:
 
     def render(self, days: Any = None) -> None:
         """Rewrite the HTML pages of the changed days (or ``days``) and ``index.html``."""
-        todo = set(days) if days is not None else set(self._dirty)
-        for day in sorted(todo):
-            write_bytes_atomic(self.folder / f"{day}.html", pages.day_page(day, self.read(day)))
-        write_bytes_atomic(self.outbox / "index.html", pages.index_page(self.days()))
-        self._dirty.difference_update(todo)
+        with self._lock:
+            todo = set(days) if days is not None else set(self._dirty)
+            for day in sorted(todo):
+                write_bytes_atomic(self.folder / f"{day}.html",
+                                   pages.day_page(day, self.read(day)))
+            write_bytes_atomic(self.outbox / "index.html", pages.index_page(self.days()))
+            self._dirty.difference_update(todo)

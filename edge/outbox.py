@@ -145,10 +145,13 @@ class Outbox:
     def claimed_path(self, job: Job) -> Path:
         return self.claimed / job.token
 
-    def save(self, job: Job, durable: bool = True) -> None:
+    def save(self, job: Job, durable: bool = True, sync_folder: bool = True) -> None:
         """Write the job's record. ``durable=False`` only where losing this update in a power
-        cut is harmless: recovery then replays the step from the previous record."""
-        write_json_atomic(self.jobs / f"{job.token}.json", job.to_dict(), durable, compact=True)
+        cut is harmless: recovery then replays the step from the previous record.
+        ``sync_folder=False``: the record's data is fsynced, the jobs folder is left to the
+        caller's ``FolderBarrier`` (group commit)."""
+        write_json_atomic(self.jobs / f"{job.token}.json", job.to_dict(), durable, compact=True,
+                          sync_folder=sync_folder)
 
     def delete(self, job: Job) -> None:
         # No fsync: if the unlink is lost, the replayed last step finds its work done.

@@ -1,11 +1,13 @@
 """``edge-agent watch``: recover, process the backlog, then watch the inbox until stopped.
 
 The watchdog observer's handler is thin: it only puts paths on a bounded queue (when the
-queue is full it asks for a rescan instead, so a burst can never exhaust memory). One
-worker, the main loop, does everything else: it tracks candidates until they are settled,
-claims and processes one file at a time, rescans the inbox periodically (events get lost:
-network shares, inotify limits), retries jobs that failed for a passing reason (a full
-disk), pings systemd's watchdog, and stops cleanly on SIGTERM/SIGINT after the current file.
+queue is full it asks for a rescan instead, so a burst can never exhaust memory). The main
+loop tracks candidates until they are settled, claims up to ``CLAIM_GROUP`` settled files at
+once, classifies them one by one and hands each to the committer thread (``edge.pipeline``),
+which writes reports, moves inputs and appends index lines in groups while the loop goes on.
+The loop also rescans the inbox periodically (events get lost: network shares, inotify
+limits), retries jobs that failed for a passing reason (a full disk), pings systemd's
+watchdog, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
 from .outbox import Job, Outbox
+from .pipeline import Committer
 from .worker import Worker, describe_error
 
 log = logging.getLogger(__name__)
 _EVENT_QUEUE_SIZE = 10000
 _TICK = 0.25  # longest sleep: how quickly a stop request or new event is noticed
 _RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while busy
+CLAIM_GROUP = 8  # settled files claimed together (one round of folder fsyncs for all)
+_CLOSE_TIMEOUT = 60.0  # seconds to let the committer finish at exit (systemd allows 120)
 
 
 def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
@@ -96,6 +101,8 @@ class Agent:
         self._rescan = threading.Event()
         self._observer: Any = None
         self._failed_jobs: list[Job] = []
+        self._failed_lock = threading.Lock()
+        self.committer = Committer(self.worker, self._job_failed)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -103,7 +110,7 @@ class Agent:
         def request_stop(signum: int, _frame: Any) -> None:
             if self.stop_requested.is_set() and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            log.info("%s received: finishing the current file, then stopping",
+            log.info("%s received: finishing the files already taken, then stopping",
                      signal.Signals(signum).name)
             self.stop_requested.set()
 
@@ -116,6 +123,7 @@ class Agent:
         self.outbox.lock()
         try:
             self._recover()
+            self.committer.start()
             if not self.once:
                 self._start_observer()
             self.inbox.scan()
@@ -128,6 +136,9 @@ class Agent:
         finally:
             sdnotify.notify("STOPPING=1")
             self._stop_observer()
+            if not self.committer.close(_CLOSE_TIMEOUT):
+                log.warning("still writing after %gs; stopping anyway: the inputs being written "
+                            "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
             self._render_index()
             self.outbox.unlock()
         counts = dict(self.worker.counts, unfinished=len(self._failed_jobs))
@@ -155,7 +166,7 @@ class Agent:
         if jobs:
             log.warning("resuming %d input(s) interrupted by a crash or power cut", len(jobs))
         for job in jobs:
-            self._run_job(job, replay=True)
+            self._run_job(job, crashed=True)
 
     def _start_observer(self) -> None:
         from watchdog.observers import Observer
@@ -202,12 +213,14 @@ class Agent:
                 last_scan = now
             if self._failed_jobs and now - last_retry >= w.retry_interval:
                 last_retry = now
-                retry, self._failed_jobs = self._failed_jobs, []
+                self.committer.wait_idle()  # retries run here, alone
+                with self._failed_lock:
+                    retry, self._failed_jobs = self._failed_jobs, []
                 for job in retry:
-                    self._run_job(job, replay=True)
-            path = self.inbox.take_ready()
-            if path is not None:
-                self._process(path)
+                    self._run_job(job)
+            paths = self._take_ready()
+            if paths:
+                self._process(paths)
                 continue
             if self.index.dirty and now - last_render >= _RENDER_EVERY:
                 self._render_index()
@@ -243,24 +256,43 @@ class Agent:
             return
         self.inbox.observe(path, closed=closed)
 
-    def _process(self, path: str) -> None:
-        try:
-            job = self.worker.claim(path)
-        except OSError as exc:
+    def _take_ready(self) -> list[str]:
+        paths: list[str] = []
+        while len(paths) < CLAIM_GROUP:
+            path = self.inbox.take_ready()
+            if path is None:
+                break
+            paths.append(path)
+        return paths
+
+    def _process(self, paths: list[str]) -> None:
+        """Claim settled files as one group, classify each, queue it for the committer."""
+        jobs, refused = self.worker.claim(paths)
+        for path, exc in refused:
             log.warning("cannot take an inbox file (%s); will retry in %gs", describe_error(exc),
                         self.config.watch.retry_interval)
             self.inbox.skip_for(path, self.config.watch.retry_interval)
-            return
-        if job is not None:
-            self._run_job(job)
+        for job in jobs:  # all of them, even when asked to stop: they are claimed already
+            try:
+                work = self.worker.prepare(job)
+            except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later
+                self._job_failed(job, exc)
+                continue
+            self.committer.submit(work)
 
-    def _run_job(self, job: Job, replay: bool = False) -> None:
+    def _run_job(self, job: Job, crashed: bool = False) -> None:
+        """Recovery and retries: one job start to finish on this thread (committer idle)."""
         try:
-            self.worker.run(job, replay=replay)
+            self.worker.run(job, replay=True, crashed=crashed)
         except Exception as exc:  # noqa: BLE001 - keep the input journaled and retry later
-            log.error("input %s could not be finished (%s); it stays safely in %s and "
-                      "will be retried in %gs", (job.sha256 or job.token)[:12],
-                      describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
+            self._job_failed(job, exc)
+
+    def _job_failed(self, job: Job, exc: Exception) -> None:
+        """Called from either thread: log, and keep the job for a retry."""
+        log.error("input %s could not be finished (%s); it stays safely in %s and "
+                  "will be retried in %gs", (job.sha256 or job.token)[:12],
+                  describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
+        with self._failed_lock:
             self._failed_jobs.append(job)
 
     def _render_index(self) -> None:

@@ -6,9 +6,10 @@ next one starts:
 1. ``claiming``: the record names the inbox file; it is renamed into ``.state/claimed/``
    (or, across filesystems, copied durably and then unlinked).
 2. ``claimed``: the bytes are hashed; ``id`` = sha256. If ``reports/<id>.json`` exists
-   from another job, the input is a duplicate and is not classified again. Otherwise it is
-   decoded and classified, and the HTML then the JSON report are written atomically: the
-   JSON report existing means the report is durable. A refused input gets a reason.
+   from another job (or another job of this run is writing it), the input is a duplicate
+   and is not classified again. Otherwise it is decoded and classified, and the HTML then
+   the JSON report are written atomically: the JSON report existing means the report is
+   durable. A refused input gets a reason.
 3. ``decided``: the destination (``archive/<day>/<name>`` or ``quarantine/<name>``) is
    chosen and recorded; for a refusal, ``<name>.reason.json`` is written; then the input is
    moved there without ever replacing an existing file.
@@ -18,6 +19,13 @@ next one starts:
 Replaying any step is harmless, which is what makes recovery simple: start-up replays every
 record left in ``.state/jobs``. A job that crashed the agent ``[limits] max_attempts`` times
 (a decoder segfault, say) is quarantined instead of crashing it forever.
+
+Group commit: ``claim`` takes several inputs at once, ``prepare`` (hash, decode, classify)
+writes nothing, and ``commit`` does each later step for a whole group of jobs before the
+fsyncs that make that step durable, one fsync per touched folder (``FolderBarrier``) rather
+than one per input. For every job the durable steps happen in exactly the order above, so
+recovery does not change. ``edge.pipeline`` runs ``commit`` on its own thread while the main
+loop prepares the next inputs.
 """
 
 from __future__ import annotations
@@ -26,16 +34,19 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Tuple
 
 from . import failpoints
 from .classifier import Classifier
 from .config import AgentConfig
 from .dicom import uid_hash
 from .durable import (
+    FolderBarrier,
     copy_durable,
     free_name,
     fsync_dir,
@@ -56,6 +67,24 @@ from .report import build_report, local_day, now_iso, summary_line
 log = logging.getLogger(__name__)
 
 
+class SharedReportMissing(Exception):
+    """A duplicate's report (written by another job) is not on disk: prepare it again."""
+
+
+@dataclass
+class Work:
+    """A job on its way through ``commit``, with what ``prepare`` found. Never journaled:
+    after a crash the job is prepared again from its record."""
+
+    job: Job
+    replay: bool = False  # the job may have done steps before (crash, retry): check first
+    report: dict[str, Any] | None = None  # a new report to write (classified just now)
+    thumbnail: Any = None  # the uint8 picture the model saw, for the HTML page
+
+
+Failure = Tuple[Job, Exception]
+
+
 class Worker:
     def __init__(self, config: AgentConfig, inbox_root: Path, outbox: Outbox,
                  classifier: Classifier, index: DailyIndex) -> None:
@@ -65,49 +94,75 @@ class Worker:
         self.classifier = classifier
         self.index = index
         self.counts = {"classified": 0, "duplicate": 0, "quarantined": 0}
+        # sha256 -> token of the job whose new report is classified but not yet durable:
+        # an identical input prepared meanwhile is a duplicate of it, not classified again.
+        self._in_flight: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     # --- claiming --------------------------------------------------------------------
 
-    def claim(self, path: str) -> Job | None:
-        """Take ``path`` out of the inbox into ``.state/claimed``; None if it is gone."""
-        src = Path(path)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        is_link = stat.S_ISLNK(st.st_mode)
-        if not is_link and not stat.S_ISREG(st.st_mode):
-            return None
-        job = Job(token=self.outbox.new_token(), stage="claiming",
-                  source=os.path.relpath(path, str(self.inbox_root)), file_name=src.name,
-                  claimed_at=now_iso(), is_symlink=is_link)
-        self.outbox.save(job)
-        dst = self.outbox.claimed_path(job)
-        try:
+    def claim(self, paths: list[str]) -> tuple[list[Job], list[tuple[str, OSError]]]:
+        """Take ``paths`` out of the inbox into ``.state/claimed``, as one group.
+
+        Returns the jobs (a path gone meanwhile, or not a regular file or link, has none) and
+        the paths that could not be taken with the error (the caller leaves them a while).
+        Every intent record is durable before any input moves.
+        """
+        pending: list[tuple[Job, str]] = []
+        refused: list[tuple[str, OSError]] = []
+        for path in paths:
             try:
-                os.rename(path, str(dst))
+                st = os.lstat(path)
+                is_link = stat.S_ISLNK(st.st_mode)
+                if not is_link and not stat.S_ISREG(st.st_mode):
+                    continue
+                job = Job(token=self.outbox.new_token(), stage="claiming",
+                          source=os.path.relpath(path, str(self.inbox_root)),
+                          file_name=os.path.basename(path), claimed_at=now_iso(),
+                          is_symlink=is_link)
+                self.outbox.save(job, sync_folder=False)
+            except FileNotFoundError:
+                continue
             except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                job.cross_filesystem = True  # recorded first: recovery may unlink the source
-                self.outbox.save(job)
-                self._claim_across_filesystems(src, dst, is_link)
-        except FileNotFoundError:
-            self.outbox.delete(job)
-            return None
-        except OSError:
-            self.outbox.delete(job)
-            raise
-        fsync_dir(dst.parent)
-        fsync_dir(src.parent)
-        failpoints.hit("after_claim")
-        job.is_symlink = os.path.islink(str(dst))  # what we hold now, whatever was checked
-        job.stage = "claimed"
-        job.attempts = 1  # counted now: the decoding that may crash comes next
-        # Not fsynced: if this update is lost, recovery finds the "claiming" record and the
-        # file in .state/claimed, and finishes the claim from there.
-        self.outbox.save(job, durable=False)
-        return job
+                refused.append((path, exc))
+                continue
+            pending.append((job, path))
+        if pending:
+            fsync_dir(self.outbox.jobs)
+        moved = FolderBarrier()
+        taken: list[Job] = []
+        for job, path in pending:
+            try:
+                self._take(job, path, moved)
+            except OSError as exc:
+                self.outbox.delete(job)
+                if not isinstance(exc, FileNotFoundError):
+                    refused.append((path, exc))
+                continue
+            taken.append(job)
+        moved.sync()
+        for job in taken:
+            failpoints.hit("after_claim")
+            job.is_symlink = os.path.islink(str(self.outbox.claimed_path(job)))  # what we hold
+            job.stage = "claimed"
+            job.attempts = 1  # counted now: the decoding that may crash comes next
+            # Not fsynced: if this update is lost, recovery finds the "claiming" record and
+            # the file in .state/claimed, and finishes the claim from there.
+            self.outbox.save(job, durable=False)
+        return taken, refused
+
+    def _take(self, job: Job, path: str, barrier: FolderBarrier) -> None:
+        src, dst = Path(path), self.outbox.claimed_path(job)
+        try:
+            os.rename(path, str(dst))
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            job.cross_filesystem = True  # recorded first: recovery may unlink the source
+            self.outbox.save(job)
+            self._claim_across_filesystems(src, dst, job.is_symlink)
+        barrier.add(dst.parent)
+        barrier.add(src.parent)
 
     @staticmethod
     def _claim_across_filesystems(src: Path, dst: Path, is_link: bool) -> None:
@@ -146,8 +201,11 @@ class Worker:
 
     # --- the job ---------------------------------------------------------------------
 
-    def run(self, job: Job, replay: bool = False) -> str | None:
-        """Drive ``job`` to completion from whatever stage it is in; return its outcome."""
+    def run(self, job: Job, replay: bool = False, crashed: bool = False) -> str | None:
+        """Drive one job to completion from whatever stage it is in; return its outcome.
+        ``crashed``: the job was found in the journal at start-up (the agent stopped while
+        on it), which counts towards ``[limits] max_attempts``; a retry after a passing
+        error (a full disk) does not. Raises what stopped it; it stays journaled."""
         if job.stage == "claiming" and not self._resume_claim(job):
             return None
         if job.stage == "claimed" and not os.path.lexists(str(self.outbox.claimed_path(job))):
@@ -156,38 +214,32 @@ class Worker:
             self.outbox.delete(job)
             return None
         if job.stage == "claimed":
-            self._decide(job, replay)
-        if job.stage == "decided":
-            self._move(job)
-        if job.stage == "moved":
-            self._record(job, replay)
+            if crashed:  # this input is tried again: count it, durably, before decoding it
+                job.attempts += 1
+                self.outbox.save(job)
+            work = self.prepare(job, replay=replay)
+        else:
+            work = Work(job, replay=replay)
+        failures = self.commit([work])
+        if failures:
+            raise failures[0][1]
         return job.outcome
 
-    def _decide(self, job: Job, replay: bool) -> None:
-        if replay:  # this input is tried again: count it, durably, before decoding it
-            job.attempts += 1
-            self.outbox.save(job)
-        report = self._outcome(job)
-        if job.outcome != "quarantined":
-            job.summary = summary_line(report)
-        failpoints.hit("after_report")
-        self._choose_destination(job)
-        job.stage = "decided"
-        self.outbox.save(job)
-
-    def _outcome(self, job: Job) -> dict[str, Any] | None:
-        """Set the job's outcome (writing the report if classified); return the report."""
+    def prepare(self, job: Job, replay: bool = False) -> Work:
+        """Hash, check for a duplicate, decode and classify a claimed job. Writes nothing:
+        what it finds waits in the returned ``Work`` for ``commit``."""
+        work = Work(job, replay=replay)
         claimed = self.outbox.claimed_path(job)
         if job.is_symlink:
             self._refuse(job, "SymlinkRefused", "a symbolic link: links are never followed, "
                          "so nothing outside the inbox can be read; copy the real file instead")
-            return None
+            return work
         if job.attempts > self.config.limits.max_attempts:
             self._refuse(job, "CrashedAgent",
                          f"processing this file stopped the agent {job.attempts - 1} times "
                          "(a decoder crash or running out of memory); it is set aside so the "
                          "other inputs can be processed")
-            return None
+            return work
         t0 = time.perf_counter()
         try:
             job.sha256, job.size = self._hash(claimed)
@@ -195,14 +247,23 @@ class Worker:
             self._refuse(job, "UnreadableInput",
                          "the agent is not allowed to read this file (permission denied): give "
                          "the agent's user read access and copy it into the inbox again")
-            return None
+            return work
         timings = {"hash": (time.perf_counter() - t0) * 1000}
         existing = read_json(self.outbox.reports / f"{job.sha256}.json")
         if existing is not None:
             own = existing.get("intake", {}).get("token") == job.token
             job.outcome = "classified" if own else "duplicate"
-            return existing
-        return self._classify(job, claimed, timings, t0)
+            return work
+        with self._lock:
+            holder = self._in_flight.get(job.sha256)
+        if holder is not None and holder != job.token:
+            job.outcome = "duplicate"  # of an input whose report is being written
+            return work
+        self._classify(work, claimed, timings, t0)
+        if work.report is not None:
+            with self._lock:
+                self._in_flight[job.sha256] = job.token
+        return work
 
     def _hash(self, path: Path) -> tuple[str, int]:
         """sha256 of a file no one is still writing (re-hashed if it changed meanwhile)."""
@@ -219,17 +280,18 @@ class Worker:
             time.sleep(max(self.config.watch.settle_seconds, 0.5))
         return digest, size
 
-    def _classify(self, job: Job, claimed: Path, timings: dict[str, float],
-                  t0: float) -> dict[str, Any] | None:
+    def _classify(self, work: Work, claimed: Path, timings: dict[str, float],
+                  t0: float) -> None:
+        job = work.job
         t1 = time.perf_counter()
         try:
             decoded = decode_file(claimed, self.config.dicom, self.config.limits)
         except UnsupportedInputError as exc:
             self._refuse(job, exc.__class__.__name__, str(exc))
-            return None
+            return
         except MemoryError:
             self._refuse(job, "InputLimitError", "not enough memory to decode this input")
-            return None
+            return
         except Exception as exc:  # noqa: BLE001 - a library bug on a hostile file: refuse it
             # The message is not logged: library messages can quote element values.
             log.error("unexpected %s decoding input %s; quarantined", exc.__class__.__name__,
@@ -237,70 +299,143 @@ class Worker:
             log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
             self._refuse(job, DecodeError.__name__,
                          f"the file could not be decoded ({exc.__class__.__name__})")
-            return None
+            return
         timings["decode"] = (time.perf_counter() - t1) * 1000
         prediction = self.classifier.classify(decoded)
         timings.update(prediction.timings_ms)
-        t2 = time.perf_counter()
         assert job.sha256 is not None and job.size is not None
         report = build_report(sha256=job.sha256, file_name=job.file_name, size=job.size,
                               decoded=decoded, prediction=prediction,
                               model=self.classifier.describe(), timings_ms=timings,
                               token=job.token, received_at=job.claimed_at)
         report["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 2)
-        base = self.outbox.reports / job.sha256
-        if self.config.report.html:
-            # The page's data is fsynced; its folder is not: the JSON report written next
-            # goes to the same folder and that folder fsync makes both renames durable.
-            write_bytes_atomic(base.with_suffix(".html"),
-                               report_page(report, prediction.model_input), sync_folder=False)
-        write_json_atomic(base.with_suffix(".json"), report)  # from now on, the report exists
-        report["timings_ms"]["report"] = round((time.perf_counter() - t2) * 1000, 2)
         job.outcome = "classified"
+        work.report, work.thumbnail = report, prediction.model_input
         sop = (report.get("dicom") or {}).get("sop_instance_uid")
         log.debug("input %s%s decoded as %s", job.sha256[:12],
                   f" (SOP {uid_hash(sop)})" if sop else "", decoded.kind)
-        return report
 
     def _refuse(self, job: Job, code: str, reason: str) -> None:
         job.outcome, job.reason_code, job.reason = "quarantined", code, reason
 
-    def _choose_destination(self, job: Job) -> None:
+    # --- committing a group ------------------------------------------------------------
+
+    def commit(self, group: list[Work]) -> list[Failure]:
+        """Finish every job of ``group``, each step for the whole group, then its fsyncs.
+
+        Returns the jobs that failed (a full disk, a vanished folder), with the error: each
+        stays journaled at its last durable step and is retried later with ``run``.
+        """
+        failures: list[Failure] = []
+
+        def step(stage: str, do: Callable[[Work, FolderBarrier], None],
+                 works: list[Work]) -> list[Work]:
+            barrier, done = FolderBarrier(), []
+            for work in works:
+                if work.job.stage != stage:
+                    done.append(work)
+                    continue
+                try:
+                    do(work, barrier)
+                except Exception as exc:  # noqa: BLE001 - the job stays journaled, retried
+                    failures.append((work.job, exc))
+                    self._release(work)
+                    continue
+                done.append(work)
+            barrier.sync()
+            return done
+
+        works = step("claimed", self._write_report, group)
+        for work in works:
+            self._release(work)  # its report is durable: a duplicate now finds it on disk
+            if work.job.stage == "claimed":
+                failpoints.hit("after_report")
+        decided = set()
+        works = step("claimed", lambda w, b: self._decide(w, b, decided), works)
+        works = step("decided", self._move, works)
+        for work in works:
+            if work.job.stage == "decided":
+                failpoints.hit("after_move")
+                work.job.stage = "moved"
+                # if lost: the move is found done and the index line replayed
+                self.outbox.save(work.job, durable=False)
+        self._record(works, failures)
+        return failures
+
+    def _write_report(self, work: Work, barrier: FolderBarrier) -> None:
+        """Write a new report's HTML page then its JSON (data fsynced, folder in ``barrier``)."""
+        if work.report is None:
+            return
+        base = self.outbox.reports / str(work.job.sha256)
+        if self.config.report.html:
+            write_bytes_atomic(base.with_suffix(".html"),
+                               report_page(work.report, work.thumbnail), sync_folder=False)
+        write_json_atomic(base.with_suffix(".json"), work.report, sync_folder=False)
+        barrier.add(self.outbox.reports)
+
+    def _release(self, work: Work) -> None:
+        if work.report is not None:
+            with self._lock:
+                if self._in_flight.get(str(work.job.sha256)) == work.job.token:
+                    del self._in_flight[str(work.job.sha256)]
+            work.thumbnail = None
+
+    def _decide(self, work: Work, barrier: FolderBarrier, reserved: set) -> None:
+        job = work.job
+        if job.outcome != "quarantined":
+            report = work.report or read_json(self.outbox.reports / f"{job.sha256}.json")
+            if report is None:
+                raise SharedReportMissing(f"reports/{job.sha256}.json")
+            job.summary = summary_line(report)
+        self._choose_destination(job, barrier, reserved)
+        job.stage = "decided"
+        self.outbox.save(job, sync_folder=False)
+        barrier.add(self.outbox.jobs)
+
+    def _choose_destination(self, job: Job, barrier: FolderBarrier | None = None,
+                            reserved: set | None = None) -> None:
+        """Pick a free name, also free of names ``reserved`` by other jobs of the group."""
         name = safe_name(job.file_name)
         tag = (job.sha256 or job.token)[:8]
+        taken = reserved if reserved is not None else set()
         job.day = local_day()
         if job.outcome == "quarantined":
             folder = self.outbox.quarantine
-            dest = free_name(folder, name, tag)
+            dest = free_name(folder, name, tag, taken)
             while os.path.lexists(str(dest) + ".reason.json"):
-                dest = free_name(folder, dest.name, tag + "r")
+                dest = free_name(folder, dest.name, tag + "r", taken)
         else:
             folder = self.outbox.archive / job.day
-            folder.mkdir(parents=True, exist_ok=True)
-            dest = free_name(folder, name, tag)
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                if barrier is not None:
+                    barrier.add(self.outbox.archive)  # the new day folder's own entry
+            dest = free_name(folder, name, tag, taken)
+        taken.add(str(dest))
         job.dest = self.outbox.relative(dest)
 
-    def _move(self, job: Job) -> None:
+    def _move(self, work: Work, barrier: FolderBarrier) -> None:
+        job = work.job
         assert job.dest is not None
         dest = self.outbox.root / job.dest
         claimed = self.outbox.claimed_path(job)
         if job.outcome == "quarantined":
-            write_json_atomic(Path(str(dest) + ".reason.json"), self._reason_record(job))
-        if os.path.lexists(str(claimed)):
-            if os.path.lexists(str(dest)):
-                if os.path.samestat(os.lstat(str(claimed)), os.lstat(str(dest))):
-                    os.unlink(str(claimed))  # the hard link was made, the unlink was not
-                    fsync_dir(claimed.parent)
-                else:  # cannot happen with one agent per outbox; never overwrite anyway
-                    self._choose_destination(job)
-                    self.outbox.save(job)
-                    return self._move(job)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                move_no_replace(claimed, dest)
-        failpoints.hit("after_move")
-        job.stage = "moved"
-        self.outbox.save(job, durable=False)  # if lost: the move is found done, index replayed
+            write_json_atomic(Path(str(dest) + ".reason.json"), self._reason_record(job),
+                              sync_folder=False)
+            barrier.add(dest.parent)
+        if not os.path.lexists(str(claimed)):
+            return  # moved before a crash
+        if os.path.lexists(str(dest)):
+            if os.path.samestat(os.lstat(str(claimed)), os.lstat(str(dest))):
+                os.unlink(str(claimed))  # the hard link was made, the unlink was not
+                barrier.add(claimed.parent)
+            else:  # cannot happen with one agent per outbox; never overwrite anyway
+                self._choose_destination(job)
+                self.outbox.save(job)
+                self._move(work, barrier)
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        move_no_replace(claimed, dest, barrier)
 
     def _reason_record(self, job: Job) -> dict[str, Any]:
         return {"schema": "neuroedge.quarantine/1", "file_name": job.file_name,
@@ -310,20 +445,34 @@ class Worker:
                 "what_to_do": "Fix the cause named in 'reason' and copy the file into the "
                               "inbox again; this copy is kept here untouched."}
 
-    def _record(self, job: Job, replay: bool) -> None:
-        assert job.day is not None
-        entry = {"time": now_iso(), "token": job.token, "id": job.sha256,
-                 "file_name": job.file_name, "outcome": job.outcome, **job.summary,
-                 "report": f"reports/{job.sha256}.json" if job.outcome != "quarantined"
-                 else None,
-                 "html": f"reports/{job.sha256}.html" if job.outcome != "quarantined"
-                 and self.config.report.html else None,
-                 "moved_to": job.dest, "reason": job.reason}
-        self.index.append(job.day, entry, replay=replay)
-        failpoints.hit("after_index")
-        self.outbox.delete(job)
-        self.counts[job.outcome or "quarantined"] += 1
-        self._log_outcome(job)
+    def _record(self, works: list[Work], failures: list[Failure]) -> None:
+        """One index append (one fsync) per day for the group, then forget the jobs."""
+        by_day: dict[str, list[Work]] = {}
+        for work in works:
+            if work.job.stage == "moved":
+                assert work.job.day is not None
+                by_day.setdefault(work.job.day, []).append(work)
+        for day, day_works in sorted(by_day.items()):
+            try:
+                self.index.append(day, [(self._index_entry(w.job), w.replay) for w in day_works])
+            except Exception as exc:  # noqa: BLE001 - the jobs stay journaled, retried
+                failures.extend((w.job, exc) for w in day_works)
+                continue
+            for work in day_works:
+                job = work.job
+                failpoints.hit("after_index")
+                self.outbox.delete(job)
+                self.counts[job.outcome or "quarantined"] += 1
+                self._log_outcome(job)
+
+    def _index_entry(self, job: Job) -> dict[str, Any]:
+        classified = job.outcome != "quarantined"
+        return {"time": now_iso(), "token": job.token, "id": job.sha256,
+                "file_name": job.file_name, "outcome": job.outcome, **job.summary,
+                "report": f"reports/{job.sha256}.json" if classified else None,
+                "html": f"reports/{job.sha256}.html" if classified and self.config.report.html
+                else None,
+                "moved_to": job.dest, "reason": job.reason}
 
     @staticmethod
     def _log_outcome(job: Job) -> None:

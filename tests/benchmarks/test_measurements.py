@@ -89,12 +89,16 @@ def test_agent_stages_add_up(tiny, tmp_path):
         assert set(run["stages_ms"]) == set(agent.STAGES)
         assert sum(run["stages_ms"].values()) == pytest.approx(run["ms_per_file"])
         assert run["stages_ms"]["invoke"] > 0 and run["stages_ms"]["decode"] > 0
+        assert set(run["committer_ms"]) == set(agent.COMMITTER_STAGES)
+        assert sum(run["committer_ms"].values()) == pytest.approx(run["ms_per_file"])
+        assert run["committer_ms"]["reports (thumbnail + HTML + JSON)"] > 0
         assert run["fsync_per_file"] >= 1  # the journal is durable
         assert run["overhead_ms_per_file"] == pytest.approx(run["ms_per_file"]
                                                             - bare["ms_per_file"])
     assert list(tmp_path.iterdir()) == []  # scratch inboxes are removed
     text = agent.markdown(result)
     assert "| **total** |" in text and "overhead ÷ bare inference" in text
+    assert "| committer: archive (move) |" in text
 
 
 def test_memory_and_startup_in_this_environment(tiny, tmp_path):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from edge.durable import (
-    append_line_durable,
+    append_lines_durable,
     free_name,
     move_no_replace,
     remove_stale_temp_files,
@@ -70,10 +70,10 @@ def test_atomic_json_leaves_no_temp_files(tmp_path):
 
 def test_torn_index_line_is_cut(tmp_path):
     index = tmp_path / "day.jsonl"
-    append_line_durable(index, '{"n": 1}')
-    append_line_durable(index, '{"n": 2}')
+    append_lines_durable(index, ['{"n": 1}'])
+    append_lines_durable(index, ['{"n": 2}', '{"n": 3}'])
     with open(index, "a") as handle:
-        handle.write('{"n": 3, "trunc')
+        handle.write('{"n": 4, "trunc')
     assert repair_torn_tail(index) is True
-    assert index.read_text() == '{"n": 1}\n{"n": 2}\n'
+    assert index.read_text() == '{"n": 1}\n{"n": 2}\n{"n": 3}\n'
     assert repair_torn_tail(index) is False

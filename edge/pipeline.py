@@ -1,0 +1,96 @@
+"""The committer: a second thread that writes what the main loop has classified.
+
+Why a thread: per input, the model's ``invoke`` is most of the work and it releases
+Python's lock, while writing the report (its thumbnail, HTML and JSON), moving the input and
+appending the index line are mostly fsyncs and compression, which release it too. Run side
+by side on two cores, the main loop classifies input n+1 while the committer writes input n.
+
+Why groups: when the committer falls behind (a backlog on slow storage: an SD card's fsync
+takes milliseconds to tens of milliseconds), inputs wait in its queue, and it takes all of
+them as one group: ``Worker.commit`` does each step for the group and fsyncs each folder
+once. With no backlog a group is one input and nothing waits.
+
+Nothing here weakens the journal: a job in the queue is in its ``claimed`` state on disk,
+so a crash or a power cut replays it at the next start, like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+from .outbox import Job
+from .worker import Work, Worker
+
+log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = 8  # classified inputs waiting to be written (each holds a 150 kB thumbnail)
+_STOP = None
+
+
+class Committer:
+    """Runs ``worker.commit`` on groups of queued ``Work``, on its own thread."""
+
+    def __init__(self, worker: Worker, on_failure: Callable[[Job, Exception], None],
+                 depth: int = QUEUE_DEPTH) -> None:
+        self._worker = worker
+        self._on_failure = on_failure
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, work: Work) -> None:
+        """Queue a prepared job; waits while the queue is full (back-pressure on the loop)."""
+        self._queue.put(work)
+
+    def wait_idle(self) -> None:
+        """Return once everything submitted so far is committed (or has failed)."""
+        self._queue.join()
+
+    def close(self, timeout: float) -> bool:
+        """Commit what is queued, then stop; False if it is still busy after ``timeout`` s
+        (a hung disk: what it was writing stays journaled for the next start)."""
+        if not self._thread.is_alive():
+            return True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            group, stop = self._next_group()
+            if group:
+                self._commit(group)
+            for _ in range(len(group) + stop):
+                self._queue.task_done()
+            if stop:
+                return
+
+    def _next_group(self) -> tuple[list[Work], bool]:
+        """Wait for one item, then take whatever else is already queued."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        group = [first]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return group, False
+            if item is _STOP:
+                return group, True
+            group.append(item)
+
+    def _commit(self, group: list[Work]) -> None:
+        try:
+            failures = self._worker.commit(group)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the thread silently
+            log.exception("committing %d input(s) failed unexpectedly; they stay journaled",
+                          len(group))
+            failures = [(work.job, exc) for work in group]
+        for job, exc in failures:
+            self._on_failure(job, exc)

@@ -1,0 +1,148 @@
+"""Group commit and the committer thread: fewer fsyncs, same books, same recovery."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from agent_helpers import gray_png, make_config, run_once
+
+from edge.manifest import sha256_file
+from edge.worker import Worker
+
+
+def index_lines(outbox: Path) -> list:
+    return [json.loads(line) for path in sorted((outbox / "index").glob("*.jsonl"))
+            for line in path.read_text().splitlines()]
+
+
+@pytest.fixture()
+def agent(folders, test_model):
+    """An agent whose outbox is prepared, to drive its worker step by step."""
+    from edge.classifier import Classifier
+    from edge.watch import Agent
+
+    config = make_config(folders, test_model.path)
+    made = Agent(config, Classifier(config), once=True)
+    made.outbox.prepare()
+    return made
+
+
+@pytest.fixture()
+def count_fsyncs(monkeypatch):
+    calls = {"n": 0}
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        calls["n"] += 1
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    return calls
+
+
+def fill(inbox: Path, levels: list[int], prefix: str = "scan") -> list[str]:
+    return [str(gray_png(inbox / f"{prefix}{i:02d}.png", level)) for i, level in
+            enumerate(levels)]
+
+
+def test_a_group_shares_its_folder_fsyncs(folders, agent, count_fsyncs):
+    """One group of 8: about 4 fsyncs per input (its record twice, its HTML and JSON
+    report) plus one per folder per step; one at a time: 12 per input, as before."""
+    worker: Worker = agent.worker
+    levels = list(range(10, 250, 15))  # 16 distinct inputs
+    paths = fill(folders["inbox"], levels)
+    count_fsyncs["n"] = 0
+    jobs, refused = worker.claim(paths[:8])
+    assert not refused and len(jobs) == 8
+    assert worker.commit([worker.prepare(job) for job in jobs]) == []
+    grouped = count_fsyncs["n"]
+    count_fsyncs["n"] = 0
+    for path in paths[8:]:
+        (job,), _ = worker.claim([path])
+        assert worker.commit([worker.prepare(job)]) == []
+    alone = count_fsyncs["n"]
+    assert grouped <= 4 * 8 + 12, grouped  # 16 fsyncs per folder step would break this
+    assert alone == 12 * 8, alone
+    assert worker.counts["classified"] == 16
+    assert len(index_lines(folders["outbox"])) == 16
+    assert not os.listdir(folders["outbox"] / ".state" / "jobs")
+
+
+def test_identical_inputs_in_one_group_are_classified_once(folders, agent):
+    worker: Worker = agent.worker
+    paths = fill(folders["inbox"], [90, 90, 200, 90])
+    jobs, _ = worker.claim(paths)
+    works = [worker.prepare(job) for job in jobs]
+    assert [w.job.outcome for w in works] == ["classified", "duplicate", "classified",
+                                              "duplicate"]
+    assert worker.commit(works) == []
+    outbox = folders["outbox"]
+    assert len(list((outbox / "reports").glob("*.json"))) == 2
+    lines = index_lines(outbox)
+    assert sorted(e["outcome"] for e in lines) == ["classified", "classified", "duplicate",
+                                                   "duplicate"]
+    shared = {e["report"] for e in lines if e["outcome"] == "duplicate"}
+    assert shared == {e["report"] for e in lines if e["file_name"] == "scan00.png"}
+    assert all(e["label"] for e in lines)  # a duplicate's summary comes from the shared report
+    assert len(list((outbox / "archive").rglob("*.png"))) == 4
+
+
+def test_same_names_in_one_group_get_distinct_archive_names(folders, test_model):
+    inbox = folders["inbox"]
+    for sub, level in (("a", 40), ("b", 160), ("c", 220)):
+        (inbox / sub).mkdir()
+        gray_png(inbox / sub / "scan.png", level)
+    counts = run_once(make_config(folders, test_model.path, watch={"recursive": True}))
+    assert counts["classified"] == 3
+    archived = sorted(p.name for p in (folders["outbox"] / "archive").rglob("scan*.png"))
+    assert len(archived) == 3 and archived[0] == "scan.png", archived
+
+
+def test_a_failed_write_spares_the_group_and_is_finished_later(folders, agent, monkeypatch):
+    """A full disk while writing one report: the other inputs of the group finish; that one
+    and the identical input waiting on its report stay journaled, and are finished later."""
+    worker: Worker = agent.worker
+    paths = fill(folders["inbox"], [70, 70, 180])
+    failing = sha256_file(Path(paths[0]))
+    real = Worker._write_report
+
+    def disk_full_once(self, work, barrier):
+        if work.job.sha256 == failing and work.report is not None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, work, barrier)
+
+    monkeypatch.setattr(Worker, "_write_report", disk_full_once)
+    jobs, _ = worker.claim(paths)
+    failures = worker.commit([worker.prepare(job) for job in jobs])
+    assert sorted(job.file_name for job, _ in failures) == ["scan00.png", "scan01.png"]
+    assert worker.counts == {"classified": 1, "duplicate": 0, "quarantined": 0}
+    outbox = folders["outbox"]
+    assert len(os.listdir(outbox / ".state" / "claimed")) == 2  # kept, not lost
+    monkeypatch.setattr(Worker, "_write_report", real)
+    outcomes = sorted(str(worker.run(job, replay=True)) for job, _ in failures)
+    assert outcomes == ["classified", "duplicate"]
+    assert all(job.attempts == 1 for job, _ in failures)  # a retry is not a crash
+    assert not os.listdir(outbox / ".state" / "claimed")
+    assert not os.listdir(outbox / ".state" / "jobs")
+    assert len(index_lines(outbox)) == 3
+    assert {p.stem for p in (outbox / "reports").glob("*.json")} == {
+        failing, sha256_file(next((outbox / "archive").rglob("scan02.png")))}
+
+
+def test_backlog_through_the_committer_thread_balances(folders, test_model):
+    """The whole agent (claim groups of 8, committer thread) on 20 inputs: 15 distinct
+    pictures, and 5 copies of the first of them."""
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    fill(inbox, list(range(20, 245, 15)))
+    fill(inbox, [20] * 5, prefix="same")
+    counts = run_once(make_config(folders, test_model.path))
+    assert counts == {"classified": 15, "duplicate": 5, "quarantined": 0, "unfinished": 0}
+    assert len(index_lines(outbox)) == 20
+    assert len(list((outbox / "archive").rglob("*.png"))) == 20
+    assert len(list((outbox / "reports").glob("*.json"))) == 15
+    assert not os.listdir(outbox / ".state" / "jobs")
+    assert not any(inbox.iterdir())
