@@ -10,9 +10,10 @@ this process and with the same model and runtime settings:
 - the agent: ``Agent(..., once=True).run()`` on a copy of the inbox (claim, hash, decode,
   classify, reports, archive, index, with every fsync), its methods wrapped in timers.
 
-The agent runs on two threads: the main loop (claim, hash, decode, classify) and the
-committer (reports, journal, archive, index; ``edge.pipeline``). The main thread's stages add
-up to the wall time; the committer's run beside them and are shown as its busy time. The
+The agent runs on three threads: the main loop (hash, decode, classify), the claimer
+(taking the next group of files out of the inbox) and the committer (reports, journal,
+archive, index; ``edge.pipeline``). The main thread's stages add up to the wall time; the
+other two run beside it and are shown as their busy time per file. The
 agent's overhead is its wall time per file minus the bare time per file. The outbox lives
 on the scratch folder's disk (real fsyncs); ``--tmpfs-too`` repeats the agent run with
 inbox and outbox on /dev/shm, where fsync is free, to split disk-bound from CPU-bound cost.
@@ -40,9 +41,10 @@ from benchmarks.report import ratio, table
 log = logging.getLogger(__name__)
 
 KINDS = ("png", "dicom")
-STAGES = ("inbox scan + settle check", "claim (journal + rename)", "hash (sha256)", "decode",
+STAGES = ("inbox scan + settle check", "waiting for the claimer", "hash (sha256)", "decode",
           "preprocess", "invoke", "duplicate check + report build", "waiting for the committer",
           "loop, other")
+CLAIMER_STAGES = ("claim (journal + rename)", "idle")
 COMMITTER_STAGES = ("reports (thumbnail + HTML + JSON)", "decide (journal)", "archive (move)",
                     "index (append)", "idle")
 
@@ -148,6 +150,7 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
     agent = Agent(config, classifier, once=True)
     clock = StageClock()
     worker = agent.worker
+    clock.wrap(agent, "_claimed", "wait for claims")
     for name, stage in (("claim", "claim"), ("prepare", "prepare"),
                         ("_write_report", "reports (thumbnail + HTML + JSON)"),
                         ("_decide", "decide (journal)"), ("_move", "archive (move)"),
@@ -187,7 +190,7 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
     classify = sum(per.get(k, 0) for k in ("hash", "decode", "preprocess", "inference"))
     stages = {  # the main thread: these add up to the wall time
         "inbox scan + settle check": s.get("scan", 0) + s.get("take_ready", 0),
-        "claim (journal + rename)": s.get("claim", 0),
+        "waiting for the claimer": s.get("wait for claims", 0),
         "hash (sha256)": per.get("hash", 0),
         "decode": per.get("decode", 0),
         "preprocess": per.get("preprocess", 0),
@@ -200,8 +203,11 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
     stages["loop, other"] = ms_per_file - sum(stages.values())  # index pages included
     committer = {name: s.get(name, 0) for name in COMMITTER_STAGES[:-1]}
     committer["idle"] = ms_per_file - sum(committer.values())
+    claimer = {"claim (journal + rename)": s.get("claim", 0)}
+    claimer["idle"] = ms_per_file - sum(claimer.values())
     return {"files": files, "counts": counts, "seconds": wall, "ms_per_file": ms_per_file,
             "files_per_s": files / wall, "stages_ms": stages, "committer_ms": committer,
+            "claimer_ms": claimer,
             "fsync_per_file": fsyncs["n"] / files, "fsync_ms_per_file": 1000 * fsyncs["s"] / files,
             "runtime": classifier.runtime_name}
 
@@ -258,10 +264,11 @@ def markdown(result: dict[str, Any]) -> str:
         row += [f"{result['kinds'][k]['bare'][bare_key[stage]]:.2f}" if stage in bare_key
                 else "-" for k in kinds]
         rows.append(row)
-    for stage in COMMITTER_STAGES:
-        rows.append([f"committer: {stage}"] + [
-            f"{result['kinds'][k][f'agent_{p}'].get('committer_ms', {}).get(stage, 0):.2f}"
-            for k, p in columns] + ["-" for _ in kinds])
+    for thread, names in (("claimer", CLAIMER_STAGES), ("committer", COMMITTER_STAGES)):
+        for stage in names:
+            rows.append([f"{thread}: {stage}"] + [
+                f"{result['kinds'][k][f'agent_{p}'].get(f'{thread}_ms', {}).get(stage, 0):.2f}"
+                for k, p in columns] + ["-" for _ in kinds])
 
     def agent_cells(fn: Callable[[dict[str, Any]], str]) -> list[str]:
         return [fn(result["kinds"][k][f"agent_{p}"]) for k, p in columns]
@@ -288,9 +295,9 @@ def markdown(result: dict[str, Any]) -> str:
              "bare: decode_file + Classifier.classify per file in a loop (no claim, hash, "
              "report, archive or fsync); agent: edge-agent's backlog run (`watch --once`) in "
              "this process; overhead = agent ms/file - bare ms/file",
-             "main: the main loop's thread, whose stages add up to the total; committer: the "
-             "thread writing reports, journal, archive and index at the same time (its busy "
-             "time per file, and idle the rest)",
+             "main: the main loop's thread, whose stages add up to the total; claimer: the "
+             "thread claiming the next group of files meanwhile; committer: the thread writing "
+             "reports, journal, archive and index meanwhile (busy time per file, idle the rest)",
              "disk: inbox and outbox on the scratch folder's filesystem (every fsync real); "
              "tmpfs: on /dev/shm, where fsync costs nothing (CPU-bound part only)",
              "wait for stability: backlog files are already settled (older than [watch] "

@@ -5,6 +5,8 @@ queue is full it asks for a rescan instead, so a burst can never exhaust memory)
 loop tracks candidates until they are settled, claims up to ``CLAIM_GROUP`` settled files at
 once, classifies them one by one and hands each to the committer thread (``edge.pipeline``),
 which writes reports, moves inputs and appends index lines in groups while the loop goes on.
+Under a backlog the next group is claimed on a third thread while this one is classified, so
+the claim's fsyncs are off the loop's path too.
 The loop also rescans the inbox periodically (events get lost: network shares, inotify
 limits), retries jobs that failed for a passing reason (a full disk), pings systemd's
 watchdog, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
@@ -18,6 +20,7 @@ import queue
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,8 @@ class Agent:
         self._failed_jobs: list[Job] = []
         self._failed_lock = threading.Lock()
         self.committer = Committer(self.worker, self._job_failed)
+        self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
+        self._claimed_ahead: Future | None = None  # the next group, being claimed
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -136,6 +141,7 @@ class Agent:
         finally:
             sdnotify.notify("STOPPING=1")
             self._stop_observer()
+            self._claimer.shutdown(wait=True)
             if not self.committer.close(_CLOSE_TIMEOUT):
                 log.warning("still writing after %gs; stopping anyway: the inputs being written "
                             "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
@@ -219,7 +225,7 @@ class Agent:
                 for job in retry:
                     self._run_job(job)
             paths = self._take_ready()
-            if paths:
+            if paths or self._claimed_ahead is not None:
                 self._process(paths)
                 continue
             if self.index.dirty and now - last_render >= _RENDER_EVERY:
@@ -239,6 +245,9 @@ class Agent:
             except queue.Empty:
                 continue
             self._observe_event(item)
+        if self._claimed_ahead is not None:  # stopped with a group claimed: finish it too
+            self._prepare(self._claimed(self._claimed_ahead))
+            self._claimed_ahead = None
 
     def _drain_events(self) -> None:
         for _ in range(1000):
@@ -266,12 +275,27 @@ class Agent:
         return paths
 
     def _process(self, paths: list[str]) -> None:
-        """Claim settled files as one group, classify each, queue it for the committer."""
-        jobs, refused = self.worker.claim(paths)
+        """Classify a claimed group and queue each job for the committer, while the next
+        group (``paths``) is claimed on the claimer thread."""
+        if self._claimed_ahead is not None:
+            jobs = self._claimed(self._claimed_ahead)
+            self._claimed_ahead = None
+        else:
+            jobs = self._claimed(self._claimer.submit(self.worker.claim, paths))
+            paths = self._take_ready()
+        if paths:
+            self._claimed_ahead = self._claimer.submit(self.worker.claim, paths)
+        self._prepare(jobs)
+
+    def _claimed(self, claiming: Future) -> list[Job]:
+        jobs, refused = claiming.result()
         for path, exc in refused:
             log.warning("cannot take an inbox file (%s); will retry in %gs", describe_error(exc),
                         self.config.watch.retry_interval)
             self.inbox.skip_for(path, self.config.watch.retry_interval)
+        return jobs
+
+    def _prepare(self, jobs: list[Job]) -> None:
         for job in jobs:  # all of them, even when asked to stop: they are claimed already
             try:
                 work = self.worker.prepare(job)

@@ -92,6 +92,7 @@ def test_agent_stages_add_up(tiny, tmp_path):
         assert set(run["committer_ms"]) == set(agent.COMMITTER_STAGES)
         assert sum(run["committer_ms"].values()) == pytest.approx(run["ms_per_file"])
         assert run["committer_ms"]["reports (thumbnail + HTML + JSON)"] > 0
+        assert run["claimer_ms"]["claim (journal + rename)"] > 0
         assert run["fsync_per_file"] >= 1  # the journal is durable
         assert run["overhead_ms_per_file"] == pytest.approx(run["ms_per_file"]
                                                             - bare["ms_per_file"])

@@ -121,7 +121,7 @@ def test_live_drop_slow_copy_and_clean_stop(tmp_path, test_model, mode):
         notify.close()
 
 
-def test_sigterm_mid_backlog_finishes_the_current_file(tmp_path, test_model):
+def test_sigterm_mid_backlog_finishes_the_files_it_took(tmp_path, test_model):
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     for i in range(40):
@@ -139,6 +139,7 @@ def test_sigterm_mid_backlog_finishes_the_current_file(tmp_path, test_model):
     assert proc.returncode == 0, out[-3000:]
     assert "SIGTERM received" in out
     assert not os.listdir(str(outbox / ".state" / "jobs")), "stopped in the middle of a file"
+    assert not os.listdir(str(outbox / ".state" / "claimed")), "a claimed file was left"
     remaining = {p.name for p in inbox.iterdir()}
     archived = {p.name for p in (outbox / "archive").rglob("*.png")}
     assert remaining | archived == set(inputs) and not remaining & archived
