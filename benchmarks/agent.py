@@ -139,8 +139,10 @@ def bare_inference(model: str, inbox: Path, threads: int) -> dict[str, Any]:
             "invoke_median_ms": statistics.median(infer), "runtime": classifier.runtime_name}
 
 
-def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, Any]:
-    """The whole agent on the backlog, with per-stage and fsync timers."""
+def agent_run(model: str, inbox: Path, outbox: Path, threads: int,
+              fsync_delay_ms: float = 0.0) -> dict[str, Any]:
+    """The whole agent on the backlog, with per-stage and fsync timers. ``fsync_delay_ms``
+    adds that much sleep to every fsync: slow storage (an SD card), emulated."""
     from edge.classifier import Classifier
     from edge.watch import Agent
 
@@ -151,6 +153,14 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
     clock = StageClock()
     worker = agent.worker
     clock.wrap(agent, "_claimed", "wait for claims")
+    groups: list[int] = []
+    real_commit = worker.commit
+
+    def counted_commit(group: list[Any]) -> Any:
+        groups.append(len(group))
+        return real_commit(group)
+
+    worker.commit = counted_commit  # type: ignore[method-assign]
     for name, stage in (("claim", "claim"), ("prepare", "prepare"),
                         ("_write_report", "reports (thumbnail + HTML + JSON)"),
                         ("_decide", "decide (journal)"), ("_move", "archive (move)"),
@@ -169,6 +179,8 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
         start = time.perf_counter()
         try:
             real_fsync(fd)
+            if fsync_delay_ms:
+                time.sleep(fsync_delay_ms / 1000)
         finally:
             with lock:
                 fsyncs["n"] += 1
@@ -209,12 +221,16 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int) -> dict[str, 
             "files_per_s": files / wall, "stages_ms": stages, "committer_ms": committer,
             "claimer_ms": claimer,
             "fsync_per_file": fsyncs["n"] / files, "fsync_ms_per_file": 1000 * fsyncs["s"] / files,
+            "commit_groups": len(groups), "mean_group": statistics.mean(groups) if groups else 0.0,
+            "fsync_delay_ms": fsync_delay_ms,
             "runtime": classifier.runtime_name}
 
 
 def measure(model: str, files: int, kinds: tuple[str, ...] | list[str], data_dir: Path | None,
-            work: Path, threads: int = 0, tmpfs_too: bool = False) -> dict[str, Any]:
+            work: Path, threads: int = 0, tmpfs_too: bool = False,
+            fsync_delay_ms: float = 0.0) -> dict[str, Any]:
     results: dict[str, Any] = {"model": model, "files": files, "threads": threads,
+                               "fsync_delay_ms": fsync_delay_ms,
                                "source": str(data_dir) + " Testing images" if data_dir
                                else "synthetic phantom heads (512x512)", "kinds": {}}
     pictures = _source_pictures(files, data_dir)
@@ -234,7 +250,8 @@ def measure(model: str, files: int, kinds: tuple[str, ...] | list[str], data_dir
                 try:
                     shutil.copytree(str(source), str(run_dir / "inbox"), copy_function=shutil.copy2)
                     log.info("%s: the agent on %d files (%s)", kind, files, place)
-                    run = agent_run(model, run_dir / "inbox", run_dir / "outbox", threads)
+                    run = agent_run(model, run_dir / "inbox", run_dir / "outbox", threads,
+                                    fsync_delay_ms if place == "disk" else 0.0)
                 finally:
                     shutil.rmtree(str(run_dir), ignore_errors=True)
                 bare = entry["bare"]
@@ -258,14 +275,17 @@ def markdown(result: dict[str, Any]) -> str:
     head += [f"{k.upper()} bare" for k in kinds]
     rows = []
     bare_key = {"decode": "decode_ms", "preprocess": "preprocess_ms", "invoke": "invoke_ms"}
-    for stage in STAGES:
-        row = [f"main: {stage}"] + [
-            f"{result['kinds'][k][f'agent_{p}']['stages_ms'][stage]:.2f}" for k, p in columns]
+    first_run = result["kinds"][kinds[0]][f"agent_{columns[0][1]}"]
+    threaded = "committer_ms" in first_run  # runs saved before the committer thread: one list
+    for stage in first_run["stages_ms"]:
+        row = [f"main: {stage}" if threaded else stage] + [
+            f"{result['kinds'][k][f'agent_{p}']['stages_ms'].get(stage, 0):.2f}"
+            for k, p in columns]
         row += [f"{result['kinds'][k]['bare'][bare_key[stage]]:.2f}" if stage in bare_key
                 else "-" for k in kinds]
         rows.append(row)
     for thread, names in (("claimer", CLAIMER_STAGES), ("committer", COMMITTER_STAGES)):
-        for stage in names:
+        for stage in names if threaded else ():
             rows.append([f"{thread}: {stage}"] + [
                 f"{result['kinds'][k][f'agent_{p}'].get(f'{thread}_ms', {}).get(stage, 0):.2f}"
                 for k, p in columns] + ["-" for _ in kinds])
@@ -278,6 +298,8 @@ def markdown(result: dict[str, Any]) -> str:
     rows.append(["fsync time, both threads (calls per file)"]
                 + agent_cells(lambda r: f"{r['fsync_ms_per_file']:.2f} ({r['fsync_per_file']:.0f})")
                 + ["-" for _ in kinds])
+    rows.append(["inputs per commit group (mean)"]
+                + agent_cells(lambda r: f"{r.get('mean_group', 0):.1f}") + ["-" for _ in kinds])
     rows.append(["files/s"] + agent_cells(lambda r: f"{r['files_per_s']:.1f}")
                 + [f"{result['kinds'][k]['bare']['files_per_s']:.1f}" for k in kinds])
     rows.append(["agent overhead, ms per file"]
@@ -295,9 +317,13 @@ def markdown(result: dict[str, Any]) -> str:
              "bare: decode_file + Classifier.classify per file in a loop (no claim, hash, "
              "report, archive or fsync); agent: edge-agent's backlog run (`watch --once`) in "
              "this process; overhead = agent ms/file - bare ms/file",
-             "main: the main loop's thread, whose stages add up to the total; claimer: the "
-             "thread claiming the next group of files meanwhile; committer: the thread writing "
-             "reports, journal, archive and index meanwhile (busy time per file, idle the rest)",
+             *(["main: the main loop's thread, whose stages add up to the total; claimer: the "
+                "thread claiming the next group of files meanwhile; committer: the thread "
+                "writing reports, journal, archive and index meanwhile (busy time per file, "
+                "idle the rest)"] if threaded else []),
+             *([f"disk: every fsync followed by a {result['fsync_delay_ms']:g} ms sleep, "
+                "emulating slow storage such as an SD card (the fsync itself is real)"]
+               if result.get("fsync_delay_ms") else []),
              "disk: inbox and outbox on the scratch folder's filesystem (every fsync real); "
              "tmpfs: on /dev/shm, where fsync costs nothing (CPU-bound part only)",
              "wait for stability: backlog files are already settled (older than [watch] "

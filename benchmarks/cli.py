@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="[runtime] threads for the agent runs (default 0: the runtime's)")
     agent.add_argument("--no-tmpfs", action="store_true",
                        help="skip the agent run on /dev/shm")
+    agent.add_argument("--fsync-delay-ms", type=float, default=0.0, metavar="MS",
+                       help="add MS of sleep to every fsync of the agent run on disk: emulates "
+                            "slow storage (an SD card); the targets are not judged then")
     agent.add_argument("--edge-python", metavar="PYTHON",
                        help="Python of the device environment (pip install '.[edge]', no "
                             "TensorFlow) for memory and startup (default: this one)")
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             files = args.files or (50 if args.quick else 500)
             result["agent"] = agent.measure(args.model or _shipped(), files, ("png", "dicom"),
                                             args.data, work, args.agent_threads,
-                                            tmpfs_too=not args.no_tmpfs)
+                                            tmpfs_too=not args.no_tmpfs,
+                                            fsync_delay_ms=args.fsync_delay_ms)
         if "memory" in wanted:
             from benchmarks import memory
 
@@ -268,6 +272,9 @@ def validate(args: argparse.Namespace) -> None:
                           (args.startup_repeats, "--startup-repeats")):
         if value is not None and value < 1:
             raise BenchmarkError(f"{option} must be at least 1, got {value}")
+    if not 0 <= args.fsync_delay_ms <= 1000:
+        raise BenchmarkError(f"--fsync-delay-ms must be between 0 and 1000, got "
+                             f"{args.fsync_delay_ms:g}")
     trained = _pairs(args.keras_model, "--keras-model")
     stray = sorted(set(trained) - set(_csv(args.archs)) - {model_set.PAPER_ARCH})
     if stray:
@@ -361,7 +368,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                                        "than float32 (1 thread)", "value": f"{speedup:.2f}x",
                              "met": speedup >= TARGETS["int8_speedup"]})
     agent = result.get("agent")
-    if agent and "png" in agent["kinds"]:
+    if agent and "png" in agent["kinds"] and not agent.get("fsync_delay_ms"):
         for place in ("disk", "tmpfs"):
             run = agent["kinds"]["png"].get(f"agent_{place}")
             if run:

@@ -245,19 +245,11 @@ QUICK_VARIANTS = (0, 4, 6)
 
 def _selective(saved: Path, calibration: np.ndarray, deny_nodes: list[str] | None,
                deny_ops: list[str] | None) -> bytes:
-    """int8 with some ops left in float (TensorFlow's selective quantization)."""
-    import tensorflow as tf
-
+    """int8 with some ops left in float: the converter's ``--keep-float`` (int8 I/O kept)."""
     from converters import export
 
-    with export.quiet_native_stderr():
-        feed = export.representative_dataset(calibration)
-        converter = export.make_converter(saved, "int8", feed)
-        options = tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=deny_nodes, denylisted_ops=deny_ops)
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=feed, debug_options=options)
-        return bytes(debugger.get_nondebug_quantized_model())
+    return export.convert(saved, "int8", calibration, keep_float_ops=tuple(deny_ops or ()),
+                          keep_float_nodes=tuple(deny_nodes or ()))
 
 
 def _output_names(content: bytes) -> list[str]:

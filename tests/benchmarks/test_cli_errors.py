@@ -27,6 +27,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     (["latency", "--threads", "two"], "--threads wants positive integers"),
     (["agent", "--files", "0"], "--files must be at least 1"),
     (["agent", "--model", "/no/such/model"], "--model /no/such/model does not exist"),
+    (["agent", "--fsync-delay-ms", "-5"], "--fsync-delay-ms must be between 0 and 1000"),
     (["latency", "--archs", "mlp"], "--archs: unknown mlp"),
 ])
 def test_bad_options_are_explained(args, message):

@@ -7,6 +7,7 @@ is a finite positive time, not how fast anything is.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -100,6 +101,15 @@ def test_agent_stages_add_up(tiny, tmp_path):
     text = agent.markdown(result)
     assert "| **total** |" in text and "overhead ÷ bare inference" in text
     assert "| committer: archive (move) |" in text
+
+
+def test_agent_tables_of_runs_saved_before_the_committer_thread_still_render():
+    """`--render` of a run saved by the one-thread agent (docs/performance-runs)."""
+    saved = Path(__file__).resolve().parents[2] / "docs" / "performance-runs" / (
+        "2026-11-26-agent-before-693885b.json")
+    text = agent.markdown(json.loads(saved.read_text())["agent"])
+    assert "| report (build + HTML + JSON) | 5.95 | 3.79 |" in text
+    assert "committer:" not in text and "| **total** | **31.53** |" in text
 
 
 def test_memory_and_startup_in_this_environment(tiny, tmp_path):
