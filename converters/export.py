@@ -96,16 +96,25 @@ def representative_dataset(images: np.ndarray, progress_stream: Any = None,
     return feed
 
 
-def convert(saved_model: Path, mode: str, calibration: np.ndarray | None = None) -> bytes:
+def convert(saved_model: Path, mode: str, calibration: np.ndarray | None = None,
+            keep_float_ops: tuple[str, ...] = (), keep_float_nodes: tuple[str, ...] = ()) -> bytes:
     """Run TensorFlow's converter; its own failures become a ``ConversionFailedError``.
 
     ``calibration`` (float32 images, already preprocessed) is required for int8.
+    ``keep_float_ops`` (TFLite op types) and ``keep_float_nodes`` (output tensor names) stay
+    in float32 in an int8 model (``converters.selective``); int8 I/O is kept.
     """
+    if (keep_float_ops or keep_float_nodes) and mode != "int8":
+        raise ValueError("keeping ops in float applies to int8 conversion only")
     with quiet_native_stderr() as captured:
         representative = (representative_dataset(calibration, captured.terminal)
                           if calibration is not None else None)
         converter = make_converter(saved_model, mode, representative)
         try:
+            if keep_float_ops or keep_float_nodes:
+                from converters.selective import quantize_keeping_float
+
+                return quantize_keeping_float(converter, keep_float_ops, keep_float_nodes)
             return bytes(converter.convert())
         except Exception as exc:  # noqa: BLE001 - TF raises ConverterError, RuntimeError, ...
             failure = exc

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from converters import datasets, export
-from converters.errors import OutputError, UsageError
+from converters import datasets, export, selective
+from converters.errors import ConversionFailedError, OutputError, UsageError
 from converters.evaluate import compare, keras_predictor, output_kind_of, predict_batched
 from converters.gate import GateResult, Thresholds, apply_gate
 from converters.provenance import (
@@ -54,6 +54,7 @@ class ConvertOptions:
     data: Path
     out: Path
     mode: str = "int8"
+    keep_float: tuple[str, ...] | None = None  # op types kept float32 in int8 (None: not asked)
     labels: str | None = None
     arch: str | None = None
     name: str | None = None
@@ -87,6 +88,11 @@ class Outcome:
 def _validate(opts: ConvertOptions) -> list[tuple[str, str]]:
     if opts.mode not in export.MODES:
         raise UsageError(f"unknown mode {opts.mode!r}; choose one of {', '.join(export.MODES)}")
+    if opts.keep_float is not None:
+        if opts.mode != "int8":
+            raise UsageError(f"--keep-float keeps some ops of an int8 model in float and applies "
+                             f"to --int8 only, not --{opts.mode}; drop one of the two options")
+        selective.check_op_names(opts.keep_float)
     for name, value, low in (("--calibration-size", opts.calibration_size, 1),
                              ("--eval-limit", opts.eval_limit, 1),
                              ("--probe-images", opts.probe_images, 1),
@@ -164,16 +170,27 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
     created = now_utc()
     log.info("exporting the Keras model with a fixed batch of 1")
     saved_model = export.export_saved_model(model, staging / "saved_model")
-    log.info("converting to %s TFLite", mode)
+    keep_float = opts.keep_float or ()
+    log.info("converting to %s TFLite%s", mode,
+             f" ({', '.join(keep_float)} kept in float32)" if keep_float else "")
     t0 = time.monotonic()
-    tflite = export.convert(saved_model, mode, calibration if mode == "int8" else None)
+    tflite = export.convert(saved_model, mode, calibration if mode == "int8" else None,
+                            keep_float_ops=keep_float)
     convert_s = time.monotonic() - t0
     model_path = staging / MODEL_NAME
     model_path.write_bytes(tflite)
     ops = export.ops_summary(tflite)
     input_spec, output_spec = export.io_specs(tflite)
+    kept = None
+    if keep_float:
+        kept = {"keep_float_ops": list(keep_float),
+                "float_ops": selective.check_kept_float(tflite, keep_float, ops["by_type"])}
+        if not (input_spec.dtype == output_spec.dtype == "int8"):
+            raise ConversionFailedError(
+                f"with --keep-float the model's input/output became {input_spec.dtype}/"
+                f"{output_spec.dtype}, not int8/int8; convert without --keep-float")
     version = opts.model_version or default_version(created)
-    prov = provenance(source, mode, created, ops, calib_info, len(tflite), opts.command)
+    prov = provenance(source, mode, created, ops, calib_info, len(tflite), opts.command, kept)
 
     def manifest_with(**extra: Any) -> Any:
         return build_manifest(source=source, mode=mode, model_path=model_path,
@@ -220,7 +237,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                    "preprocess": spec.to_dict(), "output_kind": output_kind},
         "conversion": {"ops": ops, "bytes": len(tflite), "seconds": round(convert_s, 1),
                        "calibration": calib_info, "input": input_spec.to_dict(),
-                       "output": output_spec.to_dict()},
+                       "output": output_spec.to_dict(), **(kept or {})},
         "evaluation": comparison,
         "evaluation_dedup": dedup,
         "runtimes": [c.to_dict() for c in checks],
@@ -296,7 +313,8 @@ def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, save
                      input_quant=(input_spec.scale, input_spec.zero_point)
                      if input_spec.quantized else None,
                      architecture=architecture, calibration_size=opts.calibration_size,
-                     mode=opts.mode, comparison=report.get("evaluation"))
+                     mode=opts.mode, comparison=report.get("evaluation"),
+                     keep_float=opts.keep_float or ())
     report["quant_debug"] = debug.to_dict()
     rejected = opts.out / REJECTED
     staged = saved_model.parent / REJECTED

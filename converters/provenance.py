@@ -42,8 +42,13 @@ def now_utc() -> datetime:
 
 def provenance(source: SourceModel, mode: str, created: datetime, ops: dict[str, Any],
                calibration: dict[str, Any] | None, tflite_bytes: int,
-               command: tuple[str, ...]) -> dict[str, Any]:
-    """Creation time, tool and package versions, the source run, how it was converted."""
+               command: tuple[str, ...],
+               kept_float: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Creation time, tool and package versions, the source run, how it was converted.
+
+    ``kept_float`` (``--keep-float``: ``keep_float_ops`` asked for, ``float_ops`` found in the
+    model) goes into the conversion block, so the manifest tells a mixed int8 model apart.
+    """
     run = {k: source.run_info[k] for k in RUN_KEYS if k in source.run_info}
     return {
         "created_utc": created.isoformat().replace("+00:00", "Z"),
@@ -64,6 +69,7 @@ def provenance(source: SourceModel, mode: str, created: datetime, ops: dict[str,
             "op_versions": ops["max_versions"],
             "tflite_bytes": tflite_bytes,
             "calibration": calibration,
+            **(kept_float or {}),
         },
         "command": " ".join(command) if command else " ".join(sys.argv),
     }

@@ -60,9 +60,12 @@ def expected_input_range(spec: PreprocessSpec) -> tuple[float, float]:
     return (min(ends), max(ends))
 
 
-def layer_statistics(saved_model: Path, calibration: np.ndarray,
-                     debug_images: np.ndarray) -> list[dict[str, Any]]:
-    """Per-quantized-tensor error of the int8 model against float, in execution order."""
+def layer_statistics(saved_model: Path, calibration: np.ndarray, debug_images: np.ndarray,
+                     keep_float: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Per-quantized-tensor error of the int8 model against float, in execution order.
+
+    ``keep_float``: the op types the model kept in float (``--keep-float``), left out here too.
+    """
     import tensorflow as tf
 
     def debug_dataset():
@@ -73,8 +76,10 @@ def layer_statistics(saved_model: Path, calibration: np.ndarray,
         converter = make_converter(saved_model, "int8",
                                    representative_dataset(calibration, captured.terminal,
                                                           desc="debug calibration"))
-        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter,
-                                                             debug_dataset=debug_dataset)
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=list(keep_float) or None)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=debug_dataset, debug_options=options)
         debugger.run()
         buffer = io.StringIO()
         debugger.layer_statistics_dump(buffer)
@@ -104,8 +109,8 @@ def _short_name(name: str) -> str:
 
 def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images: np.ndarray,
              spec: PreprocessSpec, input_quant: tuple[float, int] | None, architecture: str,
-             calibration_size: int, mode: str,
-             comparison: dict[str, Any] | None = None) -> QuantDebugReport:
+             calibration_size: int, mode: str, comparison: dict[str, Any] | None = None,
+             keep_float: tuple[str, ...] = ()) -> QuantDebugReport:
     """Per-layer statistics (int8 only) plus findings and suggestions for any mode."""
     report = QuantDebugReport()
     hesitant = _check_margins(report, comparison)
@@ -118,7 +123,7 @@ def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images:
     _check_ranges(report)
     if mode == "int8" and saved_model is not None:
         try:
-            report.layers = layer_statistics(saved_model, calibration, debug_images)
+            report.layers = layer_statistics(saved_model, calibration, debug_images, keep_float)
         except Exception as exc:  # noqa: BLE001 - the debugger is a diagnosis, never a crash
             text = str(exc).strip()
             report.error = text.splitlines()[0] if text else type(exc).__name__

@@ -87,6 +87,9 @@ def summary_text(report: dict[str, Any]) -> str:
                       f"{calib['seed']})" if calib else "")
         lines.append(f"  {conv['ops']['count']} ops, batch 1, {conv['bytes'] / 1e6:.2f} MB"
                      f"{calib_text}")
+    if conv.get("keep_float_ops"):
+        kept = ", ".join(f"{op} x{n}" for op, n in conv["float_ops"].items())
+        lines.append(f"  kept in float32 (--keep-float): {kept}; input and output int8")
     lines.append("")
     if report.get("evaluation"):
         ev = report["evaluation"]

@@ -2,6 +2,7 @@
 
     python -m converters.tflite --int8 --model runs/paper --data ../shared/data/brain-tumor-mri \\
         --out models/paper-int8
+    python -m converters.tflite --int8 --keep-float CONV_2D,DEPTHWISE_CONV_2D ...
 
 Exit codes: 0 the model passed and was written; 3 the gate refused it (only a report was
 written); 64 bad options; 65 bad data; 66 missing model; 69 a required runtime is missing;
@@ -19,6 +20,7 @@ import click
 
 from converters.errors import EX_USAGE, EXIT_REJECTED, ConverterError
 from converters.export import MODE_HELP
+from converters.selective import parse_op_list
 
 log = logging.getLogger("converters.tflite")
 
@@ -43,6 +45,10 @@ def _mode_option(mode: str) -> click.Option:
 @_mode_option("float16")
 @_mode_option("dynamic")
 @_mode_option("float32")
+@click.option("--keep-float", "keep_float_text", metavar="OPS",
+              help="int8 only: keep these TFLite op types in float32, comma-separated (e.g. "
+                   "CONV_2D,DEPTHWISE_CONV_2D); everything else and the input/output stay int8. "
+                   "Faster only on CPUs without an int8 dot product: measure first.")
 @click.option("--model", "model", required=True, type=click.Path(path_type=Path),
               help="Trainer run folder (runs/<name>/ with model.keras and run.json), or a .keras "
                    "file (then --labels is required).")
@@ -90,7 +96,8 @@ def _mode_option(mode: str) -> click.Option:
               help="Replace a model already in --out (only if the new one passes).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: bool,
-         model: Path, data: Path, out: Path, labels: str | None, arch: str | None,
+         keep_float_text: str | None, model: Path, data: Path, out: Path, labels: str | None,
+         arch: str | None,
          name: str | None, model_version: str | None, calibration_size: int, seed: int,
          eval_data: Path | None, eval_split: str, eval_limit: int | None,
          dedup_list: Path | None, no_dedup: bool, max_drop: float, min_agreement: float,
@@ -107,6 +114,7 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
                    err=True)
         sys.exit(EX_USAGE)
     mode = chosen[0] if chosen else "int8"
+    keep_float = parse_op_list(keep_float_text) if keep_float_text is not None else None
     _quiet_tensorflow()
     from converters.gate import Thresholds
     from converters.pipeline import ConvertOptions, run_conversion
@@ -114,7 +122,8 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
     from trainer.errors import TrainerError
 
     options = ConvertOptions(
-        model=model, data=data, out=out, mode=mode, labels=labels, arch=arch, name=name,
+        model=model, data=data, out=out, mode=mode, keep_float=keep_float, labels=labels,
+        arch=arch, name=name,
         model_version=model_version, calibration_size=calibration_size, seed=seed,
         eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
         dedup_list=dedup_list, auto_dedup=not no_dedup,

@@ -29,7 +29,7 @@ def test_help_lists_every_mode_and_the_gate():
     assert done.returncode == 0
     for option in ("--int8", "--float16", "--dynamic", "--float32", "--max-drop",
                    "--min-agreement", "--calibration-size", "--eval-data", "--dedup-list",
-                   "--check-runtime", "--eval-limit"):
+                   "--check-runtime", "--eval-limit", "--keep-float"):
         assert option in done.stdout
 
 
