@@ -4,6 +4,10 @@ The pattern is the classic one: write a temporary file in the destination folder
 fsync it, rename it over the final name, then fsync the folder so the rename itself survives
 a power cut. Moves never overwrite: a name that is taken gets a suffix instead.
 
+New files get the permissions ``open()`` would give them (0666 less the process's umask:
+the service's ``UMask=0027`` makes reports readable by the ``neuroedge`` group, as the
+staff who read them need), not ``tempfile.mkstemp``'s private 0600.
+
 Group commit: when the agent handles several inputs at once it does each step for all of
 them with the folder fsyncs left out (``sync_folder=False``), then fsyncs each touched folder
 once through a ``FolderBarrier``. Every file's data is still fsynced before its rename; what
@@ -16,8 +20,8 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any, Collection
@@ -58,6 +62,22 @@ class FolderBarrier:
         self._folders.clear()
 
 
+def create_temp(folder: Path) -> tuple[int, str]:
+    """A new, empty temporary file in ``folder``, open for writing: ``(fd, path)``.
+
+    Like ``tempfile.mkstemp`` (a fresh random name, ``O_EXCL``) except for the mode: 0666
+    filtered by the umask, so the renamed result has a normal file's permissions.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(str(folder), f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
                        sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file, rename) and, by default, durably
@@ -69,7 +89,7 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
     durable write goes to the same folder, whose folder fsync then makes both renames last.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=str(path.parent))
+    fd, tmp = create_temp(path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -236,7 +256,7 @@ def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) 
 def copy_durable(src_fd: int, dst: Path) -> None:
     """Copy an open file's bytes to ``dst`` atomically (used when a rename crosses filesystems)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=str(dst.parent))
+    fd, tmp = create_temp(dst.parent)
     try:
         with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(src_fd), "rb") as inp:
             inp.seek(0)

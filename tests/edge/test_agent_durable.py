@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 
 from edge.durable import (
     append_lines_durable,
+    copy_durable,
     free_name,
     move_no_replace,
     remove_stale_temp_files,
@@ -77,3 +79,37 @@ def test_torn_index_line_is_cut(tmp_path):
     assert repair_torn_tail(index) is True
     assert index.read_text() == '{"n": 1}\n{"n": 2}\n{"n": 3}\n'
     assert repair_torn_tail(index) is False
+
+
+@pytest.fixture()
+def service_umask():
+    """The systemd unit's UMask=0027 for the duration of a test (process-wide)."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_new_files_follow_the_umask_not_mkstemps_0600(tmp_path, service_umask):
+    target = tmp_path / "r.json"
+    write_json_atomic(target, {"a": 1})
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the neuroedge group can read it
+    fd = os.open(str(tmp_path / "src"), os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"input")
+    copy_durable(fd, tmp_path / "copy")
+    os.close(fd)
+    assert stat.S_IMODE((tmp_path / "copy").stat().st_mode) == 0o640
+    assert (tmp_path / "copy").read_bytes() == b"input"
+
+
+def test_the_agents_outputs_are_readable_by_its_group(folders, test_model, service_umask):
+    from agent_helpers import gray_png, make_config, run_once
+
+    gray_png(folders["inbox"] / "a.png", 80)
+    (folders["inbox"] / "notes.txt").write_text("not an image")
+    run_once(make_config(folders, test_model.path))
+    outbox = folders["outbox"]
+    written = [p for p in outbox.rglob("*") if p.is_file() and ".state" not in p.parts]
+    assert {p.suffix for p in written} >= {".json", ".html", ".jsonl"}
+    unreadable = [str(p.relative_to(outbox)) for p in written
+                  if not p.stat().st_mode & stat.S_IRGRP]
+    assert not unreadable
