@@ -249,15 +249,17 @@ class Worker:
                          "the agent's user read access and copy it into the inbox again")
             return work
         timings = {"hash": (time.perf_counter() - t0) * 1000}
-        existing = read_json(self.outbox.reports / f"{job.sha256}.json")
-        if existing is not None:
-            own = existing.get("intake", {}).get("token") == job.token
-            job.outcome = "classified" if own else "duplicate"
-            return work
+        # In-flight first, then on disk: an input leaves the in-flight set only once its
+        # report is durable, so between the two checks it cannot slip through both.
         with self._lock:
             holder = self._in_flight.get(job.sha256)
         if holder is not None and holder != job.token:
             job.outcome = "duplicate"  # of an input whose report is being written
+            return work
+        existing = read_json(self.outbox.reports / f"{job.sha256}.json")
+        if existing is not None:
+            own = existing.get("intake", {}).get("token") == job.token
+            job.outcome = "classified" if own else "duplicate"
             return work
         self._classify(work, claimed, timings, t0)
         if work.report is not None:

@@ -146,3 +146,42 @@ def test_backlog_through_the_committer_thread_balances(folders, test_model):
     assert len(list((outbox / "reports").glob("*.json"))) == 15
     assert not os.listdir(outbox / ".state" / "jobs")
     assert not any(inbox.iterdir())
+
+
+class _CommitsFirst:
+    """A lock that, the first time it is taken, first lets ``action`` run: the committer
+    finishing another input at that exact moment."""
+
+    def __init__(self, real, action) -> None:
+        self.real, self.action = real, action
+
+    def __enter__(self):
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+        return self.real.__enter__()
+
+    def __exit__(self, *exc):
+        return self.real.__exit__(*exc)
+
+
+def test_a_copy_prepared_while_the_first_is_committed_is_still_a_duplicate(folders, agent):
+    """The committer may finish the first copy between the second copy's two checks (in
+    flight? on disk?); whichever moment it is, the second copy is a duplicate and the first
+    copy's report is never replaced."""
+    worker: Worker = agent.worker
+    paths = fill(folders["inbox"], [120, 120])
+    (first, second), _ = worker.claim(paths)
+    work_first = worker.prepare(first)
+    assert first.outcome == "classified"
+    real_lock = worker._lock
+    worker._lock = _CommitsFirst(real_lock, lambda: worker.commit([work_first]))
+    work_second = worker.prepare(second)
+    worker._lock = real_lock
+    assert second.outcome == "duplicate"
+    report = folders["outbox"] / "reports" / f"{first.sha256}.json"
+    assert json.loads(report.read_text())["intake"]["token"] == first.token
+    assert worker.commit([work_second]) == []
+    assert json.loads(report.read_text())["intake"]["token"] == first.token
+    assert sorted(e["outcome"] for e in index_lines(folders["outbox"])) == ["classified",
+                                                                          "duplicate"]
