@@ -6,10 +6,10 @@ loop tracks candidates until they are settled, claims up to ``CLAIM_GROUP`` sett
 once, classifies them one by one and hands each to the committer thread (``edge.pipeline``),
 which writes reports, moves inputs and appends index lines in groups while the loop goes on.
 Under a backlog the next group is claimed on a third thread while this one is classified, so
-the claim's fsyncs are off the loop's path too.
-The loop also rescans the inbox periodically (events get lost: network shares, inotify
-limits), retries jobs that failed for a passing reason (a full disk), pings systemd's
-watchdog, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
+the claim's fsyncs are off the loop's path too. The loop also rescans the inbox periodically
+(events get lost: network shares, inotify limits), retries jobs that failed for a passing
+reason (a full disk) on its own thread once the committer is idle, pings systemd's watchdog
+between groups, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
 """
 
 from __future__ import annotations
