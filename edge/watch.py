@@ -9,7 +9,7 @@ Under a backlog the next group is claimed on a third thread while this one is cl
 the claim's fsyncs are off the loop's path too. The loop also rescans the inbox periodically
 (events get lost: network shares, inotify limits), retries jobs that failed for a passing
 reason (a full disk) on its own thread once the committer is idle, pings systemd's watchdog
-between groups, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
+between files, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ class Agent:
         self.committer = Committer(self.worker, self._job_failed)
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
         self._claimed_ahead: Future | None = None  # the next group, being claimed
+        self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
+        self._last_ping = time.monotonic()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -203,14 +205,12 @@ class Agent:
 
     def _loop(self) -> None:
         w = self.config.watch
-        ping_every = sdnotify.watchdog_interval()
-        last_ping = last_scan = last_retry = time.monotonic()
+        ping_every = self._ping_every
+        last_scan = last_retry = time.monotonic()
         last_render = 0.0
         while not self.stop_requested.is_set():
             now = time.monotonic()
-            if ping_every and now - last_ping >= ping_every:
-                sdnotify.notify("WATCHDOG=1")
-                last_ping = now
+            self._ping_watchdog()
             self._drain_events()
             if self._rescan.is_set() or now - last_scan >= w.rescan_interval or (
                     self.inbox.overflowed and len(self.inbox.pending) < w.max_pending // 2):
@@ -295,8 +295,17 @@ class Agent:
             self.inbox.skip_for(path, self.config.watch.retry_interval)
         return jobs
 
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 to systemd when due: from this thread, between files, so a hung
+        decoder or a hung disk write (the committer's queue full) stops the pings."""
+        now = time.monotonic()
+        if self._ping_every and now - self._last_ping >= self._ping_every:
+            sdnotify.notify("WATCHDOG=1")
+            self._last_ping = now
+
     def _prepare(self, jobs: list[Job]) -> None:
         for job in jobs:  # all of them, even when asked to stop: they are claimed already
+            self._ping_watchdog()
             try:
                 work = self.worker.prepare(job)
             except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later
