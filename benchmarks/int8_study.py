@@ -79,25 +79,19 @@ def time_invoke(content: bytes, runs: int, warmup: int = 3, threads: int = 1,
     return 1000.0 * float(np.median(samples))
 
 
-def _op_names() -> dict[int, str]:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-
 def op_profile(path: Path, runs: int = 30, rounds: int = 3) -> dict[str, Any]:
     """Milliseconds per layer group of a ``.tflite`` model, 1 thread, ai-edge-litert."""
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from converters.export import op_type
+
     model = flatbuffer_utils.read_model(str(path))
     graph = model.subgraphs[0]
-    names = _op_names()
     groups: list[dict[str, Any]] = []
     for index, op in enumerate(graph.operators):
         tensor = graph.tensors[op.outputs[0]]
         key = _group_key(tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name)
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "?")
+        kind = op_type(model, op)
         if groups and groups[-1]["layer"] == key:
             groups[-1]["last_op"] = index
             groups[-1]["ops"].append(kind)

@@ -127,22 +127,36 @@ def convert(saved_model: Path, mode: str, calibration: np.ndarray | None = None,
         f"{(detail or native or [type(failure).__name__])[0]}.{hint}")
 
 
+@functools.cache
+def builtin_op_names() -> dict[int, str]:
+    """TFLite builtin operator code -> name (``CONV_2D``...), from TensorFlow's schema."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_type(model: Any, op: Any) -> str:
+    """The type name of ``op`` in a flatbuffer ``model`` object (``CUSTOM:<name>`` for custom
+    ops). Old files keep the code in ``deprecatedBuiltinCode``, new ones in ``builtinCode``."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+    name = builtin_op_names().get(builtin, f"BUILTIN_{builtin}")
+    if name == "CUSTOM":
+        name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
+    return name
+
+
 def ops_summary(tflite_model: bytes) -> dict[str, Any]:
     """Operator count, by type, and each type's highest version (what old runtimes choke on)."""
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
     counts: Counter[str] = Counter()
     versions: dict[str, int] = {}
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
+            name = op_type(model, op)
             code = model.operatorCodes[op.opcodeIndex]
-            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-            name = names.get(builtin, f"BUILTIN_{builtin}")
-            if name == "CUSTOM":
-                name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
             counts[name] += 1
             versions[name] = max(versions.get(name, 0), int(code.version))
     return {"count": sum(counts.values()), "by_type": dict(sorted(counts.items())),

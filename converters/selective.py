@@ -16,12 +16,12 @@ was configured with (int8) are passed on, so the model's I/O stays int8.
 from __future__ import annotations
 
 import difflib
-import functools
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from converters.errors import ConversionFailedError, UsageError
+from converters.export import builtin_op_names, op_type
 
 #: Ops that only move values between int8 and float: keeping them "in float" means nothing.
 NOT_KEEPABLE = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -39,21 +39,13 @@ def parse_op_list(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if name))
 
 
-@functools.cache
-def builtin_op_names() -> frozenset[str]:
-    """Every TFLite builtin operator name of the installed TensorFlow's schema."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return frozenset(k for k in vars(schema.BuiltinOperator) if not k.startswith("_"))
-
-
 def check_op_names(ops: Iterable[str], option: str = "--keep-float") -> None:
     """Refuse names that are not TFLite builtin ops, with the nearest valid name."""
     ops = tuple(ops)
     if not ops:
         raise UsageError(f"{option} needs at least one TFLite op name, e.g. {option} "
                          f"{','.join(EXAMPLES[:2])}")
-    valid = builtin_op_names() - NOT_KEEPABLE
+    valid = set(builtin_op_names().values()) - NOT_KEEPABLE
     for name in ops:
         if name in valid:
             continue
@@ -103,13 +95,11 @@ def float_op_types(tflite_model: bytes) -> dict[str, int]:
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
     found: Counter[str] = Counter()
     for graph in model.subgraphs:
         for op in graph.operators:
-            code = model.operatorCodes[op.opcodeIndex]
-            name = names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)), "?")
+            name = op_type(model, op)
             inputs = [i for i in op.inputs if i >= 0]
             if (name not in NOT_KEEPABLE and inputs
                     and graph.tensors[inputs[0]].type == schema.TensorType.FLOAT32):
