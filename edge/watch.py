@@ -280,7 +280,7 @@ class Agent:
         if self._claimed_ahead is not None:
             jobs = self._claimed(self._claimed_ahead)
             self._claimed_ahead = None
-        else:
+        else:  # on the claimer thread too, and waited for: claims never run side by side
             jobs = self._claimed(self._claimer.submit(self.worker.claim, paths))
             paths = self._take_ready()
         if paths:
