@@ -9,6 +9,7 @@ believes it changed. ``edge/config.example.toml`` documents every key.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -25,6 +26,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 FRAME_CHOICES = ("middle", "first")
 FALLBACK_WINDOWS = ("percentile", "minmax")
 RUNTIME_CHOICES = ("", "ai-edge-litert", "tflite-runtime", "tensorflow")
+# More interpreter threads than this only slows a small model down; far more (100000) makes
+# the runtime crash while creating them.
+MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class LimitsConfig:
     """Guards against decompression bombs and absurd inputs, checked before decoding."""
 
     max_file_mb: float = 512.0
+    max_decode_mb: float = 256.0
     max_pixels: int = 50_000_000
     max_total_pixels: int = 1_000_000_000
     min_side: int = 16
@@ -184,6 +189,10 @@ def _section_from_dict(name: str, default: Any, table: dict[str, Any], source: s
     return section
 
 
+_KINDS = {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+          str: "a string", tuple: "a list of strings"}
+
+
 def _coerce(where: str, value: Any, expected: Any, source: str) -> Any:
     """Check a TOML value against the type of its default (ints are accepted for floats)."""
     if isinstance(expected, bool):
@@ -192,6 +201,8 @@ def _coerce(where: str, value: Any, expected: Any, source: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(expected, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):  # TOML has inf and nan; no setting means them
+            raise ConfigError(f"{source}: {where} must be a finite number, got {value!r}")
         value = float(value) if ok else value
     elif isinstance(expected, tuple):
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
@@ -199,8 +210,8 @@ def _coerce(where: str, value: Any, expected: Any, source: str) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        kind = type(expected).__name__ if not isinstance(expected, tuple) else "list of strings"
-        raise ConfigError(f"{source}: {where} must be a {kind}, got {value!r}")
+        kind = next(text for base, text in _KINDS.items() if isinstance(expected, base))
+        raise ConfigError(f"{source}: {where} must be {kind}, got {value!r}")
     return value
 
 
@@ -233,8 +244,9 @@ def _validate_section(name: str, s: Any, source: str) -> None:
             raise bad("percentile_low", "must satisfy 0 <= percentile_low < percentile_high "
                       "<= 100")
     elif name == "limits":
-        if not s.max_file_mb > 0:
-            raise bad("max_file_mb", "must be > 0")
+        for key in ("max_file_mb", "max_decode_mb"):
+            if not getattr(s, key) > 0:
+                raise bad(key, "must be > 0")
         for key in ("max_pixels", "max_total_pixels", "min_side", "max_attempts"):
             if getattr(s, key) < 1:
                 raise bad(key, "must be at least 1")
@@ -243,8 +255,8 @@ def _validate_section(name: str, s: Any, source: str) -> None:
     elif name == "runtime":
         if s.name not in RUNTIME_CHOICES:
             raise bad("name", "must be one of " + ", ".join(repr(c) for c in RUNTIME_CHOICES))
-        if s.threads < 0:
-            raise bad("threads", "must be >= 0 (0: the runtime's default)")
+        if not 0 <= s.threads <= MAX_THREADS:
+            raise bad("threads", f"must be between 0 (the runtime's default) and {MAX_THREADS}")
     elif name == "logging":
         if s.level not in LOG_LEVELS:
             raise bad("level", f"must be one of {', '.join(LOG_LEVELS)}")

@@ -47,7 +47,7 @@ def test_config_is_frozen():
      "unknown key 'setle_seconds' \\(did you mean 'settle_seconds'"),
     ({"wach": {}}, "unknown section 'wach' \\(did you mean 'watch'"),
     ({"review": {"threshold": 1.5}}, "threshold must be between 0 and 1"),
-    ({"review": {"threshold": "high"}}, "threshold must be a float"),
+    ({"review": {"threshold": "high"}}, "threshold must be a number"),
     ({"watch": {"recursive": "yes"}}, "recursive must be a bool"),
     ({"watch": {"max_pending": 0}}, "max_pending must be at least 1"),
     ({"dicom": {"frame": "last"}}, "frame must be one of middle, first"),
