@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -33,8 +34,21 @@ img.thumb{width:224px;height:224px;image-rendering:pixelated;border:1px solid #9
 """
 
 
+# Control and format characters (Unicode categories Cc, Cf, Cs): a right-to-left override in
+# a file name would make "scan<U+202E>gnp.exe" display as "scanexe.png"; a NUL or a lone
+# surrogate has no place in a page. They are shown as their code point instead.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+    "\ufff9-\ufffb\ud800-\udfff\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]")
+
+
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text for a page: HTML-escaped, with invisible characters made visible."""
+    text = "" if value is None else str(value)
+    text = _INVISIBLE.sub(lambda m: f"[U+{ord(m.group()):04X}]", text)
+    return html.escape(text, quote=True)
 
 
 def thumbnail_data_uri(pixels: np.ndarray) -> str:
