@@ -8,6 +8,7 @@ is refused with a message that says what the file is and what to send instead.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ def describe_unknown(head: bytes) -> str:
     return "not a recognised image format"
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file: reading a FIFO blocks until someone writes to it,
+    and a device such as /dev/zero never ends."""
+    mode = os.stat(str(path)).st_mode
+    if not stat.S_ISREG(mode):
+        what = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else
+                "a folder" if stat.S_ISDIR(mode) else "a special file")
+        raise UnsupportedInputError(f"not a regular file: this is {what}; only image files "
+                                    "are read")
+
+
 def read_head(path: Path, size: int = 1024) -> bytes:
     fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
@@ -98,9 +112,7 @@ def decode_file(path: Path, dicom: DicomConfig, limits: LimitsConfig) -> Decoded
         raise UnsupportedInputError(
             "the file is empty (0 bytes): the copy probably failed; copy the scan again")
     if size > limits.max_file_mb * 1024 * 1024:
-        raise InputLimitError(
-            f"the file is {size / 2**20:.0f} MB, above the limit of {limits.max_file_mb:g} MB "
-            "([limits] max_file_mb); raise the limit if such files are expected")
+        raise InputLimitError.file_too_large(size, limits.max_file_mb)
     head = read_head(path)
     kind = sniff(head)
     if kind in ("png", "jpeg"):
@@ -117,6 +129,16 @@ def decode_file(path: Path, dicom: DicomConfig, limits: LimitsConfig) -> Decoded
     raise UnsupportedInputError(
         f"the file is {describe_unknown(head)}, not a {SUPPORTED} file (recognised by content, "
         f"not by name); export the scan as {SUPPORTED}")
+
+
+def check_decode_budget(estimate_bytes: int, limits: LimitsConfig, what: str) -> None:
+    """Refuse an input whose decoding would take more memory than ``[limits] max_decode_mb``,
+    from an estimate made from its header (decoded pixels plus their 8-bit copy)."""
+    if estimate_bytes > limits.max_decode_mb * 2**20:
+        raise InputLimitError(
+            f"decoding this {what} would take about {estimate_bytes / 2**20:,.0f} MB of memory, "
+            f"above the limit of {limits.max_decode_mb:g} MB ([limits] max_decode_mb); an MR "
+            "slice needs a few MB. Raise the limit only if the device has the memory to spare")
 
 
 def check_dimensions(width: int, height: int, limits: LimitsConfig, what: str,

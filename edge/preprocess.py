@@ -82,11 +82,27 @@ def to_8bit_picture(image: Image.Image) -> Image.Image:
     if image.mode in ("L", "RGB"):
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(window_to_uint8(values, float(values.min()), float(values.max())))
+        low, high = image.getextrema()
+        return _stretch_to_8bit(image, float(low), float(high))
     if image.mode in ("1", "LA"):
         return image.convert("L")
     return image.convert("RGB")
+
+
+_CHUNK_PIXELS = 1 << 20  # pixels converted at a time: bounds the float temporaries (8 MB)
+
+
+def _stretch_to_8bit(image: Image.Image, low: float, high: float) -> Image.Image:
+    """``window_to_uint8`` of a wide grayscale picture, a band of rows at a time, so the
+    float copies cost a few MB whatever the picture's size (a 7000x7000 16-bit PNG would
+    otherwise take gigabytes)."""
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    step = max(1, _CHUNK_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        band = np.asarray(image.crop((0, top, width, min(height, top + step))))
+        out[top:top + step] = window_to_uint8(band, low, high)
+    return Image.frombuffer("L", (width, height), out, "raw", "L", 0, 1)  # no copy
 
 
 def window_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -96,6 +112,7 @@ def window_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
         return np.zeros(values.shape, dtype=np.uint8)
     out = (values - low) * (255.0 / (high - low))
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
 
 
 def resize_uint8(image: Image.Image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
