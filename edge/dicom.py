@@ -39,7 +39,7 @@ from .codestream import declared_size, first_fragment
 from .config import DicomConfig, LimitsConfig
 from .errors import DecodeError, InputLimitError, MissingDecoderError, UnsupportedInputError
 from .images import is_effectively_gray
-from .inputs import DecodedImage, check_dimensions
+from .inputs import DecodedImage, check_decode_budget, check_dimensions
 from .preprocess import window_to_uint8
 
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
@@ -67,15 +67,20 @@ def _decode(path: Path, preamble: bool, dicom: DicomConfig, limits: LimitsConfig
     _check_is_classifiable(ds, dicom)
     rows, columns, frames, samples = _geometry(ds)
     check_dimensions(columns, rows, limits, "DICOM image", frames, samples)
+    check_decode_budget(_decode_bytes(ds, rows, columns, frames, samples), limits,
+                        f"DICOM image ({columns}x{rows}, {frames} frame(s))")
     photometric = details["photometric_interpretation"]
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise UnsupportedInputError(
             f"Photometric Interpretation {photometric!r} is not supported (supported: "
-            f"{', '.join(SUPPORTED_PHOTOMETRIC)})")
+            f"{', '.join(SUPPORTED_PHOTOMETRIC)})",
+            log_message="its Photometric Interpretation is not supported (the value is in "
+                        "the quarantine record)")
     tsyntax = ds.file_meta.TransferSyntaxUID
     problem = compat.decoder_problem(tsyntax)
     if problem:
-        raise MissingDecoderError(problem)
+        raise MissingDecoderError(problem, log_message="no installed decoder can read its "
+                                  "compressed pixel data (details in the quarantine record)")
     if compat.UID(str(tsyntax)).is_compressed:
         _check_codestream(ds, columns, rows)
     index = (frames - 1) // 2 if dicom.frame == "middle" else 0
@@ -110,6 +115,21 @@ def _decode(path: Path, preamble: bool, dicom: DicomConfig, limits: LimitsConfig
         if not is_effectively_gray(picture):
             notes.append("colour DICOM: the model was trained on grayscale MR slices")
     return DecodedImage(kind="dicom", picture=picture, details=details, notes=notes)
+
+
+def _decode_bytes(ds: Any, rows: int, columns: int, frames: int, samples: int) -> int:
+    """Memory that decoding one frame takes at its peak, from the header: the decoded
+    frame(s) (pydicom 2.4 decodes every frame), a copy of the stored values for the
+    percentile window, and the 8-bit result; the conversion itself runs in bounded chunks.
+    The encoded pixel data, read with the file, counts too."""
+    stored = max(1, (_int_or_none(ds, "BitsAllocated") or 16) // 8)
+    pixels = rows * columns * samples
+    decoded = pixels * stored * (1 if compat.PYDICOM_3 else frames)
+    try:
+        encoded = len(ds.PixelData)
+    except Exception:  # noqa: BLE001 - unreadable pixel data fails later, with its reason
+        encoded = 0
+    return encoded + decoded + pixels * stored + pixels
 
 
 def _read(path: Path, preamble: bool) -> Any:
@@ -202,11 +222,13 @@ def _check_is_classifiable(ds: Any, dicom: DicomConfig) -> None:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise UnsupportedInputError(
                 f"this {what} holds floating-point pixel data (a parametric map), not an MR "
-                "picture; only MR images are classified")
+                "picture; only MR images are classified",
+                log_message="floating-point pixel data (a parametric map), not an MR picture")
         modality = (_text(ds, "Modality") or "unknown").strip()
         raise UnsupportedInputError(
             f"no pixel data: this is a {what} (Modality {modality}), not an image. Structured "
-            "reports, RT plans and structure sets carry no picture to classify")
+            "reports, RT plans and structure sets carry no picture to classify",
+            log_message="no pixel data: not an image (its kind is in the quarantine record)")
     modality = (_text(ds, "Modality") or "").strip().upper()
     accepted = tuple(m.strip().upper() for m in dicom.modalities)
     if not modality:
@@ -218,7 +240,9 @@ def _check_is_classifiable(ds: Any, dicom: DicomConfig) -> None:
         raise UnsupportedInputError(
             f"Modality is {modality}, but this model was trained on brain "
             f"{'/'.join(accepted)} slices only; a {modality} image is not classified "
-            "(an answer would be meaningless)")
+            "(an answer would be meaningless)",
+            log_message=f"its Modality is not {'/'.join(accepted)} (the value is in the "
+                        "quarantine record)")
     missing = [k for k in _REQUIRED if k not in ds]
     if missing:
         raise DecodeError(f"the DICOM image lacks {', '.join(missing)}; the file is incomplete")
@@ -277,22 +301,94 @@ def _functional_item(ds: Any, index: int, sequence: str) -> Any | None:
     return None
 
 
-def _modality_values(arr: np.ndarray, ds: Any, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-    if "ModalityLUTSequence" in ds:
-        return np.asarray(compat.apply_modality_lut(arr, ds), dtype=np.float64), {"lut": True}
-    source = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else _functional_item(
-        ds, index, "PixelValueTransformationSequence")
-    slope, intercept = 1.0, 0.0
-    if source is not None:
-        try:
-            slope = float(source.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
-        except (TypeError, ValueError):
-            slope, intercept = 1.0, 0.0
-    values = arr.astype(np.float64)
-    if slope != 1.0 or intercept != 0.0:
-        values = values * slope + intercept
-    return values, {"slope": slope, "intercept": intercept}
+class _Modality:
+    """The modality LUT (PS3.3 C.11.1): stored values -> meaningful values, applied a chunk
+    of rows at a time so that a big frame never exists as float64 in full."""
+
+    def __init__(self, ds: Any, index: int) -> None:
+        self.ds = ds
+        self.lut = "ModalityLUTSequence" in ds
+        self.slope, self.intercept = 1.0, 0.0
+        if self.lut:
+            self.rescale: dict[str, Any] = {"lut": True}
+            return
+        source = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else _functional_item(
+            ds, index, "PixelValueTransformationSequence")
+        if source is not None:
+            try:
+                self.slope = float(source.get("RescaleSlope", 1.0) or 1.0)
+                self.intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+            except (TypeError, ValueError):
+                self.slope, self.intercept = 1.0, 0.0
+        if not (np.isfinite(self.slope) and np.isfinite(self.intercept)):
+            raise DecodeError(
+                f"the DICOM's Rescale Slope ({self.slope!r}) or Rescale Intercept "
+                f"({self.intercept!r}) is not a finite number, so its pixel values have no "
+                "meaning; the file is malformed: export it again from the scanner")
+        self.rescale = {"slope": self.slope, "intercept": self.intercept}
+
+    @property
+    def identity(self) -> bool:
+        return not self.lut and self.slope == 1.0 and self.intercept == 0.0
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        if self.lut:
+            return np.asarray(compat.apply_modality_lut(stored, self.ds), dtype=np.float64)
+        values = stored.astype(np.float64)
+        if not self.identity:
+            values = values * self.slope + self.intercept
+        return values
+
+    def value_range(self, stored: np.ndarray) -> tuple[float, float]:
+        """Smallest and largest value, checked finite (a huge slope overflows)."""
+        if self.lut:
+            low, high = _chunk_reduce(stored, self, np.min), _chunk_reduce(stored, self, np.max)
+        else:
+            ends = [float(stored.min()) * self.slope + self.intercept,
+                    float(stored.max()) * self.slope + self.intercept]
+            low, high = min(ends), max(ends)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise DecodeError(
+                f"the DICOM's Rescale Slope ({self.slope:g}) and Intercept ({self.intercept:g}) "
+                "turn its pixels into numbers too large to represent; the file is malformed: "
+                "export it again from the scanner")
+        return low, high
+
+    def percentiles(self, stored: np.ndarray, low_pct: float,
+                    high_pct: float) -> tuple[float, float]:
+        """Percentiles of the values, from the stored integers: a linear rescale keeps their
+        order (a negative slope reverses it), so no float copy of the frame is made."""
+        if self.lut:
+            values = self(stored)
+            low, high = (float(v) for v in np.percentile(values, [low_pct, high_pct]))
+            return low, high
+        if self.slope >= 0:
+            p_low, p_high = np.percentile(stored, [low_pct, high_pct])
+        else:
+            p_high, p_low = np.percentile(stored, [100.0 - high_pct, 100.0 - low_pct])
+        return (float(p_low) * self.slope + self.intercept,
+                float(p_high) * self.slope + self.intercept)
+
+
+_CHUNK_PIXELS = 1 << 20  # rows of this many pixels are converted at a time (8 MB of float64)
+
+
+def _row_chunks(arr: np.ndarray) -> Any:
+    step = max(1, _CHUNK_PIXELS // max(1, int(np.prod(arr.shape[1:]))))
+    for top in range(0, arr.shape[0], step):
+        yield slice(top, top + step)
+
+
+def _chunk_reduce(stored: np.ndarray, modality: _Modality, reduce: Any) -> float:
+    return float(reduce([reduce(modality(stored[rows])) for rows in _row_chunks(stored)]))
+
+
+def _to_uint8_chunked(stored: np.ndarray, convert: Any) -> np.ndarray:
+    """``convert`` (float64 values -> uint8) applied to the frame a band of rows at a time."""
+    out = np.empty(stored.shape, dtype=np.uint8)
+    for rows in _row_chunks(stored):
+        out[rows] = convert(stored[rows])
+    return out
 
 
 def _file_window(ds: Any, index: int) -> tuple[float, float, str] | None:
@@ -332,41 +428,50 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str)
 
 def _grayscale_to_uint8(arr: np.ndarray, ds: Any, index: int,
                         dicom: DicomConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    values, rescale = _modality_values(arr, ds, index)
+    modality = _Modality(ds, index)
+    rescale = modality.rescale
+    value_low, value_high = modality.value_range(arr)
     if dicom.use_file_window and "VOILUTSequence" in ds:
         try:
-            lut_input = np.rint(values).astype(np.int64)  # LUTs map integer values
-            out = np.asarray(compat.apply_voi_lut(lut_input, ds, index=0, prefer_lut=True),
-                             dtype=np.float64)
             bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-            top = float(2 ** bits - 1) if 8 <= bits <= 16 else float(out.max() or 1)
-            pixels = np.clip(np.rint(out * (255.0 / top)), 0, 255).astype(np.uint8)
+
+            def through_lut(stored: np.ndarray) -> np.ndarray:
+                lut_input = np.rint(modality(stored)).astype(np.int64)  # LUTs map integers
+                return np.asarray(compat.apply_voi_lut(lut_input, ds, index=0, prefer_lut=True),
+                                  dtype=np.float64)
+
+            if 8 <= bits <= 16:
+                top = float(2 ** bits - 1)
+            else:
+                top = _chunk_reduce(arr, through_lut, np.max) or 1.0  # type: ignore[arg-type]
+            pixels = _to_uint8_chunked(arr, lambda stored: np.clip(
+                np.rint(through_lut(stored) * (255.0 / top)), 0, 255).astype(np.uint8))
             return pixels, {"method": "voi_lut", "rescale": rescale}
         except Exception:  # noqa: BLE001 - a broken VOI LUT falls back to the rules below
             pass
     window = _file_window(ds, index) if dicom.use_file_window else None
     if window is not None:
         center, width, function = window
-        return apply_window(values, center, width, function), {
-            "method": "file_window", "center": center, "width": width, "function": function,
-            "rescale": rescale}
+        pixels = _to_uint8_chunked(arr, lambda stored: apply_window(
+            modality(stored), center, width, function))
+        return pixels, {"method": "file_window", "center": center, "width": width,
+                        "function": function, "rescale": rescale}
     bits = _int_or_none(ds, "BitsStored") or _int_or_none(ds, "BitsAllocated") or 16
-    if bits <= 8 and _int_or_none(ds, "PixelRepresentation") != 1 and rescale.get(
-            "slope", 1.0) == 1.0 and rescale.get("intercept", 0.0) == 0.0:
-        return np.clip(values, 0, 255).astype(np.uint8), {"method": "as_stored",
-                                                           "rescale": rescale}
+    if bits <= 8 and _int_or_none(ds, "PixelRepresentation") != 1 and modality.identity:
+        pixels = _to_uint8_chunked(arr, lambda stored: np.clip(stored, 0, 255).astype(np.uint8))
+        return pixels, {"method": "as_stored", "rescale": rescale}
     if dicom.fallback_window == "minmax":
-        low, high = float(values.min()), float(values.max())
+        low, high = value_low, value_high
         method: dict[str, Any] = {"method": "minmax"}
     else:
-        low, high = (float(v) for v in np.percentile(
-            values, [dicom.percentile_low, dicom.percentile_high]))
+        low, high = modality.percentiles(arr, dicom.percentile_low, dicom.percentile_high)
         method = {"method": "percentile", "percentile_low": dicom.percentile_low,
                   "percentile_high": dicom.percentile_high}
     if high <= low:  # a flat image (or all outliers): fall back to the full range
-        low, high = float(values.min()), float(values.max())
+        low, high = value_low, value_high
     method.update(low=low, high=high, rescale=rescale)
-    return window_to_uint8(values, low, high), method
+    pixels = _to_uint8_chunked(arr, lambda stored: window_to_uint8(modality(stored), low, high))
+    return pixels, method
 
 
 # --- colour --------------------------------------------------------------------------
@@ -384,5 +489,5 @@ def _colour_to_uint8(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
         top = float(2 ** min(bits, 32) - 1)
     if arr.dtype == np.uint8 and top == 255.0:
         return np.ascontiguousarray(arr)
-    out = np.rint(np.clip(arr.astype(np.float64), 0, top) * (255.0 / top))
-    return out.astype(np.uint8)
+    return _to_uint8_chunked(arr, lambda stored: np.rint(
+        np.clip(stored.astype(np.float64), 0, top) * (255.0 / top)).astype(np.uint8))
