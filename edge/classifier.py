@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import AgentConfig, ReviewConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelOutputError
 from .inputs import DecodedImage
 from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_verified
 from .preprocess import resize_uint8, scale
@@ -108,6 +108,11 @@ class Classifier:
     def _decide(self, probs: np.ndarray, pixels: np.ndarray,
                 timings: dict[str, float]) -> Prediction:
         labels = self.labels
+        if not np.all(np.isfinite(probs)):
+            raise ModelOutputError(
+                "the model's output for this input is not a number (NaN or infinite), so there "
+                "is no answer to give; the input is set aside. If this happens for ordinary "
+                "scans, the model file is broken: reinstall it")
         probs = np.clip(probs, 0.0, 1.0)
         order = np.argsort(-probs, kind="stable")
         top = int(order[0])

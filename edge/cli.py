@@ -21,7 +21,6 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -119,6 +118,10 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
         raise _Failure(f"{counts['unfinished']} input(s) could not be finished (see the log); "
                        "they are kept in the outbox's .state folder and are retried on the next "
                        "run", EX_TEMPFAIL)
+    if counts.get("unreachable"):
+        raise _Failure(f"{counts['unreachable']} place(s) in the inbox could not be read (the "
+                       "log says why and how to find them); their files are still there",
+                       EX_TEMPFAIL)
 
 
 @cli.command()
@@ -130,8 +133,9 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
 def classify(config: AgentConfig, files: tuple[str, ...], model: str | None) -> None:
     """Classify FILES and print the results as a JSON list (nothing is moved or written)."""
     from .classifier import Classifier
-    from .errors import UnsupportedInputError
-    from .inputs import decode_file
+    from .durable import display_name, json_bytes
+    from .errors import InputLimitError, UnsupportedInputError
+    from .inputs import check_regular_file, decode_file
     from .manifest import sha256_file
     from .report import build_report, now_iso
 
@@ -140,31 +144,37 @@ def classify(config: AgentConfig, files: tuple[str, ...], model: str | None) -> 
     results, refused = [], 0
     for name in files:
         path = Path(name)
+        shown = display_name(name)
         t0 = time.perf_counter()
         sha = None
         try:
+            check_regular_file(path)  # a FIFO or a device would block or never end
+            size = path.stat().st_size
+            if size > config.limits.max_file_mb * 1024 * 1024:  # refused before hashing
+                raise InputLimitError.file_too_large(size, config.limits.max_file_mb)
             sha = sha256_file(path)
             timings = {"hash": (time.perf_counter() - t0) * 1000}
             t1 = time.perf_counter()
             decoded = decode_file(path, config.dicom, config.limits)
             timings["decode"] = (time.perf_counter() - t1) * 1000
+            prediction = classifier.classify(decoded)
         except (UnsupportedInputError, OSError) as exc:
             refused += 1
             reason = str(exc) if not isinstance(exc, OSError) else (
                 f"cannot read the file: {exc.strerror}")
-            results.append({"file": name, "status": "refused", "sha256": sha,
+            results.append({"file": shown, "status": "refused", "sha256": sha,
                             "reason_code": exc.__class__.__name__, "reason": reason})
             continue
-        prediction = classifier.classify(decoded)
         timings.update(prediction.timings_ms)
         timings["total"] = (time.perf_counter() - t0) * 1000
-        report = build_report(sha256=sha, file_name=path.name, size=path.stat().st_size,
+        report = build_report(sha256=sha, file_name=display_name(path.name), size=size,
                               decoded=decoded, prediction=prediction,
                               model=classifier.describe(), timings_ms=timings, token="",
                               received_at=now_iso())
         report.pop("intake")
-        results.append({"file": name, "status": "classified", **report})
-    click.echo(json.dumps(results, indent=2, ensure_ascii=False))
+        results.append({"file": shown, "status": "classified", **report})
+    # strict JSON (no NaN): a refusal above is the only way a strange value gets out
+    click.echo(json_bytes(results).decode("utf-8"), nl=False)
     if refused:
         sys.exit(EX_DATAERR)
 

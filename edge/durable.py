@@ -107,15 +107,49 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
         fsync_dir(path.parent)
 
 
+def json_bytes(data: Any, compact: bool = False) -> bytes:
+    """``data`` as UTF-8 JSON text plus a newline; strict: NaN or Infinity raise ValueError
+    (they are not JSON, and a reader in another language would reject the file).
+
+    Strings holding undecodable file-name bytes (``os.fsdecode``'s lone surrogates) cannot
+    be UTF-8: they are written as ``\\udcXX`` escapes instead, which ``json.loads`` reads
+    back to the same string, so a journal keeps such a name exactly.
+    """
+    separators = (",", ":") if compact else None
+    indent = None if compact else 2
+    text = json.dumps(data, indent=indent, ensure_ascii=False, allow_nan=False,
+                      separators=separators)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, indent=indent, ensure_ascii=True, allow_nan=False,
+                          separators=separators)
+        return (text + "\n").encode("ascii")
+
+
 def write_json_atomic(path: Path, data: Any, durable: bool = True, compact: bool = False,
                       sync_folder: bool = True) -> None:
     """``compact``: one line, no indentation, for records only the agent reads (its journal).
     ``durable`` and ``sync_folder`` as for ``write_bytes_atomic``."""
-    if compact:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    else:
-        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"), durable, sync_folder)
+    write_bytes_atomic(path, json_bytes(data, compact), durable, sync_folder)
+
+
+def write_json_new(path: Path, data: Any, barrier: FolderBarrier | None = None) -> None:
+    """Create ``path`` holding ``data``, durably, and never replace anything: raises
+    ``FileExistsError`` if the name is taken. (``write_json_atomic`` replaces.)"""
+    fd, tmp = create_temp(path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json_bytes(data))
+            handle.flush()
+            os.fsync(handle.fileno())
+        move_no_replace(Path(tmp), path, barrier)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_json(path: Path) -> Any | None:
@@ -128,17 +162,33 @@ def read_json(path: Path) -> Any | None:
 
 
 def append_lines_durable(path: Path, lines: list[str]) -> None:
-    """Append lines (each plus a newline) with one write and one fsync; a crash can only
-    leave a torn last line."""
+    """Append lines (each plus a newline) with one write and one fsync: all of them or none.
+
+    A torn last line left by an earlier crash is cut first, so the new lines never glue onto
+    it. If the write fails part-way (a full disk), the file is cut back to where it was before
+    raising: a failed append leaves no partial line behind. (Only a crash in the middle of
+    the write can still leave a torn tail, which start-up and the next append cut.)
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
+    if not created:
+        repair_torn_tail(path)
     fd = os.open(str(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        start = os.fstat(fd).st_size
         data = "".join(line.rstrip("\n") + "\n" for line in lines).encode("utf-8")
-        written = 0
-        while written < len(data):
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                pass  # then the torn tail is cut by the next append or at start-up
+            raise
     finally:
         os.close(fd)
     if created:
@@ -199,6 +249,19 @@ def safe_name(name: str, fallback: str = "unnamed") -> str:
     return (stem + ext) or fallback
 
 
+def display_name(name: str) -> str:
+    """A file name as text that can be shown and stored anywhere (UTF-8, JSON, HTML).
+
+    Names are bytes on Linux; ``os.fsdecode`` turns bytes that are not UTF-8 (``M\\xfcller``
+    from a Latin-1 system) into lone surrogates, which no UTF-8 file or page can hold. They
+    become U+FFFD (the replacement character), so the name still shows where it differs.
+    """
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no decoding made (from JSON, say)
+        return re.sub("[\ud800-\udfff]", "\ufffd", name)
+
+
 def split_ext(name: str) -> tuple[str, str]:
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
@@ -206,23 +269,30 @@ def split_ext(name: str) -> tuple[str, str]:
     return stem, "." + ext
 
 
-def free_name(folder: Path, name: str, tag: str, reserved: Collection[str] = ()) -> Path:
+def free_name(folder: Path, name: str, tag: str, reserved: Collection[str] = (),
+              companions: tuple[str, ...] = ()) -> Path:
     """``folder/name`` if unused, else ``name~tag``, ``name~tag-2``, ... (extension kept).
-    ``reserved``: paths (as strings) promised to other inputs of the same group, not yet
-    created."""
-    def free(candidate: Path) -> bool:
-        return not os.path.lexists(str(candidate)) and str(candidate) not in reserved
 
-    candidate = folder / name
-    if free(candidate):
-        return candidate
+    A name counts as used if it exists, or if the name plus any of ``companions`` exists
+    (``".reason.json"``: a quarantined input's record must be free too), or if any of them is
+    in ``reserved``: paths (as strings) promised to other inputs of the same group, not yet
+    created. When ``reserved`` is a set, the chosen path and its companions are added to it.
+    Every candidate is a new name, so the search always ends.
+    """
+    def free(candidate: Path) -> bool:
+        paths = [str(candidate)] + [str(candidate) + c for c in companions]
+        return not any(p in reserved or os.path.lexists(p) for p in paths)
+
     stem, ext = split_ext(name)
-    for n in range(1, 10000):
-        suffix = f"~{tag}" if n == 1 else f"~{tag}-{n}"
+    for n in range(10000):
+        suffix = "" if n == 0 else (f"~{tag}" if n == 1 else f"~{tag}-{n}")
         candidate = folder / f"{stem}{suffix}{ext}"
         if free(candidate):
+            if isinstance(reserved, set):
+                reserved.add(str(candidate))
+                reserved.update(str(candidate) + c for c in companions)
             return candidate
-    raise FileExistsError(f"no free name for {name} in {folder}")
+    raise FileExistsError(errno.EEXIST, f"no free name for {name}", str(folder))
 
 
 def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) -> None:

@@ -46,9 +46,15 @@ class UnsupportedInputError(EdgeError):
     """An input file the model was not made for (not MR, no pixel data, unknown format).
 
     Such a file is quarantined with this message as its reason, never classified.
+    ``log_message``: the same without values quoted from the file, for the log (a DICOM tag
+    can hold anything, a patient's name included); None when the message quotes nothing.
     """
 
     exit_code = EX_DATAERR
+
+    def __init__(self, message: str, log_message: str | None = None) -> None:
+        super().__init__(message)
+        self.log_message = log_message
 
 
 class DecodeError(UnsupportedInputError):
@@ -64,6 +70,15 @@ class InputLimitError(UnsupportedInputError):
 
     The guard against decompression bombs: the header is checked before any pixel is decoded.
     """
+
+    @classmethod
+    def file_too_large(cls, size: int, max_file_mb: float) -> InputLimitError:
+        return cls(f"the file is {size / 2**20:.0f} MB, above the limit of {max_file_mb:g} MB "
+                   "([limits] max_file_mb); raise the limit if such files are expected")
+
+
+class ModelOutputError(UnsupportedInputError):
+    """The model returned something that is not a probability for this input (NaN, inf)."""
 
 
 class AgentBusyError(EdgeError):

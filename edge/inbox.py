@@ -13,10 +13,16 @@ followed. Sub-folders are walked when ``[watch] recursive`` is on; links to fold
 
 Memory stays bounded on a burst of thousands of files: at most ``[watch] max_pending``
 candidates are tracked; the rest wait on disk for the next rescan.
+
+What cannot be reached (a folder the agent may not read, a file nested so deep that its
+path is longer than the system allows) stays where it is and is reported once, by inode
+number (``find INBOX -inum N`` finds it; its name could carry a patient's name), and
+``watch --once`` then exits 75 instead of pretending the inbox is done.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download",
                     ".filepart", ".swp", ".swx", ".lck", ".lock", "~", ".!sync", ".opdownload")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
+PATH_MAX = 4096  # bytes, the trailing NUL included: Linux refuses longer paths (ENAMETOOLONG)
 
 
 def is_ignored_name(name: str) -> bool:
@@ -57,6 +64,7 @@ class Inbox:
         self.pending: dict[str, Candidate] = {}
         self.overflowed = False
         self._skipped: dict[str, float] = {}  # paths that failed to claim: retry later
+        self.unreachable: dict[int, str] = {}  # inode -> why its files cannot be taken
 
     def contains(self, path: str) -> bool:
         """Is ``path`` inside the inbox (its folder resolved, the file itself not followed)?"""
@@ -154,13 +162,14 @@ class Inbox:
         return count
 
     def _walk(self, folder: Path) -> Iterator[str]:
-        stack = [str(folder)]
+        root_depth = self._depth(str(folder))
+        stack = [(str(folder), _inode(str(folder)), root_depth)]
         while stack:
-            current = stack.pop()
+            current, inode, depth = stack.pop()
             try:
                 entries = os.scandir(current)
             except OSError as exc:
-                log.warning("cannot list an inbox folder (%s)", exc.strerror)
+                self._cannot_reach(inode, depth, exc)
                 continue
             with entries:
                 subfolders = []
@@ -168,12 +177,48 @@ class Inbox:
                     if is_ignored_name(entry.name):
                         continue
                     try:
+                        too_long = len(os.fsencode(entry.path)) >= PATH_MAX
                         if entry.is_dir(follow_symlinks=False):
-                            if self.recursive:
-                                subfolders.append(entry.path)
-                            continue
-                        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                            if not self.recursive:
+                                continue
+                            if too_long:
+                                self._cannot_reach(entry.inode(), depth + 1, _too_long())
+                                continue
+                            subfolders.append((entry.path, entry.inode(), depth + 1))
+                        elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                            if too_long:
+                                self._cannot_reach(entry.inode(), depth + 1, _too_long())
+                                continue
                             yield entry.path
                     except OSError:
                         continue
             stack.extend(sorted(subfolders, reverse=True))
+
+    def _depth(self, path: str) -> int:
+        rel = os.path.relpath(path, str(self.root))
+        return 0 if rel == "." else rel.count(os.sep) + 1
+
+    def _cannot_reach(self, inode: int, depth: int, exc: OSError) -> None:
+        """Remember (and say once) that something in the inbox cannot be taken."""
+        why = exc.strerror or exc.__class__.__name__
+        if exc.errno == errno.ENAMETOOLONG:
+            why = (f"its path is longer than the {PATH_MAX} bytes the system allows; move it "
+                   "higher up in the inbox")
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            why = "the agent's user may not read it; fix its permissions"
+        if inode in self.unreachable:
+            return
+        self.unreachable[inode] = why
+        log.warning("an inbox entry %d folder(s) deep cannot be read: %s. Its files stay in "
+                    "the inbox. Find it with: find %s -inum %d", depth, why, self.root, inode)
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.lstat(path).st_ino
+    except OSError:
+        return 0
+
+
+def _too_long() -> OSError:
+    return OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))

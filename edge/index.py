@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pages
-from .durable import append_lines_durable, repair_torn_tail, write_bytes_atomic
+from .durable import append_lines_durable, json_bytes, repair_torn_tail, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -47,7 +47,7 @@ class DailyIndex:
     def read(self, day: str) -> list[dict[str, Any]]:
         entries = []
         try:
-            with open(str(self.path_for(day)), encoding="utf-8") as handle:
+            with open(str(self.path_for(day)), encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     try:
                         entries.append(json.loads(line))
@@ -58,18 +58,25 @@ class DailyIndex:
         return entries
 
     def contains(self, day: str, token: str) -> bool:
-        needle = f'"token": "{token}"'
+        """Is there a whole, readable line for ``token``? (A torn or damaged line is not.)"""
         try:
-            with open(str(self.path_for(day)), encoding="utf-8") as handle:
-                return any(needle in line for line in handle)
+            with open(str(self.path_for(day)), encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    if token in line and line.endswith("\n"):
+                        try:
+                            if json.loads(line).get("token") == token:
+                                return True
+                        except (ValueError, AttributeError):
+                            continue
         except FileNotFoundError:
             return False
+        return False
 
     def append(self, day: str, entries: list[tuple[dict[str, Any], bool]]) -> None:
         """Append ``(entry, replay)`` pairs to the day's file with one fsync; an entry whose
         job is replayed after a crash only if its token is not there yet."""
         with self._lock:
-            lines = [json.dumps(entry, ensure_ascii=False) for entry, replay in entries
+            lines = [json_bytes(entry, compact=True).decode("utf-8") for entry, replay in entries
                      if not (replay and self.contains(day, entry["token"]))]
             if lines:
                 append_lines_durable(self.path_for(day), lines)

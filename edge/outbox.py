@@ -51,9 +51,13 @@ class Job:
     outcome: str | None = None  # classified, duplicate, quarantined
     reason: str | None = None
     reason_code: str | None = None
+    reason_log: str | None = None  # the reason without values quoted from the file, for logs
     dest: str | None = None  # relative to the outbox
     day: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # The agent stopped cleanly while this job waited to be retried after a passing error (a
+    # full disk): its next start is not a crash, so it does not count towards max_attempts.
+    paused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready values. Not ``dataclasses.asdict``, whose recursive deep

@@ -147,9 +147,12 @@ class Agent:
             if not self.committer.close(_CLOSE_TIMEOUT):
                 log.warning("still writing after %gs; stopping anyway: the inputs being written "
                             "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
+            else:
+                self._pause_failed_jobs()
             self._render_index()
             self.outbox.unlock()
-        counts = dict(self.worker.counts, unfinished=len(self._failed_jobs))
+        counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),
+                      unreachable=len(self.inbox.unreachable))
         log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
                  counts["classified"], counts["duplicate"], counts["quarantined"],
                  counts["unfinished"])
@@ -174,7 +177,9 @@ class Agent:
         if jobs:
             log.warning("resuming %d input(s) interrupted by a crash or power cut", len(jobs))
         for job in jobs:
-            self._run_job(job, crashed=True)
+            # a job left waiting for a retry when the agent stopped cleanly did not crash it
+            crashed, job.paused = not job.paused, False
+            self._run_job(job, crashed=crashed)
 
     def _start_observer(self) -> None:
         from watchdog.observers import Observer
@@ -327,6 +332,17 @@ class Agent:
                   describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
         with self._failed_lock:
             self._failed_jobs.append(job)
+
+    def _pause_failed_jobs(self) -> None:
+        """Mark the jobs still waiting for a retry (a full disk, say) as paused, so the next
+        start does not count them as crashes towards ``[limits] max_attempts``."""
+        with self._failed_lock:
+            for job in self._failed_jobs:
+                job.paused = True
+                try:
+                    self.outbox.save(job)
+                except OSError:
+                    pass  # not recorded: the next start counts one attempt, nothing worse
 
     def _render_index(self) -> None:
         try:

@@ -48,15 +48,17 @@ from .dicom import uid_hash
 from .durable import (
     FolderBarrier,
     copy_durable,
+    display_name,
     free_name,
     fsync_dir,
+    json_bytes,
     move_no_replace,
     read_json,
     safe_name,
     write_bytes_atomic,
-    write_json_atomic,
+    write_json_new,
 )
-from .errors import DecodeError, UnsupportedInputError
+from .errors import DecodeError, InputLimitError, UnsupportedInputError
 from .index import DailyIndex
 from .inputs import decode_file
 from .manifest import sha256_file
@@ -65,6 +67,7 @@ from .pages import report_page
 from .report import build_report, local_day, now_iso, summary_line
 
 log = logging.getLogger(__name__)
+REASON_SUFFIX = ".reason.json"  # quarantine/<name> + this: why <name> was refused
 
 
 class SharedReportMissing(Exception):
@@ -79,6 +82,7 @@ class Work:
     job: Job
     replay: bool = False  # the job may have done steps before (crash, retry): check first
     report: dict[str, Any] | None = None  # a new report to write (classified just now)
+    report_json: bytes = b""  # ...and its JSON, made when it was classified
     thumbnail: Any = None  # the uint8 picture the model saw, for the HTML page
 
 
@@ -116,10 +120,12 @@ class Worker:
                 is_link = stat.S_ISLNK(st.st_mode)
                 if not is_link and not stat.S_ISREG(st.st_mode):
                     continue
+                # source: the exact name, to finish the claim after a crash (the journal
+                # keeps undecodable bytes); file_name: the name as reports can show it
                 job = Job(token=self.outbox.new_token(), stage="claiming",
                           source=os.path.relpath(path, str(self.inbox_root)),
-                          file_name=os.path.basename(path), claimed_at=now_iso(),
-                          is_symlink=is_link)
+                          file_name=display_name(os.path.basename(path)),
+                          claimed_at=now_iso(), is_symlink=is_link)
                 self.outbox.save(job, sync_folder=False)
             except FileNotFoundError:
                 continue
@@ -242,6 +248,13 @@ class Worker:
             return work
         t0 = time.perf_counter()
         try:
+            size = os.lstat(str(claimed)).st_size
+            if size > self.config.limits.max_file_mb * 1024 * 1024:
+                # refused before hashing: reading gigabytes to name a refusal is wasted time
+                job.size = size
+                exc = InputLimitError.file_too_large(size, self.config.limits.max_file_mb)
+                self._refuse(job, exc.__class__.__name__, str(exc))
+                return work
             job.sha256, job.size = self._hash(claimed)
         except PermissionError:
             self._refuse(job, "UnreadableInput",
@@ -289,36 +302,57 @@ class Worker:
         try:
             decoded = decode_file(claimed, self.config.dicom, self.config.limits)
         except UnsupportedInputError as exc:
-            self._refuse(job, exc.__class__.__name__, str(exc))
+            self._refuse(job, exc.__class__.__name__, str(exc), exc.log_message)
             return
         except MemoryError:
             self._refuse(job, "InputLimitError", "not enough memory to decode this input")
             return
         except Exception as exc:  # noqa: BLE001 - a library bug on a hostile file: refuse it
-            # The message is not logged: library messages can quote element values.
-            log.error("unexpected %s decoding input %s; quarantined", exc.__class__.__name__,
-                      (job.sha256 or "")[:12])
-            log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
-            self._refuse(job, DecodeError.__name__,
-                         f"the file could not be decoded ({exc.__class__.__name__})")
+            self._refuse_unexpected(job, exc, "decoded",
+                                    f"the file could not be decoded ({exc.__class__.__name__})")
             return
         timings["decode"] = (time.perf_counter() - t1) * 1000
-        prediction = self.classifier.classify(decoded)
-        timings.update(prediction.timings_ms)
-        assert job.sha256 is not None and job.size is not None
-        report = build_report(sha256=job.sha256, file_name=job.file_name, size=job.size,
-                              decoded=decoded, prediction=prediction,
-                              model=self.classifier.describe(), timings_ms=timings,
-                              token=job.token, received_at=job.claimed_at)
-        report["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        try:
+            prediction = self.classifier.classify(decoded)
+            timings.update(prediction.timings_ms)
+            assert job.sha256 is not None and job.size is not None
+            report = build_report(sha256=job.sha256, file_name=job.file_name, size=job.size,
+                                  decoded=decoded, prediction=prediction,
+                                  model=self.classifier.describe(), timings_ms=timings,
+                                  token=job.token, received_at=job.claimed_at)
+            report["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1000, 2)
+            # what cannot be written as JSON is refused now, instead of failing at every retry
+            report_json = json_bytes(report)
+        except UnsupportedInputError as exc:
+            self._refuse(job, exc.__class__.__name__, str(exc), exc.log_message)
+            return
+        except Exception as exc:  # noqa: BLE001 - the same input would fail the same way
+            self._refuse_unexpected(job, exc, "classified",
+                                    "the agent could not classify this file "
+                                    f"({exc.__class__.__name__}); it is kept here for a look")
+            return
         job.outcome = "classified"
-        work.report, work.thumbnail = report, prediction.model_input
+        work.report, work.report_json = report, report_json
+        work.thumbnail = prediction.model_input
         sop = (report.get("dicom") or {}).get("sop_instance_uid")
         log.debug("input %s%s decoded as %s", job.sha256[:12],
                   f" (SOP {uid_hash(sop)})" if sop else "", decoded.kind)
 
-    def _refuse(self, job: Job, code: str, reason: str) -> None:
+    def _refuse_unexpected(self, job: Job, exc: Exception, doing: str, reason: str) -> None:
+        """Quarantine an input that made the agent fail in a way that does not pass (a bug
+        in a library or here): retrying it would fail the same way, forever."""
+        # The message is not logged: library messages can quote element values.
+        log.error("unexpected %s while input %s was %s; quarantined", exc.__class__.__name__,
+                  (job.sha256 or "")[:12], doing)
+        log.debug("where: %s", "".join(traceback.format_tb(exc.__traceback__)))
+        self._refuse(job, DecodeError.__name__ if doing == "decoded" else "InternalError",
+                     reason)
+
+    def _refuse(self, job: Job, code: str, reason: str, log_text: str | None = None) -> None:
+        """``log_text``: what the log may say instead of ``reason`` when the reason quotes
+        values from the file (a DICOM tag can hold a patient's name)."""
         job.outcome, job.reason_code, job.reason = "quarantined", code, reason
+        job.reason_log = log_text if log_text != reason else None
 
     # --- committing a group ------------------------------------------------------------
 
@@ -369,10 +403,20 @@ class Worker:
         if work.report is None:
             return
         base = self.outbox.reports / str(work.job.sha256)
+        page = None
         if self.config.report.html:
-            write_bytes_atomic(base.with_suffix(".html"),
-                               report_page(work.report, work.thumbnail), sync_folder=False)
-        write_json_atomic(base.with_suffix(".json"), work.report, sync_folder=False)
+            try:
+                page = report_page(work.report, work.thumbnail)
+            except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
+                self._release(work)
+                work.report = None
+                self._refuse_unexpected(work.job, exc, "written",
+                                        "the agent could not write this file's report "
+                                        f"({exc.__class__.__name__}); it is kept here for a look")
+                return
+        if page is not None:
+            write_bytes_atomic(base.with_suffix(".html"), page, sync_folder=False)
+        write_bytes_atomic(base.with_suffix(".json"), work.report_json, sync_folder=False)
         barrier.add(self.outbox.reports)
 
     def _release(self, work: Work) -> None:
@@ -396,16 +440,14 @@ class Worker:
 
     def _choose_destination(self, job: Job, barrier: FolderBarrier | None = None,
                             reserved: set | None = None) -> None:
-        """Pick a free name, also free of names ``reserved`` by other jobs of the group."""
+        """Pick a free name, also free of names ``reserved`` by other jobs of the group. In
+        quarantine the name's reason record must be free too."""
         name = safe_name(job.file_name)
         tag = (job.sha256 or job.token)[:8]
         taken = reserved if reserved is not None else set()
         job.day = local_day()
         if job.outcome == "quarantined":
-            folder = self.outbox.quarantine
-            dest = free_name(folder, name, tag, taken)
-            while os.path.lexists(str(dest) + ".reason.json"):
-                dest = free_name(folder, dest.name, tag + "r", taken)
+            dest = free_name(self.outbox.quarantine, name, tag, taken, (REASON_SUFFIX,))
         else:
             folder = self.outbox.archive / job.day
             if not folder.is_dir():
@@ -413,37 +455,60 @@ class Worker:
                 if barrier is not None:
                     barrier.add(self.outbox.archive)  # the new day folder's own entry
             dest = free_name(folder, name, tag, taken)
-        taken.add(str(dest))
         job.dest = self.outbox.relative(dest)
 
     def _move(self, work: Work, barrier: FolderBarrier) -> None:
+        """Move the claimed input to its destination, a refused one after its reason record.
+        Nothing is ever replaced: a name found taken by a file that is not this input's (put
+        there by hand meanwhile) means choosing another name."""
         job = work.job
-        assert job.dest is not None
-        dest = self.outbox.root / job.dest
         claimed = self.outbox.claimed_path(job)
-        if job.outcome == "quarantined":
-            write_json_atomic(Path(str(dest) + ".reason.json"), self._reason_record(job),
-                              sync_folder=False)
-            barrier.add(dest.parent)
-        if not os.path.lexists(str(claimed)):
-            return  # moved before a crash
-        if os.path.lexists(str(dest)):
-            if os.path.samestat(os.lstat(str(claimed)), os.lstat(str(dest))):
+        for _ in range(100):
+            assert job.dest is not None
+            dest = self.outbox.root / job.dest
+            if not os.path.lexists(str(claimed)):
+                return  # moved before a crash (a reason record is written before the move)
+            if os.path.lexists(str(dest)) and os.path.samestat(os.lstat(str(claimed)),
+                                                              os.lstat(str(dest))):
                 os.unlink(str(claimed))  # the hard link was made, the unlink was not
                 barrier.add(claimed.parent)
-            else:  # cannot happen with one agent per outbox; never overwrite anyway
+                return
+            try:
+                if job.outcome == "quarantined":
+                    self._write_reason_record(job, dest, barrier)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                move_no_replace(claimed, dest, barrier)
+                return
+            except FileExistsError:
+                log.warning("input %s: the name chosen for it in %s was taken meanwhile; "
+                            "choosing another (nothing is replaced)",
+                            (job.sha256 or job.token)[:12], dest.parent.name)
+                self._forget_reason_record(job, dest)
                 self._choose_destination(job)
                 self.outbox.save(job)
-                self._move(work, barrier)
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        move_no_replace(claimed, dest, barrier)
+        raise FileExistsError(f"no free destination for job {job.token}")
+
+    def _write_reason_record(self, job: Job, dest: Path, barrier: FolderBarrier) -> None:
+        path = Path(str(dest) + REASON_SUFFIX)
+        if os.path.lexists(str(path)):
+            existing = read_json(path)
+            if isinstance(existing, dict) and existing.get("token") == job.token:
+                return  # written before a crash
+            raise FileExistsError(str(path))
+        write_json_new(path, self._reason_record(job), barrier)
+
+    def _forget_reason_record(self, job: Job, dest: Path) -> None:
+        """Remove this job's own reason record at a destination it will not use."""
+        path = Path(str(dest) + REASON_SUFFIX)
+        existing = read_json(path) if job.outcome == "quarantined" else None
+        if isinstance(existing, dict) and existing.get("token") == job.token:
+            os.unlink(str(path))
 
     def _reason_record(self, job: Job) -> dict[str, Any]:
         return {"schema": "neuroedge.quarantine/1", "file_name": job.file_name,
                 "sha256": job.sha256, "size_bytes": job.size, "reason": job.reason,
                 "reason_code": job.reason_code, "received_at": job.claimed_at,
-                "quarantined_at": now_iso(), "token": job.token,
+                "quarantined_at": now_iso(), "token": job.token, "moved_to": job.dest,
                 "what_to_do": "Fix the cause named in 'reason' and copy the file into the "
                               "inbox again; this copy is kept here untouched."}
 
@@ -481,10 +546,13 @@ class Worker:
         # Logs name inputs by content hash only: file names can carry patient names.
         ident = (job.sha256 or "no-hash")[:12]
         if job.outcome == "quarantined":
-            detail = job.reason if job.reason_code not in ("DecodeError",) else (
-                "cannot be decoded (details in the quarantine .reason.json)")
-            log.warning("quarantined input %s [%s]: %s", ident, job.reason_code,
-                        (detail or "")[:160])
+            # Only our own words: a reason that quotes the file (a tag, a library's message)
+            # has a version without those values, and the full reason is in the record.
+            detail = job.reason_log or job.reason or ""
+            if job.reason_code in ("DecodeError", "InternalError"):
+                detail = "cannot be decoded or processed (details in its quarantine record)"
+            detail = "".join(c if c.isprintable() else "?" for c in detail[:160])
+            log.warning("quarantined input %s [%s]: %s", ident, job.reason_code, detail)
         elif job.outcome == "duplicate":
             log.info("input %s is a duplicate of an earlier input; archived, not re-classified",
                      ident)

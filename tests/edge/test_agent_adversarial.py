@@ -103,15 +103,15 @@ def test_1_reason_record_never_overwrites_a_quarantined_input(folders, test_mode
 
 
 def test_1_destination_names_are_free_for_the_input_and_its_record(tmp_path):
-    from edge.durable import free_names
+    from edge.durable import free_name
 
     folder = tmp_path
     (folder / "x.png.reason.json").write_text("{}")  # a record whose input was moved away
     reserved: set[str] = set()
-    chosen = free_names(folder, "x.png", "abcd", reserved, companions=(".reason.json",))
+    chosen = free_name(folder, "x.png", "abcd", reserved, companions=(".reason.json",))
     assert chosen.name != "x.png"
     assert not Path(str(chosen) + ".reason.json").exists()
-    again = free_names(folder, "x.png.reason.json", "abcd", reserved,
+    again = free_name(folder, "x.png.reason.json", "abcd", reserved,
                        companions=(".reason.json",))
     assert str(again) not in {str(chosen), str(chosen) + ".reason.json"}
     assert {str(chosen), str(chosen) + ".reason.json"} <= reserved
@@ -555,3 +555,27 @@ def test_decode_memory_probe_uses_no_more_than_the_interpreter_for_small_files(t
     path = gray_png(tmp_path / "small.png", 40)
     outcome, peak = _decode_peak_mb(path)
     assert outcome == "decoded" and peak < 50
+
+
+def test_5_a_passing_failure_is_not_counted_as_a_crash(folders, test_model, monkeypatch):
+    """The false "stopped the agent 3 times": a job left waiting for a retry when the agent
+    stops cleanly (a full disk) did not crash it, however often that happens."""
+    import errno
+
+    from edge import worker
+
+    gray_png(folders["inbox"] / "a.png", 90)
+    real = worker.write_bytes_atomic
+
+    def disk_full(path, data, *args, **kwargs):
+        if path.parent.name == "reports":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(worker, "write_bytes_atomic", disk_full)
+    config = make_config(folders, test_model.path, limits={"max_attempts": 2})
+    for _ in range(4):
+        assert run_once(config)["unfinished"] == 1
+    monkeypatch.setattr(worker, "write_bytes_atomic", real)
+    counts = run_once(config)
+    assert counts["classified"] == 1 and counts["quarantined"] == 0
