@@ -6,12 +6,14 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 0     success (``classify``: every file was classified)
 1     an unexpected internal error (a bug: please report it with the log)
 2     wrong usage (unknown option, missing argument, a FILE that does not exist)
-65    ``classify``: at least one file was refused (its entry says why)
+65    ``classify``: at least one file was refused (its entry says why); ``fsck``: the outbox
+      has problems it could not repair
 66    the inbox, or the folder meant to hold the outbox, does not exist (yet): a share or
       disk may not be mounted, so a service manager should restart the agent
 69    no TFLite runtime can be imported, or it cannot run the model
 75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
-      yet and stay journaled for the next run
+      yet and stay journaled for the next run, or could not be read in the inbox; ``fsck``:
+      interrupted inputs wait in the journal for the agent's next start
 78    configuration error: config file, model/manifest (incl. sha256 mismatch), folders.
       ``check`` exits 78 for any failed check. The systemd unit uses
       ``RestartPreventExitStatus=78``: restarting cannot fix a configuration.
@@ -197,6 +199,45 @@ def check(config: AgentConfig, inbox: str | None, outbox: str | None,
     if failures:
         raise _Failure(f"check failed: {failures[0]}", EX_CONFIG)
     click.echo("all checks passed")
+
+
+@cli.command()
+@click.argument("outbox", type=click.Path(file_okay=False, exists=True))
+@click.option("--dry-run", is_flag=True, help="Only report; change nothing.")
+@click.option("--deep", is_flag=True,
+              help="Also hash every archived input and compare it with its index line.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_user_errors
+def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
+    """Check that OUTBOX keeps the agent's promise, and repair what is safe.
+
+    Every input archived with its report or quarantined with its reason, every JSON whole,
+    nothing left in the journal. Exit 0: consistent; 65: problems remain; 75: the agent is
+    running, or interrupted inputs wait in the journal for its next start.
+    """
+    from .durable import json_bytes
+    from .errors import ConfigError
+    from .fsck import check_outbox, print_result
+    from .outbox import Outbox
+
+    root = Path(outbox).resolve()
+    box = Outbox(root)
+    if not box.state.is_dir():
+        raise ConfigError(f"{root} is not an outbox (it has no .state folder): give the folder "
+                          "the agent writes its reports to")
+    box.lock()  # AgentBusyError (exit 75) while an agent runs: stop it first
+    try:
+        result = check_outbox(root, repair=not dry_run, deep=deep)
+    finally:
+        box.unlock()
+    if as_json:
+        click.echo(json_bytes(result.to_dict()).decode("utf-8"), nl=False)
+    else:
+        print_result(result, click.echo)
+    if result.of("problem"):
+        sys.exit(EX_DATAERR)
+    if result.of("pending"):
+        sys.exit(EX_TEMPFAIL)
 
 
 @cli.command("sample-inbox")

@@ -54,6 +54,9 @@ def assert_books_balance(inputs: dict[str, str], inbox: Path, outbox: Path,
     assert not os.listdir(outbox / ".state" / "claimed")
     leftovers = [p for p in outbox.rglob(".neuroedge-*")]
     assert not leftovers, leftovers
+    checked = run_agent(["fsck", str(outbox), "--dry-run", "--deep"])  # the same, independently
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 problem(s), 0 repaired, 0 pending" in checked.stdout
 
 
 @pytest.mark.parametrize("point", POINTS)
