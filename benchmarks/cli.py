@@ -1,8 +1,10 @@
-"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|all]``: the suite's CLI.
+"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|soak|all]``: the suite's CLI.
 
 Every subcommand prints Markdown tables (progress goes to stderr) and, with ``--json OUT``,
 writes every number it measured, with the machine and versions, to ``OUT``. ``--quick``
 shrinks repeats and file counts so that ``all --quick`` takes a few minutes on two cores.
+``soak`` (kill -9 the agent at random moments, then check the books) measures reliability,
+not speed, and is not part of ``all``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from benchmarks.errors import BenchmarkError
 from benchmarks.report import machine_info, machine_markdown, table
 
 log = logging.getLogger("benchmarks")
-COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "all")
+COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "soak", "all")
+NOT_IN_ALL = ("soak", "all")
 TARGETS = {"int8_ms": 4.0, "int8_speedup": 2.5, "agent_overhead_pct": 15.0, "rss_mb": 120.0}
 
 
@@ -97,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--rss-files", type=int, help="files per kind for memory (default 100; "
                                                      "quick 20)")
     agent.add_argument("--startup-repeats", type=int, help="default 5; quick 2")
+    soak = parser.add_argument_group("soak (uses --model too)")
+    soak.add_argument("--rounds", type=int, help="bursts, each ended by a kill -9 (default 20; "
+                                                 "quick 5)")
+    soak.add_argument("--burst", type=int, help="inputs per burst (default 40; quick 15)")
+    soak.add_argument("--max-kill-delay", type=float, default=2.0, metavar="S",
+                      help="each run is killed after a random 0..S seconds (default %(default)s)")
+    soak.add_argument("--seed", type=int, default=0, help="inputs and delays (default 0)")
     return parser
 
 
@@ -153,7 +163,7 @@ def _write(path: Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Run the chosen measurements; return (JSON-ready result, Markdown text)."""
-    wanted = set(COMMANDS[:-1]) if args.command == "all" else {args.command}
+    wanted = set(COMMANDS) - set(NOT_IN_ALL) if args.command == "all" else {args.command}
     validate(args)
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
@@ -201,6 +211,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
             repeats = args.startup_repeats or (2 if args.quick else 5)
             result["startup"] = startup.measure(args.edge_python, args.model, repeats, work)
+        if "soak" in wanted:
+            from benchmarks import soak
+
+            result["soak"] = soak.measure(args.model or _shipped(),
+                                          args.rounds or (5 if args.quick else 20),
+                                          args.burst or (15 if args.quick else 40), args.seed,
+                                          work, args.max_kill_delay)
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["load_average_at_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -239,6 +256,11 @@ def render(result: dict[str, Any]) -> str:
         from benchmarks import startup
 
         sections += ["## Start-up time", startup.markdown(result["startup"])]
+    if "soak" in result:
+        from benchmarks import soak
+
+        sections += ["## Crash soak: kill -9 at random moments, then the books",
+                     soak.markdown(result["soak"])]
     if result.get("targets"):
         sections += ["## Targets (issue 7)", targets_markdown(result["targets"])]
     sections.append(f"_Measured in {result['seconds']:.0f} s; load average at the end: "
@@ -269,9 +291,13 @@ def validate(args: argparse.Namespace) -> None:
         raise BenchmarkError(f"--threads wants positive integers like 1,2; got {args.threads!r}")
     for value, option in ((args.runs, "--runs"), (args.files, "--files"),
                           (args.rss_files, "--rss-files"),
-                          (args.startup_repeats, "--startup-repeats")):
+                          (args.startup_repeats, "--startup-repeats"),
+                          (args.rounds, "--rounds"), (args.burst, "--burst")):
         if value is not None and value < 1:
             raise BenchmarkError(f"{option} must be at least 1, got {value}")
+    if not 0 < args.max_kill_delay <= 600:
+        raise BenchmarkError(f"--max-kill-delay must be between 0 and 600 seconds, got "
+                             f"{args.max_kill_delay:g}")
     if not 0 <= args.fsync_delay_ms <= 1000:
         raise BenchmarkError(f"--fsync-delay-ms must be between 0 and 1000, got "
                              f"{args.fsync_delay_ms:g}")
