@@ -166,7 +166,7 @@ build_rootfs() {
                 --abi "cp${PYVER/./}")
     # shellcheck disable=SC2046,SC2086 # word splitting wanted
     "$PYTHON" -m pip install -q --no-compile --no-warn-conflicts --target "$tmp/opt/site" \
-        "${pick[@]}" $(platform_args) "${wheel}[edge,dicom-codecs]" pytest $EXTRA_REQS
+        "${pick[@]}" $(platform_args) "${wheel}[edge,dicom-codecs]" pytest hypothesis $EXTRA_REQS
     if [ "$E2E" = 1 ]; then
         # shellcheck disable=SC2046,SC2086
         "$PYTHON" -m pip download -q "${pick[@]}" $(platform_args) -d "$tmp/opt/wheelhouse" \

@@ -166,7 +166,7 @@ def measure(model: str, rounds: int, files: int, seed: int, work: Path,
     args = ["--config", str(config), "watch", str(inbox), "--outbox", str(outbox), "--model",
             model, "--once"]
     placed: list[bytes] = []
-    killed = finished = hangs = tracebacks = 0
+    killed = finished = hangs = tracebacks = interrupted = journaled = 0
     started = time.perf_counter()
     for round_no in range(rounds):
         placed += _place(inbox, burst(rng, round_no, files))
@@ -180,6 +180,10 @@ def measure(model: str, rounds: int, files: int, seed: int, work: Path,
             killed += 1
         _, err = proc.communicate(timeout=60)
         tracebacks += "Traceback" in (err or "")
+        jobs = outbox / ".state" / "jobs"
+        left = len(os.listdir(str(jobs))) if jobs.is_dir() else 0
+        interrupted += left > 0  # the kill landed while inputs were half done
+        journaled += left
         log.info("round %d/%d: %s after %.2f s", round_no + 1, rounds,
                  "finished" if proc.returncode != -signal.SIGKILL else "killed", delay)
     proc = _agent(args)
@@ -198,6 +202,7 @@ def measure(model: str, rounds: int, files: int, seed: int, work: Path,
     checked = json.loads(fsck.stdout) if fsck.stdout.strip() else {}
     return {"rounds": rounds, "files_per_round": files, "seed": seed,
             "max_delay_s": max_delay_s, "inputs": len(placed), "killed": killed,
+            "kills_mid_job": interrupted, "jobs_interrupted": journaled,
             "finished_before_kill": finished, "final_exit": final_rc, "hangs": hangs,
             "tracebacks": tracebacks, **books, "fsck_exit": fsck.returncode,
             "fsck_problems": checked.get("problems"), "fsck_pending": checked.get("pending"),
@@ -239,8 +244,10 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [
         ["rounds (burst, start, kill -9 at a random moment)", r["rounds"]],
         ["inputs per burst / in all", f"{r['files_per_round']} / {r['inputs']}"],
-        ["runs killed mid-way / finished before their kill", f"{r['killed']} / "
-                                                               f"{r['finished_before_kill']}"],
+        ["runs killed / finished before their kill", f"{r['killed']} / "
+                                                    f"{r['finished_before_kill']}"],
+        ["kills that left inputs half done (journaled) / such inputs, all resumed",
+         f"{r.get('kills_mid_job', '-')} / {r.get('jobs_interrupted', '-')}"],
         ["kill delay", f"uniform 0-{r['max_delay_s']:g} s (seed {r['seed']})"],
         ["archived / quarantined at the end", f"{r['archived']} / {r['quarantined']}"],
         ["**lost** / duplicated / left in the inbox",

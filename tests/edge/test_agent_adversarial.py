@@ -217,13 +217,14 @@ NON_FINITE = [
 def nonfinite_dicom(path: Path, slope: str = "1", intercept: str = "0") -> Path:
     pixels = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
     make_dicom(path, pixels, bits_stored=12)
-    from pydicom import config as pydicom_config
     from pydicom import dcmread
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
 
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     ds = dcmread(str(path))
-    ds.add_new(0x00281053, "DS", slope)
-    ds.add_new(0x00281052, "DS", intercept)
+    for tag, text in ((0x00281053, slope), (0x00281052, intercept)):  # written as given
+        value = text.encode() + b" " * (len(text) % 2)
+        ds._dict[Tag(tag)] = RawDataElement(Tag(tag), "DS", len(value), value, 0, False, True)
     ds.save_as(str(path))
     return path
 

@@ -183,6 +183,7 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow  # a whole agent per example: under arm64 emulation, minutes
 @settings(max_examples=EXAMPLES // 5 or 100, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batch=st.lists(st.tuples(names, contents, st.booleans()), min_size=1, max_size=8))
