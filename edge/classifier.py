@@ -2,9 +2,12 @@
 
 ``Classifier`` loads a model only after its sha256 matches its manifest, preprocesses with
 the manifest's ``PreprocessSpec`` (the very functions the trainer used), and turns the
-interpreter's output into a ``Prediction``. A prediction whose top probability is below
-``[review] threshold``, or whose margin over the runner-up is below ``[review]
-min_margin``, is flagged ``needs_review`` with the reason spelled out.
+interpreter's output into a ``Prediction``. With a manifest of format 2 the
+probabilities are calibrated, the image gets an "unlike the training data" score and a
+heat-map (``edge.trust``, ``edge.heatmap``). A prediction is flagged ``needs_review`` with
+the reason spelled out by the rule in ``edge.trust.review_reasons``: confidence below
+``[review] threshold``, margin below ``[review] min_margin``, an image unlike the training
+data, or a "no tumour" answer that is not confident and checked.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from . import trust as trust_rule
 from .config import AgentConfig, ReviewConfig
 from .errors import ConfigError, ModelOutputError
+from .heatmap import spatial_map
 from .inputs import DecodedImage
 from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_verified
 from .preprocess import resize_uint8, scale
 from .runtime import TFLiteClassifier
+from .trust import Assessment, TrustModel
 
 
 @dataclass
@@ -33,6 +39,9 @@ class Prediction:
     review_reasons: list[str]
     model_input: np.ndarray  # the uint8 (H, W, 3) picture the model saw, for the thumbnail
     timings_ms: dict[str, float] = field(default_factory=dict)
+    trust: dict[str, Any] | None = None  # the report's ``trust`` section
+    heatmap: np.ndarray | None = None  # (h, w) map in 0..1 over the model input
+    heatmap_kind: str | None = None
 
 
 def resolve_model_path(configured: str) -> Path:
@@ -66,6 +75,7 @@ class Classifier:
                                        runtime=config.runtime.name or None)
         self.runtime_name = f"{self._model.runtime.name} {self._model.runtime.version}"
         self.review = config.review
+        self.trust = TrustModel(self.manifest, self.model_path.parent)
         self.body_parts = tuple(p.strip().upper() for p in config.dicom.body_parts)
 
     @property
@@ -94,10 +104,16 @@ class Classifier:
         pixels = resize_uint8(decoded.picture, spec)
         model_input = scale(pixels, spec)
         t1 = time.perf_counter()
-        probs = np.asarray(self._model.predict(model_input), dtype=np.float64)
+        probs, outputs = self._model.predict_with_outputs(model_input)
         t2 = time.perf_counter()
-        prediction = self._decide(probs, pixels, {"preprocess": (t1 - t0) * 1000,
-                                                  "inference": (t2 - t1) * 1000})
+        assessment = self.trust.assess(probs, outputs)
+        prediction = self._decide(assessment, pixels, {"preprocess": (t1 - t0) * 1000,
+                                                       "inference": (t2 - t1) * 1000})
+        if self.trust.heatmap_output is not None:
+            prediction.heatmap = spatial_map(outputs[self.trust.heatmap_output],
+                                             self.trust.heatmap_kind or "spatial_attention")
+            prediction.heatmap_kind = self.trust.heatmap_kind
+        prediction.timings_ms["trust"] = (time.perf_counter() - t2) * 1000
         body_part = decoded.details.get("body_part_examined") if decoded.kind == "dicom" else None
         if body_part and self.body_parts and body_part not in self.body_parts:
             prediction.review_reasons.append(
@@ -105,9 +121,10 @@ class Classifier:
             prediction.needs_review = True
         return prediction
 
-    def _decide(self, probs: np.ndarray, pixels: np.ndarray,
+    def _decide(self, assessment: Assessment, pixels: np.ndarray,
                 timings: dict[str, float]) -> Prediction:
         labels = self.labels
+        probs = assessment.probabilities
         if not np.all(np.isfinite(probs)):
             raise ModelOutputError(
                 "the model's output for this input is not a number (NaN or infinite), so there "
@@ -118,21 +135,22 @@ class Classifier:
         top = int(order[0])
         confidence = float(probs[top])
         margin = confidence - float(probs[order[1]]) if len(order) > 1 else confidence
-        reasons = review_reasons(confidence, margin, labels[int(order[1])], self.review)
+        reasons = review_reasons(labels[top], confidence, margin, labels[int(order[1])],
+                                 self.review, assessment, self.trust.negative_label)
         return Prediction(
             label=labels[top], confidence=round(confidence, 6),
             probabilities={label: round(float(p), 6) for label, p in zip(labels, probs)},
             needs_review=bool(reasons), review_reasons=reasons, model_input=pixels,
-            timings_ms=timings)
+            timings_ms=timings, trust=assessment.to_report())
 
 
-def review_reasons(confidence: float, margin: float, runner_up: str,
-                   review: ReviewConfig) -> list[str]:
-    reasons = []
-    if confidence < review.threshold:
-        reasons.append(f"confidence {confidence:.2f} is below the review threshold "
-                       f"{review.threshold:.2f}")
-    if review.min_margin > 0 and margin < review.min_margin:
-        reasons.append(f"the runner-up ({runner_up}) is only {margin:.2f} behind (minimum "
-                       f"margin {review.min_margin:.2f})")
-    return reasons
+def review_reasons(label: str, confidence: float, margin: float, runner_up: str,
+                   review: ReviewConfig, assessment: Assessment | None = None,
+                   negative_label: str | None = None) -> list[str]:
+    """The review rule (``edge.trust.review_reasons``) with the configured thresholds."""
+    if assessment is None:
+        assessment = Assessment(probabilities=np.zeros(0), calibrated=False)
+    return trust_rule.review_reasons(
+        label=label, confidence=confidence, margin=margin, runner_up=runner_up,
+        assessment=assessment, threshold=review.threshold, min_margin=review.min_margin,
+        no_tumour_threshold=review.no_tumour_threshold, negative_label=negative_label)

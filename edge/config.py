@@ -60,6 +60,7 @@ class ReviewConfig:
 
     threshold: float = 0.6
     min_margin: float = 0.0
+    no_tumour_threshold: float = 0.95  # a "no tumour" answer needs this much (edge.trust)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ def _validate_section(name: str, s: Any, source: str) -> None:
             raise bad("threshold", "must be between 0 and 1")
         if not 0.0 <= s.min_margin <= 1.0:
             raise bad("min_margin", "must be between 0 and 1")
+        if not 0.0 <= s.no_tumour_threshold <= 1.0:
+            raise bad("no_tumour_threshold", "must be between 0 and 1")
     elif name == "dicom":
         if not s.modalities or not all(m.strip() for m in s.modalities):
             raise bad("modalities", "must name at least one modality, e.g. [\"MR\"]")

@@ -18,11 +18,14 @@ from typing import Any, Union
 from .errors import ManifestError, ModelIntegrityError
 from .preprocess import PreprocessSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this agent writes when a model has trust outputs; else 1
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "model.json"
 QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
 DTYPES = ("int8", "uint8", "float32", "float16")
 OUTPUT_KINDS = ("probabilities", "logits")
+HEATMAP_KINDS = ("spatial_attention", "feature_map")
+TRUST_VERSION = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,6 +64,25 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class NamedOutput:
+    """An extra model output (format 2): the tensor's name in the ``.tflite`` and its spec."""
+
+    tensor: str
+    spec: TensorSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, **self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> NamedOutput:
+        if not isinstance(data, dict) or not isinstance(data.get("tensor"), str) \
+                or not data["tensor"]:
+            raise ManifestError(f"{where}.tensor must be the output tensor's name")
+        rest = {k: v for k, v in data.items() if k != "tensor"}
+        return cls(data["tensor"], TensorSpec.from_dict(rest, where))
+
+
+@dataclass(frozen=True)
 class ModelManifest:
     """Everything the device needs to know about a model, and where it came from.
 
@@ -68,6 +90,12 @@ class ModelManifest:
     accuracy, agreement, ...), ``thresholds`` the gate it passed, ``verified_runtimes``
     the interpreters it was loaded and run in at conversion time, ``provenance`` the
     creation time, tool and package versions and the source run.
+
+    Format 2 adds two optional sections (docs/trust.md): ``outputs``, the model's extra
+    named outputs (logits, features, heat-map), and ``trust``: the temperature, the
+    "unlike the training data" statistics (a file beside the model, hashed here) and
+    threshold, the heat-map's source, and how they were fitted. A manifest without them
+    is written as format 1, so older agents still read it.
     """
 
     name: str
@@ -86,6 +114,8 @@ class ModelManifest:
     thresholds: dict[str, Any] = field(default_factory=dict)
     verified_runtimes: tuple[dict[str, Any], ...] = ()
     provenance: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, NamedOutput] = field(default_factory=dict)
+    trust: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,19 +125,34 @@ class ModelManifest:
         data["output"] = self.output.to_dict()
         data["preprocess"] = self.preprocess.to_dict()
         data["verified_runtimes"] = list(self.verified_runtimes)
+        if self.outputs or self.trust:
+            data["format_version"] = 2
+            data["outputs"] = {k: v.to_dict() for k, v in self.outputs.items()}
+        else:  # nothing of format 2: older agents can read it
+            data["format_version"] = 1
+            del data["outputs"], data["trust"]
         return data
+
+    @property
+    def statistics_file(self) -> str | None:
+        """The trust statistics file beside the model (``trust.ood.statistics``), if any."""
+        ood = self.trust.get("ood") or {}
+        return ood.get("statistics")
 
     @classmethod
     def from_dict(cls, data: Any) -> ModelManifest:
         required = ("format_version", "name", "version", "architecture", "labels", "model_file",
                     "model_sha256", "quantization", "input", "output", "preprocess")
         optional = ("output_kind", "source_model_sha256", "metrics", "thresholds",
-                    "verified_runtimes", "provenance")
+                    "verified_runtimes", "provenance", "outputs", "trust")
         _require_keys(data, required, optional, "manifest")
-        if data["format_version"] != FORMAT_VERSION:
+        if data["format_version"] not in READABLE_VERSIONS:
             raise ManifestError(
                 f"manifest format_version is {data['format_version']!r}, this agent reads "
-                f"version {FORMAT_VERSION}: upgrade neuroedge or re-export the model")
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}: upgrade neuroedge or "
+                "re-export the model")
+        if data["format_version"] == 1 and ("outputs" in data or "trust" in data):
+            raise ManifestError("manifest.outputs and manifest.trust need format_version 2")
         for key in ("name", "version", "architecture", "model_file", "model_sha256"):
             if not isinstance(data[key], str) or not data[key]:
                 raise ManifestError(f"manifest.{key} must be a non-empty string")
@@ -144,6 +189,9 @@ class ModelManifest:
         runtimes = data.get("verified_runtimes", [])
         if not isinstance(runtimes, list) or not all(isinstance(r, dict) for r in runtimes):
             raise ManifestError("manifest.verified_runtimes must be a list of objects")
+        outputs = _outputs_from(data.get("outputs", {}))
+        trust = data.get("trust", {})
+        _check_trust(trust, outputs, labels, output_kind)
         return cls(
             name=data["name"], version=data["version"], architecture=data["architecture"],
             labels=tuple(labels), model_file=data["model_file"],
@@ -152,8 +200,88 @@ class ModelManifest:
             source_model_sha256=data.get("source_model_sha256", ""),
             metrics=dict(data.get("metrics", {})), thresholds=dict(data.get("thresholds", {})),
             verified_runtimes=tuple(runtimes), provenance=dict(data.get("provenance", {})),
-            format_version=data["format_version"],
+            outputs=outputs, trust=dict(trust), format_version=data["format_version"],
         )
+
+
+def _outputs_from(data: Any) -> dict[str, NamedOutput]:
+    if not isinstance(data, dict):
+        raise ManifestError("manifest.outputs must be an object of named outputs")
+    outputs = {}
+    for key, value in data.items():
+        if not (isinstance(key, str) and key.replace("_", "").isalnum()):
+            raise ManifestError(f"manifest.outputs key {key!r} must be a plain name")
+        outputs[key] = NamedOutput.from_dict(value, f"manifest.outputs.{key}")
+    tensors = [o.tensor for o in outputs.values()]
+    if len(set(tensors)) != len(tensors):
+        raise ManifestError("manifest.outputs names the same tensor twice")
+    return outputs
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
+                 output_kind: str) -> None:
+    """The structure of ``manifest.trust``; the numbers themselves are used by edge.trust."""
+    if not isinstance(trust, dict):
+        raise ManifestError("manifest.trust must be an object")
+    if not trust:
+        return
+    where = "manifest.trust"
+    if trust.get("version") != TRUST_VERSION:
+        raise ManifestError(f"{where}.version is {trust.get('version')!r}, this agent reads "
+                            f"version {TRUST_VERSION}: upgrade neuroedge")
+    known = {"version", "temperature", "negative_label", "ood", "heatmap", "fit"}
+    unknown = sorted(set(trust) - known)
+    if unknown:
+        raise ManifestError(f"{where} has unknown keys: {', '.join(unknown)}")
+    if "temperature" in trust:
+        if not (_number(trust["temperature"]) and trust["temperature"] > 0):
+            raise ManifestError(f"{where}.temperature must be a positive number")
+        if "logits" not in outputs and output_kind != "logits":
+            raise ManifestError(f"{where}.temperature needs the model's logits: an output "
+                                "named 'logits' in manifest.outputs")
+    negative = trust.get("negative_label")
+    if negative is not None and negative not in labels:
+        raise ManifestError(f"{where}.negative_label {negative!r} is not one of the labels")
+    ood = trust.get("ood")
+    if ood is not None:
+        if not isinstance(ood, dict):
+            raise ManifestError(f"{where}.ood must be an object")
+        _require_keys(ood, ("method", "inputs", "statistics", "statistics_sha256", "threshold"),
+                      ("pass_rate", "fit"), f"{where}.ood")
+        if ood["method"] != "mahalanobis":
+            raise ManifestError(f"{where}.ood.method {ood['method']!r} is not known to this "
+                                "agent (it knows 'mahalanobis'): upgrade neuroedge")
+        inputs = ood["inputs"]
+        if not (isinstance(inputs, list) and inputs and all(i in outputs for i in inputs)):
+            raise ManifestError(f"{where}.ood.inputs must name outputs in manifest.outputs, "
+                                f"got {inputs!r}")
+        name = ood["statistics"]
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise ManifestError(f"{where}.ood.statistics must be a bare file name beside "
+                                f"model.json, got {name!r}")
+        digest = ood["statistics_sha256"]
+        if not (isinstance(digest, str) and len(digest) == 64):
+            raise ManifestError(f"{where}.ood.statistics_sha256 must be a hex sha256")
+        if not (_number(ood["threshold"]) and ood["threshold"] > 0):
+            raise ManifestError(f"{where}.ood.threshold must be a positive number")
+    heatmap = trust.get("heatmap")
+    if heatmap is not None:
+        if not isinstance(heatmap, dict):
+            raise ManifestError(f"{where}.heatmap must be an object")
+        _require_keys(heatmap, ("output", "kind"), (), f"{where}.heatmap")
+        if heatmap["output"] not in outputs:
+            raise ManifestError(f"{where}.heatmap.output {heatmap['output']!r} is not in "
+                                "manifest.outputs")
+        if heatmap["kind"] not in HEATMAP_KINDS:
+            raise ManifestError(f"{where}.heatmap.kind must be one of {', '.join(HEATMAP_KINDS)}")
+        if len(outputs[heatmap["output"]].spec.shape) != 4:
+            raise ManifestError(f"{where}.heatmap.output must be a [1, H, W, C] tensor")
+    if "fit" in trust and not isinstance(trust["fit"], dict):
+        raise ManifestError(f"{where}.fit must be an object")
 
 
 def _is_int(value: Any) -> bool:
@@ -221,12 +349,32 @@ def verify_model_file(manifest: ModelManifest, model_path: PathLike) -> None:
             "Reinstall the model together with its model.json.")
 
 
+def verify_statistics_file(manifest: ModelManifest, folder: PathLike) -> Path | None:
+    """Check the trust statistics beside the model against their sha256; return the path."""
+    name = manifest.statistics_file
+    if name is None:
+        return None
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ModelIntegrityError(
+            f"the trust statistics {path} named by the manifest do not exist: copy the model "
+            "folder whole (model.tflite, model.json and the files beside them)")
+    actual = sha256_file(path)
+    if actual != manifest.trust["ood"]["statistics_sha256"].lower():
+        raise ModelIntegrityError(
+            f"{path} has sha256 {actual[:12]}…, the manifest expects "
+            f"{manifest.trust['ood']['statistics_sha256'][:12]}…: the file is corrupt or was "
+            "replaced. Reinstall the model folder whole.")
+    return path
+
+
 def load_verified(model_dir_or_file: PathLike) -> tuple[ModelManifest, Path]:
-    """Load the manifest for a model and check the model's sha256; return both."""
+    """Load the manifest for a model and check the model's (and its statistics') sha256."""
     manifest_file = manifest_path_for(model_dir_or_file)
     manifest = load_manifest(manifest_file)
     model_path = manifest_file.parent / manifest.model_file
     verify_model_file(manifest, model_path)
+    verify_statistics_file(manifest, manifest_file.parent)
     return manifest, model_path
 
 

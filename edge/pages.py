@@ -86,8 +86,9 @@ def _rows(pairs: Iterable[tuple[str, Any]], mono: tuple[str, ...] = ()) -> str:
     return "<table>" + "".join(out) + "</table>"
 
 
-def report_page(report: dict[str, Any], thumbnail: np.ndarray | None) -> bytes:
-    """The clinician's page for one input."""
+def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
+                heatmap: np.ndarray | None = None) -> bytes:
+    """The clinician's page for one input (``heatmap``: the thumbnail with the map drawn)."""
     pred = report["prediction"]
     label, confidence = pred["label"], pred["confidence"]
     parts = [f"<p class=\"notice\">{esc(report['notice'])}</p>",
@@ -103,6 +104,7 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None) -> bytes:
         uri = thumbnail_data_uri(thumbnail)
         parts.append(f"<h2>What the model saw</h2><img class=\"thumb\" alt=\"model input\" "
                      f"src=\"{uri}\">")
+    parts.extend(_trust_parts(report, heatmap))
     probs = "".join(
         f"<tr><td>{esc(name)}</td><td>{p:.1%}</td><td><span class=\"bar\" "
         f"style=\"width:{max(0.0, min(1.0, p)) * 20:.2f}rem\"></span></td></tr>"
@@ -143,6 +145,36 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None) -> bytes:
          ("report created", report["created_at"]), ("report id", report["id"])],
         mono=("model sha256", "report id")))
     return _page(f"{label} - {report['input']['file_name']}", "\n".join(parts))
+
+
+def _trust_parts(report: dict[str, Any], heatmap: np.ndarray | None) -> list[str]:
+    """Issue 13: where the model looked, and what the trust checks said (report v2)."""
+    parts = []
+    if heatmap is not None:
+        kind = (report.get("heatmap") or {}).get("kind")
+        what = ("the weight the model's last attention block gave each region"
+                if kind == "spatial_attention" else "the model's activation in each region")
+        parts.append(f"<img class=\"thumb\" alt=\"heat-map over the model input\" "
+                     f"src=\"{thumbnail_data_uri(heatmap)}\"><p>Where the model looked: "
+                     f"{esc(what)}, brighter colour for more. It shows what the answer rests "
+                     "on, not where a tumour is.</p>")
+    trust = report.get("trust")
+    if trust:
+        share = trust.get("ood_validation_share_below")
+        rows = [("probabilities", "calibrated (temperature "
+                 f"{trust.get('temperature')})" if trust.get("calibrated") else
+                 "as the model gives them (not calibrated)")]
+        if trust.get("ood_score") is not None:
+            rows.append(("unlike the training data",
+                         f"score {trust['ood_score']:.2f}, threshold {trust['ood_threshold']:.2f}"
+                         + (f" (higher than {share:.0%} of the validation images)"
+                            if share is not None else "")
+                         + ("" if trust.get("in_distribution") else ": UNLIKE them")))
+        else:
+            rows.append(("unlike the training data", "not checked: this model has no "
+                         "statistics for it"))
+        parts.append("<h2>How far to trust it</h2>" + _rows(rows))
+    return parts
 
 
 def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:

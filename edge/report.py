@@ -1,8 +1,10 @@
-"""The per-input report: ``<outbox>/reports/<id>.json`` (schema ``neuroedge.report/1``).
+"""The per-input report: ``<outbox>/reports/<id>.json`` (schema ``neuroedge.report/2``).
 
 ``id`` is the sha256 of the input's bytes, so the same content always maps to the same
 report and is never classified twice. The schema is documented field by field in
-docs/readme/agent.md; a change to a field's meaning bumps the schema version.
+docs/readme/agent.md; a change to a field's meaning bumps the schema version. Version 2
+(issue 13): ``prediction.probabilities`` are calibrated when the model has a temperature,
+and ``trust`` and ``heatmap`` were added. Readers take both versions (``REPORT_SCHEMAS``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from . import __version__
 from .inputs import DecodedImage
 
-REPORT_SCHEMA = "neuroedge.report/1"
+REPORT_SCHEMA = "neuroedge.report/2"
+REPORT_SCHEMAS = ("neuroedge.report/1", REPORT_SCHEMA)  # what readers accept
 NOTICE = ("NOT FOR CLINICAL USE. This is an automated research classification of one image by "
           "a machine-learning model. It is not a diagnosis, may be wrong, and must not be used "
           "to make decisions about a patient's care.")
@@ -59,12 +62,25 @@ def build_report(*, sha256: str, file_name: str, size: int, decoded: DecodedImag
                        "probabilities": prediction.probabilities},
         "needs_review": prediction.needs_review,
         "review_reasons": list(prediction.review_reasons),
+        "trust": getattr(prediction, "trust", None),
+        "heatmap": heatmap_section(sha256, prediction),
         "notes": list(decoded.notes),
         "model": model,
         "agent": agent_info(),
         "timings_ms": {k: round(v, 2) for k, v in timings_ms.items()},
         "intake": {"token": token, "received_at": received_at},
     }
+
+
+def heatmap_section(sha256: str, prediction: Any) -> dict[str, Any] | None:
+    """The report's ``heatmap``: which map, the PNG beside the report, and where it peaks."""
+    heat = getattr(prediction, "heatmap", None)
+    if heat is None:
+        return None
+    from .heatmap import peak
+
+    return {"kind": prediction.heatmap_kind, "file": f"{sha256}.heatmap.png",
+            "map_size": [int(d) for d in heat.shape], "peak": peak(heat)}
 
 
 def summary_line(report: dict[str, Any] | None) -> dict[str, Any]:

@@ -135,14 +135,26 @@ class TFLiteClassifier:
                 "by `python -m converters.tflite`.") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
+        named = dict(manifest.outputs) if manifest is not None else {}
+        by_name = {d["name"]: d for d in outputs}
+        missing = [f"{key} ({o.tensor})" for key, o in named.items() if o.tensor not in by_name]
+        if missing:
             raise RuntimeUnavailableError(
-                f"{self.model_path.name} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                "a classifier needs exactly one of each")
+                f"{self.model_path.name} lacks the outputs its manifest names: "
+                f"{', '.join(missing)}; re-export the model with its manifest")
+        primary = [d for d in outputs if d["name"] not in {o.tensor for o in named.values()}]
+        if len(inputs) != 1 or len(primary) != 1:
+            raise RuntimeUnavailableError(
+                f"{self.model_path.name} has {len(inputs)} inputs and {len(primary)} outputs "
+                "besides those its manifest names; a classifier needs exactly one of each")
         self._input_index = inputs[0]["index"]
-        self._output_index = outputs[0]["index"]
+        self._output_index = primary[0]["index"]
         self.input_spec = _tensor_spec(inputs[0])
-        self.output_spec = _tensor_spec(outputs[0])
+        self.output_spec = _tensor_spec(primary[0])
+        # extra outputs (manifest format 2): key -> (interpreter index, spec)
+        self._named = {key: (by_name[o.tensor]["index"], _tensor_spec(by_name[o.tensor]))
+                       for key, o in named.items()}
+        self.last_outputs: dict[str, np.ndarray] = {}
         if manifest is not None:
             self._check_against_manifest(manifest)
         self.output_kind = manifest.output_kind if manifest is not None else "probabilities"
@@ -154,6 +166,12 @@ class TFLiteClassifier:
                 raise RuntimeUnavailableError(
                     f"the model's {what} is {actual.dtype}{list(actual.shape)} but its manifest "
                     f"says {declared.dtype}{list(declared.shape)}: re-export the model")
+        for key, (_, actual) in self._named.items():
+            declared = manifest.outputs[key].spec
+            if actual.dtype != declared.dtype or tuple(actual.shape) != tuple(declared.shape):
+                raise RuntimeUnavailableError(
+                    f"the model's output {key!r} is {actual.dtype}{list(actual.shape)} but its "
+                    f"manifest says {declared.dtype}{list(declared.shape)}: re-export the model")
 
     @property
     def delegate_nodes(self) -> int | None:
@@ -190,9 +208,21 @@ class TFLiteClassifier:
             tensor = tensor.astype(self.input_spec.dtype, copy=False)
         self._interpreter.set_tensor(self._input_index, tensor)
         self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._output_index)[0]
-        out = dequantize(raw, self.output_spec) if self.output_spec.quantized else raw.astype(
-            np.float32)
+        out = self._read(self._output_index, self.output_spec)
+        if self._named:
+            self.last_outputs = {key: self._read(index, spec)
+                                 for key, (index, spec) in self._named.items()}
         if self.output_kind == "logits":
+            self.last_outputs["logits"] = out
             out = softmax(out)
         return out
+
+    def _read(self, index: int, spec: TensorSpec) -> np.ndarray:
+        raw = self._interpreter.get_tensor(index)[0]
+        return dequantize(raw, spec) if spec.quantized else raw.astype(np.float32)
+
+    def predict_with_outputs(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Probabilities for one (H, W, 3) image, and the extra outputs the manifest names
+        (float, batch axis dropped; ``logits`` too when the model outputs logits)."""
+        probs = self.predict(image)
+        return probs, dict(self.last_outputs)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Tuple
 
-from . import failpoints
+from . import failpoints, heatmap
 from .classifier import Classifier
 from .config import AgentConfig
 from .dicom import uid_hash
@@ -84,6 +84,7 @@ class Work:
     report: dict[str, Any] | None = None  # a new report to write (classified just now)
     report_json: bytes = b""  # ...and its JSON, made when it was classified
     thumbnail: Any = None  # the uint8 picture the model saw, for the HTML page
+    heatmap: Any = None  # where the model looked (0..1 map), drawn over the thumbnail
 
 
 Failure = Tuple[Job, Exception]
@@ -334,6 +335,7 @@ class Worker:
         job.outcome = "classified"
         work.report, work.report_json = report, report_json
         work.thumbnail = prediction.model_input
+        work.heatmap = prediction.heatmap
         sop = (report.get("dicom") or {}).get("sop_instance_uid")
         log.debug("input %s%s decoded as %s", job.sha256[:12],
                   f" (SOP {uid_hash(sop)})" if sop else "", decoded.kind)
@@ -403,17 +405,22 @@ class Worker:
         if work.report is None:
             return
         base = self.outbox.reports / str(work.job.sha256)
-        page = None
-        if self.config.report.html:
-            try:
-                page = report_page(work.report, work.thumbnail)
-            except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
-                self._release(work)
-                work.report = None
-                self._refuse_unexpected(work.job, exc, "written",
-                                        "the agent could not write this file's report "
-                                        f"({exc.__class__.__name__}); it is kept here for a look")
-                return
+        page = drawn = None
+        try:
+            if work.heatmap is not None and work.thumbnail is not None:  # issue 13: heat-map
+                drawn = heatmap.overlay(work.thumbnail, work.heatmap)
+            if self.config.report.html:
+                page = report_page(work.report, work.thumbnail, drawn)
+        except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
+            self._release(work)
+            work.report = None
+            self._refuse_unexpected(work.job, exc, "written",
+                                    "the agent could not write this file's report "
+                                    f"({exc.__class__.__name__}); it is kept here for a look")
+            return
+        if drawn is not None:
+            write_bytes_atomic(self.outbox.reports / work.report["heatmap"]["file"],
+                               heatmap.png_bytes(drawn), sync_folder=False)
         if page is not None:
             write_bytes_atomic(base.with_suffix(".html"), page, sync_folder=False)
         write_bytes_atomic(base.with_suffix(".json"), work.report_json, sync_folder=False)
@@ -424,7 +431,7 @@ class Worker:
             with self._lock:
                 if self._in_flight.get(str(work.job.sha256)) == work.job.token:
                     del self._in_flight[str(work.job.sha256)]
-            work.thumbnail = None
+            work.thumbnail = work.heatmap = None
 
     def _decide(self, work: Work, barrier: FolderBarrier, reserved: set) -> None:
         job = work.job

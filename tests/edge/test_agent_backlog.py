@@ -19,8 +19,8 @@ from edge.outbox import Job, Outbox
 from edge.report import REPORT_SCHEMA
 
 REPORT_KEYS = {"schema", "id", "notice", "created_at", "input", "dicom", "image", "prediction",
-               "needs_review", "review_reasons", "notes", "model", "agent", "timings_ms",
-               "intake"}
+               "needs_review", "review_reasons", "trust", "heatmap", "notes", "model", "agent",
+               "timings_ms", "intake"}
 
 
 def index_lines(outbox: Path) -> list:

@@ -1,0 +1,184 @@
+"""Extra outputs for a converted model: its own intermediate tensors, exposed by name.
+
+The agent's trust checks (``edge.trust``) need more than the probabilities: the logits (for
+the temperature), pooled feature descriptors of every stage (for the "unlike the training
+data" score) and a spatial map (for the heat-map). All of them already exist inside a
+converted classifier; this module marks them as additional outputs of the flatbuffer,
+renamed ``neuroedge/<key>``, and touches nothing else: the same operators, weights and
+quantization, the original output first. So the probabilities are bit-identical to those of
+the model that passed the accuracy gate (checked by ``converters.trust``), and a model
+whose Keras source is gone (the shipped one) gets the outputs too.
+
+Which tensors, found by the graph's structure rather than by layer names (so any
+architecture the trainer registers gets them):
+
+- ``logits``: the input of the final SOFTMAX (absent when the model outputs logits);
+- ``features``: the input of the fully-connected layer that produces the logits;
+- ``stage1``, ``stage2``, ...: CBAM's channel-attention descriptors, PACK(MEAN, REDUCE_MAX)
+  of each stage's feature map, ``[1, 2, C]``; models without CBAM get every spatial MEAN
+  (global average pooling) instead;
+- ``heatmap``: the last CBAM spatial-attention map, the LOGISTIC whose output is
+  ``[1, H, W, 1]``.
+
+A Keras model built with several named outputs (a dict) and converted gets the same names
+from ``name_signature_outputs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from converters.errors import ConversionFailedError
+from converters.export import op_type
+from edge.manifest import TensorSpec
+
+PREFIX = "neuroedge/"
+PRIMARY = "probabilities"
+
+
+@dataclass(frozen=True)
+class Exposed:
+    """One named extra output: its key, tensor name in the flatbuffer, and spec."""
+
+    key: str
+    tensor: str
+    spec: TensorSpec
+    heatmap_kind: str | None = None
+
+
+def _schema() -> Any:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema
+
+
+def _read(tflite_model: bytes) -> Any:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+
+
+def _write(model: Any) -> bytes:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _producers(graph: Any) -> dict[int, Any]:
+    return {int(t): op for op in graph.operators for t in op.outputs}
+
+
+def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
+    """Tensor indices (subgraph 0) worth exposing, by key; see the module doc."""
+    model = _read(tflite_model)
+    graph = model.subgraphs[0]
+    producers = _producers(graph)
+    ops = [(op_type(model, op), op) for op in graph.operators]
+    found: dict[str, int] = {}
+    primary = int(graph.outputs[0])
+    head = producers.get(primary)
+    logits = None
+    if head is not None and op_type(model, head) == "SOFTMAX":
+        logits = int(head.inputs[0])
+        found["logits"] = logits
+    else:
+        logits = primary  # the model's output is already the logits
+    fc = producers.get(logits)
+    if fc is not None and op_type(model, fc) == "FULLY_CONNECTED":
+        found["features"] = int(fc.inputs[0])
+    stages = []
+    for name, op in ops:
+        if name != "PACK" or len(op.inputs) != 2:
+            continue
+        kinds = [op_type(model, producers[int(i)]) if int(i) in producers else ""
+                 for i in op.inputs]
+        if kinds == ["MEAN", "REDUCE_MAX"]:
+            stages.append(int(op.outputs[0]))
+    if not stages:  # no CBAM: global average pools ([1, C] outputs of MEAN)
+        stages = [int(op.outputs[0]) for name, op in ops if name == "MEAN"
+                  and len(graph.tensors[int(op.outputs[0])].shape) == 2]
+    for k, index in enumerate(stages, start=1):
+        found[f"stage{k}"] = index
+    maps = [int(op.outputs[0]) for name, op in ops if name == "LOGISTIC"
+            and len(graph.tensors[int(op.outputs[0])].shape) == 4
+            and int(graph.tensors[int(op.outputs[0])].shape[-1]) == 1]
+    if maps:
+        found["heatmap"] = maps[-1]
+    return found
+
+
+def expose(tflite_model: bytes, tensors: dict[str, int]) -> bytes:
+    """The model with ``tensors`` appended as outputs named ``neuroedge/<key>``.
+
+    The original output stays first and keeps its name; the signature gets the new outputs
+    under their keys. Nothing else changes.
+    """
+    schema = _schema()
+    model = _read(tflite_model)
+    graph = model.subgraphs[0]
+    outputs = [int(i) for i in graph.outputs]
+    for key, index in tensors.items():
+        if not 0 <= index < len(graph.tensors):
+            raise ConversionFailedError(f"tensor {index} for {key!r} is not in the model")
+        if index in outputs:
+            raise ConversionFailedError(f"tensor {index} for {key!r} is already an output")
+        graph.tensors[index].name = (PREFIX + key).encode()
+        outputs.append(index)
+        for signature in model.signatureDefs or []:
+            entry = schema.TensorMapT()
+            entry.name = key.encode()
+            entry.tensorIndex = index
+            signature.outputs.append(entry)
+    graph.outputs = np.asarray(outputs, dtype=np.int32)
+    return _write(model)
+
+
+def name_signature_outputs(tflite_model: bytes, primary: str = PRIMARY) -> bytes:
+    """A converted multi-output Keras model: outputs renamed ``neuroedge/<signature key>``,
+    ``primary`` moved first (TensorFlow orders them as it likes) and keeping its name."""
+    model = _read(tflite_model)
+    graph = model.subgraphs[0]
+    if not model.signatureDefs:
+        raise ConversionFailedError("the converted model has no signature to name outputs by")
+    by_key = {entry.name.decode(): int(entry.tensorIndex)
+              for entry in model.signatureDefs[0].outputs}
+    if primary not in by_key:
+        raise ConversionFailedError(f"the model has no output named {primary!r}; it has "
+                                    f"{', '.join(sorted(by_key))}")
+    order = [by_key[primary]] + [i for k, i in sorted(by_key.items()) if k != primary]
+    for key, index in by_key.items():
+        if key != primary:
+            graph.tensors[index].name = (PREFIX + key).encode()
+    graph.outputs = np.asarray(order, dtype=np.int32)
+    return _write(model)
+
+
+def exposed_outputs(tflite_model: bytes) -> list[Exposed]:
+    """The ``neuroedge/<key>`` outputs of a model, with their specs, in output order."""
+    schema = _schema()
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = _read(tflite_model)
+    graph = model.subgraphs[0]
+    producers = _producers(graph)
+    found = []
+    for index in graph.outputs[1:]:
+        tensor = graph.tensors[int(index)]
+        name = tensor.name.decode()
+        if not name.startswith(PREFIX):
+            raise ConversionFailedError(f"output {name!r} is not a named trust output")
+        quant = tensor.quantization
+        scale = float(quant.scale[0]) if quant is not None and quant.scale is not None and len(
+            quant.scale) else 0.0
+        zero = int(quant.zeroPoint[0]) if quant is not None and quant.zeroPoint is not None \
+            and len(quant.zeroPoint) else 0
+        spec = TensorSpec(tuple(int(d) for d in tensor.shape), types[tensor.type], scale, zero)
+        op = producers.get(int(index))
+        kind = None
+        if name == PREFIX + "heatmap":
+            kind = ("spatial_attention" if op is not None and op_type(model, op) == "LOGISTIC"
+                    else "feature_map")
+        found.append(Exposed(name[len(PREFIX):], name, spec, kind))
+    return found

@@ -1,0 +1,320 @@
+"""Fit a converted model's trust checks: temperature, "unlike the training data", heat-map.
+
+    python -m converters.trust --model edge/models --data ../shared/data/brain-tumor-mri \\
+        --out edge/models --force
+
+Also run by ``python -m converters.tflite`` for every model that passes the gate. Steps:
+
+1. **Outputs**: the model's own logits, stage descriptors and last spatial-attention map
+   are exposed as extra outputs (``converters.outputs``); the original output must stay
+   bit-identical on probe images, or nothing is written.
+2. **Data**: the Training split, and in it the validation split the trainer held out
+   (stratified ``val_fraction``, ``seed``, as ``trainer.data.stratified_split`` makes it;
+   read from the manifest's source run when recorded). The model never trained on the
+   validation images; the trainer did use them to pick its best epoch.
+3. **Temperature**: the T minimising the validation images' negative log-likelihood of
+   ``softmax(logits / T)``.
+4. **Unlike the training data**: class means and one shared covariance (shrunk towards its
+   mean variance by ``shrinkage``) of the pooled stage descriptors of the *training* part;
+   the score is the Mahalanobis distance to the nearest class mean; the threshold is the
+   ``pass_rate`` quantile of the validation images' scores.
+5. The model, ``trust.npz`` and the manifest (format 2, the statistics hashed) are written,
+   the manifest last.
+
+The external checks (``../shared/data/br35h-tumour``, the test split) play no part here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import outputs as model_outputs
+from converters.errors import ConversionFailedError, ConverterError, OutputError, UsageError
+from edge.manifest import (
+    MANIFEST_NAME,
+    TRUST_VERSION,
+    ModelManifest,
+    NamedOutput,
+    load_verified,
+    sha256_file,
+    write_manifest,
+)
+from edge.preprocess import scale
+from edge.runtime import TFLiteClassifier
+from edge.trust import (
+    STATISTICS_FORMAT,
+    calibration_error,
+    feature_vector,
+    mahalanobis,
+    softmax,
+)
+
+log = logging.getLogger(__name__)
+
+STATISTICS_NAME = "trust.npz"
+DEFAULT_PASS_RATE = 0.95
+DEFAULT_SHRINKAGE = 1e-3
+PROBE_IMAGES = 32
+
+
+@dataclass(frozen=True)
+class TrustOptions:
+    data: Path
+    val_fraction: float | None = None  # None: the source run's, else 0.1
+    seed: int | None = None  # None: the source run's, else 0
+    pass_rate: float = DEFAULT_PASS_RATE
+    shrinkage: float = DEFAULT_SHRINKAGE
+    negative_label: str | None = None  # None: "notumor" when the model has that label
+    progress: bool = False
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the mean negative log-likelihood (golden-section search on
+    log T over [0.02, 50]; the NLL is convex in 1/T)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, float(np.exp(log_t)))[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(np.clip(p, 1e-300, 1.0))))
+
+    low, high = np.log(0.02), np.log(50.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = nll(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = nll(b)
+    return float(np.exp((low + high) / 2))
+
+
+def fit_ood(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+            pass_rate: float = DEFAULT_PASS_RATE,
+            shrinkage: float = DEFAULT_SHRINKAGE) -> dict[str, Any]:
+    """Class means, shared precision, validation scores and the threshold ``pass_rate`` of
+    the validation images stay under (see the module doc)."""
+    x = np.asarray(train_features, dtype=np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    if not 0.5 <= pass_rate < 1.0:
+        raise UsageError(f"--pass-rate must be in [0.5, 1), got {pass_rate}")
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    residual = x - means[np.searchsorted(classes, y)]
+    covariance = residual.T @ residual / max(1, len(x) - len(classes))
+    mean_variance = float(np.trace(covariance)) / len(covariance)
+    covariance += max(shrinkage * mean_variance, 1e-12) * np.eye(len(covariance))
+    precision = np.linalg.inv(covariance)
+    precision = (precision + precision.T) / 2
+    val_scores = np.sort(mahalanobis(val_features, means, precision))
+    threshold = float(np.quantile(val_scores, pass_rate))
+    return {"means": means, "precision": precision, "validation_scores": val_scores,
+            "threshold": threshold}
+
+
+def _run(classifier: TFLiteClassifier, images: np.ndarray, spec: Any, keys: list[str],
+         desc: str, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from tqdm import tqdm
+
+    probs, collected = [], {k: [] for k in keys}
+    for image in tqdm(images, desc=desc, unit="img", disable=not progress, leave=False,
+                      file=sys.stderr):
+        p, out = classifier.predict_with_outputs(scale(image, spec))
+        probs.append(p)
+        for key in keys:
+            collected[key].append(out[key])
+    return np.stack(probs), {k: np.stack(v) for k, v in collected.items()}
+
+
+def _named(exposed: list[model_outputs.Exposed]) -> dict[str, NamedOutput]:
+    return {e.key: NamedOutput(e.tensor, e.spec) for e in exposed}
+
+
+def expose_checked(model_path: Path, manifest: ModelManifest, target: Path,
+                   probe: np.ndarray) -> tuple[dict[str, NamedOutput], str | None]:
+    """Write ``model_path`` with its trust tensors exposed to ``target``; verify the original
+    output is bit-identical on ``probe`` (float inputs). Returns the outputs, heat-map kind."""
+    original = model_path.read_bytes()
+    tensors = model_outputs.find_trust_tensors(original)
+    already = model_outputs.exposed_outputs(original)
+    if already:  # a model exposed before (a refit): keep its outputs as they are
+        target.write_bytes(original)
+        exposed = already
+    else:
+        if not tensors:
+            raise ConversionFailedError(
+                f"{model_path} has none of the tensors the trust checks use (logits, stage "
+                "descriptors, attention map)")
+        target.write_bytes(model_outputs.expose(original, tensors))
+        exposed = model_outputs.exposed_outputs(target.read_bytes())
+        before = TFLiteClassifier(model_path, dataclasses.replace(manifest, outputs={}),
+                                  num_threads=1)
+        after = TFLiteClassifier(target, dataclasses.replace(manifest, outputs=_named(exposed)),
+                                 num_threads=1)
+        for image in probe:
+            if not np.array_equal(before.predict(image), after.predict(image)):
+                raise ConversionFailedError(
+                    "exposing the trust outputs changed the model's probabilities; nothing "
+                    "was written (please report this)")
+    kind = next((e.heatmap_kind for e in exposed if e.key == "heatmap"), None)
+    return _named(exposed), kind
+
+
+def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
+              opts: TrustOptions) -> tuple[ModelManifest, dict[str, Any]]:
+    """Expose, run, fit; write ``staging/model.tflite`` and ``staging/trust.npz``. Returns
+    the new manifest (not yet written) and a summary of the fit."""
+    from trainer.data import load_split, stratified_indices, stratified_split
+
+    run = (manifest.provenance.get("source") or {}).get("run") or {}
+    val_fraction = opts.val_fraction if opts.val_fraction is not None else float(
+        run.get("val_fraction", 0.1))
+    seed = opts.seed if opts.seed is not None else int(run.get("seed", 0))
+    labels = list(manifest.labels)
+    negative = opts.negative_label
+    if negative is None:
+        negative = next((x for x in labels if x.lower() in ("notumor", "no_tumor", "no_tumour")),
+                        None)
+    elif negative not in labels:
+        raise UsageError(f"--negative-label {negative!r} is not one of the model's labels "
+                         f"({', '.join(labels)})")
+    spec = manifest.preprocess
+    log.info("decoding %s/Training", opts.data)
+    train = load_split(opts.data, "Training", spec, classes=labels, progress=opts.progress)
+    train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
+    probe = scale(train.images[stratified_indices(train.labels, PROBE_IMAGES, seed)], spec)
+    target = staging / manifest.model_file
+    outputs, heatmap_kind = expose_checked(model_path, manifest, target, probe)
+    new = dataclasses.replace(manifest, outputs=outputs, model_sha256=sha256_file(target))
+    stages = sorted((k for k in outputs if k.startswith("stage")), key=lambda k: int(k[5:]))
+    ood_inputs = stages or [k for k in ("features",) if k in outputs]
+    has_logits = "logits" in outputs or manifest.output_kind == "logits"
+    keys = [k for k in ("logits",) if k in outputs] + ood_inputs
+    classifier = TFLiteClassifier(target, new, num_threads=None)
+    probs, collected = _run(classifier, train.images, spec, keys, "trust: Training split",
+                            opts.progress)
+    y = train.labels
+    summary: dict[str, Any] = {
+        "data": str(opts.data), "split": "Training", "val_fraction": val_fraction, "seed": seed,
+        "train_images": int(len(train_idx)), "validation_images": int(len(val_idx)),
+        "validation_accuracy": round(float((probs[val_idx].argmax(1) == y[val_idx]).mean()), 4),
+        "primary_output_identical_on": PROBE_IMAGES,
+    }
+    trust: dict[str, Any] = {"version": TRUST_VERSION}
+    if negative is not None:
+        trust["negative_label"] = negative
+    if has_logits:
+        logits = collected.get("logits")
+        if logits is None:  # the model outputs logits itself
+            logits = np.log(np.clip(probs, 1e-12, 1.0))
+        temperature = fit_temperature(logits[val_idx], y[val_idx])
+        trust["temperature"] = round(temperature, 6)
+        summary.update(
+            temperature=round(temperature, 6),
+            validation_ece_before=round(calibration_error(probs[val_idx], y[val_idx]), 4),
+            validation_ece_after=round(calibration_error(
+                softmax(logits[val_idx], temperature), y[val_idx]), 4))
+    if ood_inputs:
+        feats = np.stack([feature_vector({k: collected[k][i] for k in ood_inputs},
+                                         tuple(ood_inputs)) for i in range(len(y))])
+        fit = fit_ood(feats[train_idx], y[train_idx], feats[val_idx], opts.pass_rate,
+                      opts.shrinkage)
+        stats_path = staging / STATISTICS_NAME
+        with open(stats_path, "wb") as handle:
+            np.savez_compressed(handle, format=np.array(STATISTICS_FORMAT),
+                                inputs=np.array(ood_inputs),
+                                means=fit["means"].astype(np.float32),
+                                precision=fit["precision"].astype(np.float32),
+                                validation_scores=fit["validation_scores"].astype(np.float32))
+        trust["ood"] = {"method": "mahalanobis", "inputs": ood_inputs,
+                        "statistics": STATISTICS_NAME,
+                        "statistics_sha256": sha256_file(stats_path),
+                        "threshold": round(fit["threshold"], 6), "pass_rate": opts.pass_rate,
+                        "fit": {"features": int(feats.shape[1]), "shrinkage": opts.shrinkage,
+                                "classes": len(fit["means"])}}
+        summary.update(ood_inputs=ood_inputs, ood_threshold=round(fit["threshold"], 4),
+                       ood_pass_rate=opts.pass_rate)
+    if heatmap_kind is not None:
+        trust["heatmap"] = {"output": "heatmap", "kind": heatmap_kind}
+        summary["heatmap"] = heatmap_kind
+    trust["fit"] = summary
+    return dataclasses.replace(new, trust=trust), summary
+
+
+def refit(model_dir: Path, out: Path, opts: TrustOptions, force: bool = False) -> dict[str, Any]:
+    """Fit the trust checks of the model in ``model_dir`` and write the result to ``out``."""
+    manifest, model_path = load_verified(model_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
+    if (out / MANIFEST_NAME).exists() and not force:
+        raise OutputError(f"--out {out} already holds a model; pass --force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".trust-", dir=out))
+    try:
+        new, summary = fit_trust(model_path, manifest, staging, opts)
+        write_manifest(new, staging / MANIFEST_NAME)
+        load_verified(staging)  # exactly what the device will do
+        for name in (STATISTICS_NAME, manifest.model_file, MANIFEST_NAME):  # manifest last
+            if (staging / name).exists():
+                os.chmod(staging / name, 0o644)
+                os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m converters.trust", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True,
+                        help="model folder (model.tflite + model.json)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="data set folder with Training/<class>/ (the model's labels)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the model")
+    parser.add_argument("--val-fraction", type=float,
+                        help="validation share of Training (default: the source run's, else 0.1)")
+    parser.add_argument("--seed", type=int,
+                        help="seed of the validation split (default: the source run's, else 0)")
+    parser.add_argument("--pass-rate", type=float, default=DEFAULT_PASS_RATE,
+                        help="share of validation images under the OOD threshold (%(default)s)")
+    parser.add_argument("--negative-label", help="the 'no tumour' label (default: notumor)")
+    parser.add_argument("--force", action="store_true", help="replace a model in --out")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from edge.errors import EdgeError
+    from trainer.errors import TrainerError
+
+    opts = TrustOptions(data=args.data, val_fraction=args.val_fraction, seed=args.seed,
+                        pass_rate=args.pass_rate, negative_label=args.negative_label,
+                        progress=sys.stderr.isatty())
+    try:
+        summary = refit(args.model, args.out, opts, force=args.force)
+    except (ConverterError, TrainerError, EdgeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Where the model looked: its own spatial map, drawn over the picture it saw.
+
+No gradients on the device: the map is an output of the model itself (``manifest.trust
+.heatmap``). For CBAM models it is the last block's spatial attention, the weight the
+model gave each position of its last feature map before classifying (``spatial_attention``,
+values 0..1); a ``feature_map`` output is shown by its mean activation per position. The
+map is stretched to its own range, resized to the model's input (bilinear), coloured and
+blended over the thumbnail; the report keeps where it peaks.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# A perceptually ordered dark-blue -> red -> yellow ramp (stops of matplotlib's "inferno",
+# which the device does not have), interpolated linearly.
+_STOPS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                   [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def spatial_map(output: np.ndarray, kind: str) -> np.ndarray:
+    """The model's (H, W, C) output as one (H, W) map scaled to 0..1 (all zeros if flat)."""
+    value = np.asarray(output, dtype=np.float64)
+    if value.ndim != 3:
+        raise ValueError(f"a heat-map output must be (H, W, C), got shape {value.shape}")
+    heat = value[..., 0] if kind == "spatial_attention" else np.maximum(value, 0).mean(axis=2)
+    low, high = float(heat.min()), float(heat.max())
+    if not np.isfinite(low) or not np.isfinite(high) or high - low < 1e-12:
+        return np.zeros(heat.shape)
+    return (heat - low) / (high - low)
+
+
+def resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    image = Image.fromarray(np.asarray(heat, dtype=np.float32))
+    return np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float64)
+
+
+def peak(heat: np.ndarray) -> dict[str, float]:
+    """Where the map is highest, as fractions of the picture's width (x) and height (y),
+    measured to the centre of the map's cell."""
+    rows, cols = heat.shape
+    r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return {"x": round((c + 0.5) / cols, 4), "y": round((r + 0.5) / rows, 4)}
+
+
+def colourize(heat: np.ndarray) -> np.ndarray:
+    """0..1 map to uint8 RGB along ``_STOPS``."""
+    position = np.clip(heat, 0.0, 1.0) * (len(_STOPS) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(_STOPS) - 1)
+    t = (position - low)[..., None]
+    return np.rint(_STOPS[low] * (1 - t) + _STOPS[high] * t).astype(np.uint8)
+
+
+def overlay(picture: np.ndarray, heat: np.ndarray, strength: float = 0.55) -> np.ndarray:
+    """The map blended over the (H, W, 3) uint8 picture: colour grows with the square of
+    the map, so the anatomy stays readable where the model looked least."""
+    picture = np.asarray(picture, dtype=np.uint8)
+    height, width = picture.shape[:2]
+    full = resize_map(heat, height, width)
+    alpha = (strength * np.clip(full, 0.0, 1.0) ** 2)[..., None]
+    gray = picture.astype(np.float64)
+    blended = gray * (1 - alpha) + colourize(full).astype(np.float64) * alpha
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG",
+                                                             compress_level=1)
+    return buffer.getvalue()
