@@ -75,6 +75,7 @@ class TrustOptions:
     pass_rate: float = DEFAULT_PASS_RATE
     shrinkage: float = DEFAULT_SHRINKAGE
     negative_label: str | None = None  # None: "notumor" when the model has that label
+    model_version: str | None = None  # None: keep the manifest's
     progress: bool = False
 
 
@@ -253,7 +254,11 @@ def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
         trust["heatmap"] = {"output": "heatmap", "kind": heatmap_kind}
         summary["heatmap"] = heatmap_kind
     trust["fit"] = summary
-    return dataclasses.replace(new, trust=trust), summary
+    provenance = dict(new.provenance)
+    provenance["trust"] = {"tool": "neuroedge converters.trust", "from_version": manifest.version,
+                           "from_sha256": manifest.model_sha256}
+    version = opts.model_version or manifest.version
+    return dataclasses.replace(new, trust=trust, provenance=provenance, version=version), summary
 
 
 def refit(model_dir: Path, out: Path, opts: TrustOptions, force: bool = False) -> dict[str, Any]:
@@ -295,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pass-rate", type=float, default=DEFAULT_PASS_RATE,
                         help="share of validation images under the OOD threshold (%(default)s)")
     parser.add_argument("--negative-label", help="the 'no tumour' label (default: notumor)")
+    parser.add_argument("--model-version",
+                        help="version of the new model (default: the old one's; a published "
+                             "version never changes, so give a new one when replacing)")
     parser.add_argument("--force", action="store_true", help="replace a model in --out")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = TrustOptions(data=args.data, val_fraction=args.val_fraction, seed=args.seed,
                         pass_rate=args.pass_rate, negative_label=args.negative_label,
+                        model_version=args.model_version,
                         progress=sys.stderr.isatty())
     try:
         summary = refit(args.model, args.out, opts, force=args.force)

@@ -129,7 +129,8 @@ put_file() {
     set_owner "$dest" "$4"
 }
 
-# model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line.
+# model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line,
+# then the trust statistics file beside the model (format 2, docs/trust.md) or "-".
 model_fields() {
     "$PY_JSON" -c 'import json, sys
 try:
@@ -140,7 +141,10 @@ for key in ("name", "version", "model_file", "model_sha256"):
     value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, str) or not value:
         sys.exit("%s has no %s" % (sys.argv[1], key))
-    print(value)' "$1"
+    print(value)
+trust = data.get("trust") if isinstance(data.get("trust"), dict) else {}
+ood = trust.get("ood") if isinstance(trust.get("ood"), dict) else {}
+print(ood.get("statistics") or "-")' "$1"
 }
 
 # --- checks before touching anything ---------------------------------------------------------
@@ -175,12 +179,17 @@ if [ -n "$MODEL" ]; then
 written by python -m converters.tflite"
     fields=$(model_fields "$MODEL/model.json" 2>&1) || die "$fields: re-export the model \
 with python -m converters.tflite"
-    { read -r M_NAME; read -r M_VERSION; read -r M_FILE; read -r M_SHA; } <<<"$fields"
-    for v in "$M_NAME" "$M_VERSION" "$M_FILE"; do
+    { read -r M_NAME; read -r M_VERSION; read -r M_FILE; read -r M_SHA; read -r M_STATS; } \
+        <<<"$fields"
+    M_FILES=(model.json "$M_FILE")
+    [ "$M_STATS" = "-" ] || M_FILES+=("$M_STATS")
+    for v in "$M_NAME" "$M_VERSION" "${M_FILES[@]}"; do
         [[ $v =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] || die "$MODEL/model.json: '$v' is not a \
 safe file name (letters, digits, . _ + - only)"
     done
-    [ -f "$MODEL/$M_FILE" ] || die "$MODEL/$M_FILE (named by model.json) does not exist"
+    for f in "${M_FILES[@]}"; do
+        [ -f "$MODEL/$f" ] || die "$MODEL/$f (named by model.json) does not exist"
+    done
     actual=$(sha256sum "$MODEL/$M_FILE" | cut -d' ' -f1)
     [ "$actual" = "$M_SHA" ] || die "$MODEL/$M_FILE has sha256 ${actual:0:12}..., its \
 model.json expects ${M_SHA:0:12}...: the copy is corrupt or the files do not belong together"
@@ -241,20 +250,23 @@ if [ -n "$MODEL" ]; then
     folder=$M_NAME-$M_VERSION
     dest=$D$MODELS/$folder
     if [ -d "$dest" ]; then
-        for f in model.json "$M_FILE"; do
+        for f in "${M_FILES[@]}"; do
             cmp -s "$MODEL/$f" "$dest/$f" || die "$MODELS/$folder already exists with a \
 different $f: a published model version never changes; give the new model a new version"
         done
     else
         stage=$D$MODELS/.$folder.tmp.$$
         mkdir -p "$stage"
-        cp "$MODEL/model.json" "$MODEL/$M_FILE" "$stage/"
-        chmod 0644 "$stage/model.json" "$stage/$M_FILE"
+        for f in "${M_FILES[@]}"; do
+            cp "$MODEL/$f" "$stage/"
+            chmod 0644 "$stage/$f"
+        done
         chmod 0755 "$stage"
         mv "$stage" "$dest"
         say "installed model $folder"
     fi
-    for f in "$dest" "$dest/model.json" "$dest/$M_FILE"; do set_owner "$f" "$ROOT_OWN"; done
+    set_owner "$dest" "$ROOT_OWN"
+    for f in "${M_FILES[@]}"; do set_owner "$dest/$f" "$ROOT_OWN"; done
     if [ "$(readlink "$D$MODELS/current" 2>/dev/null || true)" != "$folder" ]; then
         ln -sfn "$folder" "$D$MODELS/.current.tmp.$$"
         mv -T "$D$MODELS/.current.tmp.$$" "$D$MODELS/current"

@@ -116,20 +116,22 @@ class ModelManifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, NamedOutput] = field(default_factory=dict)
     trust: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+
+    @property
+    def format_version(self) -> int:
+        """2 when the manifest has outputs or trust (what older agents cannot read), else 1."""
+        return FORMAT_VERSION if (self.outputs or self.trust) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {"format_version": self.format_version, **asdict(self)}
         data["labels"] = list(self.labels)
         data["input"] = self.input.to_dict()
         data["output"] = self.output.to_dict()
         data["preprocess"] = self.preprocess.to_dict()
         data["verified_runtimes"] = list(self.verified_runtimes)
         if self.outputs or self.trust:
-            data["format_version"] = 2
             data["outputs"] = {k: v.to_dict() for k, v in self.outputs.items()}
         else:  # nothing of format 2: older agents can read it
-            data["format_version"] = 1
             del data["outputs"], data["trust"]
         return data
 
@@ -200,7 +202,7 @@ class ModelManifest:
             source_model_sha256=data.get("source_model_sha256", ""),
             metrics=dict(data.get("metrics", {})), thresholds=dict(data.get("thresholds", {})),
             verified_runtimes=tuple(runtimes), provenance=dict(data.get("provenance", {})),
-            outputs=outputs, trust=dict(trust), format_version=data["format_version"],
+            outputs=outputs, trust=dict(trust),
         )
 
 
