@@ -1,4 +1,5 @@
-"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|soak|all]``: the suite's CLI.
+"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|trust|soak|all]``: the
+suite's CLI.
 
 Every subcommand prints Markdown tables (progress goes to stderr) and, with ``--json OUT``,
 writes every number it measured, with the machine and versions, to ``OUT``. ``--quick``
@@ -24,7 +25,7 @@ from benchmarks.errors import BenchmarkError
 from benchmarks.report import machine_info, machine_markdown, table
 
 log = logging.getLogger("benchmarks")
-COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "soak", "all")
+COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "trust", "soak", "all")
 NOT_IN_ALL = ("soak", "all")
 TARGETS = {"int8_ms": 4.0, "int8_speedup": 2.5, "agent_overhead_pct": 15.0, "rss_mb": 120.0}
 
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--max-kill-delay", type=float, default=2.0, metavar="S",
                       help="each run is killed after a random 0..S seconds (default %(default)s)")
     soak.add_argument("--seed", type=int, default=0, help="inputs and delays (default 0)")
+    trust = parser.add_argument_group("trust (issue 13; needs --data, uses --model)")
+    trust.add_argument("--external", type=Path, metavar="DIR",
+                       help="a folder of tumour images from another source, in a sub-folder "
+                            "named tumour (e.g. ../shared/data/br35h-tumour)")
     return parser
 
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("edge", "tensorflow", "absl", "converters"):
+    for noisy in ("edge", "tensorflow", "absl", "converters", "pydicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -164,6 +169,8 @@ def _write(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Run the chosen measurements; return (JSON-ready result, Markdown text)."""
     wanted = set(COMMANDS) - set(NOT_IN_ALL) if args.command == "all" else {args.command}
+    if args.command == "all" and args.data is None:
+        wanted.discard("trust")  # it needs the data set
     validate(args)
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
@@ -211,6 +218,14 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
             repeats = args.startup_repeats or (2 if args.quick else 5)
             result["startup"] = startup.measure(args.edge_python, args.model, repeats, work)
+        if "trust" in wanted:
+            from benchmarks import trust
+
+            if args.data is None:
+                raise BenchmarkError("trust needs --data ../shared/data/brain-tumor-mri (its "
+                                     "Testing split)")
+            result["trust"] = trust.measure(args.model or _shipped(), args.data, args.external,
+                                            work, args.seed)
         if "soak" in wanted:
             from benchmarks import soak
 
@@ -256,6 +271,11 @@ def render(result: dict[str, Any]) -> str:
         from benchmarks import startup
 
         sections += ["## Start-up time", startup.markdown(result["startup"])]
+    if "trust" in result:
+        from benchmarks import trust
+
+        sections += ["## How far the answers can be trusted (issue 13)",
+                     trust.markdown(result["trust"])]
     if "soak" in result:
         from benchmarks import soak
 
@@ -306,6 +326,9 @@ def validate(args: argparse.Namespace) -> None:
     if stray:
         raise BenchmarkError(f"--keras-model {stray[0]}=...: {stray[0]} is not among --archs")
     _pairs(args.tflite, "--tflite")
+    if args.external is not None and not args.external.is_dir():
+        raise BenchmarkError(f"--external {args.external} is not a folder; pass "
+                             "../shared/data/br35h-tumour")
     if args.model is not None and not Path(args.model).exists():
         raise BenchmarkError(f"--model {args.model} does not exist; pass a folder holding "
                              "model.tflite and model.json")

@@ -240,6 +240,30 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
         sys.exit(EX_TEMPFAIL)
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Where validation.json and validation.html are written (created).")
+@click.option("--model", type=click.Path(), help="Model folder (model.tflite + model.json).")
+@click.option("--target-accuracy", type=float, default=0.99, show_default=True,
+              help="Accuracy the unflagged answers should reach; the recommended review "
+                   "threshold is the lowest that reaches it.")
+@click.pass_obj
+@_user_errors
+def validate(config: AgentConfig, folder: str, out: str, model: str | None,
+             target_accuracy: float) -> None:
+    """Site acceptance test: classify FOLDER's labelled images (one sub-folder per label)."""
+    from .validate import run_validation  # issue 13: docs/trust.md
+
+    config = config.override("paths", model=model)
+    summary = run_validation(Path(folder), Path(out), config, target_accuracy, click.echo)
+    rec = summary["recommended_review_threshold"]
+    click.echo(f"{summary['n']} images: accuracy {summary['accuracy']:.1%}, flagged "
+               f"{summary['flagged_share']:.1%}, recommended [review] threshold "
+               f"{'none' if rec['value'] is None else format(rec['value'], '.2f')}")
+    click.echo(f"wrote {Path(out) / 'validation.json'} and {Path(out) / 'validation.html'}")
+
+
 @cli.command("sample-inbox")
 @click.argument("folder", type=click.Path(file_okay=False))
 @_user_errors

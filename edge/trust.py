@@ -115,6 +115,7 @@ class Assessment:
     probabilities: np.ndarray
     calibrated: bool
     temperature: float | None = None
+    uncalibrated: np.ndarray | None = None  # the model's own probabilities
     ood_score: float | None = None
     ood_threshold: float | None = None
     ood_share_below: float | None = None
@@ -130,6 +131,8 @@ class Assessment:
         return {
             "calibrated": self.calibrated,
             "temperature": self.temperature,
+            "uncalibrated_probabilities": None if self.uncalibrated is None or not self.calibrated
+            else [round(float(p), 6) for p in self.uncalibrated],
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "ood_threshold": None if self.ood_threshold is None else round(self.ood_threshold, 4),
             "ood_validation_share_below": None if share is None or share != share
@@ -161,7 +164,7 @@ class TrustModel:
 
     def assess(self, probabilities: np.ndarray, outputs: dict[str, np.ndarray]) -> Assessment:
         probs = np.asarray(probabilities, dtype=np.float64)
-        result = Assessment(probabilities=probs, calibrated=False)
+        result = Assessment(probabilities=probs, calibrated=False, uncalibrated=probs)
         if self.temperature is not None and "logits" in outputs:
             result.probabilities = softmax(outputs["logits"], self.temperature)
             result.calibrated = True
