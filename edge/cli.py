@@ -241,7 +241,7 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("folder", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Where validation.json and validation.html are written (created).")
 @click.option("--model", type=click.Path(), help="Model folder (model.tflite + model.json).")

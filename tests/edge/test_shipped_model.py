@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.config import load_config
@@ -29,6 +30,12 @@ def test_shipped_model_matches_its_manifest():
     assert {"quantized_accuracy_pct", "top1_agreement_pct", "dedup"} <= set(manifest.metrics)
     assert manifest.metrics["dedup"]["n"] == 273  # docs/leakage/dedup_test.txt
     assert any(r.get("name") == "ai-edge-litert" for r in manifest.verified_runtimes)
+    # issue 13: its trust outputs and fit (python -m converters.trust), statistics verified
+    assert manifest.format_version == 2 and manifest.trust["negative_label"] == "notumor"
+    assert manifest.trust["temperature"] > 1  # the int8 model is overconfident
+    assert manifest.trust["ood"]["inputs"] == ["stage1", "stage2", "stage3"]
+    assert manifest.trust["heatmap"] == {"output": "heatmap", "kind": "spatial_attention"}
+    assert manifest.trust["fit"]["validation_images"] == 572
 
 
 def test_shipped_model_runs_in_the_edge_runtime():
@@ -48,11 +55,19 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     config = load_config(None)
     classifier = Classifier(config)
     files = sorted((dataset_dir / "Testing").glob("*/*"))
-    right = {}
+    right, flagged, probs, truth = {}, [], [], []
     for path in files:
         decoded = decode_file(Path(path), config.dicom, config.limits)
         prediction = classifier.classify(decoded)
         right[path.relative_to(dataset_dir).as_posix()] = prediction.label == path.parent.name
+        flagged.append(prediction.needs_review)
+        probs.append(list(prediction.probabilities.values()))
+        truth.append(classifier.labels.index(path.parent.name))
+    # issue 13 (measured 6.3% flagged and 1.3% calibration error: docs/trust.md)
+    from edge.trust import calibration_error
+
+    assert sum(flagged) / len(files) <= 0.10
+    assert calibration_error(np.asarray(probs), np.asarray(truth)) <= 0.03
     accuracy = 100.0 * sum(right.values()) / len(files)
     recorded = classifier.manifest.metrics["quantized_accuracy_pct"]
     assert len(files) == 1311 and accuracy >= recorded - 0.5, (

@@ -1,0 +1,294 @@
+"""Issue 13 on the device side: calibration, the "unlike the training data" score, the
+review rule, the heat-map, manifest format 2, and ``edge-agent validate``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from agent_helpers import REPO_ROOT, gray_png, make_config, run_once
+from PIL import Image
+
+from edge import heatmap
+from edge.config import AgentConfig
+from edge.errors import ManifestError, ModelIntegrityError, RuntimeUnavailableError
+from edge.manifest import ModelManifest, load_manifest, load_verified, write_manifest
+from edge.trust import Assessment, calibration_error, review_reasons, softmax
+
+
+def _toy(test_model):
+    if not test_model.toy:
+        pytest.skip("needs the toy model's known behaviour")
+    return test_model.path
+
+
+def _blob(size: int = 224, centre: tuple[int, int] = (60, 160), radius: int = 14,
+          background: int = 25) -> np.ndarray:
+    """A dark picture with one bright, lesion-like disc (row, column)."""
+    yy, xx = np.mgrid[:size, :size]
+    picture = np.full((size, size), background, np.uint8)
+    picture[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2] = 255
+    return picture
+
+
+def _classify(model: Path, picture: np.ndarray, **review):
+    from edge.classifier import Classifier
+    from edge.inputs import DecodedImage
+
+    config = AgentConfig().override("paths", model=str(model))
+    if review:
+        config = config.override("review", **review)
+    decoded = DecodedImage(kind="png", picture=Image.fromarray(picture), details={}, notes=[])
+    return Classifier(config).classify(decoded)
+
+
+# --- calibration --------------------------------------------------------------------------
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_when_not():
+    rng = np.random.default_rng(0)
+    n = 4000
+    confidence = rng.uniform(0.3, 1.0, n)
+    labels = np.zeros(n, dtype=int)
+    right = rng.random(n) < confidence  # right exactly as often as it claims
+    probs = np.stack([confidence, 1 - confidence], axis=1)
+    truth = np.where(right, 0, 1)
+    assert calibration_error(probs, truth) < 0.03
+    overconfident = np.stack([np.full(n, 0.99), np.full(n, 0.01)], axis=1)
+    labels[: n // 2] = 1  # right half the time, 99 % sure
+    assert calibration_error(overconfident, labels) == pytest.approx(0.49, abs=0.01)
+
+
+def test_temperature_softens_overconfident_logits():
+    logits = np.array([[8.0, 0.0, 0.0, 0.0]])
+    assert softmax(logits, 1.0)[0, 0] > 0.99
+    assert softmax(logits, 4.0)[0, 0] == pytest.approx(np.e ** 2 / (np.e ** 2 + 3), abs=1e-9)
+
+
+# --- the review rule ----------------------------------------------------------------------
+
+def _rule(label: str, confidence: float, in_distribution: bool | None, **kw) -> list[str]:
+    a = Assessment(np.zeros(4), calibrated=True)
+    if in_distribution is not None:
+        a.ood_score, a.ood_threshold = (1.0, 2.0) if in_distribution else (3.0, 2.0)
+        a.ood_share_below = 0.5 if in_distribution else 0.999
+    settings = {"threshold": 0.6, "min_margin": 0.0, "no_tumour_threshold": 0.95,
+                "negative_label": "notumor", **kw}
+    return review_reasons(label=label, confidence=confidence, margin=0.5, runner_up="glioma",
+                          assessment=a, **settings)
+
+
+def test_a_no_tumour_answer_stands_alone_only_when_confident_and_in_distribution():
+    assert _rule("notumor", 0.99, True) == []
+    low = _rule("notumor", 0.90, True)
+    assert len(low) == 1 and "0.95 or more" in low[0] and "never missed silently" in low[0]
+    unlike = _rule("notumor", 0.99, False)
+    assert len(unlike) == 1 and "unlike the images the model was trained on" in unlike[0]
+    unchecked = _rule("notumor", 0.99, None)
+    assert len(unchecked) == 1 and "has no such check" in unchecked[0]
+
+
+def test_a_tumour_answer_is_flagged_only_for_low_confidence_or_unlike_training():
+    assert _rule("glioma", 0.7, True) == []
+    assert _rule("glioma", 0.7, None) == []  # no OOD check: only the no-tumour rule tightens
+    assert "below the review threshold" in _rule("glioma", 0.5, True)[0]
+    assert "unlike the images" in _rule("pituitary", 0.99, False)[0]
+    assert "99.9% of the validation images" in _rule("pituitary", 0.99, False)[0]
+
+
+# --- heat-map -----------------------------------------------------------------------------
+
+def test_heatmap_scaling_peak_and_overlay():
+    raw = np.zeros((28, 28, 1))
+    raw[5, 20, 0] = 3.0
+    heat = heatmap.spatial_map(raw, "spatial_attention")
+    assert heat.max() == 1.0 and heat.min() == 0.0
+    assert heatmap.peak(heat) == {"x": round(20.5 / 28, 4), "y": round(5.5 / 28, 4)}
+    assert not heatmap.spatial_map(np.ones((4, 4, 2)), "feature_map").any()  # flat: no peak
+    picture = np.full((224, 224, 3), 100, np.uint8)
+    drawn = heatmap.overlay(picture, heat)
+    assert drawn.shape == picture.shape
+    assert np.abs(drawn.astype(int) - 100).sum(axis=2)[44, 164] > 50  # coloured at the peak
+    assert (drawn[200, 20] == 100).all()  # untouched where the map is 0
+    assert heatmap.png_bytes(drawn).startswith(b"\x89PNG")
+
+
+def test_heatmap_peaks_at_a_planted_bright_blob(test_model):
+    model = _toy(test_model)
+    for centre in ((60, 160), (170, 50)):
+        prediction = _classify(model, _blob(centre=centre))
+        assert prediction.heatmap is not None and prediction.heatmap.shape == (28, 28)
+        peak = heatmap.peak(prediction.heatmap)
+        assert abs(peak["y"] - centre[0] / 224) < 0.06 and abs(peak["x"] - centre[1] / 224) < 0.06
+
+
+# --- the toy model's trust end to end -----------------------------------------------------
+
+def test_toy_in_distribution_answers_and_an_unusual_picture(test_model):
+    model = _toy(test_model)
+    plain = _classify(model, np.full((64, 64), 160, np.uint8))
+    assert plain.label == "notumor" and not plain.needs_review, plain.review_reasons
+    assert plain.trust["calibrated"] and plain.trust["in_distribution"] is True
+    unusual = _classify(model, _blob())
+    assert unusual.needs_review and unusual.trust["in_distribution"] is False
+    assert any("unlike the images the model was trained on" in r for r in unusual.review_reasons)
+    strict = _classify(model, np.full((64, 64), 160, np.uint8), no_tumour_threshold=0.9999)
+    assert strict.needs_review and "never missed silently" in strict.review_reasons[0]
+
+
+def test_the_agent_writes_the_heatmap_beside_the_report(folders, test_model):
+    _toy(test_model)
+    Image.fromarray(_blob()).save(folders["inbox"] / "blob.png")
+    run_once(make_config(folders, test_model.path))
+    reports = folders["outbox"] / "reports"
+    (report_file,) = reports.glob("*.json")
+    report = json.loads(report_file.read_text())
+    assert report["schema"] == "neuroedge.report/2"
+    assert report["trust"]["in_distribution"] is False and report["needs_review"] is True
+    section = report["heatmap"]
+    assert section["map_size"] == [28, 28] and abs(section["peak"]["x"] - 160 / 224) < 0.06
+    png = reports / section["file"]
+    with Image.open(png) as image:
+        assert image.size == (224, 224)
+    page = report_file.with_suffix(".html").read_text()
+    assert "Where the model looked" in page and page.count("data:image/png;base64,") == 2
+    assert "How far to trust it" in page and "UNLIKE them" in page
+
+
+# --- manifest format 2 --------------------------------------------------------------------
+
+def test_format_1_manifests_still_load_and_are_written_as_format_1(tmp_path, test_model):
+    manifest = load_manifest(test_model.path)
+    plain = dataclasses.replace(manifest, outputs={}, trust={})
+    write_manifest(plain, tmp_path / "model.json")
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["format_version"] == 1 and "trust" not in data and "outputs" not in data
+    assert ModelManifest.from_dict(data) == plain
+    data["trust"] = {"version": 1}
+    with pytest.raises(ManifestError, match="need format_version 2"):
+        ModelManifest.from_dict(data)
+
+
+def test_format_2_manifest_round_trip_and_its_checks(test_model):
+    manifest = load_manifest(test_model.path)
+    if not manifest.trust:
+        pytest.skip("the test model has no trust section")
+    data = manifest.to_dict()
+    assert data["format_version"] == 2 and ModelManifest.from_dict(data) == manifest
+    for change, message in (
+            (lambda d: d["trust"]["ood"].update(inputs=["nothing"]), "must name outputs"),
+            (lambda d: d["trust"].update(temperature=0), "positive number"),
+            (lambda d: d["trust"].update(negative_label="healthy"), "not one of the labels"),
+            (lambda d: d["trust"]["ood"].update(statistics="../x.npz"), "bare file name"),
+            (lambda d: d["trust"].update(version=9), "upgrade neuroedge"),
+            (lambda d: d["trust"]["heatmap"].update(output="logits"), "[1, H, W, C]")):
+        broken = json.loads(json.dumps(data))
+        change(broken)
+        with pytest.raises(ManifestError, match=message):
+            ModelManifest.from_dict(broken)
+
+
+def test_statistics_file_is_verified_against_its_sha256(tmp_path, test_model):
+    import shutil
+
+    if not load_manifest(test_model.path).trust:
+        pytest.skip("the test model has no trust section")
+    copy = tmp_path / "model"
+    shutil.copytree(test_model.path, copy)
+    load_verified(copy)
+    stats = copy / "trust.npz"
+    stats.write_bytes(stats.read_bytes() + b"tampered")
+    with pytest.raises(ModelIntegrityError, match="corrupt or was replaced"):
+        load_verified(copy)
+    stats.unlink()
+    with pytest.raises(ModelIntegrityError, match="do not exist"):
+        load_verified(copy)
+
+
+def test_a_manifest_naming_an_output_the_model_lacks_is_refused(tmp_path, test_model):
+    from edge.runtime import TFLiteClassifier
+
+    manifest, model_path = load_verified(test_model.path)
+    if "heatmap" not in manifest.outputs:
+        pytest.skip("the test model has no heat-map output")
+    wrong = dict(manifest.outputs)
+    wrong["heatmap"] = dataclasses.replace(wrong["heatmap"], tensor="no/such/tensor")
+    with pytest.raises(RuntimeUnavailableError, match="lacks the outputs"):
+        TFLiteClassifier(model_path, dataclasses.replace(manifest, outputs=wrong))
+
+
+# --- edge-agent validate ------------------------------------------------------------------
+
+def _validation_folder(root: Path) -> Path:
+    for label, level, n in (("glioma", 30, 6), ("meningioma", 95, 6), ("notumor", 160, 6),
+                            ("pituitary", 230, 6)):
+        (root / label).mkdir(parents=True)
+        for k in range(n):
+            gray_png(root / label / f"{k}.png", level + k)
+    (root / "notumor" / "wrong.png").write_bytes(  # a pituitary-bright picture, mislabelled
+        (root / "pituitary" / "0.png").read_bytes())
+    (root / "tumour").mkdir()
+    gray_png(root / "tumour" / "a.png", 40)
+    gray_png(root / "tumour" / "b.png", 170)  # "no tumour": a missed tumour
+    (root / "tumour" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_validate_writes_the_figures_a_clinic_needs(tmp_path, test_model):
+    from edge.validate import run_validation
+
+    model = _toy(test_model)
+    folder = _validation_folder(tmp_path / "site")
+    config = AgentConfig().override("paths", model=str(model))
+    summary = run_validation(folder, tmp_path / "out", config, echo=lambda _: None)
+    saved = json.loads((tmp_path / "out" / "validation.json").read_text())
+    assert saved["schema"] == "neuroedge.validation/1" and saved["n"] == 27 == summary["n"]
+    assert [r["file"] for r in saved["refused"]] == ["tumour/notes.txt"]
+    assert saved["confusion_rows"] == ["glioma", "meningioma", "notumor", "pituitary", "tumour"]
+    matrix = np.array(saved["confusion_matrix"])
+    assert matrix.shape == (5, 4) and matrix.sum() == 27
+    assert matrix[2, 3] == 1 and matrix[4].tolist() == [1, 0, 1, 0]
+    assert saved["accuracy"] == pytest.approx(25 / 27)
+    assert saved["per_class"]["glioma"] == {"n": 6, "sensitivity": 1.0, "specificity": 1.0}
+    assert saved["per_class"]["pituitary"]["specificity"] == pytest.approx(18 / 19)
+    assert saved["tumours"]["n"] == 20 and saved["tumours"]["called_no_tumour"] == 1  # all tumours
+    assert 0 <= saved["calibration_error"] <= 1 and 0 <= saved["flagged_share"] <= 1
+    assert saved["unflagged_accuracy"] is not None
+    assert "value" in saved["recommended_review_threshold"]
+    assert saved["worst_mistakes"][0]["file"] in ("notumor/wrong.png", "tumour/b.png")
+    assert any("only 27 images" in n for n in saved["notes"])
+    page = (tmp_path / "out" / "validation.html").read_text()
+    assert "Confusion matrix" in page and "<svg" in page and "most confident mistakes" in page
+    assert "<script" not in page
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing", "does not exist"),
+    ("file", "is not a folder"),
+    ("flat", "has no sub-folders. It holds 1 file(s) directly"),
+    ("typo", "'gliomas' (did you mean 'glioma'?)"),
+    ("empty", "is empty"),
+])
+def test_validate_refuses_a_bad_folder_with_a_clear_message(tmp_path, test_model, layout,
+                                                            message):
+    folder = tmp_path / "site"
+    if layout == "file":
+        folder.write_text("x")
+    elif layout == "flat":
+        folder.mkdir()
+        gray_png(folder / "scan.png", 100)
+    elif layout == "typo":
+        (folder / "gliomas").mkdir(parents=True)
+        gray_png(folder / "gliomas" / "scan.png", 100)
+    elif layout == "empty":
+        (folder / "glioma").mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-m", "edge", "validate", str(folder), "--out",
+                          str(tmp_path / "out"), "--model", str(test_model.path)],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert run.returncode == 65, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "validation.json").exists()
