@@ -73,6 +73,7 @@ class ConvertOptions:
     debug_samples: int = 32
     force: bool = False
     command: tuple[str, ...] = ()
+    trust: bool = True  # fit the trust checks of a model that passed (converters.trust)
 
 
 @dataclass
@@ -249,10 +250,41 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                         list(source.labels)),
     }
     if gate.passed:
+        if opts.trust:
+            manifest_with = _with_trust(opts, report, manifest, manifest_with, model_path,
+                                        staging)
         return _publish(opts, report, manifest_with, comparison, dedup, eval_set, checks, gate,
                         staging, model_path, started)
     return _reject(opts, report, gate, saved_model, calibration, eval_set, spec, input_spec,
                    source.architecture, started)
+
+
+def _with_trust(opts: ConvertOptions, report: dict[str, Any], manifest: Any,
+                manifest_with: Any, model_path: Path, staging: Path) -> Any:
+    """Issue 13: expose the gated model's trust outputs and fit them on the Training split;
+    the model in staging is replaced by the exposed one (its probabilities bit-identical)."""
+    import dataclasses
+
+    from converters.trust import STATISTICS_NAME, TrustOptions, fit_trust
+    from trainer.errors import DataError
+
+    folder = staging / "trust"
+    folder.mkdir()
+    try:
+        fitted, summary = fit_trust(model_path, manifest, folder, TrustOptions(data=opts.data))
+    except DataError as exc:
+        report["notes"].append(f"the trust checks were not fitted ({exc}); the agent will "
+                               "flag every 'no tumour' answer of this model for review")
+        return manifest_with
+    os.replace(folder / model_path.name, model_path)
+    if (folder / STATISTICS_NAME).exists():
+        os.replace(folder / STATISTICS_NAME, staging / STATISTICS_NAME)
+    report["trust"] = summary
+
+    def with_trust(**extra: Any) -> Any:
+        return dataclasses.replace(manifest_with(**extra), outputs=fitted.outputs,
+                                   trust=fitted.trust, provenance=fitted.provenance)
+    return with_trust
 
 
 def _notes(edge_check: Any, others: list[Any], configured: list[tuple[str, str]],
@@ -294,8 +326,16 @@ def _publish(opts: ConvertOptions, report: dict[str, Any], manifest_with: Any,
                         "manifest": str(out / MANIFEST_NAME), "report": str(out / "report.json")}
     report["seconds"] = round(time.monotonic() - started, 1)
     write_report(staging, report)
+    from converters.trust import STATISTICS_NAME
+
+    statistics = staging / STATISTICS_NAME
     for staged in (model_path, staging / MANIFEST_NAME, staging / "report.json"):
         os.chmod(staged, 0o644)  # temp files are 0600; the device's service user reads these
+    if statistics.exists():
+        os.chmod(statistics, 0o644)
+        os.replace(statistics, out / STATISTICS_NAME)
+    elif (out / STATISTICS_NAME).exists():  # a replaced model's statistics must not linger
+        os.unlink(out / STATISTICS_NAME)
     os.replace(model_path, out / MODEL_NAME)
     os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
     os.replace(staging / "report.json", out / "report.json")

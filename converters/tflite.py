@@ -94,6 +94,9 @@ def _mode_option(mode: str) -> click.Option:
               help="Evaluation images for the per-layer report of a refused int8 model.")
 @click.option("--force", is_flag=True,
               help="Replace a model already in --out (only if the new one passes).")
+@click.option("--no-trust", is_flag=True,
+              help="Do not fit the trust checks (temperature, 'unlike the training data', "
+                   "heat-map; docs/trust.md) of a model that passes.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: bool,
          keep_float_text: str | None, model: Path, data: Path, out: Path, labels: str | None,
@@ -102,7 +105,7 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
          eval_data: Path | None, eval_split: str, eval_limit: int | None,
          dedup_list: Path | None, no_dedup: bool, max_drop: float, min_agreement: float,
          check_runtimes: tuple[str, ...], require_runtimes: tuple[str, ...], probe_images: int,
-         debug_samples: int, force: bool, verbose: bool) -> None:
+         debug_samples: int, force: bool, no_trust: bool, verbose: bool) -> None:
     """Convert a trained model to TFLite and refuse it unless it matches the float model."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -129,7 +132,7 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
         dedup_list=dedup_list, auto_dedup=not no_dedup,
         thresholds=Thresholds(max_drop, min_agreement), check_runtimes=check_runtimes,
         require_runtimes=require_runtimes, probe_images=probe_images,
-        debug_samples=debug_samples, force=force, command=tuple(sys.argv))
+        debug_samples=debug_samples, force=force, command=tuple(sys.argv), trust=not no_trust)
     try:
         outcome = run_conversion(options)
     except (ConverterError, TrainerError, EdgeError) as exc:

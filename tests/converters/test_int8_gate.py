@@ -53,7 +53,7 @@ def test_int8_model_passes_gate_with_complete_manifest(tiny_int8):
     assert prov["conversion"]["ops"] == sum(prov["conversion"]["op_types"].values())
     # Nothing but the published files: no staging folder, no stale rejection.
     names = sorted(p.name for p in tiny_int8.model_dir.iterdir())
-    assert names == ["model.json", "model.tflite", "report.json"]
+    assert names == ["model.json", "model.tflite", "report.json", "trust.npz"]
     report = json.loads((tiny_int8.model_dir / "report.json").read_text())
     assert report["passed"] is True and report["gate"]["reasons"] == []
     assert report["evaluation"]["float_confusion_matrix"] and report["evaluation"][

@@ -43,12 +43,35 @@ def test_fit_ood_threshold_passes_the_chosen_share_and_flags_far_points():
         fit_ood(train_x, train_y, val_x, pass_rate=1.0)
 
 
-def test_the_trust_tensors_of_a_cbam_model_are_found_and_exposed_unchanged(tiny_int8, tmp_path):
+def test_the_converter_fits_trust_for_a_model_that_passes(tiny_int8):
+    from edge.manifest import load_verified
+
+    manifest, _ = load_verified(tiny_int8.model_dir)
+    assert manifest.format_version == 2 and manifest.trust["temperature"] > 0
+    assert set(manifest.outputs) == {"logits", "features", "stage1", "stage2", "heatmap"}
+    assert tiny_int8.report["trust"]["primary_output_identical_on"] > 0
+
+
+@pytest.fixture(scope="module")
+def plain_int8(tiny_run, tmp_path_factory):
+    """The tiny run converted without trust outputs (--no-trust)."""
+    from converters.testing import TinyModel, convert_tiny
+
+    data_dir, run_dir = tiny_run
+    out = tmp_path_factory.mktemp("plain") / "model"
+    outcome = convert_tiny(run_dir, data_dir, out, trust=False)
+    assert outcome.passed and not (out / "trust.npz").exists()
+    return TinyModel(out, run_dir, data_dir, outcome.report)
+
+
+def test_the_trust_tensors_of_a_cbam_model_are_found_and_exposed_unchanged(plain_int8,
+                                                                            tmp_path):
     from converters import outputs
     from edge.manifest import load_verified
     from edge.preprocess import scale
     from trainer.data import load_split
 
+    tiny_int8 = plain_int8
     model_bytes = tiny_int8.model_path.read_bytes()
     found = outputs.find_trust_tensors(model_bytes)
     assert set(found) == {"logits", "features", "stage1", "stage2", "heatmap"}
