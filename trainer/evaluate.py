@@ -185,12 +185,19 @@ def evaluate_run(
     official = compute_metrics(test.labels, probs, labels)
     deduplicated = (compute_metrics(test.labels[in_dedup], probs[in_dedup], labels)
                     if in_dedup is not None else None)
+    official["calibration"] = _calibration(probs, test.labels)
+    if deduplicated is not None:
+        deduplicated["calibration"] = _calibration(probs[in_dedup], test.labels[in_dedup])
     rows = {f"{name}, official test split (n={len(test)})": official}
     if deduplicated is not None:
         rows[f"{name}, deduplicated test split (n={int(in_dedup.sum())})"] = deduplicated
     paper = dict([PAPER_ROWS[record["architecture"]]]) if record["architecture"] in PAPER_ROWS \
         else None
     table = table3_markdown(rows, paper)
+    table += ("\n\nExpected calibration error (15 bins, docs/trust.md): "
+              f"{100 * official['calibration']['ece']:.2f}% on the official split"
+              + (f", {100 * deduplicated['calibration']['ece']:.2f}% deduplicated"
+                 if deduplicated is not None else "") + "; reliability.png shows it.")
     if deduplicated is None:
         table += ("\n\nDeduplicated score: not available (no leakage audit found; run "
                   f"`python -m trainer audit-leakage {data_dir}`).\n")
@@ -217,10 +224,24 @@ def evaluate_run(
     return {**result, "out_dir": str(out), "table_markdown": table}
 
 
+def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Expected calibration error (15 equal-width bins) and the bins, as the device computes
+    them (``edge.trust``): how far the float model's confidence is from its accuracy."""
+    from edge.trust import calibration_error, reliability
+
+    return {"ece": calibration_error(probs, labels), "bins": reliability(probs, labels)}
+
+
 def _plots(run: RunFolder, out: Path, name: str, labels: list[str], official: dict,
            deduplicated: dict | None) -> None:
-    """The paper's Figures 6 and 7: confusion matrix, loss/accuracy curves."""
-    from trainer.plots import plot_confusion_matrix, plot_history
+    """The paper's Figures 6 and 7 (confusion matrix, loss/accuracy curves) and the
+    reliability diagram of the official split (issue 13)."""
+    from trainer.plots import plot_confusion_matrix, plot_history, plot_reliability
+
+    calibration = official.get("calibration")
+    if calibration:
+        plot_reliability(calibration["bins"], out / "reliability.png",
+                         title=f"{name}: official test split", ece=calibration["ece"])
 
     plot_confusion_matrix(np.asarray(official["confusion_matrix"]), labels,
                           out / "confusion_matrix.png",

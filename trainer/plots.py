@@ -102,3 +102,35 @@ def plot_history(history: dict[str, Sequence[float]], path: Path | str,
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_reliability(bins: Sequence[dict], path: Path | str, title: str = "Reliability",
+                     ece: float | None = None) -> Path:
+    """Accuracy against confidence per bin (``edge.trust.reliability``), the diagonal, and
+    how many answers each bin holds: where the bars fall below the line, the model claims
+    more than it delivers."""
+    plt = _pyplot()
+    fig, (ax, count_ax) = plt.subplots(2, 1, figsize=(5, 6), dpi=120, sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    used = [b for b in bins if b["n"]]
+    width = (bins[0]["high"] - bins[0]["low"]) if bins else 0.1
+    ax.bar([b["low"] for b in used], [b["accuracy"] for b in used], width=width, align="edge",
+           color="#4a6fa5", edgecolor="white", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o", color="black",
+            markersize=3, label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title + (f" (ECE {100 * ece:.1f}%)" if ece is not None else ""), fontsize=10)
+    count_ax.bar([b["low"] for b in used], [b["n"] for b in used], width=width, align="edge",
+                 color="#999999")
+    count_ax.set_yscale("log")
+    count_ax.set_xlabel("confidence")
+    count_ax.set_ylabel("answers")
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

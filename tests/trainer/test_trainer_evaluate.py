@@ -53,7 +53,13 @@ def test_official_and_deduplicated_side_by_side(trained, tmp_path):
     assert "official test split (n=24)" in table
     assert f"deduplicated test split (n={len(keep)})" in table
     assert result["table_markdown"].strip() == table.strip()
-    for png in ("confusion_matrix.png", "confusion_matrix_dedup.png", "history.png"):
+    # issue 13: expected calibration error and the reliability diagram
+    calibration = metrics["official"]["calibration"]
+    assert 0 <= calibration["ece"] <= 1 and len(calibration["bins"]) == 15
+    assert sum(b["n"] for b in calibration["bins"]) == 24
+    assert "Expected calibration error" in table
+    for png in ("confusion_matrix.png", "confusion_matrix_dedup.png", "history.png",
+                "reliability.png"):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
