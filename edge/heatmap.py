@@ -48,23 +48,40 @@ def peak(heat: np.ndarray) -> dict[str, float]:
 
 def colourize(heat: np.ndarray) -> np.ndarray:
     """0..1 map to uint8 RGB along ``_STOPS``."""
-    position = np.clip(heat, 0.0, 1.0) * (len(_STOPS) - 1)
+    return _LUT[np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)]
+
+
+def _ramp() -> np.ndarray:
+    position = np.linspace(0.0, 1.0, 256) * (len(_STOPS) - 1)
     low = np.floor(position).astype(int)
     high = np.minimum(low + 1, len(_STOPS) - 1)
-    t = (position - low)[..., None]
+    t = (position - low)[:, None]
     return np.rint(_STOPS[low] * (1 - t) + _STOPS[high] * t).astype(np.uint8)
+
+
+_LUT = _ramp()  # 256 colours, so a whole picture is coloured by one table look-up
 
 
 def overlay(picture: np.ndarray, heat: np.ndarray, strength: float = 0.55) -> np.ndarray:
     """The map blended over the (H, W, 3) uint8 picture: colour grows with the square of
-    the map, so the anatomy stays readable where the model looked least."""
+    the map, so the anatomy stays readable where the model looked least. Integer
+    arithmetic through 256-entry tables: a few milliseconds, the agent does it per file."""
     picture = np.asarray(picture, dtype=np.uint8)
     height, width = picture.shape[:2]
-    full = resize_map(heat, height, width)
-    alpha = (strength * np.clip(full, 0.0, 1.0) ** 2)[..., None]
-    gray = picture.astype(np.float64)
-    blended = gray * (1 - alpha) + colourize(full).astype(np.float64) * alpha
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    level = np.rint(np.clip(resize_map(heat, height, width), 0.0, 1.0) * 255).astype(np.uint8)
+    alpha = _ALPHA[strength][level][..., None]  # 0..256
+    blended = (picture.astype(np.uint16) * (256 - alpha) + _LUT[level] * alpha) >> 8
+    return blended.astype(np.uint8)
+
+
+class _AlphaTables(dict):
+    def __missing__(self, strength: float) -> np.ndarray:
+        table = np.rint(256 * strength * np.linspace(0.0, 1.0, 256) ** 2).astype(np.uint16)
+        self[strength] = table
+        return table
+
+
+_ALPHA = _AlphaTables()
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -87,8 +87,8 @@ def _rows(pairs: Iterable[tuple[str, Any]], mono: tuple[str, ...] = ()) -> str:
 
 
 def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
-                heatmap: np.ndarray | None = None) -> bytes:
-    """The clinician's page for one input (``heatmap``: the thumbnail with the map drawn)."""
+                heatmap: bytes | None = None) -> bytes:
+    """The clinician's page for one input (``heatmap``: PNG of the thumbnail with the map)."""
     pred = report["prediction"]
     label, confidence = pred["label"], pred["confidence"]
     parts = [f"<p class=\"notice\">{esc(report['notice'])}</p>",
@@ -147,7 +147,7 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
     return _page(f"{label} - {report['input']['file_name']}", "\n".join(parts))
 
 
-def _trust_parts(report: dict[str, Any], heatmap: np.ndarray | None) -> list[str]:
+def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
     """Issue 13: where the model looked, and what the trust checks said (report v2)."""
     parts = []
     if heatmap is not None:
@@ -155,7 +155,8 @@ def _trust_parts(report: dict[str, Any], heatmap: np.ndarray | None) -> list[str
         what = ("the weight the model's last attention block gave each region"
                 if kind == "spatial_attention" else "the model's activation in each region")
         parts.append(f"<img class=\"thumb\" alt=\"heat-map over the model input\" "
-                     f"src=\"{thumbnail_data_uri(heatmap)}\"><p>Where the model looked: "
+                     "src=\"data:image/png;base64,"
+                     f"{base64.b64encode(heatmap).decode('ascii')}\"><p>Where the model looked: "
                      f"{esc(what)}, brighter colour for more. It shows what the answer rests "
                      "on, not where a tumour is.</p>")
     trust = report.get("trust")

@@ -405,10 +405,10 @@ class Worker:
         if work.report is None:
             return
         base = self.outbox.reports / str(work.job.sha256)
-        page = drawn = None
+        page = drawn = None  # issue 13: drawn: the heat-map PNG, for the file and the page
         try:
-            if work.heatmap is not None and work.thumbnail is not None:  # issue 13: heat-map
-                drawn = heatmap.overlay(work.thumbnail, work.heatmap)
+            if work.heatmap is not None and work.thumbnail is not None:
+                drawn = heatmap.png_bytes(heatmap.overlay(work.thumbnail, work.heatmap))
             if self.config.report.html:
                 page = report_page(work.report, work.thumbnail, drawn)
         except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
@@ -419,8 +419,8 @@ class Worker:
                                     f"({exc.__class__.__name__}); it is kept here for a look")
             return
         if drawn is not None:
-            write_bytes_atomic(self.outbox.reports / work.report["heatmap"]["file"],
-                               heatmap.png_bytes(drawn), sync_folder=False)
+            write_bytes_atomic(self.outbox.reports / work.report["heatmap"]["file"], drawn,
+                               sync_folder=False)
         if page is not None:
             write_bytes_atomic(base.with_suffix(".html"), page, sync_folder=False)
         write_bytes_atomic(base.with_suffix(".json"), work.report_json, sync_folder=False)
