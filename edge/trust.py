@@ -60,7 +60,7 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     best = np.full(len(x), np.inf)
     for mean in means:
         d = x - mean
-        best = np.minimum(best, np.einsum("ij,jk,ik->i", d, precision, d))
+        best = np.minimum(best, ((d @ precision) * d).sum(axis=1))  # BLAS, not einsum
     return np.sqrt(np.maximum(best, 0.0))
 
 
