@@ -40,7 +40,7 @@ from .durable import (
 from .index import DailyIndex
 from .manifest import sha256_file
 from .outbox import Outbox
-from .report import REPORT_SCHEMA, local_day, now_iso, summary_line
+from .report import REPORT_SCHEMAS, local_day, now_iso, summary_line
 from .worker import REASON_SUFFIX
 
 QUARANTINE_SCHEMA = "neuroedge.quarantine/1"
@@ -200,7 +200,7 @@ class _Checker:
             return found
         for path in sorted(self.outbox.reports.glob("*.json")):
             report = read_json(path)
-            if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA or (
+            if not isinstance(report, dict) or report.get("schema") not in REPORT_SCHEMAS or (
                     report.get("id") != path.stem):
                 self.result.add("problem", self.rel(path),
                                 "not a readable report (or not the report its name says)")
