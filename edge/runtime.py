@@ -25,6 +25,7 @@ RUNTIMES: tuple[tuple[str, str, str], ...] = (
     ("tflite-runtime", "tflite_runtime.interpreter", "tflite-runtime"),
     ("tensorflow", "tensorflow.lite.python.interpreter", "tensorflow"),
 )
+TRUST_OUTPUT_PREFIX = "neuroedge/"  # names of the extra outputs converters.outputs adds
 _DISTRIBUTIONS = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime",
                   "tensorflow": "tensorflow"}
 
@@ -142,7 +143,11 @@ class TFLiteClassifier:
             raise RuntimeUnavailableError(
                 f"{self.model_path.name} lacks the outputs its manifest names: "
                 f"{', '.join(missing)}; re-export the model with its manifest")
-        primary = [d for d in outputs if d["name"] not in {o.tensor for o in named.values()}]
+        # the trust outputs (neuroedge/<key>, manifest format 2) are extras even to a caller
+        # that passes no manifest: the classifier's own output is the one left
+        extras = {o.tensor for o in named.values()}
+        primary = [d for d in outputs if d["name"] not in extras
+                   and not str(d["name"]).startswith(TRUST_OUTPUT_PREFIX)]
         if len(inputs) != 1 or len(primary) != 1:
             raise RuntimeUnavailableError(
                 f"{self.model_path.name} has {len(inputs)} inputs and {len(primary)} outputs "
