@@ -8,6 +8,12 @@ New files get the permissions ``open()`` would give them (0666 less the process'
 the service's ``UMask=0027`` makes reports readable by the ``neuroedge`` group, as the
 staff who read them need), not ``tempfile.mkstemp``'s private 0600.
 
+This module is the project's one implementation of that pattern: ``atomic_file`` (write
+through an open file) and ``atomic_path`` (a temporary name for writers that want one:
+matplotlib's ``savefig``, NumPy's ``savez``, Keras' ``model.save``), with
+``write_bytes_atomic``, ``write_json_atomic`` and ``write_json_new`` built on them. The
+trainer and the converters use it too.
+
 Group commit: when the agent handles several inputs at once it does each step for all of
 them with the folder fsyncs left out (``sync_folder=False``), then fsyncs each touched folder
 once through a ``FolderBarrier``. Every file's data is still fsynced before its rename; what
@@ -23,8 +29,9 @@ import re
 import secrets
 import shutil
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, BinaryIO, Collection, Iterator
 
 TMP_PREFIX = ".neuroedge-"
 TMP_SUFFIX = ".tmp"
@@ -62,20 +69,89 @@ class FolderBarrier:
         self._folders.clear()
 
 
-def create_temp(folder: Path) -> tuple[int, str]:
+def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
     """A new, empty temporary file in ``folder``, open for writing: ``(fd, path)``.
 
     Like ``tempfile.mkstemp`` (a fresh random name, ``O_EXCL``) except for the mode: 0666
-    filtered by the umask, so the renamed result has a normal file's permissions.
+    filtered by the umask, so the renamed result has a normal file's permissions. ``suffix``
+    follows ``.tmp`` (``.neuroedge-<hex>.tmp.npz``) for writers that go by the extension.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        name = os.path.join(str(folder), f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}")
+        name = os.path.join(str(folder),
+                            f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}{suffix}")
         try:
             return os.open(name, flags, 0o666), name
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def _install(tmp: Path, path: Path, replace: bool, barrier: FolderBarrier | None) -> None:
+    """Rename a finished temporary file into place (``replace=False``: never over an existing
+    file, ``FileExistsError`` instead)."""
+    if replace:
+        os.replace(str(tmp), str(path))
+        if barrier is not None:
+            barrier.add(path.parent)
+    else:
+        move_no_replace(tmp, path, barrier if barrier is not None else FolderBarrier())
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+@contextmanager
+def atomic_file(path: Path, durable: bool = True, sync_folder: bool = True,
+                replace: bool = True, barrier: FolderBarrier | None = None
+                ) -> Iterator[BinaryIO]:
+    """Write ``path`` through an open binary file: when the block ends, the file is flushed,
+    fsynced (``durable``) and renamed into place, then its folder is fsynced (``durable`` and
+    ``sync_folder``; with a ``barrier`` the folder is added to it instead). ``replace=False``
+    never replaces an existing file (``FileExistsError``). An exception leaves nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temp(path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        _install(Path(tmp), path, replace, barrier)
+    except BaseException:
+        _discard(tmp)
+        raise
+    if durable and sync_folder and barrier is None:
+        fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: Path, durable: bool = True, replace: bool = True) -> Iterator[Path]:
+    """A temporary file name beside ``path`` with the same extension, for writers that want a
+    name rather than a file (``savefig``, ``np.savez``, ``model.save``): write it in the
+    block; when the block ends it is fsynced, renamed into place and its folder fsynced, as
+    ``atomic_file`` does. An exception leaves nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = create_temp(path.parent, path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _install(Path(tmp), path, replace, None)
+    except BaseException:
+        _discard(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
@@ -88,23 +164,8 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
     ``sync_folder=False`` fsyncs the file but not the folder: only when the caller's next
     durable write goes to the same folder, whose folder fsync then makes both renames last.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, str(path))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable and sync_folder:
-        fsync_dir(path.parent)
+    with atomic_file(path, durable, sync_folder) as handle:
+        handle.write(data)
 
 
 def json_bytes(data: Any, compact: bool = False) -> bytes:
@@ -137,19 +198,8 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True, compact: bool
 def write_json_new(path: Path, data: Any, barrier: FolderBarrier | None = None) -> None:
     """Create ``path`` holding ``data``, durably, and never replace anything: raises
     ``FileExistsError`` if the name is taken. (``write_json_atomic`` replaces.)"""
-    fd, tmp = create_temp(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(json_bytes(data))
-            handle.flush()
-            os.fsync(handle.fileno())
-        move_no_replace(Path(tmp), path, barrier)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path, replace=False, barrier=barrier) as handle:
+        handle.write(json_bytes(data))
 
 
 def read_json(path: Path) -> Any | None:
@@ -325,33 +375,24 @@ def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) 
 
 def copy_durable(src_fd: int, dst: Path) -> None:
     """Copy an open file's bytes to ``dst`` atomically (used when a rename crosses filesystems)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = create_temp(dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(src_fd), "rb") as inp:
-            inp.seek(0)
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, str(dst))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(dst.parent)
+    with atomic_file(dst) as out, os.fdopen(os.dup(src_fd), "rb") as inp:
+        inp.seek(0)
+        shutil.copyfileobj(inp, out, 1 << 20)
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TMP_PREFIX) and TMP_SUFFIX in name[len(TMP_PREFIX):]
 
 
 def remove_stale_temp_files(folder: Path) -> int:
-    """Delete temp files a crash left in ``folder`` (only ours: ``.neuroedge-*.tmp``)."""
+    """Delete temp files a crash left in ``folder`` (only ours: ``.neuroedge-*.tmp[.ext]``)."""
     removed = 0
     try:
         entries = list(os.scandir(str(folder)))
     except OSError:
         return 0
     for entry in entries:
-        if entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX):
+        if is_temp_name(entry.name):
             try:
                 os.unlink(entry.path)
                 removed += 1

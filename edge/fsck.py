@@ -127,7 +127,7 @@ class _Checker:
 
     def _temp_files(self) -> None:
         if not self.repair:
-            leftovers = [p for p in self.outbox.root.rglob(".neuroedge-*.tmp")]
+            leftovers = [p for p in self.outbox.root.rglob(".neuroedge-*.tmp*")]
             if leftovers:
                 self.result.add("note", ".", f"{len(leftovers)} partial temporary file(s) left "
                                 "by an interrupted write (harmless; removed on repair)")

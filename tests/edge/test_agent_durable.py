@@ -113,3 +113,31 @@ def test_the_agents_outputs_are_readable_by_its_group(folders, test_model, servi
     unreadable = [str(p.relative_to(outbox)) for p in written
                   if not p.stat().st_mode & stat.S_IRGRP]
     assert not unreadable
+
+
+def test_atomic_path_serves_writers_that_want_a_name(tmp_path):
+    import numpy as np
+
+    from edge.durable import atomic_path
+
+    target = tmp_path / "stats.npz"
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".npz" and tmp.parent == tmp_path and not target.exists()
+        np.savez(tmp, a=np.arange(3))  # savez keeps a name that ends in .npz as it is
+    assert np.load(target)["a"].tolist() == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path)) == ["stats.npz"]
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "half.npz") as tmp:
+        tmp.write_bytes(b"half written")
+        raise RuntimeError("the writer failed")
+    assert sorted(os.listdir(tmp_path)) == ["stats.npz"]  # nothing half-written is left
+    with pytest.raises(FileExistsError), atomic_path(target, replace=False) as tmp:
+        tmp.write_bytes(b"must not replace")
+    assert np.load(target)["a"].tolist() == [0, 1, 2]
+    assert sorted(os.listdir(tmp_path)) == ["stats.npz"]
+
+
+def test_temp_files_with_an_extension_are_cleaned_too(tmp_path):
+    (tmp_path / ".neuroedge-0123.tmp.npz").write_bytes(b"partial")
+    (tmp_path / ".neuroedge-notours.npz").write_bytes(b"not a temp file")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert os.listdir(tmp_path) == [".neuroedge-notours.npz"]
