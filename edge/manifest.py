@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .errors import ManifestError, ModelIntegrityError
-from .preprocess import PreprocessSpec
+from .preprocess_spec import PreprocessSpec
 
 FORMAT_VERSION = 2  # what this agent writes when a model has trust outputs; else 1
 READABLE_VERSIONS = (1, 2)

@@ -2,75 +2,28 @@
 
 The trainer caches images with :func:`resize_uint8` and scales them with :func:`scale`;
 the device applies exactly the same two functions to raw PNG/JPEG/DICOM pixels. The
-parameters travel in the model manifest (``PreprocessSpec.to_dict``), so a model and its
+parameters (``PreprocessSpec``, in ``edge.preprocess_spec``: standard library only, so the
+manifest can be read anywhere) travel in the model manifest, so a model and its
 preprocessing cannot drift apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 from PIL import Image
 
+from .preprocess_spec import DEFAULT_SPEC, PreprocessSpec
+
+__all__ = ["DEFAULT_SPEC", "PreprocessSpec", "preprocess", "resize_uint8", "scale",
+           "to_8bit_picture", "window_to_uint8"]
+
+# PreprocessSpec is re-exported here: trainer and converters import it with these functions.
 _INTERPOLATIONS = {
     "nearest": Image.NEAREST,
     "bilinear": Image.BILINEAR,
     "bicubic": Image.BICUBIC,
     "lanczos": Image.LANCZOS,
 }
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How to turn an 8-bit picture into a float tensor for the model.
-
-    ``resize="stretch"`` resizes to ``size`` without keeping the aspect ratio (what the
-    paper and Keras' ``image_dataset_from_directory`` do). Grayscale pictures are
-    replicated into three channels; colour pictures are kept as RGB. The result is
-    ``pixel * scale + offset``: with the defaults, [0, 1].
-    """
-
-    height: int = 224
-    width: int = 224
-    resize: str = "stretch"
-    interpolation: str = "bilinear"
-    color: str = "rgb"
-    grayscale_to_rgb: str = "replicate"
-    scale: float = 1.0 / 255.0
-    offset: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"preprocess size must be positive, got {self.height}x{self.width}")
-        if self.resize != "stretch":
-            raise ValueError(f"unknown resize mode {self.resize!r}; supported: 'stretch'")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"unknown interpolation {self.interpolation!r}; "
-                f"supported: {', '.join(sorted(_INTERPOLATIONS))}"
-            )
-        if self.color != "rgb" or self.grayscale_to_rgb != "replicate":
-            raise ValueError("only color='rgb' with grayscale_to_rgb='replicate' is supported")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, 3)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown preprocess keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-
-DEFAULT_SPEC = PreprocessSpec()
 
 
 def to_8bit_picture(image: Image.Image) -> Image.Image:

@@ -96,3 +96,31 @@ def test_scale_applies_spec():
     spec = PreprocessSpec(scale=2 / 255, offset=-1.0)
     out = scale(np.array([[[0, 255, 128]]], dtype=np.uint8), spec)
     np.testing.assert_allclose(out, [[[-1.0, 1.0, 128 * 2 / 255 - 1]]], atol=1e-6)
+
+
+def test_the_manifest_and_its_preprocess_spec_need_only_the_standard_library():
+    """A manifest can be read where NumPy and Pillow are not installed (an installer, a CI
+    job): importing them with both blocked must work, and so must reading a manifest."""
+    import subprocess
+    import sys
+
+    from agent_helpers import REPO_ROOT
+
+    code = ("import sys\n"
+            "for name in ('numpy', 'PIL', 'PIL.Image'):\n"
+            "    sys.modules[name] = None  # import numpy now raises ImportError\n"
+            "import edge.manifest, edge.preprocess_spec\n"
+            "from edge.manifest import load_manifest, default_model_dir\n"
+            "shipped = default_model_dir()\n"
+            "print(load_manifest(shipped).preprocess.shape if shipped else 'none')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(REPO_ROOT), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("(224, 224, 3)", "none")
+
+
+def test_every_interpolation_the_spec_allows_has_a_resampler():
+    from edge.preprocess import _INTERPOLATIONS
+    from edge.preprocess_spec import INTERPOLATIONS
+
+    assert set(_INTERPOLATIONS) == set(INTERPOLATIONS)
