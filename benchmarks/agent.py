@@ -161,11 +161,12 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int,
         return real_commit(group)
 
     worker.commit = counted_commit  # type: ignore[method-assign]
-    for name, stage in (("claim", "claim"), ("prepare", "prepare"),
-                        ("_write_report", "reports (thumbnail + HTML + JSON)"),
-                        ("_decide", "decide (journal)"), ("_move", "archive (move)"),
-                        ("_record", "index (append)")):
+    for name, stage in (("claim", "claim"), ("prepare", "prepare")):
         clock.wrap(worker, name, stage)
+    for name, stage in (("write_report", "reports (thumbnail + HTML + JSON)"),
+                        ("decide", "decide (journal)"), ("move", "archive (move)"),
+                        ("record", "index (append)")):
+        clock.wrap(worker.committing, name, stage)
     clock.wrap(agent.committer, "submit", "wait")
     clock.wrap(agent.committer, "close", "wait")
     clock.wrap(agent.inbox, "scan", "scan")

@@ -136,45 +136,34 @@ def classify(config: AgentConfig, files: tuple[str, ...], model: str | None) -> 
     """Classify FILES and print the results as a JSON list (nothing is moved or written)."""
     from .classifier import Classifier
     from .durable import display_name, json_bytes
-    from .errors import InputLimitError, UnsupportedInputError
-    from .inputs import check_regular_file, decode_file
-    from .manifest import sha256_file
-    from .report import build_report, now_iso
+    from .prepare import Prepared, Refusal, classify_file, fingerprint
+    from .report import now_iso
 
     config = config.override("paths", model=model)
     classifier = Classifier(config)
     results, refused = [], 0
-    for name in files:
+    for name in files:  # read exactly as the agent reads an input (edge.prepare)
         path = Path(name)
-        shown = display_name(name)
         t0 = time.perf_counter()
-        sha = None
+        found = Prepared()
         try:
-            check_regular_file(path)  # a FIFO or a device would block or never end
-            size = path.stat().st_size
-            if size > config.limits.max_file_mb * 1024 * 1024:  # refused before hashing
-                raise InputLimitError.file_too_large(size, config.limits.max_file_mb)
-            sha = sha256_file(path)
-            timings = {"hash": (time.perf_counter() - t0) * 1000}
-            t1 = time.perf_counter()
-            decoded = decode_file(path, config.dicom, config.limits)
-            timings["decode"] = (time.perf_counter() - t1) * 1000
-            prediction = classifier.classify(decoded)
-        except (UnsupportedInputError, OSError) as exc:
+            found = fingerprint(path, config, t0)
+            if found.refusal is None:
+                classify_file(path, found, classifier, config, file_name=display_name(path.name),
+                              token="", received_at=now_iso(), t0=t0)
+        except OSError as exc:
+            found.refusal = Refusal(exc.__class__.__name__,
+                                    f"cannot read the file: {exc.strerror}")
+        if found.refusal is not None or found.report is None:
             refused += 1
-            reason = str(exc) if not isinstance(exc, OSError) else (
-                f"cannot read the file: {exc.strerror}")
-            results.append({"file": shown, "status": "refused", "sha256": sha,
-                            "reason_code": exc.__class__.__name__, "reason": reason})
+            refusal = found.refusal or Refusal("InternalError", "no report was made")
+            results.append({"file": display_name(name), "status": "refused",
+                            "sha256": found.sha256, "reason_code": refusal.code,
+                            "reason": refusal.reason})
             continue
-        timings.update(prediction.timings_ms)
-        timings["total"] = (time.perf_counter() - t0) * 1000
-        report = build_report(sha256=sha, file_name=display_name(path.name), size=size,
-                              decoded=decoded, prediction=prediction,
-                              model=classifier.describe(), timings_ms=timings, token="",
-                              received_at=now_iso())
+        report = dict(found.report)
         report.pop("intake")
-        results.append({"file": shown, "status": "classified", **report})
+        results.append({"file": display_name(name), "status": "classified", **report})
     # strict JSON (no NaN): a refusal above is the only way a strange value gets out
     click.echo(json_bytes(results).decode("utf-8"), nl=False)
     if refused:

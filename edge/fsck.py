@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .commit import QUARANTINE_SCHEMA, REASON_SUFFIX
 from .durable import (
     display_name,
     read_json,
@@ -41,9 +42,7 @@ from .index import DailyIndex
 from .manifest import sha256_file
 from .outbox import Outbox
 from .report import REPORT_SCHEMAS, local_day, now_iso, summary_line
-from .worker import REASON_SUFFIX
 
-QUARANTINE_SCHEMA = "neuroedge.quarantine/1"
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 

@@ -20,18 +20,43 @@ A job record is written *before* each step that moves a file, so after a crash (
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .durable import read_json, remove_stale_temp_files, write_json_atomic
 from .errors import AgentBusyError, ConfigError, FolderUnavailableError
 
+log = logging.getLogger(__name__)
+
 SUBFOLDERS = ("reports", "archive", "quarantine", "index", ".state", ".state/jobs",
               ".state/claimed")
+
+
+class Stage(str, Enum):
+    """Where a job stands: each stage is recorded before the step that leaves it begins."""
+
+    CLAIMING = "claiming"  # the record names the inbox file; it is being taken
+    CLAIMED = "claimed"  # the input is in .state/claimed; hash, classify, write the report
+    DECIDED = "decided"  # the destination is chosen and recorded; move it there
+    MOVED = "moved"  # the input is in place; append the index line, then forget the job
+
+    __str__ = str.__str__  # "claimed", also in f-strings on every Python version
+
+
+class Outcome(str, Enum):
+    """What became of an input."""
+
+    CLASSIFIED = "classified"  # archived, with its own new report
+    DUPLICATE = "duplicate"  # archived; the same content has a report already
+    QUARANTINED = "quarantined"  # refused, with a reason record
+
+    __str__ = str.__str__
 
 
 @dataclass
@@ -39,7 +64,7 @@ class Job:
     """One input's progress through claim -> decide -> move -> index."""
 
     token: str
-    stage: str  # claiming, claimed, decided, moved
+    stage: Stage
     source: str  # path relative to the inbox, as found
     file_name: str  # the input's original base name, for the report and the archive name
     claimed_at: str
@@ -48,7 +73,7 @@ class Job:
     attempts: int = 0
     sha256: str | None = None
     size: int | None = None
-    outcome: str | None = None  # classified, duplicate, quarantined
+    outcome: Outcome | None = None
     reason: str | None = None
     reason_code: str | None = None
     reason_log: str | None = None  # the reason without values quoted from the file, for logs
@@ -69,7 +94,10 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        job = cls(**{k: v for k, v in data.items() if k in known})
+        job.stage = Stage(job.stage)
+        job.outcome = Outcome(job.outcome) if job.outcome is not None else None
+        return job
 
 
 class Outbox:
@@ -165,11 +193,19 @@ class Outbox:
             pass
 
     def pending_jobs(self) -> list[Job]:
+        """The journal's records. One that cannot be read as a job (damaged, edited by hand)
+        is moved aside to ``.state/damaged/``; its claimed input, if any, is then adopted."""
         jobs = []
         for path in sorted(self.jobs.glob("*.json")):
             data = read_json(path)
-            if isinstance(data, dict) and "token" in data:
-                jobs.append(Job.from_dict(data))
+            try:
+                jobs.append(Job.from_dict(data))  # type: ignore[arg-type]
+            except (TypeError, ValueError, AttributeError):
+                damaged = self.state / "damaged"
+                damaged.mkdir(exist_ok=True)
+                os.replace(str(path), str(damaged / path.name))
+                log.warning("a journal record could not be read; moved it to %s (its input, "
+                            "if it was claimed, is recovered as recovered-<token>)", damaged)
         return jobs
 
     def relative(self, path: Path) -> str:

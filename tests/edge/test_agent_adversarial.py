@@ -477,13 +477,13 @@ def test_11_planted_tag_text_is_not_logged(tmp_path, test_model):
 
 def test_11_a_file_over_the_size_limit_is_refused_before_it_is_hashed(folders, test_model,
                                                                        monkeypatch):
-    from edge import worker
+    from edge import prepare
 
     big = folders["inbox"] / "big.png"
     big.write_bytes(png_bytes((64, 64)) + b"\0" * (3 * 2**20))
     hashed = []
-    real = worker.sha256_file
-    monkeypatch.setattr(worker, "sha256_file", lambda p: hashed.append(p) or real(p))
+    real = prepare.sha256_file
+    monkeypatch.setattr(prepare, "sha256_file", lambda p: hashed.append(p) or real(p))
     counts = run_once(make_config(folders, test_model.path, limits={"max_file_mb": 1}))
     assert counts["quarantined"] == 1 and not hashed
     record = next((folders["outbox"] / "quarantine").glob("*.reason.json"))
@@ -563,20 +563,20 @@ def test_5_a_passing_failure_is_not_counted_as_a_crash(folders, test_model, monk
     stops cleanly (a full disk) did not crash it, however often that happens."""
     import errno
 
-    from edge import worker
+    from edge import commit
 
     gray_png(folders["inbox"] / "a.png", 90)
-    real = worker.write_bytes_atomic
+    real = commit.write_bytes_atomic
 
     def disk_full(path, data, *args, **kwargs):
         if path.parent.name == "reports":
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, *args, **kwargs)
 
-    monkeypatch.setattr(worker, "write_bytes_atomic", disk_full)
+    monkeypatch.setattr(commit, "write_bytes_atomic", disk_full)
     config = make_config(folders, test_model.path, limits={"max_attempts": 2})
     for _ in range(4):
         assert run_once(config)["unfinished"] == 1
-    monkeypatch.setattr(worker, "write_bytes_atomic", real)
+    monkeypatch.setattr(commit, "write_bytes_atomic", real)
     counts = run_once(config)
     assert counts["classified"] == 1 and counts["quarantined"] == 0

@@ -331,13 +331,13 @@ def test_interrupted_cross_filesystem_claim_is_finished(folders, test_model):
 
 def test_an_unreadable_input_is_quarantined_not_retried_forever(folders, test_model,
                                                                 monkeypatch):
-    import edge.worker
+    import edge.prepare
 
     def denied(path, *args):
         raise PermissionError(13, "Permission denied", str(path))
 
     gray_png(folders["inbox"] / "locked.png", 10)
-    monkeypatch.setattr(edge.worker, "sha256_file", denied)  # root can read anything: simulate
+    monkeypatch.setattr(edge.prepare, "sha256_file", denied)  # root can read anything: simulate
     counts = run_once(make_config(folders, test_model.path))
     assert counts["quarantined"] == 1 and counts["unfinished"] == 0
     record = json.loads((folders["outbox"] / "quarantine" / "locked.png.reason.json").read_text())

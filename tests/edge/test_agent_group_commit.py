@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from agent_helpers import gray_png, make_config, run_once
 
+from edge.commit import GroupCommit
 from edge.manifest import sha256_file
 from edge.worker import Worker
 
@@ -109,21 +110,21 @@ def test_a_failed_write_spares_the_group_and_is_finished_later(folders, agent, m
     worker: Worker = agent.worker
     paths = fill(folders["inbox"], [70, 70, 180])
     failing = sha256_file(Path(paths[0]))
-    real = Worker._write_report
+    real = GroupCommit.write_report
 
     def disk_full_once(self, work, barrier):
-        if work.job.sha256 == failing and work.report is not None:
+        if work.job.sha256 == failing and work.prepared is not None:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(self, work, barrier)
 
-    monkeypatch.setattr(Worker, "_write_report", disk_full_once)
+    monkeypatch.setattr(GroupCommit, "write_report", disk_full_once)
     jobs, _ = worker.claim(paths)
     failures = worker.commit([worker.prepare(job) for job in jobs])
     assert sorted(job.file_name for job, _ in failures) == ["scan00.png", "scan01.png"]
     assert worker.counts == {"classified": 1, "duplicate": 0, "quarantined": 0}
     outbox = folders["outbox"]
     assert len(os.listdir(outbox / ".state" / "claimed")) == 2  # kept, not lost
-    monkeypatch.setattr(Worker, "_write_report", real)
+    monkeypatch.setattr(GroupCommit, "write_report", real)
     outcomes = sorted(str(worker.run(job, replay=True)) for job, _ in failures)
     assert outcomes == ["classified", "duplicate"]
     assert all(job.attempts == 1 for job, _ in failures)  # a retry is not a crash
@@ -176,10 +177,10 @@ def test_a_copy_prepared_while_the_first_is_committed_is_still_a_duplicate(folde
     (first, second), _ = worker.claim(paths)
     work_first = worker.prepare(first)
     assert first.outcome == "classified"
-    real_lock = worker._lock
-    worker._lock = _CommitsFirst(real_lock, lambda: worker.commit([work_first]))
+    real_lock = worker.in_flight._lock
+    worker.in_flight._lock = _CommitsFirst(real_lock, lambda: worker.commit([work_first]))
     work_second = worker.prepare(second)
-    worker._lock = real_lock
+    worker.in_flight._lock = real_lock
     assert second.outcome == "duplicate"
     report = folders["outbox"] / "reports" / f"{first.sha256}.json"
     assert json.loads(report.read_text())["intake"]["token"] == first.token
