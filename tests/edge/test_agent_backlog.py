@@ -359,3 +359,18 @@ def test_a_same_named_copy_dropped_after_a_crash_is_kept(folders, test_model):
 
     assert counts["classified"] == 1 and counts["duplicate"] == 1
     assert len(list((folders["outbox"] / "archive").rglob("again*.png"))) == 2
+
+
+def test_a_damaged_journal_record_is_set_aside_and_its_input_adopted(folders, test_model):
+    """A record edited by hand or damaged (no stage, an unknown stage) must not stop the
+    agent from starting: it is moved to .state/damaged and its claimed input is adopted."""
+    config = make_config(folders, test_model.path)
+    run_once(config)  # creates the outbox
+    state = folders["outbox"] / ".state"
+    (state / "jobs" / "tok-a.json").write_text('{"token": "tok-a", "stage": "bogus"}')
+    (state / "jobs" / "tok-b.json").write_text('{"token": "tok-b"}')
+    gray_png(state / "claimed" / "tok-b", 140)
+    counts = run_once(config)
+    assert counts["unfinished"] == 0 and counts["classified"] == 1
+    assert sorted(os.listdir(state / "damaged")) == ["tok-a.json", "tok-b.json"]
+    assert not os.listdir(state / "jobs") and not os.listdir(state / "claimed")
