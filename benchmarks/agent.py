@@ -40,7 +40,6 @@ from benchmarks.report import ratio, table
 
 log = logging.getLogger(__name__)
 
-KINDS = ("png", "dicom")
 STAGES = ("inbox scan + settle check", "waiting for the claimer", "hash (sha256)", "decode",
           "preprocess", "invoke", "duplicate check + report build", "waiting for the committer",
           "loop, other")

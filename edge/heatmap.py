@@ -46,11 +46,6 @@ def peak(heat: np.ndarray) -> dict[str, float]:
     return {"x": round((c + 0.5) / cols, 4), "y": round((r + 0.5) / rows, 4)}
 
 
-def colourize(heat: np.ndarray) -> np.ndarray:
-    """0..1 map to uint8 RGB along ``_STOPS``."""
-    return _LUT[np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)]
-
-
 def _ramp() -> np.ndarray:
     position = np.linspace(0.0, 1.0, 256) * (len(_STOPS) - 1)
     low = np.floor(position).astype(int)

@@ -411,7 +411,3 @@ def default_model_dir() -> Path | None:
     """The model shipped inside the package (``edge/models``), or None if none is shipped."""
     folder = Path(__file__).resolve().parent / "models"
     return folder if (folder / MANIFEST_NAME).is_file() else None
-
-
-def label_list(manifest: ModelManifest) -> list[str]:
-    return list(manifest.labels)

@@ -187,10 +187,6 @@ class TFLiteClassifier:
             return None
         return sum(1 for op in ops if op.get("op_name") == "DELEGATE")
 
-    @property
-    def batch_size(self) -> int:
-        return int(self.input_spec.shape[0])
-
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a batch (N, H, W, 3) or one image (H, W, 3) of float input."""
         images = np.asarray(images, dtype=np.float32)
