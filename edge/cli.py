@@ -67,7 +67,7 @@ def _setup_logging(level: str) -> None:
     root.setLevel(getattr(logging, level.upper()))
     # Third-party loggers can quote DICOM element values (patient names): keep them quiet.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
-    for noisy in ("PIL", "watchdog"):
+    for noisy in ("PIL", "watchdog", "pynetdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(False)
 
@@ -102,16 +102,23 @@ def cli(ctx: click.Context, verbose: bool, config_path: str | None) -> None:
 @click.option("--once", is_flag=True, help="Process what is in the inbox now, then exit.")
 @click.option("--poll", is_flag=True, default=None,
               help="Poll the folder instead of using OS events (network shares).")
+@click.option("--dicom-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Also receive DICOM (C-ECHO, C-STORE) on PORT, e.g. 11112; 0: no receiver "
+                   "[default: [network] dicom_port].")
 @click.pass_obj
 @_user_errors
 def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str | None,
-          once: bool, poll: bool | None) -> None:
+          once: bool, poll: bool | None, dicom_port: int | None) -> None:
     """Process INBOX's backlog, then watch it for new files until stopped."""
     from .classifier import Classifier
     from .watch import Agent, resolve_folders
 
+    if once and dicom_port:
+        raise click.UsageError("--dicom-port receives until stopped; it cannot be used with "
+                               "--once")
     config = config.override("paths", inbox=inbox, outbox=outbox, model=model)
     config = config.override("watch", poll=poll)
+    config = config.override("network", dicom_port=dicom_port)
     resolve_folders(config)  # cheap checks first: a wrong folder is reported before the model
     agent = Agent(config, Classifier(config), once=once)
     agent.install_signal_handlers()

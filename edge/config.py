@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .network.settings import NetworkConfig, PacsConfig, StudiesConfig  # issue 15
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,6 +120,9 @@ class AgentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)  # issue 15: DICOM network
+    studies: StudiesConfig = field(default_factory=StudiesConfig)
+    pacs: PacsConfig = field(default_factory=PacsConfig)
     source: str = ""  # the file it was read from, for messages; not a TOML key
 
     def override(self, section: str, **values: Any) -> AgentConfig:
@@ -220,7 +224,9 @@ def _validate_section(name: str, s: Any, source: str) -> None:
     def bad(key: str, rule: str) -> ConfigError:
         return ConfigError(f"{source}: [{name}] {key} {rule}, got {getattr(s, key)!r}")
 
-    if name == "watch":
+    if hasattr(s, "validate"):  # sections defined beside their code (edge.network.settings)
+        s.validate(bad)
+    elif name == "watch":
         for key in ("poll_interval", "rescan_interval", "retry_interval"):
             if not getattr(s, key) > 0:
                 raise bad(key, "must be > 0 seconds")

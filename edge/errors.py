@@ -95,3 +95,13 @@ class FolderUnavailableError(EdgeError):
     """
 
     exit_code = EX_NOINPUT
+
+
+class ReceiverUnavailableError(EdgeError):
+    """The DICOM receiver cannot listen on its port (in use, address not available).
+
+    Often passing (the previous agent still holds the port while it stops), so a service
+    manager should retry: exit code 75, not 78.
+    """
+
+    exit_code = EX_TEMPFAIL

@@ -195,6 +195,8 @@ def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
                 result += " <strong>needs review</strong>"
             if outcome == "duplicate":
                 result += " (same content as an earlier input)"
+        if e.get("study"):  # issue 15: the study report this input is part of
+            result += f" <a href=\"../studies/{esc(e['study'])}.html\">study</a>"
         clock = str(e.get("time") or "")[11:19]
         rows.append(f"<tr><td>{esc(clock)}</td><td>{name}</td><td>{esc(outcome)}</td>"
                     f"<td>{result}</td><td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
@@ -209,7 +211,9 @@ def index_page(days: list[tuple[str, int]]) -> bytes:
     items = "".join(f"<li><a href=\"index/{esc(d)}.html\">{esc(d)}</a> ({n} inputs)</li>"
                     for d, n in sorted(days, reverse=True))
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>"
-            f"<ul>{items or '<li>nothing processed yet</li>'}</ul>")
+            f"<ul>{items or '<li>nothing processed yet</li>'}</ul>"
+            "<p><a href=\"studies/index.html\">Study reports</a> (DICOM studies judged "
+            "whole)</p>")
     return _page("NeuroEdge reports", body)
 
 

@@ -84,9 +84,16 @@ def heatmap_section(sha256: str, prediction: Any) -> dict[str, Any] | None:
 
 
 def summary_line(report: dict[str, Any] | None) -> dict[str, Any]:
-    """The fields of a report the daily index repeats."""
+    """The fields of a report the daily index repeats (``study``: the StudyInstanceUID of a
+    DICOM input that has a valid one, for the study reports of ``edge.network.studies``)."""
     if not report:
         return {"label": None, "confidence": None, "needs_review": None}
-    return {"label": report["prediction"]["label"],
-            "confidence": report["prediction"]["confidence"],
-            "needs_review": report["needs_review"]}
+    summary = {"label": report["prediction"]["label"],
+               "confidence": report["prediction"]["confidence"],
+               "needs_review": report["needs_review"]}
+    from .network.studies import study_of
+
+    study = study_of(report)
+    if study:
+        summary["study"] = study
+    return summary

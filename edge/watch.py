@@ -30,6 +30,7 @@ from .config import AgentConfig
 from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
+from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
 from .outbox import Job, Outbox
 from .pipeline import Committer
 from .worker import Worker, describe_error
@@ -110,6 +111,8 @@ class Agent:
         self._claimed_ahead: Future | None = None  # the next group, being claimed
         self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
         self._last_ping = time.monotonic()
+        self.network = NetworkServices(config, self.inbox_root, outbox_root,
+                                       list(classifier.describe()["labels"]), self._received)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Agent:
             if not self.once:
                 self._start_observer()
             self.inbox.scan()
+            self.network.start(self.once)
             sdnotify.notify("READY=1")
             sdnotify.notify(f"STATUS=watching {self.inbox_root}")
             log.info("watching %s (outbox %s, %s)", self.inbox_root, self.outbox.root,
@@ -142,6 +146,7 @@ class Agent:
             self._loop()
         finally:
             sdnotify.notify("STOPPING=1")
+            self.network.stop_receiver()
             self._stop_observer()
             self._claimer.shutdown(wait=True)
             if not self.committer.close(_CLOSE_TIMEOUT):
@@ -180,6 +185,14 @@ class Agent:
             # a job left waiting for a retry when the agent stopped cleanly did not crash it
             crashed, job.paused = not job.paused, False
             self._run_job(job, crashed=crashed)
+
+    def _received(self, path: str) -> None:
+        """An instance the DICOM receiver made durable in the inbox (any thread): it is
+        complete, like a file the OS reported closed after writing."""
+        try:
+            self._events.put_nowait((path, True, False))
+        except queue.Full:
+            self._rescan.set()
 
     def _start_observer(self) -> None:
         from watchdog.observers import Observer

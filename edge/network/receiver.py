@@ -1,0 +1,366 @@
+"""The DICOM receiver: a pynetdicom Storage SCP that writes each instance into the inbox.
+
+It answers C-ECHO and C-STORE for every storage SOP class pynetdicom knows: MR images are
+classified, anything else (CT, structured reports, ...) reaches the inbox like a copied file
+and is quarantined with its reason, so a scanner that sends a whole study never sees a
+refusal it would abort on. Transfer syntaxes: uncompressed first (Explicit, then Implicit
+VR Little Endian; the acceptor's order decides), then the compressed ones the installed
+decoders can read (JPEG, JPEG-LS, JPEG 2000, RLE: the ``dicom-codecs`` extra), so a sender
+that can decompress never sends something the agent cannot decode.
+
+No instance is held in memory: pynetdicom streams each C-STORE's data set to a temporary
+file (``STORE_RECV_CHUNKED_DATASET``), which this module creates in the inbox folder itself,
+named like the agent's other temporary files (``.neuroedge-*.tmp``: the inbox never takes
+them). When the last fragment has arrived the file is fsynced and renamed to its final name
+in the inbox (``<time>-<SOP UID hash>-<random>.dcm``), the folder is fsynced, and only then
+is the C-STORE answered with success: an acknowledged instance is on disk, and from there the
+agent's journal takes over exactly as for a copied file. A failed write answers 0xA700
+(out of resources) and the sender keeps the instance. Memory is bounded by
+``[network] max_associations`` times the PDU size, whatever the size of the instances.
+
+Logs name callers by AE title and address, instances by a hash of their SOP Instance UID;
+pynetdicom's own event logging is switched off (it would log UIDs and, for queries, patient
+identifiers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..dicom import uid_hash
+from ..durable import TMP_PREFIX, TMP_SUFFIX, create_temp, fsync_dir, move_no_replace
+from ..errors import ConfigError, ReceiverUnavailableError
+from ..worker import describe_error
+from .settings import NetworkConfig
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+MAX_PDU = 131072  # bytes held per association while receiving (dcmtk's largest)
+STALE_SPOOL_SECONDS = 3600.0  # a temporary file unchanged this long is a transfer given up
+_SWEEP_EVERY = 300.0
+
+UNCOMPRESSED = ("1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+                "1.2.840.10008.1.2",  # Implicit VR Little Endian
+                "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+                "1.2.840.10008.1.2.2")  # Explicit VR Big Endian (retired, still sent)
+COMPRESSED = ("1.2.840.10008.1.2.5",  # RLE Lossless
+              "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+              "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+              "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+              "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+              "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+              "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+              "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+              "1.2.840.10008.1.2.4.91",  # JPEG 2000
+              "1.2.840.10008.1.2.4.203",  # HTJ2K
+              "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
+              "1.2.840.10008.1.2.4.51")  # JPEG Extended (12-bit)
+
+_spool_lock = threading.Lock()
+_spool_folder: Path | None = None  # where pynetdicom's received data sets go (one receiver)
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """Uncompressed syntaxes, then the compressed ones an installed decoder can read."""
+    from .. import dicom_compat
+
+    return list(UNCOMPRESSED) + [uid for uid in COMPRESSED
+                                 if not dicom_compat.decoder_problem(dicom_compat.UID(uid))]
+
+
+class _SpoolFile:
+    """What pynetdicom expects from ``NamedTemporaryFile(delete=False)``, created where the
+    agent wants it: in the inbox (same filesystem: the final rename is atomic), named as one
+    of the agent's temporary files, with a normal file's permissions (0666 less the umask)."""
+
+    def __init__(self, folder: Path) -> None:
+        fd, self.name = create_temp(folder)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _spool_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        folder = _spool_folder
+        return _SpoolFile(folder) if folder is not None else original(*args, **kwargs)
+    return factory
+
+
+def _printable(text: Any, limit: int = 64) -> str:
+    """A value from the network, safe to put in a log line (no control characters)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
+
+
+class DicomReceiver:
+    """A Storage SCP on ``[network] dicom_port`` writing into ``inbox``.
+
+    ``on_received(path)`` is called, from the association's thread, with the inbox path of
+    every instance acknowledged to its sender.
+    """
+
+    def __init__(self, config: NetworkConfig, inbox: Path,
+                 on_received: Callable[[str], None]) -> None:
+        self.config = config
+        self.inbox = inbox
+        self.on_received = on_received
+        self.counts = {"associations": 0, "refused": 0, "instances": 0, "failed": 0,
+                       "bytes": 0}
+        self._lock = threading.Lock()
+        self._sessions: dict[int, dict[str, Any]] = {}
+        self._server: Any = None
+        self._ae: Any = None
+        self._patched: tuple[Any, Any] | None = None
+        self._last_sweep = 0.0
+        self.port = 0  # the port actually listened on (config 0 is not started at all)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen; raise ``ReceiverUnavailableError``/``ConfigError`` with what to do."""
+        global _spool_folder
+        try:
+            import pynetdicom
+            from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
+            from pynetdicom.sop_class import Verification
+        except ImportError:
+            raise ConfigError(
+                "[network] dicom_port is set but pynetdicom is not installed: "
+                "pip install 'neuroedge[edge]' (it brings pynetdicom), or set dicom_port = 0"
+            ) from None
+        if not hasattr(dimse_messages, "NamedTemporaryFile") or not hasattr(
+                _config, "STORE_RECV_CHUNKED_DATASET"):
+            raise ConfigError(
+                f"pynetdicom {pynetdicom.__version__} cannot stream received instances to "
+                "disk; install a supported version: pip install 'neuroedge[edge]'")
+        with _spool_lock:
+            if _spool_folder is not None:
+                raise ConfigError("a DICOM receiver is already running in this process")
+            _spool_folder = self.inbox
+        self._sweep_spool(max_age=0.0)  # what a crash or power cut left half-received
+        _config.LOG_HANDLER_LEVEL = "none"  # its standard logs carry UIDs and identifiers
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        original = dimse_messages.NamedTemporaryFile
+        dimse_messages.NamedTemporaryFile = _spool_file_factory(original)
+        self._patched = (dimse_messages, original)
+
+        ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = self.config.max_associations
+        ae.maximum_pdu_size = MAX_PDU
+        ae.require_calling_aet = list(self.config.allowed_calling_aets)
+        syntaxes = accepted_transfer_syntaxes()
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+                    (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_RELEASED, self._on_ended), (evt.EVT_ABORTED, self._on_ended)]
+        address = (self.config.listen_address, self.config.dicom_port)
+        try:
+            self._server = ae.start_server(address, block=False, evt_handlers=handlers)
+        except OSError as exc:
+            self._unpatch()
+            raise self._bind_error(exc) from None
+        except Exception:
+            self._unpatch()
+            raise
+        self._ae = ae
+        self.port = self._server.server_address[1]
+        compressed = len(syntaxes) - len(UNCOMPRESSED)
+        log.info("DICOM receiver %s listening on %s:%d (C-ECHO, C-STORE of %d storage classes, "
+                 "%d compressed transfer syntaxes; callers: %s)", self.config.ae_title,
+                 self.config.listen_address or "*", self.port,
+                 len(AllStoragePresentationContexts), compressed,
+                 ", ".join(self.config.allowed_calling_aets) or "any")
+
+    def stop(self) -> None:
+        """Stop listening; a transfer still running is aborted (not acknowledged: the
+        sender keeps it and sends it again)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._ae is not None:
+            self._ae.shutdown()
+            self._ae = None
+            c = self.counts
+            log.info("DICOM receiver stopped: %d associations, %d instances (%.1f MB) stored, "
+                     "%d failed, %d associations refused", c["associations"], c["instances"],
+                     c["bytes"] / 1e6, c["failed"], c["refused"])
+        self._unpatch()
+
+    def _unpatch(self) -> None:
+        global _spool_folder
+        if self._patched is not None:
+            module, original = self._patched
+            module.NamedTemporaryFile = original
+            self._patched = None
+        with _spool_lock:
+            if _spool_folder == self.inbox:
+                _spool_folder = None
+
+    def _bind_error(self, exc: OSError) -> Exception:
+        port = self.config.dicom_port
+        where = f"{self.config.listen_address or '*'}:{port}"
+        if isinstance(exc, PermissionError):
+            return ConfigError(
+                f"cannot listen on {where}: permission denied. Ports below 1024 need root or "
+                f"the CAP_NET_BIND_SERVICE capability; use an unprivileged port such as 11112 "
+                "([network] dicom_port or --dicom-port)")
+        if exc.errno == 98:  # EADDRINUSE
+            return ReceiverUnavailableError(
+                f"cannot listen on {where}: the port is in use by another program (another "
+                "edge-agent, storescp, a PACS?); stop it or choose another [network] dicom_port")
+        return ReceiverUnavailableError(
+            f"cannot listen on {where}: {exc.strerror or exc}; check [network] listen_address")
+
+    # --- event handlers (each runs in the association's own thread) ---------------------
+
+    def _caller(self, event: Any) -> str:
+        requestor = event.assoc.requestor
+        return (f"{_printable(requestor.ae_title, 16).strip() or '?'}@"
+                f"{_printable(requestor.address, 46)}:{requestor.port}")
+
+    def _on_accepted(self, event: Any) -> None:
+        with self._lock:
+            self.counts["associations"] += 1
+            self._sessions[id(event.assoc)] = {"caller": self._caller(event), "instances": 0,
+                                               "bytes": 0, "failed": 0,
+                                               "started": time.monotonic()}
+        log.debug("association from %s accepted", self._caller(event))
+
+    def _on_rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        allowed = self.config.allowed_calling_aets
+        if allowed and str(requestor.ae_title).strip() not in allowed:
+            why = ("its calling AE title is not in [network] allowed_calling_aets "
+                   f"({', '.join(allowed)})")
+        elif len([a for a in event.assoc.ae.active_associations if a.is_acceptor]) > \
+                self.config.max_associations:
+            why = (f"[network] max_associations ({self.config.max_associations}) are already "
+                   "open; the sender should retry later")
+        else:
+            why = "the association request was not acceptable"
+        with self._lock:
+            self.counts["refused"] += 1
+        log.warning("refused a DICOM association from %s: %s", self._caller(event), why)
+
+    def _on_ended(self, event: Any) -> None:
+        with self._lock:
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is None:
+            return
+        seconds = time.monotonic() - session["started"]
+        how = "released" if event.event.name == "EVT_RELEASED" else "aborted"
+        level = logging.INFO if session["instances"] or session["failed"] else logging.DEBUG
+        log.log(level, "association from %s %s after %.1fs: %d instance(s) stored (%.1f MB)%s",
+                session["caller"], how, seconds, session["instances"], session["bytes"] / 1e6,
+                f", {session['failed']} failed" if session["failed"] else "")
+        self._maybe_sweep()
+
+    def _on_echo(self, event: Any) -> int:
+        log.debug("C-ECHO from %s", self._caller(event))
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> int:
+        """Make the received instance durable in the inbox, then (and only then) say so."""
+        caller = self._caller(event)
+        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        tag = uid_hash(sop) if sop else "no-uid"
+        try:
+            spooled = Path(event.dataset_path)
+            size = spooled.stat().st_size
+            free = shutil.disk_usage(str(self.inbox)).free
+            if free - size < self.config.min_free_mb * 1e6:
+                self._failed(event, "failed to store instance %s from %s: only %d MB free in "
+                             "the inbox's filesystem ([network] min_free_mb = %d); the sender "
+                             "was told to retry", tag, caller, free // 1000000,
+                             self.config.min_free_mb)
+                return OUT_OF_RESOURCES
+            final = self._publish(spooled, tag)
+        except Exception as exc:  # noqa: BLE001 - never acknowledge what is not on disk
+            self._failed(event, "failed to store instance %s from %s (%s); the sender was told "
+                         "to retry", tag, caller, describe_error(exc))
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self.counts["instances"] += 1
+            self.counts["bytes"] += size
+            session = self._sessions.get(id(event.assoc))
+            if session is not None:
+                session["instances"] += 1
+                session["bytes"] += size
+        log.debug("stored instance %s from %s as %s", tag, caller, final.name)
+        try:
+            self.on_received(str(final))
+        except Exception:  # noqa: BLE001 - the file is in the inbox; a rescan finds it
+            log.exception("could not signal a received instance; the next rescan takes it")
+        return SUCCESS
+
+    def _failed(self, event: Any, message: str, *args: Any) -> None:
+        with self._lock:
+            self.counts["failed"] += 1
+            session = self._sessions.get(id(event.assoc))
+            if session is not None:
+                session["failed"] += 1
+        log.error(message, *args)
+
+    def _publish(self, spooled: Path, tag: str) -> Path:
+        fd = os.open(str(spooled), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for _ in range(10):
+            final = self.inbox / f"{stamp}-{tag}-{secrets.token_hex(3)}.dcm"
+            try:
+                move_no_replace(spooled, final)  # and fsync the inbox folder
+                return final
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"no free name for a received instance in {self.inbox}")
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep >= _SWEEP_EVERY:
+            self._last_sweep = now
+            self._sweep_spool(STALE_SPOOL_SECONDS)
+
+    def _sweep_spool(self, max_age: float) -> None:
+        """Delete temporary files of transfers that were given up (an aborted association, a
+        crash): ours only (``.neuroedge-*.tmp``), and only once unchanged for ``max_age``."""
+        removed = 0
+        now = time.time()
+        try:
+            entries = list(os.scandir(str(self.inbox)))
+        except OSError:
+            return
+        for entry in entries:
+            if not (entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+                continue
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime >= max_age:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            fsync_dir(self.inbox)
+            log.warning("removed %d partly received instance(s) left in the inbox by an "
+                        "interrupted transfer (never acknowledged: the sender still has them)",
+                        removed)

@@ -1,0 +1,254 @@
+"""The send queue: SRs waiting for the PACS, on disk, retried with backoff until accepted.
+
+::
+
+    <outbox>/.state/outgoing/<key>.dcm    the SR to send (written first, fsynced)
+    <outbox>/.state/outgoing/<key>.json   its record: attempts, next attempt, last error
+    <outbox>/.state/outgoing/sent.jsonl   one line per SR the PACS accepted
+
+A record exists only once its SR file is durable, and is removed only once the PACS has
+answered the C-STORE with success (or a warning) and that answer is appended to
+``sent.jsonl``: a power cut or ``kill -9`` at any moment loses nothing, and a restart
+resumes where it was. ``enqueue`` is idempotent (a key already queued or sent is not queued
+again), and a newer judgment of a study replaces its older SR still waiting in the queue.
+The one window for a second delivery is a crash between the PACS's answer and the line in
+``sent.jsonl``; the SR is then sent again with the same SOP Instance UID, which a PACS
+treats as the same object.
+
+Retries: after the n-th failed attempt the next one waits ``retry_initial * 2**(n-1)``
+seconds, at most ``retry_max``, +-10% so that several agents do not retry in step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from ..durable import (
+    append_lines_durable,
+    fsync_dir,
+    read_json,
+    remove_stale_temp_files,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from ..report import now_iso
+from .settings import NetworkConfig, PacsConfig, Peer
+
+log = logging.getLogger(__name__)
+
+SUCCESS_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the C-STORE warnings
+
+
+@dataclass
+class Outgoing:
+    """One SR in the queue (the record beside its ``.dcm``)."""
+
+    key: str
+    study: str  # a hash of the Study Instance UID (for logs), never the UID itself
+    group: str  # items with the same group replace each other: one study's SRs
+    sop_class_uid: str
+    sop_instance_uid: str
+    created_at: str
+    attempts: int = 0
+    next_attempt: float = 0.0  # time.time() of the next try
+    last_error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outgoing:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class SendError(Exception):
+    """A send that did not succeed; the message says why, for the log and the record."""
+
+
+class SendQueue:
+    def __init__(self, outbox: Path) -> None:
+        self.folder = outbox / ".state" / "outgoing"
+        self.sent_log = self.folder / "sent.jsonl"
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create the folder, and drop what a crash left half-written."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.folder)
+        for dcm in self.folder.glob("*.dcm"):
+            if not dcm.with_suffix(".json").exists():  # enqueue crashed before its record
+                dcm.unlink()
+
+    def items(self) -> list[Outgoing]:
+        out = []
+        for path in sorted(self.folder.glob("*.json")):
+            data = read_json(path)
+            if isinstance(data, dict) and data.get("key") == path.stem:
+                out.append(Outgoing.from_dict(data))
+        return sorted(out, key=lambda item: (item.created_at, item.key))
+
+    def was_sent(self, key: str) -> bool:
+        try:
+            with open(str(self.sent_log), encoding="utf-8") as handle:
+                needle = f'"key": "{key}"'
+                return any(needle in line for line in handle)
+        except FileNotFoundError:
+            return False
+
+    def enqueue(self, item: Outgoing, data: bytes) -> bool:
+        """Queue ``data`` (a DICOM file) under ``item.key``; False if it is queued or sent
+        already. Older items of the same group still waiting are dropped."""
+        with self._lock:
+            record = self.folder / f"{item.key}.json"
+            if record.exists() or self.was_sent(item.key):
+                return False
+            # The SR's name is durable before its record exists: a record never lacks its file.
+            write_bytes_atomic(self.folder / f"{item.key}.dcm", data)
+            write_json_atomic(record, asdict(item))
+            for old in self.items():
+                if old.group == item.group and old.key != item.key:
+                    self._remove(old)
+                    log.info("the SR of study %s waiting in the queue was replaced by a newer "
+                             "judgment", old.study)
+            return True
+
+    def path_of(self, item: Outgoing) -> Path:
+        return self.folder / f"{item.key}.dcm"
+
+    def failed(self, item: Outgoing, error: str, pacs: PacsConfig) -> float:
+        """Record a failed attempt; return the seconds until the next one."""
+        item.attempts += 1
+        delay = min(pacs.retry_max, pacs.retry_initial * 2 ** (item.attempts - 1))
+        delay *= random.uniform(0.9, 1.1)
+        item.next_attempt = time.time() + delay
+        item.last_error = error
+        with self._lock:
+            if (self.folder / f"{item.key}.json").exists():
+                write_json_atomic(self.folder / f"{item.key}.json", asdict(item))
+        return delay
+
+    def delivered(self, item: Outgoing, peer: Peer) -> None:
+        """The PACS accepted it: note that durably, then forget the item."""
+        with self._lock:
+            line = json.dumps({"key": item.key, "study": item.study,
+                               "sop_instance_uid": item.sop_instance_uid, "to": str(peer),
+                               "sent_at": now_iso(), "attempts": item.attempts + 1})
+            append_lines_durable(self.sent_log, [line])
+            self._remove(item)
+
+    def _remove(self, item: Outgoing) -> None:
+        for suffix in (".json", ".dcm"):
+            try:
+                os.unlink(str(self.folder / f"{item.key}{suffix}"))
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.folder)
+
+
+def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
+              pacs: PacsConfig) -> int:
+    """C-STORE one DICOM file to ``peer``; return the status, or raise ``SendError``."""
+    import pydicom
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(str(path))
+    ae = AE(ae_title=network.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = pacs.timeout
+    ae.connection_timeout = pacs.timeout
+    ae.add_requested_context(item.sop_class_uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise SendError(f"{peer} rejected the association (is this box's AE title "
+                            f"{network.ae_title} registered there?)")
+        if assoc.is_aborted:
+            raise SendError(f"{peer} aborted the association")
+        raise SendError(f"no connection to {peer} (PACS down, or unreachable from here)")
+    try:
+        if not assoc.accepted_contexts:
+            raise SendError(f"{peer} does not accept this SR's SOP class {item.sop_class_uid} "
+                            "([pacs] sr_type = \"basic\" may help)")
+        status = assoc.send_c_store(ds)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = int(getattr(status, "Status", -1)) if status is not None else -1
+    if code == -1:
+        raise SendError(f"{peer} did not answer the C-STORE (timeout or connection lost)")
+    if code not in SUCCESS_STATUSES:
+        raise SendError(f"{peer} refused the SR with status 0x{code:04X}")
+    return code
+
+
+class Sender:
+    """Sends the queue on its own thread: the oldest due item first, one at a time."""
+
+    def __init__(self, queue: SendQueue, peer: Peer, network: NetworkConfig, pacs: PacsConfig,
+                 send: Callable[..., int] = send_file) -> None:
+        self.queue = queue
+        self.peer = peer
+        self.network = network
+        self.pacs = pacs
+        self._send = send
+        self.counts = {"sent": 0, "failed_attempts": 0}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def send_due(self, now: float | None = None) -> float | None:
+        """Try every item that is due; return seconds until the next is due (None: empty)."""
+        for item in self.queue.items():
+            if self._stop.is_set():
+                return None
+            if item.next_attempt > (time.time() if now is None else now):
+                continue
+            self._attempt(item)
+        waits = [item.next_attempt - time.time() for item in self.queue.items()]
+        return max(0.0, min(waits)) if waits else None
+
+    def _attempt(self, item: Outgoing) -> None:
+        path = self.queue.path_of(item)
+        try:
+            code = self._send(path, item, self.peer, self.network, self.pacs)
+        except Exception as exc:  # noqa: BLE001 - every failure is retried later
+            why = str(exc) if isinstance(exc, SendError) else (
+                f"{exc.__class__.__name__}: {str(exc)[:200]}")
+            delay = self.queue.failed(item, why, self.pacs)
+            self.counts["failed_attempts"] += 1
+            log.warning("could not send the SR of study %s (%s); attempt %d failed, next in "
+                        "%.0fs", item.study, why, item.attempts, delay)
+            return
+        self.queue.delivered(item, self.peer)
+        self.counts["sent"] += 1
+        log.info("sent the SR of study %s to %s%s", item.study, self.peer,
+                 f" (warning status 0x{code:04X})" if code else "")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = self.send_due()
+            except Exception:  # noqa: BLE001 - keep the thread alive; the queue is on disk
+                log.exception("the SR sender failed unexpectedly; retrying in a minute")
+                wait = 60.0
+            self._wake.wait(60.0 if wait is None else min(wait, 60.0))
+            self._wake.clear()

@@ -1,0 +1,122 @@
+"""Starts and stops the network side of ``edge-agent watch``: receiver, studies, PACS sender.
+
+The agent (``edge.watch.Agent``) calls ``start`` once it has recovered and watches the
+inbox, ``stop_receiver`` first thing when it stops (nothing new comes in while it finishes
+the files it has taken), and ``finish`` after its last report is written. With ``--once``
+there is no receiver; every pending study is judged at the end and each SR due is tried
+once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import AgentConfig
+from ..dicom import uid_hash
+from ..errors import ConfigError
+from .receiver import DicomReceiver
+from .sendqueue import Outgoing, Sender, SendQueue
+from .studies import StudyTracker
+from .verdict import Slice
+
+log = logging.getLogger(__name__)
+
+
+class NetworkServices:
+    def __init__(self, config: AgentConfig, inbox: Path, outbox: Path, labels: list[str],
+                 on_received: Callable[[str], None]) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.receiver = (DicomReceiver(config.network, inbox, on_received)
+                         if config.network.dicom_port else None)
+        self.tracker: StudyTracker | None = None
+        if config.studies.enabled:
+            if config.studies.normal_label not in labels:
+                raise ConfigError(
+                    f"{config.source or 'config'}: [studies] normal_label "
+                    f"{config.studies.normal_label!r} is not one of the model's labels "
+                    f"({', '.join(labels)}); set it to the label that means \"no finding\", "
+                    "or turn study reports off with [studies] enabled = false")
+            review = {"review_threshold": config.review.threshold,
+                      "review_min_margin": config.review.min_margin}
+            self.tracker = StudyTracker(outbox, config.studies, labels, review,
+                                        html=config.report.html, on_judged=self._on_judged)
+        peer = config.pacs.peer
+        if peer is not None and self.tracker is None:
+            raise ConfigError(f"{config.source or 'config'}: [pacs] send_to needs study "
+                              "reports: set [studies] enabled = true (or send_to = \"\")")
+        self.queue = SendQueue(outbox) if peer is not None else None
+        self.sender = (Sender(self.queue, peer, config.network, config.pacs)
+                       if self.queue is not None and peer is not None else None)
+        self._started = False
+
+    def start(self, once: bool) -> None:
+        self._started = True
+        if self.queue is not None:
+            self.queue.open()
+            waiting = len(self.queue.items())
+            if waiting:
+                log.info("%d SR(s) wait in the queue for %s", waiting, self.config.pacs.peer)
+        if self.tracker is not None:
+            self.tracker.open()
+        if once:
+            if self.receiver is not None:
+                log.info("--once: the DICOM receiver is not started")
+            return
+        if self.tracker is not None:
+            self.tracker.start()
+        if self.sender is not None:
+            self.sender.start()
+        if self.receiver is not None:
+            self.receiver.start()
+
+    def stop_receiver(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+
+    def finish(self, once: bool) -> None:
+        """After the agent's last report: judge and send (``once``), or just stop."""
+        if not self._started:  # the agent failed before (perhaps another one owns the outbox)
+            return
+        if self.tracker is not None:
+            self.tracker.stop()
+            if once:
+                self.tracker.finish()
+        if self.sender is not None:
+            if once:
+                self.sender.send_due()
+            self.sender.stop(self.config.pacs.timeout + 5)
+
+    def _on_judged(self, doc: dict[str, Any], slices: list[Slice]) -> None:
+        """Queue the study's SR for the PACS (a replayed judgment is not queued twice)."""
+        if self.queue is None:
+            return
+        from .sr import build_sr, encode, instance_uid, read_header, sop_class_for
+
+        study = doc["study_instance_uid"]
+        tag = uid_hash(study)
+        header = None
+        for s in slices:
+            if s.archived_as:
+                try:
+                    header = read_header(self.outbox / s.archived_as)
+                    break
+                except Exception:  # noqa: BLE001 - try the study's next instance
+                    continue
+        if header is None:
+            log.error("cannot send the SR of study %s: none of its instances is in the archive "
+                      "any more (the PACS needs their patient and study attributes)", tag)
+            return
+        previous = doc.get("previous_instances_hash")
+        predecessor = (instance_uid(study, previous) if previous
+                       and self.queue.was_sent(f"{tag}-{previous[:16]}") else None)
+        ds = build_sr(doc, slices, header, self.config.pacs, predecessor)
+        item = Outgoing(key=f"{tag}-{doc['instances_hash'][:16]}", study=tag, group=tag,
+                        sop_class_uid=sop_class_for(self.config.pacs),
+                        sop_instance_uid=str(ds.SOPInstanceUID), created_at=doc["created_at"])
+        if self.queue.enqueue(item, encode(ds)):
+            log.info("the SR of study %s is queued for %s", tag, self.config.pacs.peer)
+            if self.sender is not None:
+                self.sender.wake()

@@ -1,0 +1,330 @@
+"""Study-level results: group the per-slice reports by study, judge a study once it is quiet.
+
+The tracker reads the daily index (``index/YYYY-MM-DD.jsonl``), which the agent appends to
+once an input is durably reported and archived, and notes every classified DICOM input (and
+duplicate) whose index line names a study (``study``: its StudyInstanceUID). It never
+classifies anything again: the verdict is made from the reports already written
+(``reports/<id>.json``, the rule in ``edge.network.verdict``).
+
+A study whose set of instances changed and then stayed unchanged for ``[studies]
+settle_seconds`` is judged: ``studies/<StudyInstanceUID>.html`` then ``.json`` are written
+atomically, the ``on_judged`` callback runs (the DICOM SR for the PACS is queued there),
+and ``studies/index.html`` is rendered. More instances later start it again: the study is
+re-judged from all its instances, its report replaced (``revision`` + 1).
+
+State survives a crash: ``.state/studies/cursor.json`` (how far each index file was read;
+losing an update only re-reads lines, which is harmless) and ``.state/studies/<uid>.json``
+(a study with instances not judged yet, written durably before the cursor moves past them,
+removed once the judgment is durable). Replaying anything twice changes nothing: instances
+are a set, and a re-judgment of the same set keeps its revision and its SR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..dicom import uid_hash
+from ..durable import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
+from ..report import now_iso
+from .settings import StudiesConfig
+from .verdict import Slice, instances_hash, judge, suspicious
+
+log = logging.getLogger(__name__)
+
+STUDY_SCHEMA = "neuroedge.study/1"
+STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of a study's "
+                "slices, each classified by a machine-learning model. It is not a diagnosis, "
+                "may be wrong, and must not be used to make decisions about a patient's care.")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
+_POLL = 1.0  # seconds between two reads of the index
+
+OnJudged = Callable[[dict[str, Any], list[Slice]], None]
+
+
+def valid_uid(value: Any) -> bool:
+    """A DICOM UID (PS3.5 9.1: digits and dots, at most 64 characters): safe as a file name."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def study_of(report: dict[str, Any] | None) -> str | None:
+    """The StudyInstanceUID a report belongs to, if it has a valid one."""
+    uid = ((report or {}).get("dicom") or {}).get("study_instance_uid")
+    return uid if valid_uid(uid) else None
+
+
+class StudyTracker:
+    """Follows the daily index, keeps pending studies, judges them once settled."""
+
+    def __init__(self, outbox: Path, rule: StudiesConfig, labels: list[str],
+                 review_rule: dict[str, Any], html: bool = True,
+                 on_judged: OnJudged | None = None) -> None:
+        self.outbox = outbox
+        self.rule = rule
+        self.labels = list(labels)
+        self.review_rule = review_rule
+        self.html = html
+        self.on_judged = on_judged
+        self.folder = outbox / "studies"
+        self.state = outbox / ".state" / "studies"
+        self.counts = {"judged": 0}
+        self._offsets: dict[str, int] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one pass at a time (the thread, or finish())
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the folders and read the saved state (the cursor, pending studies)."""
+        self.folder.mkdir(exist_ok=True)
+        self.state.mkdir(parents=True, exist_ok=True)
+        cursor = read_json(self.state / "cursor.json")
+        if isinstance(cursor, dict) and isinstance(cursor.get("offsets"), dict):
+            self._offsets = {k: int(v) for k, v in cursor["offsets"].items()
+                             if _DAY_FILE.match(k) and isinstance(v, int)}
+        else:  # first start with studies: begin at the end of what is already indexed
+            self._offsets = {name: size for name, size in self._index_sizes().items()}
+            if self._offsets:
+                log.info("study tracking starts now; inputs indexed before are not grouped "
+                         "into studies")
+            self._save_cursor()
+        for path in sorted(self.state.glob("*.json")):
+            data = read_json(path)
+            if path.name != "cursor.json" and isinstance(data, dict) and valid_uid(
+                    data.get("study")) and path.stem == data["study"]:
+                self._pending[data["study"]] = data
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="studies", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def finish(self) -> None:
+        """Read what is left in the index and judge every pending study now, settled or not
+        (``watch --once``: the backlog is all there is)."""
+        with self._lock:
+            self.poll()
+            for uid in sorted(self._pending):
+                self._judge_safely(uid)
+            self._render_index()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_POLL):
+            with self._lock:
+                try:
+                    self.poll()
+                    judged = [uid for uid in self.due() if self._judge_safely(uid)]
+                    if judged:
+                        self._render_index()
+                except Exception:  # noqa: BLE001 - keep following; the state is on disk
+                    log.exception("study tracking failed; retrying")
+
+    # --- following the index ---------------------------------------------------------------
+
+    def _index_sizes(self) -> dict[str, int]:
+        sizes = {}
+        try:
+            with os.scandir(str(self.outbox / "index")) as entries:
+                for entry in entries:
+                    if _DAY_FILE.match(entry.name):
+                        sizes[entry.name] = entry.stat().st_size
+        except OSError:
+            pass
+        return sizes
+
+    def poll(self) -> int:
+        """Note the instances of index lines appended since the last call; return how many
+        lines were read. Pending studies are durable before the cursor moves."""
+        changed: set[str] = set()
+        lines = 0
+        for name, size in sorted(self._index_sizes().items()):
+            offset = self._offsets.get(name, 0)
+            if size < offset:  # cut by start-up's repair of a torn line: re-read from there
+                offset = size
+            if size == offset:
+                continue
+            with open(str(self.outbox / "index" / name), "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(size - offset)
+            end = data.rfind(b"\n") + 1  # a line still being appended waits for next time
+            for raw in data[:end].splitlines():
+                lines += 1
+                self._note(raw, changed)
+            self._offsets[name] = offset + end
+        now = time.time()
+        for uid in changed:
+            self._pending[uid]["changed_at"] = now
+            write_json_atomic(self.state / f"{uid}.json", self._pending[uid], sync_folder=False)
+        if changed:
+            fsync_dir(self.state)
+        if lines:
+            self._save_cursor()
+        return lines
+
+    def _note(self, raw: bytes, changed: set[str]) -> None:
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return
+        uid = entry.get("study") if isinstance(entry, dict) else None
+        report_id = entry.get("id") if uid else None
+        if entry.get("outcome") not in ("classified", "duplicate") or not valid_uid(uid) or not (
+                isinstance(report_id, str) and re.match(r"^[0-9a-f]{64}$", report_id)):
+            return
+        pending = self._pending.setdefault(uid, {"study": uid, "members": {},
+                                                 "changed_at": time.time()})
+        if report_id not in pending["members"]:
+            pending["members"][report_id] = entry.get("moved_to")
+            changed.add(uid)
+
+    def _save_cursor(self) -> None:
+        # Not fsynced: a lost update only makes the next start re-read lines (idempotent).
+        write_json_atomic(self.state / "cursor.json", {"offsets": self._offsets}, durable=False)
+
+    def due(self, now: float | None = None) -> list[str]:
+        """Pending studies quiet for ``settle_seconds``, oldest first."""
+        now = time.time() if now is None else now
+        ready = [(p["changed_at"], uid) for uid, p in self._pending.items()
+                 if now - float(p["changed_at"]) >= self.rule.settle_seconds]
+        return [uid for _, uid in sorted(ready)]
+
+    # --- judging ---------------------------------------------------------------------------
+
+    def _judge_safely(self, uid: str) -> bool:
+        try:
+            self.judge(uid)
+            return True
+        except OSError as exc:
+            log.error("could not write the report of study %s (%s); retrying later",
+                      uid_hash(uid), exc.strerror or exc)
+            self._pending[uid]["changed_at"] = time.time()
+            return False
+
+    def judge(self, uid: str) -> dict[str, Any] | None:
+        """Judge a pending study from all its instances; write its report; forget it."""
+        pending = self._pending[uid]
+        previous = read_json(self.folder / f"{uid}.json")
+        members: dict[str, str | None] = {}
+        if isinstance(previous, dict):
+            for inst in previous.get("instances", []):
+                members[inst["report"]] = inst.get("archived_as")
+        for report_id, archived in pending["members"].items():
+            members.setdefault(report_id, archived)
+        slices, missing = [], 0
+        models: dict[str, dict[str, Any]] = {}
+        study_date = None
+        for report_id, archived in sorted(members.items()):
+            report = read_json(self.outbox / "reports" / f"{report_id}.json")
+            if not isinstance(report, dict) or study_of(report) != uid:
+                missing += 1
+                continue
+            slices.append(Slice.from_report(report, archived))
+            model = report.get("model") or {}
+            models.setdefault(str(model.get("sha256")), {
+                k: model.get(k) for k in ("name", "version", "sha256", "runtime")})
+            study_date = study_date or (report.get("dicom") or {}).get("study_date")
+        if not slices:
+            log.warning("study %s: none of its %d report(s) can be read; not judged",
+                        uid_hash(uid), len(members))
+            self._forget(uid)
+            return None
+        digest = instances_hash(slices)
+        same = isinstance(previous, dict) and previous.get("instances_hash") == digest
+        revision = int(previous.get("revision", 0)) if same else (
+            int(previous.get("revision", 0)) + 1 if isinstance(previous, dict) else 1)
+        doc = self._document(uid, slices, revision, digest, study_date, models, missing)
+        if isinstance(previous, dict):
+            if same:  # a replay after a crash: the same judgment, not a new one
+                doc["created_at"] = previous.get("created_at", doc["created_at"])
+                doc["previous_instances_hash"] = previous.get("previous_instances_hash")
+            else:
+                doc["previous_instances_hash"] = previous.get("instances_hash")
+        if self.html:
+            from .study_pages import study_page
+
+            write_bytes_atomic(self.folder / f"{uid}.html", study_page(doc, self.outbox),
+                               sync_folder=False)
+        write_json_atomic(self.folder / f"{uid}.json", doc)
+        if self.on_judged is not None:
+            self.on_judged(doc, slices)
+        self._forget(uid)
+        self.counts["judged"] += 1
+        log.info("study %s judged%s: %s from %d instance(s) (revision %d)", uid_hash(uid),
+                 " again" if revision > 1 and not same else "", doc["verdict"],
+                 doc["counts"]["instances"], revision)
+        return doc
+
+    def _forget(self, uid: str) -> None:
+        self._pending.pop(uid, None)
+        try:
+            os.unlink(str(self.state / f"{uid}.json"))
+        except FileNotFoundError:
+            pass
+
+    def _document(self, uid: str, slices: list[Slice], revision: int, digest: str,
+                  study_date: str | None, models: dict[str, dict[str, Any]],
+                  missing: int) -> dict[str, Any]:
+        result = judge(slices, self.rule, self.labels)
+        notes = []
+        if len(models) > 1:
+            notes.append(f"the slices were classified by {len(models)} different models")
+        if missing:
+            notes.append(f"{missing} report(s) of this study could not be read and were left "
+                         "out")
+        top = suspicious(slices, self.rule, self.rule.suspicious_slices)
+        normal = self.rule.normal_label
+        return {
+            "schema": STUDY_SCHEMA,
+            "study_instance_uid": uid,
+            "notice": STUDY_NOTICE,
+            "created_at": now_iso(),
+            "revision": revision,
+            "instances_hash": digest,
+            "previous_instances_hash": None,
+            "study_date": study_date,
+            **result,
+            "rule": {"normal_label": normal, "min_slices": self.rule.min_slices,
+                     "agreement": self.rule.agreement,
+                     "max_review_share": self.rule.max_review_share, **self.review_rule},
+            "suspicious": [{"report": s.report_id, "sop_instance_uid": s.sop_instance_uid,
+                            "series_instance_uid": s.series_instance_uid, "label": s.label,
+                            "confidence": s.confidence, "needs_review": s.needs_review,
+                            "probability_not_normal": round(
+                                1.0 - s.probabilities.get(normal, 0.0), 4)} for s in top],
+            "instances": [{"report": s.report_id, "sop_instance_uid": s.sop_instance_uid,
+                           "series_instance_uid": s.series_instance_uid, "label": s.label,
+                           "confidence": s.confidence, "needs_review": s.needs_review,
+                           "archived_as": s.archived_as}
+                          for s in sorted(slices, key=lambda s: s.report_id)],
+            "models": sorted(models.values(), key=lambda m: str(m.get("sha256"))),
+            "notes": notes,
+        }
+
+    def _render_index(self) -> None:
+        if not self.html:
+            return
+        from .study_pages import studies_index_page
+
+        docs = []
+        for path in self.folder.glob("*.json"):
+            data = read_json(path)
+            if isinstance(data, dict) and data.get("schema") == STUDY_SCHEMA:
+                docs.append(data)
+        try:
+            write_bytes_atomic(self.folder / "index.html", studies_index_page(docs))
+        except OSError as exc:
+            log.warning("could not update studies/index.html (%s)", exc.strerror or exc)

@@ -1,0 +1,203 @@
+"""The DICOM receiver (edge.network.receiver) with pynetdicom clients: no model needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from agent_helpers import make_dicom, pydicom_file
+from network_helpers import (
+    PATIENT_ID,
+    echo_with_pynetdicom,
+    free_port,
+    make_study,
+    send_with_pynetdicom,
+)
+
+from edge.errors import ConfigError, ReceiverUnavailableError
+from edge.network.receiver import OUT_OF_RESOURCES, DicomReceiver, accepted_transfer_syntaxes
+from edge.network.settings import NetworkConfig
+
+pytest.importorskip("pynetdicom")
+
+
+@pytest.fixture()
+def receiver(tmp_path):
+    """Start a receiver on a free port; yields (receiver, inbox, received paths)."""
+    started: list[DicomReceiver] = []
+    received: list[str] = []
+
+    def start(**settings) -> tuple[DicomReceiver, Path, list[str]]:
+        inbox = tmp_path / "inbox"
+        inbox.mkdir(exist_ok=True)
+        config = NetworkConfig(dicom_port=free_port(), **settings)
+        rx = DicomReceiver(config, inbox, received.append)
+        rx.start()
+        started.append(rx)
+        return rx, inbox, received
+
+    yield start
+    for rx in started:
+        rx.stop()
+
+
+def inbox_files(inbox: Path) -> list[Path]:
+    return sorted(inbox.iterdir())
+
+
+def test_echo_and_a_multi_slice_study_land_whole_in_the_inbox(receiver, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    rx, inbox, received = receiver()
+    assert echo_with_pynetdicom(rx.port) == (True, 0x0000)
+    study, paths = make_study(tmp_path / "study", [0.1, 0.6] * 6)
+    statuses = send_with_pynetdicom(rx.port, paths)
+    assert statuses == [0x0000] * 12
+    files = inbox_files(inbox)
+    assert len(files) == 12 and sorted(received) == [str(p) for p in files]
+    assert all(p.suffix == ".dcm" and not p.name.startswith(".") for p in files)
+    sent = {pydicom.dcmread(str(p)).SOPInstanceUID: p for p in paths}
+    for path in files:
+        ds = pydicom.dcmread(str(path))
+        assert ds.StudyInstanceUID == study
+        original = pydicom.dcmread(str(sent[ds.SOPInstanceUID]))
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert PATIENT_ID not in path.name and "SECRETNAME" not in path.name
+    assert rx.counts["instances"] == 12 and rx.counts["failed"] == 0
+    assert "12 instance(s) stored" in caplog.text and "SCANNER@127.0.0.1" in caplog.text
+    assert "SECRETNAME" not in caplog.text and PATIENT_ID not in caplog.text
+    assert all(uid not in caplog.text for uid in sent)  # UIDs are logged as hashes
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_jpeg_ls_lossless.dcm"])
+def test_compressed_transfer_syntaxes_arrive_as_sent(receiver, name):
+    source = pydicom_file(name)
+    syntax = str(pydicom.dcmread(str(source)).file_meta.TransferSyntaxUID)
+    if syntax not in accepted_transfer_syntaxes():
+        pytest.skip(f"no decoder for {name} here (the dicom-codecs extra)")
+    rx, inbox, _ = receiver()
+    assert send_with_pynetdicom(rx.port, [source]) == [0x0000]
+    (path,) = inbox_files(inbox)
+    ds = pydicom.dcmread(str(path))
+    assert str(ds.file_meta.TransferSyntaxUID) == syntax  # stored as sent, not re-encoded
+    reference = pydicom.dcmread(str(pydicom_file("MR_small.dcm"))).pixel_array
+    assert np.array_equal(ds.pixel_array, reference)
+
+
+def test_only_decodable_compressed_syntaxes_are_offered(monkeypatch, receiver, tmp_path):
+    from edge import dicom_compat
+
+    j2k = "1.2.840.10008.1.2.4.90"
+    real = dicom_compat.decoder_problem
+    monkeypatch.setattr(dicom_compat, "decoder_problem",
+                        lambda uid: "no decoder" if str(uid) == j2k else real(uid))
+    assert j2k not in accepted_transfer_syntaxes()
+    assert accepted_transfer_syntaxes()[:2] == ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+    rx, _, _ = receiver()
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", [j2k])
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", rx.port, ae_title="NEUROEDGE")
+    try:  # the sender learns at negotiation that it must send uncompressed
+        assert assoc.is_established
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [
+            "1.2.840.10008.1.2.1"]
+    finally:
+        assoc.release()
+
+
+def test_a_refused_caller_is_logged_with_its_ae_title(receiver, caplog):
+    caplog.set_level(logging.INFO)
+    rx, inbox, _ = receiver(allowed_calling_aets=("SCANNER",))
+    assert echo_with_pynetdicom(rx.port, calling="INTRUDER") == (False, None)
+    assert echo_with_pynetdicom(rx.port, calling="SCANNER") == (True, 0x0000)
+    refused = [r for r in caplog.records if "refused a DICOM association" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.WARNING
+    assert "INTRUDER@127.0.0.1" in refused[0].getMessage()
+    assert "allowed_calling_aets" in refused[0].getMessage()
+    assert rx.counts["refused"] == 1 and not inbox_files(inbox)
+
+
+def test_a_failed_store_is_not_acknowledged_and_says_who_sent_it(receiver, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    rx, inbox, received = receiver(min_free_mb=10 ** 9)  # no disk is that free
+    _, paths = make_study(tmp_path / "study", [0.5, 0.5])
+    assert send_with_pynetdicom(rx.port, paths) == [OUT_OF_RESOURCES] * 2
+    assert not inbox_files(inbox) and not received  # nothing half-written is left behind
+    failures = [r.getMessage() for r in caplog.records if "failed to store" in r.getMessage()]
+    assert len(failures) == 2 and all("SCANNER@127.0.0.1" in m for m in failures)
+    assert "min_free_mb" in failures[0] and "SECRETNAME" not in caplog.text
+    assert rx.counts["failed"] == 2
+
+
+def test_leftovers_of_an_interrupted_transfer_are_removed_at_start(receiver, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / ".neuroedge-0123456789abcdef.tmp").write_bytes(b"half an instance")
+    (inbox / ".someone-elses.tmp").write_bytes(b"not ours")
+    receiver()
+    assert sorted(p.name for p in inbox.iterdir()) == [".someone-elses.tmp"]
+
+
+def test_a_port_in_use_and_a_privileged_port_are_clear_errors(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        rx = DicomReceiver(NetworkConfig(dicom_port=port), inbox, lambda p: None)
+        with pytest.raises(ReceiverUnavailableError, match="in use by another program"):
+            rx.start()
+    if os.geteuid() != 0:
+        rx = DicomReceiver(NetworkConfig(dicom_port=104), inbox, lambda p: None)
+        with pytest.raises(ConfigError, match="CAP_NET_BIND_SERVICE"):
+            rx.start()
+    # a failed start leaves nothing patched: another receiver can start in this process
+    ok = DicomReceiver(NetworkConfig(dicom_port=free_port()), inbox, lambda p: None)
+    ok.start()
+    ok.stop()
+
+
+_CLIENT = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from network_helpers import send_with_pynetdicom
+from pathlib import Path
+print(send_with_pynetdicom(int(sys.argv[1]), [Path(sys.argv[2])]))
+"""
+
+
+def test_a_large_instance_is_streamed_to_disk_not_held_in_memory(receiver, tmp_path):
+    """40 MB arrive while the receiving process allocates a small fraction of that."""
+    big = make_dicom(tmp_path / "big.dcm", np.random.default_rng(0).integers(
+        0, 4000, (10, 1024, 2048), dtype=np.uint16), frames=10)
+    size = big.stat().st_size
+    assert size > 40e6
+    rx, inbox, _ = receiver()
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        run = subprocess.run([sys.executable, "-c", _CLIENT, str(rx.port), str(big),
+                              str(Path(__file__).parent)], capture_output=True, text=True,
+                             timeout=300)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert run.returncode == 0 and run.stdout.strip() == "[0]", run.stderr[-2000:]
+    (path,) = inbox_files(inbox)
+    assert path.stat().st_size >= size - 1000  # the whole instance (its meta may differ)
+    assert peak < size / 8, f"peak {peak / 1e6:.1f} MB traced for a {size / 1e6:.0f} MB instance"
+    assert time.monotonic() - t0 < 300
