@@ -154,6 +154,7 @@ class Agent:
                             "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
             else:
                 self._pause_failed_jobs()
+            self.network.finish(self.once)
             self._render_index()
             self.outbox.unlock()
         counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),

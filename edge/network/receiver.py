@@ -150,7 +150,7 @@ class DicomReceiver:
             if _spool_folder is not None:
                 raise ConfigError("a DICOM receiver is already running in this process")
             _spool_folder = self.inbox
-        self._sweep_spool(max_age=0.0)  # what a crash or power cut left half-received
+        sweep_spool(self.inbox, max_age=0.0)  # what a crash left half-received
         _config.LOG_HANDLER_LEVEL = "none"  # its standard logs carry UIDs and identifiers
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -339,28 +339,31 @@ class DicomReceiver:
         now = time.monotonic()
         if now - self._last_sweep >= _SWEEP_EVERY:
             self._last_sweep = now
-            self._sweep_spool(STALE_SPOOL_SECONDS)
+            sweep_spool(self.inbox, STALE_SPOOL_SECONDS)
 
-    def _sweep_spool(self, max_age: float) -> None:
-        """Delete temporary files of transfers that were given up (an aborted association, a
-        crash): ours only (``.neuroedge-*.tmp``), and only once unchanged for ``max_age``."""
-        removed = 0
-        now = time.time()
+
+def sweep_spool(inbox: Path, max_age: float) -> int:
+    """Delete temporary files of transfers that were given up (an aborted association, a
+    crash): ours only (``.neuroedge-*.tmp``), and only once unchanged for ``max_age``
+    seconds. None of them was acknowledged: their senders still have the instances."""
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(str(inbox)))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+            continue
         try:
-            entries = list(os.scandir(str(self.inbox)))
+            if now - entry.stat(follow_symlinks=False).st_mtime >= max_age:
+                os.unlink(entry.path)
+                removed += 1
         except OSError:
-            return
-        for entry in entries:
-            if not (entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
-                continue
-            try:
-                if now - entry.stat(follow_symlinks=False).st_mtime >= max_age:
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError:
-                continue
-        if removed:
-            fsync_dir(self.inbox)
-            log.warning("removed %d partly received instance(s) left in the inbox by an "
-                        "interrupted transfer (never acknowledged: the sender still has them)",
-                        removed)
+            continue
+    if removed:
+        fsync_dir(inbox)
+        log.warning("removed %d partly received instance(s) left in the inbox by an "
+                    "interrupted transfer (never acknowledged: the sender still has them)",
+                    removed)
+    return removed

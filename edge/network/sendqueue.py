@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, fields
@@ -158,6 +159,13 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     from pynetdicom import AE
 
     ds = pydicom.dcmread(str(path))
+    try:  # pynetdicom reports a refused connection as an aborted association: ask first
+        socket.create_connection((peer.host, peer.port), timeout=pacs.timeout).close()
+    except OSError as exc:
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (
+            exc.strerror or exc.__class__.__name__)
+        raise SendError(f"no connection to {peer} ({why}: the PACS is down or unreachable "
+                        "from here)") from None
     ae = AE(ae_title=network.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = pacs.timeout
     ae.connection_timeout = pacs.timeout

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ..config import AgentConfig
 from ..dicom import uid_hash
 from ..errors import ConfigError
-from .receiver import DicomReceiver
+from .receiver import DicomReceiver, sweep_spool
 from .sendqueue import Outgoing, Sender, SendQueue
 from .studies import StudyTracker
 from .verdict import Slice
@@ -28,6 +28,7 @@ class NetworkServices:
     def __init__(self, config: AgentConfig, inbox: Path, outbox: Path, labels: list[str],
                  on_received: Callable[[str], None]) -> None:
         self.config = config
+        self.inbox = inbox
         self.outbox = outbox
         self.receiver = (DicomReceiver(config.network, inbox, on_received)
                          if config.network.dicom_port else None)
@@ -54,6 +55,7 @@ class NetworkServices:
 
     def start(self, once: bool) -> None:
         self._started = True
+        sweep_spool(self.inbox, max_age=0.0)  # a receiver killed mid-transfer, even an old one
         if self.queue is not None:
             self.queue.open()
             waiting = len(self.queue.items())
@@ -80,14 +82,20 @@ class NetworkServices:
         """After the agent's last report: judge and send (``once``), or just stop."""
         if not self._started:  # the agent failed before (perhaps another one owns the outbox)
             return
-        if self.tracker is not None:
-            self.tracker.stop()
-            if once:
-                self.tracker.finish()
-        if self.sender is not None:
-            if once:
-                self.sender.send_due()
-            self.sender.stop(self.config.pacs.timeout + 5)
+        try:
+            if self.tracker is not None:
+                self.tracker.stop()
+                if once:
+                    self.tracker.finish()
+            if self.sender is not None:
+                if once:
+                    self.sender.send_due()
+        except Exception:  # noqa: BLE001 - what is pending stays on disk for the next run
+            log.exception("could not finish the study reports or SRs; they are resumed at the "
+                          "next start")
+        finally:
+            if self.sender is not None:
+                self.sender.stop(self.config.pacs.timeout + 5)
 
     def _on_judged(self, doc: dict[str, Any], slices: list[Slice]) -> None:
         """Queue the study's SR for the PACS (a replayed judgment is not queued twice)."""

@@ -1,0 +1,272 @@
+"""The agent on the network against independent DICOM software: dcmtk's echoscu and storescu
+play the scanner, its storescp the PACS, dsrdump reads the SR back.
+
+Each test runs the real ``edge-agent watch --dicom-port`` in a subprocess. dcmtk is a
+Debian package (``apt-get install -y dcmtk``, which ``.ci/run`` does); without it these
+tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from agent_helpers import REPO_ROOT, agent_env, fast_config, pydicom_file
+from network_helpers import PATIENT_ID, StoreSCP, dcmtk, free_port, make_study, wait_for
+
+pytest.importorskip("pynetdicom")
+
+GLIOMA_STUDY = [0.6] * 8 + [0.1] * 5 + [0.6] * 7  # 20 slices, 5 dark ones: glioma
+
+
+class Agent:
+    """``edge-agent watch`` in a subprocess, its log in a file (a pipe could fill up)."""
+
+    def __init__(self, tmp_path: Path, model: Path, config_text: str, port: int | None,
+                 name: str = "agent") -> None:
+        self.inbox, self.outbox = tmp_path / "inbox", tmp_path / "outbox"
+        self.inbox.mkdir(exist_ok=True)
+        self.log = tmp_path / f"{name}.log"
+        self.port = port
+        args = ["--config", str(fast_config(tmp_path, config_text)), "watch", str(self.inbox),
+                "--outbox", str(self.outbox), "--model", str(model)]
+        if port:
+            args += ["--dicom-port", str(port)]
+        self.args = args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Agent:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge", *self.args], stdout=log,
+                                         stderr=subprocess.STDOUT, env=agent_env(),
+                                         cwd=str(REPO_ROOT))
+        if self.port:
+            wait_for(lambda: "listening on" in self.text() or self.proc.poll() is not None, 60)
+            assert self.proc.poll() is None, self.text()[-3000:]
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.proc = None
+
+    def study(self, uid: str) -> dict | None:
+        path = self.outbox / "studies" / f"{uid}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+@pytest.fixture()
+def agents():
+    running: list[Agent] = []
+    yield running
+    for agent in running:
+        agent.stop()
+
+
+@pytest.fixture()
+def pacs_servers():
+    running: list[StoreSCP] = []
+    yield running
+    for server in running:
+        server.stop()
+
+
+def storescu(port: int, files: list[Path], *options: str, calling: str = "SCANNER"):
+    return subprocess.run(["storescu", "-aet", calling, "-aec", "NEUROEDGE", *options,
+                           "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, agents,
+                                                         pacs_servers):
+    dcmtk()
+    if not test_model.toy:
+        pytest.skip("needs the toy model's known answers")
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    pacs_servers.append(pacs)
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 2.0\n[pacs]\n"
+                  f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\n", port).start()
+    agents.append(agent)
+    echo = subprocess.run(["echoscu", "-aec", "NEUROEDGE", "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=60)
+    assert echo.returncode == 0, echo.stderr
+    uid, files = make_study(tmp_path / "scanner", GLIOMA_STUDY, series=2)
+    sent = storescu(port, files)
+    assert sent.returncode == 0, sent.stderr
+    (sr_file,) = wait_for(pacs.received, 90)
+    doc = agent.study(uid)
+    assert doc is not None and doc["verdict"] == "glioma", doc and doc["verdict_reason"]
+    assert doc["counts"]["instances"] == 20 and len(doc["series"]) == 2
+    sr = pydicom.dcmread(str(sr_file))
+    assert sr.StudyInstanceUID == uid and sr.Modality == "SR"
+    assert sr.SeriesInstanceUID not in {s["series_instance_uid"] for s in doc["series"]}
+    assert sr.PatientID == PATIENT_ID and sr.AccessionNumber == "ACC42"
+    dump = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0 and "W:" not in dump.stderr and "E:" not in dump.stderr
+    assert '"Verdict")="glioma"' in dump.stdout and "Comprehensive SR" in dump.stdout
+    assert dump.stdout.count("IMAGE:") == 6  # the most suspicious slices, referenced
+    time.sleep(3)  # nothing else arrives: one judgment, one SR
+    assert len(pacs.received()) == 1
+    assert agent.stop() == 0
+    log = agent.text()
+    assert "20 instance(s) stored" in log and "SCANNER@127.0.0.1" in log
+    assert "SECRETNAME" not in log and PATIENT_ID not in log and uid not in log
+
+
+@pytest.mark.slow
+def test_compressed_instances_from_storescu(tmp_path, test_model, agents):
+    dcmtk()
+    from edge.network.receiver import accepted_transfer_syntaxes
+
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, "[studies]\nenabled = false\n", port).start()
+    agents.append(agent)
+    cases = {"MR_small_jp2klossless.dcm": "-xv", "MR_small_jpeg_ls_lossless.dcm": "-xt",
+             "MR_small_RLE.dcm": "-xr"}
+    expected = set()
+    for name, option in cases.items():
+        source = pydicom_file(name)
+        syntax = str(pydicom.dcmread(str(source)).file_meta.TransferSyntaxUID)
+        if syntax not in accepted_transfer_syntaxes():
+            continue  # no decoder here: the receiver does not offer it
+        sent = storescu(port, [source], option)
+        assert sent.returncode == 0, f"{name}: {sent.stderr}"
+        expected.add(syntax)
+    if not expected:
+        pytest.skip("no compressed-DICOM decoder installed (the dicom-codecs extra)")
+    reports = wait_for(lambda: [json.loads(p.read_text()) for p in
+                                (agent.outbox / "reports").glob("*.json")]
+                       if len(list((agent.outbox / "reports").glob("*.json"))) == len(expected)
+                       else None, 60)
+    assert {r["dicom"]["transfer_syntax_uid"] for r in reports} == expected
+    assert all(r["prediction"]["label"] for r in reports)
+
+
+@pytest.mark.slow
+def test_a_caller_not_allowed_is_refused_and_logged(tmp_path, test_model, agents):
+    dcmtk()
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path,
+                  "[network]\nallowed_calling_aets = [\"SCANNER\"]\n", port).start()
+    agents.append(agent)
+    refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "NEUROEDGE", "127.0.0.1",
+                              str(port)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "Rejected" in refused.stderr
+    _, files = make_study(tmp_path / "scanner", [0.6])
+    assert storescu(port, files, calling="INTRUDER").returncode != 0
+    assert storescu(port, files, calling="SCANNER").returncode == 0
+    wait_for(lambda: list((agent.outbox / "reports").glob("*.json")), 60)
+    log = agent.text()
+    assert log.count("refused a DICOM association from INTRUDER@127.0.0.1") == 2
+    assert "allowed_calling_aets" in log
+
+
+@pytest.mark.slow
+def test_pacs_down_then_up_across_a_restart_the_sr_arrives_once(tmp_path, test_model, agents,
+                                                               pacs_servers):
+    dcmtk()
+    pacs_port, port = free_port(), free_port()
+    config = ("[studies]\nsettle_seconds = 0.5\n[pacs]\n"
+              f"send_to = \"PACS@127.0.0.1:{pacs_port}\"\nretry_initial = 0.5\n"
+              "retry_max = 1.0\ntimeout = 5.0\n")
+    first = Agent(tmp_path, test_model.path, config, port).start()
+    agents.append(first)
+    uid, files = make_study(tmp_path / "scanner", [0.6] * 5)
+    assert storescu(port, files).returncode == 0
+    queue = first.outbox / ".state" / "outgoing"
+
+    def attempts() -> int:
+        records = [json.loads(p.read_text()) for p in queue.glob("*.json")]
+        return records[0]["attempts"] if records else 0
+
+    wait_for(lambda: attempts() >= 3, 60)  # the PACS is down: retried, backing off
+    assert "no connection to PACS@127.0.0.1" in first.text()
+    assert first.stop() == 0
+    assert len(list(queue.glob("*.dcm"))) == 1  # still queued, on disk
+    pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
+    pacs_servers.append(pacs)
+    second = Agent(tmp_path, test_model.path, config, port, name="agent2").start()
+    agents.append(second)
+    (sr_file,) = wait_for(pacs.received, 60)
+    assert pydicom.dcmread(str(sr_file)).StudyInstanceUID == uid
+    wait_for(lambda: not list(queue.glob("*.json")), 30)
+    time.sleep(3)
+    assert len(pacs.received()) == 1
+    sent = [json.loads(line) for line in (queue / "sent.jsonl").read_text().splitlines()]
+    assert len(sent) == 1 and sent[0]["attempts"] >= 4
+    assert second.stop() == 0
+
+
+@pytest.mark.slow
+def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
+    """Every instance the sender saw acknowledged is processed once; none twice."""
+    import threading
+
+    from network_helpers import send_with_pynetdicom
+
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 0.5\n", port).start()
+    uid, files = make_study(tmp_path / "scanner", [0.6] * 60)
+    sop_of = {p: str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID)
+              for p in files}
+    acked: list[str] = []
+    done = threading.Event()
+
+    def record(path: Path, status: int) -> None:
+        if status == 0:
+            acked.append(sop_of[path])
+
+    def burst() -> None:
+        try:
+            send_with_pynetdicom(port, files, on_status=record)
+        except Exception:  # noqa: BLE001 - the receiver vanished mid-association
+            pass
+        done.set()
+
+    thread = threading.Thread(target=burst, daemon=True)
+    thread.start()
+    wait_for(lambda: len(acked) >= 20, 120, every=0.001)
+    agent.kill()  # mid-burst, mid-processing: no clean-up at all
+    assert done.wait(60)
+    assert 20 <= len(acked) < 60, len(acked)
+    restarted = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 0.5\n", None,
+                      name="after")
+    restarted.args.append("--once")
+    restarted.start()
+    assert restarted.proc is not None and restarted.proc.wait(120) == 0, restarted.text()[-3000:]
+    outbox = agent.outbox
+    reports = [json.loads(p.read_text()) for p in (outbox / "reports").glob("*.json")]
+    reported = [r["dicom"]["sop_instance_uid"] for r in reports]
+    assert set(acked) <= set(reported)
+    assert len(reported) == len(set(reported)), "an instance was reported twice"
+    archived = [str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID)
+                for p in (outbox / "archive").rglob("*.dcm")]
+    assert sorted(archived) == sorted(reported), "archive and reports disagree"
+    lines = [json.loads(line) for f in (outbox / "index").glob("*.jsonl")
+             for line in f.read_text().splitlines()]
+    assert len(lines) == len(reported) and {e["outcome"] for e in lines} == {"classified"}
+    assert not [p for p in agent.inbox.iterdir()], "left in the inbox"
+    assert not os.listdir(outbox / ".state" / "jobs")
+    doc = restarted.study(uid)
+    assert doc is not None and doc["counts"]["instances"] == len(reported)

@@ -1,0 +1,137 @@
+"""The SR send queue (edge.network.sendqueue) and the SR itself (edge.network.sr)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import pydicom
+import pytest
+
+from edge.network.sendqueue import Outgoing, Sender, SendError, SendQueue
+from edge.network.settings import NetworkConfig, PacsConfig, Peer
+from edge.network.sr import BASIC_TEXT_SR, COMPREHENSIVE_SR, build_sr, encode, series_uid
+from edge.network.verdict import Slice
+
+PEER = Peer("PACS", "127.0.0.1", 104)
+
+
+def item(key: str, group: str = "g1") -> Outgoing:
+    return Outgoing(key=key, study="abc", group=group, sop_class_uid=COMPREHENSIVE_SR,
+                    sop_instance_uid="1.2.3", created_at=f"2026-11-20T10:00:0{key[-1]}")
+
+
+class FakePacs:
+    """Fails while ``down``; records what it accepted."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.accepted: list[str] = []
+
+    def __call__(self, path, item, peer, network, pacs) -> int:
+        if self.down:
+            raise SendError(f"no connection to {peer} (PACS down, or unreachable from here)")
+        self.accepted.append(path.read_bytes().decode())
+        return 0
+
+
+def test_the_queue_survives_a_restart_and_never_holds_a_key_twice(tmp_path):
+    queue = SendQueue(tmp_path)
+    queue.open()
+    assert queue.enqueue(item("k1"), b"sr one")
+    assert not queue.enqueue(item("k1"), b"sr one again")  # a replayed judgment
+    (queue.folder / "orphan.dcm").write_bytes(b"a crash before its record")
+    again = SendQueue(tmp_path)
+    again.open()
+    assert [i.key for i in again.items()] == ["k1"]
+    assert not (again.folder / "orphan.dcm").exists()
+    assert again.path_of(again.items()[0]).read_bytes() == b"sr one"
+
+
+def test_a_newer_judgment_replaces_the_waiting_one(tmp_path):
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1"), b"revision 1")
+    queue.enqueue(item("k3", group="other"), b"another study")
+    queue.enqueue(item("k2"), b"revision 2")
+    assert [i.key for i in queue.items()] == ["k2", "k3"]
+    assert not (queue.folder / "k1.dcm").exists()
+
+
+def test_pacs_down_backs_off_then_delivers_once(tmp_path):
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1"), b"the SR")
+    pacs = FakePacs()
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
+    sender = Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+    waits = []
+    now = time.time()
+    for _ in range(5):  # each attempt when it is due, the clock moved on by hand
+        sender.send_due(now=now + 10 ** 6)
+        (record,) = queue.items()
+        waits.append(record.next_attempt - time.time())
+    assert [round(w / 10) for w in waits] == [1, 2, 4, 4, 4]  # 10, 20, 40, 40, 40 s +-10%
+    assert record.attempts == 5 and "PACS down" in record.last_error
+    assert sender.send_due() > 0 and pacs.accepted == []  # not due yet: not tried
+    pacs.down = False
+    restarted = Sender(SendQueue(tmp_path), PEER, NetworkConfig(), config, send=pacs)
+    restarted.send_due(now=now + 10 ** 6)
+    assert pacs.accepted == ["the SR"] and queue.items() == []
+    sent = [json.loads(line) for line in queue.sent_log.read_text().splitlines()]
+    assert [(s["key"], s["attempts"], s["to"]) for s in sent] == [("k1", 6, str(PEER))]
+    assert not queue.enqueue(item("k1"), b"the SR")  # sent already: never queued again
+    restarted.send_due(now=now + 10 ** 6)
+    assert pacs.accepted == ["the SR"]
+
+
+# --- the SR ----------------------------------------------------------------------------
+
+DOC = {"study_instance_uid": "1.2.3.4", "instances_hash": "ab" * 32, "revision": 2,
+       "notice": "NOT FOR CLINICAL USE.", "verdict": "glioma",
+       "verdict_reason": "4 of 10 slices ...",
+       "counts": {"instances": 10, "confident": 9, "tumour_slices": 4},
+       "probabilities": {"glioma": {"max": 0.99, "mean": 0.4},
+                         "notumor": {"max": 0.97, "mean": 0.55}},
+       "models": [{"name": "toy", "version": "1", "sha256": "f" * 64}],
+       "suspicious": [{"sop_instance_uid": "1.2.3.4.5.1", "label": "glioma"}]}
+SLICES = [Slice("a" * 64, "1.2.3.4.5.1", "1.2.3.4.5", None, "glioma", 0.99,
+                {"glioma": 0.99}, False, sop_class_uid="1.2.840.10008.5.1.4.1.1.4")]
+
+
+def header() -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID = "Doe^Jane", "PID-1", "1.2.3.4"
+    ds.AccessionNumber = "ACC1"
+    return ds
+
+
+@pytest.mark.parametrize("sr_type, sop_class, value_types", [
+    ("comprehensive", COMPREHENSIVE_SR, {"TEXT", "NUM", "IMAGE"}),
+    ("basic", BASIC_TEXT_SR, {"TEXT", "IMAGE"}),
+])
+def test_the_sr_is_a_new_series_of_the_same_study(sr_type, sop_class, value_types):
+    ds = build_sr(DOC, SLICES, header(), PacsConfig(sr_type=sr_type), predecessor="1.2.9")
+    back = pydicom.dcmread(io.BytesIO(encode(ds)))
+    assert back.SOPClassUID == sop_class and back.Modality == "SR"
+    assert back.StudyInstanceUID == "1.2.3.4" and back.SeriesInstanceUID == series_uid("1.2.3.4")
+    assert back.PatientID == "PID-1" and back.AccessionNumber == "ACC1"
+    assert back.InstanceNumber == 2 and back.VerificationFlag == "UNVERIFIED"
+    assert {item.ValueType for item in back.ContentSequence} == value_types
+    texts = {item.ConceptNameCodeSequence[0].CodeMeaning: item.get("TextValue")
+             for item in back.ContentSequence}
+    assert texts["Verdict"] == "glioma" and texts["Notice"].startswith("NOT FOR CLINICAL USE")
+    ref = back.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.9"
+    evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3.4.5.1"
+    again = build_sr(DOC, SLICES, header(), PacsConfig(sr_type=sr_type))
+    assert again.SOPInstanceUID == ds.SOPInstanceUID  # the same judgment, the same instance
+
+
+def test_an_sr_never_mixes_studies():
+    other = header()
+    other.StudyInstanceUID = "9.9.9"
+    with pytest.raises(ValueError, match="another study"):
+        build_sr(DOC, SLICES, other, PacsConfig())

@@ -1,0 +1,142 @@
+"""Study reports (edge.network.studies) from the agent's own per-slice reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from agent_helpers import gray_png, make_config, run_once
+from network_helpers import PATIENT_ID, make_study
+
+from edge.network.studies import StudyTracker, valid_uid
+
+# 4 of 10 slices dark (the toy model: glioma), the rest mid-grey (notumor)
+GLIOMA_STUDY = [0.6, 0.6, 0.6, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6]
+
+
+def study_doc(outbox: Path, uid: str) -> dict:
+    return json.loads((outbox / "studies" / f"{uid}.json").read_text())
+
+
+def test_a_study_copied_as_files_is_judged_whole_and_linked(folders, test_model, caplog):
+    if not test_model.toy:
+        pytest.skip("needs the toy model's known answers")
+    caplog.set_level(logging.DEBUG)
+    uid, _ = make_study(folders["inbox"], GLIOMA_STUDY, series=2)
+    gray_png(folders["inbox"] / "photo.png", 128)  # not DICOM: no study
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 600})
+    counts = run_once(config)  # --once judges at the end, however young the study
+    assert counts["classified"] == 11
+    outbox = folders["outbox"]
+    doc = study_doc(outbox, uid)
+    assert doc["schema"] == "neuroedge.study/1" and doc["revision"] == 1
+    assert doc["verdict"] == "glioma", doc["verdict_reason"]
+    assert doc["counts"]["instances"] == 10 and doc["counts"]["tumour_slices"] == 4
+    assert [s["instances"] for s in doc["series"]] == [5, 5]
+    assert len(doc["suspicious"]) == 6
+    assert {s["label"] for s in doc["suspicious"][:4]} == {"glioma"}
+    assert all(i["archived_as"].startswith("archive/") for i in doc["instances"])
+    page = (outbox / "studies" / f"{uid}.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "Verdict: glioma" in page
+    day_page = next((outbox / "index").glob("*.html")).read_text()
+    assert f"../studies/{uid}.html" in day_page
+    assert "studies/index.html" in (outbox / "index.html").read_text()
+    assert uid in (outbox / "studies" / "index.html").read_text()
+    written = "".join(p.read_text() for p in (outbox / "studies").iterdir())
+    assert "SECRETNAME" not in written and PATIENT_ID not in written
+    assert "SECRETNAME" not in caplog.text and uid not in caplog.text
+    assert list((outbox / "studies").iterdir()) and not list(
+        (outbox / ".state" / "studies").glob("1*.json"))  # nothing pending any more
+
+
+def test_more_instances_later_rejudge_the_study(folders, test_model):
+    if not test_model.toy:
+        pytest.skip("needs the toy model's known answers")
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    uid, _ = make_study(folders["inbox"] / "first", [0.6] * 5)
+    run_once(config)
+    first = study_doc(folders["outbox"], uid)
+    assert first["verdict"] == "notumor" and first["revision"] == 1
+    make_study(folders["inbox"] / "later", [0.1] * 4, study_uid=uid)
+    run_once(config)
+    second = study_doc(folders["outbox"], uid)
+    assert second["revision"] == 2 and second["counts"]["instances"] == 9
+    assert second["verdict"] == "glioma"
+    assert second["previous_instances_hash"] == first["instances_hash"]
+    assert not list((folders["outbox"] / "studies").glob(".neuroedge-*"))
+    run_once(config)  # nothing new: nothing re-judged
+    assert study_doc(folders["outbox"], uid)["revision"] == 2
+
+
+def test_a_replayed_judgment_keeps_its_revision(folders, test_model):
+    """A crash between writing the study report and forgetting the pending study."""
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    uid, _ = make_study(folders["inbox"], [0.6] * 4)
+    run_once(config)
+    outbox = folders["outbox"]
+    before = study_doc(outbox, uid)
+    members = {i["report"]: i["archived_as"] for i in before["instances"]}
+    (outbox / ".state" / "studies" / f"{uid}.json").write_text(json.dumps(
+        {"study": uid, "members": members, "changed_at": time.time() - 5}))
+    judged = []
+    tracker = StudyTracker(outbox, config.studies, ["glioma", "meningioma", "notumor",
+                                                    "pituitary"], {"review_threshold": 0.6},
+                           on_judged=lambda doc, slices: judged.append(doc))
+    tracker.open()
+    tracker.finish()
+    after = study_doc(outbox, uid)
+    assert after["revision"] == before["revision"] == 1
+    assert after["created_at"] == before["created_at"]
+    assert len(judged) == 1 and judged[0]["instances_hash"] == before["instances_hash"]
+
+
+def test_the_first_start_does_not_group_what_was_indexed_before(folders, test_model, caplog):
+    config = make_config(folders, test_model.path, studies={"enabled": False})
+    uid, _ = make_study(folders["inbox"], [0.6] * 4)
+    run_once(config)  # an agent from before study reports
+    assert not (folders["outbox"] / "studies").exists()
+    caplog.set_level(logging.INFO)
+    run_once(make_config(folders, test_model.path, studies={"settle_seconds": 0}))
+    assert "study tracking starts now" in caplog.text
+    assert not (folders["outbox"] / "studies" / f"{uid}.json").exists()
+
+
+def test_settling_and_hostile_study_uids(tmp_path):
+    outbox = tmp_path / "outbox"
+    (outbox / "index").mkdir(parents=True)
+    from edge.network.settings import StudiesConfig
+
+    tracker = StudyTracker(outbox, StudiesConfig(settle_seconds=60), ["a", "notumor"], {})
+    tracker.open()
+    line = {"outcome": "classified", "id": "a" * 64, "study": "1.2.3", "moved_to": "archive/x"}
+    bad = dict(line, id="b" * 64, study="../../etc/passwd")
+    torn = json.dumps(dict(line, id="c" * 64, study="1.2.4"))[:40]  # still being appended
+    (outbox / "index" / "2026-11-20.jsonl").write_text(
+        json.dumps(line) + "\n" + json.dumps(bad) + "\n" + torn)
+    assert tracker.poll() == 2
+    assert list(tracker._pending) == ["1.2.3"]
+    now = tracker._pending["1.2.3"]["changed_at"]
+    assert tracker.due(now + 59) == [] and tracker.due(now + 60) == ["1.2.3"]
+    assert (outbox / ".state" / "studies" / "1.2.3.json").is_file()
+    assert not valid_uid("1.2.3.") and not valid_uid("1" * 65) and valid_uid("1.2.840.10008")
+    restarted = StudyTracker(outbox, StudiesConfig(), ["a", "notumor"], {})
+    restarted.open()  # the pending study and the cursor survive
+    assert list(restarted._pending) == ["1.2.3"] and restarted.poll() == 0
+
+
+def test_archived_instances_keep_what_the_sr_needs(folders, test_model):
+    """The SR copies the patient and study attributes from an archived instance."""
+    from edge.network.sr import read_header
+
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    uid, _ = make_study(folders["inbox"], [0.6] * 3)
+    run_once(config)
+    doc = study_doc(folders["outbox"], uid)
+    header = read_header(folders["outbox"] / doc["instances"][0]["archived_as"])
+    assert header.PatientID == PATIENT_ID and header.StudyInstanceUID == uid
+    assert header.AccessionNumber == "ACC42" and "PixelData" not in header
+    assert isinstance(header, pydicom.Dataset)
