@@ -18,6 +18,8 @@
 #   /var/lib/neuroedge/outbox/             0750 neuroedge:neuroedge (staff in the group read reports)
 #   /var/lib/neuroedge/outbox/.state/      0700 neuroedge:neuroedge (the agent's journal and lock)
 #   /etc/systemd/system/edge-agent.service enabled, and (re)started unless --no-start
+#   /etc/systemd/system/edge-agent.service.d/dicom.conf   only with --dicom/--dicom-port:
+#                                          the DICOM receiver's port and the network it needs
 set -euo pipefail
 
 usage() {
@@ -43,6 +45,16 @@ Usage: deploy/install.sh [options]
   --no-venv         skip the virtual environment (an existing one is kept)
   --no-start        enable the service but do not (re)start it
   --no-systemctl    install the unit file but run no systemctl at all (images, containers)
+  --dicom           run the DICOM receiver on port 11112 (the usual unprivileged port) and
+                    give the agent the network it needs for it and for sending SRs to the
+                    PACS: writes the drop-in edge-agent.service.d/dicom.conf
+  --dicom-port PORT the same on PORT (1-65535; below 1024 the agent gets the one capability
+                    CAP_NET_BIND_SERVICE)
+  --dicom-allow ADDRS  who may talk to the agent, and whom it may reach (systemd's
+                    IPAddressAllow=; default "localhost link-local 10.0.0.0/8 172.16.0.0/12
+                    192.168.0.0/16 fc00::/7"); quote a list
+  --no-dicom        remove the DICOM drop-in: no receiver, no network (the default when
+                    never asked; an upgrade without these options keeps what is there)
   -h, --help        this help
 EOF
 }
@@ -56,17 +68,23 @@ MODEL="" WHEEL="" WHEELS="" PYTHON=python3 EXTRAS=edge
 PREFIX=/opt/neuroedge DATA=/var/lib/neuroedge SVC_USER=neuroedge
 DESTDIR=${DESTDIR:-}
 MANAGE_USER=1 MAKE_VENV=1 START=1 SYSTEMCTL=1
+DICOM_PORT="" DICOM_ALLOW="localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
+DEFAULT_DICOM_PORT=11112
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --model|--wheel|--wheels|--python|--extras|--prefix|--data|--user|--destdir)
+        --model|--wheel|--wheels|--python|--extras|--prefix|--data|--user|--destdir|\
+        --dicom-port|--dicom-allow)
             if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
             case $1 in
                 --model) MODEL=$2 ;; --wheel) WHEEL=$2 ;; --wheels) WHEELS=$2 ;;
                 --python) PYTHON=$2 ;; --extras) EXTRAS=$2 ;; --prefix) PREFIX=$2 ;;
                 --data) DATA=$2 ;; --user) SVC_USER=$2 ;; --destdir) DESTDIR=$2 ;;
+                --dicom-port) DICOM_PORT=$2 ;; --dicom-allow) DICOM_ALLOW=$2 ;;
             esac
             shift 2 ;;
+        --dicom) DICOM_PORT=${DICOM_PORT:-$DEFAULT_DICOM_PORT}; shift ;;
+        --no-dicom) DICOM_PORT=none; shift ;;
         --no-user) MANAGE_USER=0; shift ;;
         --no-venv) MAKE_VENV=0; shift ;;
         --no-start) START=0; shift ;;
@@ -80,6 +98,13 @@ case $PREFIX in /*) ;; *) die "--prefix must be an absolute path, got '$PREFIX'"
 case $DATA in /*) ;; *) die "--data must be an absolute path, got '$DATA'" ;; esac
 case $SVC_USER in *[!a-z0-9_-]*|"") die "--user must be a plain user name, got '$SVC_USER'" ;; esac
 [[ $EXTRAS =~ ^[a-z0-9,_-]+$ ]] || die "--extras must look like 'edge,dicom-codecs'"
+if [ -n "$DICOM_PORT" ] && [ "$DICOM_PORT" != none ]; then
+    [[ $DICOM_PORT =~ ^[0-9]{1,5}$ ]] && [ "$DICOM_PORT" -ge 1 ] && [ "$DICOM_PORT" -le 65535 ] \
+        || die "--dicom-port must be a port number from 1 to 65535 (usually $DEFAULT_DICOM_PORT), \
+got '$DICOM_PORT'"
+fi
+[[ $DICOM_ALLOW =~ ^[A-Za-z0-9.:/\ -]+$ ]] || die "--dicom-allow takes addresses, prefixes \
+(10.1.0.0/16) or the words localhost, link-local, multicast, any, separated by spaces"
 PREFIX=${PREFIX%/} DATA=${DATA%/}
 if [ -n "$DESTDIR" ]; then
     mkdir -p "$DESTDIR"
@@ -306,6 +331,30 @@ sed -e "s#/opt/neuroedge#$PREFIX#g" -e "s#/var/lib/neuroedge#$DATA#g" \
     -e "s#^User=neuroedge\$#User=$SVC_USER#" -e "s#^Group=neuroedge\$#Group=$SVC_USER#" \
     "$HERE/systemd/edge-agent.service" >"$TMP/edge-agent.service"
 put_file "$TMP/edge-agent.service" /etc/systemd/system/edge-agent.service 0644 "$ROOT_OWN"
+
+# The DICOM network drop-in: written with --dicom/--dicom-port, removed with --no-dicom,
+# left as it is otherwise (an upgrade keeps the receiver it had).
+DROPIN_DIR=/etc/systemd/system/edge-agent.service.d
+if [ "$DICOM_PORT" = none ]; then
+    if [ -e "$D$DROPIN_DIR/dicom.conf" ]; then
+        rm -f "$D$DROPIN_DIR/dicom.conf"
+        rmdir "$D$DROPIN_DIR" 2>/dev/null || true
+        say "removed $DROPIN_DIR/dicom.conf: no DICOM receiver, no network"
+    fi
+elif [ -n "$DICOM_PORT" ]; then
+    [ -f "$HERE/systemd/edge-agent-dicom.conf" ] || die "$HERE/systemd/edge-agent-dicom.conf \
+is missing"
+    make_dir "$DROPIN_DIR" 0755 "$ROOT_OWN"
+    sed -e "s#/opt/neuroedge#$PREFIX#g" -e "s#@PORT@#$DICOM_PORT#g" \
+        -e "s#@ALLOW@#$DICOM_ALLOW#g" "$HERE/systemd/edge-agent-dicom.conf" >"$TMP/dicom.conf"
+    if [ "$DICOM_PORT" -lt 1024 ]; then
+        printf '%s\n' "" \
+            "# Port $DICOM_PORT is below 1024: binding it needs this one capability, nothing else." \
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" \
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE" >>"$TMP/dicom.conf"
+    fi
+    put_file "$TMP/dicom.conf" "$DROPIN_DIR/dicom.conf" 0644 "$ROOT_OWN"
+fi
 
 if [ -n "$DESTDIR" ]; then
     say "staged into $DESTDIR (no user, owners or systemctl in a staging tree)"

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List
 
 from ..dicom import uid_hash
 from ..durable import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
@@ -46,7 +46,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 _POLL = 1.0  # seconds between two reads of the index
 
-OnJudged = Callable[[dict[str, Any], list[Slice]], None]
+OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
 
 
 def valid_uid(value: Any) -> bool:
