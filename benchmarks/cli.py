@@ -1,11 +1,12 @@
-"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|trust|soak|all]``: the
-suite's CLI.
+"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|trust|soak|network|all]``:
+the suite's CLI.
 
 Every subcommand prints Markdown tables (progress goes to stderr) and, with ``--json OUT``,
 writes every number it measured, with the machine and versions, to ``OUT``. ``--quick``
 shrinks repeats and file counts so that ``all --quick`` takes a few minutes on two cores.
 ``soak`` (kill -9 the agent at random moments, then check the books) measures reliability,
-not speed, and is not part of ``all``.
+not speed, and is not part of ``all``; nor is ``network`` (a study over DICOM, scanner to
+PACS; needs dcmtk).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from benchmarks.errors import BenchmarkError
 from benchmarks.report import machine_info, machine_markdown, table
 
 log = logging.getLogger("benchmarks")
-COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "trust", "soak", "all")
-NOT_IN_ALL = ("soak", "all")
+COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "trust", "soak",
+            "network", "all")
+NOT_IN_ALL = ("soak", "network", "all")
 TARGETS = {"int8_ms": 4.0, "int8_speedup": 2.5, "agent_overhead_pct": 15.0, "rss_mb": 120.0}
 
 
@@ -112,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--external", type=Path, metavar="DIR",
                        help="a folder of tumour images from another source, in a sub-folder "
                             "named tumour (e.g. ../shared/data/br35h-tumour)")
+    net = parser.add_argument_group("network (storescu -> edge-agent -> storescp; uses --model, "
+                                    "--data)")
+    net.add_argument("--slices", type=int, help="slices in the study (default 200; quick 40)")
+    net.add_argument("--network-runs", type=int, help="runs (default 3; quick 1)")
+    net.add_argument("--study-settle", type=float, default=2.0, metavar="S",
+                     help="[studies] settle_seconds for the runs (default %(default)s)")
     return parser
 
 
@@ -233,6 +241,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                                           args.rounds or (5 if args.quick else 20),
                                           args.burst or (15 if args.quick else 40), args.seed,
                                           work, args.max_kill_delay)
+        if "network" in wanted:
+            from benchmarks import network
+
+            result["network"] = network.measure(
+                args.model or _shipped(), args.slices or (40 if args.quick else 200),
+                args.network_runs or (1 if args.quick else 3), args.data, work,
+                args.study_settle)
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["load_average_at_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -281,6 +296,11 @@ def render(result: dict[str, Any]) -> str:
 
         sections += ["## Crash soak: kill -9 at random moments, then the books",
                      soak.markdown(result["soak"])]
+    if "network" in result:
+        from benchmarks import network
+
+        sections += ["## A study over the DICOM network, scanner to PACS",
+                     network.markdown(result["network"])]
     if result.get("targets"):
         sections += ["## Targets (issue 7)", targets_markdown(result["targets"])]
     sections.append(f"_Measured in {result['seconds']:.0f} s; load average at the end: "

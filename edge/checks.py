@@ -39,6 +39,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
     except EdgeError as exc:
         fail("model" if classifier is None else "runtime", str(exc))
     _check_codecs(ok)
+    _check_network(config, ok, fail)
     if config.paths.inbox:
         try:
             from .watch import resolve_folders
@@ -92,3 +93,25 @@ def _check_codecs(ok: Callable[[str, str], None]) -> None:
         detail += (f"; not decodable: {', '.join(missing)} (such files are quarantined; "
                    "`pip install 'neuroedge[dicom-codecs]'` adds them)")
     ok("dicom codecs", detail)
+
+
+def _check_network(config: AgentConfig, ok: Callable[[str, str], None],
+                   fail: Callable[[str, str], None]) -> None:
+    """The DICOM network (issue 15): pynetdicom present when the receiver or the PACS is
+    configured. The port itself is not tried: the running service holds it."""
+    net, pacs = config.network, config.pacs
+    if not net.dicom_port and not pacs.send_to:
+        ok("dicom network", "no receiver ([network] dicom_port = 0), no PACS ([pacs] send_to)")
+        return
+    try:
+        import pynetdicom
+    except ImportError:
+        fail("dicom network", "pynetdicom is not installed: pip install 'neuroedge[edge]'")
+        return
+    parts = []
+    if net.dicom_port:
+        callers = ", ".join(net.allowed_calling_aets) or "any caller"
+        parts.append(f"receiver {net.ae_title} on port {net.dicom_port} ({callers})")
+    if pacs.send_to:
+        parts.append(f"SRs ({pacs.sr_type}) to {pacs.peer}")
+    ok("dicom network", f"pynetdicom {pynetdicom.__version__}: {'; '.join(parts)}")

@@ -44,7 +44,7 @@ STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of 
                 "may be wrong, and must not be used to make decisions about a patient's care.")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
-_POLL = 1.0  # seconds between two reads of the index
+_POLL = 0.5  # seconds between two reads of the index (a study waits up to this on top)
 
 OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
 

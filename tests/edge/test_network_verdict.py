@@ -144,3 +144,25 @@ def test_peer_parsing() -> None:
     assert str(parse_peer(" PACS@10.0.0.5:104 ")) == "PACS@10.0.0.5:104"
     with pytest.raises(ValueError, match="AE title"):
         parse_peer("BAD\\AE@host:104")
+
+
+def test_once_with_a_dicom_port_is_a_usage_error(tmp_path) -> None:
+    from agent_helpers import run_agent
+
+    (tmp_path / "inbox").mkdir()
+    proc = run_agent(["watch", str(tmp_path / "inbox"), "--once", "--dicom-port", "11112"])
+    assert proc.returncode == 2 and "cannot be used with --once" in proc.stderr
+    assert not (tmp_path / "outbox").exists()
+
+
+def test_check_reports_the_dicom_network(tmp_path) -> None:
+    from agent_helpers import run_agent
+
+    pytest.importorskip("pynetdicom")
+    config = tmp_path / "c.toml"
+    config.write_text('[network]\ndicom_port = 11112\nallowed_calling_aets = ["MR1"]\n'
+                      '[pacs]\nsend_to = "PACS@10.0.0.5:104"\n')
+    proc = run_agent(["--config", str(config), "check"])
+    line = next(x for x in proc.stdout.splitlines() if "dicom network" in x)
+    assert line.startswith("ok") and "receiver NEUROEDGE on port 11112 (MR1)" in line
+    assert "SRs (comprehensive) to PACS@10.0.0.5:104" in line
