@@ -18,6 +18,7 @@ from ..dicom import uid_hash
 from ..errors import ConfigError
 from .receiver import DicomReceiver, sweep_spool
 from .sendqueue import Outgoing, Sender, SendQueue
+from .settings import StudiesConfig
 from .studies import StudyTracker
 from .verdict import Slice
 
@@ -33,13 +34,19 @@ class NetworkServices:
         self.receiver = (DicomReceiver(config.network, inbox, on_received)
                          if config.network.dicom_port else None)
         self.tracker: StudyTracker | None = None
-        if config.studies.enabled:
-            if config.studies.normal_label not in labels:
-                raise ConfigError(
-                    f"{config.source or 'config'}: [studies] normal_label "
-                    f"{config.studies.normal_label!r} is not one of the model's labels "
-                    f"({', '.join(labels)}); set it to the label that means \"no finding\", "
-                    "or turn study reports off with [studies] enabled = false")
+        studies = config.studies.enabled
+        if studies and config.studies.normal_label not in labels:
+            problem = (f"[studies] normal_label {config.studies.normal_label!r} is not one of "
+                       f"the model's labels ({', '.join(labels)})")
+            if config.studies.normal_label != StudiesConfig.normal_label or config.pacs.send_to:
+                raise ConfigError(f"{config.source or 'config'}: {problem}; set it to the "
+                                  "label that means \"no finding\", or turn study reports off "
+                                  "with [studies] enabled = false")
+            # the default label, and a model without it: an old config keeps working
+            log.warning("%s: study reports are off; set it to the label that means \"no "
+                        "finding\" to have them", problem)
+            studies = False
+        if studies:
             review = {"review_threshold": config.review.threshold,
                       "review_min_margin": config.review.min_margin}
             self.tracker = StudyTracker(outbox, config.studies, labels, review,

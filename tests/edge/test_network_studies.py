@@ -140,3 +140,24 @@ def test_archived_instances_keep_what_the_sr_needs(folders, test_model):
     assert header.PatientID == PATIENT_ID and header.StudyInstanceUID == uid
     assert header.AccessionNumber == "ACC42" and "PixelData" not in header
     assert isinstance(header, pydicom.Dataset)
+
+
+def test_a_model_without_the_normal_label(tmp_path, caplog):
+    from edge.config import config_from_dict
+    from edge.errors import ConfigError
+    from edge.network.services import NetworkServices
+
+    labels = ["tumour", "no_tumour"]
+    caplog.set_level(logging.WARNING)
+    default = NetworkServices(config_from_dict({}), tmp_path, tmp_path, labels, print)
+    assert default.tracker is None  # an old config with another model keeps working
+    assert "study reports are off" in caplog.text
+    with pytest.raises(ConfigError, match="not one of the model's labels"):
+        NetworkServices(config_from_dict({"studies": {"normal_label": "healthy"}}), tmp_path,
+                        tmp_path, labels, print)
+    chosen = config_from_dict({"studies": {"normal_label": "no_tumour"}})
+    assert NetworkServices(chosen, tmp_path, tmp_path, labels, print).tracker is not None
+    with pytest.raises(ConfigError, match="send_to needs study reports"):
+        NetworkServices(config_from_dict({"studies": {"enabled": False},
+                                          "pacs": {"send_to": "P@h:104"}}), tmp_path,
+                        tmp_path, labels, print)
