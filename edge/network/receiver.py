@@ -283,8 +283,8 @@ class DicomReceiver:
         try:
             spooled = Path(event.dataset_path)
             size = spooled.stat().st_size
-            free = shutil.disk_usage(str(self.inbox)).free
-            if free - size < self.config.min_free_mb * 1e6:
+            free = shutil.disk_usage(str(self.inbox)).free  # the instance is in already
+            if free < self.config.min_free_mb * 1e6:
                 self._failed(event, "failed to store instance %s from %s: only %d MB free in "
                              "the inbox's filesystem ([network] min_free_mb = %d); the sender "
                              "was told to retry", tag, caller, free // 1000000,
