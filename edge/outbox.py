@@ -160,7 +160,9 @@ class Outbox:
     def remove_temp_files(self) -> int:
         removed = 0
         for folder in (self.reports, self.quarantine, self.jobs, self.claimed, self.root,
-                       self.root / "index"):
+                       self.root / "index",
+                       # issue 15: study reports, their state, the SR send queue
+                       self.root / "studies", self.state / "studies", self.state / "outgoing"):
             removed += remove_stale_temp_files(folder)
         if self.archive.is_dir():
             for day in self.archive.iterdir():

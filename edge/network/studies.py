@@ -76,6 +76,7 @@ class StudyTracker:
         self.state = outbox / ".state" / "studies"
         self.counts = {"judged": 0}
         self._offsets: dict[str, int] = {}
+        self._tails: dict[str, str] = {}  # hex of the bytes just before each offset
         self._pending: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,6 +92,9 @@ class StudyTracker:
         if isinstance(cursor, dict) and isinstance(cursor.get("offsets"), dict):
             self._offsets = {k: int(v) for k, v in cursor["offsets"].items()
                              if _DAY_FILE.match(k) and isinstance(v, int)}
+            tails = cursor.get("tails")
+            self._tails = {k: v for k, v in tails.items() if k in self._offsets and isinstance(
+                v, str)} if isinstance(tails, dict) else {}
         else:  # first start with studies: begin at the end of what is already indexed
             self._offsets = {name: size for name, size in self._index_sizes().items()}
             if self._offsets:
@@ -153,11 +157,16 @@ class StudyTracker:
         lines = 0
         for name, size in sorted(self._index_sizes().items()):
             offset = self._offsets.get(name, 0)
-            if size < offset:  # cut by start-up's repair of a torn line: re-read from there
-                offset = size
+            if size < offset:  # lines cut back (a failed append): read the day again
+                offset = 0
             if size == offset:
                 continue
             with open(str(self.outbox / "index" / name), "rb") as handle:
+                if offset:  # still the lines we read? (cut back and appended again since)
+                    tail = bytes.fromhex(self._tails.get(name, "")) or b"\n"
+                    handle.seek(offset - len(tail))
+                    if handle.read(len(tail)) != tail:
+                        offset = 0  # read the day again: instances are a set, none doubles
                 handle.seek(offset)
                 data = handle.read(size - offset)
             end = data.rfind(b"\n") + 1  # a line still being appended waits for next time
@@ -165,6 +174,8 @@ class StudyTracker:
                 lines += 1
                 self._note(raw, changed)
             self._offsets[name] = offset + end
+            if end:
+                self._tails[name] = data[max(0, end - 64):end].hex()
         now = time.time()
         for uid in changed:
             self._pending[uid]["changed_at"] = now
@@ -193,7 +204,8 @@ class StudyTracker:
 
     def _save_cursor(self) -> None:
         # Not fsynced: a lost update only makes the next start re-read lines (idempotent).
-        write_json_atomic(self.state / "cursor.json", {"offsets": self._offsets}, durable=False)
+        write_json_atomic(self.state / "cursor.json",
+                          {"offsets": self._offsets, "tails": self._tails}, durable=False)
 
     def due(self, now: float | None = None) -> list[str]:
         """Pending studies quiet for ``settle_seconds``, oldest first."""

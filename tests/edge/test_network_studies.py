@@ -161,3 +161,25 @@ def test_a_model_without_the_normal_label(tmp_path, caplog):
         NetworkServices(config_from_dict({"studies": {"enabled": False},
                                           "pacs": {"send_to": "P@h:104"}}), tmp_path,
                         tmp_path, labels, print)
+
+
+def test_an_index_cut_back_and_appended_again_is_reread(tmp_path):
+    """A failed append is cut back (issue 14); if lines are appended again before the next
+    poll, reading on from the old offset would start mid-line and miss one."""
+    from edge.network.settings import StudiesConfig
+
+    outbox = tmp_path / "outbox"
+    (outbox / "index").mkdir(parents=True)
+    tracker = StudyTracker(outbox, StudiesConfig(), ["a", "notumor"], {})
+    tracker.open()
+    day = outbox / "index" / "2026-11-20.jsonl"
+
+    def line(n: int) -> str:
+        return json.dumps({"outcome": "classified", "id": f"{n:064x}", "study": "1.2.3",
+                           "moved_to": f"archive/{n}"}) + "\n"
+
+    day.write_text(line(1) + line(2))
+    assert tracker.poll() == 2
+    day.write_text(line(1) + line(3) + line(4))  # line 2 cut back, two others appended
+    tracker.poll()
+    assert sorted(tracker._pending["1.2.3"]["members"]) == [f"{n:064x}" for n in (1, 2, 3, 4)]
