@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from agent_helpers import REPO_ROOT, agent_env, fast_config, pydicom_file
+from agent_helpers import REPO_ROOT, agent_env, fast_config, pydicom_file, run_agent
 from network_helpers import PATIENT_ID, StoreSCP, dcmtk, free_port, make_study, wait_for
 
 pytest.importorskip("pynetdicom")
@@ -270,3 +270,7 @@ def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
     assert not os.listdir(outbox / ".state" / "jobs")
     doc = restarted.study(uid)
     assert doc is not None and doc["counts"]["instances"] == len(reported)
+    assert not list(outbox.rglob(".neuroedge-*"))
+    checked = run_agent(["fsck", str(outbox), "--dry-run", "--deep"])  # the invariant holds
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 problem(s), 0 repaired, 0 pending" in checked.stdout
