@@ -243,17 +243,17 @@ class DicomReceiver:
         log.debug("association from %s accepted", self._caller(event))
 
     def _on_rejected(self, event: Any) -> None:
-        requestor = event.assoc.requestor
-        allowed = self.config.allowed_calling_aets
-        if allowed and str(requestor.ae_title).strip() not in allowed:
-            why = ("its calling AE title is not in [network] allowed_calling_aets "
-                   f"({', '.join(allowed)})")
-        elif len([a for a in event.assoc.ae.active_associations if a.is_acceptor]) > \
-                self.config.max_associations:
-            why = (f"[network] max_associations ({self.config.max_associations}) are already "
-                   "open; the sender should retry later")
-        else:
-            why = "the association request was not acceptable"
+        # Why, from the A-ASSOCIATE-RJ that was sent (source, diagnostic): PS3.8 9.3.4.
+        reject = getattr(event.assoc.acceptor, "primitive", None)
+        code = (getattr(reject, "result_source", None), getattr(reject, "diagnostic", None))
+        allowed = ", ".join(self.config.allowed_calling_aets)
+        why = {(1, 3): f"its calling AE title is not in [network] allowed_calling_aets "
+                       f"({allowed})",
+               (3, 2): f"[network] max_associations ({self.config.max_associations}) are "
+                       "already open; the sender should retry later",
+               (1, 7): "it called another AE title"}.get(
+            code, f"the association request was not acceptable (source {code[0]}, "
+                  f"reason {code[1]})")
         with self._lock:
             self.counts["refused"] += 1
         log.warning("refused a DICOM association from %s: %s", self._caller(event), why)
