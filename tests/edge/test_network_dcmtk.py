@@ -126,7 +126,14 @@ def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, 
     assert dump.returncode == 0 and "W:" not in dump.stderr and "E:" not in dump.stderr
     assert '"Verdict")="glioma"' in dump.stdout and "Comprehensive SR" in dump.stdout
     assert dump.stdout.count("IMAGE:") == 6  # the most suspicious slices, referenced
-    time.sleep(3)  # nothing else arrives: one judgment, one SR
+    # Other storage classes are received too, and refused with their reason, not classified
+    others = storescu(port, [pydicom_file("CT_small.dcm"), pydicom_file("test-SR.dcm")])
+    assert others.returncode == 0, others.stderr
+    reasons = wait_for(lambda: sorted(json.loads(p.read_text())["reason"] for p in (
+        agent.outbox / "quarantine").glob("*.reason.json")) or None, 60)
+    assert len(reasons) == 2 and "Modality is CT" in " ".join(reasons)
+    assert "no pixel data" in " ".join(reasons)
+    time.sleep(3)  # nothing else arrives at the PACS: one judgment, one SR
     assert len(pacs.received()) == 1
     assert agent.stop() == 0
     log = agent.text()
