@@ -14,20 +14,28 @@ from typing import Any
 
 from ..pages import _page, esc
 
-_IMAGE = re.compile(r'<img\b[^>]*\bsrc="(data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)"')
+_IMG_TAG = re.compile(r"<img\b[^>]*>")
+_SRC = re.compile(r'\bsrc="(data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)"')
+_ALT = re.compile(r'\balt="([^"<>]{0,120})"')
 _MAX_PICTURES = 2  # per slice: the model input, and a heat-map where the report has one
 _EXTRA_STYLE = ("<style>.slices{display:flex;flex-wrap:wrap;gap:1rem}.slice{width:232px}"
                 ".slice img{width:224px;height:224px;image-rendering:pixelated;"
                 "border:1px solid #999}</style>")
 
 
-def slice_pictures(outbox: Path, report_id: str) -> list[str]:
-    """The data URIs of the pictures on a slice's report page (none if it has no page)."""
+def slice_pictures(outbox: Path, report_id: str) -> list[tuple[str, str]]:
+    """``(alt text, data URI)`` of the pictures on a slice's report page: the model's input
+    and, where the report has one, its heat-map (none if the slice has no page)."""
     try:
         text = (outbox / "reports" / f"{report_id}.html").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []
-    return _IMAGE.findall(text)[:_MAX_PICTURES]
+    pictures = []
+    for tag in _IMG_TAG.findall(text):
+        src, alt = _SRC.search(tag), _ALT.search(tag)
+        if src:
+            pictures.append((alt.group(1) if alt else "slice picture", src.group(1)))
+    return pictures[:_MAX_PICTURES]
 
 
 def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
@@ -55,8 +63,8 @@ def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
     if doc["suspicious"]:
         cards = []
         for s in doc["suspicious"]:
-            pictures = "".join(f"<img alt=\"slice picture\" src=\"{uri}\">"
-                               for uri in slice_pictures(outbox, s["report"]))
+            pictures = "".join(f"<img alt=\"{esc(alt)}\" title=\"{esc(alt)}\" src=\"{uri}\">"
+                               for alt, uri in slice_pictures(outbox, s["report"]))
             flag = " (needs review)" if s["needs_review"] else ""
             normal = esc(doc["rule"]["normal_label"])
             cards.append(f"<div class=\"slice\">{pictures}<br><a href=\"../reports/"

@@ -13,6 +13,7 @@ from agent_helpers import gray_png, make_config, run_once
 from network_helpers import PATIENT_ID, make_study
 
 from edge.network.studies import StudyTracker, valid_uid
+from edge.network.study_pages import slice_pictures
 
 # 4 of 10 slices dark (the toy model: glioma), the rest mid-grey (notumor)
 GLIOMA_STUDY = [0.6, 0.6, 0.6, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6]
@@ -41,7 +42,12 @@ def test_a_study_copied_as_files_is_judged_whole_and_linked(folders, test_model,
     assert {s["label"] for s in doc["suspicious"][:4]} == {"glioma"}
     assert all(i["archived_as"].startswith("archive/") for i in doc["instances"])
     page = (outbox / "studies" / f"{uid}.html").read_text()
-    assert page.count("data:image/png;base64,") == 6 and "Verdict: glioma" in page
+    assert "Verdict: glioma" in page
+    pictures = [slice_pictures(outbox, s["report"]) for s in doc["suspicious"]]
+    assert all(alts[0][0] == "model input" for alts in pictures)  # each slice's own picture
+    assert page.count("data:image/png;base64,") == sum(len(p) for p in pictures)
+    for alts in pictures:  # and its heat-map, where the slice report has one
+        assert all(uri in page for _, uri in alts)
     day_page = next((outbox / "index").glob("*.html")).read_text()
     assert f"../studies/{uid}.html" in day_page
     assert "studies/index.html" in (outbox / "index.html").read_text()
