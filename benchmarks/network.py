@@ -39,6 +39,27 @@ log = logging.getLogger(__name__)
 TOOLS = ("storescu", "storescp", "echoscu")
 
 
+def dcmtk(tool: str) -> str | None:
+    """The path of dcmtk's ``tool``, or None. Not simply the first on ``PATH``: pynetdicom
+    installs Python scripts with the same names (storescu, storescp, echoscu) into the
+    virtual environment, which comes first on ``PATH`` once it is activated, and a test
+    against an independent DICOM implementation must not end up talking to our own
+    library. dcmtk's tools are compiled programs: the first executable found on ``PATH``
+    (then /usr/bin) that starts with the ELF signature is dcmtk's."""
+    folders = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]
+    for folder in folders:
+        path = os.path.join(folder, tool)
+        if not (folder and os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    return path
+        except OSError:
+            continue
+    return None
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -109,7 +130,8 @@ def one_run(model: str, study_dir: Path, study_uid: str, slices: int, work: Path
                       f"settle_seconds = {settle}\n[pacs]\n"
                       f"send_to = \"PACS@127.0.0.1:{pacs_port}\"\n")
     agent_log = open(work / "agent.log", "wb")
-    pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
+    storescp, echoscu, storescu = (str(dcmtk(t)) for t in ("storescp", "echoscu", "storescu"))
+    pacs = subprocess.Popen([storescp, "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     agent = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "watch",
@@ -121,14 +143,14 @@ def one_run(model: str, study_dir: Path, study_uid: str, slices: int, work: Path
             if agent.poll() is not None:
                 tail = (work / "agent.log").read_text()[-800:]
                 raise BenchmarkError(f"the agent stopped: {tail}")
-            return subprocess.run(["echoscu", "-aec", "NEUROEDGE", "127.0.0.1", str(agent_port)],
+            return subprocess.run([echoscu, "-aec", "NEUROEDGE", "127.0.0.1", str(agent_port)],
                                   capture_output=True).returncode == 0
         _wait(listening, 120, "the agent's receiver", every=0.2)
         files = sorted(str(p) for p in study_dir.glob("*.dcm"))
         reports = outbox / "reports"
         study_json = outbox / "studies" / f"{study_uid}.json"
         t0 = time.monotonic()
-        sent = subprocess.run(["storescu", "-aec", "NEUROEDGE", "127.0.0.1", str(agent_port),
+        sent = subprocess.run([storescu, "-aec", "NEUROEDGE", "127.0.0.1", str(agent_port),
                                *files], capture_output=True, text=True, timeout=600)
         t_received = time.monotonic()
         if sent.returncode != 0:
@@ -155,7 +177,7 @@ def one_run(model: str, study_dir: Path, study_uid: str, slices: int, work: Path
 
 def measure(model: str, slices: int, runs: int, data_dir: Path | None, work: Path,
             settle: float) -> dict[str, Any]:
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing = [t for t in TOOLS if dcmtk(t) is None]
     if missing:
         raise BenchmarkError(f"dcmtk is not installed ({', '.join(missing)} missing): "
                              "apt-get install -y dcmtk")

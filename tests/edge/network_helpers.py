@@ -3,7 +3,6 @@ pynetdicom clients (a module of its own, like agent_helpers)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +14,8 @@ import numpy as np
 import pytest
 from agent_helpers import make_dicom
 
+from benchmarks.network import dcmtk as dcmtk_path
+
 DCMTK_TOOLS = ("echoscu", "storescu", "storescp", "dsrdump")
 PATIENT_NAME, PATIENT_ID = "SECRETNAME^JANE", "MRN-5551234"
 
@@ -25,9 +26,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tool(name: str) -> str:
+    """dcmtk's program ``name`` (never pynetdicom's script of the same name)."""
+    path = dcmtk_path(name)
+    if path is None:
+        pytest.skip(f"dcmtk's {name} is not installed: apt-get install -y dcmtk")
+    return path
+
+
 def dcmtk() -> None:
     """Skip, with the reason, where dcmtk's tools are not installed."""
-    missing = [tool for tool in DCMTK_TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in DCMTK_TOOLS if dcmtk_path(tool) is None]
     if missing:
         pytest.skip(f"dcmtk is not installed ({', '.join(missing)} missing): "
                     "apt-get install -y dcmtk (.ci/run installs it when it can)")
@@ -117,12 +126,12 @@ class StoreSCP:
 
     def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", self.aet, "-od", str(self.folder),
+        self.proc = subprocess.Popen([tool("storescp"), "-aet", self.aet, "-od", str(self.folder),
                                       str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # listening once echoscu gets through
-            if subprocess.run(["echoscu", "-aec", self.aet, "127.0.0.1", str(self.port)],
+            if subprocess.run([tool("echoscu"), "-aec", self.aet, "127.0.0.1", str(self.port)],
                               capture_output=True).returncode == 0:
                 return self
             time.sleep(0.1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from agent_helpers import REPO_ROOT, agent_env, fast_config, pydicom_file, run_agent
-from network_helpers import PATIENT_ID, StoreSCP, dcmtk, free_port, make_study, wait_for
+from network_helpers import PATIENT_ID, StoreSCP, dcmtk, free_port, make_study, tool, wait_for
 
 pytest.importorskip("pynetdicom")
 
@@ -92,7 +92,7 @@ def pacs_servers():
 
 
 def storescu(port: int, files: list[Path], *options: str, calling: str = "SCANNER"):
-    return subprocess.run(["storescu", "-aet", calling, "-aec", "NEUROEDGE", *options,
+    return subprocess.run([tool("storescu"), "-aet", calling, "-aec", "NEUROEDGE", *options,
                            "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=120)
 
@@ -108,7 +108,7 @@ def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, 
     agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 2.0\n[pacs]\n"
                   f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\n", port).start()
     agents.append(agent)
-    echo = subprocess.run(["echoscu", "-aec", "NEUROEDGE", "127.0.0.1", str(port)],
+    echo = subprocess.run([tool("echoscu"), "-aec", "NEUROEDGE", "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=60)
     assert echo.returncode == 0, echo.stderr
     uid, files = make_study(tmp_path / "scanner", GLIOMA_STUDY, series=2)
@@ -122,7 +122,8 @@ def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, 
     assert sr.StudyInstanceUID == uid and sr.Modality == "SR"
     assert sr.SeriesInstanceUID not in {s["series_instance_uid"] for s in doc["series"]}
     assert sr.PatientID == PATIENT_ID and sr.AccessionNumber == "ACC42"
-    dump = subprocess.run(["dsrdump", str(sr_file)], capture_output=True, text=True, timeout=60)
+    dump = subprocess.run([tool("dsrdump"), str(sr_file)], capture_output=True, text=True,
+                          timeout=60)
     assert dump.returncode == 0 and "W:" not in dump.stderr and "E:" not in dump.stderr
     assert '"Verdict")="glioma"' in dump.stdout and "Comprehensive SR" in dump.stdout
     assert dump.stdout.count("IMAGE:") == 6  # the most suspicious slices, referenced
@@ -178,7 +179,7 @@ def test_a_caller_not_allowed_is_refused_and_logged(tmp_path, test_model, agents
     agent = Agent(tmp_path, test_model.path,
                   "[network]\nallowed_calling_aets = [\"SCANNER\"]\n", port).start()
     agents.append(agent)
-    refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "NEUROEDGE", "127.0.0.1",
+    refused = subprocess.run([tool("echoscu"), "-aet", "INTRUDER", "-aec", "NEUROEDGE", "127.0.0.1",
                               str(port)], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "Rejected" in refused.stderr
     _, files = make_study(tmp_path / "scanner", [0.6])
