@@ -121,6 +121,17 @@ def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
     return function
 
 
+def _external_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--no-external", is_flag=True,
+        help="Skip the external check (by default ../shared/data/br35h-tumour when present).")(
+        function)
+    return click.option(
+        "--external", multiple=True, type=click.Path(), metavar="DIR",
+        help="External check folder: DIR/<label>/ or DIR/tumour/ (any tumour class is right). "
+             "Repeatable; default ../shared/data/br35h-tumour when present.")(function)
+
+
 _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "distribute",
               "time_limit"}
 
@@ -220,17 +231,22 @@ def train(ctx: click.Context, **opts: Any) -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 @click.option("--no-cache", is_flag=True)
+@_external_options
 @click.pass_context
 @_user_errors
 def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | None,
              out: str | None, limit: int | None, batch_size: int, cache_dir: str | None,
-             no_cache: bool) -> None:
-    """Score RUN's model on the Testing split: official and deduplicated, side by side."""
+             no_cache: bool, external: tuple[str, ...], no_external: bool) -> None:
+    """Score RUN's model on the Testing split: official and deduplicated, side by side, and
+    on external folders (default ../shared/data/br35h-tumour when present)."""
     from trainer.evaluate import evaluate_run
 
+    if external and no_external:
+        raise OptionError("--external and --no-external contradict each other; give one")
     result = evaluate_run(run, data, dedup_list=dedup_list, out_dir=out, limit=limit,
                           batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
-                          progress=not ctx.obj["quiet"])
+                          progress=not ctx.obj["quiet"], external=external,
+                          default_external=not no_external)
     click.echo(result["table_markdown"])
     click.echo(f"written to {result['out_dir']}")
 
