@@ -1,5 +1,5 @@
 """``python -m trainer``: train, evaluate, summary, pack, unpack, throughput, audit-leakage,
-diagnose.
+audit-shortcuts, diagnose.
 
 Heavy imports (Keras, TensorFlow, matplotlib) happen inside each command, so ``--help``
 answers at once. A user mistake (missing data, wrong option, missing weights) prints one
@@ -402,6 +402,38 @@ def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> No
     for key, value in (result or {}).items():
         if isinstance(value, (int, float, str)):
             click.echo(f"  {key}: {value}")
+
+
+@main.command("audit-shortcuts")
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--external", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also measure this folder's pictures (DIR/<folder>/*) and report what "
+                   "property-only classifiers call them. Repeatable; default "
+                   "../shared/data/br35h-tumour when present.")
+@click.option("--no-external", is_flag=True, help="Skip the external folders.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (default runs/shortcut-audit/<data folder name>).")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Cross-validation folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_user_errors
+def audit_shortcuts(data_dir: str, external: tuple[str, ...], no_external: bool,
+                    out: str | None, folds: int, seed: int) -> None:
+    """How well size, border, intensity and JPEG properties alone predict the class."""
+    from trainer.external import default_external_dirs
+    from trainer.shortcuts import audit_shortcuts as run_audit
+    from trainer.shortcuts import default_out, write_audit
+
+    if external and no_external:
+        raise OptionError("--external and --no-external contradict each other; give one")
+    dirs = list(external) or ([] if no_external else [str(d) for d in default_external_dirs()])
+    record, tables = run_audit(data_dir, dirs, folds=folds, seed=seed)
+    out_dir = Path(out) if out else default_out(data_dir)
+    write_audit(out_dir, record, tables)
+    from trainer.shortcuts import report_markdown
+
+    click.echo(report_markdown(record))
+    click.echo(f"written to {out_dir}")
 
 
 @main.command()
