@@ -12,7 +12,8 @@ pictures differently. This audit measures the risk before any network is trained
    sharpness and the head's shape: a non-square original comes out stretched;
 2. per split, cross-validated classifiers on those properties alone (multinomial logistic
    regression and k-nearest neighbours, plain numpy), overall, per class and per property
-   group, and for "no tumour vs tumour"; chance is the largest class's share;
+   group (and the "visible" ones: those that survive the device's preprocessing), and for
+   "no tumour vs tumour"; chance is the largest class's share;
 3. per folder (split/class and external folders), the typical value of each property;
 4. for each external folder, what a property-only classifier fitted on each split calls
    its pictures: if it calls Br35H tumour pictures "notumor", so may a network.
@@ -46,6 +47,9 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "model_input": ("sharpness", "head_aspect", "head_fill"),
 }
 FEATURES = tuple(name for group in FEATURE_GROUPS.values() for name in group)
+# What survives the device's preprocessing (resize to 224x224, grey to RGB): size, file and
+# storage properties do not reach the network; these do.
+VISIBLE = FEATURE_GROUPS["border"] + FEATURE_GROUPS["intensity"] + FEATURE_GROUPS["model_input"]
 # The IJG standard luminance quantization table (quality 50), for the quality estimate.
 _STD_LUMA_SUM = sum((16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16,
                      24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109,
@@ -306,7 +310,7 @@ def audit_split(table: FeatureTable, names: list[str], folds: int = 5,
                                            / len(y)) if negative is not None else None),
         "groups": {},
     }
-    for group, columns in [("all", FEATURES), *FEATURE_GROUPS.items()]:
+    for group, columns in [("all", FEATURES), ("visible", VISIBLE), *FEATURE_GROUPS.items()]:
         idx = [FEATURES.index(c) for c in columns]
         probs = cross_validate(table.features[:, idx], y, len(names), folds, seed)
         result["groups"][group] = {clf: _scores(y, p, names, negative)
@@ -330,17 +334,19 @@ def folder_summary(tables: Sequence[FeatureTable]) -> dict[str, dict[str, float]
     return summary
 
 
-def external_calls(reference: FeatureTable, external: FeatureTable,
-                   names: list[str]) -> dict[str, Any]:
+def external_calls(reference: FeatureTable, external: FeatureTable, names: list[str],
+                   columns: Sequence[str] = FEATURES, group: str = "all") -> dict[str, Any]:
     """What property-only classifiers fitted on ``reference`` call the external pictures."""
-    xt, xe = _standardize(reference.features, external.features)
+    idx = [FEATURES.index(c) for c in columns]
+    xt, xe = _standardize(reference.features[:, idx], external.features[:, idx])
     w = logistic_fit(xt, reference.labels, len(names))
     calls = {}
     for clf, probs in (("logistic", logistic_predict(w, xe)),
                        ("knn", knn_predict(xt, reference.labels, xe, len(names)))):
         predicted = np.bincount(probs.argmax(axis=1), minlength=len(names))
         calls[clf] = {n: float(c / len(xe)) for n, c in zip(names, predicted, strict=True)}
-    return {"fitted_on": reference.name, "n": int(len(xe)), "called": calls}
+    return {"fitted_on": reference.name, "properties": group, "n": int(len(xe)),
+            "called": calls}
 
 
 def audit_shortcuts(data_dir: str | os.PathLike, external: Sequence[str | os.PathLike] = (),
@@ -362,7 +368,9 @@ def audit_shortcuts(data_dir: str | os.PathLike, external: Sequence[str | os.Pat
         "folds": folds, "seed": seed,
         "splits": {t.name: audit_split(t, names, folds, seed) for t in tables},
         "folders": folder_summary([*tables, *ext_tables]),
-        "external": {e.name: [external_calls(t, e, names) for t in tables] for e in ext_tables},
+        "external": {e.name: [external_calls(t, e, names, cols, group) for t in tables
+                              for group, cols in (("all", FEATURES), ("visible", VISIBLE))]
+                     for e in ext_tables},
     }
     return record, [*tables, *ext_tables]
 
@@ -422,11 +430,11 @@ def report_markdown(record: dict[str, Any]) -> str:
     out.append("")
     for name, calls in record["external"].items():
         out += [f"## What property-only classifiers call {name}", "",
-                "| fitted on | classifier | " + " | ".join(names) + " |",
-                "|---|---|" + "---:|" * len(names)]
+                "| fitted on | properties | classifier | " + " | ".join(names) + " |",
+                "|---|---|---|" + "---:|" * len(names)]
         for c in calls:
             for clf, shares in c["called"].items():
-                out.append(f"| {c['fitted_on']} | {clf} | "
+                out.append(f"| {c['fitted_on']} | {c['properties']} | {clf} | "
                            + " | ".join(f"{100 * shares[n]:.1f}%" for n in names) + " |")
         out.append("")
     return "\n".join(out)
