@@ -214,9 +214,8 @@ def dsconv_cbam_res(
 
     Stem 3x3/2 (``width`` filters), then one stage per entry of ``blocks`` at 2, 4, 8, 16 x
     ``width`` filters, each halving the resolution with a strided separable convolution in
-    its first block. A block: SeparableConv -> BN -> ReLU -> SeparableConv -> BN -> CBAM, added
-    to the shortcut, then ReLU (the CBAM paper's residual placement). About 1.7 M parameters
-    at width 32.
+    its first block. A block: SeparableConv -> BN -> ReLU -> SeparableConv -> BN -> ReLU ->
+    CBAM, added to the shortcut, then ReLU. About 1.7 M parameters at width 32.
     """
     _check_width(width, bn_momentum)
     blocks = tuple(int(b) for b in blocks)
@@ -237,6 +236,9 @@ def dsconv_cbam_res(
             y = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False,
                                              name=f"{name}_sep_b")(y)
             y = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn_b")(y)
+            # CBAM on non-negative features, as in the paper (ReLU -> pool -> CBAM): on the
+            # signed BN output the int8 model lost agreement (docs/results.md)
+            y = keras.layers.ReLU(name=f"{name}_relu_b")(y)
             y = CBAM(ratio=16, kernel_size=5, name=f"{name}_cbam")(y)
             x = keras.layers.Add(name=f"{name}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{name}_out")(x)

@@ -66,8 +66,8 @@ ARCHITECTURE_INFO: dict[str, ArchitectureInfo] = {
     "dsconv_cbam_res": ArchitectureInfo(
         "The paper's idea scaled up: 3x3/2 stem -> 4 stages (64, 128, 256, 512 filters at "
         "--width 32; 2, 2, 3, 2 blocks) of residual blocks (SeparableConv2D -> BN -> ReLU -> "
-        "SeparableConv2D -> BN -> CBAM r=16 k=5, plus the shortcut) -> GlobalAveragePooling "
-        "-> Dropout -> Dense(4 softmax).",
+        "SeparableConv2D -> BN -> ReLU -> CBAM r=16 k=5, plus the shortcut) -> "
+        "GlobalAveragePooling -> Dropout -> Dense(4 softmax).",
         (_BN_REASON,
          "scaled DSConv-CBAM: more and wider separable blocks with residual connections and "
          "CBAM in every block, strided convolutions instead of max-pooling, and a "
