@@ -65,14 +65,22 @@ RECIPE_HELP = {
 
 
 def resolve(recipe: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's values with every option in ``given`` (not None) put over them."""
+    """The recipe's values with every option in ``given`` (not None) put over them.
+
+    A run shorter than the recipe's warm-up (and no --warmup-epochs given) gets the warm-up
+    scaled to the recipe's share of the run (3 of 40 epochs for ``strong``).
+    """
     if recipe not in RECIPES:
         raise OptionError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    values = RECIPES[recipe].to_dict()
+    base = RECIPES[recipe]
+    values = base.to_dict()
     unknown = sorted(set(given) - set(values))
     if unknown:
         raise OptionError(f"not a recipe setting: {', '.join(unknown)}")
     values.update({k: v for k, v in given.items() if v is not None})
+    if given.get("warmup_epochs") is None and values["warmup_epochs"] >= values["epochs"]:
+        # a short run (--epochs 1 for a rehearsal): the recipe's warm-up keeps its share
+        values["warmup_epochs"] = values["epochs"] * base.warmup_epochs / base.epochs
     return values
 
 

@@ -33,6 +33,14 @@ def test_the_strong_recipe_and_overrides():
         resolve("fancy", {})
 
 
+def test_a_run_shorter_than_the_warm_up_keeps_its_share():
+    assert resolve("strong", {"epochs": 2})["warmup_epochs"] == pytest.approx(2 * 3 / 40)
+    assert resolve("strong", {"epochs": 10})["warmup_epochs"] == 3.0  # fits: unchanged
+    explicit = resolve("strong", {"epochs": 2, "warmup_epochs": 2.0})
+    with pytest.raises(OptionError, match="less than --epochs"):
+        validate(explicit)  # asked for: an error, not silently changed
+
+
 @pytest.mark.parametrize("change, message", [
     ({"weight_decay": 0.01}, "needs --optimizer adamw"),
     ({"warmup_epochs": 35.0}, "less than --epochs"),
