@@ -87,7 +87,7 @@ def choose(runs: list[dict[str, Any]], rule: str = "rule", min_official: float =
             mine = [r for r in with_model if r["arch"] == arch]
             eligible = [r for r in mine if (r["official"] or 0.0) >= min_official]
             pick = (max(eligible, key=_rule_key) if eligible
-                    else max(mine, key=lambda r: r["val"]))
+                    else max(mine, key=lambda r: (r["val"], *_rule_key(r))))
             picks.append({**pick, "eligible": bool(eligible)})
         picks.sort(key=lambda r: (r["eligible"], *_rule_key(r)), reverse=True)
     else:
