@@ -108,6 +108,8 @@ def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthet
     assert evaluation["top1_agreement_pct"] >= 98.0
     manifest, _ = load_verified(tmp_path / "int8")
     assert manifest.architecture == arch and manifest.quantization == "int8"
+    # the converter's trust outputs (issue 13) found their tensors in these graphs too
+    assert {"logits", "features"} <= set(manifest.outputs)
     [litert] = [r for r in outcome.report["runtimes"] if r["name"] == "ai-edge-litert"]
     assert litert["ok"] and litert["xnnpack"]
     others = [r for r in outcome.report["runtimes"] if r["name"] == "tflite-runtime"]
