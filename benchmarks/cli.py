@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep converted models here and reuse them in later runs")
     lat = parser.add_argument_group("latency, sizes and int8")
     lat.add_argument("--archs", default=",".join(model_set.ARCHS),
-                     help="architectures to build (default: %(default)s)")
+                     help="architectures to build, any of the trainer's registry "
+                          "(default: %(default)s)")
     lat.add_argument("--formats", help="formats (default: all five; --quick: keras,float32,int8)")
     lat.add_argument("--threads", default="1,2", help="thread counts (default: %(default)s)")
     lat.add_argument("--runs", type=int, help="timed runs per model (default 100; quick 20)")
@@ -315,10 +316,11 @@ def validate(args: argparse.Namespace) -> None:
                 path / "Training").is_dir():
             raise BenchmarkError(f"{option} {path} is not the data set folder (no Training/ or "
                                  "Testing/ inside); pass ../shared/data/brain-tumor-mri")
-    unknown = sorted(set(_csv(args.archs)) - set(model_set.ARCHS))
+    known = model_set.known_archs()
+    unknown = sorted(set(_csv(args.archs)) - set(known))
     if unknown:
         raise BenchmarkError(f"--archs: unknown {', '.join(unknown)}; choose from "
-                             f"{', '.join(model_set.ARCHS)}")
+                             f"{', '.join(known)}")
     bad = sorted(set(_csv(args.formats or "")) - set(model_set.FORMATS))
     if bad:
         raise BenchmarkError(f"--formats: unknown {', '.join(bad)}; choose from "

@@ -28,6 +28,13 @@ TFLITE_FORMATS = FORMATS[1:]
 PAPER_ARCH = "dsconv_cbam"
 
 
+def known_archs() -> list[str]:
+    """Every architecture the trainer registers (its registry needs no Keras)."""
+    from trainer.registry import ARCHITECTURE_INFO
+
+    return list(ARCHITECTURE_INFO)
+
+
 @dataclass(frozen=True)
 class BuiltModel:
     """One model file to time: an architecture in one format."""

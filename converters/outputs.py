@@ -100,6 +100,9 @@ def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     if not stages:  # no CBAM: global average pools ([1, C] outputs of MEAN)
         stages = [int(op.outputs[0]) for name, op in ops if name == "MEAN"
                   and len(graph.tensors[int(op.outputs[0])].shape) == 2]
+    # a network whose only global pool feeds the classifier (ResNet-18) has that tensor as
+    # "features" already: one tensor, one name
+    stages = [index for index in stages if index not in found.values()]
     for k, index in enumerate(stages, start=1):
         found[f"stage{k}"] = index
     maps = [int(op.outputs[0]) for name, op in ops if name == "LOGISTIC"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from converters import datasets, export, selective
+from converters import datasets, export, external_check, selective
 from converters.errors import ConversionFailedError, OutputError, UsageError
 from converters.evaluate import compare, keras_predictor, output_kind_of, predict_batched
 from converters.gate import GateResult, Thresholds, apply_gate
@@ -66,6 +66,8 @@ class ConvertOptions:
     eval_limit: int | None = None
     dedup_list: Path | None = None
     auto_dedup: bool = True
+    external: tuple[Path, ...] = ()  # external check folders (trainer.external layout)
+    default_external: bool = True  # ../shared/data/br35h-tumour when none is given
     thresholds: Thresholds = field(default_factory=Thresholds)
     check_runtimes: tuple[str, ...] = ()
     require_runtimes: tuple[str, ...] = ()
@@ -145,6 +147,8 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
         raise UsageError(f"the evaluation set {eval_root}/{opts.eval_split} holds no images")
     dedup_idx = (datasets.dedup_indices(eval_set, dedup_path, opts.dedup_list is not None)
                  if dedup_path is not None else None)
+    external_sets = external_check.load_sets(opts.external, opts.default_external,
+                                             source.labels, spec)
     probe_idx = stratified_indices(eval_set.labels, opts.probe_images, opts.seed)
     probe = scale(eval_set.images[probe_idx], spec)
     output_kind = output_kind_of(np.asarray(model.predict(probe, verbose=0), dtype=np.float32))
@@ -156,7 +160,7 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
     try:
         return _convert_and_publish(opts, source, model, calibration, calib_info, eval_set,
                                     dedup_idx, dedup_path, probe, output_kind,
-                                    subprocess_runtimes, staging, started)
+                                    subprocess_runtimes, staging, started, external_sets)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -166,7 +170,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                          dedup_idx: np.ndarray | None, dedup_path: Path | None,
                          probe: np.ndarray, output_kind: str,
                          subprocess_runtimes: list[tuple[str, str]], staging: Path,
-                         started: float) -> Outcome:
+                         started: float, external_sets: list[Any] = ()) -> Outcome:
     spec, mode = source.preprocess, opts.mode
     created = now_utc()
     log.info("exporting the Keras model with a fixed batch of 1")
@@ -205,6 +209,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
     log.info("loading the model in the edge runtime (default delegates)")
     edge_check, classifier = check_in_process(model_path, manifest, probe)
     comparison = dedup = None
+    external: list[dict[str, Any]] = []
     other_checks = []
     if classifier is not None:
         edge_check.compared_with = ""
@@ -219,6 +224,9 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
             dedup = compare(eval_set.labels[dedup_idx], float_probs[dedup_idx],
                             quant_probs[dedup_idx], labels, mode)
             dedup["list"] = str(dedup_path)
+        external = external_check.score(
+            external_sets, labels, spec,
+            {"float": keras_predictor(model, output_kind), "quantized": classifier.predict})
         reference = classifier.predict(probe)
         for name, python in subprocess_runtimes:
             log.info("checking %s with %s", name, python)
@@ -241,6 +249,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
                        "output": output_spec.to_dict(), **(kept or {})},
         "evaluation": comparison,
         "evaluation_dedup": dedup,
+        "evaluation_external": external,
         "runtimes": [c.to_dict() for c in checks],
         "thresholds": {**opts.thresholds.to_dict(),
                        "required_runtimes": list(opts.require_runtimes)},
@@ -316,8 +325,11 @@ def _publish(opts: ConvertOptions, report: dict[str, Any], manifest_with: Any,
              staging: Path, model_path: Path, started: float) -> Outcome:
     verified = [c.manifest_entry() for c in checks if c.ok]
     verified[0]["evaluated_images"] = comparison["n"]
+    metrics = manifest_metrics(comparison, dedup, eval_set.name, eval_set.data_dir)
+    if report.get("evaluation_external"):
+        metrics["external"] = external_check.manifest_entries(report["evaluation_external"])
     manifest = manifest_with(
-        metrics=manifest_metrics(comparison, dedup, eval_set.name, eval_set.data_dir),
+        metrics=metrics,
         thresholds=report["thresholds"], verified_runtimes=verified)
     write_manifest(manifest, staging / MANIFEST_NAME)
     load_verified(staging)  # exactly what the device will do with the pair

@@ -99,6 +99,11 @@ def summary_text(report: dict[str, Any]) -> str:
         dd = report["evaluation_dedup"]
         lines += evaluation_table(f"Deduplicated subset ({dd['list']})", dd, mode)
         lines.append("")
+    if "evaluation_external" in report and report.get("evaluation"):
+        from converters.external_check import table_lines
+
+        lines += table_lines(report["evaluation_external"], mode)
+        lines.append("")
     if report.get("runtimes"):
         lines += runtime_table(report["runtimes"])
         lines.append("")

@@ -168,7 +168,7 @@ def check_subprocess(name: str, python: str, model_dir: Path, probe: np.ndarray,
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         env["NEUROEDGE_RUNTIME"] = name
         try:
-            done = subprocess.run([python, "-E", "-s", str(probe_script), str(model_dir),
+            done = subprocess.run([python, "-E", "-s", str(probe_script), str(model_dir.resolve()),
                                    str(inputs)], capture_output=True, text=True, env=env,
                                   cwd=tmp, timeout=PROBE_TIMEOUT_S, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -137,7 +137,8 @@ def convert_tiny(run_dir: Path, data_dir: Path, out: Path, **options: Any) -> An
     """``run_conversion`` with settings sized for the tiny model; returns its ``Outcome``."""
     from converters.pipeline import ConvertOptions, run_conversion
 
-    settings: dict[str, Any] = {"calibration_size": 100, "auto_dedup": False}
+    settings: dict[str, Any] = {"calibration_size": 100, "auto_dedup": False,
+                                "default_external": False}
     settings.update(options)
     return run_conversion(ConvertOptions(model=Path(run_dir), data=Path(data_dir), out=Path(out),
                                          **settings))

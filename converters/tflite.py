@@ -78,6 +78,12 @@ def _mode_option(mode: str) -> click.Option:
               help="Leakage audit's deduplicated test list (default: docs/leakage/dedup_test.txt "
                    "when it exists); also reported on that subset.")
 @click.option("--no-dedup", is_flag=True, help="Do not look for the deduplicated test list.")
+@click.option("--external", "external", multiple=True, type=click.Path(path_type=Path),
+              metavar="DIR",
+              help="External check folder (DIR/<label>/ or DIR/tumour/: any tumour class is "
+                   "right), reported beside the test scores and recorded in the manifest, not "
+                   "gated. Repeatable; default ../shared/data/br35h-tumour when present.")
+@click.option("--no-external", is_flag=True, help="Skip the external check.")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Largest accepted accuracy drop, in percentage points.")
 @click.option("--min-agreement", type=float, default=98.0, show_default=True,
@@ -103,7 +109,8 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
          arch: str | None,
          name: str | None, model_version: str | None, calibration_size: int, seed: int,
          eval_data: Path | None, eval_split: str, eval_limit: int | None,
-         dedup_list: Path | None, no_dedup: bool, max_drop: float, min_agreement: float,
+         dedup_list: Path | None, no_dedup: bool, external: tuple[Path, ...], no_external: bool,
+         max_drop: float, min_agreement: float,
          check_runtimes: tuple[str, ...], require_runtimes: tuple[str, ...], probe_images: int,
          debug_samples: int, force: bool, no_trust: bool, verbose: bool) -> None:
     """Convert a trained model to TFLite and refuse it unless it matches the float model."""
@@ -117,6 +124,10 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
                    err=True)
         sys.exit(EX_USAGE)
     mode = chosen[0] if chosen else "int8"
+    if external and no_external:
+        click.echo("error: --external and --no-external contradict each other; give one",
+                   err=True)
+        sys.exit(EX_USAGE)
     keep_float = parse_op_list(keep_float_text) if keep_float_text is not None else None
     _quiet_tensorflow()
     from converters.gate import Thresholds
@@ -129,7 +140,8 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
         arch=arch, name=name,
         model_version=model_version, calibration_size=calibration_size, seed=seed,
         eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
-        dedup_list=dedup_list, auto_dedup=not no_dedup,
+        dedup_list=dedup_list, auto_dedup=not no_dedup, external=external,
+        default_external=not no_external,
         thresholds=Thresholds(max_drop, min_agreement), check_runtimes=check_runtimes,
         require_runtimes=require_runtimes, probe_images=probe_images,
         debug_samples=debug_samples, force=force, command=tuple(sys.argv), trust=not no_trust)

@@ -188,6 +188,7 @@ class ModelManifest:
         for key in ("metrics", "thresholds", "provenance"):
             if not isinstance(data.get(key, {}), dict):
                 raise ManifestError(f"manifest.{key} must be an object")
+        _check_external(data.get("metrics", {}).get("external"))
         runtimes = data.get("verified_runtimes", [])
         if not isinstance(runtimes, list) or not all(isinstance(r, dict) for r in runtimes):
             raise ManifestError("manifest.verified_runtimes must be a list of objects")
@@ -284,6 +285,39 @@ def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
             raise ManifestError(f"{where}.heatmap.output must be a [1, H, W, C] tensor")
     if "fit" in trust and not isinstance(trust["fit"], dict):
         raise ManifestError(f"{where}.fit must be an object")
+
+
+def _check_external(entries: Any) -> None:
+    """``metrics.external`` (optional): one object per external check folder.
+
+    Each has ``name`` and ``n``; the percentages (``quantized_accuracy_pct``,
+    ``quantized_tumour_sensitivity_pct``, their ``float_`` twins) are numbers in [0, 100] or
+    null (no tumour pictures in that folder), ``folders`` maps sub-folder -> {n, accuracy}.
+    Kept inside ``metrics`` so that agents which know nothing of it still load the model.
+    """
+    if entries is None:
+        return
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ManifestError("manifest.metrics.external must be a list of objects")
+    for i, entry in enumerate(entries):
+        where = f"manifest.metrics.external[{i}]"
+        if not isinstance(entry.get("name"), str) or not entry.get("name"):
+            raise ManifestError(f"{where}.name must be a non-empty string")
+        if not _is_int(entry.get("n")) or entry["n"] < 1:
+            raise ManifestError(f"{where}.n must be a positive integer")
+        for key, value in entry.items():
+            if key.endswith("_pct") and value is not None and not (
+                    isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and 0.0 <= value <= 100.0):
+                raise ManifestError(f"{where}.{key} must be a percentage (0-100) or null, "
+                                    f"got {value!r}")
+        if not isinstance(entry.get("folders", {}), dict):
+            raise ManifestError(f"{where}.folders must be an object")
+
+
+def external_checks(manifest: ModelManifest) -> list[dict[str, Any]]:
+    """The external checks the model was scored on at conversion (``metrics.external``)."""
+    return list(manifest.metrics.get("external", []))
 
 
 def _is_int(value: Any) -> bool:

@@ -1,18 +1,43 @@
-"""Optional training-time augmentation (off by default, as in the paper).
+"""Training-time augmentation, off in the paper's recipe.
 
-Pure numpy on float batches, drawn from a generator seeded by (seed, epoch, batch), so an
-augmented run is as reproducible, and as resumable, as a plain one. The transforms are the
-mild ones that keep an axial MR slice plausible: left-right flip, a shift of up to 8% of
-the side, brightness/contrast jitter of up to 10%. No rotation: it would need
-interpolation code that the device does not share.
+Pure numpy and Pillow on the batches the data stream builds, drawn from a generator seeded by
+(seed, epoch, batch), so an augmented run is as reproducible, and as resumable, as a plain
+one, and it runs the same under every Keras backend (no TensorFlow or JAX ops involved).
+
+Two policies:
+
+- ``light`` (``--augment light``, the old ``--augment``): left-right flip, a shift of up to
+  8 % of the side, brightness/contrast jitter of up to 10 %, on the scaled [0, 1] image.
+- ``strong`` (``--recipe strong``): what another scanner, another hospital or another
+  export pipeline changes. On the 8-bit picture: one affine warp (rotation +-15 degrees,
+  scale +-15 %, shift +-16 % of the side, left-right flip), sometimes a lower acquisition
+  resolution (down- and up-sampled), a JPEG re-encoding at quality 30-90 and a blur; then
+  on the float image a gamma in [1/1.6, 1.6], contrast +-25 %, brightness +-0.1 and
+  sometimes Gaussian noise.
 """
 
 from __future__ import annotations
 
+import io
+import math
+
 import numpy as np
+from PIL import Image, ImageFilter
 
 MAX_SHIFT = 0.08
 MAX_JITTER = 0.10
+
+# The strong policy (probabilities per picture, ranges of the uniform draws).
+ROTATION_DEG = 15.0
+SCALE = 0.15
+SHIFT = 0.16
+GAMMA = 1.6
+CONTRAST = 0.25
+BRIGHTNESS = 0.10
+P_LOW_RESOLUTION, LOW_RESOLUTION = 0.25, (0.35, 0.85)
+P_JPEG, JPEG_QUALITY = 0.3, (30, 90)
+P_BLUR, BLUR_RADIUS = 0.2, (0.3, 1.2)
+P_NOISE, NOISE_SIGMA = 0.2, (0.005, 0.03)
 
 
 def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -28,7 +53,7 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Randomly flipped, shifted and intensity-jittered copies of float images in [0, 1]."""
+    """The light policy: flipped, shifted, intensity-jittered copies of float images in [0, 1]."""
     out = np.empty_like(images)
     h, w = images.shape[1:3]
     for i, image in enumerate(images):
@@ -40,4 +65,76 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         contrast = 1.0 + rng.uniform(-MAX_JITTER, MAX_JITTER)
         brightness = rng.uniform(-MAX_JITTER, MAX_JITTER)
         out[i] = np.clip(image * contrast + brightness, 0.0, 1.0)
+    return out
+
+
+def _affine(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Rotate, scale, shift and maybe mirror about the centre, bilinear, black fill."""
+    w, h = picture.size
+    angle = math.radians(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    scale = rng.uniform(1 - SCALE, 1 + SCALE)
+    tx, ty = rng.uniform(-SHIFT, SHIFT) * w, rng.uniform(-SHIFT, SHIFT) * h
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    # Output pixel (x, y) samples the input at the inverse map: Pillow wants that inverse.
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    cx, cy = w / 2, h / 2
+    a, b = flip * cos, sin
+    d, e = -flip * sin, cos
+    ox, oy = cx + tx, cy + ty
+    c = cx - a * ox - b * oy
+    f = cy - d * ox - e * oy
+    return picture.transform((w, h), Image.AFFINE, (a, b, c, d, e, f),
+                             resample=Image.BILINEAR, fillcolor=0)
+
+
+def _acquisition(picture: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Sometimes a lower resolution, a JPEG re-encoding, a blur: another export pipeline."""
+    w, h = picture.size
+    if rng.random() < P_LOW_RESOLUTION:
+        factor = rng.uniform(*LOW_RESOLUTION)
+        small = picture.resize((max(8, round(w * factor)), max(8, round(h * factor))),
+                               Image.BILINEAR)
+        picture = small.resize((w, h), Image.BILINEAR)
+    if rng.random() < P_JPEG:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=int(rng.integers(*JPEG_QUALITY)))
+        buffer.seek(0)
+        with Image.open(buffer) as reencoded:
+            picture = reencoded.convert(picture.mode)
+    if rng.random() < P_BLUR:
+        picture = picture.filter(ImageFilter.GaussianBlur(rng.uniform(*BLUR_RADIUS)))
+    return picture
+
+
+def strong_picture(pixels: np.ndarray, rng: np.random.Generator,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """One uint8 (H, W, 3) picture -> augmented float32 (H, W, 3) in [0, 1] (into ``out``)."""
+    grey = bool(np.array_equal(pixels[..., 0], pixels[..., 1])
+                and np.array_equal(pixels[..., 1], pixels[..., 2]))
+    picture = Image.fromarray(np.ascontiguousarray(pixels[..., 0]) if grey else pixels)
+    picture = _acquisition(_affine(picture, rng), rng)
+    x = np.asarray(picture, dtype=np.float32) * np.float32(1 / 255)
+    gamma = math.exp(rng.uniform(-math.log(GAMMA), math.log(GAMMA)))
+    np.power(x, np.float32(gamma), out=x)
+    contrast = np.float32(1.0 + rng.uniform(-CONTRAST, CONTRAST))
+    mean = np.float32(x.mean())
+    x -= mean
+    x *= contrast
+    x += mean + np.float32(rng.uniform(-BRIGHTNESS, BRIGHTNESS))
+    if rng.random() < P_NOISE:
+        noise = rng.standard_normal(x.shape, dtype=np.float32)
+        noise *= np.float32(rng.uniform(*NOISE_SIGMA))
+        x += noise
+    np.clip(x, 0.0, 1.0, out=x)
+    if out is None:
+        out = np.empty(pixels.shape, dtype=np.float32)
+    out[...] = x[..., None] if grey else x
+    return out
+
+
+def strong_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The strong policy on uint8 pictures (N, H, W, 3): float32 in [0, 1]."""
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        strong_picture(image, rng, out[i])
     return out

@@ -9,13 +9,28 @@ resumed, which is what makes a resumed run end with the same weights as an unbro
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import keras
 import numpy as np
 
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
-from trainer.augment import augment_batch
+from trainer.augment import augment_batch, strong_batch
+
+AUGMENT_POLICIES = ("none", "light", "strong")
+
+
+def augment_policy(value: bool | str | None) -> str:
+    """'none', 'light' or 'strong'; True/False are what older run.json files say."""
+    if value is True:
+        return "light"
+    if value in (False, None):
+        return "none"
+    if value not in AUGMENT_POLICIES:
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENT_POLICIES)}, "
+                         f"got {value!r}")
+    return str(value)
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -35,18 +50,19 @@ class TrainingBatches(keras.utils.PyDataset):
         seed: int,
         start_epoch: int = 0,
         spec: PreprocessSpec = DEFAULT_SPEC,
-        augment: bool = False,
+        augment: bool | str = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # workers=N: batches built in N threads, in order
         if len(images) == 0:
             raise ValueError("no training images")
         self.images, self.labels = images, np.asarray(labels)
         self.num_classes, self.batch_size = num_classes, int(batch_size)
-        self.seed, self.start_epoch, self.spec, self.augment = seed, start_epoch, spec, augment
+        self.seed, self.start_epoch, self.spec = seed, start_epoch, spec
+        self.augment = augment_policy(augment)
         self.steps_per_epoch = math.ceil(len(images) / self.batch_size)
-        self._order_epoch: int | None = None
-        self._order = np.arange(len(images))
+        self._orders: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # worker threads may build batches of two epochs
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -57,16 +73,25 @@ class TrainingBatches(keras.utils.PyDataset):
 
     def order(self, epoch: int) -> np.ndarray:
         """The shuffled sample order of ``epoch`` (0-based), the same in every process."""
-        if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
-            self._order_epoch = epoch
-        return self._order
+        with self._lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+                self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+                self._orders[epoch] = order
+            return order
 
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
-        x = scale(self.images[picks], self.spec)
-        if self.augment:
-            x = augment_batch(x, np.random.default_rng([self.seed, epoch, step, 1]))
+        rng = np.random.default_rng([self.seed, epoch, step, 1])
+        if self.augment == "strong":  # on the 8-bit picture: warps, re-encoding, then scaled
+            x = strong_batch(self.images[picks], rng)  # in [0, 1]: pixel / 255
+            if not np.isclose(self.spec.scale * 255.0, 1.0) or self.spec.offset:
+                x = x * np.float32(255.0 * self.spec.scale) + np.float32(self.spec.offset)
+        else:
+            x = scale(self.images[picks], self.spec)
+            if self.augment == "light":
+                x = augment_batch(x, rng)
         return x, one_hot(self.labels[picks], self.num_classes)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,40 +1,56 @@
 #!/usr/bin/env bash
-# Train and evaluate every model of the paper reproduction in ONE call on a GPU machine.
+# Train and evaluate a set of models in ONE call on a GPU machine.
 #
 # Written for the lent GPU machine (JAX + CUDA, no TensorFlow, no network, 15 minutes,
-# at most 64 MiB in and 8 files / 64 MiB back), and rehearsed on the CPU with
-#   EPOCHS=1 LIMIT=96 OUT=/tmp/out PYTHON=/work/venv/bin/python bash trainer/campaign.sh
+# at most 64 MiB in and 8 files / 64 MiB back), and rehearsed on the CPU with a tiny pack
+# (docs/results.md, "The next GPU campaign"):
+#   EPOCHS=1 BUDGET=900 HARD_STOP=1800 OUT=/tmp/out PYTHON=.venv/bin/python \
+#       bash trainer/campaign.sh
 #
 # Needs: the project (PYTHONPATH=.), a data pack (python -m trainer pack; a folder, or one
-# tar file of it: tar czf .gpu/pack.tar.gz -C .gpu pack), and
-# the wheels that machine lacks in .whl/ (keras, namex, optree). All models train at once
-# on the one GPU, each its own process with a share of GPU memory: these small models
-# leave a GPU mostly idle one at a time. Every training stops before $BUDGET seconds
-# (--time-limit); a stopped run says so in its run.json ("stopped_time_limit"). At
-# $HARD_STOP seconds whatever still runs is ended, so that the results always come back.
+# tar file of it: tar czf .gpu/pack.tar.gz -C .gpu pack), the external check folder as a
+# tar file (tar czf .gpu/br35h-tumour.tar.gz -C ../shared/data br35h-tumour; without it
+# the evaluations say "External check: none"), and the wheels that machine lacks in .whl/
+# (keras, namex, optree). All models train at once on the one GPU, each its own process
+# with a share of GPU memory. Every training stops before $BUDGET seconds (--time-limit); a
+# stopped run says so in its run.json ("stopped_time_limit"). At $HARD_STOP seconds
+# whatever still runs is ended, so that the results always come back.
 #
-# Back in $OUT (8 files at most, 16 MiB each):
-#   results.tar.gz   run.json, history, evaluation (metrics, Table 3, figures,
-#                    predictions) and logs of every model, and the small models' model.keras
-#   weights.part-*   model.keras of the best paper-family run (by validation accuracy, and
-#                    only above $RETURN_ABOVE if set), split: cat weights.part-* > model.keras
-#   campaign.log     this script's output
+# Back in $OUT (8 files at most, 16 MiB each, 64 MiB together):
+#   results.tar.gz       run.json, history, evaluation (metrics with the external check,
+#                        Table 3, figures, predictions) and logs of every run, and the
+#                        SMALL_MODELS' model.keras
+#   weights-RUN.part-NN  model.keras of each returned run in 15 MiB parts; weights.sha256
+#                        names them (trainer/campaign-collect.sh reassembles and checks)
+#   campaign.log         this script's output, ending with a table of every run
+#
+# Which weights come back: trainer/campaign_select.py (RETURN=rule, the default: per
+# architecture the run the shipping rule of docs/results.md would pick, judged here on the
+# float model and the pack's copy of the test split; RETURN=val: the best paper-family run by
+# validation accuracy, the first campaigns' way), at most RETURN_PARTS files of 15 MiB.
 #
 # MODELS lists run names; a name that is not an architecture is a variant, written
-# NAME:ARCH:OPTION,VALUE,... (e.g. mlp-lr1e-4:mlp:--lr,1e-4).
+# NAME:ARCH:OPTION,VALUE,... (e.g. resnet18-s1:resnet18:--recipe,strong,--seed,1).
 set -uo pipefail
 { # the whole script is read before it runs: editing this file cannot derail a running campaign
 
 PYTHON=${PYTHON:-python3}
 PACK=${PACK:-.gpu/pack.tar.gz}
+EXTERNAL=${EXTERNAL:-.gpu/br35h-tumour.tar.gz}
 OUT=${OUT:?set OUT to the folder that receives the results}
-EPOCHS=${EPOCHS:-35}
+EPOCHS=${EPOCHS:-}  # empty: each run's recipe decides (paper 35, strong 40)
 LIMIT=${LIMIT:-}
 BUDGET=${BUDGET:-380}
 HARD_STOP=${HARD_STOP:-470}
-MODELS=${MODELS:-dsconv_cbam_bn dsconv_cbam mobilenetv2 mlp dsconv_cbam_gap}
+S=--recipe,strong
+MODELS=${MODELS:-resnet18-s0:resnet18:$S,--seed,0 resnet18-s1:resnet18:$S,--seed,1 \
+resnet18-s2:resnet18:$S,--seed,2 dsconv_cbam_res-s0:dsconv_cbam_res:$S,--seed,0 \
+dsconv_cbam_res-s1:dsconv_cbam_res:$S,--seed,1 dsconv_cbam_res-s2:dsconv_cbam_res:$S,--seed,2}
 WORK=${WORK:-/tmp/neuroedge-campaign}
-SMALL_MODELS=${SMALL_MODELS:-dsconv_cbam_gap mobilenetv2}
+SMALL_MODELS=${SMALL_MODELS:-}
+RETURN=${RETURN:-rule}
+RULE_MIN_OFFICIAL=${RULE_MIN_OFFICIAL:-0.975}
+RETURN_PARTS=${RETURN_PARTS:-5}  # + results.tar.gz, weights.sha256, campaign.log = 8 files
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export NEUROEDGE_CACHE_DIR=$WORK/cache
@@ -69,6 +85,15 @@ fi
 "$PYTHON" -m trainer unpack "$PACK" --out "$WORK/data" || exit 1
 # The deduplicated test list names the original .jpg files; the pack's copies are .png.
 sed 's/\.jpg$/.png/' docs/leakage/dedup_test.txt > "$WORK/dedup_test.txt"
+external_args=(--no-external)
+if [ -f "$EXTERNAL" ]; then  # the original files of the external check: never trained on
+    mkdir -p "$WORK/external" && tar xzf "$EXTERNAL" -C "$WORK/external" || exit 1
+    external_args=()
+    for dir in "$WORK"/external/*/; do external_args+=(--external "${dir%/}"); done
+    say "external check: ${external_args[*]}"
+else
+    say "no $EXTERNAL: the evaluations have no external check"
+fi
 "$PYTHON" - "$WORK/data" <<'EOF' || exit 1
 import sys
 from trainer.data import load_split
@@ -83,7 +108,7 @@ extra_args() {
 }
 
 pids=()
-say "training: $MODELS (epochs $EPOCHS, limit ${LIMIT:-none}, budget ${BUDGET}s each)"
+say "training: $MODELS (epochs ${EPOCHS:-per recipe}, limit ${LIMIT:-none}, budget ${BUDGET}s each)"
 names=()
 for entry in $MODELS; do  # NAME, or NAME:ARCH[:OPTION,VALUE,...] for a variant
     model=${entry%%:*}
@@ -97,11 +122,11 @@ for entry in $MODELS; do  # NAME, or NAME:ARCH[:OPTION,VALUE,...] for a variant
     names+=("$model")
     (
         # shellcheck disable=SC2046,SC2086
-        "$PYTHON" -m trainer train --arch "$arch" --data "$WORK/data" --epochs "$EPOCHS" \
-            --runs-dir "$WORK/runs" --name "$model" --time-limit "$BUDGET" \
-            ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
+        "$PYTHON" -m trainer train --arch "$arch" --data "$WORK/data" \
+            ${EPOCHS:+--epochs "$EPOCHS"} --runs-dir "$WORK/runs" --name "$model" \
+            --time-limit "$BUDGET" ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
         && "$PYTHON" -m trainer evaluate "$WORK/runs/$model" \
-            --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"}
+            --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"} "${external_args[@]}"
         echo "exit status $?"
     ) > "$WORK/logs/$model.log" 2>&1 &
     pids+=($!)
@@ -119,34 +144,27 @@ done
 wait "${pids[@]}"  # not a bare wait: that would also wait for the tee behind the log
 for model in "${names[@]}"; do
     say "$model: $(grep -h 'run .*: \|exit status\|error' "$WORK/logs/$model.log" | tr '\n' ' ')"
-    grep -A12 '^| ' "$WORK/logs/$model.log" | head -14
+    grep -A14 '^| ' "$WORK/logs/$model.log" | head -16
 done
 
-# Training throughput of the paper model alone on this device, if time is left.
+# Training throughput of one architecture alone on this device, if time is left.
+THROUGHPUT_ARCH=${THROUGHPUT_ARCH:-resnet18}
 if [ $(( $(date +%s) - started )) -lt "${THROUGHPUT_BEFORE:-430}" ]; then
-    say "throughput: dsconv_cbam alone"
-    timeout 60 "$PYTHON" -m trainer throughput --arch dsconv_cbam --steps "${THROUGHPUT_STEPS:-30}" \
-        --json "$WORK/logs/throughput-dsconv_cbam-$KERAS_BACKEND.json" 2>&1 | grep -v tpu
+    say "throughput: $THROUGHPUT_ARCH alone"
+    timeout 60 "$PYTHON" -m trainer throughput --arch "$THROUGHPUT_ARCH" \
+        --steps "${THROUGHPUT_STEPS:-30}" \
+        --json "$WORK/logs/throughput-$THROUGHPUT_ARCH-$KERAS_BACKEND.json" 2>&1 | grep -v tpu
 fi
 
 say "collecting results"
-best=$("$PYTHON" - "$WORK/runs" "${RETURN_ABOVE:-0}" <<'EOF'
-import json, sys
-from pathlib import Path
-scores = {}  # the paper-family runs with a model, by validation accuracy (never test)
-for run in Path(sys.argv[1]).glob("*/run.json"):
-    record = json.loads(run.read_text())
-    if record.get("architecture") in ("dsconv_cbam_bn", "dsconv_cbam") and \
-            (run.parent / "model.keras").is_file():
-        scores[run.parent.name] = record.get("best_val_accuracy") or 0.0
-scores = {name: v for name, v in scores.items() if v > float(sys.argv[2])}
-print(max(scores, key=scores.get) if scores else "")
-EOF
-)
+"$PYTHON" -m trainer.campaign_select "$WORK/runs" --rule "$RETURN" \
+    --min-official "$RULE_MIN_OFFICIAL" --above "${RETURN_ABOVE:-0}" \
+    --max-parts "$RETURN_PARTS" --max-mib "${RETURN_MIB:-50}" --out "$WORK/return.txt" || : > "$WORK/return.txt"
+best=$(tr '\n' ' ' < "$WORK/return.txt")
 say "returning the weights of: ${best:-none}"
 (
     cd "$WORK" || exit 1
-    keep=(logs dedup_test.txt)
+    keep=(logs dedup_test.txt return.txt)
     for model in "${names[@]}"; do
         for f in run.json history.json history.csv data_split.json evaluation; do
             [ -e "runs/$model/$f" ] && keep+=("runs/$model/$f")
@@ -157,15 +175,17 @@ say "returning the weights of: ${best:-none}"
     done
     tar czf "$OUT/results.tar.gz" "${keep[@]}"
     if [ "$(stat -c %s "$OUT/results.tar.gz")" -gt 16000000 ]; then  # 16 MiB per file back
-        say "results.tar.gz is over 16 MB: packing it again without the small models"
-        tar czf "$OUT/results.tar.gz" --exclude=model.keras "${keep[@]}"
+        say "results.tar.gz is over 16 MB: packing it again without models and predictions"
+        tar czf "$OUT/results.tar.gz" --exclude=model.keras --exclude='predictions*.csv' \
+            "${keep[@]}"
     fi
 )
-if [ -n "$best" ]; then
-    echo "$best" > "$WORK/best.txt"
-    split -b 15M -d "$WORK/runs/$best/model.keras" "$OUT/weights.part-"
-    sha256sum "$WORK/runs/$best/model.keras" | sed "s|$WORK/||" > "$OUT/weights.sha256"
-fi
+: > "$WORK/weights.sha256"
+for run in $best; do
+    split -b 15M -d "$WORK/runs/$run/model.keras" "$OUT/weights-$run.part-"
+    (cd "$WORK" && sha256sum "runs/$run/model.keras") >> "$WORK/weights.sha256"
+done
+[ -s "$WORK/weights.sha256" ] && cp "$WORK/weights.sha256" "$OUT/weights.sha256"
 ls -la "$OUT"
 say "done"
 exit 0

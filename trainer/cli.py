@@ -1,5 +1,5 @@
 """``python -m trainer``: train, evaluate, summary, pack, unpack, throughput, audit-leakage,
-diagnose.
+audit-shortcuts, diagnose.
 
 Heavy imports (Keras, TensorFlow, matplotlib) happen inside each command, so ``--help``
 answers at once. A user mistake (missing data, wrong option, missing weights) prints one
@@ -24,7 +24,10 @@ from trainer.errors import OptionError, TrainerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ARCH_NAMES = ("dsconv_cbam", "dsconv_cbam_bn", "dsconv_cbam_gap", "mlp", "mobilenetv2")
+from trainer.recipes import RECIPE_HELP  # noqa: E402 - Keras-free, so --help is instant
+from trainer.registry import ARCHITECTURE_INFO  # noqa: E402
+
+ARCH_NAMES = tuple(ARCHITECTURE_INFO)
 DEFAULT_RUNS_DIR = "runs"
 EXIT_INTERRUPTED = 130
 
@@ -67,13 +70,13 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 MODEL_OPTION_KEYS = ("padding", "bn_momentum", "backbone_weights", "no_batch_norm",
-                     "mlp_hidden", "image_size")
+                     "mlp_hidden", "width", "dropout", "image_size")
 
 
 def _model_options(arch: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Builder options from the command-line flags that were given (None = not given)."""
     options: dict[str, Any] = {}
-    for key in ("padding", "bn_momentum", "backbone_weights"):
+    for key in ("padding", "bn_momentum", "backbone_weights", "width", "dropout"):
         if opts.get(key) is not None:
             options[key] = opts[key]
     if opts.get("no_batch_norm"):
@@ -105,7 +108,8 @@ def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--padding", type=click.Choice(["same", "valid"]),
                      help="dsconv_*: convolution padding (default same; see README)."),
         click.option("--bn-momentum", type=float,
-                     help="dsconv_cbam_bn/_gap: BatchNormalization momentum (default 0.9)."),
+                     help="BatchNormalization momentum of dsconv_cbam_bn/_gap/_res, resnet18 "
+                          "(default 0.9)."),
         click.option("--backbone-weights", metavar="PATH|none",
                      help="mobilenetv2: the Keras no-top ImageNet weights file, or 'none' to "
                           "train from scratch (default: ~/.keras/models/<file>)."),
@@ -113,12 +117,29 @@ def _model_option_flags(function: Callable[..., Any]) -> Callable[..., Any]:
                      help="dsconv_cbam_gap: the paper's blocks without BatchNormalization."),
         click.option("--mlp-hidden", metavar="N[,N...]",
                      help="mlp: hidden layer widths (default 128)."),
+        click.option("--width", type=int,
+                     help="resnet18 / dsconv_cbam_res: filters of the first stage / the stem "
+                          "(default 64 / 32); smaller for quick CPU runs."),
+        click.option("--dropout", type=float,
+                     help="resnet18 / dsconv_cbam_res: dropout before the classifier "
+                          "(default 0.0 / 0.2)."),
         click.option("--image-size", type=int,
                      help="Square input size in pixels (default 224, the paper's)."),
     ]
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _external_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--no-external", is_flag=True,
+        help="Skip the external check (by default ../shared/data/br35h-tumour when present).")(
+        function)
+    return click.option(
+        "--external", multiple=True, type=click.Path(), metavar="DIR",
+        help="External check folder: DIR/<label>/ or DIR/tumour/ (any tumour class is right). "
+             "Repeatable; default ../shared/data/br35h-tumour when present.")(function)
 
 
 _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "distribute",
@@ -134,18 +155,39 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
 @click.option("--runs-dir", default=DEFAULT_RUNS_DIR, show_default=True,
               help="Where run folders are created.")
 @click.option("--name", help="Run folder name (default <arch>-<date>-<time>).")
-@click.option("--epochs", type=int, help="Epochs  [default: 35; with --resume: the run's].")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True)
-@click.option("--beta-1", type=float, default=0.9, show_default=True)
-@click.option("--beta-2", type=float, default=0.99, show_default=True)
+@click.option("--recipe", type=click.Choice(list(RECIPE_HELP)), default="paper",
+              show_default=True,
+              help="Training defaults: " + "; ".join(f"{k}: {v}" for k, v in RECIPE_HELP.items())
+              + ". Every option below overrides its recipe's value.")
+@click.option("--epochs", type=int,
+              help="Epochs  [default: the recipe's (paper 35, strong 40); with --resume: the "
+                   "run's].")
+@click.option("--batch-size", type=int, help="[default: the recipe's, 64]")
+@click.option("--learning-rate", "--lr", type=float,
+              help="Peak learning rate  [default: the recipe's, 1e-3]")
+@click.option("--beta-1", type=float, help="[default: 0.9]")
+@click.option("--beta-2", type=float, help="[default: paper 0.99, strong 0.999]")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]),
+              help="[default: paper adam, strong adamw]")
+@click.option("--weight-decay", type=float,
+              help="AdamW's decoupled weight decay  [default: strong 0.02]")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning rate after the warm-up  [default: paper constant, strong cosine]")
+@click.option("--warmup-epochs", type=float,
+              help="Linear learning-rate warm-up from 1% of the peak  [default: paper 0, "
+                   "strong 3]")
+@click.option("--label-smoothing", type=float, help="[default: paper 0, strong 0.1]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int,
               help="Use a seeded, stratified subset of at most N training images.")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="Stratified share of Training held out for model selection.")
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Flip/shift/intensity augmentation (off in the paper).")
+@click.option("--augment", type=click.Choice(["none", "light", "strong"]), is_flag=False,
+              flag_value="light", metavar="[none|light|strong]",
+              help="Augmentation; a bare --augment is 'light' (flip, shift, intensity jitter); "
+                   "'strong': geometry, intensity, resolution, JPEG  [default: paper none, "
+                   "strong strong]")
+@click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
@@ -191,18 +233,23 @@ def train(ctx: click.Context, **opts: Any) -> None:
         raise OptionError("train needs --arch NAME and --data DIR (or --resume RUN); "
                           "see python -m trainer train --help")
     from trainer.data import class_names
+    from trainer.recipes import Recipe, resolve
 
+    if opts["no_augment"]:
+        if opts["augment"] not in (None, "none"):
+            raise OptionError("--augment and --no-augment contradict each other; give one")
+        opts["augment"] = "none"
+    recipe = resolve(opts["recipe"], {f: opts[f] for f in Recipe.__dataclass_fields__})
     class_names(opts["data"])  # a wrong folder fails here, before Keras loads
     config = TrainConfig(
         arch=opts["arch"], data_dir=opts["data"], runs_dir=opts["runs_dir"], name=opts["name"],
-        model_options=_model_options(opts["arch"], opts),
-        epochs=opts["epochs"] if opts["epochs"] is not None else 35,
-        batch_size=opts["batch_size"], learning_rate=opts["learning_rate"],
-        beta_1=opts["beta_1"], beta_2=opts["beta_2"], seed=opts["seed"], limit=opts["limit"],
-        val_fraction=opts["val_fraction"], augment=opts["augment"], patience=opts["patience"],
+        model_options=_model_options(opts["arch"], opts), recipe=opts["recipe"], **recipe,
+        seed=opts["seed"], limit=opts["limit"],
+        val_fraction=opts["val_fraction"], patience=opts["patience"],
         distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
         spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"])
+    config.validate()  # before Keras loads
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,
               time_limit=opts["time_limit"])
@@ -220,17 +267,22 @@ def train(ctx: click.Context, **opts: Any) -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 @click.option("--no-cache", is_flag=True)
+@_external_options
 @click.pass_context
 @_user_errors
 def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | None,
              out: str | None, limit: int | None, batch_size: int, cache_dir: str | None,
-             no_cache: bool) -> None:
-    """Score RUN's model on the Testing split: official and deduplicated, side by side."""
+             no_cache: bool, external: tuple[str, ...], no_external: bool) -> None:
+    """Score RUN's model on the Testing split: official and deduplicated, side by side, and
+    on external folders (default ../shared/data/br35h-tumour when present)."""
     from trainer.evaluate import evaluate_run
 
+    if external and no_external:
+        raise OptionError("--external and --no-external contradict each other; give one")
     result = evaluate_run(run, data, dedup_list=dedup_list, out_dir=out, limit=limit,
                           batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
-                          progress=not ctx.obj["quiet"])
+                          progress=not ctx.obj["quiet"], external=external,
+                          default_external=not no_external)
     click.echo(result["table_markdown"])
     click.echo(f"written to {result['out_dir']}")
 
@@ -388,6 +440,38 @@ def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> No
             click.echo(f"  {key}: {value}")
 
 
+@main.command("audit-shortcuts")
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--external", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Also measure this folder's pictures (DIR/<folder>/*) and report what "
+                   "property-only classifiers call them. Repeatable; default "
+                   "../shared/data/br35h-tumour when present.")
+@click.option("--no-external", is_flag=True, help="Skip the external folders.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder (default runs/shortcut-audit/<data folder name>).")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Cross-validation folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_user_errors
+def audit_shortcuts(data_dir: str, external: tuple[str, ...], no_external: bool,
+                    out: str | None, folds: int, seed: int) -> None:
+    """How well size, border, intensity and JPEG properties alone predict the class."""
+    from trainer.external import default_external_dirs
+    from trainer.shortcuts import audit_shortcuts as run_audit
+    from trainer.shortcuts import default_out, write_audit
+
+    if external and no_external:
+        raise OptionError("--external and --no-external contradict each other; give one")
+    dirs = list(external) or ([] if no_external else [str(d) for d in default_external_dirs()])
+    record, tables = run_audit(data_dir, dirs, folds=folds, seed=seed)
+    out_dir = Path(out) if out else default_out(data_dir)
+    write_audit(out_dir, record, tables)
+    from trainer.shortcuts import report_markdown
+
+    click.echo(report_markdown(record))
+    click.echo(f"written to {out_dir}")
+
+
 @main.command()
 @click.option("--arch", type=click.Choice(ARCH_NAMES), default="dsconv_cbam", show_default=True)
 @click.option("--data", type=click.Path(file_okay=False), required=True)
@@ -398,16 +482,23 @@ def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> No
 @click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the numbers as JSON.")
+@click.option("--augment", type=click.Choice(["none", "light", "strong"]), default="none",
+              show_default=True, help="Augment the training batches like train does.")
+@click.option("--loss", type=click.Choice(["logits", "probabilities"]), default="logits",
+              show_default=True,
+              help="Train the logits view with a from-logits loss (the trainer's way), or the "
+                   "softmax output with Keras' probability loss (the old way).")
 @_model_option_flags
 @_user_errors
 def diagnose(arch: str, data: str, limit: int, steps: int, batch_size: int,
-             learning_rate: float, seed: int, out: str | None, **opts: Any) -> None:
+             learning_rate: float, seed: int, out: str | None, augment: str, loss: str,
+             **opts: Any) -> None:
     """Watch activations, dead ReLUs and outputs over the first training steps."""
     from trainer.diagnose import diagnose as run_diagnose
 
     run_diagnose(arch, data, options=_model_options(arch, opts), spec=_spec(opts["image_size"]),
                  limit=limit, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                 seed=seed, out=out)
+                 seed=seed, out=out, augment=augment, loss=loss)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,14 @@ measures, on a fixed probe batch:
   coherent its signs are within each unit (1.0 = every weight of a unit moved the same way);
 - the predictions: how many distinct classes, and the mean top probability;
 - for BatchNormalization models, the batch variance each BN layer normalizes by in training
-  next to the moving variance it will use at test time.
+  next to the moving variance it will use at test time;
+- the logits: their mean spread (largest minus smallest) and the share of probe images whose
+  softmax is saturated (every other class below 1e-7 of the top one): from probabilities,
+  Keras' JAX backend clips such an image's loss and it gets no gradient at all.
+
+``--augment`` draws the training batches like the trainer does; ``--loss logits`` trains the
+logits view with a from-logits loss (what the trainer does), ``--loss probabilities`` the
+softmax model with Keras' probability loss (what it did before; the collapse below).
 
 BatchNormalization models are probed in training mode (batch statistics), as the optimizer
 sees them.
@@ -95,9 +102,22 @@ def _probe(probe_model: Any, x: np.ndarray, batch_norm: bool) -> list[np.ndarray
     return outputs
 
 
+SATURATED = 1e-7  # Keras' epsilon: the clip of its probability cross-entropy
+
+
+def _logit_stats(logits: np.ndarray | None) -> dict[str, Any]:
+    if logits is None:
+        return {"logit_spread": None, "saturated_share": None}
+    z = np.asarray(logits, dtype=np.float64)
+    rest = np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1) - 1.0  # other classes / top
+    return {"logit_spread": float(np.mean(z.max(axis=1) - z.min(axis=1))),
+            "saturated_share": float(np.mean(rest < SATURATED))}
+
+
 def _measure(probe_model: Any, x: np.ndarray, y: np.ndarray, dense: Any,
-             n_blocks: int, batch_norm: bool) -> dict[str, Any]:
+             n_blocks: int, batch_norm: bool, has_logits: bool = False) -> dict[str, Any]:
     outputs = _probe(probe_model, x, batch_norm)
+    logits = outputs.pop() if has_logits else None
     blocks, features, probs = outputs[:n_blocks], outputs[n_blocks], outputs[n_blocks + 1]
     bn_inputs = outputs[n_blocks + 2:]
     kernel, bias = dense.get_weights()
@@ -118,19 +138,25 @@ def _measure(probe_model: Any, x: np.ndarray, y: np.ndarray, dense: Any,
         "dense_input_dependence": spread,
         "distinct_predictions": int(len(np.unique(probs.argmax(1)))),
         "mean_top_probability": float(probs.max(axis=1).mean()),
+        **_logit_stats(logits),
     }
 
 
 def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
              spec: PreprocessSpec = DEFAULT_SPEC, limit: int = 256, steps: int = 12,
              batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
-             probe_size: int = 32, out: str | None = None) -> dict[str, Any]:
+             probe_size: int = 32, out: str | None = None, augment: str = "none",
+             loss: str = "logits") -> dict[str, Any]:
     """Train ``steps`` Adam steps (paper betas) on a --limit subset; print and return stats."""
     import keras
 
     from trainer.batches import TrainingBatches, one_hot
+    from trainer.logits import logits_view
     from trainer.models import build_model
     from trainer.train import avoid_cpu_xla, jit_compile_setting
+
+    if loss not in ("logits", "probabilities"):
+        raise ValueError(f"loss must be 'logits' or 'probabilities', got {loss!r}")
 
     data = load_split(data_dir, "Training", spec, limit=limit, seed=seed)
     probe_idx = stratified_indices(data.labels, probe_size, seed + 1)
@@ -139,9 +165,11 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     keras.utils.set_random_seed(seed)
     model = build_model(arch, input_shape=spec.shape, num_classes=len(data.class_names),
                         **(options or {}))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.99),
-                  loss="categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=jit_compile_setting())
+    view = logits_view(model)
+    fitted = view if (view is not None and loss == "logits") else model
+    fitted.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.99),
+                   loss=keras.losses.CategoricalCrossentropy(from_logits=fitted is view),
+                   metrics=["accuracy"], jit_compile=jit_compile_setting())
     relus = _relu_outputs(model)
     feeder, dense = _classifier_input(model)
     batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
@@ -149,9 +177,9 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
                  if isinstance(layer, keras.layers.BatchNormalization)]
     probe_model = avoid_cpu_xla(keras.Model(
         model.inputs[0], [r.output for r in relus] + [feeder.output, model.output]
-        + [layer.input for layer in bn_layers]))
+        + [layer.input for layer in bn_layers] + ([view.outputs[0]] if view is not None else [])))
     stream = TrainingBatches(data.images, data.labels, len(data.class_names), batch_size,
-                             seed=seed, spec=spec)
+                             seed=seed, spec=spec, augment=augment)
     rows = []
     kernel = dense.get_weights()[0]
     started = time.perf_counter()
@@ -159,16 +187,17 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
         row: dict[str, Any] = {"step": step}
         if step > 0:
             x, y = stream[step - 1]
-            loss, acc = model.train_on_batch(x, y)[:2]
+            batch_loss, acc = fitted.train_on_batch(x, y)[:2]
             new_kernel = dense.get_weights()[0]
             delta = new_kernel - kernel
             row.update(
-                batch_loss=float(loss),
+                batch_loss=float(batch_loss),
                 dense_update_relative=float(np.linalg.norm(delta) / np.linalg.norm(kernel)),
                 dense_update_sign_coherence=_coherence(delta),
             )
             kernel = new_kernel
-        row.update(_measure(probe_model, probe_x, probe_y, dense, len(relus), batch_norm))
+        row.update(_measure(probe_model, probe_x, probe_y, dense, len(relus), batch_norm,
+                            view is not None))
         row["conv_bias_mean"] = _conv_biases(model)
         # what it will divide by at test time: the moving average
         row["bn_moving_variance"] = [
@@ -178,6 +207,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
         _print_row(row, len(relus), header=step == 0)
     report = {"arch": arch, "options": options or {}, "limit": limit, "batch_size": batch_size,
               "learning_rate": learning_rate, "seed": seed, "probe_size": len(probe_y),
+              "augment": augment, "loss": loss,
               "backend": keras.backend.backend(), "parameters": model.count_params(),
               "seconds": round(time.perf_counter() - started, 1), "steps": rows,
               "probe_labels": one_hot(probe_y, len(data.class_names)).sum(0).tolist()}
@@ -191,13 +221,19 @@ def _print_row(row: dict[str, Any], n_blocks: int, header: bool) -> None:
         dead = " ".join(f"dead{i + 1}" for i in range(n_blocks))
         act = " ".join(f"act{i + 1}    " for i in range(n_blocks))
         print(f"step  loss    acc   {dead}  {act}featL1   deadFC  dependence  "
-              f"classes  top_p  dFC/FC  coherence", flush=True)
+              f"classes  top_p  dFC/FC  coherence  batchloss  logitspread  saturated",
+              flush=True)
     dead = " ".join(f"{d:5.2f}" for d in row["dead_channels"])
     act = " ".join(f"{a:8.1e}" for a in row["mean_activation"])
     update = (f"{row['dense_update_relative']:6.3f}  {row['dense_update_sign_coherence']:6.3f}"
               if "dense_update_relative" in row else "     -       -")
+    batch = f"{row['batch_loss']:9.3f}" if "batch_loss" in row else "        -"
+    spread = ("          -" if row["logit_spread"] is None else f"{row['logit_spread']:11.1f}")
+    saturated = ("        -" if row["saturated_share"] is None
+                 else f"{row['saturated_share']:9.2f}")
     print(f"{row['step']:4d}  {row['probe_loss']:6.3f}  {row['probe_accuracy']:4.2f}  "
           f"{dead}  {act}  "
           f"{row['feature_l1']:8.1f}  {row['dead_dense_units']:5.2f}  "
           f"{row['dense_input_dependence']:10.3f}  {row['distinct_predictions']:7d}  "
-          f"{row['mean_top_probability']:5.2f}  {update}", flush=True)
+          f"{row['mean_top_probability']:5.2f}  {update}  {batch}  {spread}  {saturated}",
+          flush=True)

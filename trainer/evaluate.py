@@ -11,6 +11,10 @@ Where the list is looked for, first hit wins:
 3. ``./runs/leakage-audit/<data folder name>/dedup_test.txt`` (audit-leakage's default);
 4. the reviewed list committed with the project, ``docs/leakage/dedup_test.txt``.
 
+Beside both, every external folder (``trainer.external``: pictures from sources never seen
+in training, by default ``../shared/data/br35h-tumour``) is scored: accuracy per folder and
+tumour sensitivity.
+
 A list found by lookup is used only if its ``audit.json`` (or the audit's ``summary.json``)
 names the same data folder; for the committed list, a folder of the same name (it describes
 the data set, wherever it is).
@@ -25,6 +29,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +139,14 @@ def evaluate_run(
     cache_dir: str | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    external: Sequence[str | os.PathLike] | None = None,
+    default_external: bool = True,
 ) -> dict[str, Any]:
-    """Predict the Testing split with RUN's model; write metrics.json, table.md, plots."""
+    """Predict the Testing split with RUN's model; write metrics.json, table.md, plots.
+
+    ``external`` folders (default: ``trainer.external.default_external_dirs`` unless
+    ``default_external`` is False) are scored too: metrics.json's ``external``.
+    """
     run = RunFolder.open(run_path)
     record = run.read_config()
     if not run.model.is_file():
@@ -165,6 +176,10 @@ def evaluate_run(
     else:
         log.warning("no deduplicated test list found: only the official (leaky) test score is "
                     "reported. Run: python -m trainer audit-leakage %s", data_dir)
+    from trainer.external import load_external, resolve_external_dirs
+
+    external_sets = [load_external(d, labels, spec)
+                     for d in resolve_external_dirs(external, default_external)]
 
     import keras
 
@@ -179,6 +194,8 @@ def evaluate_run(
         EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),
         verbose=1 if progress and sys.stdout.isatty() else 0), dtype=np.float64)
     seconds = time.perf_counter() - started
+    external_results = [_score_external(model, ext, labels, spec, batch_size)
+                        for ext in external_sets]
 
     name = record["architecture"] + (" (no ImageNet weights)"
                                      if record.get("no_imagenet_weights") else "")
@@ -201,6 +218,8 @@ def evaluate_run(
     if deduplicated is None:
         table += ("\n\nDeduplicated score: not available (no leakage audit found; run "
                   f"`python -m trainer audit-leakage {data_dir}`).\n")
+    table += "\n\n" + _scores_table(len(test), official, in_dedup, deduplicated,
+                                     external_results)
 
     out = Path(out_dir).expanduser() if out_dir else run.evaluation
     out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +229,8 @@ def evaluate_run(
         "data_dir": str(data_dir.resolve()), "limit": limit,
         "dedup_list": str(dedup_path.resolve()) if dedup_path else None,
         "official": official, "deduplicated": deduplicated,
+        "external": [{k: v for k, v in r.items() if k != "predictions"}
+                     for r in external_results],
         "predict_seconds": round(seconds, 2),
         "backend": keras.backend.backend(),
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -218,9 +239,16 @@ def evaluate_run(
     write_text_atomic(out / "table.md", table + ("\n" if not table.endswith("\n") else ""))
     write_text_atomic(out / "predictions.csv",
                       _predictions_csv(test.paths, labels, test.labels, probs, in_dedup))
+    if external_results:
+        write_text_atomic(out / "predictions_external.csv",
+                          _external_csv(external_results, labels))
     _plots(run, out, name, labels, official, deduplicated)
     log.info("accuracy %.4f official%s -> %s", official["accuracy"],
              f", {deduplicated['accuracy']:.4f} deduplicated" if deduplicated else "", out)
+    from trainer.external import summary_line
+
+    for ext in external_results:
+        log.info("%s", summary_line(ext["name"], ext["metrics"]))
     return {**result, "out_dir": str(out), "table_markdown": table}
 
 
@@ -230,6 +258,54 @@ def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     from edge.trust import calibration_error, reliability
 
     return {"ece": calibration_error(probs, labels), "bins": reliability(probs, labels)}
+
+
+def _score_external(model: Any, ext: Any, labels: list[str], spec: PreprocessSpec,
+                    batch_size: int) -> dict[str, Any]:
+    """Predict one external folder with the Keras model and score it."""
+    from trainer.batches import EvaluationBatches
+    from trainer.external import external_metrics
+
+    probs = np.asarray(model.predict(
+        EvaluationBatches(ext.images, None, len(labels), batch_size, spec=spec), verbose=0),
+        dtype=np.float64)
+    return {"name": ext.name, "dir": str(ext.root.resolve()),
+            "metrics": external_metrics(ext.targets, ext.folders, probs, labels),
+            "predictions": (ext.paths, ext.folders, probs)}
+
+
+def _scores_table(n_test: int, official: dict, in_dedup: np.ndarray | None,
+                  deduplicated: dict | None, external: list[dict[str, Any]]) -> str:
+    """Official, deduplicated and external accuracy side by side, and tumour sensitivity."""
+    lines = ["| evaluation set | n | accuracy | tumour sensitivity |", "|---|---:|---:|---:|",
+             f"| official test split | {n_test} | {100 * official['accuracy']:.2f}% | |"]
+    if deduplicated is not None:
+        lines.append(f"| deduplicated test split | {int(in_dedup.sum())} | "
+                     f"{100 * deduplicated['accuracy']:.2f}% | |")
+    for result in external:
+        m = result["metrics"]
+        sens = m["tumour_sensitivity"]
+        folders = ", ".join(f"{f} {100 * r['accuracy']:.2f}%" for f, r in m["folders"].items())
+        lines.append(f"| external {result['name']} ({folders}) | {m['n']} | "
+                     f"{100 * m['accuracy']:.2f}% | "
+                     f"{'' if sens is None else f'{100 * sens:.2f}%'} |")
+    if not external:
+        lines.append("\nExternal check: none (no --external folder given and "
+                     "../shared/data/br35h-tumour not found).")
+    return "\n".join(lines)
+
+
+def _external_csv(results: list[dict[str, Any]], labels: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["external_set", "path", "folder", "predicted",
+                     *(f"p_{name}" for name in labels)])
+    for result in results:
+        paths, folders, probs = result["predictions"]
+        for path, folder, p in zip(paths, folders, probs, strict=True):
+            writer.writerow([result["name"], path, folder, labels[int(p.argmax())],
+                             *(f"{v:.6f}" for v in p)])
+    return buffer.getvalue()
 
 
 def _plots(run: RunFolder, out: Path, name: str, labels: list[str], official: dict,

@@ -1,4 +1,5 @@
-"""The architectures, by name: the paper's DSConv-CBAM, its named variants, and baselines.
+"""The architectures, by name: the paper's DSConv-CBAM, its named variants, baselines, and two
+larger from-scratch networks (ResNet-18 and a scaled residual DSConv-CBAM).
 
 ``build_model("dsconv_cbam")`` is the published model exactly. Every change to it is a
 separate name with its reason in ``ARCHITECTURE_INFO`` (shown by ``python -m trainer
@@ -10,7 +11,6 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import keras
 
 from trainer.errors import ArchitectureError, WeightsNotFoundError
 from trainer.layers import CBAM
+from trainer.logits import LOGITS_LAYER, OUTPUT_LAYER
+from trainer.registry import _BN_REASON, ARCHITECTURE_INFO, ArchitectureInfo  # noqa: F401
 
 INPUT_SHAPE = (224, 224, 3)
 NUM_CLASSES = 4
@@ -29,12 +31,17 @@ MOBILENETV2_WEIGHTS_URL = (
 )
 
 
-@dataclass(frozen=True)
-class ArchitectureInfo:
-    """What a registered architecture is, and how and why it departs from the paper."""
+def classifier_output(x: Any, num_classes: int) -> Any:
+    """Dense(classes) named ``logits`` -> softmax named ``predictions``.
 
-    summary: str
-    deviations: tuple[str, ...] = ()
+    The same mathematics as Dense(activation="softmax"), but the logits are a tensor of
+    their own, so training can compute the loss from them (``trainer.logits``): from
+    probabilities, Keras' JAX backend clips them to [1e-7, 1 - 1e-7] and a saturated
+    softmax then gets no gradient at all (``trainer.logits``; docs/results.md, the collapsed
+    augmented run).
+    """
+    logits = keras.layers.Dense(num_classes, name=LOGITS_LAYER)(x)
+    return keras.layers.Activation("softmax", name=OUTPUT_LAYER)(logits)
 
 
 def _dsconv_cbam_net(
@@ -72,7 +79,7 @@ def _dsconv_cbam_net(
     else:
         x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(128, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = classifier_output(x, num_classes)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -135,8 +142,110 @@ def mlp(
     x = keras.layers.Flatten(name="flatten")(inputs)
     for i, units in enumerate(hidden_units, start=1):
         x = keras.layers.Dense(units, activation="relu", name=f"dense{i}")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = classifier_output(x, num_classes)
     return keras.Model(inputs, outputs, name="mlp")
+
+
+def _check_width(width: int, bn_momentum: float) -> None:
+    if int(width) < 1:
+        raise ArchitectureError(f"width must be a positive number of filters, got {width!r}")
+    if not 0.0 < bn_momentum < 1.0:
+        raise ArchitectureError(f"bn_momentum must be between 0 and 1, got {bn_momentum!r}")
+
+
+def _conv_bn(x: Any, filters: int, kernel: int, stride: int, momentum: float, name: str,
+             relu: bool = True) -> Any:
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
+                            name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _shortcut(x: Any, filters: int, stride: int, momentum: float, name: str) -> Any:
+    """Identity, or a strided 1x1 convolution + BN where the shape changes."""
+    if stride == 1 and int(x.shape[-1]) == filters:
+        return x
+    return _conv_bn(x, filters, 1, stride, momentum, f"{name}_shortcut", relu=False)
+
+
+def resnet18(
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+    *,
+    width: int = 64,
+    bn_momentum: float = 0.9,
+    dropout: float = 0.0,
+) -> keras.Model:
+    """ResNet-18 (basic blocks, [2, 2, 2, 2]) from scratch; ``width`` = first stage's filters.
+
+    11.2 M parameters at width 64. Softmax head on global average pooling, like every
+    model here, so the device code is the same.
+    """
+    _check_width(width, bn_momentum)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = _conv_bn(inputs, width, 7, 2, bn_momentum, "stem")
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, multiple in enumerate((1, 2, 4, 8), start=1):
+        filters = width * multiple
+        for block in (1, 2):
+            stride = 2 if stage > 1 and block == 1 else 1
+            name = f"stage{stage}_block{block}"
+            shortcut = _shortcut(x, filters, stride, bn_momentum, name)
+            y = _conv_bn(x, filters, 3, stride, bn_momentum, f"{name}_a")
+            y = _conv_bn(y, filters, 3, 1, bn_momentum, f"{name}_b", relu=False)
+            x = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+            x = keras.layers.ReLU(name=f"{name}_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    return keras.Model(inputs, classifier_output(x, num_classes), name="resnet18")
+
+
+def dsconv_cbam_res(
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+    num_classes: int = NUM_CLASSES,
+    *,
+    width: int = 32,
+    blocks: tuple[int, ...] = (2, 2, 3, 2),
+    bn_momentum: float = 0.9,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """The scaled DSConv-CBAM: residual separable-convolution blocks with CBAM in each.
+
+    Stem 3x3/2 (``width`` filters), then one stage per entry of ``blocks`` at 2, 4, 8, 16 x
+    ``width`` filters, each halving the resolution with a strided separable convolution in
+    its first block. A block: SeparableConv -> BN -> ReLU -> SeparableConv -> BN -> ReLU ->
+    CBAM, added to the shortcut, then ReLU. About 1.7 M parameters at width 32.
+    """
+    _check_width(width, bn_momentum)
+    blocks = tuple(int(b) for b in blocks)
+    if not blocks or min(blocks) < 1:
+        raise ArchitectureError(f"blocks must be positive block counts per stage, got {blocks!r}")
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = _conv_bn(inputs, width, 3, 2, bn_momentum, "stem")
+    for stage, count in enumerate(blocks, start=1):
+        filters = width * 2 ** stage
+        for block in range(1, count + 1):
+            stride = 2 if block == 1 else 1
+            name = f"stage{stage}_block{block}"
+            shortcut = _shortcut(x, filters, stride, bn_momentum, name)
+            y = keras.layers.SeparableConv2D(filters, 3, strides=stride, padding="same",
+                                             use_bias=False, name=f"{name}_sep_a")(x)
+            y = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn_a")(y)
+            y = keras.layers.ReLU(name=f"{name}_relu_a")(y)
+            y = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False,
+                                             name=f"{name}_sep_b")(y)
+            y = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn_b")(y)
+            # CBAM on non-negative features, as in the paper (ReLU -> pool -> CBAM): on the
+            # signed BN output the int8 model lost agreement (docs/results.md)
+            y = keras.layers.ReLU(name=f"{name}_relu_b")(y)
+            y = CBAM(ratio=16, kernel_size=5, name=f"{name}_cbam")(y)
+            x = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+            x = keras.layers.ReLU(name=f"{name}_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    return keras.Model(inputs, classifier_output(x, num_classes), name="dsconv_cbam_res")
 
 
 def default_backbone_weights_path() -> Path:
@@ -204,7 +313,7 @@ def mobilenetv2(
     x = backbone(x, training=False) if freeze_backbone else backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(128, activation="relu", name="dense")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = classifier_output(x, num_classes)
     return keras.Model(inputs, outputs, name="mobilenetv2")
 
 
@@ -214,41 +323,10 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "dsconv_cbam_gap": dsconv_cbam_gap,
     "mlp": mlp,
     "mobilenetv2": mobilenetv2,
+    "resnet18": resnet18,
+    "dsconv_cbam_res": dsconv_cbam_res,
 }
 
-_BN_REASON = (
-    "SeparableConv2D without bias -> BatchNormalization(momentum 0.9) -> ReLU instead of "
-    "SeparableConv2D with ReLU: the paper model as written can collapse to a constant "
-    "output in its first Adam steps (always on small runs; see 'Why dsconv_cbam collapses'), "
-    "and with BN it scored higher on the full data set (docs/results.md); momentum 0.9, "
-    "not Keras' 0.99, so the moving statistics used at test time keep up with training"
-)
-ARCHITECTURE_INFO: dict[str, ArchitectureInfo] = {
-    "dsconv_cbam": ArchitectureInfo(
-        "The published DSConv-CBAM, exactly: 3 x (SeparableConv2D 3x3 ReLU -> MaxPool 2x2 -> "
-        "CBAM r=16 k=5) -> Flatten -> Dense(128) -> Dense(4 softmax). Padding 'same'."),
-    "dsconv_cbam_bn": ArchitectureInfo(
-        "DSConv-CBAM with batch normalization in each separable-convolution block.",
-        (_BN_REASON,)),
-    "dsconv_cbam_gap": ArchitectureInfo(
-        "dsconv_cbam_bn with GlobalAveragePooling2D instead of Flatten: the compact "
-        "candidate for small devices.",
-        (_BN_REASON,
-         "GlobalAveragePooling2D instead of Flatten: the Flatten -> Dense(128) layer holds "
-         "99.9% of the paper model's 12.9 M parameters; averaging first cuts the model to "
-         "about 32 k parameters")),
-    "mlp": ArchitectureInfo(
-        "The paper's MLP baseline (its structure was not published): Flatten -> Dense(128, "
-        "ReLU) -> Dense(4 softmax) on the raw [0, 1] pixels.",
-        ("structure chosen here, the paper's figure of it did not survive: DSConv-CBAM's own "
-         "classifier head on raw pixels, so the comparison isolates the conv/attention "
-         "stages",)),
-    "mobilenetv2": ArchitectureInfo(
-        "The paper's transfer-learning baseline: MobileNetV2 (frozen, ImageNet) -> "
-        "GlobalAveragePooling -> Dense(128, ReLU) -> Dense(4 softmax).",
-        ("inputs in [0, 1] are rescaled to [-1, 1] inside the model (MobileNetV2's range), so "
-         "every model shares one preprocessing",)),
-}
 NO_IMAGENET_DEVIATION = (
     "no ImageNet weights: the backbone was trained from scratch (--backbone-weights none), "
     "not the paper's frozen ImageNet MobileNetV2"

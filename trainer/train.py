@@ -2,7 +2,9 @@
 and ``resume`` that continues a stopped run to the same final weights.
 
 The paper's settings are the defaults (Adam, learning rate 1e-3, beta_1 0.9, beta_2 0.99,
-categorical cross-entropy, 35 epochs, batch 64). The model kept in ``model.keras`` is the
+categorical cross-entropy, 35 epochs, batch 64: ``trainer.recipes.RECIPES["paper"]``);
+other recipes change optimizer, schedule, label smoothing and augmentation. The loss is
+computed from the logits (``trainer.logits``). The model kept in ``model.keras`` is the
 epoch with the best validation accuracy; the test split is never touched here.
 """
 
@@ -49,7 +51,7 @@ class TrainConfig:
     seed: int = 0
     limit: int | None = None
     val_fraction: float = 0.1
-    augment: bool = False
+    augment: str = "none"  # none | light | strong (trainer.augment)
     patience: int | None = None
     distribute: bool = False
     recalibrate_bn: int = 0
@@ -57,6 +59,20 @@ class TrainConfig:
     use_cache: bool = True
     spec: PreprocessSpec = DEFAULT_SPEC
     cpu_kernels: bool = False  # trainer/cpu_kernels.py (opt-in; same mathematics)
+    recipe: str = "paper"  # trainer/recipes.py: where the defaults below came from
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0  # adamw only (decoupled)
+    schedule: str = "constant"  # constant | cosine (to COSINE_FLOOR of the peak)
+    warmup_epochs: float = 0.0  # linear warm-up from 1 % of the peak
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        from trainer.batches import augment_policy
+
+        try:  # True / False: the older boolean --augment (light / none)
+            object.__setattr__(self, "augment", augment_policy(self.augment))
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
 
     def validate(self) -> None:
         checks = [
@@ -77,10 +93,31 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        from trainer.recipes import validate as validate_recipe
+
+        validate_recipe(self.recipe_values())
+
+    def recipe_values(self) -> dict[str, Any]:
+        """The settings a recipe decides (``trainer.recipes.Recipe`` fields)."""
+        from trainer.recipes import Recipe
+
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)}
 
     def optimizer_config(self) -> dict[str, Any]:
-        return {"name": "adam", "learning_rate": self.learning_rate, "beta_1": self.beta_1,
-                "beta_2": self.beta_2, "epsilon": self.epsilon}
+        config = {"name": self.optimizer, "learning_rate": self.learning_rate,
+                  "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        if self.optimizer == "adamw":
+            config["weight_decay"] = self.weight_decay
+        if self.schedule != "constant" or self.warmup_epochs:
+            from trainer.recipes import COSINE_FLOOR
+
+            config.update(schedule=self.schedule, warmup_epochs=self.warmup_epochs)
+            if self.schedule == "cosine":
+                config["final_learning_rate"] = self.learning_rate * COSINE_FLOOR
+        return config
+
+    def loss_config(self) -> dict[str, Any]:
+        return {"name": LOSS, "from_logits": True, "label_smoothing": self.label_smoothing}
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -125,11 +162,41 @@ def _resolved_model_options(arch: str, options: dict[str, Any]) -> dict[str, Any
     return options
 
 
-def _optimizer(config: TrainConfig) -> Any:
+def _learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """A float for the paper's constant rate, else a warm-up + cosine (or flat) schedule."""
+    if config.schedule == "constant" and not config.warmup_epochs:
+        return config.learning_rate
     import keras
 
-    return keras.optimizers.Adam(learning_rate=config.learning_rate, beta_1=config.beta_1,
+    from trainer.recipes import COSINE_FLOOR
+
+    peak = config.learning_rate
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    total = config.epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak * 0.01 if warmup else peak,
+        decay_steps=max(1, total - warmup),
+        alpha=COSINE_FLOOR if config.schedule == "cosine" else 1.0,  # 1.0: flat after warm-up
+        warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> Any:
+    import keras
+
+    rate = _learning_rate(config, steps_per_epoch)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate, weight_decay=config.weight_decay,
+                                      beta_1=config.beta_1, beta_2=config.beta_2,
+                                      epsilon=config.epsilon)
+    return keras.optimizers.Adam(learning_rate=rate, beta_1=config.beta_1,
                                  beta_2=config.beta_2, epsilon=config.epsilon)
+
+
+def _loss(config: TrainConfig, from_logits: bool) -> Any:
+    import keras
+
+    return keras.losses.CategoricalCrossentropy(from_logits=from_logits,
+                                                label_smoothing=config.label_smoothing)
 
 
 def jit_compile_setting() -> bool | str:
@@ -157,9 +224,15 @@ def avoid_cpu_xla(model: Any) -> Any:
     return model
 
 
-def compile_model(model: Any, config: TrainConfig) -> None:
-    model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"],
-                  jit_compile=jit_compile_setting())
+def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int = 1,
+                  from_logits: bool = False) -> None:
+    """``model`` is the logits view (``from_logits``) or, for an old run, the softmax model."""
+    model.compile(optimizer=_optimizer(config, steps_per_epoch), loss=_loss(config, from_logits),
+                  metrics=["accuracy"], jit_compile=jit_compile_setting())
+
+
+def steps_per_epoch(config: TrainConfig, train_images: int) -> int:
+    return -(-train_images // config.batch_size)
 
 
 def save_model_atomic(model: Any, path: Path) -> None:
@@ -184,6 +257,7 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
     import keras
 
     from trainer.models import ARCHITECTURE_INFO, deviations, is_no_imagenet
+    from trainer.recipes import deviations as recipe_deviations
 
     record: dict[str, Any] = {
         "format": 1,
@@ -199,8 +273,10 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "seed": config.seed,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
+        "recipe": config.recipe,
         "optimizer": config.optimizer_config(),
         "loss": LOSS,
+        "loss_settings": config.loss_config(),
         "val_fraction": config.val_fraction,
         "augment": config.augment,
         "early_stopping_patience": config.patience,
@@ -211,7 +287,8 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "bn_recalibration_batches": config.recalibrate_bn,
         "backend": keras.backend.backend(),
         "environment": environment(),
-        "deviations": deviations(config.arch, options),
+        "deviations": deviations(config.arch, options) + recipe_deviations(
+            config.recipe, config.recipe_values()),
         "no_imagenet_weights": is_no_imagenet(config.arch, options),
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -269,11 +346,12 @@ class _Validator:
 
 
 def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
-              validate: _Validator, deadline: float | None = None) -> Any:
+              validate: _Validator, inference: Any, deadline: float | None = None) -> Any:
     import keras
 
     class RunRecorder(keras.callbacks.Callback):
-        """After each epoch: validation, checkpoint, best model, history, state."""
+        """After each epoch: validation (of ``inference``, the softmax model), checkpoint
+        (of the model being fitted, with its optimizer state), best model, history, state."""
 
         def on_train_begin(self, logs: dict | None = None) -> None:
             self._first_epoch = True  # of this session: it includes compilation
@@ -291,7 +369,7 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if logs is None:
                 logs = {}
-            logs.update(validate(self.model))  # in place: the progress bar shows them too
+            logs.update(validate(inference))  # in place: the progress bar shows them too
             done = epoch + 1
             seconds = time.perf_counter() - self._started
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -336,17 +414,24 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
     return RunRecorder()
 
 
+def augmentation_workers(augment: str) -> int:
+    """Threads that build augmented batches (Pillow and numpy release the GIL)."""
+    return min(8, os.cpu_count() or 1) if augment == "strong" else 1
+
+
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
-         deadline: float | None = None) -> None:
+         deadline: float | None = None, inference: Any = None) -> None:
+    """Fit ``model`` (the logits view, or an old run's softmax model); validate ``inference``."""
     from trainer.batches import TrainingBatches
     from trainer.cpu_kernels import cpu_kernels
 
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
-        augment=config.augment)
-    recorder = _recorder(run, state, config.patience, _Validator(config, data), deadline)
+        augment=config.augment, workers=augmentation_workers(config.augment))
+    recorder = _recorder(run, state, config.patience, _Validator(config, data),
+                         inference if inference is not None else model, deadline)
     try:
         with cpu_kernels(config.cpu_kernels):  # traced inside fit: must enclose it
             model.fit(train_batches, steps_per_epoch=len(train_batches), epochs=config.epochs,
@@ -365,11 +450,14 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
     import keras
 
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
+    from trainer.logits import is_logits_view, with_softmax
 
-    model = avoid_cpu_xla(keras.saving.load_model(run.best_checkpoint, compile=False))
+    model = keras.saving.load_model(run.best_checkpoint, compile=False)
+    model = avoid_cpu_xla(with_softmax(model) if is_logits_view(model) else model)
     if not config.recalibrate_bn:
         _warn_if_bn_unsettled(model, config, data, state)
-    model.compile(optimizer=_optimizer(config), loss=LOSS, metrics=["accuracy"])
+    model.compile(optimizer=_optimizer(config, steps_per_epoch(config, len(data.train))),
+                  loss=_loss(config, from_logits=False), metrics=["accuracy"])
     save_model_atomic(model, run.model)
     status = ("stopped_early" if state["stopped_early"]
               else "stopped_time_limit" if state.get("stopped_time_limit") else "completed")
@@ -395,7 +483,7 @@ def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
     layers = batchnorm_layers(model)
     if not layers:
         return
-    steps = state["best_epoch"] * -(-len(data.train) // config.batch_size)
+    steps = state["best_epoch"] * steps_per_epoch(config, len(data.train))
     remaining = max(layer.momentum for layer in layers) ** steps
     if remaining > 0.01:
         log.warning("BatchNormalization moving statistics have had only %d update(s); their "
@@ -422,6 +510,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     import keras
 
     from trainer.distribute import distribution_scope
+    from trainer.logits import logits_view
     from trainer.models import build_model
 
     config.validate()
@@ -439,7 +528,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     with distribution_scope(config.distribute) as distribution:
         model = build_model(config.arch, input_shape=config.spec.shape,
                             num_classes=len(data.labels), **options)
-        compile_model(model, config)
+        view = logits_view(model)
+        fitted = view if view is not None else model
+        avoid_cpu_xla(model)  # it only predicts (validation)
+        compile_model(fitted, config, steps_per_epoch(config, len(data.train)),
+                      from_logits=view is not None)
         run = RunFolder.create(runs_dir, name)
         record = _run_record(config, data, options, distribution)
         record["command"] = command
@@ -448,7 +541,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
         log.info("run folder %s: %s, %d training / %d validation images, %d epoch(s)",
                  run.path, config.arch, len(data.train), len(data.val), config.epochs)
         state = _new_state()
-        _fit(run, model, config, data, state, callbacks, verbose, deadline)
+        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model)
     _finish(run, config, data, state, started)
     return run
 
@@ -466,6 +559,7 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
 
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
     from trainer.distribute import distribution_scope
+    from trainer.logits import is_logits_view, with_softmax
 
     started = time.perf_counter()
     deadline = _deadline(started, time_limit)
@@ -506,8 +600,8 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     log.info("resuming %s after epoch %d of %d", run.path, state["epochs_done"], config.epochs)
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(config.distribute):
-        model = keras.saving.load_model(checkpoint)
-        avoid_cpu_xla(model)
-        _fit(run, model, config, data, state, callbacks, verbose, deadline)
+        fitted = avoid_cpu_xla(keras.saving.load_model(checkpoint))
+        model = avoid_cpu_xla(with_softmax(fitted)) if is_logits_view(fitted) else fitted
+        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model)
     _finish(run, config, data, state, started)
     return run

@@ -28,7 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     (["agent", "--files", "0"], "--files must be at least 1"),
     (["agent", "--model", "/no/such/model"], "--model /no/such/model does not exist"),
     (["agent", "--fsync-delay-ms", "-5"], "--fsync-delay-ms must be between 0 and 1000"),
-    (["latency", "--archs", "mlp"], "--archs: unknown mlp"),
+    (["latency", "--archs", "vgg16"], "--archs: unknown vgg16"),
     (["soak", "--rounds", "0"], "--rounds must be at least 1"),
     (["soak", "--burst", "0"], "--burst must be at least 1"),
     (["soak", "--max-kill-delay", "0"], "--max-kill-delay must be between 0 and 600"),

@@ -68,3 +68,41 @@ def test_train_and_resume_on_jax_without_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RESULT jax completed 2" in result.stdout
     assert "CBAM OK" in result.stdout
+
+
+STRONG_SCRIPT = """
+import sys
+sys.modules["tensorflow"] = None
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from trainer_testdata import make_dataset
+from edge.preprocess import PreprocessSpec
+from trainer.recipes import resolve
+from trainer.train import TrainConfig, resume, train
+import keras
+assert keras.backend.backend() == "jax"
+data = make_dataset(Path({tmp!r}) / "data", train_per_class=8, test_per_class=2)
+values = resolve("strong", {{"epochs": 2, "batch_size": 8}})
+assert values["augment"] == "strong" and values["optimizer"] == "adamw"
+for arch, options in (("dsconv_cbam_res", {{"width": 4, "blocks": (1, 1)}}),
+                      ("resnet18", {{"width": 4}})):
+    config = TrainConfig(arch=arch, data_dir=str(data), runs_dir={tmp!r}, name=arch,
+                         spec=PreprocessSpec(32, 32), use_cache=False, model_options=options,
+                         recipe="strong", **values)
+    run = train(config, verbose=0)
+    resume(run.path, epochs=3, verbose=0)
+    record = run.read_config()
+    print("RESULT", arch, record["backend"], record["status"], record["epochs_done"],
+          record["augment"], record["optimizer"]["name"])
+"""
+
+
+def test_strong_recipe_and_new_architectures_on_jax_without_tensorflow(tmp_path):
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    script = STRONG_SCRIPT.format(tests=tests, tmp=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for arch in ("dsconv_cbam_res", "resnet18"):
+        assert f"RESULT {arch} jax completed 3 strong adamw" in result.stdout

@@ -30,7 +30,9 @@ def test_paper_architecture_layer_by_layer(paper_model):
     expected = []
     for filters in (32, 64, 128):
         expected += [("SeparableConv2D", filters), ("MaxPooling2D", None), ("CBAM", filters)]
-    expected += [("Flatten", None), ("Dense", 128), ("Dense", 4)]
+    # Dense(4) then softmax as its own layer: Dense(4, softmax), with the logits named
+    # (trainer.logits trains on them)
+    expected += [("Flatten", None), ("Dense", 128), ("Dense", 4), ("Activation", None)]
     assert [type(layer).__name__ for layer in layers] == [t for t, _ in expected]
     channels = None
     for layer, (kind, width) in zip(layers, expected, strict=True):
@@ -50,8 +52,9 @@ def test_paper_architecture_layer_by_layer(paper_model):
             assert tuple(layer.spatial.conv.kernel_size) == (5, 5)
             assert layer.spatial.conv.filters == 1
             assert layer.spatial.conv.activation.__name__ == "sigmoid"
-    assert layers[-2].activation.__name__ == "relu"
-    assert layers[-1].activation.__name__ == "softmax"
+    assert layers[-3].activation.__name__ == "relu"
+    assert layers[-2].name == "logits" and layers[-2].activation.__name__ == "linear"
+    assert layers[-1].name == "predictions" and layers[-1].activation.__name__ == "softmax"
     assert paper_model.input_shape == (None, 224, 224, 3)
     assert paper_model.output_shape == (None, 4)
 

@@ -179,7 +179,8 @@ def test_per_layer_profile_times_every_layer_and_rejects_compare(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
     assert [r["layer"] for r in rows][:3] == ["sepconv1", "pool1", "cbam1"]
-    assert rows[-1]["layer"] == "predictions" and len(rows) == 12
+    # ... Dense(128), Dense(4) "logits", softmax "predictions" (trainer.logits)
+    assert [r["layer"] for r in rows][-2:] == ["logits", "predictions"] and len(rows) == 13
     assert all(r["forward_backward_ms"] > 0 and r["forward_ms"] > 0 for r in rows)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=0.01)
     assert "| sepconv1 | 32x32x3 |" in result.output

@@ -1,0 +1,173 @@
+"""Named recipes, their options, the learning-rate schedule and the augmentation policies."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trainer.errors import OptionError
+from trainer.recipes import RECIPES, deviations, resolve, validate
+
+
+def test_the_paper_recipe_is_table_3():
+    paper = RECIPES["paper"]
+    assert (paper.epochs, paper.batch_size, paper.optimizer, paper.learning_rate,
+            paper.beta_1, paper.beta_2) == (35, 64, "adam", 1e-3, 0.9, 0.99)
+    assert (paper.weight_decay, paper.schedule, paper.warmup_epochs, paper.label_smoothing,
+            paper.augment) == (0.0, "constant", 0.0, 0.0, "none")
+    assert deviations("paper", paper.to_dict()) == []
+
+
+def test_the_strong_recipe_and_overrides():
+    values = resolve("strong", {"epochs": 50, "learning_rate": None})
+    assert values["epochs"] == 50 and values["learning_rate"] == 1e-3  # None: not given
+    assert (values["optimizer"], values["weight_decay"], values["schedule"],
+            values["warmup_epochs"], values["label_smoothing"], values["augment"]) == (
+        "adamw", 0.02, "cosine", 3.0, 0.1, "strong")
+    [line] = deviations("strong", values)
+    assert "adamw" in line and "label_smoothing 0.1 (paper: 0.0)" in line
+    with pytest.raises(OptionError, match="unknown recipe 'fancy'"):
+        resolve("fancy", {})
+
+
+def test_a_run_shorter_than_the_warm_up_keeps_its_share():
+    assert resolve("strong", {"epochs": 2})["warmup_epochs"] == pytest.approx(2 * 3 / 40)
+    assert resolve("strong", {"epochs": 10})["warmup_epochs"] == 3.0  # fits: unchanged
+    explicit = resolve("strong", {"epochs": 2, "warmup_epochs": 2.0})
+    with pytest.raises(OptionError, match="less than --epochs"):
+        validate(explicit)  # asked for: an error, not silently changed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"weight_decay": 0.01}, "needs --optimizer adamw"),
+    ({"warmup_epochs": 35.0}, "less than --epochs"),
+    ({"label_smoothing": 1.0}, "label-smoothing"),
+    ({"augment": "heavy"}, "--augment must be one of"),
+    ({"schedule": "step"}, "--schedule"),
+])
+def test_bad_recipe_settings_are_refused(change, message):
+    values = {**RECIPES["paper"].to_dict(), **change}
+    with pytest.raises(OptionError, match=message):
+        validate(values)
+
+
+def test_old_run_json_augment_booleans_still_load():
+    pytest.importorskip("keras")
+    from trainer.train import TrainConfig
+
+    old = {"arch": "mlp", "data_dir": "d", "augment": True, "epochs": 3}
+    config = TrainConfig.from_dict(old)
+    assert config.augment == "light" and config.optimizer == "adam" and config.recipe == "paper"
+    assert TrainConfig.from_dict({**old, "augment": False}).augment == "none"
+    with pytest.raises(OptionError, match="augmentation must be one of"):
+        TrainConfig(arch="mlp", data_dir="d", augment="heavy")
+
+
+def test_warmup_then_cosine_then_floor():
+    pytest.importorskip("keras")
+    import keras
+
+    from trainer.recipes import COSINE_FLOOR
+    from trainer.train import TrainConfig, _learning_rate
+
+    config = TrainConfig(arch="mlp", data_dir="d", epochs=10, learning_rate=2e-3,
+                         schedule="cosine", warmup_epochs=2.0)
+    schedule = _learning_rate(config, steps_per_epoch=10)
+
+    def at(step):
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+
+    assert at(0) == pytest.approx(2e-5)  # 1 % of the peak
+    assert at(10) == pytest.approx(1e-3 + 1e-5, rel=0.02)  # half way up the warm-up
+    assert at(20) == pytest.approx(2e-3)
+    assert at(60) < at(40) < at(20)
+    assert at(100) == pytest.approx(2e-3 * COSINE_FLOOR, rel=1e-3)
+    flat = _learning_rate(TrainConfig(arch="mlp", data_dir="d", epochs=10,
+                                      learning_rate=2e-3, warmup_epochs=1.0), 10)
+    assert float(keras.ops.convert_to_numpy(flat(50))) == pytest.approx(2e-3)
+    assert _learning_rate(TrainConfig(arch="mlp", data_dir="d"), 10) == 1e-3  # the paper's
+
+
+def _cli_config(monkeypatch, tmp_path, *args):
+    """The TrainConfig the CLI would train with (train itself replaced)."""
+    pytest.importorskip("keras")
+    from trainer_testdata import make_dataset
+
+    import trainer.train as train_module
+    from trainer.cli import main
+
+    data = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1)
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda config, **_: seen.setdefault("c", config))
+    result = CliRunner().invoke(main, ["train", "--arch", "mlp", "--data", str(data), *args])
+    return result, seen.get("c")
+
+
+def test_cli_recipe_and_options(monkeypatch, tmp_path):
+    result, config = _cli_config(monkeypatch, tmp_path, "--recipe", "strong", "--epochs", "7")
+    assert result.exit_code == 0, result.output
+    assert (config.recipe, config.epochs, config.optimizer, config.augment) == (
+        "strong", 7, "adamw", "strong")
+    result, config = _cli_config(monkeypatch, tmp_path, "--augment", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert (config.recipe, config.augment, config.optimizer, config.epochs) == (
+        "paper", "light", "adam", 2)
+    result, config = _cli_config(monkeypatch, tmp_path, "--recipe", "strong", "--no-augment")
+    assert config.augment == "none"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--weight-decay", "0.1"), "needs --optimizer adamw"),
+    (("--recipe", "strong", "--warmup-epochs", "50"), "less than --epochs"),
+    (("--augment", "strong", "--no-augment"), "contradict"),
+    (("--recipe", "fancy"), "Invalid value for '--recipe'"),
+])
+def test_cli_refuses_bad_recipe_options(monkeypatch, tmp_path, args, message):
+    result, config = _cli_config(monkeypatch, tmp_path, *args)
+    assert result.exit_code in (2, 64) and message in result.output and config is None
+    assert "Traceback" not in result.output
+
+
+def test_strong_augmentation_is_seeded_bounded_and_keeps_grey_grey():
+    from trainer.augment import strong_batch
+
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 255, (6, 48, 48, 1), dtype=np.uint8), 3, axis=3)
+    a = strong_batch(grey, np.random.default_rng(7))
+    b = strong_batch(grey, np.random.default_rng(7))
+    assert a.dtype == np.float32 and a.shape == grey.shape
+    assert np.array_equal(a, b)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    assert np.array_equal(a[..., 0], a[..., 2])
+    assert not np.allclose(a, grey / 255.0, atol=0.05)  # something did change
+    colour = rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8)
+    c = strong_batch(colour, np.random.default_rng(1))
+    assert not np.array_equal(c[..., 0], c[..., 1])
+
+
+def test_training_batches_are_the_same_from_many_threads():
+    pytest.importorskip("keras")
+    from trainer.batches import TrainingBatches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(40) % 4
+    stream = TrainingBatches(images, labels, 4, 8, seed=3, augment="strong")
+    expected = [stream[i][0] for i in range(15)]  # three epochs of five batches
+    fresh = TrainingBatches(images, labels, 4, 8, seed=3, augment="strong")
+    got: dict[int, np.ndarray] = {}
+
+    def fetch(indices):
+        for i in indices:
+            got[i] = fresh[i][0]
+
+    threads = [threading.Thread(target=fetch, args=(list(range(k, 15, 3)),)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(15):
+        np.testing.assert_array_equal(got[i], expected[i])
