@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks import models as model_set
 from benchmarks.errors import BenchmarkError
 from benchmarks.report import machine_info, machine_markdown, table
+from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("benchmarks")
 COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "trust", "soak",
@@ -132,21 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from edge.errors import EdgeError
+    from edge.errors import EdgeError  # every package's errors derive from it
 
-    try:
-        from converters.errors import ConverterError
-        from trainer.errors import TrainerError
-        known: tuple[type[BaseException], ...] = (BenchmarkError, EdgeError, ConverterError,
-                                                  TrainerError)
-    except ImportError:  # an edge-only environment: latency and int8 need the train extra
-        known = (BenchmarkError, EdgeError)
     try:
         if args.render is not None:
             result, text = None, render_file(args.render)
         else:
             result, text = run(args)
-    except known as exc:
+    except EdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 1) or 1)
     print(text)
@@ -169,7 +163,7 @@ def render_file(path: Path) -> str:
 def _write(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_bytes_atomic(path, text.encode("utf-8"))
     except OSError as exc:
         print(f"error: cannot write {path}: {exc.strerror}", file=sys.stderr)
         sys.exit(1)

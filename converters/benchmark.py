@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from converters.errors import ConverterError
 from converters.export import MODES
+from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("converters.benchmark")
 
@@ -95,7 +95,6 @@ def main(model: Path, data: Path, out: Path, modes: str, eval_limit: int | None,
     os.environ["KERAS_BACKEND"] = "tensorflow"
     from converters.pipeline import ConvertOptions, run_conversion
     from edge.errors import EdgeError
-    from trainer.errors import TrainerError
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
     lines = []
@@ -126,12 +125,12 @@ def main(model: Path, data: Path, out: Path, modes: str, eval_limit: int | None,
             for label, summary in counts.items():
                 types = ", ".join(f"{k} {v}" for k, v in summary["by_type"].items())
                 lines.append(f"| {label} | {summary['count']} | {types} |")
-    except (ConverterError, TrainerError, EdgeError) as exc:
+    except EdgeError as exc:  # ConverterError and TrainerError derive from it
         click.echo(f"error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.md").write_text(text, encoding="utf-8")
+    write_bytes_atomic(out / "benchmark.md", text.encode("utf-8"))
     click.echo(text)
 
 

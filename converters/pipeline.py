@@ -35,6 +35,7 @@ from converters.quant_debug import diagnose, to_markdown
 from converters.report import REPORT_FORMAT, summary_text, write_report
 from converters.runtimes import check_in_process, check_subprocess, parse_runtime_specs
 from converters.source import load_keras_model, resolve_source
+from edge.durable import fsync_dir, install_files
 from edge.manifest import MANIFEST_NAME, load_verified, write_manifest
 from edge.preprocess import scale
 from trainer.data import scan_split, stratified_indices
@@ -341,16 +342,13 @@ def _publish(opts: ConvertOptions, report: dict[str, Any], manifest_with: Any,
     from converters.trust import STATISTICS_NAME
 
     statistics = staging / STATISTICS_NAME
-    for staged in (model_path, staging / MANIFEST_NAME, staging / "report.json"):
-        os.chmod(staged, 0o644)  # temp files are 0600; the device's service user reads these
-    if statistics.exists():
-        os.chmod(statistics, 0o644)
-        os.replace(statistics, out / STATISTICS_NAME)
-    elif (out / STATISTICS_NAME).exists():  # a replaced model's statistics must not linger
-        os.unlink(out / STATISTICS_NAME)
-    os.replace(model_path, out / MODEL_NAME)
-    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
-    os.replace(staging / "report.json", out / "report.json")
+    if not statistics.exists() and (out / STATISTICS_NAME).exists():
+        os.unlink(out / STATISTICS_NAME)  # a replaced model's statistics must not linger
+    # 0644: the device's service user reads these, whatever this user's umask
+    moves = [(statistics, out / STATISTICS_NAME)] if statistics.exists() else []
+    moves += [(model_path, out / MODEL_NAME), (staging / MANIFEST_NAME, out / MANIFEST_NAME),
+              (staging / "report.json", out / "report.json")]
+    install_files(moves, mode=0o644)
     shutil.rmtree(out / REJECTED, ignore_errors=True)  # a stale refusal of an earlier attempt
     return Outcome(True, report, out / "report.json", out, gate, summary_text(report))
 
@@ -383,5 +381,6 @@ def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, save
     write_report(staged, report)
     os.chmod(staged / "report.json", 0o644)
     shutil.rmtree(rejected, ignore_errors=True)
-    os.replace(staged, rejected)
+    os.replace(staged, rejected)  # a whole folder: its files were written through edge.durable
+    fsync_dir(opts.out)
     return Outcome(False, report, rejected / "report.json", None, gate, summary_text(report))

@@ -6,18 +6,21 @@ differ.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from edge.manifest import write_json_atomic
+from edge.durable import write_bytes_atomic
 
 REPORT_JSON = "report.json"
 REPORT_FORMAT = 1
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> Path:
+    """``report.json``, atomically (``edge.durable``). Python's JSON, NaN allowed as it always
+    was here: a statistic that is not a number is reported, not a reason to fail."""
     path = folder / REPORT_JSON
-    write_json_atomic(path, report)
+    write_bytes_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return path
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from converters.errors import EX_USAGE
+from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("converters.score")
 
@@ -127,7 +128,6 @@ def main(model_dir: Path, data: Path | None, dedup_list: Path | None, no_dedup: 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from converters.errors import ConverterError
     from edge.errors import EdgeError
-    from trainer.errors import TrainerError
 
     if external and no_external:
         click.echo("error: --external and --no-external contradict each other; give one",
@@ -144,14 +144,14 @@ def main(model_dir: Path, data: Path | None, dedup_list: Path | None, no_dedup: 
             if not result["external"]:
                 raise ConverterError("--record: no external check was made, nothing to record")
             written = record(model_dir, result)
-    except (ConverterError, TrainerError, EdgeError) as exc:
+    except EdgeError as exc:  # ConverterError and TrainerError derive from it
         click.echo(f"error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1) or 1)
     click.echo(text(result))
     if write_record:
         click.echo(f"recorded metrics.external in {written}")
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_bytes_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import numpy as np
 
 from converters import outputs as model_outputs
 from converters.errors import ConversionFailedError, ConverterError, OutputError, UsageError
+from edge.durable import install_files
 from edge.manifest import (
     MANIFEST_NAME,
     TRUST_VERSION,
@@ -274,10 +274,9 @@ def refit(model_dir: Path, out: Path, opts: TrustOptions, force: bool = False) -
         new, summary = fit_trust(model_path, manifest, staging, opts)
         write_manifest(new, staging / MANIFEST_NAME)
         load_verified(staging)  # exactly what the device will do
-        for name in (STATISTICS_NAME, manifest.model_file, MANIFEST_NAME):  # manifest last
-            if (staging / name).exists():
-                os.chmod(staging / name, 0o644)
-                os.replace(staging / name, out / name)
+        install_files([(staging / name, out / name)  # the manifest last
+                       for name in (STATISTICS_NAME, manifest.model_file, MANIFEST_NAME)
+                       if (staging / name).exists()], mode=0o644)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary

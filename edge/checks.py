@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from .config import AgentConfig
+from .durable import create_temp
 from .errors import EdgeError
 
 
@@ -62,7 +62,7 @@ def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
              "outbox itself, never its parents: is a disk not mounted?)")
         return
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".neuroedge-check-", dir=str(existing))
+        fd, tmp = create_temp(existing)  # a probe, removed at once
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:

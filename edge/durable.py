@@ -168,6 +168,26 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True,
         handle.write(data)
 
 
+def install_files(moves: list[tuple[Path, Path]], mode: int | None = None) -> None:
+    """Publish files prepared in a private staging folder (a converted model, its manifest,
+    its report): each is fsynced, given ``mode`` if set, and renamed over its destination in
+    the order given (put the file that marks the set complete, a manifest, last); then each
+    destination folder is fsynced once."""
+    for src, _ in moves:
+        fd = os.open(str(src), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mode is not None:
+            os.chmod(str(src), mode)
+    folders = FolderBarrier()
+    for src, dst in moves:
+        os.replace(str(src), str(dst))
+        folders.add(dst.parent)
+    folders.sync()
+
+
 def json_bytes(data: Any, compact: bool = False) -> bytes:
     """``data`` as UTF-8 JSON text plus a newline; strict: NaN or Infinity raise ValueError
     (they are not JSON, and a reader in another language would reject the file).

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from .durable import write_json_atomic
 from .errors import ManifestError, ModelIntegrityError
 from .preprocess_spec import PreprocessSpec
 
@@ -415,30 +415,13 @@ def load_verified(model_dir_or_file: PathLike) -> tuple[ModelManifest, Path]:
 
 
 def write_manifest(manifest: ModelManifest, path: PathLike) -> Path:
-    """Validate and write ``manifest`` atomically (temp file, fsync, rename)."""
+    """Validate and write ``manifest`` atomically and durably (``edge.durable``), as strict
+    JSON (a NaN anywhere is a bug, not a value to write)."""
     data = manifest.to_dict()
     ModelManifest.from_dict(data)  # never write what the device would refuse to read
     path = Path(path)
     write_json_atomic(path, data)
     return path
-
-
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write JSON via temp file + fsync + rename; ``mode`` replaces mkstemp's private 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def default_model_dir() -> Path | None:

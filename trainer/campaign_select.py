@@ -28,6 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.durable import write_bytes_atomic
+from trainer.errors import RunError
+from trainer.runs import RunRecord
+
 PART_BYTES = 15 * 1024 * 1024
 
 
@@ -37,8 +41,9 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     for run_json in sorted(Path(runs_dir).glob("*/run.json")):
         folder = run_json.parent
         try:
-            record = json.loads(run_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            record = RunRecord.from_dict(json.loads(run_json.read_text(encoding="utf-8")),
+                                         str(run_json))
+        except (OSError, ValueError, RunError):
             continue
         metrics = {}
         try:
@@ -53,10 +58,10 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
                 sensitivity = sens
                 external_accuracy = ext["metrics"]["accuracy"]
         runs.append({
-            "name": folder.name, "arch": record.get("architecture", "?"),
-            "recipe": record.get("recipe", "paper"), "status": record.get("status", "?"),
-            "epochs_done": record.get("epochs_done"), "epochs": record.get("epochs"),
-            "val": record.get("best_val_accuracy") or 0.0,
+            "name": folder.name, "arch": record.architecture or "?",
+            "recipe": record.recipe, "status": record.status,
+            "epochs_done": record.epochs_done, "epochs": record.epochs,
+            "val": record.best_val_accuracy or 0.0,
             "official": (metrics.get("official") or {}).get("accuracy"),
             "dedup": (metrics.get("deduplicated") or {}).get("accuracy"),
             "external": external_accuracy, "sensitivity": sensitivity,
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose(runs, args.rule, args.min_official, args.above, args.max_parts,
                     int(args.max_mib * 1024 * 1024))
     print(table(runs, chosen))
-    args.out.write_text("".join(f"{name}\n" for name in chosen), encoding="utf-8")
+    write_bytes_atomic(args.out, "".join(f"{name}\n" for name in chosen).encode("utf-8"))
     return 0
 
 

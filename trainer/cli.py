@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from edge.durable import write_bytes_atomic
 from trainer.errors import OptionError, TrainerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -413,7 +414,7 @@ def throughput(arch: str, batch_size: int, steps: int, warmup: int, cpu_kernels:
                        f"{r['best_images_per_second']} | {r['cpu_seconds_per_step']} | "
                        f"{r['speedup']:.2f} |")
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+        write_bytes_atomic(Path(json_out), (json.dumps(result, indent=1) + "\n").encode())
 
 
 @main.command("audit-leakage")

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 import edge.preprocess
+from edge.durable import atomic_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, resize_uint8
 from trainer.errors import DataError
 
@@ -240,16 +240,11 @@ def _read_cache(path: Path, n: int, spec: PreprocessSpec) -> np.ndarray | None:
 def _write_cache(path: Path, images: np.ndarray) -> None:
     gray = bool(np.all(images[..., 0:1] == images[..., 1:]))  # grayscale: store one channel
     pixels = images[..., 0] if gray else images
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as handle:
+    try:  # a cache: atomic, but not worth an fsync (it is rebuilt if lost)
+        with atomic_file(path, durable=False) as handle:
             np.savez(handle, pixels=pixels)
-        os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not write image cache %s (%s); continuing without it", path, exc)
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _decode(path: Path, spec: PreprocessSpec) -> np.ndarray | str:

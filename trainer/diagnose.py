@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.durable import write_bytes_atomic
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
 from trainer.data import load_split, stratified_indices
 
@@ -212,7 +213,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
               "seconds": round(time.perf_counter() - started, 1), "steps": rows,
               "probe_labels": one_hot(probe_y, len(data.class_names)).sum(0).tolist()}
     if out:
-        Path(out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_bytes_atomic(Path(out), json.dumps(report, indent=2).encode("utf-8"))
     return report
 
 

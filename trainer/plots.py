@@ -6,13 +6,13 @@ stays fast and nothing needs a display.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge.durable import atomic_file
 
 
 def _pyplot():
@@ -25,21 +25,10 @@ def _pyplot():
 
 
 def _save(fig: Any, path: Path | str) -> Path:
-    """Write the figure atomically: a reader never sees half a PNG."""
+    """Write the figure atomically (``edge.durable``): a reader never sees half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", bbox_inches="tight", pad_inches=0.15)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the usual permissions, not mkstemp's private 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", bbox_inches="tight", pad_inches=0.15)
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.durable import atomic_file, atomic_path
 from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
@@ -236,20 +237,15 @@ def steps_per_epoch(config: TrainConfig, train_images: int) -> int:
 
 
 def save_model_atomic(model: Any, path: Path) -> None:
-    """``model.save`` to a temp name in the same folder, then rename over ``path``."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    """``model.save`` through ``edge.durable``: a temporary ``.keras`` name beside ``path``,
+    fsynced and renamed over it."""
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_file(dst) as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any],
@@ -564,15 +560,15 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     started = time.perf_counter()
     deadline = _deadline(started, time_limit)
     run = RunFolder.open(run_path)
-    record = run.read_config()
-    if "config" not in record:
-        raise RunError(f"{run.run_json} has no 'config'; it was not written by this trainer")
+    record = run.read_record()
+    record.require("config", where=str(run.run_json))
+    assert record.config is not None
     changes: dict[str, Any] = {}
     if epochs is not None:
         changes["epochs"] = epochs
     if data_dir is not None:
         changes["data_dir"] = data_dir
-    config = dataclasses.replace(TrainConfig.from_dict(record["config"]), **changes)
+    config = dataclasses.replace(TrainConfig.from_dict(record.config), **changes)
     config.validate()
     if not run.state_json.is_file():
         raise RunError(f"{run.path} has no completed epoch to resume from; start it again "
