@@ -1,22 +1,30 @@
 """Expected converter failures, each with a message for the user and an exit code.
 
 The CLI prints the message and exits with ``exit_code``; no traceback for a user mistake.
-Codes follow sysexits.h like the trainer and the device side; a model the gate refused
-exits with ``EXIT_REJECTED`` so a script can tell "bad input" from "bad model".
+The base and the sysexits.h codes are the project's one set, in ``edge.errors``; a model the
+gate refused exits with ``EXIT_REJECTED`` (3) so a script can tell "bad input" from "bad
+model".
 """
 
 from __future__ import annotations
 
+from edge.errors import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_NOINPUT,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    EdgeError,
+)
+
+__all__ = ["EXIT_REJECTED", "EX_CANTCREAT", "EX_DATAERR", "EX_NOINPUT", "EX_SOFTWARE",
+           "EX_UNAVAILABLE", "EX_USAGE", "ConversionFailedError", "ConverterError",
+           "GateRejected", "OutputError", "SourceModelError", "UsageError"]
 EXIT_REJECTED = 3
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73
 
 
-class ConverterError(Exception):
+class ConverterError(EdgeError):
     """Base class: an expected failure whose message says what to do next."""
 
     exit_code = 1

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from converters.errors import EX_USAGE, EXIT_REJECTED, ConverterError
+from converters.errors import EX_USAGE, EXIT_REJECTED
 from converters.export import MODE_HELP
 from converters.selective import parse_op_list
 
@@ -133,7 +133,6 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
     from converters.gate import Thresholds
     from converters.pipeline import ConvertOptions, run_conversion
     from edge.errors import EdgeError
-    from trainer.errors import TrainerError
 
     options = ConvertOptions(
         model=model, data=data, out=out, mode=mode, keep_float=keep_float, labels=labels,
@@ -147,7 +146,7 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
         debug_samples=debug_samples, force=force, command=tuple(sys.argv), trust=not no_trust)
     try:
         outcome = run_conversion(options)
-    except (ConverterError, TrainerError, EdgeError) as exc:
+    except EdgeError as exc:  # ConverterError and TrainerError derive from it
         click.echo(f"error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 1))
     click.echo(outcome.summary)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-EX_UNAVAILABLE = 69  # sysexits.h: a service the program needs is unavailable
+from .errors import EX_UNAVAILABLE  # standard library only, like this module
 
 INSTALL_HINT = (
     "install the device extra: pip install 'neuroedge[edge]' (and 'neuroedge[dicom-codecs]' "

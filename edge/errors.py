@@ -1,21 +1,27 @@
-"""The errors the device side raises.
+"""The project's one error base and its exit codes, and the errors the device side raises.
 
-Every message says what happened and what to do next. The CLI turns an ``EdgeError``
-into a one-line message and the class's ``exit_code``; no traceback for a user error.
+Every message says what happened and what to do next. Each command line turns an
+``EdgeError`` (or a subclass: ``trainer.errors.TrainerError``,
+``converters.errors.ConverterError``, ``benchmarks.errors.BenchmarkError``) into a one-line
+message and the class's ``exit_code``; no traceback for a user error. The codes are
+sysexits.h's, the same in every package.
 """
 
 from __future__ import annotations
 
-# sysexits.h: EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CONFIG
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+EX_USAGE = 64  # a command-line option is wrong
+EX_DATAERR = 65  # an input is wrong (a refused file, a bad data folder)
+EX_NOINPUT = 66  # an input or a folder is missing
+EX_UNAVAILABLE = 69  # a package or service the program needs is not there
+EX_SOFTWARE = 70  # a library failed where it should not (TensorFlow's converter, say)
+EX_CANTCREAT = 73  # an output cannot be written
+EX_TEMPFAIL = 75  # try again later (busy, interrupted work waits)
+EX_CONFIG = 78  # the configuration is wrong; restarting cannot fix it
 
 
 class EdgeError(Exception):
-    """Base class: an expected failure with a message meant for the user."""
+    """Base class of every expected failure in the project: a message meant for the user and
+    an exit code."""
 
     exit_code = 1
 

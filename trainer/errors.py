@@ -1,17 +1,18 @@
 """Expected trainer failures, each with a message for the user and an exit code.
 
 The CLI prints the message and exits with ``exit_code``; no traceback for a user mistake.
-Codes follow sysexits.h like the device side (``edge.errors``).
+The base and the exit codes are the project's one set, in ``edge.errors``.
 """
 
 from __future__ import annotations
 
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
+from edge.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, EdgeError
+
+__all__ = ["EX_DATAERR", "EX_NOINPUT", "EX_USAGE", "ArchitectureError", "DataError",
+           "OptionError", "RunError", "TrainerError", "WeightsNotFoundError"]
 
 
-class TrainerError(Exception):
+class TrainerError(EdgeError):
     """Base class: an expected failure whose message says what to do next."""
 
     exit_code = 1
