@@ -17,6 +17,8 @@ from typing import Any
 from converters.errors import SourceModelError, UsageError
 from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
+from trainer.errors import RunError
+from trainer.runs import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class SourceModel:
     preprocess_source: str = "run.json"
 
 
-def _read_run_info(run_dir: Path) -> dict[str, Any]:
+def _read_run_record(run_dir: Path) -> RunRecord:
     path = run_dir / RUN_INFO
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -48,9 +50,11 @@ def _read_run_info(run_dir: Path) -> dict[str, Any]:
                                "Re-run training or pass the .keras file with --labels.") from None
     except OSError as exc:
         raise SourceModelError(f"cannot read {path}: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise SourceModelError(f"{path} must hold a JSON object")
-    return data
+    try:
+        return RunRecord.from_dict(data, str(path))
+    except RunError as exc:
+        raise SourceModelError(f"{exc}. Re-run training or pass the .keras file with "
+                               "--labels.") from None
 
 
 def _find_run_dir(keras_path: Path) -> Path | None:
@@ -95,28 +99,24 @@ def resolve_source(model: Path, labels: str | None = None, arch: str | None = No
         run_dir = _find_run_dir(model)
 
     option_labels = _labels_from_option(labels)
-    run_info = _read_run_info(run_dir) if run_dir is not None else {}
-    if run_dir is not None:
-        run_labels = run_info.get("labels")
-        if (not isinstance(run_labels, list) or len(run_labels) < 2
-                or not all(isinstance(x, str) and x for x in run_labels)):
+    record = _read_run_record(run_dir) if run_dir is not None else None
+    run_info = record.raw if record is not None else {}
+    if run_dir is not None and record is not None:
+        run_labels = record.labels
+        if run_labels is None:
             raise SourceModelError(f"{run_dir / RUN_INFO} has no valid 'labels' list; pass the "
                                    ".keras file with --labels in the model's output order")
-        if option_labels is not None and tuple(run_labels) != option_labels:
+        if option_labels is not None and run_labels != option_labels:
             raise UsageError(f"--labels {','.join(option_labels)} contradicts the run's labels "
                              f"{','.join(run_labels)} ({run_dir / RUN_INFO}); drop --labels")
-        final_labels = tuple(run_labels)
-        try:
-            spec = PreprocessSpec.from_dict(run_info.get("preprocess") or DEFAULT_SPEC.to_dict())
-        except (TypeError, ValueError) as exc:
-            raise SourceModelError(f"{run_dir / RUN_INFO} has an invalid 'preprocess': {exc}"
-                                   ) from None
-        run_arch = run_info.get("architecture")
+        final_labels = run_labels
+        spec = record.preprocess or DEFAULT_SPEC
+        run_arch = record.architecture
         if arch is not None and run_arch and arch != run_arch:
             raise UsageError(f"--arch {arch} contradicts the run's architecture {run_arch}; "
                              "drop --arch")
         final_arch = str(arch or run_arch or "unknown")
-        preprocess_source = "run.json" if run_info.get("preprocess") else "default"
+        preprocess_source = "run.json" if record.preprocess is not None else "default"
     else:
         if option_labels is None:
             raise UsageError(f"{keras_path} is a bare .keras file (no run.json beside it), so its "

@@ -148,15 +148,17 @@ def evaluate_run(
     ``default_external`` is False) are scored too: metrics.json's ``external``.
     """
     run = RunFolder.open(run_path)
-    record = run.read_config()
+    record = run.read_record()
     if not run.model.is_file():
-        raise RunError(f"{run.path} has no {run.model.name} yet (status "
-                       f"{record.get('status', 'unknown')}); finish it with "
-                       f"python -m trainer train --resume {run.path}")
-    labels = list(record["labels"])
-    spec = PreprocessSpec.from_dict(record["preprocess"])
-    data_dir = Path(data_dir or record["data_dir"]).expanduser()
-    test = load_split(data_dir, "Testing", spec, limit=limit, seed=int(record.get("seed", 0)),
+        raise RunError(f"{run.path} has no {run.model.name} yet (status {record.status}); "
+                       f"finish it with python -m trainer train --resume {run.path}")
+    record.require("architecture", "labels", "preprocess", where=str(run.run_json))
+    assert record.labels is not None and record.preprocess is not None
+    labels, spec, architecture = list(record.labels), record.preprocess, str(record.architecture)
+    if not (data_dir or record.data_dir):
+        raise RunError(f"{run.run_json} names no data folder: pass --data")
+    data_dir = Path(data_dir or str(record.data_dir)).expanduser()
+    test = load_split(data_dir, "Testing", spec, limit=limit, seed=record.seed,
                       progress=progress, classes=labels, cache_dir=cache_dir,
                       use_cache=use_cache)
     dedup_path = Path(dedup_list).expanduser() if dedup_list else find_dedup_list(run, data_dir)
@@ -197,8 +199,7 @@ def evaluate_run(
     external_results = [_score_external(model, ext, labels, spec, batch_size)
                         for ext in external_sets]
 
-    name = record["architecture"] + (" (no ImageNet weights)"
-                                     if record.get("no_imagenet_weights") else "")
+    name = architecture + (" (no ImageNet weights)" if record.no_imagenet_weights else "")
     official = compute_metrics(test.labels, probs, labels)
     deduplicated = (compute_metrics(test.labels[in_dedup], probs[in_dedup], labels)
                     if in_dedup is not None else None)
@@ -208,8 +209,7 @@ def evaluate_run(
     rows = {f"{name}, official test split (n={len(test)})": official}
     if deduplicated is not None:
         rows[f"{name}, deduplicated test split (n={int(in_dedup.sum())})"] = deduplicated
-    paper = dict([PAPER_ROWS[record["architecture"]]]) if record["architecture"] in PAPER_ROWS \
-        else None
+    paper = dict([PAPER_ROWS[architecture]]) if architecture in PAPER_ROWS else None
     table = table3_markdown(rows, paper)
     table += ("\n\nExpected calibration error (15 bins, docs/trust.md): "
               f"{100 * official['calibration']['ece']:.2f}% on the official split"
@@ -224,8 +224,8 @@ def evaluate_run(
     out = Path(out_dir).expanduser() if out_dir else run.evaluation
     out.mkdir(parents=True, exist_ok=True)
     result = {
-        "run": str(run.path.resolve()), "architecture": record["architecture"],
-        "no_imagenet_weights": bool(record.get("no_imagenet_weights")), "labels": labels,
+        "run": str(run.path.resolve()), "architecture": architecture,
+        "no_imagenet_weights": record.no_imagenet_weights, "labels": labels,
         "data_dir": str(data_dir.resolve()), "limit": limit,
         "dedup_list": str(dedup_path.resolve()) if dedup_path else None,
         "official": official, "deduplicated": deduplicated,

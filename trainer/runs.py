@@ -11,8 +11,8 @@
                           state.json (what --resume continues from)
       evaluation/         written by `python -m trainer evaluate`
 
-Every JSON/CSV file is written atomically (temp file + rename), so an interrupted run never
-leaves a half-written file behind.
+Every file is written through ``edge.durable`` (temp file, fsync, rename), so an interrupted
+run never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from edge.durable import write_bytes_atomic
+from edge.preprocess_spec import PreprocessSpec
 from trainer.errors import RunError
 
 RUN_JSON = "run.json"
@@ -44,6 +46,66 @@ EVALUATION = "evaluation"
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 _PACKAGES = ("neuroedge", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pillow",
              "h5py", "matplotlib")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``run.json``, typed: the fields its readers (evaluate, resume, the converter, the
+    campaign's selection) rely on, checked once here. ``raw`` keeps every field as written:
+    provenance copies some of them into the model's manifest."""
+
+    raw: dict[str, Any]
+    architecture: str | None = None
+    labels: tuple[str, ...] | None = None
+    preprocess: PreprocessSpec | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    status: str = "unknown"
+    recipe: str = "paper"
+    epochs: int | None = None
+    epochs_done: int | None = None
+    best_val_accuracy: float | None = None
+    no_imagenet_weights: bool = False
+    config: dict[str, Any] | None = None  # the TrainConfig, for --resume
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> RunRecord:
+        """Check the types of what is there; what is absent stays None (older or minimal
+        run.json files); ``require`` names what a reader cannot do without."""
+        if not isinstance(data, dict):
+            raise RunError(f"{where} does not hold a JSON object; the run folder is damaged")
+
+        def typed(key: str, kind: Any, default: Any = None) -> Any:
+            value = data.get(key, default)
+            if value is not None and not isinstance(value, kind):
+                raise RunError(f"{where}: '{key}' should be {getattr(kind, '__name__', kind)}, "
+                               f"got {value!r}; the run folder is damaged")
+            return value
+
+        labels = typed("labels", list)
+        if labels is not None and (len(labels) < 2 or not all(
+                isinstance(x, str) and x for x in labels)):
+            raise RunError(f"{where}: 'labels' must list at least two class names, got {labels!r}")
+        preprocess = typed("preprocess", dict)
+        try:
+            spec = PreprocessSpec.from_dict(preprocess) if preprocess is not None else None
+        except (TypeError, ValueError) as exc:
+            raise RunError(f"{where} has an invalid 'preprocess': {exc}") from None
+        best = typed("best_val_accuracy", (int, float))
+        return cls(raw=data, architecture=typed("architecture", str),
+                   labels=tuple(labels) if labels is not None else None, preprocess=spec,
+                   data_dir=typed("data_dir", str), seed=int(typed("seed", int, 0) or 0),
+                   status=typed("status", str, "unknown"), recipe=typed("recipe", str, "paper"),
+                   epochs=typed("epochs", int), epochs_done=typed("epochs_done", int),
+                   best_val_accuracy=float(best) if best is not None else None,
+                   no_imagenet_weights=bool(data.get("no_imagenet_weights")),
+                   config=typed("config", dict))
+
+    def require(self, *fields: str, where: str = RUN_JSON) -> None:
+        missing = [name for name in fields if getattr(self, name) is None]
+        if missing:
+            raise RunError(f"{where} has no {', '.join(repr(m) for m in missing)}; it was not "
+                           "written by this trainer, or the run folder is damaged")
 
 
 class RunFolder:
@@ -116,14 +178,15 @@ class RunFolder:
             raise RunError(f"{path} does not hold a JSON object; the run folder is damaged")
         return data
 
-    def read_config(self) -> dict:
-        return self._read_json(self.run_json)
+    def read_record(self) -> RunRecord:
+        """``run.json``, typed and checked."""
+        return RunRecord.from_dict(self._read_json(self.run_json), str(self.run_json))
 
     def write_config(self, config: dict) -> None:
         write_json_atomic(self.run_json, config)
 
     def update_config(self, **changes: Any) -> dict:
-        config = self.read_config()
+        config = self._read_json(self.run_json)
         config.update(changes)
         self.write_config(config)
         return config
@@ -155,35 +218,14 @@ class RunFolder:
         write_text_atomic(self.path / HISTORY_CSV, buffer.getvalue())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically and durably (``edge.durable``)."""
+    write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Pretty JSON, written atomically (see ``write_text_atomic``)."""
+    """Pretty JSON, written atomically. NaN is allowed here, unlike in the agent's files: a
+    diverged epoch's loss is NaN in ``history.json``, and that is the honest record."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
 

@@ -105,3 +105,21 @@ def test_a_bad_time_limit_is_refused_before_anything_loads(tmp_path):
                                        "--time-limit", "-1"])
     assert result.exit_code == 64 and "--time-limit must be a positive" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_damaged_run_record_is_a_clear_error_not_a_traceback(tmp_path):
+    """run.json is read once, typed (trainer.runs.RunRecord): a wrong type names the field."""
+    import json
+
+    from trainer.errors import RunError
+    from trainer.runs import RunFolder
+
+    (tmp_path / "run.json").write_text(json.dumps({"architecture": "dsconv_cbam",
+                                                   "labels": "glioma"}))
+    with pytest.raises(RunError, match="'labels' should be list"):
+        RunFolder.open(tmp_path).read_record()
+    (tmp_path / "run.json").write_text(json.dumps({"labels": ["a", "b"]}))
+    record = RunFolder.open(tmp_path).read_record()
+    with pytest.raises(RunError, match="has no 'architecture'"):
+        record.require("architecture")
+    assert record.labels == ("a", "b") and record.status == "unknown"

@@ -36,7 +36,7 @@ config = TrainConfig(arch="mlp", data_dir=str(data), runs_dir={tmp!r}, name="jax
                      model_options={{"hidden_units": (8,)}})
 run = train(config, verbose=0)
 resume(run.path, epochs=2, verbose=0)
-record = run.read_config()
+record = run.read_record().raw
 print("RESULT", record["backend"], record["status"], record["epochs_done"])
 
 # CBAM and BatchNormalization eagerly (each op compiles once on JAX, so keep it small):
@@ -91,7 +91,7 @@ for arch, options in (("dsconv_cbam_res", {{"width": 4, "blocks": (1, 1)}}),
                          recipe="strong", **values)
     run = train(config, verbose=0)
     resume(run.path, epochs=3, verbose=0)
-    record = run.read_config()
+    record = run.read_record().raw
     print("RESULT", arch, record["backend"], record["status"], record["epochs_done"],
           record["augment"], record["optimizer"]["name"])
 """

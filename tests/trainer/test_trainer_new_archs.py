@@ -98,7 +98,7 @@ def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthet
     from edge.manifest import load_verified
 
     run = _train(arch, synthetic, tmp_path / "runs")
-    record = run.read_config()
+    record = run.read_record().raw
     assert record["status"] == "completed" and record["architecture"] == arch
     assert record["best_val_accuracy"] >= 0.6  # chance is 0.25
     outcome = convert_tiny(run.path, synthetic, tmp_path / "int8", probe_images=60)
@@ -123,7 +123,7 @@ def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthet
 @pytest.mark.slow
 def test_the_strong_recipe_trains_the_residual_network(synthetic, tmp_path):
     run = _train("dsconv_cbam_res", synthetic, tmp_path / "runs", recipe="strong", epochs=12)
-    record = run.read_config()
+    record = run.read_record().raw
     assert record["recipe"] == "strong" and record["optimizer"]["name"] == "adamw"
     assert record["loss_settings"] == {"name": "categorical_crossentropy", "from_logits": True,
                                        "label_smoothing": 0.1}

@@ -165,7 +165,7 @@ def test_training_records_whether_the_cpu_kernels_ran(tmp_path):
             "spec": PreprocessSpec(height=32, width=32), "use_cache": False}
     runs = [train(TrainConfig(name=name, cpu_kernels=on, **base), verbose=0)
             for name, on in (("kernels", True), ("stock", False))]
-    assert [run.read_config()["cpu_kernels"] for run in runs] == [True, False]
+    assert [run.read_record().raw["cpu_kernels"] for run in runs] == [True, False]
     losses = [json.loads((run.path / "history.json").read_text())["loss"][0] for run in runs]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # same data order, same maths
 

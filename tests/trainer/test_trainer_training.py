@@ -48,13 +48,13 @@ def _test_accuracy(model_path, dataset) -> float:
 @pytest.mark.slow
 def test_a_small_synthetic_problem_is_learned(learned_run, dataset):
     assert _test_accuracy(learned_run.model, dataset) >= 0.75  # chance is 0.25
-    record = learned_run.read_config()
+    record = learned_run.read_record().raw
     assert record["best_val_accuracy"] >= 0.75 and record["bn_recalibration_batches"] == 6
 
 
 @pytest.mark.slow
 def test_the_run_folder_holds_everything(learned_run):
-    record = learned_run.read_config()
+    record = learned_run.read_record().raw
     assert record["status"] == "completed" and record["epochs_done"] == 5
     assert record["labels"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert PreprocessSpec.from_dict(record["preprocess"]) == SPEC
@@ -101,17 +101,18 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(dataset, tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(name="cut", **base), verbose=0, callbacks=[_InterruptAfter(1)])
     cut = RunFolder.open(tmp_path / "cut")
-    assert cut.read_config()["status"] == "interrupted"
+    assert cut.read_record().raw["status"] == "interrupted"
     assert cut.read_state()["epochs_done"] == 1 and not cut.model.exists()
     resume(cut.path, verbose=0)
-    assert cut.read_config()["status"] == "completed"
+    assert cut.read_record().raw["status"] == "completed"
     final = [keras.saving.load_model(run.checkpoints / "epoch-003.keras").get_weights()
              for run in (whole, cut)]
     for a, b in zip(*final, strict=True):
         np.testing.assert_array_equal(a, b)
     history = [json.loads((run.path / "history.json").read_text()) for run in (whole, cut)]
     assert history[0]["loss"] == history[1]["loss"]
-    assert whole.read_config()["data"]["train"] + whole.read_config()["data"]["validation"] == 80
+    data = whole.read_record().raw["data"]
+    assert data["train"] + data["validation"] == 80
     with pytest.raises(RunError, match="already trained 3 of 3"):
         resume(cut.path, verbose=0)
 
@@ -166,11 +167,11 @@ def test_a_time_limit_stops_at_an_epoch_end_and_resume_continues(dataset, tmp_pa
                          name="timed", epochs=3, batch_size=16, limit=40, spec=SPEC,
                          use_cache=False, model_options={"hidden_units": (8,)})
     run = train(config, verbose=0, time_limit=0.01)  # the first epoch ends past it: stop
-    record = run.read_config()
+    record = run.read_record().raw
     assert record["status"] == "stopped_time_limit" and record["epochs_done"] == 1
     assert run.model.is_file()  # the best epoch so far is usable
     resume(run.path, verbose=0, time_limit=3600)
-    record = run.read_config()
+    record = run.read_record().raw
     assert record["status"] == "completed" and record["epochs_done"] == 3
     with pytest.raises(OptionError, match="positive number of seconds"):
         train(TrainConfig(**{**config.__dict__, "name": "bad"}), verbose=0, time_limit=0)
