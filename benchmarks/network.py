@@ -68,33 +68,18 @@ def _free_port() -> int:
 
 def make_study(folder: Path, pictures: list[np.ndarray]) -> tuple[str, int]:
     """One study, one series, one 12-bit MR slice per picture; returns (uid, bytes)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
+
+    from edge.benchmark import synthetic_mr
 
     folder.mkdir(parents=True, exist_ok=True)
     study, series = str(generate_uid()), str(generate_uid())
     total = 0
     for i, picture in enumerate(pictures):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID, ds.StudyDate = "Bench^Mark", "BENCH-1", "20261120"
-        ds.Modality, ds.InstanceNumber, ds.BodyPartExamined = "MR", i + 1, "BRAIN"
-        ds.Rows, ds.Columns = int(picture.shape[0]), int(picture.shape[1])
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = (np.asarray(picture, dtype=np.uint16) * 16).tobytes()
-        path = folder / f"slice{i:04d}.dcm"
-        try:
-            ds.save_as(str(path), enforce_file_format=True)
-        except TypeError:  # pydicom 2.4
-            ds.is_little_endian, ds.is_implicit_VR = True, False
-            ds.save_as(str(path), write_like_original=False)
+        path = synthetic_mr(folder / f"slice{i:04d}.dcm", pixels=picture,
+                            StudyInstanceUID=study, SeriesInstanceUID=series,
+                            PatientName="Bench^Mark", PatientID="BENCH-1", StudyDate="20261120",
+                            InstanceNumber=i + 1, BodyPartExamined="BRAIN")
         total += path.stat().st_size
     return study, total
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,18 +64,28 @@ def synthetic_picture(label: int, rng: np.random.Generator, size: int = 40) -> n
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def write_synthetic_dataset(root: Path, train_per_class: int = 40, test_per_class: int = 15,
-                            seed: int = 0) -> Path:
-    """``root/Training/<class>/*.png`` and ``root/Testing/<class>/*.png``, seeded."""
+def write_class_folders(root: Path, labels: Sequence[str], train_per_class: int,
+                        test_per_class: int, seed: int,
+                        save: Callable[[Path, int, int, np.random.Generator], None]) -> Path:
+    """``root/Training/<label>/`` and ``root/Testing/<label>/``: ``save(folder / stem,
+    label index, picture index, rng)`` writes each picture (its extension is its own)."""
     rng = np.random.default_rng(seed)
     for split, count in (("Training", train_per_class), ("Testing", test_per_class)):
-        for label, name in enumerate(LABELS):
+        for label, name in enumerate(labels):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                picture = synthetic_picture(label, rng)
-                Image.fromarray(picture, mode="L").save(folder / f"{name}_{i:03d}.png")
+                save(folder / f"{name}_{i:03d}", label, i, rng)
     return root
+
+
+def write_synthetic_dataset(root: Path, train_per_class: int = 40, test_per_class: int = 15,
+                            seed: int = 0) -> Path:
+    """``root/Training/<class>/*.png`` and ``root/Testing/<class>/*.png``, seeded."""
+    def save(stem: Path, label: int, _i: int, rng: np.random.Generator) -> None:
+        Image.fromarray(synthetic_picture(label, rng), mode="L").save(f"{stem}.png")
+
+    return write_class_folders(root, LABELS, train_per_class, test_per_class, seed, save)
 
 
 def build_tiny_keras_model(spec: PreprocessSpec, num_classes: int = len(LABELS)) -> Any:

@@ -27,17 +27,12 @@ import numpy as np
 from PIL import Image
 
 
-def synthetic_mr(path: Path, size: int = 512, pixels: np.ndarray | None = None) -> Path:
-    """A 16-bit (12 bits stored) MR-like DICOM built on the fly; no patient data.
-
-    ``pixels`` (8-bit grayscale) become the image, scaled to 12 bits; default: the phantom.
-    """
+def new_mr_dataset() -> Any:
+    """An empty MR Image Storage data set with its file meta and fresh UIDs (study, series,
+    instance), explicit VR little endian: what the benchmarks and tests build on."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-    from .sample_inbox import phantom
-
-    picture = phantom(size) if pixels is None else np.asarray(pixels, dtype=np.uint8)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -47,10 +42,26 @@ def synthetic_mr(path: Path, size: int = 512, pixels: np.ndarray | None = None) 
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "MR"
+    return ds
+
+
+def synthetic_mr(path: Path, size: int = 512, pixels: np.ndarray | None = None,
+                 **tags: Any) -> Path:
+    """A 16-bit (12 bits stored) MR-like DICOM built on the fly; no patient data.
+
+    ``pixels`` (8-bit grayscale) become the image, scaled to 12 bits; default: the phantom.
+    ``tags`` (keyword=value) are set last: a study's UIDs, an instance number, ...
+    """
+    from .sample_inbox import phantom
+
+    picture = phantom(size) if pixels is None else np.asarray(pixels, dtype=np.uint8)
+    ds = new_mr_dataset()
     ds.Rows, ds.Columns = int(picture.shape[0]), int(picture.shape[1])
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = (picture.astype(np.uint16) * 16).tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     try:
         ds.save_as(str(path), enforce_file_format=True)
     except TypeError:  # pydicom 2.4

@@ -161,10 +161,7 @@ def load_config(path: str | None) -> AgentConfig:
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> AgentConfig:
     """Build a validated ``AgentConfig`` from parsed TOML; unknown keys are an error."""
-    unknown = sorted(set(data) - set(_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown section {_suggest(unknown[0], _SECTIONS)}; "
-                          f"known sections: {', '.join(_SECTIONS)}")
+    _refuse_unknown(data, _SECTIONS, "section", "", source)
     sections = {}
     for name, default in _SECTIONS.items():
         table = data.get(name, {})
@@ -174,17 +171,19 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> AgentConfi
     return AgentConfig(source=source, **sections)
 
 
-def _suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'"
+def _refuse_unknown(given: Any, known: Any, what: str, where: str, source: str) -> None:
+    """A typo must not pass silently: name the first unknown key, with a close match."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        name = f"'{unknown[0]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+        raise ConfigError(f"{source}: unknown {what} {name}{where}; known {what}s: "
+                          f"{', '.join(known)}")
 
 
 def _section_from_dict(name: str, default: Any, table: dict[str, Any], source: str) -> Any:
     known = {f.name: f for f in fields(default)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {_suggest(unknown[0], known)} in [{name}]; "
-                          f"known keys: {', '.join(known)}")
+    _refuse_unknown(table, known, "key", f" in [{name}]", source)
     values = {}
     for key, value in table.items():
         expected = getattr(default, key)

@@ -12,7 +12,6 @@ with TensorFlow; else the tests that need a model skip.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,16 +22,17 @@ EDGE_TESTS = Path(__file__).resolve().parents[1] / "edge"
 
 @pytest.fixture(scope="session")
 def device_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    given = os.environ.get("NEUROEDGE_TEST_MODEL")
-    if given:
-        path = Path(given)
-        if not (path / "model.json").is_file():
-            pytest.fail(f"NEUROEDGE_TEST_MODEL={given} has no model.json")
+    sys.path.insert(0, str(EDGE_TESTS))
+    from toy_model import build_toy_model, model_from_environment
+
+    try:
+        path = model_from_environment()
+    except ValueError as exc:
+        pytest.fail(str(exc))
+    if path is not None:
         return path
     pytest.importorskip("tensorflow", reason="no TensorFlow to build the toy model and "
                         "NEUROEDGE_TEST_MODEL is not set")
-    sys.path.insert(0, str(EDGE_TESTS))
-    from toy_model import build_toy_model
 
     return build_toy_model(tmp_path_factory.mktemp("toy-model"))
 

@@ -65,19 +65,9 @@ def make_dicom(path: Path, pixels: np.ndarray, *, modality: str = "MR",
                bits_stored: int | None = None, preamble: bool = True,
                **tags: Any) -> Path:
     """Write an uncompressed DICOM built from ``pixels`` (2-D, 3-D frames, or RGB)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from edge.benchmark import new_mr_dataset
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    ds = new_mr_dataset()
     ds.Modality = modality
     ds.PatientName = "Test^Patient"
     ds.PatientID = "TEST-0001"

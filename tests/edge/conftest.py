@@ -9,7 +9,6 @@ either, tests that need a model are skipped with the reason.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,16 +17,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_helpers import TestModel  # noqa: E402
-from toy_model import build_toy_model  # noqa: E402
+from toy_model import build_toy_model, model_from_environment  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory: pytest.TempPathFactory) -> TestModel:
-    given = os.environ.get("NEUROEDGE_TEST_MODEL")
-    if given:
-        path = Path(given)
-        if not (path / "model.json").is_file():
-            pytest.fail(f"NEUROEDGE_TEST_MODEL={given} has no model.json")
+    try:
+        path = model_from_environment()
+    except ValueError as exc:
+        pytest.fail(str(exc))
+    if path is not None:
         name = json.loads((path / "model.json").read_text())["name"]
         return TestModel(path, toy=(name == "toy-brightness"))
     try:

@@ -31,6 +31,18 @@ BANDS = (0.25, 0.5, 0.75)
 SHARPNESS = 40.0
 
 
+def model_from_environment() -> Path | None:
+    """The model folder ``$NEUROEDGE_TEST_MODEL`` names (a device without TensorFlow gets
+    one built elsewhere), or None when it is not set. ValueError if it holds no model."""
+    given = os.environ.get("NEUROEDGE_TEST_MODEL")
+    if not given:
+        return None
+    path = Path(given)
+    if not (path / "model.json").is_file():
+        raise ValueError(f"NEUROEDGE_TEST_MODEL={given} has no model.json")
+    return path
+
+
 def expected_label(mean_brightness: float) -> str:
     """The label the toy model gives a picture of this mean brightness (0..1)."""
     return LABELS[sum(mean_brightness >= t for t in BANDS)]

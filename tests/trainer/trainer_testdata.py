@@ -25,18 +25,17 @@ def picture(label: int, rng: np.random.Generator, size: tuple[int, int] = (40, 4
 
 def make_dataset(root: Path, train_per_class: int = 24, test_per_class: int = 8,
                  seed: int = 0) -> Path:
-    """Write DIR/Training/<class>/ and DIR/Testing/<class>/; every third picture is RGB."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("Training", train_per_class), ("Testing", test_per_class)):
-        for label, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                image = picture(label, rng)
-                if i % 3 == 2:
-                    image = image.convert("RGB")
-                if i % 2:
-                    image.save(folder / f"{name}_{i:03d}.png")
-                else:
-                    image.save(folder / f"{name}_{i:03d}.jpg", quality=95)
-    return root
+    """Write DIR/Training/<class>/ and DIR/Testing/<class>/; every third picture is RGB,
+    every other one a JPEG."""
+    from converters.testing import write_class_folders
+
+    def save(stem: Path, label: int, i: int, rng: np.random.Generator) -> None:
+        image = picture(label, rng)
+        if i % 3 == 2:
+            image = image.convert("RGB")
+        if i % 2:
+            image.save(f"{stem}.png")
+        else:
+            image.save(f"{stem}.jpg", quality=95)
+
+    return write_class_folders(root, CLASSES, train_per_class, test_per_class, seed, save)
