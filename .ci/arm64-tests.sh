@@ -33,7 +33,7 @@
 #
 # The userland (steps 1-2) is cached in $NEUROEDGE_CACHE/arm64/<suite>-<hash of the recipe
 # and of pyproject's dependencies>; a change to either rebuilds it, --rebuild forces it.
-# Measured times: docs/readme/deploy.md.
+# Measured times: docs/testing.md.
 #
 # Environment:
 #   NEUROEDGE_ARM64_SUITES  suites to run (default: "bookworm bullseye")
@@ -82,7 +82,7 @@ done
 # runs the tests once), E2E (1: also install with deploy/install.sh and run the agent as
 # its service user) and CPU, the core qemu emulates (QEMU_CPU). Not qemu's default "max":
 # with it, XNNPACK picks int8 kernels for CPU features no Pi or Jetson has, and under
-# qemu 7.2 those compute wrong results (measured: docs/readme/deploy.md).
+# qemu 7.2 those compute wrong results (measured: docs/notes/arm64-emulation-findings.md).
 suite_recipe() {
     case $1 in
         bookworm)  # Raspberry Pi OS 12: what `pip install neuroedge[edge]` gets on a Pi.

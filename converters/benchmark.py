@@ -4,7 +4,7 @@ Runs the full ``converters.tflite`` pipeline (gate included) once per mode into
 ``OUT/<mode>/`` and prints one Markdown table: size, op count, float and converted accuracy,
 agreement, single-thread latency in each runtime checked, and the gate's verdict. It also
 measures what a dynamic batch dimension costs: the int8 graph's op count with batch 1 vs
-batch None. The tables in docs/readme/converters.md come from this command.
+batch None. The tables in docs/conversion.md come from this command.
 """
 
 from __future__ import annotations

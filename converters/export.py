@@ -2,7 +2,7 @@
 
 The device classifies one image at a time. Exporting with a fixed ``(1, H, W, 3)`` input
 signature keeps the graph free of the shape-handling ops a dynamic batch dimension adds
-(measured on the paper model: see docs/readme/converters.md), and gives XNNPACK static
+(measured on the paper model: see docs/conversion.md), and gives XNNPACK static
 shapes to plan with.
 
 The route is the one Keras' own LiteRT exporter takes: ``keras.export.ExportArchive`` with

@@ -5,7 +5,7 @@ and a burst of N new files through the whole agent (claim, hash, decode, classif
 archive, index) with the throughput and the process's peak memory. Each burst runs in its
 own process so that peak memory is per burst: it should not grow with N (the agent tracks
 at most ``[watch] max_pending`` files at a time). Run it on the device itself; the figures in
-the README say on which machine they were measured.
+docs/performance.md say on which machine they were measured.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from .errors import EX_UNAVAILABLE  # standard library only, like this module
 
 INSTALL_HINT = (
     "install the device extra: pip install 'neuroedge[edge]' (and 'neuroedge[dicom-codecs]' "
-    "for compressed DICOM); on a Jetson Nano see the README's deploy section"
+    "for compressed DICOM); on a Jetson Nano see docs/deployment/jetson-nano.md"
 )
 
 

@@ -91,7 +91,7 @@ class ModelManifest:
     the interpreters it was loaded and run in at conversion time, ``provenance`` the
     creation time, tool and package versions and the source run.
 
-    Format 2 adds two optional sections (docs/trust.md): ``outputs``, the model's extra
+    Format 2 adds two optional sections (docs/schemas/manifest.md): ``outputs``, the model's extra
     named outputs (logits, features, heat-map), and ``trust``: the temperature, the
     "unlike the training data" statistics (a file beside the model, hashed here) and
     threshold, the heat-map's source, and how they were fitted. A manifest without them

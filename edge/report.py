@@ -2,7 +2,7 @@
 
 ``id`` is the sha256 of the input's bytes, so the same content always maps to the same
 report and is never classified twice. The schema is documented field by field in
-docs/readme/agent.md; a change to a field's meaning bumps the schema version. Version 2
+docs/schemas/report.md; a change to a field's meaning bumps the schema version. Version 2
 (issue 13): ``prediction.probabilities`` are calibrated when the model has a temperature,
 and ``trust`` and ``heatmap`` were added. Readers take both versions (``REPORT_SCHEMAS``).
 """

@@ -4,7 +4,7 @@ The clinic's own labelled images, one sub-folder per label (the model's labels; 
 named ``tumour`` or ``tumor`` holds tumours of unknown type, and any tumour class counts as
 right for them), go through exactly what the agent does with an input: the installed
 model, the configured review rule, the agent's decoding. ``OUT/validation.json`` (schema
-``neuroedge.validation/1``, documented in docs/trust.md) holds the figures a clinic needs to
+``neuroedge.validation/1``, documented in docs/schemas/validation.md) holds the figures a clinic needs to
 decide whether to trust the box, ``OUT/validation.html`` shows them with the worst mistakes.
 """
 
@@ -167,7 +167,7 @@ def recommend_threshold(records: list[Record], negative: str | None,
 
 def summarize(records: list[Record], refused: list[dict[str, str]], labels: list[str],
               negative: str | None, config: AgentConfig, target: float) -> dict[str, Any]:
-    """``validation.json`` (see docs/trust.md for every field)."""
+    """``validation.json`` (see docs/schemas/validation.md for every field)."""
     if not records:
         raise ValidationDataError("none of the images could be classified (every one was "
                                   "refused; see the reasons above)")
