@@ -4,8 +4,9 @@ The clinic's own labelled images, one sub-folder per label (the model's labels; 
 named ``tumour`` or ``tumor`` holds tumours of unknown type, and any tumour class counts as
 right for them), go through exactly what the agent does with an input: the installed
 model, the configured review rule, the agent's decoding. ``OUT/validation.json`` (schema
-``neuroedge.validation/1``, documented in docs/schemas/validation.md) holds the figures a clinic needs to
-decide whether to trust the box, ``OUT/validation.html`` shows them with the worst mistakes.
+``neuroedge.validation/1``, documented in docs/schemas/validation.md) holds the figures a
+clinic needs to decide whether to trust the box, ``OUT/validation.html`` shows them with the
+worst mistakes.
 """
 
 from __future__ import annotations
