@@ -124,7 +124,7 @@ def test_live_drop_slow_copy_and_clean_stop(tmp_path, test_model, mode):
 def test_sigterm_mid_backlog_finishes_the_files_it_took(tmp_path, test_model):
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
-    for i in range(40):
+    for i in range(120):  # enough that SIGTERM always lands mid-backlog
         gray_png(inbox / f"s{i:02d}.png", (i * 6) % 256, size=256)
     inputs = {p.name: sha256_file(p) for p in inbox.iterdir()}
     proc = start_agent(["--config", str(fast_config(tmp_path)), "watch", str(inbox),
