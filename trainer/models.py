@@ -195,10 +195,7 @@ def resnet18(
             y = _conv_bn(y, filters, 3, 1, bn_momentum, f"{name}_b", relu=False)
             x = keras.layers.Add(name=f"{name}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{name}_out")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    if dropout:
-        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
-    return keras.Model(inputs, classifier_output(x, num_classes), name="resnet18")
+    return keras.Model(inputs, _gap_head(x, dropout, num_classes), name="resnet18")
 
 
 def dsconv_cbam_res(
@@ -242,10 +239,17 @@ def dsconv_cbam_res(
             y = CBAM(ratio=16, kernel_size=5, name=f"{name}_cbam")(y)
             x = keras.layers.Add(name=f"{name}_add")([y, shortcut])
             x = keras.layers.ReLU(name=f"{name}_out")(x)
+    return keras.Model(inputs, _gap_head(x, dropout, num_classes), name="dsconv_cbam_res")
+
+
+def _gap_head(x: Any, dropout: float, num_classes: int) -> Any:
+    """Global average pooling, optional dropout, then the logits/softmax classifier."""
+    import keras
+
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     if dropout:
         x = keras.layers.Dropout(float(dropout), name="dropout")(x)
-    return keras.Model(inputs, classifier_output(x, num_classes), name="dsconv_cbam_res")
+    return classifier_output(x, num_classes)
 
 
 def default_backbone_weights_path() -> Path:

@@ -6,7 +6,6 @@ drop-in must still verify and still rate "OK" in ``systemd-analyze security``.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from test_install import INSTALL, make_model, run, snapshot
+from test_systemd_unit import MAX_EXPOSURE, security_rating
 
 from edge.errors import EX_CONFIG
 
 DROPIN = "etc/systemd/system/edge-agent.service.d/dicom.conf"
-MAX_EXPOSURE = 2.0
 
 
 def directives(text: str) -> dict:
@@ -104,15 +103,9 @@ def test_unit_with_the_dropin_verifies_and_rates_ok(staged, tmp_path, port) -> N
     proc = subprocess.run([tool, "verify", "--man=no", str(unit)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit)],
-                          capture_output=True, text=True, timeout=60)
-    if "--offline" in proc.stderr and "unrecognized" in proc.stderr:
-        pytest.skip("this systemd-analyze is older than 250 (no --offline)")
-    match = re.search(r"Overall exposure level for edge-agent\.service: (\d+\.\d+) (\w+)",
-                      proc.stdout)
-    assert match, proc.stdout + proc.stderr
+    exposure, _rating, proc = security_rating(tool, unit)
     assert "PrivateNetwork=" in proc.stdout  # the drop-in was read: the network is open
-    assert float(match.group(1)) <= MAX_EXPOSURE, proc.stdout
+    assert exposure <= MAX_EXPOSURE, proc.stdout
 
 
 def test_the_dropins_command_line_is_the_real_clis(staged, tmp_path) -> None:

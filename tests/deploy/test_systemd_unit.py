@@ -110,9 +110,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert complaints == []
 
 
-def test_systemd_analyze_security_rates_ok(tmp_path: Path) -> None:
-    tool = _systemd_analyze()
-    unit = _unit_for_verify(tmp_path, UNIT.read_text())
+def security_rating(tool: str, unit: Path) -> tuple[float, str, subprocess.CompletedProcess]:
+    """``systemd-analyze security`` of a unit file: (exposure, rating, the finished run)."""
     proc = subprocess.run([tool, "security", "--offline=yes", "--no-pager",
                            f"--threshold={int(MAX_EXPOSURE * 10)}", str(unit)],
                           capture_output=True, text=True, timeout=60)
@@ -121,9 +120,14 @@ def test_systemd_analyze_security_rates_ok(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for edge-agent\.service: (\d+\.\d+) (\w+)",
                       proc.stdout)
     assert match, proc.stdout + proc.stderr
-    exposure = float(match.group(1))
+    return float(match.group(1)), match.group(2), proc
+
+
+def test_systemd_analyze_security_rates_ok(tmp_path: Path) -> None:
+    exposure, rating, proc = security_rating(_systemd_analyze(),
+                                             _unit_for_verify(tmp_path, UNIT.read_text()))
     assert exposure <= MAX_EXPOSURE, proc.stdout
-    assert match.group(2) in ("SAFE", "OK")
+    assert rating in ("SAFE", "OK")
     assert proc.returncode == 0
 
 
