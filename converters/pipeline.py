@@ -33,7 +33,12 @@ from converters.provenance import (
 )
 from converters.quant_debug import diagnose, to_markdown
 from converters.report import REPORT_FORMAT, summary_text, write_report
-from converters.runtimes import check_in_process, check_subprocess, parse_runtime_specs
+from converters.runtimes import (
+    check_in_process,
+    check_subprocess,
+    parse_runtime_specs,
+    record_float_closeness,
+)
 from converters.source import load_keras_model, resolve_source
 from edge.durable import fsync_dir, install_files
 from edge.manifest import MANIFEST_NAME, load_verified, write_manifest
@@ -72,7 +77,7 @@ class ConvertOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     check_runtimes: tuple[str, ...] = ()
     require_runtimes: tuple[str, ...] = ()
-    probe_images: int = 16
+    probe_images: int = 64
     debug_samples: int = 32
     force: bool = False
     command: tuple[str, ...] = ()
@@ -229,10 +234,13 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
             external_sets, labels, spec,
             {"float": keras_predictor(model, output_kind), "quantized": classifier.predict})
         reference = classifier.predict(probe)
+        float_probe = keras_predictor(model, output_kind)(probe)
+        record_float_closeness(edge_check, reference, float_probe)
         for name, python in subprocess_runtimes:
             log.info("checking %s with %s", name, python)
-            other_checks.append(check_subprocess(name, python, staging, probe, reference,
-                                                 edge_check.name))
+            other_checks.append(check_subprocess(
+                name, python, staging, probe, reference, edge_check.name, float_probe,
+                opts.thresholds.min_agreement_pct))
     gate = apply_gate(comparison, edge_check, other_checks, opts.require_runtimes,
                       opts.thresholds, mode, eval_set.name)
     checks = [edge_check, *other_checks]

@@ -74,6 +74,8 @@ def runtime_table(checks: list[dict[str, Any]]) -> list[str]:
         else:
             what = "loads, runs; evaluated the test set" if c["ok"] else "load and run"
         verdict = "ok" if c["ok"] else f"FAILED: {c['error']}"
+        if c["ok"] and c.get("compared_with") and c.get("accepted_by"):
+            verdict += f": {c['accepted_by']}"
         lines.append(f"  {c['name']:16}{c.get('version') or '-':10}{xnn:9}{ms:>13}  "
                      f"{what:46}{verdict}")
     return lines

@@ -94,7 +94,7 @@ def _mode_option(mode: str) -> click.Option:
                    "$NEUROEDGE_TFLITE_RUNTIME_PYTHON). Repeatable.")
 @click.option("--require-runtime", "require_runtimes", multiple=True, metavar="NAME",
               help="Fail the gate unless the model verified on this runtime. Repeatable.")
-@click.option("--probe-images", type=int, default=16, show_default=True,
+@click.option("--probe-images", type=int, default=64, show_default=True,
               help="Fixed evaluation images classified in every runtime and compared.")
 @click.option("--debug-samples", type=int, default=32, show_default=True,
               help="Evaluation images for the per-layer report of a refused int8 model.")

@@ -3,11 +3,11 @@
 The learn-and-convert tests train each network (narrowed with ``width``) for a minute on the
 converters' synthetic 40x40 data set at 32x32, through the trainer itself, then convert the
 run through the gate. tflite-runtime is checked when $NEUROEDGE_TFLITE_RUNTIME_PYTHON points
-at a venv holding it (see converters/runtimes.py): it must load and run the model and give
-the same answers; its reference int8 kernels round differently from XNNPACK's through these
-deeper networks (up to 0.14 in probability on this tiny model, more than the converter's 0.05
-for the 3-block paper model: docs/results.md, "The new architectures in int8"), so that
-difference is bounded here, not required to be under 0.05.
+at a venv holding it (see converters/runtimes.py): it must load and run the model and pass
+the converter's runtime check. Its reference int8 kernels round differently from XNNPACK's
+through these deeper networks (0.04-0.14 apart in probability on these tiny models, more than
+the 0.05 measured for the 3-block paper model), so the check accepts it as being as close to
+the float model as XNNPACK (docs/conversion.md, "Runtime compatibility").
 """
 
 from __future__ import annotations
@@ -116,7 +116,10 @@ def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthet
     if os.environ.get(TFLITE_RUNTIME_ENV):
         [tflrt] = others
         assert tflrt["version"] and tflrt["images"] == 60  # it loaded and ran the model
+        assert tflrt["ok"], tflrt
         assert tflrt["top1_agreement_pct"] >= 95.0 and tflrt["max_abs_prob_diff"] <= 0.2, tflrt
+        assert tflrt["max_abs_diff_from_float"] is not None and tflrt["accepted_by"]
+        assert litert["max_abs_diff_from_float"] is not None
     (tmp_path / "report.json").write_text(json.dumps(outcome.report["conversion"]["ops"]))
 
 
