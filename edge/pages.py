@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image
+
+from . import png
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         "base-uri 'none'; form-action 'none'")
@@ -54,18 +54,17 @@ def esc(value: Any) -> str:
 def thumbnail_data_uri(pixels: np.ndarray) -> str:
     """The model's input as a lossless PNG data URI, encoded for speed, not for size.
 
-    A grey picture replicated to RGB (every MR scan) is stored as one channel, and zlib runs
-    at level 1 without ``optimize``: measured on a 224x224 noisy head, 3 ms and 30 kB
-    instead of 82 ms and 39 kB (``optimize=True`` on RGB), which was most of the agent's
-    time per file (``python -m benchmarks agent``).
+    A grey picture replicated to RGB (every MR scan) is stored as one channel, through
+    ``edge.png`` (one filter, zlib level 1): measured on 60 Testing pictures, 0.6 ms and
+    30 kB against Pillow's 1.2 ms and 29 kB at level 1, and 82 ms with ``optimize=True``
+    on RGB, which once was most of the agent's time per file (``python -m benchmarks
+    agent``; docs/performance.md section 10).
     """
     pixels = np.asarray(pixels, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[-1] == 3 and np.array_equal(
             pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]):
         pixels = pixels[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png.encode(pixels)).decode("ascii")
 
 
 def _page(title: str, body: str) -> bytes:
