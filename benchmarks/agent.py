@@ -41,8 +41,9 @@ from benchmarks.report import ratio, table
 log = logging.getLogger(__name__)
 
 STAGES = ("inbox scan + settle check", "waiting for the claimer", "hash (sha256)", "decode",
-          "preprocess", "invoke", "duplicate check + report build", "waiting for the committer",
-          "loop, other")
+          "preprocess", "invoke", "duplicate check + report build",
+          "heat-map + page, drawn here while the committer is behind",
+          "waiting for the committer", "loop, other")
 CLAIMER_STAGES = ("claim (journal + rename)", "idle")
 COMMITTER_STAGES = ("reports (thumbnail + HTML + JSON)", "decide (journal)", "archive (move)",
                     "index (append)", "idle")
@@ -160,7 +161,7 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int,
         return real_commit(group)
 
     worker.commit = counted_commit  # type: ignore[method-assign]
-    for name, stage in (("claim", "claim"), ("prepare", "prepare")):
+    for name, stage in (("claim", "claim"), ("prepare", "prepare"), ("render", "render")):
         clock.wrap(worker, name, stage)
     for name, stage in (("write_report", "reports (thumbnail + HTML + JSON)"),
                         ("decide", "decide (journal)"), ("move", "archive (move)"),
@@ -208,6 +209,7 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int,
         "preprocess": per.get("preprocess", 0),
         "invoke": per.get("inference", 0),
         "duplicate check + report build": s.get("prepare", 0) - classify,
+        "heat-map + page, drawn here while the committer is behind": s.get("render", 0),
         # queue full (the committer behind), and draining it at the end
         "waiting for the committer": s.get("wait", 0),
     }

@@ -106,19 +106,20 @@ class GroupCommit:
 
     # --- the report ------------------------------------------------------------------
 
-    def write_report(self, work: Work, barrier: FolderBarrier) -> None:
-        """Write a new report's heat-map and HTML page, then its JSON (data fsynced, folder
-        in ``barrier``)."""
+    def render(self, work: Work) -> None:
+        """Make a new report's heat-map PNG and HTML page in memory: pure CPU, writes
+        nothing. The committer does it in ``write_report``, unless the main loop did it
+        already, before queueing the job, because the committer was behind
+        (``edge.watch``). A failure refuses the input: it would fail again."""
         found = work.prepared
-        if found is None or found.report is None:
+        if found is None or found.report is None or found.rendered:
             return
-        base = self.outbox.reports / str(work.job.sha256)
-        page = drawn = None  # drawn: the heat-map PNG, for its file and for the page
         try:
+            drawn = None  # the PNG, for its own file and for the page
             if found.heatmap is not None and found.thumbnail is not None:
                 drawn = heatmap.png_bytes(heatmap.overlay(found.thumbnail, found.heatmap))
-            if self.config.report.html:
-                page = report_page(found.report, found.thumbnail, drawn)
+            page = (report_page(found.report, found.thumbnail, drawn)
+                    if self.config.report.html else None)
         except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
             self.release(work)
             work.prepared = None
@@ -127,11 +128,22 @@ class GroupCommit:
                                         f"({exc.__class__.__name__}); it is kept here for a "
                                         "look"))
             return
-        if drawn is not None:
-            write_bytes_atomic(self.outbox.reports / found.report["heatmap"]["file"], drawn,
-                               sync_folder=False)
-        if page is not None:
-            write_bytes_atomic(base.with_suffix(".html"), page, sync_folder=False)
+        found.heatmap_png, found.page, found.rendered = drawn, page, True
+        found.thumbnail = found.heatmap = None  # drawn: no longer needed
+
+    def write_report(self, work: Work, barrier: FolderBarrier) -> None:
+        """Write a new report's heat-map and HTML page, then its JSON (data fsynced, folder
+        in ``barrier``)."""
+        self.render(work)
+        found = work.prepared
+        if found is None or found.report is None:
+            return
+        base = self.outbox.reports / str(work.job.sha256)
+        if found.heatmap_png is not None:
+            write_bytes_atomic(self.outbox.reports / found.report["heatmap"]["file"],
+                               found.heatmap_png, sync_folder=False)
+        if found.page is not None:
+            write_bytes_atomic(base.with_suffix(".html"), found.page, sync_folder=False)
         write_bytes_atomic(base.with_suffix(".json"), found.report_json, sync_folder=False)
         barrier.add(self.outbox.reports)
 
@@ -140,7 +152,7 @@ class GroupCommit:
         found = work.prepared
         if found is not None and found.report is not None:
             self.in_flight.release(str(work.job.sha256), work.job.token)
-            found.thumbnail = found.heatmap = None
+            found.thumbnail = found.heatmap = found.heatmap_png = found.page = None
 
     # --- the decision and the move -----------------------------------------------------
 

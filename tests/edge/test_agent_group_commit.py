@@ -188,3 +188,121 @@ def test_a_copy_prepared_while_the_first_is_committed_is_still_a_duplicate(folde
     assert json.loads(report.read_text())["intake"]["token"] == first.token
     assert sorted(e["outcome"] for e in index_lines(folders["outbox"])) == ["classified",
                                                                           "duplicate"]
+
+
+# --- the heat-map and page drawn on the main loop (issue 13's cost, perf-reports) ----------
+
+def embedded_heatmap(page: str) -> bytes:
+    """The heat-map PNG a report page carries (its second data: URI picture)."""
+    import base64
+    import re
+
+    found = re.search(r'alt="heat-map over the model input" src="data:image/png;base64,'
+                      r'([A-Za-z0-9+/=]+)"', page)
+    assert found, "the page has no heat-map picture"
+    return base64.b64decode(found.group(1))
+
+
+def test_the_heatmap_file_is_the_picture_in_the_page(folders, test_model):
+    fill(folders["inbox"], [40, 120, 200])
+    assert run_once(make_config(folders, test_model.path))["classified"] == 3
+    reports = folders["outbox"] / "reports"
+    for report in reports.glob("*.json"):
+        entry = json.loads(report.read_text())
+        saved = (reports / entry["heatmap"]["file"]).read_bytes()
+        assert saved.startswith(b"\x89PNG")
+        page = (reports / f"{entry['id']}.html").read_text()
+        assert embedded_heatmap(page) == saved
+
+
+def test_a_heatmap_drawn_on_the_main_loop_is_durable_before_the_move(folders, agent,
+                                                                     monkeypatch):
+    """``Worker.render`` (the main loop, when the committer is behind) writes nothing; the
+    committer then writes the same files, each fsynced before its rename, and the reports
+    folder is fsynced before the input is moved: the order of durable steps is unchanged."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the files fsynced")
+    worker: Worker = agent.worker
+    (path,) = fill(folders["inbox"], [150])
+    (job,), _ = worker.claim([path])
+    work = worker.prepare(job)
+    worker.render(work)
+    found = work.prepared
+    assert found.rendered and found.heatmap_png and found.page and found.thumbnail is None
+    reports = folders["outbox"] / "reports"
+    assert not list(reports.iterdir())  # drawn, not written
+    events: list = []
+    real_fsync, real_replace, real_move = os.fsync, os.replace, GroupCommit.move
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    def move(self, work, barrier) -> None:
+        events.append(("move", work.job.token))
+        real_move(self, work, barrier)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(GroupCommit, "move", move)
+    assert worker.commit([work]) == []
+    heat = reports / f"{job.sha256}.heatmap.png"
+    (renamed,) = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(heat)]
+    data_synced = events.index(("fsync", events[renamed][1]))
+    folder_synced = events.index(("fsync", str(reports)), renamed)
+    moved = events.index(("move", job.token))
+    assert data_synced < renamed < folder_synced < moved
+    page = (reports / f"{job.sha256}.html").read_text()
+    assert embedded_heatmap(page) == heat.read_bytes()
+    assert "What the model saw" in page  # the thumbnail, drawn on the main loop too
+    assert worker.counts["classified"] == 1
+
+
+def test_the_main_loop_draws_only_while_the_committer_is_behind(folders, test_model,
+                                                                 monkeypatch):
+    """A slow committer (a slow disk): its queue fills, and the main loop draws some
+    heat-maps and pages itself; every report still has both, with the same picture in each.
+    The queue counts as behind only when full."""
+    import threading
+    import time
+
+    from edge.classifier import Classifier
+    from edge.pipeline import Committer
+    from edge.watch import Agent
+
+    queue_only = Committer(None, lambda job, exc: None, depth=3)  # never started
+    for _ in range(2):
+        queue_only.submit(None)
+        assert not queue_only.behind()
+    queue_only.submit(None)
+    assert queue_only.behind()
+
+    drawn_by: list = []
+    real_render, real_write = GroupCommit.render, GroupCommit.write_report
+
+    def render(self, work) -> None:
+        if work.prepared is not None and not work.prepared.rendered:
+            drawn_by.append(threading.current_thread().name)
+        real_render(self, work)
+
+    def slow_write(self, work, barrier) -> None:
+        time.sleep(0.05)
+        real_write(self, work, barrier)
+
+    monkeypatch.setattr(GroupCommit, "render", render)
+    monkeypatch.setattr(GroupCommit, "write_report", slow_write)
+    levels = list(range(10, 250, 10))  # 24 distinct inputs
+    fill(folders["inbox"], levels)
+    config = make_config(folders, test_model.path)
+    assert Agent(config, Classifier(config), once=True).run()["classified"] == len(levels)
+    assert len(drawn_by) == len(levels)
+    assert "MainThread" in drawn_by and "committer" in drawn_by, drawn_by
+    reports = folders["outbox"] / "reports"
+    for heat in reports.glob("*.heatmap.png"):
+        page = (reports / heat.name.replace(".heatmap.png", ".html")).read_text()
+        assert embedded_heatmap(page) == heat.read_bytes()
+    assert len(list(reports.glob("*.heatmap.png"))) == len(levels)
