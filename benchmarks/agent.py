@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("inbox scan + settle check", "waiting for the claimer", "hash (sha256)", "decode",
           "preprocess", "invoke", "duplicate check + report build",
-          "heat-map + page, drawn here while the committer is behind",
+          "heat-map + page, drawn here while the queue is full",
           "waiting for the committer", "loop, other")
 CLAIMER_STAGES = ("claim (journal + rename)", "idle")
 COMMITTER_STAGES = ("reports (thumbnail + HTML + JSON)", "decide (journal)", "archive (move)",
@@ -209,9 +209,10 @@ def agent_run(model: str, inbox: Path, outbox: Path, threads: int,
         "preprocess": per.get("preprocess", 0),
         "invoke": per.get("inference", 0),
         "duplicate check + report build": s.get("prepare", 0) - classify,
-        "heat-map + page, drawn here while the committer is behind": s.get("render", 0),
-        # queue full (the committer behind), and draining it at the end
-        "waiting for the committer": s.get("wait", 0),
+        "heat-map + page, drawn here while the queue is full": s.get("render", 0),
+        # queue full (the committer behind), and draining it at the end; the pictures it
+        # draws meanwhile are the row above
+        "waiting for the committer": s.get("wait", 0) - s.get("render", 0),
     }
     ms_per_file = 1000 * wall / files
     stages["loop, other"] = ms_per_file - sum(stages.values())  # index pages included

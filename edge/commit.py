@@ -106,30 +106,39 @@ class GroupCommit:
 
     # --- the report ------------------------------------------------------------------
 
-    def render(self, work: Work) -> None:
+    def render(self, work: Work, wait: bool = True) -> bool:
         """Make a new report's heat-map PNG and HTML page in memory: pure CPU, writes
-        nothing. The committer does it in ``write_report``, unless the main loop did it
-        already, before queueing the job, because the committer was behind
-        (``edge.watch``). A failure refuses the input: it would fail again."""
+        nothing. The committer does it in ``write_report``, unless the main loop got there
+        first, drawing the pictures of a queued input instead of waiting for a free place
+        in the queue (``edge.pipeline``). Each is drawn once: ``wait=False`` gives up at
+        once when the other thread is drawing it. True if this call drew it. A failure
+        refuses the input: it would fail again."""
         found = work.prepared
-        if found is None or found.report is None or found.rendered:
-            return
+        if found is None or found.report is None or not found.drawing.acquire(wait):
+            return False
         try:
-            drawn = None  # the PNG, for its own file and for the page
-            if found.heatmap is not None and found.thumbnail is not None:
-                drawn = heatmap.png_bytes(heatmap.overlay(found.thumbnail, found.heatmap))
-            page = (report_page(found.report, found.thumbnail, drawn)
-                    if self.config.report.html else None)
-        except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
-            self.release(work)
-            work.prepared = None
-            refuse(work.job, unexpected(exc, work.job.sha256, "written",
-                                        "the agent could not write this file's report "
-                                        f"({exc.__class__.__name__}); it is kept here for a "
-                                        "look"))
-            return
-        found.heatmap_png, found.page, found.rendered = drawn, page, True
-        found.thumbnail = found.heatmap = None  # drawn: no longer needed
+            if found.rendered:
+                return False
+            found.rendered = True
+            try:
+                drawn = None  # the PNG, for its own file and for the page
+                if found.heatmap is not None and found.thumbnail is not None:
+                    drawn = heatmap.png_bytes(heatmap.overlay(found.thumbnail, found.heatmap))
+                page = (report_page(found.report, found.thumbnail, drawn)
+                        if self.config.report.html else None)
+            except Exception as exc:  # noqa: BLE001 - pure computation: it would fail again
+                self.release(work)
+                work.prepared = None
+                refuse(work.job, unexpected(exc, work.job.sha256, "written",
+                                            "the agent could not write this file's report "
+                                            f"({exc.__class__.__name__}); it is kept here for "
+                                            "a look"))
+                return True
+            found.heatmap_png, found.page = drawn, page
+            found.thumbnail = found.heatmap = None  # drawn: no longer needed
+            return True
+        finally:
+            found.drawing.release()
 
     def write_report(self, work: Work, barrier: FolderBarrier) -> None:
         """Write a new report's heat-map and HTML page, then its JSON (data fsynced, folder

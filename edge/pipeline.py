@@ -11,10 +11,13 @@ them as one group: ``Worker.commit`` does each step for the group and fsyncs eac
 once. With no backlog a group is one input and nothing waits.
 
 Who draws the pictures: the heat-map and the HTML page of a report are pure CPU work
-(about 3 ms per input on a fast CPU). The committer draws them, unless its queue is full
-when the main loop hands it an input: then the committer is the bottleneck, and the main
-loop draws them before queueing the input instead of waiting (``Committer.behind``). Only
-bytes in memory change hands; the committer still writes every file, in the same order.
+(about 3 ms per input on a fast CPU). The committer draws them as it writes each report,
+unless the main loop got there first: when the queue is full, the committer is the
+bottleneck, and instead of waiting for a free place the main loop draws the pictures of its
+input and of those waiting in the queue, newest first (each is drawn once, by one thread). When the
+main loop is the slower thread (a slow model: a Raspberry Pi) the queue never fills and it
+draws nothing. Only bytes in memory change hands: the committer still writes every file,
+in the same order.
 
 Nothing here weakens the journal: a job in the queue is in its ``claimed`` state on disk,
 so a crash or a power cut replays it at the next start, like any other.
@@ -45,22 +48,31 @@ class Committer:
         self._worker = worker
         self._on_failure = on_failure
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._depth = depth
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, work: Work) -> None:
-        """Queue a prepared job; waits while the queue is full (back-pressure on the loop)."""
-        self._queue.put(work)
+        """Queue a prepared job. While the queue is full, rather than wait, draw the
+        pictures of this job and of queued ones the committer has not drawn yet; with none
+        left, wait (back-pressure on the loop)."""
+        while True:
+            try:
+                self._queue.put_nowait(work)
+                return
+            except queue.Full:
+                pass
+            if not self._draw_one(work):
+                self._queue.put(work)
+                return
 
-    def behind(self) -> bool:
-        """True when the queue is full: the committer is the slower thread, and ``submit``
-        would wait for it. The main loop then does the committer's CPU work for the input
-        (drawing its heat-map and page) instead of waiting; when the main loop is the
-        slower one (a slow model: a Raspberry Pi) the queue never fills and it never does."""
-        return self._queue.qsize() >= self._depth
+    def _draw_one(self, work: Work) -> bool:
+        """Draw the pictures of ``work`` or of one queued job, the newest first (the
+        committer reaches it last); False if none is left to draw."""
+        with self._queue.mutex:  # a snapshot: the committer may take them meanwhile
+            waiting = [item for item in self._queue.queue if item is not _STOP]
+        return any(self._worker.render(item) for item in [work, *reversed(waiting)])
 
     def wait_idle(self) -> None:
         """Return once everything submitted so far is committed (or has failed)."""

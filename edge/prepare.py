@@ -61,7 +61,8 @@ class Prepared:
     report_json: bytes = b""  # ...and its JSON, made when it was classified
     thumbnail: Any = None  # the uint8 picture the model saw, for the HTML page
     heatmap: Any = None  # where the model looked (0..1 map), drawn over the thumbnail
-    rendered: bool = False  # the two below are made (``GroupCommit.render``)
+    rendered: bool = False  # the two below are made (``GroupCommit.render``), or failed
+    drawing: threading.Lock = field(default_factory=threading.Lock)  # held while drawing
     heatmap_png: bytes | None = None  # the heat-map drawn over the thumbnail, as a PNG
     page: bytes | None = None  # the HTML page (it embeds the same PNG)
 

@@ -330,11 +330,6 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later
                 self._job_failed(job, exc)
                 continue
-            if self.committer.behind():
-                # Its queue is full (a fast CPU: this loop would wait for it): draw the
-                # heat-map and the page here instead. When the model is slow (a Raspberry
-                # Pi) the committer keeps up and draws them, off this loop.
-                self.worker.render(work)
             self.committer.submit(work)
 
     def _run_job(self, job: Job, crashed: bool = False) -> None:

@@ -70,9 +70,10 @@ class Worker:
         """Make a group of prepared jobs durable (``edge.commit``); return the failures."""
         return self.committing.run(group)
 
-    def render(self, work: Work) -> None:
-        """Draw a prepared job's heat-map and page now, on this thread (``edge.commit``)."""
-        self.committing.render(work)
+    def render(self, work: Work) -> bool:
+        """Draw a prepared job's heat-map and page now, on this thread, unless another
+        thread is drawing or has drawn them (``edge.commit``); True if this call did."""
+        return self.committing.render(work, wait=False)
 
     def run(self, job: Job, replay: bool = False, crashed: bool = False) -> str | None:
         """Drive one job to completion from whatever stage it is in; return its outcome.

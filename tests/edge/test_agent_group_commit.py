@@ -217,7 +217,7 @@ def test_the_heatmap_file_is_the_picture_in_the_page(folders, test_model):
 
 def test_a_heatmap_drawn_on_the_main_loop_is_durable_before_the_move(folders, agent,
                                                                      monkeypatch):
-    """``Worker.render`` (the main loop, when the committer is behind) writes nothing; the
+    """``Worker.render`` (the main loop, while the committer's queue is full) writes nothing; the
     committer then writes the same files, each fsynced before its rename, and the reports
     folder is fsynced before the input is moved: the order of durable steps is unchanged."""
     if not Path("/proc/self/fd").is_dir():
@@ -262,32 +262,58 @@ def test_a_heatmap_drawn_on_the_main_loop_is_durable_before_the_move(folders, ag
     assert worker.counts["classified"] == 1
 
 
-def test_the_main_loop_draws_only_while_the_committer_is_behind(folders, test_model,
-                                                                 monkeypatch):
-    """A slow committer (a slow disk): its queue fills, and the main loop draws some
-    heat-maps and pages itself; every report still has both, with the same picture in each.
-    The queue counts as behind only when full."""
+def test_a_full_queue_makes_the_main_loop_draw_instead_of_waiting():
+    """``Committer.submit`` on a full queue draws its own job's pictures, then the queued
+    ones newest first, each once; with nothing left to draw it waits for a free place."""
+    import threading
+
+    from edge.pipeline import Committer
+
+    class Drawer:
+        def __init__(self) -> None:
+            self.asked: list = []
+            self.drawn: list = []
+
+        def render(self, work) -> bool:
+            self.asked.append(work)
+            if work in self.drawn:
+                return False
+            self.drawn.append(work)
+            return True
+
+    drawer = Drawer()
+    committer = Committer(drawer, lambda job, exc: None, depth=2)  # never started
+    committer.submit("a")
+    committer.submit("b")
+    assert drawer.asked == []  # a free place: nothing drawn
+    late = threading.Thread(target=committer.submit, args=("c",), daemon=True)
+    late.start()
+    late.join(2.0)
+    assert late.is_alive()  # all drawn: now it waits
+    assert drawer.drawn == ["c", "b", "a"]  # its own, then the queued ones newest first
+    assert committer._queue.get_nowait() == "a"
+    late.join(2.0)
+    assert not late.is_alive() and committer._queue.qsize() == 2
+
+
+def test_a_slow_committer_gets_help_with_the_pictures(folders, test_model, monkeypatch):
+    """A slow committer (a slow disk): its queue fills, and the main loop draws heat-maps
+    and pages meanwhile; each input is drawn once, and every report has both, with the
+    same picture in each."""
     import threading
     import time
 
     from edge.classifier import Classifier
-    from edge.pipeline import Committer
     from edge.watch import Agent
-
-    queue_only = Committer(None, lambda job, exc: None, depth=3)  # never started
-    for _ in range(2):
-        queue_only.submit(None)
-        assert not queue_only.behind()
-    queue_only.submit(None)
-    assert queue_only.behind()
 
     drawn_by: list = []
     real_render, real_write = GroupCommit.render, GroupCommit.write_report
 
-    def render(self, work) -> None:
-        if work.prepared is not None and not work.prepared.rendered:
+    def render(self, work, wait=True) -> bool:
+        done = real_render(self, work, wait)
+        if done:
             drawn_by.append(threading.current_thread().name)
-        real_render(self, work)
+        return done
 
     def slow_write(self, work, barrier) -> None:
         time.sleep(0.05)
