@@ -1,12 +1,13 @@
-"""``python -m benchmarks [latency|int8|agent|memory|startup|sizes|trust|soak|network|all]``:
-the suite's CLI.
+"""``python -m benchmarks [latency|int8|agent|reports|memory|startup|sizes|trust|soak|
+network|all]``: the suite's CLI.
 
 Every subcommand prints Markdown tables (progress goes to stderr) and, with ``--json OUT``,
 writes every number it measured, with the machine and versions, to ``OUT``. ``--quick``
 shrinks repeats and file counts so that ``all --quick`` takes a few minutes on two cores.
 ``soak`` (kill -9 the agent at random moments, then check the books) measures reliability,
 not speed, and is not part of ``all``; nor is ``network`` (a study over DICOM, scanner to
-PACS; needs dcmtk).
+PACS; needs dcmtk), nor ``reports`` (the report pictures piece by piece, a look inside
+``agent``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from benchmarks.report import machine_info, machine_markdown, table
 from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("benchmarks")
-COMMANDS = ("latency", "int8", "agent", "memory", "startup", "sizes", "trust", "soak",
-            "network", "all")
-NOT_IN_ALL = ("soak", "network", "all")
+COMMANDS = ("latency", "int8", "agent", "reports", "memory", "startup", "sizes", "trust",
+            "soak", "network", "all")
+NOT_IN_ALL = ("reports", "soak", "network", "all")
 TARGETS = {"int8_ms": 4.0, "int8_speedup": 2.5, "agent_overhead_pct": 15.0, "rss_mb": 120.0}
 
 
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibration images (default %(default)s)")
     agent = parser.add_argument_group("agent, memory and startup")
     agent.add_argument("--model", help="model folder for the agent (default: the shipped one)")
-    agent.add_argument("--files", type=int, help="files per inbox (default 500; quick 50)")
+    agent.add_argument("--files", type=int, help="files per inbox (default 500; quick 50); "
+                       "reports: pictures (default 100; quick 20)")
     agent.add_argument("--data", type=Path, metavar="DIR",
                        help="make the inboxes from this data set's Testing images (converted "
                             "in the scratch folder, deleted after) instead of phantoms")
@@ -210,6 +212,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                                             args.data, work, args.agent_threads,
                                             tmpfs_too=not args.no_tmpfs,
                                             fsync_delay_ms=args.fsync_delay_ms)
+        if "reports" in wanted:
+            from benchmarks import reports
+
+            result["reports"] = reports.measure(args.model or _shipped(),
+                                                args.files or (20 if args.quick else 100),
+                                                args.data)
         if "memory" in wanted:
             from benchmarks import memory
 
@@ -272,6 +280,11 @@ def render(result: dict[str, Any]) -> str:
         from benchmarks import agent
 
         sections += ["## The agent end to end", agent.markdown(result["agent"])]
+    if "reports" in result:
+        from benchmarks import reports
+
+        sections += ["## The pictures of a report, piece by piece", reports.markdown(
+            result["reports"])]
     if "memory" in result:
         from benchmarks import memory
 
