@@ -58,19 +58,20 @@ _LUT = _ramp()  # 256 colours, so a whole picture is coloured by one table look-
 
 
 def overlay(picture: np.ndarray, heat: np.ndarray, strength: float = 0.55) -> np.ndarray:
-    """The map blended over the (H, W, 3) uint8 picture: colour grows with the square of
-    the map, so the anatomy stays readable where the model looked least. Each output byte
-    is one look-up in a table of every (map level, pixel value, channel) blend, made once
-    per strength: the agent does this per file, on the thread that writes the reports."""
+    """The map blended over the (H, W, 3) uint8 picture (or an (H, W) grey one): colour
+    grows with the square of the map, so the anatomy stays readable where the model looked
+    least. Each output pixel is one look-up in a table of every (map level, pixel value)
+    blend, made once per strength: the agent does this for every input."""
     picture = np.asarray(picture, dtype=np.uint8)
     height, width = picture.shape[:2]
     level = np.rint(np.clip(resize_map(heat, height, width), 0.0, 1.0) * 255).astype(np.uint8)
     table = _BLENDS[strength]  # (256 levels x 256 pixel values, 3 channels), flat
     index = level.astype(np.intp) * 256
-    grey = picture.ndim == 3 and picture.shape[2] == 3 and bool(
-        (picture[..., 0] == picture[..., 1]).all() and (picture[..., 0] == picture[..., 2]).all())
-    if grey:  # every MR scan: one look-up gives all three channels
-        return table.take(index + picture[..., 0], axis=0)
+    if picture.ndim == 2:
+        return table.take(index + picture, axis=0)
+    if bool((picture[..., 0] == picture[..., 1]).all()
+            and (picture[..., 0] == picture[..., 2]).all()):
+        return table.take(index + picture[..., 0], axis=0)  # grey as RGB: every MR scan
     # (flat indices: much faster than indexing with two or three arrays)
     return table.ravel().take((index[..., None] + picture) * 3 + _CHANNELS)
 

@@ -55,10 +55,10 @@ def thumbnail_data_uri(pixels: np.ndarray) -> str:
     """The model's input as a lossless PNG data URI, encoded for speed, not for size.
 
     A grey picture replicated to RGB (every MR scan) is stored as one channel, through
-    ``edge.png`` (one filter, zlib level 1): measured on 60 Testing pictures, 0.6 ms and
-    30 kB against Pillow's 1.2 ms and 29 kB at level 1, and 82 ms with ``optimize=True``
-    on RGB, which once was most of the agent's time per file (``python -m benchmarks
-    agent``; docs/performance.md section 10).
+    ``edge.png`` (one filter, zlib level 1): measured on 100 Testing pictures, 0.7 ms and
+    30 kB against Pillow's 1.2 ms and 29 kB at level 1 (``python -m benchmarks reports``),
+    and 82 ms with ``optimize=True`` on RGB, which once was most of the agent's time per
+    file (docs/performance.md).
     """
     pixels = np.asarray(pixels, dtype=np.uint8)
     if pixels.ndim == 3 and pixels.shape[-1] == 3 and np.array_equal(

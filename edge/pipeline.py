@@ -13,11 +13,11 @@ once. With no backlog a group is one input and nothing waits.
 Who draws the pictures: the heat-map and the HTML page of a report are pure CPU work
 (about 3 ms per input on a fast CPU). The committer draws them as it writes each report,
 unless the main loop got there first: when the queue is full, the committer is the
-bottleneck, and instead of waiting for a free place the main loop draws the pictures of its
-input and of those waiting in the queue, newest first (each is drawn once, by one thread). When the
-main loop is the slower thread (a slow model: a Raspberry Pi) the queue never fills and it
-draws nothing. Only bytes in memory change hands: the committer still writes every file,
-in the same order.
+bottleneck, and instead of waiting for a free place the main loop draws the pictures of
+its input and of those waiting in the queue, newest first (each is drawn once, by one
+thread). When the main loop is the slower thread (a slow model: a Raspberry Pi) the queue
+never fills and it draws nothing. Only bytes in memory change hands: the committer still
+writes every file, in the same order.
 
 Nothing here weakens the journal: a job in the queue is in its ``claimed`` state on disk,
 so a crash or a power cut replays it at the next start, like any other.

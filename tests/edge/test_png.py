@@ -53,3 +53,6 @@ def test_the_blend_tables_give_exactly_the_arithmetic_blend(grey):
     for strength in (0.55, 0.2):
         assert (heatmap.overlay(picture, heat, strength)
                 == _blend_by_formula(picture, heat, strength)).all()
+    if grey:  # a one-channel picture is drawn as its RGB copy is
+        assert (heatmap.overlay(picture[..., 0], heat)
+                == heatmap.overlay(picture, heat)).all()
