@@ -161,8 +161,10 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
     trust = report.get("trust")
     if trust:
         share = trust.get("ood_validation_share_below")
-        rows = [("probabilities", "calibrated (temperature "
-                 f"{trust.get('temperature')})" if trust.get("calibrated") else
+        temperature = trust.get("temperature")
+        calibrated = ("calibrated" + (f" (temperature {temperature:.2f})"
+                                      if isinstance(temperature, (int, float)) else ""))
+        rows = [("probabilities", calibrated if trust.get("calibrated") else
                  "as the model gives them (not calibrated)")]
         if trust.get("ood_score") is not None:
             rows.append(("unlike the training data",

@@ -292,3 +292,14 @@ def test_validate_refuses_a_bad_folder_with_a_clear_message(tmp_path, test_model
     assert run.returncode == 65, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out" / "validation.json").exists()
+
+
+def test_the_page_gives_the_temperature_to_two_decimals_and_says_when_it_is_unknown():
+    from edge.pages import _trust_parts
+
+    def page(**trust):
+        return "".join(_trust_parts({"trust": trust}, None))
+
+    assert "calibrated (temperature 3.40)" in page(calibrated=True, temperature=3.402687)
+    assert "calibrated</td>" in page(calibrated=True)  # a report without the number
+    assert "not calibrated" in page(calibrated=False, temperature=None)
