@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from network_helpers import (
     free_port,
     make_study,
     send_with_pynetdicom,
+    wait_for,
 )
 
 from edge.errors import ConfigError, ReceiverUnavailableError
@@ -251,3 +253,115 @@ def test_a_burst_of_associations_is_bounded(receiver, tmp_path, caplog):
     assert state["most"] <= 2 and state["refused"] >= 2
     assert rx.counts["refused"] == state["refused"]
     assert caplog.text.count("max_associations (2) are already open") == state["refused"]
+
+
+# --- a disk that fills, a folder that cannot be written, a transfer given up (net probe) ---
+
+
+def _spool_names(inbox: Path) -> list[str]:
+    return sorted(p.name for p in inbox.iterdir() if p.name.startswith(".neuroedge-"))
+
+
+@pytest.mark.parametrize("fault", ["full during the transfer", "cannot create"])
+def test_a_disk_that_fails_during_a_transfer_answers_a700_and_keeps_nothing(
+        receiver, tmp_path, monkeypatch, caplog, fault):
+    """The write fails in the middle of an instance (ENOSPC) or before its first byte (the
+    inbox cannot be written): the sender gets Out of Resources, the reason is logged once
+    with the caller and no traceback, no partial file stays to keep the disk full, and the
+    same association stores the next instance once the disk has room again."""
+    import errno
+
+    from edge.network import receiver as receiver_module
+
+    caplog.set_level(logging.INFO)
+    rx, inbox, received = receiver()
+    big = make_dicom(tmp_path / "big.dcm", np.random.default_rng(1).integers(
+        0, 4000, (1024, 1024), dtype=np.uint16))
+    _, (small,) = make_study(tmp_path / "study", [0.5])
+    state = {"full": True, "written": 0}
+    real_fdopen, real_create = os.fdopen, receiver_module.create_temp
+
+    class FillingDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            state["written"] += len(data)
+            if state["full"] and state["written"] > 300_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    def create_temp(folder, *args):
+        if state["full"] and fault == "cannot create":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_create(folder, *args)
+
+    monkeypatch.setattr(receiver_module.os, "fdopen",
+                        lambda *a, **k: FillingDisk(real_fdopen(*a, **k)))
+    monkeypatch.setattr(receiver_module, "create_temp", create_temp)
+
+    def second(path, status):
+        state["full"] = False  # the sender retries once the disk has room
+
+    statuses = send_with_pynetdicom(rx.port, [big, small], on_status=second)
+    assert statuses == [OUT_OF_RESOURCES, 0x0000]
+    assert len(received) == 1 and _spool_names(inbox) == []
+    assert [p.name for p in inbox_files(inbox)] == [Path(received[0]).name]
+    failures = [r for r in caplog.records if "failed to store" in r.getMessage()]
+    assert len(failures) == 1 and "SCANNER@127.0.0.1" in failures[0].getMessage()
+    assert ("No space left on device" if fault.startswith("full") else "Permission denied") \
+        in failures[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert rx.counts["failed"] == 1 and rx.counts["instances"] == 1
+
+
+def _send_part_of_an_instance(port: int, path: Path, pdus: int):
+    """Open an association and send the first ``pdus`` P-DATA of a C-STORE, then stop:
+    the association stays open, the instance half sent (returns the association)."""
+    from pynetdicom import AE
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    ds = pydicom.dcmread(str(path))
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(str(ds.SOPClassUID), ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="NEUROEDGE")
+    assert assoc.is_established
+    req = C_STORE()
+    req.MessageID, req.Priority = 1, 2
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    req.DataSet = io.BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    context = assoc.accepted_contexts[0].context_id
+    for n, pdu in enumerate(message.encode_msg(context, 16384)):
+        if n >= pdus:
+            break
+        assoc.dul.send_pdu(pdu)
+    return assoc
+
+
+@pytest.mark.parametrize("how", ["abort", "connection lost"])
+def test_a_transfer_given_up_leaves_no_partial_file(receiver, tmp_path, how):
+    """A sender that aborts (or whose connection drops) in the middle of an instance: its
+    partial file is removed when the association ends, not an hour later; a flaky link
+    that retries a large instance must not fill the disk with copies of its first half."""
+    rx, inbox, received = receiver()
+    big = make_dicom(tmp_path / "big.dcm", np.random.default_rng(2).integers(
+        0, 4000, (1024, 1024), dtype=np.uint16))
+    for _ in range(3):  # a flaky link: the same instance tried again and again
+        assoc = _send_part_of_an_instance(rx.port, big, pdus=20)
+        wait_for(lambda: [p for p in inbox.iterdir() if p.stat().st_size > 100_000], 10)
+        if how == "abort":
+            assoc.abort()
+        else:  # the socket closes under the association, no A-ABORT sent
+            assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+            assoc.dul.socket.socket.close()
+            assoc.abort()
+        wait_for(lambda: not _spool_names(inbox), 10)
+    assert not received and not inbox_files(inbox)
+    assert send_with_pynetdicom(rx.port, [big]) == [0x0000]  # and it still receives
