@@ -14,8 +14,11 @@ named like the agent's other temporary files (``.neuroedge-*.tmp``: the inbox ne
 them). When the last fragment has arrived the file is fsynced and renamed to its final name
 in the inbox (``<time>-<SOP UID hash>-<random>.dcm``), the folder is fsynced, and only then
 is the C-STORE answered with success: an acknowledged instance is on disk, and from there the
-agent's journal takes over exactly as for a copied file. A failed write answers 0xA700
-(out of resources) and the sender keeps the instance. Memory is bounded by
+agent's journal takes over exactly as for a copied file. A failed write (a full disk, an
+inbox that cannot be written, less than ``[network] min_free_mb`` free, checked as the file
+grows) stops writing, removes the file and answers 0xA700 (out of resources): the sender keeps
+the instance. A transfer that ends without an answer (an abort, a lost connection) has its
+partial file removed when the association ends. Memory is bounded by
 ``[network] max_associations`` times the PDU size, whatever the size of the instances.
 
 Logs name callers by AE title and address, instances by a hash of their SOP Instance UID;
@@ -65,8 +68,10 @@ COMPRESSED = ("1.2.840.10008.1.2.5",  # RLE Lossless
               "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
               "1.2.840.10008.1.2.4.51")  # JPEG Extended (12-bit)
 
+_SPOOL_CHECK_BYTES = 8 << 20  # free space is checked again every 8 MB an instance grows
+
 _spool_lock = threading.Lock()
-_spool_folder: Path | None = None  # where pynetdicom's received data sets go (one receiver)
+_active: DicomReceiver | None = None  # where pynetdicom's received data sets go (one receiver)
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -80,23 +85,96 @@ def accepted_transfer_syntaxes() -> list[str]:
 class _SpoolFile:
     """What pynetdicom expects from ``NamedTemporaryFile(delete=False)``, created where the
     agent wants it: in the inbox (same filesystem: the final rename is atomic), named as one
-    of the agent's temporary files, with a normal file's permissions (0666 less the umask)."""
+    of the agent's temporary files, with a normal file's permissions (0666 less the umask).
 
-    def __init__(self, folder: Path) -> None:
-        fd, self.name = create_temp(folder)
-        self.file = os.fdopen(fd, "wb")
+    It never raises: pynetdicom writes it from the association's reader thread, where an
+    exception aborts the association with a traceback and leaves the sender guessing. A
+    failed create or write (a full disk, an inbox that cannot be written), or free space
+    below ``[network] min_free_mb``, removes the file and discards the rest of the instance;
+    ``error`` says why, and the C-STORE is answered Out of Resources. ``owner`` is the
+    association's reader thread: what it leaves unfinished is removed when it ends."""
+
+    def __init__(self, folder: Path, min_free: float) -> None:
+        self.owner = threading.current_thread()
+        self.error: str | None = None
+        self.name = str(folder / f"{TMP_PREFIX}not-created{TMP_SUFFIX}")
+        self._folder, self._min_free = folder, min_free
+        self._handle: Any = None
+        self._lock = threading.Lock()
+        self._unchecked = 0
+        try:
+            if self._low_on_space():
+                return
+            fd, self.name = create_temp(folder)
+            self._handle = os.fdopen(fd, "wb")
+        except OSError as exc:
+            self._fail(describe_error(exc))
+
+    @property
+    def file(self) -> _SpoolFile:  # pynetdicom calls ``.file.flush()`` after each fragment
+        return self
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        with self._lock:
+            if self._handle is not None:
+                try:
+                    self._handle.write(data)
+                    self._unchecked += len(data)
+                    if self._unchecked >= _SPOOL_CHECK_BYTES:
+                        self._unchecked = 0
+                        self._low_on_space()
+                except (OSError, ValueError) as exc:
+                    self._fail(describe_error(exc))
+        return len(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                try:
+                    self._handle.flush()
+                except (OSError, ValueError) as exc:
+                    self._fail(describe_error(exc))
 
     def close(self) -> None:
-        self.file.close()
+        with self._lock:
+            if self._handle is not None:
+                try:
+                    self._handle.close()
+                except OSError as exc:
+                    self._fail(describe_error(exc))
+                self._handle = None
+
+    def discard(self, why: str) -> None:
+        """Remove the file: the instance will not be acknowledged (any thread)."""
+        with self._lock:
+            self._fail(why)
+
+    def _low_on_space(self) -> bool:
+        free = shutil.disk_usage(str(self._folder)).free
+        if free >= self._min_free:
+            return False
+        self._fail(f"only {free // 1000000} MB free in the inbox's filesystem ([network] "
+                   f"min_free_mb = {self._min_free / 1e6:.0f})")
+        return True
+
+    def _fail(self, why: str) -> None:
+        self.error = self.error or why
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+            try:
+                os.unlink(self.name)
+            except OSError:
+                pass
 
 
 def _spool_file_factory(original: Callable[..., Any]) -> Callable[..., Any]:
     def factory(*args: Any, **kwargs: Any) -> Any:
-        folder = _spool_folder
-        return _SpoolFile(folder) if folder is not None else original(*args, **kwargs)
+        receiver = _active
+        return receiver._new_spool() if receiver is not None else original(*args, **kwargs)
     return factory
 
 
@@ -121,6 +199,7 @@ class DicomReceiver:
                        "bytes": 0}
         self._lock = threading.Lock()
         self._sessions: dict[int, dict[str, Any]] = {}
+        self._spools: dict[str, _SpoolFile] = {}  # received into, not yet answered
         self._server: Any = None
         self._ae: Any = None
         self._patched: tuple[Any, Any] | None = None
@@ -131,7 +210,7 @@ class DicomReceiver:
 
     def start(self) -> None:
         """Listen; raise ``ReceiverUnavailableError``/``ConfigError`` with what to do."""
-        global _spool_folder
+        global _active
         try:
             import pynetdicom
             from pynetdicom import AE, AllStoragePresentationContexts, _config, dimse_messages, evt
@@ -147,9 +226,9 @@ class DicomReceiver:
                 f"pynetdicom {pynetdicom.__version__} cannot stream received instances to "
                 "disk; install a supported version: pip install 'neuroedge[edge]'")
         with _spool_lock:
-            if _spool_folder is not None:
+            if _active is not None:
                 raise ConfigError("a DICOM receiver is already running in this process")
-            _spool_folder = self.inbox
+            _active = self
         sweep_spool(self.inbox, max_age=0.0)  # what a crash left half-received
         _config.LOG_HANDLER_LEVEL = "none"  # its standard logs carry UIDs and identifiers
         _config.LOG_REQUEST_IDENTIFIERS = False
@@ -203,14 +282,37 @@ class DicomReceiver:
         self._unpatch()
 
     def _unpatch(self) -> None:
-        global _spool_folder
+        global _active
         if self._patched is not None:
             module, original = self._patched
             module.NamedTemporaryFile = original
             self._patched = None
         with _spool_lock:
-            if _spool_folder == self.inbox:
-                _spool_folder = None
+            if _active is self:
+                _active = None
+        self._discard_spools(lambda spool: True)  # transfers cut short: none acknowledged
+
+    # --- the files instances are received into ----------------------------------------------
+
+    def _new_spool(self) -> _SpoolFile:
+        spool = _SpoolFile(self.inbox, self.config.min_free_mb * 1e6)
+        with self._lock:
+            self._spools[spool.name] = spool
+        return spool
+
+    def _take_spool(self, path: str) -> _SpoolFile | None:
+        with self._lock:
+            return self._spools.pop(path, None)
+
+    def _discard_spools(self, which: Callable[[_SpoolFile], bool]) -> int:
+        """Remove the partial files of transfers that ended without a C-STORE answer."""
+        with self._lock:
+            gone = [spool for spool in self._spools.values() if which(spool)]
+            for spool in gone:
+                del self._spools[spool.name]
+        for spool in gone:
+            spool.discard("the association ended before the instance was complete")
+        return len(gone)
 
     def _bind_error(self, exc: OSError) -> Exception:
         port = self.config.dicom_port
@@ -259,6 +361,8 @@ class DicomReceiver:
         log.warning("refused a DICOM association from %s: %s", self._caller(event), why)
 
     def _on_ended(self, event: Any) -> None:
+        reader = getattr(event.assoc, "dul", None)
+        self._discard_spools(lambda spool: spool.owner is reader or not spool.owner.is_alive())
         with self._lock:
             session = self._sessions.pop(id(event.assoc), None)
         if session is None:
@@ -282,6 +386,11 @@ class DicomReceiver:
         tag = uid_hash(sop) if sop else "no-uid"
         try:
             spooled = Path(event.dataset_path)
+            spool = self._take_spool(str(spooled))
+            if spool is not None and spool.error:
+                self._failed(event, "failed to store instance %s from %s: %s; the sender was "
+                             "told to retry", tag, caller, spool.error)
+                return OUT_OF_RESOURCES
             size = spooled.stat().st_size
             free = shutil.disk_usage(str(self.inbox)).free  # the instance is in already
             if free < self.config.min_free_mb * 1e6:
