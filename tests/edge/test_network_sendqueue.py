@@ -135,3 +135,26 @@ def test_an_sr_never_mixes_studies():
     other.StudyInstanceUID = "9.9.9"
     with pytest.raises(ValueError, match="another study"):
         build_sr(DOC, SLICES, other, PacsConfig())
+
+
+def test_a_clock_set_back_does_not_hold_an_sr_back(tmp_path):
+    """An attempt failed while the clock was a day ahead; the clock is corrected: the SR is
+    tried again within ``retry_max``, not a day later."""
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1"), b"the SR")
+    pacs = FakePacs()
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
+    sender = Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+    sender.send_due()  # fails: the PACS is down
+    (record,) = queue.items()
+    path = queue.folder / "k1.json"
+    data = json.loads(path.read_text())
+    data["next_attempt"] = record.next_attempt + 86400  # written by a clock a day ahead
+    path.write_text(json.dumps(data))
+    pacs.down = False
+    wait = sender.send_due()
+    assert wait is None or wait <= 40.0 * 1.1, wait
+    if pacs.accepted == []:  # scheduled again within retry_max of the corrected clock
+        sender.send_due(now=time.time() + 40.0 * 1.1)
+    assert pacs.accepted == ["the SR"] and queue.items() == []

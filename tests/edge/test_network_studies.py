@@ -189,3 +189,31 @@ def test_an_index_cut_back_and_appended_again_is_reread(tmp_path):
     day.write_text(line(1) + line(3) + line(4))  # line 2 cut back, two others appended
     tracker.poll()
     assert sorted(tracker._pending["1.2.3"]["members"]) == [f"{n:064x}" for n in (1, 2, 3, 4)]
+
+
+def test_a_clock_set_back_does_not_hold_a_study_back(tmp_path, monkeypatch):
+    """The box's clock was a day ahead when a study arrived (no RTC, a wrong manual date)
+    and is then corrected: the study is judged ``settle_seconds`` after the agent next looks
+    at it, not a day later. (Set forward, a study is only judged early; more instances
+    later re-judge it.)"""
+    from edge.network.settings import StudiesConfig
+
+    outbox = tmp_path / "outbox"
+    (outbox / "index").mkdir(parents=True)
+    tracker = StudyTracker(outbox, StudiesConfig(settle_seconds=60), ["a", "notumor"], {})
+    tracker.open()
+    line = {"outcome": "classified", "id": "a" * 64, "study": "1.2.3", "moved_to": "archive/x"}
+    (outbox / "index" / "2026-11-20.jsonl").write_text(json.dumps(line) + "\n")
+    ahead = time.time() + 86400
+    real_time = time.time
+    with monkeypatch.context() as clock:  # noted while the clock was a day ahead
+        clock.setattr(time, "time", lambda: real_time() + 86400)
+        assert tracker.poll() == 1
+    assert tracker._pending["1.2.3"]["changed_at"] >= ahead - 5
+    now = time.time()
+    assert tracker.due(now) == []  # just noted, as far as the corrected clock can tell
+    assert tracker.due(now + 61) == ["1.2.3"]
+    restarted = StudyTracker(outbox, StudiesConfig(settle_seconds=60), ["a", "notumor"], {})
+    restarted.open()  # the same after a restart: its saved time is in the future
+    now = time.time()
+    assert restarted.due(now) == [] and restarted.due(now + 61) == ["1.2.3"]
