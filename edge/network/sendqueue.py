@@ -225,13 +225,18 @@ class Sender:
 
     def send_due(self, now: float | None = None) -> float | None:
         """Try every item that is due; return seconds until the next is due (None: empty)."""
+        # No attempt is ever scheduled further ahead than retry_max (+10%): one that is was
+        # scheduled before the clock was set back, and is due now rather than that much later.
+        horizon = self.pacs.retry_max * 1.1 + 5.0
         for item in self.queue.items():
             if self._stop.is_set():
                 return None
-            if item.next_attempt > (time.time() if now is None else now):
+            moment = time.time() if now is None else now
+            if moment < item.next_attempt <= moment + horizon:
                 continue
             self._attempt(item)
-        waits = [item.next_attempt - time.time() for item in self.queue.items()]
+        clock = time.time()
+        waits = [min(item.next_attempt - clock, horizon) for item in self.queue.items()]
         return max(0.0, min(waits)) if waits else None
 
     def _attempt(self, item: Outgoing) -> None:

@@ -45,6 +45,7 @@ STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 _POLL = 0.5  # seconds between two reads of the index (a study waits up to this on top)
+_CLOCK_SLACK = 5.0  # seconds "in the future" a saved time may be before the clock went back
 
 OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
 
@@ -208,8 +209,15 @@ class StudyTracker:
                           {"offsets": self._offsets, "tails": self._tails}, durable=False)
 
     def due(self, now: float | None = None) -> list[str]:
-        """Pending studies quiet for ``settle_seconds``, oldest first."""
+        """Pending studies quiet for ``settle_seconds``, oldest first.
+
+        A study last changed "in the future" was noted before the clock was set back (a
+        box without a real-time clock, a wrong date corrected): it counts as changed now,
+        so it waits ``settle_seconds`` more, not as long as the clock jumped."""
         now = time.time() if now is None else now
+        for pending in self._pending.values():
+            if float(pending["changed_at"]) > now + _CLOCK_SLACK:
+                pending["changed_at"] = now
         ready = [(p["changed_at"], uid) for uid, p in self._pending.items()
                  if now - float(p["changed_at"]) >= self.rule.settle_seconds]
         return [uid for _, uid in sorted(ready)]
