@@ -158,3 +158,48 @@ def test_a_clock_set_back_does_not_hold_an_sr_back(tmp_path):
     if pacs.accepted == []:  # scheduled again within retry_max of the corrected clock
         sender.send_due(now=time.time() + 40.0 * 1.1)
     assert pacs.accepted == ["the SR"] and queue.items() == []
+
+
+def test_damaged_queue_records_are_rebuilt_or_set_aside_never_silently_dropped(tmp_path,
+                                                                              caplog):
+    """A record damaged on disk (a torn sector, a hand edit) must neither drop its SR
+    silently (never sent, never re-queued: its name is taken) nor stop the SRs queued
+    behind it. A record is rebuilt from its SR; an SR that cannot be read either is moved
+    to ``damaged/`` with an error that says so."""
+    import logging
+
+    from edge.dicom import uid_hash
+
+    caplog.set_level(logging.INFO)
+    queue = SendQueue(tmp_path)
+    queue.open()
+    sr = encode(build_sr(DOC, SLICES, header(), PacsConfig()))
+    tag = uid_hash(DOC["study_instance_uid"])
+    for key, group in (("k1", tag), ("k2", "g2"), ("k3", "g3"), ("k4", "g4")):
+        queue.enqueue(Outgoing(key=key, study=group, group=group, sop_class_uid=COMPREHENSIVE_SR,
+                               sop_instance_uid="1.2.3", created_at=f"2026-11-20T10:00:0{key[-1]}"),
+                      sr if key != "k4" else b"the SR of the last study")
+    (queue.folder / "k1.json").write_bytes(b"\x00\x00garbage")  # unreadable
+    record = json.loads((queue.folder / "k2.json").read_text())
+    (queue.folder / "k2.json").write_text(json.dumps(dict(record, attempts="x",
+                                                          created_at=None)))  # wrong types
+    (queue.folder / "k3.json").write_text("{}")
+    (queue.folder / "k3.dcm").write_bytes(b"not DICOM")  # and its SR unreadable too
+    accepted: list[str] = []
+    restarted = SendQueue(tmp_path)
+    restarted.open()
+    sender = Sender(restarted, PEER, NetworkConfig(), PacsConfig(send_to="PACS@h:104"),
+                    send=lambda path, *a: accepted.append(path.name) or 0)
+    sender.send_due()
+    assert sorted(accepted) == ["k1.dcm", "k2.dcm", "k4.dcm"]
+    assert restarted.items() == []
+    sent = {json.loads(line)["key"]: json.loads(line) for line in
+            restarted.sent_log.read_text().splitlines()}
+    assert sorted(sent) == ["k1", "k2", "k4"] and sent["k1"]["study"] == tag
+    assert sent["k1"]["sop_instance_uid"] == str(pydicom.dcmread(io.BytesIO(sr)).SOPInstanceUID)
+    aside = sorted(p.name for p in (restarted.folder / "damaged").iterdir())
+    assert aside == ["k3.dcm", "k3.json"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("rebuilt" in m for m in messages) == 2
+    assert any("k3" in r.getMessage() and "damaged" in r.getMessage()
+               and r.levelno == logging.ERROR for r in caplog.records)
