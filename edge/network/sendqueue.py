@@ -5,6 +5,7 @@
     <outbox>/.state/outgoing/<key>.dcm    the SR to send (written first, fsynced)
     <outbox>/.state/outgoing/<key>.json   its record: attempts, next attempt, last error
     <outbox>/.state/outgoing/sent.jsonl   one line per SR the PACS accepted
+    <outbox>/.state/outgoing/damaged/     a record and SR that could not be read (logged)
 
 A record exists only once its SR file is durable, and is removed only once the PACS has
 answered the C-STORE with success (or a warning) and that answer is appended to
@@ -64,8 +65,24 @@ class Outgoing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outgoing:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The record as written by ``asdict``; ValueError if a field is missing or of the
+        wrong type (a record damaged on disk)."""
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("key", "study", "group", "sop_class_uid", "sop_instance_uid",
+                     "created_at"):
+            if not isinstance(values.get(name), str):
+                raise ValueError(f"{name} is missing or not text")
+        if not isinstance(values.get("attempts", 0), int) or isinstance(
+                values.get("attempts"), bool):
+            raise ValueError("attempts is not a whole number")
+        next_attempt = values.get("next_attempt", 0.0)
+        if isinstance(next_attempt, bool) or not isinstance(next_attempt, (int, float)) or (
+                next_attempt != next_attempt):
+            raise ValueError("next_attempt is not a number")
+        if not isinstance(values.get("last_error"), (str, type(None))):
+            raise ValueError("last_error is not text")
+        return cls(**values)
 
 
 class SendError(Exception):
@@ -76,7 +93,7 @@ class SendQueue:
     def __init__(self, outbox: Path) -> None:
         self.folder = outbox / ".state" / "outgoing"
         self.sent_log = self.folder / "sent.jsonl"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # enqueue holds it while it lists (and repairs) items
 
     def open(self) -> None:
         """Create the folder, and drop what a crash left half-written."""
@@ -90,9 +107,55 @@ class SendQueue:
         out = []
         for path in sorted(self.folder.glob("*.json")):
             data = read_json(path)
-            if isinstance(data, dict) and data.get("key") == path.stem:
+            try:
+                if not isinstance(data, dict) or data.get("key") != path.stem:
+                    raise ValueError("not a queue record")
                 out.append(Outgoing.from_dict(data))
+            except ValueError as exc:
+                with self._lock:
+                    item = self._repair(path, str(exc))
+                if item is not None:
+                    out.append(item)
         return sorted(out, key=lambda item: (item.created_at, item.key))
+
+    def _repair(self, record: Path, why: str) -> Outgoing | None:
+        """A damaged record: rebuild it from its SR (what it says is all in the SR), or, if
+        the SR cannot be read either, move both to ``damaged/`` and say so. Never drop an
+        SR silently, and never let one record stop the others."""
+        import pydicom
+
+        from ..dicom import uid_hash
+
+        dcm = record.with_suffix(".dcm")
+        if not record.exists():  # repaired or removed meanwhile by another thread
+            return None
+        try:
+            ds = pydicom.dcmread(str(dcm), stop_before_pixels=True)
+            study = uid_hash(str(ds.StudyInstanceUID))
+            item = Outgoing(key=record.stem, study=study, group=study,
+                            sop_class_uid=str(ds.SOPClassUID),
+                            sop_instance_uid=str(ds.SOPInstanceUID),
+                            created_at=now_iso())
+            write_json_atomic(record, asdict(item))
+        except Exception as exc:  # noqa: BLE001 - an SR we cannot read is set aside, below
+            from ..worker import describe_error
+
+            aside = self.folder / "damaged"
+            aside.mkdir(exist_ok=True)
+            for path in (dcm, record):
+                try:
+                    os.replace(str(path), str(aside / path.name))
+                except FileNotFoundError:
+                    pass
+            fsync_dir(self.folder)
+            log.error("the send queue's record %s was damaged (%s) and its SR cannot be read "
+                      "(%s): both were moved to %s and will not be sent; the study's SR is "
+                      "queued again if it is judged again", record.stem, why,
+                      describe_error(exc), aside)
+            return None
+        log.warning("the send queue's record %s was damaged (%s); rebuilt from its SR, which "
+                    "stays queued", record.stem, why)
+        return item
 
     def was_sent(self, key: str) -> bool:
         try:

@@ -203,3 +203,19 @@ def test_damaged_queue_records_are_rebuilt_or_set_aside_never_silently_dropped(t
     assert sum("rebuilt" in m for m in messages) == 2
     assert any("k3" in r.getMessage() and "damaged" in r.getMessage()
                and r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_a_damaged_record_found_while_enqueueing_is_repaired_without_a_deadlock(tmp_path):
+    queue = SendQueue(tmp_path)
+    queue.open()
+    sr = encode(build_sr(DOC, SLICES, header(), PacsConfig()))
+    queue.enqueue(item("k1", group="g1"), sr)
+    (queue.folder / "k1.json").write_text("{")
+    done = []
+    import threading
+
+    worker = threading.Thread(target=lambda: done.append(queue.enqueue(item("k2", group="g2"),
+                                                                       b"sr two")), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert done == [True] and sorted(i.key for i in queue.items()) == ["k1", "k2"]
