@@ -219,3 +219,59 @@ def test_a_damaged_record_found_while_enqueueing_is_repaired_without_a_deadlock(
     worker.start()
     worker.join(10)
     assert done == [True] and sorted(i.key for i in queue.items()) == ["k1", "k2"]
+
+
+def test_queueing_costs_do_not_grow_with_the_queue(tmp_path, monkeypatch):
+    """A PACS down while thousands of studies are judged (a migration, a long outage): each
+    new SR must not re-read every record and every line of ``sent.jsonl`` (that made 1,500
+    SRs take 47 s to queue, quadratic). Counted in file reads, not timed."""
+    from edge.network import sendqueue
+
+    queue = SendQueue(tmp_path)
+    queue.open()
+    for n in range(300):
+        queue.enqueue(item(f"q{n:04d}", group=f"g{n}"), b"sr")
+    for n in range(300):
+        queue.delivered(item(f"s{n:04d}", group=f"s{n}"), PEER)
+    reads = {"records": 0, "sent bytes": 0}
+    real_read_json, real_open = sendqueue.read_json, open
+
+    def read_json(path):
+        reads["records"] += 1
+        return real_read_json(path)
+
+    class Counted:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def __iter__(self):
+            for line in self.handle:
+                reads["sent bytes"] += len(line)
+                yield line
+
+        def read(self, *args):
+            data = self.handle.read(*args)
+            reads["sent bytes"] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(sendqueue, "read_json", read_json)
+    monkeypatch.setattr(sendqueue, "open", lambda *a, **k: Counted(real_open(*a, **k)),
+                        raising=False)
+    queue.was_sent("warm-up")  # a queue that has been used: its caches are filled
+    queue.items()
+    reads.update({"records": 0, "sent bytes": 0})
+    for n in range(10):
+        assert queue.enqueue(item(f"r{n:04d}", group=f"r{n}"), b"sr")
+    assert not queue.enqueue(item("s0001", group="s1"), b"sent already")
+    assert reads["records"] <= 20, reads
+    assert reads["sent bytes"] <= 2000, reads
+    assert len(queue.items()) == 310
