@@ -29,7 +29,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +94,12 @@ class SendQueue:
         self.folder = outbox / ".state" / "outgoing"
         self.sent_log = self.folder / "sent.jsonl"
         self._lock = threading.RLock()  # enqueue holds it while it lists (and repairs) items
+        # Caches, so that queueing and sending cost the same with 10 or 10,000 SRs waiting:
+        # parsed records by name, valid while the file is unchanged (mtime, size, inode),
+        # and the keys in sent.jsonl up to the offset read so far.
+        self._records: dict[str, tuple[tuple[int, int, int], Outgoing]] = {}
+        self._sent_keys: set[str] = set()
+        self._sent_read = 0
 
     def open(self) -> None:
         """Create the folder, and drop what a crash left half-written."""
@@ -104,19 +110,42 @@ class SendQueue:
                 dcm.unlink()
 
     def items(self) -> list[Outgoing]:
+        """Every SR waiting, oldest first (copies: change them through ``failed``)."""
         out = []
-        for path in sorted(self.folder.glob("*.json")):
-            data = read_json(path)
+        with self._lock:
             try:
-                if not isinstance(data, dict) or data.get("key") != path.stem:
-                    raise ValueError("not a queue record")
-                out.append(Outgoing.from_dict(data))
-            except ValueError as exc:
-                with self._lock:
-                    item = self._repair(path, str(exc))
-                if item is not None:
-                    out.append(item)
+                with os.scandir(str(self.folder)) as scan:
+                    entries = [e for e in scan if e.name.endswith(".json") and e.is_file()]
+            except FileNotFoundError:
+                entries = []
+            names = {e.name for e in entries}
+            for gone in set(self._records) - names:
+                del self._records[gone]
+            for entry in entries:
+                st = entry.stat()
+                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+                cached = self._records.get(entry.name)
+                if cached is None or cached[0] != signature:
+                    item = self._load(Path(entry.path))
+                    if item is None:
+                        self._records.pop(entry.name, None)
+                        continue
+                    cached = (signature, item)
+                    self._records[entry.name] = cached
+                out.append(replace(cached[1]))
         return sorted(out, key=lambda item: (item.created_at, item.key))
+
+    def _load(self, path: Path) -> Outgoing | None:
+        data = read_json(path)
+        try:
+            if not isinstance(data, dict) or data.get("key") != path.stem:
+                raise ValueError("not a queue record")
+            return Outgoing.from_dict(data)
+        except ValueError as exc:
+            item = self._repair(path, str(exc))
+        if item is None or not path.exists():
+            return None
+        return item
 
     def _repair(self, record: Path, why: str) -> Outgoing | None:
         """A damaged record: rebuild it from its SR (what it says is all in the SR), or, if
@@ -158,12 +187,27 @@ class SendQueue:
         return item
 
     def was_sent(self, key: str) -> bool:
-        try:
-            with open(str(self.sent_log), encoding="utf-8") as handle:
-                needle = f'"key": "{key}"'
-                return any(needle in line for line in handle)
-        except FileNotFoundError:
-            return False
+        """Whether ``sent.jsonl`` has a line for ``key`` (read once, then only what grew)."""
+        with self._lock:
+            try:
+                with open(str(self.sent_log), "rb") as handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    if size < self._sent_read:  # cut back (a torn line repaired): read again
+                        self._sent_keys, self._sent_read = set(), 0
+                    handle.seek(self._sent_read)
+                    data = handle.read(size - self._sent_read)
+            except FileNotFoundError:
+                return False
+            end = data.rfind(b"\n") + 1  # a torn last line is read once it is whole
+            for line in data[:end].splitlines():
+                try:
+                    entry = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                    self._sent_keys.add(entry["key"])
+            self._sent_read += end
+            return key in self._sent_keys
 
     def enqueue(self, item: Outgoing, data: bytes) -> bool:
         """Queue ``data`` (a DICOM file) under ``item.key``; False if it is queued or sent
