@@ -283,3 +283,28 @@ def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
     checked = run_agent(["fsck", str(outbox), "--dry-run", "--deep"])  # the invariant holds
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "0 problem(s), 0 repaired, 0 pending" in checked.stdout
+
+
+def test_patient_values_never_reach_the_log_through_pydicom(tmp_path, test_model, agents):
+    """A scanner or RIS that formats a birth date as 1970-01-31 (not a valid DA) or writes
+    the sex as "female": pydicom warns, quoting the value, when the SR copies the patient
+    attributes. Its logger is switched off by the CLI, but importing pydicom later switches
+    it back on, and its warnings went to stderr (the journal) too."""
+    from network_helpers import send_with_pynetdicom
+
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 0.5\n[pacs]\n"
+                  f"send_to = \"PACS@127.0.0.1:{free_port()}\"\nretry_initial = 60\n",
+                  port).start()
+    agents.append(agent)
+    _, files = make_study(tmp_path / "scanner", [0.1] * 3, PatientBirthDate="1970-01-31",
+                          PatientSex="female", StudyTime="25:61", PatientAge="42 years")
+    assert send_with_pynetdicom(port, files) == [0] * 3
+    queue = agent.outbox / ".state" / "outgoing"
+    wait_for(lambda: list(queue.glob("*.dcm")), 60)  # the SR was built: the values copied
+    assert pydicom.dcmread(str(next(queue.glob("*.dcm")))).PatientBirthDate == "1970-01-31"
+    assert agent.stop() == 0
+    log = agent.text()
+    for value in ("1970-01-31", "female", "25:61", "42 years"):
+        assert value not in log, f"{value!r} is in the log"
+    assert "classified input" in log and "is queued for PACS" in log
