@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,11 +66,18 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    # Third-party loggers can quote DICOM element values (patient names): keep them quiet.
+    # pydicom's log records and warnings quote element values (a birth date, a name): drop
+    # them. A filter, not a level: importing pydicom (lazily, later) resets its level.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL + 1)
+    logging.getLogger("pydicom").addFilter(_drop)
     for noisy in ("PIL", "watchdog", "pynetdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(False)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
