@@ -217,3 +217,56 @@ def test_a_clock_set_back_does_not_hold_a_study_back(tmp_path, monkeypatch):
     restarted.open()  # the same after a restart: its saved time is in the future
     now = time.time()
     assert restarted.due(now) == [] and restarted.due(now + 61) == ["1.2.3"]
+
+
+def _minimal_report(outbox: Path, report_id: str, study: str, sop: str) -> None:
+    report = {"id": report_id, "needs_review": False,
+              "prediction": {"label": "notumor", "confidence": 0.97,
+                             "probabilities": {"a": 0.03, "notumor": 0.97}},
+              "dicom": {"study_instance_uid": study, "sop_instance_uid": sop,
+                        "series_instance_uid": study + ".1"}}
+    (outbox / "reports").mkdir(exist_ok=True)
+    (outbox / "reports" / f"{report_id}.json").write_text(json.dumps(report))
+
+
+def test_one_study_that_cannot_be_judged_does_not_stop_the_others(tmp_path, caplog):
+    """Whatever goes wrong judging one study (here its SR cannot be built) must not stop
+    the tracker judging every other study, nor retry that one twice a second."""
+    from edge.network.settings import StudiesConfig
+
+    caplog.set_level(logging.INFO)
+    outbox = tmp_path / "outbox"
+    (outbox / "index").mkdir(parents=True)
+    lines = []
+    for n, study in enumerate(["1.2.1", "1.2.2", "1.2.1", "1.2.2"]):
+        report_id = f"{n:x}" * 64
+        _minimal_report(outbox, report_id[:64], study, f"{study}.1.{n}")
+        lines.append(json.dumps({"outcome": "classified", "id": report_id[:64],
+                                 "study": study, "moved_to": None}))
+    (outbox / "index" / "2026-11-20.jsonl").write_text("\n".join(lines) + "\n")
+    attempts = []
+
+    def on_judged(doc, slices):
+        attempts.append(doc["study_instance_uid"])
+        if doc["study_instance_uid"] == "1.2.1":  # the oldest: judged first
+            raise ValueError("cannot build this study's SR")
+
+    tracker = StudyTracker(outbox, StudiesConfig(settle_seconds=0.0, min_slices=1),
+                           ["a", "notumor"], {}, html=False, on_judged=on_judged)
+    (outbox / ".state" / "studies").mkdir(parents=True)
+    (outbox / ".state" / "studies" / "cursor.json").write_text('{"offsets": {}}')
+    tracker.open()
+    tracker.start()
+    try:
+        wait = time.monotonic() + 10
+        while "1.2.2" not in attempts and time.monotonic() < wait:
+            time.sleep(0.05)
+        time.sleep(2.0)  # four polls: a failed study is not tried again at once
+    finally:
+        tracker.stop()
+    assert "1.2.2" in attempts, "the other study was never judged"
+    assert attempts.count("1.2.1") == 1, attempts
+    assert (outbox / "studies" / "1.2.2.json").is_file()
+    assert "1.2.1" in tracker._pending  # still pending: tried again later, or at the next start
+    failures = [r for r in caplog.records if "could not judge study" in r.getMessage()]
+    assert len(failures) == 1 and "retrying in" in failures[0].getMessage()
