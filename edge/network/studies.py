@@ -45,6 +45,7 @@ STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 _POLL = 0.5  # seconds between two reads of the index (a study waits up to this on top)
+_RETRY_FIRST, _RETRY_MAX = 30.0, 900.0  # seconds before a study that failed is tried again
 _CLOCK_SLACK = 5.0  # seconds "in the future" a saved time may be before the clock went back
 
 OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
@@ -82,6 +83,7 @@ class StudyTracker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (the thread, or finish())
+        self._failures: dict[str, tuple[int, float]] = {}  # uid: (failures, monotonic retry)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -218,20 +220,32 @@ class StudyTracker:
         for pending in self._pending.values():
             if float(pending["changed_at"]) > now + _CLOCK_SLACK:
                 pending["changed_at"] = now
+        parked = {uid for uid, (_, until) in self._failures.items() if until > time.monotonic()}
         ready = [(p["changed_at"], uid) for uid, p in self._pending.items()
-                 if now - float(p["changed_at"]) >= self.rule.settle_seconds]
+                 if now - float(p["changed_at"]) >= self.rule.settle_seconds
+                 and uid not in parked]
         return [uid for _, uid in sorted(ready)]
 
     # --- judging ---------------------------------------------------------------------------
 
     def _judge_safely(self, uid: str) -> bool:
+        """Judge one study; a failure is logged and retried later, never allowed to stop
+        the other studies (they are judged in turn, the oldest first)."""
         try:
             self.judge(uid)
+            self._failures.pop(uid, None)
             return True
         except OSError as exc:
             log.error("could not write the report of study %s (%s); retrying later",
                       uid_hash(uid), exc.strerror or exc)
             self._pending[uid]["changed_at"] = time.time()
+            return False
+        except Exception:  # noqa: BLE001 - a defect: log it, park this study, go on
+            failures = self._failures.get(uid, (0, 0.0))[0] + 1
+            delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
+            self._failures[uid] = (failures, time.monotonic() + delay)
+            log.exception("could not judge study %s (attempt %d); the other studies go on; "
+                          "retrying in %.0fs", uid_hash(uid), failures, delay)
             return False
 
     def judge(self, uid: str) -> dict[str, Any] | None:
