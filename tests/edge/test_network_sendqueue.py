@@ -275,3 +275,59 @@ def test_queueing_costs_do_not_grow_with_the_queue(tmp_path, monkeypatch):
     assert reads["records"] <= 20, reads
     assert reads["sent bytes"] <= 2000, reads
     assert len(queue.items()) == 310
+
+
+def test_a_pacs_that_is_down_is_tried_once_per_backoff_not_once_per_sr(tmp_path, caplog):
+    """800 studies judged while the PACS was unreachable wrote 4,326 warnings in 30 s (each
+    SR tried and logged on its own, each paying the connection timeout when the PACS's
+    network drops packets). One failed connection postpones every SR waiting for it."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    queue = SendQueue(tmp_path)
+    queue.open()
+    for n in range(50):
+        queue.enqueue(item(f"k{n:03d}", group=f"g{n}"), b"sr")
+    calls = []
+
+    def unreachable(path, item, peer, network, pacs):
+        calls.append(item.key)
+        raise SendError(f"no connection to {peer} (timed out: the PACS is down or "
+                        "unreachable from here)", peer_down=True)
+
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
+    sender = Sender(queue, PEER, NetworkConfig(), config, send=unreachable)
+    sender.send_due()
+    assert calls == ["k000"]
+    records = queue.items()
+    assert len(records) == 50
+    assert all(r.next_attempt >= time.time() + 8.0 for r in records)
+    assert sum(r.attempts for r in records) == 1
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "49 other SR(s) wait" in warnings[0].getMessage()
+    sender.send_due(now=time.time() + 100)  # still down: once more, not 50 times
+    assert calls == ["k000", "k000"]
+    accepted = []
+    back = Sender(queue, PEER, NetworkConfig(), config,
+                  send=lambda path, item, *a: accepted.append(item.key) or 0)
+    back.send_due(now=time.time() + 1000)  # up again: everything goes in one pass
+    assert len(accepted) == 50 and queue.items() == []
+
+
+def test_an_sr_the_pacs_refuses_does_not_hold_back_the_others(tmp_path):
+    """A failure status is about that SR: the others are still tried in the same pass."""
+    queue = SendQueue(tmp_path)
+    queue.open()
+    for n in range(3):
+        queue.enqueue(item(f"k{n}", group=f"g{n}"), b"sr")
+    calls = []
+
+    def picky(path, item, *args):
+        calls.append(item.key)
+        if item.key == "k0":
+            raise SendError("PACS refused the SR with status 0xA900")
+        return 0
+
+    Sender(queue, PEER, NetworkConfig(), PacsConfig(send_to="PACS@h:104"),
+           send=picky).send_due()
+    assert calls == ["k0", "k1", "k2"] and [i.key for i in queue.items()] == ["k0"]
