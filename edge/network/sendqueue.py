@@ -86,7 +86,14 @@ class Outgoing:
 
 
 class SendError(Exception):
-    """A send that did not succeed; the message says why, for the log and the record."""
+    """A send that did not succeed; the message says why, for the log and the record.
+
+    ``peer_down``: the PACS could not be reached at all (no connection, no answer to the
+    association request), so no other SR can be sent to it now either."""
+
+    def __init__(self, message: str, peer_down: bool = False) -> None:
+        super().__init__(message)
+        self.peer_down = peer_down
 
 
 class SendQueue:
@@ -241,6 +248,15 @@ class SendQueue:
                 write_json_atomic(self.folder / f"{item.key}.json", asdict(item))
         return delay
 
+    def postpone(self, item: Outgoing, until: float) -> None:
+        """Wait with ``item`` until ``until`` without counting an attempt (the PACS was found
+        unreachable by another SR's attempt)."""
+        item.next_attempt = max(item.next_attempt, until)
+        with self._lock:
+            if (self.folder / f"{item.key}.json").exists():
+                write_json_atomic(self.folder / f"{item.key}.json", asdict(item),
+                                  durable=False)
+
     def delivered(self, item: Outgoing, peer: Peer) -> None:
         """The PACS accepted it: note that durably, then forget the item."""
         with self._lock:
@@ -272,7 +288,7 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
         why = "connection refused" if isinstance(exc, ConnectionRefusedError) else (
             exc.strerror or exc.__class__.__name__)
         raise SendError(f"no connection to {peer} ({why}: the PACS is down or unreachable "
-                        "from here)") from None
+                        "from here)", peer_down=True) from None
     ae = AE(ae_title=network.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = pacs.timeout
     ae.connection_timeout = pacs.timeout
@@ -283,8 +299,10 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
             raise SendError(f"{peer} rejected the association (is this box's AE title "
                             f"{network.ae_title} registered there?)")
         if assoc.is_aborted:
-            raise SendError(f"{peer} aborted the association")
-        raise SendError(f"no connection to {peer} (PACS down, or unreachable from here)")
+            raise SendError(f"{peer} aborted the association (or did not answer the request "
+                            f"within {pacs.timeout:g}s)", peer_down=True)
+        raise SendError(f"no connection to {peer} (PACS down, or unreachable from here)",
+                        peer_down=True)
     try:
         if not assoc.accepted_contexts:
             raise SendError(f"{peer} does not accept this SR's SOP class {item.sop_class_uid} "
@@ -335,18 +353,31 @@ class Sender:
         # No attempt is ever scheduled further ahead than retry_max (+10%): one that is was
         # scheduled before the clock was set back, and is due now rather than that much later.
         horizon = self.pacs.retry_max * 1.1 + 5.0
+        down: Outgoing | None = None  # the attempt that found the PACS unreachable
+        postponed = 0
         for item in self.queue.items():
             if self._stop.is_set():
                 return None
             moment = time.time() if now is None else now
             if moment < item.next_attempt <= moment + horizon:
                 continue
-            self._attempt(item)
+            if down is not None:  # one connection attempt per backoff, not one per SR
+                self.queue.postpone(item, down.next_attempt)
+                postponed += 1
+                continue
+            if not self._attempt(item):
+                down = item
+        if down is not None and postponed:
+            log.log(logging.WARNING if down.attempts == 1 else logging.INFO,
+                    "the PACS %s cannot be reached (%s); %d other SR(s) wait with the one "
+                    "tried, next attempt in %.0fs", self.peer, down.last_error, postponed,
+                    max(0.0, down.next_attempt - time.time()))
         clock = time.time()
         waits = [min(item.next_attempt - clock, horizon) for item in self.queue.items()]
         return max(0.0, min(waits)) if waits else None
 
-    def _attempt(self, item: Outgoing) -> None:
+    def _attempt(self, item: Outgoing) -> bool:
+        """Send one SR; False if the PACS could not be reached at all."""
         path = self.queue.path_of(item)
         try:
             code = self._send(path, item, self.peer, self.network, self.pacs)
@@ -355,13 +386,19 @@ class Sender:
                 f"{exc.__class__.__name__}: {str(exc)[:200]}")
             delay = self.queue.failed(item, why, self.pacs)
             self.counts["failed_attempts"] += 1
-            log.warning("could not send the SR of study %s (%s); attempt %d failed, next in "
-                        "%.0fs", item.study, why, item.attempts, delay)
-            return
+            peer_down = isinstance(exc, SendError) and exc.peer_down
+            if peer_down and item.attempts > 1:  # said at the first; then once per backoff
+                log.info("the PACS %s still cannot be reached; next attempt in %.0fs",
+                         self.peer, delay)
+            else:
+                log.warning("could not send the SR of study %s (%s); attempt %d failed, next "
+                            "in %.0fs", item.study, why, item.attempts, delay)
+            return not peer_down
         self.queue.delivered(item, self.peer)
         self.counts["sent"] += 1
         log.info("sent the SR of study %s to %s%s", item.study, self.peer,
                  f" (warning status 0x{code:04X})" if code else "")
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
