@@ -97,7 +97,7 @@ class _SpoolFile:
     def __init__(self, folder: Path, min_free: float) -> None:
         self.owner = threading.current_thread()
         self.error: str | None = None
-        self.name = str(folder / f"{TMP_PREFIX}not-created{TMP_SUFFIX}")
+        self.name = str(folder / f"{TMP_PREFIX}not-created-{secrets.token_hex(8)}{TMP_SUFFIX}")
         self._folder, self._min_free = folder, min_free
         self._handle: Any = None
         self._lock = threading.Lock()
