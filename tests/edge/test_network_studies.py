@@ -270,3 +270,60 @@ def test_one_study_that_cannot_be_judged_does_not_stop_the_others(tmp_path, capl
     assert "1.2.1" in tracker._pending  # still pending: tried again later, or at the next start
     failures = [r for r in caplog.records if "could not judge study" in r.getMessage()]
     assert len(failures) == 1 and "retrying in" in failures[0].getMessage()
+
+
+def _tracker_with_two_studies(tmp_path):
+    from edge.network.settings import StudiesConfig
+
+    outbox = tmp_path / "outbox"
+    (outbox / "index").mkdir(parents=True)
+    lines = []
+    for n, study in enumerate(["1.2.1", "1.2.2"]):
+        report_id = (f"{n:x}" * 64)[:64]
+        _minimal_report(outbox, report_id, study, f"{study}.1.{n}")
+        lines.append(json.dumps({"outcome": "classified", "id": report_id, "study": study,
+                                 "moved_to": None}))
+    (outbox / "index" / "2026-11-20.jsonl").write_text("\n".join(lines) + "\n")
+    (outbox / ".state" / "studies").mkdir(parents=True)
+    (outbox / ".state" / "studies" / "cursor.json").write_text('{"offsets": {}}')
+    tracker = StudyTracker(outbox, StudiesConfig(settle_seconds=0.0, min_slices=1),
+                           ["a", "notumor"], {}, html=True)
+    tracker.open()
+    return outbox, tracker
+
+
+def test_a_damaged_study_report_is_left_out_of_the_studies_page_with_a_warning(tmp_path,
+                                                                                  caplog):
+    """A study report edited by hand (a field gone, a wrong type) must not stop the page
+    listing every other study, nor raise on every pass."""
+    caplog.set_level(logging.INFO)
+    outbox, tracker = _tracker_with_two_studies(tmp_path)
+    for name, doc in (("1.9.1.json", {"schema": "neuroedge.study/1", "verdict": "glioma"}),
+                      ("1.9.2.json", {"schema": "neuroedge.study/1", "counts": "many",
+                                      "study_instance_uid": "1.9.2"})):
+        (outbox / "studies" / name).write_text(json.dumps(doc))
+    tracker.finish()
+    tracker.finish()  # a second pass: the same files, no second warning
+    page = (outbox / "studies" / "index.html").read_text()
+    assert "1.2.1" in page and "1.2.2" in page and "1.9.1" not in page
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    damaged = [r.getMessage() for r in caplog.records if "left out of" in r.getMessage()]
+    assert len(damaged) == 2 and any("1.9.1.json" in m for m in damaged), damaged
+
+
+def test_the_studies_page_reads_only_study_reports_that_changed(tmp_path, monkeypatch):
+    import edge.network.studies as studies
+
+    outbox, tracker = _tracker_with_two_studies(tmp_path)
+    tracker.finish()
+    read = []
+    real = studies.read_json
+    monkeypatch.setattr(studies, "read_json", lambda p: read.append(p) or real(p))
+    tracker._render_index()
+    assert [p for p in read if p.parent.name == "studies"] == []
+    doc = json.loads((outbox / "studies" / "1.2.1.json").read_text())
+    doc["verdict"] = "needs_review"
+    (outbox / "studies" / "1.2.1.json").write_text(json.dumps(doc, indent=1))
+    tracker._render_index()
+    assert [p.name for p in read if p.parent.name == "studies"] == ["1.2.1.json"]
+    assert "<strong>needs_review</strong>" in (outbox / "studies" / "index.html").read_text()
