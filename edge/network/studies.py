@@ -62,6 +62,21 @@ def study_of(report: dict[str, Any] | None) -> str | None:
     return uid if valid_uid(uid) else None
 
 
+def index_row(doc: Any) -> dict[str, Any] | None:
+    """What studies/index.html shows of one study report; None if it is not one we wrote
+    (another schema, or fields missing or of the wrong type: edited by hand)."""
+    if not isinstance(doc, dict) or doc.get("schema") != STUDY_SCHEMA:
+        return None
+    uid, counts, series = doc.get("study_instance_uid"), doc.get("counts"), doc.get("series")
+    if not (valid_uid(uid) and isinstance(counts, dict) and isinstance(series, list)
+            and isinstance(counts.get("instances"), int)):
+        return None
+    return {"study_instance_uid": uid, "verdict": str(doc.get("verdict")),
+            "created_at": str(doc.get("created_at") or ""),
+            "study_date": str(doc.get("study_date") or ""),
+            "instances": counts["instances"], "series": len(series)}
+
+
 class StudyTracker:
     """Follows the daily index, keeps pending studies, judges them once settled."""
 
@@ -84,6 +99,9 @@ class StudyTracker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (the thread, or finish())
         self._failures: dict[str, tuple[int, float]] = {}  # uid: (failures, monotonic retry)
+        # studies/index.html's row of each study report, by file name, with the file's
+        # (mtime, size, inode) when read: only a report that changed is read again
+        self._index_rows: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -353,12 +371,28 @@ class StudyTracker:
             return
         from .study_pages import studies_index_page
 
-        docs = []
+        rows = []
+        seen = set()
         for path in self.folder.glob("*.json"):
-            data = read_json(path)
-            if isinstance(data, dict) and data.get("schema") == STUDY_SCHEMA:
-                docs.append(data)
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            seen.add(path.name)
+            cached = self._index_rows.get(path.name)
+            if cached is None or cached[0] != key:
+                row = index_row(read_json(path))
+                if row is None:
+                    log.warning("studies/%s is not a readable study report; it is left out of "
+                                "studies/index.html (the agent writes a new one when that "
+                                "study is judged again)", path.name)
+                cached = self._index_rows[path.name] = (key, row)
+            if cached[1] is not None:
+                rows.append(cached[1])
+        for gone in set(self._index_rows) - seen:
+            del self._index_rows[gone]
         try:
-            write_bytes_atomic(self.folder / "index.html", studies_index_page(docs))
+            write_bytes_atomic(self.folder / "index.html", studies_index_page(rows))
         except OSError as exc:
             log.warning("could not update studies/index.html (%s)", exc.strerror or exc)

@@ -111,23 +111,23 @@ def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
     return _page(f"{verdict} - study {doc.get('study_date') or ''}", "\n".join(parts))
 
 
-def studies_index_page(docs: list[dict[str, Any]]) -> bytes:
-    """Every judged study, the most recently judged first."""
-    rows = []
-    for d in sorted(docs, key=lambda d: str(d.get("created_at")), reverse=True):
-        verdict = esc(d.get("verdict"))
-        if d.get("verdict") == "needs_review":
+def studies_index_page(rows: list[dict[str, Any]]) -> bytes:
+    """Every judged study (``studies.index_row`` of each report), the latest judged first."""
+    lines = []
+    for d in sorted(rows, key=lambda d: d["created_at"], reverse=True):
+        verdict = esc(d["verdict"])
+        if d["verdict"] == "needs_review":
             verdict = f"<strong>{verdict}</strong>"
-        rows.append(f"<tr><td>{esc(d.get('created_at'))}</td><td>{esc(d.get('study_date'))}</td>"
-                    f"<td><a href=\"{esc(d['study_instance_uid'])}.html\">{verdict}</a></td>"
-                    f"<td>{d['counts']['instances']}</td><td>{len(d.get('series', []))}</td>"
-                    f"<td class=\"mono\">{esc(d['study_instance_uid'])}</td></tr>")
+        lines.append(f"<tr><td>{esc(d['created_at'])}</td><td>{esc(d['study_date'])}</td>"
+                     f"<td><a href=\"{esc(d['study_instance_uid'])}.html\">{verdict}</a></td>"
+                     f"<td>{d['instances']}</td><td>{d['series']}</td>"
+                     f"<td class=\"mono\">{esc(d['study_instance_uid'])}</td></tr>")
     from ..report import NOTICE
 
     body = (f"<p class=\"notice\">{esc(NOTICE)}</p><h1>Studies</h1>"
             "<p><a href=\"../index.html\">all days</a></p><table><tr><th>judged</th>"
             "<th>study date</th><th>verdict</th><th>instances</th><th>series</th>"
-            "<th>Study Instance UID</th></tr>" + "".join(rows) + "</table>")
+            "<th>Study Instance UID</th></tr>" + "".join(lines) + "</table>")
     return _page("NeuroEdge studies", body)
 
 
