@@ -332,3 +332,37 @@ def test_an_sr_the_pacs_refuses_does_not_hold_back_the_others(tmp_path):
     Sender(queue, PEER, NetworkConfig(), PacsConfig(send_to="PACS@h:104"),
            send=picky).send_due()
     assert calls == ["k0", "k1", "k2"] and [i.key for i in queue.items()] == ["k0"]
+
+
+def test_a_queue_folder_that_cannot_be_written_is_said_plainly_without_a_traceback(
+        tmp_path, caplog, monkeypatch):
+    """Retry bookkeeping that cannot be written (a full disk, a folder owned by someone
+    else) logged a traceback every minute; the SR itself stays queued on disk."""
+    import logging
+
+    import edge.network.sendqueue as sendqueue
+
+    caplog.set_level(logging.INFO)
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1"), b"sr")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(sendqueue, "write_json_atomic", refuse)
+    sender = Sender(queue, PEER, NetworkConfig(), PacsConfig(send_to="PACS@h:104"),
+                    send=FakePacs())
+    sender.start()
+    try:
+        deadline = time.time() + 10
+        while not any("SR queue" in r.getMessage() for r in caplog.records) \
+                and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.stop(5.0)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    [said] = [r for r in caplog.records if "SR queue" in r.getMessage()]
+    assert said.levelname == "ERROR" and "Permission denied" in said.getMessage()
+    assert "owner" in said.getMessage()
+    assert [i.key for i in SendQueue(tmp_path).items()] == ["k1"]  # still queued

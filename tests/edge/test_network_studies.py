@@ -327,3 +327,20 @@ def test_the_studies_page_reads_only_study_reports_that_changed(tmp_path, monkey
     tracker._render_index()
     assert [p.name for p in read if p.parent.name == "studies"] == ["1.2.1.json"]
     assert "<strong>needs_review</strong>" in (outbox / "studies" / "index.html").read_text()
+
+
+def test_a_study_whose_sr_cannot_be_queued_says_so(tmp_path, caplog):
+    """An SR queue that cannot be written was reported as 'could not write the report of
+    study', sending the reader to the wrong folder."""
+    caplog.set_level(logging.INFO)
+    outbox, tracker = _tracker_with_two_studies(tmp_path)
+    queued = outbox / ".state" / "outgoing" / "abc.dcm"
+
+    def on_judged(doc, slices):
+        raise PermissionError(13, "Permission denied", str(queued))
+
+    tracker.on_judged = on_judged
+    tracker.finish()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert said and all("SR queue" in m and "Permission denied" in m for m in said), said
+    assert "1.2.1" in tracker._pending  # tried again later
