@@ -404,6 +404,11 @@ class Sender:
         while not self._stop.is_set():
             try:
                 wait = self.send_due()
+            except OSError as exc:  # the queue's own files: a full disk, a folder's owner
+                log.error("cannot write the SR queue in %s (%s); the SRs stay queued there "
+                          "and are tried again in a minute: check the disk's free space and "
+                          "the folder's owner", self.queue.folder, exc.strerror or exc)
+                wait = 60.0
             except Exception:  # noqa: BLE001 - keep the thread alive; the queue is on disk
                 log.exception("the SR sender failed unexpectedly; retrying in a minute")
                 wait = 60.0

@@ -254,8 +254,8 @@ class StudyTracker:
             self._failures.pop(uid, None)
             return True
         except OSError as exc:
-            log.error("could not write the report of study %s (%s); retrying later",
-                      uid_hash(uid), exc.strerror or exc)
+            log.error("could not write %s of study %s (%s); retrying later",
+                      self._what_failed(exc), uid_hash(uid), exc.strerror or exc)
             self._pending[uid]["changed_at"] = time.time()
             return False
         except Exception:  # noqa: BLE001 - a defect: log it, park this study, go on
@@ -265,6 +265,13 @@ class StudyTracker:
             log.exception("could not judge study %s (attempt %d); the other studies go on; "
                           "retrying in %.0fs", uid_hash(uid), failures, delay)
             return False
+
+    def _what_failed(self, exc: OSError) -> str:
+        """The file ``exc`` is about, in words (its name holds the study's UID: not logged)."""
+        name = Path(str(exc.filename)) if exc.filename else None
+        if name is not None and (self.outbox / ".state" / "outgoing") in name.parents:
+            return f"the SR queue ({self.outbox / '.state' / 'outgoing'})"
+        return f"the report ({self.folder})"
 
     def judge(self, uid: str) -> dict[str, Any] | None:
         """Judge a pending study from all its instances; write its report; forget it."""
