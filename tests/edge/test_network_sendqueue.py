@@ -36,6 +36,16 @@ class FakePacs:
         return 0
 
 
+def one_sr_and_a_pacs_that_is_down(tmp_path):
+    """A queue holding one SR, and a sender to a PACS that is down (retries 10 s to 40 s)."""
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1"), b"the SR")
+    pacs = FakePacs()
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
+    return queue, pacs, config, Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+
+
 def test_the_queue_survives_a_restart_and_never_holds_a_key_twice(tmp_path):
     queue = SendQueue(tmp_path)
     queue.open()
@@ -60,12 +70,7 @@ def test_a_newer_judgment_replaces_the_waiting_one(tmp_path):
 
 
 def test_pacs_down_backs_off_then_delivers_once(tmp_path):
-    queue = SendQueue(tmp_path)
-    queue.open()
-    queue.enqueue(item("k1"), b"the SR")
-    pacs = FakePacs()
-    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
-    sender = Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+    queue, pacs, config, sender = one_sr_and_a_pacs_that_is_down(tmp_path)
     waits = []
     now = time.time()
     for _ in range(5):  # each attempt when it is due, the clock moved on by hand
@@ -140,12 +145,7 @@ def test_an_sr_never_mixes_studies():
 def test_a_clock_set_back_does_not_hold_an_sr_back(tmp_path):
     """An attempt failed while the clock was a day ahead; the clock is corrected: the SR is
     tried again within ``retry_max``, not a day later."""
-    queue = SendQueue(tmp_path)
-    queue.open()
-    queue.enqueue(item("k1"), b"the SR")
-    pacs = FakePacs()
-    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=40.0)
-    sender = Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+    queue, pacs, config, sender = one_sr_and_a_pacs_that_is_down(tmp_path)
     sender.send_due()  # fails: the PACS is down
     (record,) = queue.items()
     path = queue.folder / "k1.json"
