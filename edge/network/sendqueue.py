@@ -35,7 +35,9 @@ from typing import Any, Callable
 
 from ..durable import (
     append_lines_durable,
+    free_name,
     fsync_dir,
+    move_no_replace,
     read_json,
     remove_stale_temp_files,
     write_bytes_atomic,
@@ -178,12 +180,11 @@ class SendQueue:
 
             aside = self.folder / "damaged"
             aside.mkdir(exist_ok=True)
-            for path in (dcm, record):
+            for path in (dcm, record):  # an earlier damaged pair of that name is kept too
                 try:
-                    os.replace(str(path), str(aside / path.name))
+                    move_no_replace(path, free_name(aside, path.name, "again"))
                 except FileNotFoundError:
                     pass
-            fsync_dir(self.folder)
             log.error("the send queue's record %s was damaged (%s) and its SR cannot be read "
                       "(%s): both were moved to %s and will not be sent; the study's SR is "
                       "queued again if it is judged again", record.stem, why,

@@ -199,6 +199,13 @@ def test_damaged_queue_records_are_rebuilt_or_set_aside_never_silently_dropped(t
     assert sent["k1"]["sop_instance_uid"] == str(pydicom.dcmread(io.BytesIO(sr)).SOPInstanceUID)
     aside = sorted(p.name for p in (restarted.folder / "damaged").iterdir())
     assert aside == ["k3.dcm", "k3.json"]
+    # the same key damaged again later: set aside beside the first pair, replacing nothing
+    (restarted.folder / "k3.json").write_text("{}")
+    (restarted.folder / "k3.dcm").write_bytes(b"not DICOM either")
+    assert restarted.items() == []
+    aside = sorted(p.name for p in (restarted.folder / "damaged").iterdir())
+    assert aside == ["k3.dcm", "k3.json", "k3~again.dcm", "k3~again.json"]
+    assert (restarted.folder / "damaged" / "k3.dcm").read_bytes() == b"not DICOM"
     messages = [r.getMessage() for r in caplog.records]
     assert sum("rebuilt" in m for m in messages) == 2
     assert any("k3" in r.getMessage() and "damaged" in r.getMessage()
