@@ -132,3 +132,27 @@ def test_judge_refuses_a_runtime_that_changes_answers_the_other_keeps():
     flipped[1:4] = xnnpack[1:4]
     accepted, refused = judge(flipped, xnnpack, "ai-edge-litert", float_probs, 98.0)
     assert refused == "" and accepted.startswith("as close to the float model")
+
+
+def test_judge_weighs_the_other_runtime_against_the_spread_the_gate_accepted():
+    # the CPU-trained dsconv_cbam_res (2026-12-04): on the 64 probe pictures XNNPACK stood
+    # 0.022 from the float model and the reference kernels 0.0753 (same answers), but on the
+    # whole test set XNNPACK's largest distance was 0.188, which the gate had accepted; the
+    # reference kernels were as faithful there (99.77% top-1 agreement, 98.32% accuracy)
+    from converters.runtimes import judge
+
+    float_probs = np.tile([0.70, 0.10, 0.10, 0.10], (64, 1))
+    xnnpack, reference_kernels = float_probs.copy(), float_probs.copy()
+    xnnpack[0] = [0.678, 0.122, 0.10, 0.10]
+    reference_kernels[0] = [0.6247, 0.1753, 0.10, 0.10]
+    accepted, refused = judge(reference_kernels, xnnpack, "ai-edge-litert", float_probs, 98.0)
+    assert accepted == "" and "(allowed 0.0750)" in refused  # the probe alone: refused
+    accepted, refused = judge(reference_kernels, xnnpack, "ai-edge-litert", float_probs, 98.0,
+                              reference_spread=0.188)
+    assert refused == "" and accepted.startswith("as close to the float model")
+    # the spread raises the bar for distance only: changed answers are still refused
+    flipped = reference_kernels.copy()
+    flipped[:4] = [0.10, 0.70, 0.10, 0.10]
+    _, refused = judge(flipped, xnnpack, "ai-edge-litert", float_probs, 98.0,
+                       reference_spread=1.0)
+    assert "float model's answer on 93.8%" in refused
