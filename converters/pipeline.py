@@ -240,7 +240,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
             log.info("checking %s with %s", name, python)
             other_checks.append(check_subprocess(
                 name, python, staging, probe, reference, edge_check.name, float_probe,
-                opts.thresholds.min_agreement_pct))
+                opts.thresholds.min_agreement_pct, comparison["max_abs_prob_diff"]))
     gate = apply_gate(comparison, edge_check, other_checks, opts.require_runtimes,
                       opts.thresholds, mode, eval_set.name)
     checks = [edge_check, *other_checks]

@@ -16,7 +16,8 @@ the model *differently* (a misread tensor, a wrong kernel). ``judge`` therefore 
 another runtime when it is within ``MAX_PROB_DIFF`` of this process's, or, failing that, when
 it is as faithful to the float model as this process's runtime (which the gate has just
 measured on the whole evaluation set): no further from the float probabilities than
-``FLOAT_RATIO`` times that runtime's own distance (at least ``MAX_PROB_DIFF``), and giving the
+``FLOAT_RATIO`` times that runtime's own distance (the larger of what the probe and the whole
+evaluation set show, at least ``MAX_PROB_DIFF``), and giving the
 float model's answer at least as often as that runtime does, or as the gate's
 ``--min-agreement`` asks.
 """
@@ -182,8 +183,15 @@ class Closeness:
 
 
 def judge(probs: np.ndarray, reference: np.ndarray, reference_name: str,
-          float_probs: np.ndarray | None, min_agreement_pct: float) -> tuple[str, str]:
-    """(how the runtime was accepted, "") or ("", why it was refused); see the module doc."""
+          float_probs: np.ndarray | None, min_agreement_pct: float,
+          reference_spread: float = 0.0) -> tuple[str, str]:
+    """(how the runtime was accepted, "") or ("", why it was refused); see the module doc.
+
+    ``reference_spread``: the largest distance of ``reference_name`` from the float model
+    on the gate's whole evaluation set, which the gate accepted. A few probe pictures
+    estimate that distance poorly (a maximum over 64 of them), so the bar is set by the
+    larger of the two.
+    """
     to_reference = Closeness.of(probs, reference)
     if to_reference.max_abs_diff <= MAX_PROB_DIFF:
         return f"within {MAX_PROB_DIFF} of {reference_name}", ""
@@ -192,14 +200,19 @@ def judge(probs: np.ndarray, reference: np.ndarray, reference_name: str,
     if float_probs is None:
         return "", refused
     mine, theirs = Closeness.of(probs, float_probs), Closeness.of(reference, float_probs)
-    allowed = FLOAT_RATIO * max(theirs.max_abs_diff, MAX_PROB_DIFF)
+    allowed = FLOAT_RATIO * max(theirs.max_abs_diff, reference_spread, MAX_PROB_DIFF)
     wanted = min(theirs.top1_agreement_pct, min_agreement_pct)
     if mine.max_abs_diff <= allowed and mine.top1_agreement_pct >= wanted:
+        known = (f", {reference_spread:.4f} on the evaluation set"
+                 if reference_spread > theirs.max_abs_diff else "")
         return (f"as close to the float model as {reference_name} "
-                f"({mine.max_abs_diff:.4f} vs {theirs.max_abs_diff:.4f})"), ""
+                f"({mine.max_abs_diff:.4f} vs {theirs.max_abs_diff:.4f}{known})"), ""
     if mine.max_abs_diff > allowed:
         why = (f"it stands {mine.max_abs_diff:.4f} from the float model's probabilities, "
-               f"{reference_name} {theirs.max_abs_diff:.4f} (allowed {allowed:.4f})")
+               f"{reference_name} {theirs.max_abs_diff:.4f}"
+               + (f" ({reference_spread:.4f} on the evaluation set)"
+                  if reference_spread > theirs.max_abs_diff else "")
+               + f" (allowed {allowed:.4f})")
     else:
         why = (f"it gives the float model's answer on {mine.top1_agreement_pct:.1f}% of the "
                f"probe images, {reference_name} on {theirs.top1_agreement_pct:.1f}% "
@@ -210,7 +223,8 @@ def judge(probs: np.ndarray, reference: np.ndarray, reference_name: str,
 def check_subprocess(name: str, python: str, model_dir: Path, probe: np.ndarray,
                      reference: np.ndarray, reference_name: str,
                      float_probs: np.ndarray | None = None,
-                     min_agreement_pct: float = 98.0) -> RuntimeCheck:
+                     min_agreement_pct: float = 98.0,
+                     reference_spread: float = 0.0) -> RuntimeCheck:
     """Classify ``probe`` with ``python`` and ``name``; ``judge`` it against ``reference``.
 
     ``float_probs``: the float model's probabilities for ``probe``; without them only the
@@ -267,7 +281,7 @@ def check_subprocess(name: str, python: str, model_dir: Path, probe: np.ndarray,
     if float_probs is not None:
         record_float_closeness(check, probs, float_probs)
     check.accepted_by, check.error = judge(probs, reference, reference_name, float_probs,
-                                           min_agreement_pct)
+                                           min_agreement_pct, reference_spread)
     check.ok = not check.error
     return check
 
