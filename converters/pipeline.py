@@ -165,7 +165,7 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
         raise OutputError(f"cannot write to --out {opts.out}: {exc.strerror}") from None
     try:
         return _convert_and_publish(opts, source, model, calibration, calib_info, eval_set,
-                                    dedup_idx, dedup_path, probe, output_kind,
+                                    dedup_idx, dedup_path, probe, probe_idx, output_kind,
                                     subprocess_runtimes, staging, started, external_sets)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -174,7 +174,7 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
 def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibration: np.ndarray,
                          calib_info: dict[str, Any] | None, eval_set: datasets.EvaluationSet,
                          dedup_idx: np.ndarray | None, dedup_path: Path | None,
-                         probe: np.ndarray, output_kind: str,
+                         probe: np.ndarray, probe_idx: np.ndarray, output_kind: str,
                          subprocess_runtimes: list[tuple[str, str]], staging: Path,
                          started: float, external_sets: list[Any] = ()) -> Outcome:
     spec, mode = source.preprocess, opts.mode
@@ -234,7 +234,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
             external_sets, labels, spec,
             {"float": keras_predictor(model, output_kind), "quantized": classifier.predict})
         reference = classifier.predict(probe)
-        float_probe = keras_predictor(model, output_kind)(probe)
+        float_probe = float_probs[probe_idx]  # the probe is drawn from the evaluation set
         record_float_closeness(edge_check, reference, float_probe)
         for name, python in subprocess_runtimes:
             log.info("checking %s with %s", name, python)
