@@ -15,9 +15,11 @@ Also run by ``python -m converters.tflite`` for every model that passes the gate
 3. **Temperature**: the T minimising the validation images' negative log-likelihood of
    ``softmax(logits / T)``.
 4. **Unlike the training data**: class means and one shared covariance (shrunk towards its
-   mean variance by ``shrinkage``) of the pooled stage descriptors of the *training* part;
-   the score is the Mahalanobis distance to the nearest class mean; the threshold is the
-   ``pass_rate`` quantile of the validation images' scores.
+   mean variance by ``shrinkage``) of the pooled stage descriptors of the *training* part,
+   kept as its leading principal directions plus one variance for the rest (``fit_ood``:
+   how many directions is chosen by the validation images' likelihood, within a size
+   budget); the score is the Mahalanobis distance to the nearest class mean; the threshold
+   is the ``pass_rate`` quantile of the validation images' scores.
 5. The model, ``trust.npz`` and the manifest (format 2, the statistics hashed) are written,
    the manifest last.
 
@@ -55,8 +57,9 @@ from edge.trust import (
     STATISTICS_FORMAT,
     calibration_error,
     feature_vector,
-    mahalanobis,
     softmax,
+    subspace_distances,
+    subspace_mahalanobis,
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,11 @@ log = logging.getLogger(__name__)
 STATISTICS_NAME = "trust.npz"
 DEFAULT_PASS_RATE = 0.95
 DEFAULT_SHRINKAGE = 1e-3
+# The number of principal directions the "unlike the training data" statistics keep is chosen
+# among these (and the feature count) by the validation features' likelihood, within a size
+# budget: the directions are stored as float16, D x k x 2 bytes.
+COMPONENT_CANDIDATES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+STATISTICS_BUDGET_BYTES = 4 * 2**20
 PROBE_IMAGES = 32
 
 
@@ -74,6 +82,7 @@ class TrustOptions:
     seed: int | None = None  # None: the source run's, else 0
     pass_rate: float = DEFAULT_PASS_RATE
     shrinkage: float = DEFAULT_SHRINKAGE
+    components: int | None = None  # None: chosen by the validation likelihood (fit_ood)
     negative_label: str | None = None  # None: "notumor" when the model has that label
     model_version: str | None = None  # None: keep the manifest's
     progress: bool = False
@@ -106,40 +115,128 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_ood(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-            pass_rate: float = DEFAULT_PASS_RATE,
-            shrinkage: float = DEFAULT_SHRINKAGE) -> dict[str, Any]:
-    """Class means, shared precision, validation scores and the threshold ``pass_rate`` of
-    the validation images stay under (see the module doc)."""
+            pass_rate: float = DEFAULT_PASS_RATE, shrinkage: float = DEFAULT_SHRINKAGE,
+            components: int | None = None,
+            budget_bytes: int = STATISTICS_BUDGET_BYTES) -> dict[str, Any]:
+    """Class means and the shared covariance in the compact form ``edge.trust`` reads
+    (statistics format 2), the validation scores, and the threshold ``pass_rate`` of the
+    validation images stay under.
+
+    The features are standardised by their within-class standard deviation. The covariance
+    of the standardised residuals (shrunk towards its mean variance by ``shrinkage``) keeps
+    its ``k`` leading principal directions and their variances; every other direction gets
+    their mean variance (probabilistic PCA, Tipping and Bishop 1999). ``k`` is
+    ``components`` when given, else the candidate (``COMPONENT_CANDIDATES``, and ``D``
+    itself) under which the validation features are most likely, among those whose
+    directions fit in ``budget_bytes`` as float16. Only the training features and the
+    validation features take part.
+    """
     x = np.asarray(train_features, dtype=np.float64)
     y = np.asarray(train_labels, dtype=np.int64)
+    val = np.asarray(val_features, dtype=np.float64)
     if not 0.5 <= pass_rate < 1.0:
         raise UsageError(f"--pass-rate must be in [0.5, 1), got {pass_rate}")
     classes = np.unique(y)
     means = np.stack([x[y == c].mean(axis=0) for c in classes])
     residual = x - means[np.searchsorted(classes, y)]
-    covariance = residual.T @ residual / max(1, len(x) - len(classes))
-    mean_variance = float(np.trace(covariance)) / len(covariance)
-    covariance += max(shrinkage * mean_variance, 1e-12) * np.eye(len(covariance))
-    precision = np.linalg.inv(covariance)
-    precision = (precision + precision.T) / 2
-    val_scores = np.sort(mahalanobis(val_features, means, precision))
+    spread = residual.std(axis=0)
+    scale = np.where(spread > 1e-6 * max(float(spread.max()), 1e-300), spread, 1.0)
+    z = residual / scale
+    dim = z.shape[1]
+    covariance = z.T @ z / max(1, len(z) - len(classes))
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues = np.maximum(eigenvalues[order], 0.0)
+    eigenvectors = eigenvectors[:, order]
+    floor = max(shrinkage * float(eigenvalues.mean()), 1e-12)
+
+    def model(k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        directions = eigenvectors[:, :k].astype(np.float16).astype(np.float64)  # as stored
+        rest = float(eigenvalues[k:].mean()) + floor if k < dim else 0.0
+        return directions, eigenvalues[:k] + floor, rest
+
+    def log_likelihood(k: int) -> float:
+        """Mean log-density of the validation features under the nearest class (up to a
+        constant the same for every k)."""
+        directions, variances, rest = model(k)
+        q = subspace_distances(val, means, scale, directions, variances, rest).min(axis=1)
+        log_det = float(np.log(variances).sum()) + ((dim - k) * np.log(rest) if k < dim else 0)
+        return float(np.mean(-0.5 * (log_det + q)))
+
+    affordable = [k for k in sorted({*COMPONENT_CANDIDATES, dim})
+                  if k <= dim and dim * k * 2 <= budget_bytes]
+    if components is not None:
+        if not 1 <= components <= dim:
+            raise UsageError(f"--components must be between 1 and the feature count {dim}, "
+                             f"got {components}")
+        chosen, likelihoods = components, {components: log_likelihood(components)}
+    else:
+        if not affordable:
+            affordable = [1]
+        likelihoods = {k: log_likelihood(k) for k in affordable}
+        chosen = max(likelihoods, key=likelihoods.__getitem__)
+    directions, variances, rest = model(chosen)
+    val_scores = np.sort(subspace_mahalanobis(val, means, scale, directions, variances, rest))
     threshold = float(np.quantile(val_scores, pass_rate))
-    return {"means": means, "precision": precision, "validation_scores": val_scores,
-            "threshold": threshold}
+    return {"means": means, "scale": scale, "components": directions, "variances": variances,
+            "residual_variance": rest, "validation_scores": val_scores, "threshold": threshold,
+            "features": dim, "kept_variance": float(eigenvalues[:chosen].sum()
+                                                    / max(eigenvalues.sum(), 1e-300)),
+            "validation_log_likelihood": {int(k): round(v, 2) for k, v in likelihoods.items()}}
+
+
+def write_statistics(path: Path, inputs: list[str], fit: dict[str, Any],
+                     activation: dict[str, np.ndarray] | None = None) -> None:
+    """``fit_ood``'s result as ``trust.npz`` (statistics format 2; NumPy, no pickles), with
+    the class activation map's arrays when the heat-map is one: ``class_weights`` (features
+    x classes) and ``class_activation_baseline`` (H x W x classes, the map's mean over the
+    training images)."""
+    extra = {key: np.asarray(value, dtype=np.float32)
+             for key, value in (activation or {}).items()}
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, format=np.array(STATISTICS_FORMAT), **extra,
+                            inputs=np.array(list(inputs)),
+                            means=fit["means"].astype(np.float32),
+                            scale=fit["scale"].astype(np.float32),
+                            components=fit["components"].astype(np.float16),
+                            variances=fit["variances"].astype(np.float32),
+                            residual_variance=np.float32(fit["residual_variance"]),
+                            validation_scores=fit["validation_scores"].astype(np.float32))
+
+
+def ood_fit_record(fit: dict[str, Any], shrinkage: float) -> dict[str, Any]:
+    """What the manifest's ``trust.ood.fit`` records of a fit."""
+    return {"features": int(fit["features"]), "components": int(fit["components"].shape[1]),
+            "kept_variance": round(fit["kept_variance"], 4), "shrinkage": shrinkage,
+            "classes": len(fit["means"]),
+            "validation_log_likelihood": {str(k): v for k, v in
+                                          fit["validation_log_likelihood"].items()}}
 
 
 def _run(classifier: TFLiteClassifier, images: np.ndarray, spec: Any, keys: list[str],
-         desc: str, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+         desc: str, progress: bool, summed: str | None = None,
+         sum_over: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Probabilities and the ``keys`` outputs of every image; the ``summed`` output is not
+    kept per image (a feature map is large) but averaged over the images ``sum_over`` marks,
+    and returned under its key."""
     from tqdm import tqdm
 
     probs, collected = [], {k: [] for k in keys}
-    for image in tqdm(images, desc=desc, unit="img", disable=not progress, leave=False,
-                      file=sys.stderr):
+    total, count = None, 0
+    for i, image in enumerate(tqdm(images, desc=desc, unit="img", disable=not progress,
+                                   leave=False, file=sys.stderr)):
         p, out = classifier.predict_with_outputs(scale(image, spec))
         probs.append(p)
         for key in keys:
             collected[key].append(out[key])
-    return np.stack(probs), {k: np.stack(v) for k, v in collected.items()}
+        if summed is not None and (sum_over is None or sum_over[i]):
+            value = np.asarray(out[summed], dtype=np.float64)
+            total = value.copy() if total is None else total + value
+            count += 1
+    result = {k: np.stack(v) for k, v in collected.items()}
+    if summed is not None and count:
+        result[summed] = total / count
+    return np.stack(probs), result
 
 
 def _named(exposed: list[model_outputs.Exposed]) -> dict[str, NamedOutput]:
@@ -147,21 +244,25 @@ def _named(exposed: list[model_outputs.Exposed]) -> dict[str, NamedOutput]:
 
 
 def expose_checked(model_path: Path, manifest: ModelManifest, target: Path,
-                   probe: np.ndarray) -> tuple[dict[str, NamedOutput], str | None]:
+                   probe: np.ndarray) -> tuple[dict[str, NamedOutput], dict[str, str]]:
     """Write ``model_path`` with its trust tensors exposed to ``target``; verify the original
-    output is bit-identical on ``probe`` (float inputs). Returns the outputs, heat-map kind."""
+    output is bit-identical on ``probe`` (float inputs). A model exposed before (a refit)
+    keeps its outputs and gains those it lacks. Returns the outputs and the heat-map kind of
+    each output that can serve as one."""
     original = model_path.read_bytes()
     tensors = model_outputs.find_trust_tensors(original)
     already = model_outputs.exposed_outputs(original)
-    if already:  # a model exposed before (a refit): keep its outputs as they are
+    taken = {e.key for e in already}
+    missing = {key: index for key, index in tensors.items() if key not in taken}
+    if not tensors and not already:
+        raise ConversionFailedError(
+            f"{model_path} has none of the tensors the trust checks use (logits, stage "
+            "descriptors, attention map)")
+    if not missing:
         target.write_bytes(original)
         exposed = already
     else:
-        if not tensors:
-            raise ConversionFailedError(
-                f"{model_path} has none of the tensors the trust checks use (logits, stage "
-                "descriptors, attention map)")
-        target.write_bytes(model_outputs.expose(original, tensors))
+        target.write_bytes(model_outputs.expose(original, missing))
         exposed = model_outputs.exposed_outputs(target.read_bytes())
         before = TFLiteClassifier(model_path, dataclasses.replace(manifest, outputs={}),
                                   num_threads=1)
@@ -172,8 +273,24 @@ def expose_checked(model_path: Path, manifest: ModelManifest, target: Path,
                 raise ConversionFailedError(
                     "exposing the trust outputs changed the model's probabilities; nothing "
                     "was written (please report this)")
-    kind = next((e.heatmap_kind for e in exposed if e.key == "heatmap"), None)
-    return _named(exposed), kind
+    return _named(exposed), {e.key: e.heatmap_kind for e in exposed if e.heatmap_kind}
+
+
+def choose_heatmap(target: Path, outputs: dict[str, NamedOutput], kinds: dict[str, str],
+                   labels: list[str]) -> tuple[str, str, np.ndarray | None] | None:
+    """The heat-map: (output, kind, classifier weights or None). A class activation map
+    (Zhou et al., 2016) where the classifier reads a global average pool of the last feature
+    map: the logit of a class is then exactly the mean over positions of the map plus a
+    bias, so the map is what the answer is made of. Otherwise CBAM's last spatial attention.
+    """
+    if "feature_map" in kinds:
+        weights = model_outputs.classifier_weights(target.read_bytes())
+        channels = outputs["feature_map"].spec.shape[-1]
+        if weights is not None and weights.shape == (channels, len(labels)):
+            return "feature_map", kinds["feature_map"], weights
+    if "heatmap" in kinds:
+        return "heatmap", kinds["heatmap"], None
+    return None
 
 
 def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
@@ -200,15 +317,23 @@ def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
     train_idx, val_idx = stratified_split(train.labels, val_fraction, seed)
     probe = scale(train.images[stratified_indices(train.labels, PROBE_IMAGES, seed)], spec)
     target = staging / manifest.model_file
-    outputs, heatmap_kind = expose_checked(model_path, manifest, target, probe)
+    outputs, heatmap_kinds = expose_checked(model_path, manifest, target, probe)
     new = dataclasses.replace(manifest, outputs=outputs, model_sha256=sha256_file(target))
     stages = sorted((k for k in outputs if k.startswith("stage")), key=lambda k: int(k[5:]))
     ood_inputs = stages or [k for k in ("features",) if k in outputs]
     has_logits = "logits" in outputs or manifest.output_kind == "logits"
     keys = [k for k in ("logits",) if k in outputs] + ood_inputs
+    heatmap = choose_heatmap(target, outputs, heatmap_kinds, labels)
+    if heatmap is not None and heatmap[2] is not None and not ood_inputs:  # nowhere to keep
+        heatmap = choose_heatmap(target, outputs, {k: v for k, v in heatmap_kinds.items()
+                                                   if k != heatmap[0]}, labels)
+    cam = heatmap is not None and heatmap[2] is not None
+    in_training_part = np.zeros(len(train.labels), dtype=bool)
+    in_training_part[train_idx] = True
     classifier = TFLiteClassifier(target, new, num_threads=None)
     probs, collected = _run(classifier, train.images, spec, keys, "trust: Training split",
-                            opts.progress)
+                            opts.progress, summed=heatmap[0] if cam else None,
+                            sum_over=in_training_part)
     y = train.labels
     summary: dict[str, Any] = {
         "data": str(opts.data), "split": "Training", "val_fraction": val_fraction, "seed": seed,
@@ -234,25 +359,28 @@ def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
         feats = np.stack([feature_vector({k: collected[k][i] for k in ood_inputs},
                                          tuple(ood_inputs)) for i in range(len(y))])
         fit = fit_ood(feats[train_idx], y[train_idx], feats[val_idx], opts.pass_rate,
-                      opts.shrinkage)
+                      opts.shrinkage, components=opts.components)
         stats_path = staging / STATISTICS_NAME
-        with open(stats_path, "wb") as handle:
-            np.savez_compressed(handle, format=np.array(STATISTICS_FORMAT),
-                                inputs=np.array(ood_inputs),
-                                means=fit["means"].astype(np.float32),
-                                precision=fit["precision"].astype(np.float32),
-                                validation_scores=fit["validation_scores"].astype(np.float32))
+        activation = None
+        if cam:  # the class activation map, and its mean over the training part
+            weights = heatmap[2]
+            baseline = np.asarray(collected[heatmap[0]], dtype=np.float64).reshape(
+                outputs[heatmap[0]].spec.shape[1:]) @ weights
+            activation = {"class_weights": weights, "class_activation_baseline": baseline}
+        write_statistics(stats_path, ood_inputs, fit, activation)
         trust["ood"] = {"method": "mahalanobis", "inputs": ood_inputs,
                         "statistics": STATISTICS_NAME,
                         "statistics_sha256": sha256_file(stats_path),
                         "threshold": round(fit["threshold"], 6), "pass_rate": opts.pass_rate,
-                        "fit": {"features": int(feats.shape[1]), "shrinkage": opts.shrinkage,
-                                "classes": len(fit["means"])}}
-        summary.update(ood_inputs=ood_inputs, ood_threshold=round(fit["threshold"], 4),
-                       ood_pass_rate=opts.pass_rate)
-    if heatmap_kind is not None:
-        trust["heatmap"] = {"output": "heatmap", "kind": heatmap_kind}
-        summary["heatmap"] = heatmap_kind
+                        "fit": ood_fit_record(fit, opts.shrinkage)}
+        summary.update(ood_inputs=ood_inputs, ood_features=int(fit["features"]),
+                       ood_components=int(fit["components"].shape[1]),
+                       ood_kept_variance=round(fit["kept_variance"], 4),
+                       ood_threshold=round(fit["threshold"], 4), ood_pass_rate=opts.pass_rate,
+                       ood_statistics_bytes=stats_path.stat().st_size)
+    if heatmap is not None:
+        trust["heatmap"] = {"output": heatmap[0], "kind": heatmap[1]}
+        summary["heatmap"] = heatmap[1]
     trust["fit"] = summary
     provenance = dict(new.provenance)
     provenance["trust"] = {"tool": "neuroedge converters.trust", "from_version": manifest.version,
@@ -298,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed of the validation split (default: the source run's, else 0)")
     parser.add_argument("--pass-rate", type=float, default=DEFAULT_PASS_RATE,
                         help="share of validation images under the OOD threshold (%(default)s)")
+    parser.add_argument("--components", type=int,
+                        help="principal directions the 'unlike the training data' statistics "
+                             "keep (default: chosen by the validation images' likelihood "
+                             "within a 4 MiB budget)")
     parser.add_argument("--negative-label", help="the 'no tumour' label (default: notumor)")
     parser.add_argument("--model-version",
                         help="version of the new model (default: the old one's; a published "
@@ -311,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.errors import TrainerError
 
     opts = TrustOptions(data=args.data, val_fraction=args.val_fraction, seed=args.seed,
-                        pass_rate=args.pass_rate, negative_label=args.negative_label,
+                        pass_rate=args.pass_rate, components=args.components,
+                        negative_label=args.negative_label,
                         model_version=args.model_version,
                         progress=sys.stderr.isatty())
     try:

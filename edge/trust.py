@@ -9,8 +9,11 @@ beside it; the device only does NumPy arithmetic on the model's own extra output
   the time on images like the training data;
 - **unlike the training data** ("out of distribution", OOD): the Mahalanobis distance of
   the image's pooled feature descriptors to the nearest class mean of the training images
-  (shared covariance), compared with a threshold that a chosen share of the validation
-  images (95 % by default) stay under;
+  (one covariance shared by the classes), compared with a threshold that a chosen share of
+  the validation images (95 % by default) stay under. The covariance is stored in a
+  compact form (statistics format 2): features standardised, the ``k`` leading principal
+  directions with their variances, and one variance for everything outside them
+  (probabilistic PCA). Format 1 (a full precision matrix) is still read;
 - **the rule** (``review_reasons``): an answer is flagged for review when its calibrated
   confidence is below ``[review] threshold``, its margin below ``[review] min_margin``, or
   the image is unlike the training data; and a "no tumour" answer (``negative_label``) is
@@ -29,7 +32,8 @@ import numpy as np
 from .errors import ModelIntegrityError
 from .manifest import ModelManifest
 
-STATISTICS_FORMAT = "neuroedge.trust-statistics/1"
+STATISTICS_FORMAT = "neuroedge.trust-statistics/2"
+FULL_PRECISION_FORMAT = "neuroedge.trust-statistics/1"  # still read: models fitted before
 DEFAULT_NEGATIVE_LABELS = ("notumor", "no_tumor", "no_tumour", "notumour")
 
 
@@ -55,7 +59,8 @@ def feature_vector(outputs: dict[str, np.ndarray], inputs: tuple[str, ...]) -> n
 
 
 def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Distance of each row of ``features`` (N, D) to the nearest of ``means`` (K, D)."""
+    """Distance of each row of ``features`` (N, D) to the nearest of ``means`` (K, D), with a
+    full precision matrix (D, D): statistics format 1."""
     x = np.atleast_2d(np.asarray(features, dtype=np.float64))
     best = np.full(len(x), np.inf)
     for mean in means:
@@ -64,19 +69,60 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.maximum(best, 0.0))
 
 
+def subspace_distances(features: np.ndarray, means: np.ndarray, scale: np.ndarray,
+                       components: np.ndarray, variances: np.ndarray,
+                       residual_variance: float) -> np.ndarray:
+    """Squared Mahalanobis distance of each row of ``features`` (N, D) to each of ``means``
+    (K, D), (N, K), under the covariance ``V diag(variances) V^T + residual_variance (I - V
+    V^T)`` of the standardised features ``z = (x - mean) / scale``; ``V`` is ``components``
+    (D, k, orthonormal columns). With ``k == D`` (``residual_variance`` 0) it is the full
+    distance. Statistics format 2."""
+    x = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    out = np.empty((len(x), len(means)))
+    for j, mean in enumerate(means):
+        z = (x - mean) / scale
+        p = z @ components
+        inside = (p * p).sum(axis=1)
+        q = (p * p / variances).sum(axis=1)
+        if residual_variance > 0:
+            q += np.maximum((z * z).sum(axis=1) - inside, 0.0) / residual_variance
+        out[:, j] = q
+    return out
+
+
+def subspace_mahalanobis(features: np.ndarray, means: np.ndarray, scale: np.ndarray,
+                         components: np.ndarray, variances: np.ndarray,
+                         residual_variance: float) -> np.ndarray:
+    """Distance to the nearest class mean (see ``subspace_distances``)."""
+    return np.sqrt(subspace_distances(features, means, scale, components, variances,
+                                      residual_variance).min(axis=1))
+
+
 @dataclass(frozen=True)
 class OodStatistics:
-    """The training images' class means and shared precision, and the validation scores."""
+    """The training images' class means and shared covariance (format 2: standardised, ``k``
+    principal directions and a residual variance; format 1: a full precision matrix), and the
+    sorted validation scores."""
 
     inputs: tuple[str, ...]
     means: np.ndarray
-    precision: np.ndarray
     validation_scores: np.ndarray  # sorted
     threshold: float
+    precision: np.ndarray | None = None  # format 1
+    scale: np.ndarray | None = None  # format 2 from here on
+    components: np.ndarray | None = None
+    variances: np.ndarray | None = None
+    residual_variance: float = 0.0
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """The score of each row of ``features`` (N, D)."""
+        if self.precision is not None:
+            return mahalanobis(features, self.means, self.precision)
+        return subspace_mahalanobis(features, self.means, self.scale, self.components,
+                                    self.variances, self.residual_variance)
 
     def score(self, outputs: dict[str, np.ndarray]) -> float:
-        return float(mahalanobis(feature_vector(outputs, self.inputs), self.means,
-                                 self.precision)[0])
+        return float(self.distances(feature_vector(outputs, self.inputs))[0])
 
     def share_below(self, score: float) -> float:
         """Share of the validation images that scored lower: how unusual this image is."""
@@ -89,23 +135,68 @@ class OodStatistics:
         try:
             with np.load(path, allow_pickle=False) as data:
                 fmt = str(data["format"])
-                means, precision = data["means"], data["precision"]
-                validation = np.sort(np.asarray(data["validation_scores"], dtype=np.float64))
-                stored_inputs = tuple(str(x) for x in data["inputs"])
+                if fmt not in (STATISTICS_FORMAT, FULL_PRECISION_FORMAT):
+                    raise ModelIntegrityError(f"{path} is {fmt!r}, this agent reads "
+                                              f"{STATISTICS_FORMAT!r}: upgrade neuroedge")
+                arrays = {key: data[key] for key in data.files if key != "format"}
+                stored_inputs = tuple(str(x) for x in arrays.pop("inputs"))
+                means = np.asarray(arrays["means"], dtype=np.float64)
+                validation = np.sort(np.asarray(arrays["validation_scores"], dtype=np.float64))
+                if fmt == FULL_PRECISION_FORMAT:
+                    fields = {"precision": np.asarray(arrays["precision"], dtype=np.float64)}
+                else:
+                    fields = {"scale": np.asarray(arrays["scale"], dtype=np.float64),
+                              "components": np.asarray(arrays["components"], dtype=np.float64),
+                              "variances": np.asarray(arrays["variances"], dtype=np.float64),
+                              "residual_variance": float(arrays["residual_variance"])}
         except (OSError, ValueError, KeyError) as exc:
             raise ModelIntegrityError(f"cannot read the trust statistics {path}: {exc}; "
                                       "reinstall the model folder") from None
-        if fmt != STATISTICS_FORMAT:
-            raise ModelIntegrityError(f"{path} is {fmt!r}, this agent reads "
-                                      f"{STATISTICS_FORMAT!r}: upgrade neuroedge")
         if stored_inputs != tuple(inputs):
             raise ModelIntegrityError(f"{path} was fitted on outputs {stored_inputs}, the "
                                       f"manifest says {tuple(inputs)}: refit the model's trust")
-        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
-            raise ModelIntegrityError(f"{path} holds means {means.shape} and precision "
-                                      f"{precision.shape}, which do not fit together")
-        return cls(tuple(inputs), means.astype(np.float64), precision.astype(np.float64),
-                   validation, float(threshold))
+        problem = _shape_problem(means, fields)
+        if problem:
+            raise ModelIntegrityError(f"{path} holds {problem}, which do not fit together")
+        return cls(tuple(inputs), means, validation, float(threshold), **fields)
+
+
+def _shape_problem(means: np.ndarray, fields: dict[str, Any]) -> str | None:
+    if means.ndim != 2:
+        return f"means {means.shape}"
+    d = means.shape[1]
+    if "precision" in fields:
+        precision = fields["precision"]
+        return None if precision.shape == (d, d) else (
+            f"means {means.shape} and precision {precision.shape}")
+    scale, components, variances = fields["scale"], fields["components"], fields["variances"]
+    k = components.shape[1] if components.ndim == 2 else -1
+    if (scale.shape != (d,) or components.shape != (d, k) or variances.shape != (k,)
+            or not (variances > 0).all() or not (scale > 0).all()
+            or fields["residual_variance"] < 0 or (k < d and fields["residual_variance"] <= 0)):
+        return (f"means {means.shape}, scale {scale.shape}, components {components.shape}, "
+                f"variances {variances.shape} and residual variance "
+                f"{fields['residual_variance']}")
+    return None
+
+
+def load_class_activation(path: Path, channels: int, map_shape: tuple[int, int],
+                          classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The final classifier's weights (channels x classes) and the class activation map's
+    mean over the training images (H x W x classes), kept in the statistics file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            weights = np.asarray(data["class_weights"], dtype=np.float64)
+            baseline = np.asarray(data["class_activation_baseline"], dtype=np.float64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelIntegrityError(f"cannot read the class activation map's weights from "
+                                  f"{path}: {exc}; refit the model's trust") from None
+    for name, value, shape in (("classifier weights", weights, (channels, classes)),
+                               ("class activation baseline", baseline, (*map_shape, classes))):
+        if value.shape != shape or not np.all(np.isfinite(value)):
+            raise ModelIntegrityError(f"{path} holds {name} of shape {value.shape}, the model "
+                                      f"needs {shape}: refit the model's trust")
+    return weights, baseline
 
 
 @dataclass
@@ -161,6 +252,20 @@ class TrustModel:
         heatmap = trust.get("heatmap")
         self.heatmap_output: str | None = heatmap["output"] if heatmap else None
         self.heatmap_kind: str | None = heatmap["kind"] if heatmap else None
+        self.class_activation: tuple[np.ndarray, np.ndarray] | None = None
+        if self.heatmap_kind == "class_activation":
+            shape = manifest.outputs[self.heatmap_output].spec.shape  # [1, H, W, C]
+            self.class_activation = load_class_activation(
+                Path(folder) / ood["statistics"], int(shape[-1]), (int(shape[1]), int(shape[2])),
+                len(manifest.labels))
+
+    def heatmap_weights(self, label_index: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a class activation map: the classifier's weights of one class and that class's
+        mean map over the training images; else None."""
+        if self.class_activation is None:
+            return None
+        weights, baseline = self.class_activation
+        return weights[:, label_index], baseline[..., label_index]
 
     def assess(self, probabilities: np.ndarray, outputs: dict[str, np.ndarray]) -> Assessment:
         probs = np.asarray(probabilities, dtype=np.float64)

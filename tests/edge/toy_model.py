@@ -76,7 +76,7 @@ def build_toy_model(out_dir: Path) -> Path:
     import tensorflow as tf
 
     from converters.outputs import exposed_outputs, name_signature_outputs
-    from converters.trust import STATISTICS_NAME, fit_ood
+    from converters.trust import STATISTICS_NAME, fit_ood, write_statistics
     from edge.manifest import (
         TRUST_VERSION,
         ModelManifest,
@@ -87,7 +87,7 @@ def build_toy_model(out_dir: Path) -> Path:
     )
     from edge.preprocess import DEFAULT_SPEC, scale
     from edge.runtime import TFLiteClassifier, load_runtime
-    from edge.trust import STATISTICS_FORMAT, feature_vector
+    from edge.trust import feature_vector
 
     inputs = keras.Input((224, 224, 3), batch_size=1)
     x = keras.layers.AveragePooling2D(pool_size=8)(inputs)
@@ -163,10 +163,7 @@ def build_toy_model(out_dir: Path) -> Path:
     fit = fit_ood(train_x, train_y, val_x, pass_rate=0.95)
     fit["threshold"] = float(fit["validation_scores"].max()) * 1.5  # every such picture passes
     stats = out_dir / STATISTICS_NAME
-    with open(stats, "wb") as handle:
-        np.savez(handle, format=np.array(STATISTICS_FORMAT), inputs=np.array(["heatmap"]),
-                 means=fit["means"], precision=fit["precision"],
-                 validation_scores=fit["validation_scores"])
+    write_statistics(stats, ["heatmap"], fit)
     trust = {"version": TRUST_VERSION, "temperature": 1.0, "negative_label": "notumor",
              "ood": {"method": "mahalanobis", "inputs": ["heatmap"],
                      "statistics": STATISTICS_NAME, "statistics_sha256": sha256_file(stats),
