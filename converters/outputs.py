@@ -17,6 +17,9 @@ architecture the trainer registers gets them):
 - ``stage1``, ``stage2``, ...: CBAM's channel-attention descriptors, PACK(MEAN, REDUCE_MAX)
   of each stage's feature map, ``[1, 2, C]``; models without CBAM get every spatial MEAN
   (global average pooling) instead;
+- ``feature_map``: the last feature map, ``[1, H, W, C]``, when the classifier reads it
+  through a global average pool (MEAN -> FULLY_CONNECTED): with the classifier's weights
+  (``classifier_weights``) it gives the class activation map, the heat-map of such models;
 - ``heatmap``: the last CBAM spatial-attention map, the LOGISTIC whose output is
   ``[1, H, W, 1]``.
 
@@ -89,6 +92,10 @@ def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     fc = producers.get(logits)
     if fc is not None and op_type(model, fc) == "FULLY_CONNECTED":
         found["features"] = int(fc.inputs[0])
+        pool = producers.get(int(fc.inputs[0]))
+        if pool is not None and op_type(model, pool) == "MEAN" and len(
+                graph.tensors[int(pool.inputs[0])].shape) == 4:
+            found["feature_map"] = int(pool.inputs[0])
     stages = []
     for name, op in ops:
         if name != "PACK" or len(op.inputs) != 2:
@@ -111,6 +118,39 @@ def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     if maps:
         found["heatmap"] = maps[-1]
     return found
+
+
+def classifier_weights(tflite_model: bytes) -> np.ndarray | None:
+    """The final fully-connected layer's weights as floats, ``(C, K)``: features by classes
+    (dequantized per output channel when the layer is int8), or None when the logits do not
+    come from one (or its weights are not constant)."""
+    model = _read(tflite_model)
+    graph = model.subgraphs[0]
+    producers = _producers(graph)
+    head = producers.get(int(graph.outputs[0]))
+    logits = int(head.inputs[0]) if head is not None and op_type(model, head) == "SOFTMAX" \
+        else int(graph.outputs[0])
+    fc = producers.get(logits)
+    if fc is None or op_type(model, fc) != "FULLY_CONNECTED":
+        return None
+    tensor = graph.tensors[int(fc.inputs[1])]
+    data = model.buffers[tensor.buffer].data
+    if data is None or not len(data):
+        return None
+    dtypes = {0: np.float32, 1: np.float16, 9: np.int8}  # schema.TensorType FLOAT32/16, INT8
+    if tensor.type not in dtypes:
+        return None
+    weights = np.frombuffer(bytes(bytearray(data)), dtype=dtypes[tensor.type]).astype(
+        np.float64).reshape(tuple(int(d) for d in tensor.shape))  # (K, C)
+    quant = tensor.quantization
+    if tensor.type == 9:
+        if quant is None or quant.scale is None or not len(quant.scale):
+            return None
+        scale = np.asarray(quant.scale, dtype=np.float64).reshape(-1, 1)
+        zero = np.asarray(quant.zeroPoint if quant.zeroPoint is not None else [0],
+                          dtype=np.float64).reshape(-1, 1)
+        weights = (weights - zero) * scale
+    return weights.T
 
 
 def expose(tflite_model: bytes, tensors: dict[str, int]) -> bytes:
@@ -183,5 +223,7 @@ def exposed_outputs(tflite_model: bytes) -> list[Exposed]:
         if name == PREFIX + "heatmap":
             kind = ("spatial_attention" if op is not None and op_type(model, op) == "LOGISTIC"
                     else "feature_map")
+        elif name == PREFIX + "feature_map":
+            kind = "class_activation"
         found.append(Exposed(name[len(PREFIX):], name, spec, kind))
     return found

@@ -229,7 +229,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
         if dedup_idx is not None:
             dedup = compare(eval_set.labels[dedup_idx], float_probs[dedup_idx],
                             quant_probs[dedup_idx], labels, mode)
-            dedup["list"] = str(dedup_path)
+            dedup["list"] = _portable(dedup_path)
         external = external_check.score(
             external_sets, labels, spec,
             {"float": keras_predictor(model, output_kind), "quantized": classifier.predict})
@@ -392,3 +392,12 @@ def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, save
     os.replace(staged, rejected)  # a whole folder: its files were written through edge.durable
     fsync_dir(opts.out)
     return Outcome(False, report, rejected / "report.json", None, gate, summary_text(report))
+
+
+def _portable(path: Path) -> str:
+    """``path`` relative to the working directory when it lies beneath it (a checkout's
+    ``docs/leakage/dedup_test.txt``, which a test opens from any clone), else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -110,8 +110,9 @@ class Classifier:
         prediction = self._decide(assessment, pixels, {"preprocess": (t1 - t0) * 1000,
                                                        "inference": (t2 - t1) * 1000})
         if self.trust.heatmap_output is not None:
-            prediction.heatmap = spatial_map(outputs[self.trust.heatmap_output],
-                                             self.trust.heatmap_kind or "spatial_attention")
+            prediction.heatmap = spatial_map(
+                outputs[self.trust.heatmap_output], self.trust.heatmap_kind or "spatial_attention",
+                self.trust.heatmap_weights(self.labels.index(prediction.label)))
             prediction.heatmap_kind = self.trust.heatmap_kind
         prediction.timings_ms["trust"] = (time.perf_counter() - t2) * 1000
         body_part = decoded.details.get("body_part_examined") if decoded.kind == "dicom" else None

@@ -1,9 +1,14 @@
 """Where the model looked: its own spatial map, drawn over the picture it saw.
 
 No gradients on the device: the map is an output of the model itself (``manifest.trust
-.heatmap``). For CBAM models it is the last block's spatial attention, the weight the
-model gave each position of its last feature map before classifying (``spatial_attention``,
-values 0..1); a ``feature_map`` output is shown by its mean activation per position. The
+.heatmap``). A model whose classifier reads the global average of its last feature map gets
+the class activation map (``class_activation``, Zhou et al. 2016): at each position, the
+feature map weighted by the classifier's weights of the answered class, whose mean over
+positions is that class's logit (less its bias), shown as its difference from the same
+map averaged over the training images. A CBAM model without such a head shows
+its last block's spatial attention, the weight it gave each position of its last feature
+map (``spatial_attention``, values 0..1); a ``feature_map`` output alone is shown by its
+mean activation per position. The
 map is stretched to its own range, resized to the model's input (bilinear), coloured and
 blended over the thumbnail; the report keeps where it peaks.
 """
@@ -21,12 +26,27 @@ _STOPS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212,
                    [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
 
 
-def spatial_map(output: np.ndarray, kind: str) -> np.ndarray:
-    """The model's (H, W, C) output as one (H, W) map scaled to 0..1 (all zeros if flat)."""
+def spatial_map(output: np.ndarray, kind: str,
+                activation: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The model's (H, W, C) output as one (H, W) map scaled to 0..1 (all zeros if flat).
+
+    ``class_activation`` needs ``activation``: the classifier's (C,) weights of the answered
+    class and that class's (H, W) mean map over the training images. The map is the weighted
+    sum over channels at each position, less that mean: what is particular to this picture,
+    not what every picture shares (such as the borders the convolutions padded)."""
     value = np.asarray(output, dtype=np.float64)
     if value.ndim != 3:
         raise ValueError(f"a heat-map output must be (H, W, C), got shape {value.shape}")
-    heat = value[..., 0] if kind == "spatial_attention" else np.maximum(value, 0).mean(axis=2)
+    if kind == "class_activation":
+        weights, baseline = activation if activation is not None else (None, None)
+        if np.shape(weights) != (value.shape[2],) or np.shape(baseline) != value.shape[:2]:
+            raise ValueError(f"a class activation map needs {value.shape[2]} class weights and "
+                             f"a {value.shape[0]} x {value.shape[1]} mean map")
+        heat = value @ np.asarray(weights, dtype=np.float64) - baseline
+    elif kind == "spatial_attention":
+        heat = value[..., 0]
+    else:
+        heat = np.maximum(value, 0).mean(axis=2)
     low, high = float(heat.min()), float(heat.max())
     if not np.isfinite(low) or not np.isfinite(high) or high - low < 1e-12:
         return np.zeros(heat.shape)

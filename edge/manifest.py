@@ -24,7 +24,7 @@ MANIFEST_NAME = "model.json"
 QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
 DTYPES = ("int8", "uint8", "float32", "float16")
 OUTPUT_KINDS = ("probabilities", "logits")
-HEATMAP_KINDS = ("spatial_attention", "feature_map")
+HEATMAP_KINDS = ("spatial_attention", "feature_map", "class_activation")
 TRUST_VERSION = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -283,6 +283,10 @@ def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
             raise ManifestError(f"{where}.heatmap.kind must be one of {', '.join(HEATMAP_KINDS)}")
         if len(outputs[heatmap["output"]].spec.shape) != 4:
             raise ManifestError(f"{where}.heatmap.output must be a [1, H, W, C] tensor")
+        if heatmap["kind"] == "class_activation" and ood is None:
+            raise ManifestError(f"{where}.heatmap.kind 'class_activation' needs the classifier "
+                                f"weights from the statistics file ({where}.ood.statistics), "
+                                "and there is none")
     if "fit" in trust and not isinstance(trust["fit"], dict):
         raise ManifestError(f"{where}.fit must be an object")
 

@@ -151,8 +151,12 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
     parts = []
     if heatmap is not None:
         kind = (report.get("heatmap") or {}).get("kind")
-        what = ("the weight the model's last attention block gave each region"
-                if kind == "spatial_attention" else "the model's activation in each region")
+        what = {"spatial_attention": "the weight the model's last attention block gave each "
+                                     "region",
+                "class_activation": f"how much each region added to the answer "
+                                    f"'{report['prediction']['label']}', compared with an "
+                                    "average training picture"}.get(
+            kind, "the model's activation in each region")
         parts.append(f"<img class=\"thumb\" alt=\"heat-map over the model input\" "
                      "src=\"data:image/png;base64,"
                      f"{base64.b64encode(heatmap).decode('ascii')}\"><p>Where the model looked: "

@@ -117,6 +117,42 @@ def test_heatmap_scaling_peak_and_overlay():
     assert heatmap.png_bytes(drawn).startswith(b"\x89PNG")
 
 
+def test_class_activation_map_peaks_at_the_evidence_not_at_what_every_picture_shares():
+    """A CAM: channel 3 (weight 1) lights up at one place; channel 0 (weight 1) is bright all
+    along the left edge in every picture (as padding leaves it), so the training mean has it
+    too and the map leaves it out."""
+    value = np.zeros((7, 7, 8))
+    value[:, 0, 0] = 5.0  # shared by every picture
+    value[2, 5, 3] = 2.0  # this picture's evidence
+    weights = np.zeros(8)
+    weights[[0, 3]] = 1.0
+    baseline = np.zeros((7, 7))
+    baseline[:, 0] = 5.0  # the mean map over the training pictures
+    heat = heatmap.spatial_map(value, "class_activation", (weights, baseline))
+    assert heatmap.peak(heat) == {"x": round(5.5 / 7, 4), "y": round(2.5 / 7, 4)}
+    raw = heatmap.spatial_map(value, "class_activation", (weights, np.zeros((7, 7))))
+    assert heatmap.peak(raw)["x"] == round(0.5 / 7, 4)  # without the mean: the edge wins
+    with pytest.raises(ValueError, match="8 class weights and a 7 x 7 mean map"):
+        heatmap.spatial_map(value, "class_activation", None)
+    with pytest.raises(ValueError, match="class weights"):
+        heatmap.spatial_map(value, "class_activation", (weights[:4], baseline))
+
+
+def test_class_activation_weights_are_checked_when_the_model_loads(tmp_path):
+    from edge.trust import load_class_activation
+
+    path = tmp_path / "trust.npz"
+    np.savez(path, class_weights=np.ones((8, 4)), class_activation_baseline=np.zeros((7, 7, 4)))
+    weights, baseline = load_class_activation(path, 8, (7, 7), 4)
+    assert weights.shape == (8, 4) and baseline.shape == (7, 7, 4)
+    with pytest.raises(ModelIntegrityError, match=r"classifier weights of shape \(8, 4\), the "
+                                                  r"model needs \(16, 4\)"):
+        load_class_activation(path, 16, (7, 7), 4)
+    np.savez(path, class_weights=np.ones((8, 4)))
+    with pytest.raises(ModelIntegrityError, match="refit the model's trust"):
+        load_class_activation(path, 8, (7, 7), 4)
+
+
 def test_heatmap_peaks_at_a_planted_bright_blob(test_model):
     model = _toy(test_model)
     for centre in ((60, 160), (170, 50)):
@@ -185,7 +221,9 @@ def test_format_2_manifest_round_trip_and_its_checks(test_model):
             (lambda d: d["trust"].update(negative_label="healthy"), "not one of the labels"),
             (lambda d: d["trust"]["ood"].update(statistics="../x.npz"), "bare file name"),
             (lambda d: d["trust"].update(version=9), "upgrade neuroedge"),
-            (lambda d: d["trust"]["heatmap"].update(output="logits"), "[1, H, W, C]")):
+            (lambda d: d["trust"]["heatmap"].update(output="logits"), "[1, H, W, C]"),
+            (lambda d: (d["trust"]["heatmap"].update(kind="class_activation"),
+                        d["trust"].pop("ood")), "needs the classifier weights")):
         broken = json.loads(json.dumps(data))
         change(broken)
         with pytest.raises(ManifestError, match=message):
