@@ -59,7 +59,7 @@ class WatchConfig:
 class ReviewConfig:
     """When a prediction is flagged ``needs_review`` instead of being trusted."""
 
-    threshold: float = 0.6
+    threshold: float = 0.9  # calibrated: flag what the model gives under a 90 % chance
     min_margin: float = 0.0
     no_tumour_threshold: float = 0.95  # a "no tumour" answer needs this much (edge.trust)
 

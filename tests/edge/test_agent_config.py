@@ -17,7 +17,7 @@ EXAMPLE = REPO_ROOT / "edge" / "config.example.toml"
 def test_no_file_gives_defaults():
     config = load_config(None)
     assert config == AgentConfig()
-    assert config.review.threshold == 0.6 and config.dicom.modalities == ("MR",)
+    assert config.review.threshold == 0.9 and config.dicom.modalities == ("MR",)
 
 
 def test_example_file_documents_every_key_with_its_default():
