@@ -11,6 +11,9 @@ recipe's value, and run.json records both the recipe and the values used.
   contrast, brightness, blur, noise) and acquisition changes (lower resolution, JPEG
   re-encoding) (``trainer.augment.strong_batch``); AdamW (weight decay 0.02); 3 warm-up epochs,
   then cosine decay; label smoothing 0.1; 40 epochs.
+- ``background``: ``strong``, with the background around the head refilled in 70 % of the
+  pictures (``trainer.augment.refill_background``): the shipped ``strong`` model reads its
+  glioma answers off that background (docs/shortcuts.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from trainer.errors import OptionError
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "light", "strong", "background")
 # The cosine schedule ends at this share of the peak learning rate, not at 0: a run
 # extended with --resume --epochs N still learns.
 COSINE_FLOOR = 0.01
@@ -55,12 +58,17 @@ RECIPES: dict[str, Recipe] = {
     "strong": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
                      beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
                      warmup_epochs=3.0, label_smoothing=0.1, augment="strong"),
+    "background": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
+                         beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
+                         warmup_epochs=3.0, label_smoothing=0.1, augment="background"),
 }
 RECIPE_HELP = {
     "paper": "the paper's Table 3: Adam 1e-3 (0.9/0.99), constant rate, 35 epochs, "
              "no augmentation",
     "strong": "geometry, intensity, resolution and JPEG augmentation; AdamW (wd 0.02); "
               "3 warm-up epochs + cosine decay; label smoothing 0.1; 40 epochs",
+    "background": "strong, and the background around the head refilled (grey level, noise, "
+                  "ramp) in 70% of the pictures",
 }
 
 

@@ -148,6 +148,52 @@ def test_strong_augmentation_is_seeded_bounded_and_keeps_grey_grey():
     assert not np.array_equal(c[..., 0], c[..., 1])
 
 
+def _head(size: int = 96) -> np.ndarray:
+    """A bright disc (the head) with a thin dark line inside it, on a black background."""
+    yy, xx = np.mgrid[:size, :size]
+    picture = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.35) ** 2,
+                       0.6, 0.0).astype(np.float32)
+    picture[size // 2, 30:66] = 0.0  # a sulcus: dark, but thin and inside
+    return picture
+
+
+def test_the_background_is_the_large_dark_area_around_the_head_only():
+    from trainer.augment import background_mask, refill_background
+
+    picture = _head()
+    mask = background_mask(picture)
+    inside = picture > 0
+    assert mask[0, 0] and mask[-1, -1] and not mask[inside].any()
+    assert not mask[48, 30:66].any()  # the thin dark line inside the head is kept
+    assert mask[picture == 0].mean() > 0.95
+    a = refill_background(picture.copy(), np.random.default_rng(5))
+    b = refill_background(picture.copy(), np.random.default_rng(5))
+    assert np.array_equal(a, b) and a.min() >= 0 and a.max() <= 1
+    assert np.array_equal(a[~mask], picture[~mask])  # the head is untouched
+    refilled = [refill_background(picture.copy(), np.random.default_rng(seed))[mask].mean()
+                for seed in range(20)]
+    assert np.std(refilled) > 0.01  # the background's level varies from picture to picture
+    colour = np.repeat(picture[..., None], 3, axis=2)
+    c = refill_background(colour, np.random.default_rng(5))
+    assert np.array_equal(c[..., 0], a) and np.array_equal(c[..., 2], a)
+
+
+def test_the_background_recipe_is_strong_with_the_background_refilled():
+    from trainer.augment import strong_batch
+    from trainer.recipes import RECIPES, resolve
+
+    assert resolve("background", {})["augment"] == "background"
+    assert {k: v for k, v in RECIPES["background"].to_dict().items() if k != "augment"} == {
+        k: v for k, v in RECIPES["strong"].to_dict().items() if k != "augment"}
+    pictures = np.repeat((_head()[None, ..., None] * 255).astype(np.uint8), 3, axis=3)
+    pictures = np.repeat(pictures, 8, axis=0)
+    a = strong_batch(pictures, np.random.default_rng(2), background=True)
+    assert np.array_equal(a, strong_batch(pictures, np.random.default_rng(2), background=True))
+    corners = a[:, :6, :6].mean(axis=(1, 2, 3))
+    plain = strong_batch(pictures, np.random.default_rng(2))[:, :6, :6].mean(axis=(1, 2, 3))
+    assert np.std(corners) > np.std(plain)  # the corners vary more than brightness alone
+
+
 def test_training_batches_are_the_same_from_many_threads():
     pytest.importorskip("keras")
     from trainer.batches import TrainingBatches
