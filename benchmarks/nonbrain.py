@@ -3,7 +3,9 @@
 Everything is made here or comes with an installed package; nothing is downloaded:
 
 - pydicom's own test files of other modalities (CT, NM, US, RT dose, segmentation, colour
-  secondary captures), decoded by the agent's own DICOM pipeline with every modality
+  secondary captures), and, when the ``pydicom-data`` package is installed (the ``dev``
+  extra), its larger ones too: two computed radiographs (a chest and an extremity X-ray),
+  more CT and ultrasound; decoded by the agent's own DICOM pipeline with every modality
   allowed, and saved as PNG and as JPEG: the flag must hold for a CT exported as a picture;
 - the photographs matplotlib ships as sample data (``grace_hopper.jpg`` and others), whole
   and as seeded crops, in colour and in grey;
@@ -16,7 +18,6 @@ the figures count distinct pictures, not files.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Modality -> group name in the tables. MR is left out: those are the sort of file we classify.
 _DICOM_GROUPS = {"CT": "CT", "NM": "nuclear medicine", "US": "ultrasound",
-                 "OT": "colour secondary capture", "RTDOSE": "RT dose", "SEG": "segmentation"}
+                 "OT": "colour secondary capture", "RTDOSE": "RT dose", "SEG": "segmentation",
+                 "CR": "X-ray", "DX": "X-ray", "MG": "mammography"}
 _MATPLOTLIB_PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 
 
@@ -50,9 +52,22 @@ def _save_both(picture: Image.Image, out: Path, stem: str) -> list[Path]:
     return [png, jpeg]
 
 
-def _digest(picture: Image.Image) -> str:
-    small = picture.convert("RGB").resize((64, 64))
-    return hashlib.sha256(np.asarray(small).tobytes()).hexdigest()
+def _thumbnail(picture: Image.Image) -> np.ndarray:
+    return np.asarray(picture.convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32)
+
+
+def _seen_before(thumbnail: np.ndarray, seen: list[np.ndarray]) -> bool:
+    """The same picture in another encoding: within 3 grey levels on average and correlated
+    above 0.99 (a lossy JPEG 2000 copy of a lossless one is not byte-identical; two mostly
+    black pictures are close in grey levels without being the same)."""
+    for other in seen:
+        if np.abs(thumbnail - other).mean() >= 3.0:
+            continue
+        a, b = thumbnail - thumbnail.mean(), other - other.mean()
+        norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        if norm == 0.0 or float((a * b).sum()) / norm > 0.99:
+            return True
+    return False
 
 
 def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
@@ -66,7 +81,7 @@ def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
 
     # The agent refuses these modalities; here every one is decoded, to make pictures.
     every_modality = DicomConfig(modalities=tuple(_DICOM_GROUPS), body_parts=())
-    seen: set[str] = set()
+    seen: list[np.ndarray] = []
     found = []
     import warnings
 
@@ -90,10 +105,10 @@ def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
         picture = decoded.picture
         if min(picture.size) < 16:
             continue
-        key = _digest(picture)
-        if key in seen:
+        thumbnail = _thumbnail(picture)
+        if _seen_before(thumbnail, seen):
             continue
-        seen.add(key)
+        seen.append(thumbnail)
         found.append((_DICOM_GROUPS[modality], os.path.basename(name), picture))
     return found
 
