@@ -70,10 +70,23 @@ def _seen_before(thumbnail: np.ndarray, seen: list[np.ndarray]) -> bool:
     return False
 
 
+def _local_test_files() -> list[str]:
+    """pydicom's test files and those of installed data packages (pydicom-data), without
+    ``get_testdata_files``, which also tries to download the rest from GitHub."""
+    from pydicom.data import data_manager
+
+    files = {str(p) for p in (Path(data_manager.DATA_ROOT) / "test_files").glob("*.dcm")}
+    for source in data_manager.external_data_sources().values():
+        try:
+            files.update(str(p) for p in source.get_paths("*.dcm", data_manager.DataTypes.DATASET))
+        except Exception:  # noqa: BLE001 - a broken data package is left out, not fatal
+            log.warning("could not list the files of a pydicom data package", exc_info=True)
+    return sorted(files)
+
+
 def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
     """(group, file name, 8-bit picture) for each distinct non-MR picture pydicom ships."""
     import pydicom
-    from pydicom.data import get_testdata_files
 
     from edge.config import DicomConfig, LimitsConfig
     from edge.dicom import decode_dicom
@@ -85,9 +98,7 @@ def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
     found = []
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        files = sorted(get_testdata_files("*.dcm"))
+    files = _local_test_files()
     for name in files:
         try:
             with warnings.catch_warnings():
