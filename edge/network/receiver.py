@@ -239,6 +239,9 @@ class DicomReceiver:
 
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
+        # a connection that never asks for an association (a port scan, a stuck client)
+        # would hold one of those slots for pynetdicom's default 30 s
+        ae.acse_timeout = self.config.acse_timeout
         ae.maximum_pdu_size = MAX_PDU
         ae.require_calling_aet = list(self.config.allowed_calling_aets)
         syntaxes = accepted_transfer_syntaxes()

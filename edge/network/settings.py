@@ -67,6 +67,7 @@ class NetworkConfig:
     listen_address: str = ""  # "": every interface
     allowed_calling_aets: tuple[str, ...] = ()  # empty: any caller
     max_associations: int = 4
+    acse_timeout: float = 10.0  # a connection must ask for its association within this
     min_free_mb: int = 200
 
     def validate(self, bad: BadValue) -> None:
@@ -82,6 +83,8 @@ class NetworkConfig:
                 raise bad("allowed_calling_aets", f"holds {aet!r}, which {problem}")
         if not 1 <= self.max_associations <= 64:
             raise bad("max_associations", "must be between 1 and 64")
+        if not 1 <= self.acse_timeout <= 300:
+            raise bad("acse_timeout", "must be between 1 and 300 seconds")
         if self.min_free_mb < 0:
             raise bad("min_free_mb", "must be >= 0 megabytes")
 

@@ -255,6 +255,32 @@ def test_a_burst_of_associations_is_bounded(receiver, tmp_path, caplog):
     assert caplog.text.count("max_associations (2) are already open") == state["refused"]
 
 
+def test_a_silent_connection_is_closed_and_frees_its_slot(receiver):
+    """A TCP connection that never asks for an association is closed after [network]
+    acse_timeout, and the one slot it held serves a real caller again."""
+    rx, _, _ = receiver(max_associations=1, acse_timeout=1)
+    silent = socket.create_connection(("127.0.0.1", rx.port), timeout=10)
+    try:
+        started = time.monotonic()
+        silent.settimeout(10)
+        try:
+            closed = silent.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    assert closed and 0.5 < waited < 5, waited
+    assert echo_with_pynetdicom(rx.port) == (True, 0)
+
+
+def test_a_bad_acse_timeout_is_refused():
+    from edge.config import AgentConfig
+
+    with pytest.raises(ConfigError, match="acse_timeout.*between 1 and 300"):
+        AgentConfig().override("network", acse_timeout=0.1)
+
+
 # --- a disk that fills, a folder that cannot be written, a transfer given up (net probe) ---
 
 
