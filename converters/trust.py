@@ -20,7 +20,11 @@ Also run by ``python -m converters.tflite`` for every model that passes the gate
    how many directions is chosen by the validation images' likelihood, within a size
    budget); the score is the Mahalanobis distance to the nearest class mean; the threshold
    is the ``pass_rate`` quantile of the validation images' scores.
-5. The model, ``trust.npz`` and the manifest (format 2, the statistics hashed) are written,
+5. **Heat-map** (``choose_heatmap``): a class activation map when the classifier reads a
+   global average pool of the last feature map (the int8 model's classifier weights and the
+   map's mean over the training part go into ``trust.npz``), else CBAM's last spatial
+   attention.
+6. The model, ``trust.npz`` and the manifest (format 2, the statistics hashed) are written,
    the manifest last.
 
 The external checks (``../shared/data/br35h-tumour``, the test split) play no part here.
