@@ -74,6 +74,17 @@ def _producers(graph: Any) -> dict[int, Any]:
     return {int(t): op for op in graph.operators for t in op.outputs}
 
 
+def _logits_and_classifier(model: Any, graph: Any, producers: dict[int, Any]) -> tuple[int, Any]:
+    """The logits tensor (the input of the final SOFTMAX, else the output itself) and the
+    FULLY_CONNECTED operator that produces it (None if another kind does)."""
+    primary = int(graph.outputs[0])
+    head = producers.get(primary)
+    logits = int(head.inputs[0]) if head is not None and op_type(model, head) == "SOFTMAX" \
+        else primary
+    fc = producers.get(logits)
+    return logits, fc if fc is not None and op_type(model, fc) == "FULLY_CONNECTED" else None
+
+
 def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     """Tensor indices (subgraph 0) worth exposing, by key; see the module doc."""
     model = _read(tflite_model)
@@ -81,16 +92,10 @@ def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     producers = _producers(graph)
     ops = [(op_type(model, op), op) for op in graph.operators]
     found: dict[str, int] = {}
-    primary = int(graph.outputs[0])
-    head = producers.get(primary)
-    logits = None
-    if head is not None and op_type(model, head) == "SOFTMAX":
-        logits = int(head.inputs[0])
+    logits, fc = _logits_and_classifier(model, graph, producers)
+    if logits != int(graph.outputs[0]):
         found["logits"] = logits
-    else:
-        logits = primary  # the model's output is already the logits
-    fc = producers.get(logits)
-    if fc is not None and op_type(model, fc) == "FULLY_CONNECTED":
+    if fc is not None:
         found["features"] = int(fc.inputs[0])
         pool = producers.get(int(fc.inputs[0]))
         if pool is not None and op_type(model, pool) == "MEAN" and len(
@@ -126,12 +131,8 @@ def classifier_weights(tflite_model: bytes) -> np.ndarray | None:
     come from one (or its weights are not constant)."""
     model = _read(tflite_model)
     graph = model.subgraphs[0]
-    producers = _producers(graph)
-    head = producers.get(int(graph.outputs[0]))
-    logits = int(head.inputs[0]) if head is not None and op_type(model, head) == "SOFTMAX" \
-        else int(graph.outputs[0])
-    fc = producers.get(logits)
-    if fc is None or op_type(model, fc) != "FULLY_CONNECTED":
+    _, fc = _logits_and_classifier(model, graph, _producers(graph))
+    if fc is None:
         return None
     tensor = graph.tensors[int(fc.inputs[1])]
     data = model.buffers[tensor.buffer].data
