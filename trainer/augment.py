@@ -19,6 +19,15 @@ Two policies:
   gentle ramp, before the intensity changes. The shipped ``strong`` model took most of its
   glioma evidence from that area (docs/shortcuts.md): the data set's collections differ
   in how dark and how noisy it is, tumours do not.
+- ``contrast`` (``--recipe contrast``): ``background``, and in half the pictures the grey
+  levels inside the head remapped by a random curve (sometimes an inversion, otherwise a
+  random piecewise-linear curve, not necessarily monotonic). The data set's tumour classes
+  are mostly T1-weighted contrast-enhanced slices and its ``notumor`` class mostly other
+  sequences; the ``strong`` model reads the sequence: inverting the grey levels inside the
+  head sends 46 % of the Testing tumours to "notumor" (docs/results/issue12/cue_probe.py).
+  With the contrast remapped at random the sequence no longer tells the class, and the
+  network has to use what a tumour looks like in shape and texture (the idea of random
+  intensity remapping in contrast-agnostic MRI work such as SynthSeg and GIN).
 """
 
 from __future__ import annotations
@@ -51,6 +60,14 @@ BACKGROUND_AREA = 9
 BACKGROUND_LEVEL = (0.0, 0.15)
 BACKGROUND_NOISE = (0.0, 0.06)
 BACKGROUND_RAMP = (0.0, 0.08)
+# The contrast policy: how often the head's grey levels are remapped, how often the curve is
+# an inversion (with its ends jittered), how many knots a random curve has, and the range
+# its ends must span at least (so that the remapped head keeps some contrast).
+P_CONTRAST = 0.5
+HEAD_ABOVE = 0.06
+P_INVERT = 0.3
+CONTRAST_KNOTS = (3, 7)  # drawn from [3, 7): 3 to 6 knots
+CONTRAST_LOW, CONTRAST_HIGH = (0.0, 0.2), (0.7, 1.0)
 
 
 def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -156,19 +173,70 @@ def refill_background(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+def contrast_curve(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random grey-level curve on [0, 1] as knots (x, y) for ``np.interp``: an inversion
+    (``P_INVERT``) or a piecewise-linear curve through 3-6 random levels, stretched so that
+    its lowest and highest levels lie in ``CONTRAST_LOW`` and ``CONTRAST_HIGH``."""
+    if rng.random() < P_INVERT:
+        xs = np.array([0.0, 1.0], dtype=np.float32)
+        ys = np.array([1.0, 0.0], dtype=np.float32)
+    else:
+        knots = int(rng.integers(*CONTRAST_KNOTS))
+        xs = np.linspace(0.0, 1.0, knots, dtype=np.float32)
+        ys = rng.uniform(0.0, 1.0, knots).astype(np.float32)
+    low, high = rng.uniform(*CONTRAST_LOW), rng.uniform(*CONTRAST_HIGH)
+    span = float(ys.max() - ys.min())
+    if span < 1e-6:  # a flat draw: make it a ramp
+        ys = xs.copy()
+        span = 1.0
+    ys = (ys - ys.min()) / np.float32(span) * np.float32(high - low) + np.float32(low)
+    return xs, ys.astype(np.float32)
+
+
+def head_mask(x: np.ndarray) -> np.ndarray:
+    """Where a float picture (H, W) or (H, W, 3) in [0, 1] shows the head: everything but the
+    dark areas (mean over 5 x 5 pixels below ``HEAD_ABOVE``) that touch the picture's edge.
+    Dark structures inside the head (fluid, a necrotic core) belong to it, and so do noise
+    specks outside it that a pixel threshold would cut out of the background."""
+    from scipy import ndimage
+
+    grey = x if x.ndim == 2 else x.mean(axis=2)
+    dark = ndimage.uniform_filter(grey, size=5, mode="nearest") < HEAD_ABOVE
+    labels, _ = ndimage.label(dark)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return ~np.isin(labels, edge[edge > 0])
+
+
+def remap_contrast(x: np.ndarray, rng: np.random.Generator,
+                   head: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (float, in [0, 1]) with the grey levels of the head (``head``, by default
+    ``head_mask(x)``) sent through ``contrast_curve`` (in place; returned). The background
+    keeps its levels: the head stays a head on its frame."""
+    if head is None:
+        head = head_mask(x)
+    xs, ys = contrast_curve(rng)
+    x[head] = np.interp(x[head], xs, ys).astype(np.float32)
+    return x
+
+
 def strong_picture(pixels: np.ndarray, rng: np.random.Generator,
-                   out: np.ndarray | None = None, background: bool = False) -> np.ndarray:
+                   out: np.ndarray | None = None, background: bool = False,
+                   contrast: bool = False) -> np.ndarray:
     """One uint8 (H, W, 3) picture -> augmented float32 (H, W, 3) in [0, 1] (into ``out``);
-    ``background``: the background policy (the strong one, and the background refilled)."""
+    ``background``: the background policy (the strong one, and the background refilled);
+    ``contrast``: and the head's grey levels remapped (the contrast policy)."""
     grey = bool(np.array_equal(pixels[..., 0], pixels[..., 1])
                 and np.array_equal(pixels[..., 1], pixels[..., 2]))
     picture = Image.fromarray(np.ascontiguousarray(pixels[..., 0]) if grey else pixels)
     picture = _acquisition(_affine(picture, rng), rng)
     x = np.asarray(picture, dtype=np.float32) * np.float32(1 / 255)
-    if background:
+    if background or contrast:
         x = np.array(x)  # writable
-        if rng.random() < P_BACKGROUND:
-            refill_background(x, rng)
+    if contrast and rng.random() < P_CONTRAST:
+        # the same remapping for a grey picture's three channels: it stays grey
+        remap_contrast(x, rng)
+    if background and rng.random() < P_BACKGROUND:
+        refill_background(x, rng)
     gamma = math.exp(rng.uniform(-math.log(GAMMA), math.log(GAMMA)))
     np.power(x, np.float32(gamma), out=x)
     contrast = np.float32(1.0 + rng.uniform(-CONTRAST, CONTRAST))
@@ -188,10 +256,10 @@ def strong_picture(pixels: np.ndarray, rng: np.random.Generator,
 
 
 def strong_batch(images: np.ndarray, rng: np.random.Generator,
-                 background: bool = False) -> np.ndarray:
-    """The strong (or, with ``background``, the background) policy on uint8 pictures (N, H,
-    W, 3): float32 in [0, 1]."""
+                 background: bool = False, contrast: bool = False) -> np.ndarray:
+    """The strong policy on uint8 pictures (N, H, W, 3), with ``background`` the background
+    one, with both flags the contrast one: float32 in [0, 1]."""
     out = np.empty(images.shape, dtype=np.float32)
     for i, image in enumerate(images):
-        strong_picture(image, rng, out[i], background=background)
+        strong_picture(image, rng, out[i], background=background, contrast=contrast)
     return out

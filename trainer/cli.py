@@ -25,7 +25,7 @@ from trainer.errors import OptionError, TrainerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from trainer.recipes import RECIPE_HELP  # noqa: E402 - Keras-free, so --help is instant
+from trainer.recipes import AUGMENTATIONS, RECIPE_HELP  # noqa: E402 - Keras-free: fast --help
 from trainer.registry import ARCHITECTURE_INFO  # noqa: E402
 
 ARCH_NAMES = tuple(ARCHITECTURE_INFO)
@@ -183,11 +183,12 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
               help="Use a seeded, stratified subset of at most N training images.")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True,
               help="Stratified share of Training held out for model selection.")
-@click.option("--augment", type=click.Choice(["none", "light", "strong", "background"]),
-              is_flag=False, flag_value="light", metavar="[none|light|strong|background]",
+@click.option("--augment", type=click.Choice(list(AUGMENTATIONS)), is_flag=False,
+              flag_value="light", metavar="[" + "|".join(AUGMENTATIONS) + "]",
               help="Augmentation; a bare --augment is 'light' (flip, shift, intensity jitter); "
                    "'strong': geometry, intensity, resolution, JPEG; 'background': strong and "
-                   "the background refilled  [default: the recipe's]")
+                   "the background refilled; 'contrast': background and the head's grey "
+                   "levels remapped  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
@@ -483,9 +484,8 @@ def audit_shortcuts(data_dir: str, external: tuple[str, ...], no_external: bool,
 @click.option("--learning-rate", "--lr", type=float, default=1e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the numbers as JSON.")
-@click.option("--augment", type=click.Choice(["none", "light", "strong", "background"]),
-              default="none", show_default=True,
-              help="Augment the training batches like train does.")
+@click.option("--augment", type=click.Choice(list(AUGMENTATIONS)), default="none",
+              show_default=True, help="Augment the training batches like train does.")
 @click.option("--loss", type=click.Choice(["logits", "probabilities"]), default="logits",
               show_default=True,
               help="Train the logits view with a from-logits loss (the trainer's way), or the "

@@ -14,6 +14,9 @@ recipe's value, and run.json records both the recipe and the values used.
 - ``background``: ``strong``, with the background around the head refilled in 70 % of the
   pictures (``trainer.augment.refill_background``): the shipped ``strong`` model reads its
   glioma answers off that background (docs/shortcuts.md).
+- ``contrast``: ``background``, with the grey levels inside the head remapped by a random
+  curve in half the pictures (``trainer.augment.remap_contrast``): the shipped ``strong``
+  model reads the MR sequence as the class (docs/shortcuts.md).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from trainer.errors import OptionError
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("none", "light", "strong", "background")
+AUGMENTATIONS = ("none", "light", "strong", "background", "contrast")
 # The cosine schedule ends at this share of the peak learning rate, not at 0: a run
 # extended with --resume --epochs N still learns.
 COSINE_FLOOR = 0.01
@@ -61,6 +64,9 @@ RECIPES: dict[str, Recipe] = {
     "background": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
                          beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
                          warmup_epochs=3.0, label_smoothing=0.1, augment="background"),
+    "contrast": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
+                       beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
+                       warmup_epochs=3.0, label_smoothing=0.1, augment="contrast"),
 }
 RECIPE_HELP = {
     "paper": "the paper's Table 3: Adam 1e-3 (0.9/0.99), constant rate, 35 epochs, "
@@ -69,6 +75,8 @@ RECIPE_HELP = {
               "3 warm-up epochs + cosine decay; label smoothing 0.1; 40 epochs",
     "background": "strong, and the background around the head refilled (grey level, noise, "
                   "ramp) in 70% of the pictures",
+    "contrast": "background, and the grey levels inside the head remapped by a random curve "
+                "(an inversion or a random piecewise-linear one) in 50% of the pictures",
 }
 
 

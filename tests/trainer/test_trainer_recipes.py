@@ -194,6 +194,72 @@ def test_the_background_recipe_is_strong_with_the_background_refilled():
     assert np.std(corners) > np.std(plain)  # the corners vary more than brightness alone
 
 
+def test_the_head_mask_keeps_dark_structures_inside_and_specks_outside_the_head():
+    pytest.importorskip("scipy")
+    from trainer.augment import head_mask
+
+    picture = _head()
+    picture[40:56, 40:56] = 0.0  # a dark core (fluid, necrosis) well inside the head
+    picture[5, 5] = 0.5  # a bright noise speck in the background
+    head = head_mask(picture)
+    assert head[48, 48] and head[48, 31] and head[40, 40]  # core and sulcus are head
+    assert not head[0, 0] and not head[5, 5] and not head[-1, -1]
+    disc = (np.mgrid[:96, :96][0] - 48) ** 2 + (np.mgrid[:96, :96][1] - 48) ** 2 < 30 ** 2
+    assert head[disc].all()  # everything well inside the disc
+    assert np.array_equal(head, head_mask(np.repeat(picture[..., None], 3, axis=2)))
+
+
+def test_contrast_curves_span_a_range_and_some_invert():
+    from trainer.augment import CONTRAST_HIGH, CONTRAST_LOW, contrast_curve
+
+    rng = np.random.default_rng(3)
+    curves = [contrast_curve(rng) for _ in range(200)]
+    for xs, ys in curves:
+        assert xs[0] == 0.0 and xs[-1] == 1.0 and np.all(np.diff(xs) > 0)
+        assert CONTRAST_LOW[0] <= ys.min() <= CONTRAST_LOW[1] + 1e-6
+        assert CONTRAST_HIGH[0] - 1e-6 <= ys.max() <= CONTRAST_HIGH[1]
+    inverted = sum(ys[0] > ys[-1] for _, ys in curves)
+    non_monotonic = sum(np.any(np.diff(ys) > 0) and np.any(np.diff(ys) < 0) for _, ys in curves)
+    assert 30 < inverted < 170 and non_monotonic > 30
+
+
+def test_remapping_the_contrast_changes_the_head_and_leaves_the_background():
+    pytest.importorskip("scipy")
+    from trainer.augment import head_mask, remap_contrast
+
+    picture = _head()
+    picture[48, 30:66] = 0.2  # the sulcus darker than the head, brighter than black
+    head = head_mask(picture)
+    outs = [remap_contrast(picture.copy(), np.random.default_rng(seed)) for seed in range(40)]
+    for out in outs:
+        assert np.array_equal(out[~head], picture[~head])
+        assert out.min() >= 0 and out.max() <= 1
+    # the head's level and the sulcus's contrast to it vary, and sometimes turn over
+    assert np.std([out[30, 48] for out in outs]) > 0.1
+    assert any(out[48, 40] > out[30, 48] for out in outs)
+    assert np.array_equal(remap_contrast(picture.copy(), np.random.default_rng(1)),
+                          remap_contrast(picture.copy(), np.random.default_rng(1)))
+
+
+def test_the_contrast_recipe_is_background_with_the_head_remapped():
+    pytest.importorskip("scipy")
+    from trainer.augment import strong_batch
+
+    assert resolve("contrast", {})["augment"] == "contrast"
+    assert {k: v for k, v in RECIPES["contrast"].to_dict().items() if k != "augment"} == {
+        k: v for k, v in RECIPES["strong"].to_dict().items() if k != "augment"}
+    pictures = np.repeat((_head()[None, ..., None] * 255).astype(np.uint8), 3, axis=3)
+    pictures = np.repeat(pictures, 16, axis=0)
+    a = strong_batch(pictures, np.random.default_rng(2), background=True, contrast=True)
+    assert np.array_equal(a, strong_batch(pictures, np.random.default_rng(2), background=True,
+                                          contrast=True))
+    assert np.array_equal(a[..., 0], a[..., 2])  # grey stays grey
+    centre = a[:, 40:56, 40:56, 0].mean(axis=(1, 2))
+    plain = strong_batch(pictures, np.random.default_rng(2),
+                         background=True)[:, 40:56, 40:56, 0].mean(axis=(1, 2))
+    assert np.std(centre) > np.std(plain)  # the head's level varies more than gamma alone
+
+
 def test_training_batches_are_the_same_from_many_threads():
     pytest.importorskip("keras")
     from trainer.batches import TrainingBatches

@@ -1,0 +1,143 @@
+"""Which picture property turns a tumour answer into "notumor"? A counterfactual probe.
+
+    python docs/results/issue12/cue_probe.py ../shared/data/brain-tumor-mri [MODEL_DIR ...]
+
+The shortcut audit (docs/shortcuts.md) found that Br35H's tumour pictures differ from the
+data set's tumour pictures in storage and look: they are brighter (95th percentile 0.98
+against 0.65-0.73), more tightly framed (the head fills 94 % of the frame), rarely square
+(median aspect 0.85) and smaller, re-encoded JPEGs (median width 283, quality 75). This
+probe changes one such property at a time on the official **Testing** tumour pictures
+(glioma, meningioma, pituitary: never Br35H, which stays a check) and counts how many the
+model then calls "notumor", through the agent's own path (``edge.classifier.Classifier``,
+default configuration; the answer is the top class, review flags aside).
+
+A property whose change sends many tumours to "notumor" is one the model reads as "no
+tumour": that is what a training recipe has to take away. The last column is the control:
+the same change on the Testing ``notumor`` pictures, and how many stay "notumor".
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge.classifier import Classifier
+from edge.config import AgentConfig
+from edge.inputs import DecodedImage, decode_file
+
+TUMOURS = ("glioma", "meningioma", "pituitary")
+
+
+def _grey(picture: Image.Image) -> Image.Image:
+    return picture.convert("L")
+
+
+def head_box(picture: Image.Image, level: int = 25) -> tuple[int, int, int, int]:
+    """The bounding box of pixels brighter than ``level`` (the head), as (left, top, right,
+    bottom); the whole picture when nothing is."""
+    grey = np.asarray(_grey(picture))
+    rows = np.flatnonzero((grey > level).any(axis=1))
+    cols = np.flatnonzero((grey > level).any(axis=0))
+    if rows.size == 0 or cols.size == 0:
+        return 0, 0, picture.width, picture.height
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def brighter(picture: Image.Image) -> Image.Image:
+    """Stretch the grey levels so that the 95th percentile lands at 0.98 (Br35H's median)."""
+    grey = np.asarray(_grey(picture), dtype=np.float32) / 255
+    p95 = max(float(np.percentile(grey, 95)), 1e-3)
+    out = np.clip(grey * (0.98 / p95), 0, 1)
+    return Image.fromarray((out * 255 + 0.5).astype(np.uint8))
+
+
+def tight(picture: Image.Image) -> Image.Image:
+    """Crop to the head's bounding box, 3 % margin: the head fills the frame."""
+    left, top, right, bottom = head_box(picture)
+    mx, my = round(0.03 * (right - left)), round(0.03 * (bottom - top))
+    return picture.crop((max(0, left - mx), max(0, top - my),
+                         min(picture.width, right + mx), min(picture.height, bottom + my)))
+
+
+def narrow(picture: Image.Image) -> Image.Image:
+    """Width 0.85 of the height (Br35H's median aspect); the model stretches it back."""
+    return picture.resize((max(8, round(picture.height * 0.85)), picture.height),
+                          Image.BILINEAR)
+
+
+def small_jpeg(picture: Image.Image) -> Image.Image:
+    """Longest side 283 px, re-encoded as JPEG quality 75 (Br35H's medians)."""
+    factor = 283 / max(picture.size)
+    small = picture.resize((max(8, round(picture.width * factor)),
+                            max(8, round(picture.height * factor))), Image.BILINEAR)
+    buffer = io.BytesIO()
+    small.convert("RGB").save(buffer, format="JPEG", quality=75)
+    buffer.seek(0)
+    with Image.open(buffer) as reencoded:
+        return reencoded.convert("RGB")
+
+
+def inverted(picture: Image.Image) -> Image.Image:
+    """Grey levels inverted inside the head (the background stays black): a crude turn of a
+    T1-weighted contrast into a T2-like one, where fluid is bright."""
+    from trainer.augment import head_mask
+
+    grey = np.asarray(_grey(picture), dtype=np.float32) / 255
+    out = np.where(head_mask(grey), 1.0 - grey, grey)
+    return Image.fromarray((out * 255 + 0.5).astype(np.uint8))
+
+
+def every(picture: Image.Image) -> Image.Image:
+    return small_jpeg(narrow(tight(brighter(picture))))
+
+
+CHANGES = {
+    "none": lambda p: p,
+    "brighter (p95 -> 0.98)": brighter,
+    "tight frame (head fills it)": tight,
+    "narrow (aspect 0.85)": narrow,
+    "small JPEG (283 px, q75)": small_jpeg,
+    "all four": every,
+    "inverted inside the head": inverted,
+}
+
+
+def main(data: Path, models: list[str | None]) -> None:
+    pictures: list[tuple[str, DecodedImage]] = []
+    config = AgentConfig()
+    for label in (*TUMOURS, "notumor"):
+        for path in sorted((data / "Testing" / label).glob("*")):
+            pictures.append((label, decode_file(path, config.dicom, config.limits)))
+    n = {t: sum(1 for known, _ in pictures if known == t) for t in (*TUMOURS, "notumor")}
+    tumours = sum(n[t] for t in TUMOURS)
+    print(f"{tumours} Testing tumour pictures ("
+          + ", ".join(f"{n[t]} {t}" for t in TUMOURS) + f"), {n['notumor']} notumor\n")
+    for model in models:
+        cfg = config if model is None else config.override("paths", model=model)
+        classifier = Classifier(cfg)
+        print(f"### {classifier.manifest.name} {classifier.manifest.version}\n")
+        print("| change | tumours called notumor | " + " | ".join(TUMOURS)
+              + " | tumours still right | notumor still notumor |")
+        print("|---|---:|" + "---:|" * len(TUMOURS) + "---:|---:|")
+        for name, change in CHANGES.items():
+            notumor = {t: 0 for t in n}
+            right = 0
+            for label, decoded in pictures:
+                changed = DecodedImage(decoded.kind, change(decoded.picture))
+                answer = classifier.classify(changed).label
+                notumor[label] += answer == "notumor"
+                right += answer == label and label != "notumor"
+            print(f"| {name} | {sum(notumor[t] for t in TUMOURS) / tumours:.1%} | "
+                  + " | ".join(f"{notumor[t] / n[t]:.1%}" for t in TUMOURS)
+                  + f" | {right / tumours:.1%} | {notumor['notumor'] / n['notumor']:.1%} |")
+        print()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), sys.argv[2:] or [None])
