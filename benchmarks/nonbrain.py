@@ -99,28 +99,36 @@ def pydicom_pictures() -> list[tuple[str, str, Image.Image]]:
     import warnings
 
     files = _local_test_files()
-    for name in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001 - not every test file is a readable data set
-            continue
-        modality = str(getattr(ds, "Modality", "") or "")
-        if modality not in _DICOM_GROUPS or "Rows" not in ds:
-            continue
-        try:
-            decoded = decode_dicom(Path(name), True, every_modality, LimitsConfig())
-        except EdgeError:
-            continue  # no decoder here for that syntax, or a deliberately broken file
-        picture = decoded.picture
-        if min(picture.size) < 16:
-            continue
-        thumbnail = _thumbnail(picture)
-        if _seen_before(thumbnail, seen):
-            continue
-        seen.append(thumbnail)
-        found.append((_DICOM_GROUPS[modality], os.path.basename(name), picture))
+    # pydicom logs a traceback for each deliberately broken test file it cannot decode;
+    # those files are skipped below, and their tracebacks would bury the benchmark's output.
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)
+    try:
+        for name in files:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(name, stop_before_pixels=True, force=True)
+            except Exception:  # noqa: BLE001 - not every test file is a readable data set
+                continue
+            modality = str(getattr(ds, "Modality", "") or "")
+            if modality not in _DICOM_GROUPS or "Rows" not in ds:
+                continue
+            try:
+                decoded = decode_dicom(Path(name), True, every_modality, LimitsConfig())
+            except EdgeError:
+                continue  # no decoder here for that syntax, or a deliberately broken file
+            picture = decoded.picture
+            if min(picture.size) < 16:
+                continue
+            thumbnail = _thumbnail(picture)
+            if _seen_before(thumbnail, seen):
+                continue
+            seen.append(thumbnail)
+            found.append((_DICOM_GROUPS[modality], os.path.basename(name), picture))
+    finally:
+        pydicom_log.setLevel(level)
     return found
 
 
