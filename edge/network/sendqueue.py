@@ -50,6 +50,34 @@ log = logging.getLogger(__name__)
 
 SUCCESS_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the C-STORE warnings
 
+# What a C-STORE failure status means (DICOM PS3.4 B.2.3 and PS3.7 C), and what to do. The
+# SR stays queued whatever the status: a refusal that only a change at the PACS can cure
+# (its SOP classes, this box's rights) is said so, so that the log names the fix.
+_STATUS_MEANINGS: tuple[tuple[int, int, str], ...] = (
+    (0xA700, 0xFF00, "out of resources at the PACS (a full disk or a limit there); it is "
+                     "tried again"),
+    (0xA900, 0xFF00, "the PACS says the SR does not match its SOP class; it will refuse it "
+                     "again until its configuration changes ([pacs] sr_type = \"basic\" may "
+                     "help)"),
+    (0xC000, 0xF000, "the PACS cannot understand the SR; it will likely refuse it again: "
+                     "ask its administrator what its log says"),
+    (0x0122, 0xFFFF, "the PACS does not support this SR's SOP class ([pacs] sr_type = "
+                     "\"basic\" may help)"),
+    (0x0124, 0xFFFF, "this box is not authorized to store at the PACS: ask its "
+                     "administrator to allow this AE title"),
+    (0x0110, 0xFFFF, "processing failure at the PACS; it is tried again"),
+    (0x0211, 0xFFFF, "the PACS did not recognise the operation"),
+    (0x0117, 0xFFFF, "the PACS found the SR's instance UID invalid"),
+)
+
+
+def describe_store_status(code: int) -> str:
+    """A C-STORE failure status for a reader: its hex code and, where known, its meaning."""
+    for value, mask, meaning in _STATUS_MEANINGS:
+        if code & mask == value:
+            return f"status 0x{code:04X}: {meaning}"
+    return f"status 0x{code:04X}; it is tried again"
+
 
 @dataclass
 class Outgoing:
@@ -316,7 +344,7 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     if code == -1:
         raise SendError(f"{peer} did not answer the C-STORE (timeout or connection lost)")
     if code not in SUCCESS_STATUSES:
-        raise SendError(f"{peer} refused the SR with status 0x{code:04X}")
+        raise SendError(f"{peer} refused the SR with {describe_store_status(code)}")
     return code
 
 

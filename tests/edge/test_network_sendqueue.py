@@ -341,6 +341,64 @@ def test_an_sr_the_pacs_refuses_does_not_hold_back_the_others(tmp_path):
     assert calls == ["k0", "k1", "k2"] and [i.key for i in queue.items()] == ["k0"]
 
 
+def test_failure_statuses_are_explained_with_what_to_do():
+    from edge.network.sendqueue import describe_store_status
+
+    assert "out of resources" in describe_store_status(0xA701)
+    assert "0xA900" in describe_store_status(0xA900) and "sr_type" in describe_store_status(
+        0xA900)
+    assert "cannot understand" in describe_store_status(0xC123)
+    assert "not authorized" in describe_store_status(0x0124)
+    assert describe_store_status(0xFE00) == "status 0xFE00; it is tried again"
+
+
+@pytest.mark.parametrize("code, words", [(0xA900, "does not match its SOP class"),
+                                         (0xC001, "cannot understand")])
+def test_a_real_pacs_refusing_an_sr_is_logged_with_its_meaning_and_the_sr_stays(
+        tmp_path, caplog, code, words):
+    """pynetdicom as the PACS answers every C-STORE with a failure status: the SR is kept,
+    and the log names the status and what it means."""
+    import logging
+    import socket
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import BasicTextSRStorage
+
+    caplog.set_level(logging.WARNING)
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(BasicTextSRStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda event: code)])
+    try:
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, "1.2.826.0.1.3680043.8.498.1"
+        ds.Modality = "SR"
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        data = io.BytesIO()
+        ds.save_as(data, enforce_file_format=True)
+        queue = SendQueue(tmp_path)
+        queue.open()
+        queue.enqueue(Outgoing(key="k1", study="abc", group="g1", sop_class_uid=BASIC_TEXT_SR,
+                               sop_instance_uid=ds.SOPInstanceUID,
+                               created_at="2026-12-05T05:00:00"), data.getvalue())
+        peer = Peer("PACS", "127.0.0.1", port)
+        config = PacsConfig(send_to=f"PACS@127.0.0.1:{port}", timeout=5.0)
+        sender = Sender(queue, peer, NetworkConfig(), config)
+        sender.send_due()
+    finally:
+        server.shutdown()
+    [kept] = queue.items()
+    assert kept.attempts == 1 and f"0x{code:04X}" in kept.last_error and words in kept.last_error
+    assert f"0x{code:04X}" in caplog.text and words in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def test_a_queue_folder_that_cannot_be_written_is_said_plainly_without_a_traceback(
         tmp_path, caplog, monkeypatch):
     """Retry bookkeeping that cannot be written (a full disk, a folder owned by someone
