@@ -178,6 +178,31 @@ def test_the_background_is_the_large_dark_area_around_the_head_only():
     assert np.array_equal(c[..., 0], a) and np.array_equal(c[..., 2], a)
 
 
+def test_the_background_mask_is_what_pillows_max_filters_made():
+    """background_mask moved from Pillow's MaxFilter to scipy's maximum filter (20x faster):
+    the masks, and so the background recipe's runs, stay the same, edges included."""
+    pytest.importorskip("scipy")
+    from PIL import Image, ImageFilter
+
+    from trainer.augment import BACKGROUND_AREA, BACKGROUND_BELOW, background_mask
+
+    def pillow(x):
+        dark = x < BACKGROUND_BELOW
+        image = Image.fromarray(np.where(dark, 0, 255).astype(np.uint8))
+        area = np.asarray(image.filter(ImageFilter.MaxFilter(BACKGROUND_AREA))) == 0
+        grown = np.asarray(Image.fromarray(np.where(area, 255, 0).astype(np.uint8)).filter(
+            ImageFilter.MaxFilter(BACKGROUND_AREA))) > 0
+        return grown & dark
+
+    rng = np.random.default_rng(0)
+    pictures = [_head(), _head(61)[:50], np.zeros((40, 40), np.float32)]
+    for _ in range(20):  # random blobs and specks touching the edges
+        blobs = (rng.random((12, 12)) < 0.4).repeat(8, 0).repeat(8, 1).astype(np.float32)
+        pictures.append(np.clip(blobs * 0.5 + (rng.random(blobs.shape) < 0.02), 0, 1))
+    for picture in pictures:
+        assert np.array_equal(background_mask(picture), pillow(picture))
+
+
 def test_the_background_recipe_is_strong_with_the_background_refilled():
     from trainer.augment import strong_batch
     from trainer.recipes import RECIPES, resolve
