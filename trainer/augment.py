@@ -27,7 +27,8 @@ Two policies:
   head sends 46 % of the Testing tumours to "notumor" (docs/results/issue12/cue_probe.py).
   With the contrast remapped at random the sequence no longer tells the class, and the
   network has to use what a tumour looks like in shape and texture (the idea of random
-  intensity remapping in contrast-agnostic MRI work such as SynthSeg and GIN).
+  intensity remapping in contrast-agnostic MRI work such as SynthSeg and GIN). Tried once
+  (docs/results.md): worse on every test set, Br35H included; kept for reproduction.
 """
 
 from __future__ import annotations

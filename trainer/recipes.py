@@ -16,7 +16,8 @@ recipe's value, and run.json records both the recipe and the values used.
   glioma answers off that background (docs/shortcuts.md).
 - ``contrast``: ``background``, with the grey levels inside the head remapped by a random
   curve in half the pictures (``trainer.augment.remap_contrast``): the shipped ``strong``
-  model reads the MR sequence as the class (docs/shortcuts.md).
+  model is sensitive to the MR contrast (docs/shortcuts.md). One CPU run did worse than
+  ``strong`` on every test set (docs/results.md); kept to reproduce that, not to ship.
 """
 
 from __future__ import annotations

@@ -91,6 +91,34 @@ def inverted(picture: Image.Image) -> Image.Image:
     return Image.fromarray((out * 255 + 0.5).astype(np.uint8))
 
 
+def framed(picture: Image.Image) -> Image.Image:
+    """A thin white rectangle around the picture, 2 % in from its edge, as many Br35H
+    pictures have (a viewer's frame kept in the export)."""
+    from PIL import ImageDraw
+
+    out = _grey(picture).copy()
+    w, h = out.size
+    inset, width = round(0.02 * max(w, h)), max(1, round(0.006 * max(w, h)))
+    ImageDraw.Draw(out).rectangle((inset, inset, w - 1 - inset, h - 1 - inset), outline=255,
+                                  width=width)
+    return out
+
+
+def marked(picture: Image.Image) -> Image.Image:
+    """A small white letter in the top-left corner, as a viewer's orientation mark."""
+    from PIL import ImageDraw, ImageFont
+
+    out = _grey(picture).copy()
+    w, h = out.size
+    size = max(8, round(0.06 * max(w, h)))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(out).text((round(0.03 * w), round(0.02 * h)), "V", fill=255, font=font)
+    return out
+
+
 def every(picture: Image.Image) -> Image.Image:
     return small_jpeg(narrow(tight(brighter(picture))))
 
@@ -103,6 +131,8 @@ CHANGES = {
     "small JPEG (283 px, q75)": small_jpeg,
     "all four": every,
     "inverted inside the head": inverted,
+    "white frame line": framed,
+    "corner letter": marked,
 }
 
 
