@@ -1,6 +1,10 @@
 """Which picture property turns a tumour answer into "notumor"? A counterfactual probe.
 
     python docs/results/issue12/cue_probe.py ../shared/data/brain-tumor-mri [MODEL_DIR ...]
+    python docs/results/issue12/cue_probe.py --dedup docs/leakage/dedup_test.txt DATA [MODEL ...]
+
+``--dedup LIST``: only the Testing pictures the leakage audit found no twin of in Training
+(most of the others are near-copies of training pictures, which a model knows by heart).
 
 The shortcut audit (docs/shortcuts.md) found that Br35H's tumour pictures differ from the
 data set's tumour pictures in storage and look: they are brighter (95th percentile 0.98
@@ -136,11 +140,13 @@ CHANGES = {
 }
 
 
-def main(data: Path, models: list[str | None]) -> None:
+def main(data: Path, models: list[str | None], only: set[str] | None = None) -> None:
     pictures: list[tuple[str, DecodedImage]] = []
     config = AgentConfig()
     for label in (*TUMOURS, "notumor"):
         for path in sorted((data / "Testing" / label).glob("*")):
+            if only is not None and f"Testing/{label}/{path.name}" not in only:
+                continue
             pictures.append((label, decode_file(path, config.dicom, config.limits)))
     n = {t: sum(1 for known, _ in pictures if known == t) for t in (*TUMOURS, "notumor")}
     tumours = sum(n[t] for t in TUMOURS)
@@ -168,6 +174,12 @@ def main(data: Path, models: list[str | None]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    listed = None
+    if args[:1] == ["--dedup"] and len(args) >= 2:
+        listed = {line.strip() for line in Path(args[1]).read_text().splitlines()
+                  if line.strip() and not line.startswith("#")}
+        args = args[2:]
+    if not args:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]), sys.argv[2:] or [None])
+    main(Path(args[0]), args[1:] or [None], listed)
