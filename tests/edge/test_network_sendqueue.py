@@ -376,17 +376,11 @@ def test_a_real_pacs_refusing_an_sr_is_logged_with_its_meaning_and_the_sr_stays(
         ds = pydicom.Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, "1.2.826.0.1.3680043.8.498.1"
         ds.Modality = "SR"
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        data = io.BytesIO()
-        ds.save_as(data, enforce_file_format=True)
         queue = SendQueue(tmp_path)
         queue.open()
         queue.enqueue(Outgoing(key="k1", study="abc", group="g1", sop_class_uid=BASIC_TEXT_SR,
                                sop_instance_uid=ds.SOPInstanceUID,
-                               created_at="2026-12-05T05:00:00"), data.getvalue())
+                               created_at="2026-12-05T05:00:00"), encode(ds))
         peer = Peer("PACS", "127.0.0.1", port)
         config = PacsConfig(send_to=f"PACS@127.0.0.1:{port}", timeout=5.0)
         sender = Sender(queue, peer, NetworkConfig(), config)
