@@ -210,13 +210,11 @@ def head_mask(x: np.ndarray) -> np.ndarray:
     return ~np.isin(labels, edge[edge > 0])
 
 
-def remap_contrast(x: np.ndarray, rng: np.random.Generator,
-                   head: np.ndarray | None = None) -> np.ndarray:
-    """``x`` (float, in [0, 1]) with the grey levels of the head (``head``, by default
-    ``head_mask(x)``) sent through ``contrast_curve`` (in place; returned). The background
-    keeps its levels: the head stays a head on its frame."""
-    if head is None:
-        head = head_mask(x)
+def remap_contrast(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``x`` (float, in [0, 1]) with the grey levels of the head (``head_mask``) sent through
+    ``contrast_curve`` (in place; returned). The background keeps its levels: the head stays
+    a head on its frame."""
+    head = head_mask(x)
     xs, ys = contrast_curve(rng)
     x[head] = np.interp(x[head], xs, ys).astype(np.float32)
     return x
@@ -256,6 +254,15 @@ def strong_picture(pixels: np.ndarray, rng: np.random.Generator,
         out = np.empty(pixels.shape, dtype=np.float32)
     out[...] = x[..., None] if grey else x
     return out
+
+
+# The policies built on the strong one, as strong_batch's flags: the one place that knows
+# which policy adds what (the batches and the worker count read it).
+STRONG_POLICIES: dict[str, dict[str, bool]] = {
+    "strong": {},
+    "background": {"background": True},
+    "contrast": {"background": True, "contrast": True},
+}
 
 
 def strong_batch(images: np.ndarray, rng: np.random.Generator,

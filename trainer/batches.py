@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
-from trainer.augment import augment_batch, strong_batch
+from trainer.augment import STRONG_POLICIES, augment_batch, strong_batch
 
 AUGMENT_POLICIES = ("none", "light", "strong", "background", "contrast")
 
@@ -84,11 +84,9 @@ class TrainingBatches(keras.utils.PyDataset):
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, step, 1])
-        if self.augment in ("strong", "background", "contrast"):  # on the 8-bit picture:
-            # warps, re-encoding, then scaled to [0, 1] (pixel / 255)
-            x = strong_batch(self.images[picks], rng,
-                             background=self.augment in ("background", "contrast"),
-                             contrast=self.augment == "contrast")
+        if self.augment in STRONG_POLICIES:  # on the 8-bit picture: warps, re-encoding,
+            # then scaled to [0, 1] (pixel / 255)
+            x = strong_batch(self.images[picks], rng, **STRONG_POLICIES[self.augment])
             if not np.isclose(self.spec.scale * 255.0, 1.0) or self.spec.offset:
                 x = x * np.float32(255.0 * self.spec.scale) + np.float32(self.spec.offset)
         else:

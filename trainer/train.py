@@ -412,7 +412,9 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
 
 def augmentation_workers(augment: str) -> int:
     """Threads that build augmented batches (Pillow and numpy release the GIL)."""
-    return min(8, os.cpu_count() or 1) if augment in ("strong", "background", "contrast") else 1
+    from trainer.augment import STRONG_POLICIES
+
+    return min(8, os.cpu_count() or 1) if augment in STRONG_POLICIES else 1
 
 
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
