@@ -51,11 +51,17 @@ class TrainingBatches(keras.utils.PyDataset):
         start_epoch: int = 0,
         spec: PreprocessSpec = DEFAULT_SPEC,
         augment: bool | str = False,
+        weights: np.ndarray | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)  # workers=N: batches built in N threads, in order
         if len(images) == 0:
             raise ValueError("no training images")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (len(images),) or not np.all(weights > 0):
+                raise ValueError(f"weights must be {len(images)} positive numbers, one per image")
+        self.weights = weights
         self.images, self.labels = images, np.asarray(labels)
         self.num_classes, self.batch_size = num_classes, int(batch_size)
         self.seed, self.start_epoch, self.spec = seed, start_epoch, spec
@@ -72,11 +78,20 @@ class TrainingBatches(keras.utils.PyDataset):
         return None  # endless: Keras keeps one iterator across epochs
 
     def order(self, epoch: int) -> np.ndarray:
-        """The shuffled sample order of ``epoch`` (0-based), the same in every process."""
+        """The shuffled sample order of ``epoch`` (0-based), the same in every process.
+
+        With ``weights``, an epoch is as many draws with replacement, each image drawn with
+        probability proportional to its weight (a weight of 3: about three times an epoch).
+        """
         with self._lock:
             order = self._orders.get(epoch)
             if order is None:
-                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+                rng = np.random.default_rng([self.seed, epoch])
+                n = len(self.images)
+                if self.weights is None:
+                    order = rng.permutation(n)
+                else:
+                    order = rng.choice(n, size=n, p=self.weights / self.weights.sum())
                 self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
                 self._orders[epoch] = order
             return order

@@ -190,6 +190,11 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
                    "the background refilled; 'contrast': background and the head's grey "
                    "levels remapped  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
+@click.option("--reweight", type=click.Choice(["none", "shortcuts"]), default="none",
+              show_default=True,
+              help="'shortcuts': draw each training picture with weight 1 / P(its no-tumour-"
+                   "or-tumour answer | picture properties), so that the properties the "
+                   "shortcut audit measures say nothing about that answer (docs/shortcuts.md).")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
@@ -250,7 +255,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         val_fraction=opts["val_fraction"], patience=opts["patience"],
         distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
-        spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"])
+        spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"],
+        reweight=opts["reweight"])
     config.validate()  # before Keras loads
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,

@@ -7,6 +7,7 @@
       model.keras         the selected model (best validation accuracy), no optimizer state
       history.json/.csv   per-epoch loss, accuracy, val_loss, val_accuracy, seconds
       data_split.json     the exact training and validation files (relative paths)
+      sample_weights.json with --reweight: each training file's sampling weight
       checkpoints/        epoch-NNN.keras (latest, with optimizer state), best.keras,
                           state.json (what --resume continues from)
       evaluation/         written by `python -m trainer evaluate`
@@ -39,6 +40,7 @@ MODEL_FILE = "model.keras"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 SPLIT_JSON = "data_split.json"
+SAMPLE_WEIGHTS_JSON = "sample_weights.json"
 CHECKPOINTS = "checkpoints"
 STATE_JSON = "state.json"
 BEST_CHECKPOINT = "best.keras"
@@ -202,6 +204,16 @@ class RunFolder:
 
     def write_split(self, train_paths: list[str], val_paths: list[str]) -> None:
         write_json_atomic(self.path / SPLIT_JSON, {"train": train_paths, "validation": val_paths})
+
+    @property
+    def sample_weights_json(self) -> Path:
+        return self.path / SAMPLE_WEIGHTS_JSON
+
+    def read_sample_weights(self) -> dict:
+        return self._read_json(self.sample_weights_json)
+
+    def write_sample_weights(self, data: dict) -> None:
+        write_json_atomic(self.sample_weights_json, data)
 
     def read_history(self) -> dict[str, list[float]]:
         path = self.path / HISTORY_JSON

@@ -28,6 +28,7 @@ from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
 from trainer.errors import OptionError, RunError
 from trainer.runs import RunFolder, default_run_name, environment
+from trainer.shortcuts import REWEIGHT_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (to COSINE_FLOOR of the peak)
     warmup_epochs: float = 0.0  # linear warm-up from 1 % of the peak
     label_smoothing: float = 0.0
+    reweight: str = "none"  # none | shortcuts (trainer.shortcuts.inverse_propensity_weights)
 
     def __post_init__(self) -> None:
         from trainer.batches import augment_policy
@@ -90,6 +92,8 @@ class TrainConfig:
              f"--patience must be at least 1, got {self.patience}"),
             (self.recalibrate_bn >= 0,
              f"--recalibrate-bn must be 0 (off) or a number of batches, got {self.recalibrate_bn}"),
+            (self.reweight in REWEIGHT_METHODS,
+             f"--reweight must be one of {', '.join(REWEIGHT_METHODS)}, got {self.reweight!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -150,6 +154,34 @@ def load_training_data(config: TrainConfig, progress: bool = False) -> TrainingD
                       use_cache=config.use_cache)
     train_idx, val_idx = stratified_split(full.labels, config.val_fraction, config.seed)
     return TrainingData(full.subset(train_idx), full.subset(val_idx))
+
+
+def _sample_weights(run: RunFolder, config: TrainConfig, data: TrainingData,
+                    create: bool) -> np.ndarray | None:
+    """The training images' sampling weights (``--reweight``): measured and written to the
+    run folder when it starts, read back from there when it resumes."""
+    if config.reweight == "none":
+        return None
+    from trainer.shortcuts import ShortcutWeights, shortcut_weights
+
+    if create:
+        log.info("measuring the training pictures' properties for --reweight %s",
+                 config.reweight)
+        found = shortcut_weights(config.data_dir, data.train.paths, data.train.labels,
+                                 data.labels)
+        run.write_sample_weights(found.to_dict())
+        summary = found.summary(data.train.labels, data.labels)
+        run.update_config(sample_weights=summary)
+        log.info("--reweight %s: effective sample size %.0f of %d; pictures weighted over 2x "
+                 "per class: %s", config.reweight, summary["effective_samples"],
+                 len(data.train), {k: v["over_2x"] for k, v in summary["per_class"].items()})
+    else:
+        found = ShortcutWeights.from_dict(run.read_sample_weights(),
+                                          str(run.sample_weights_json))
+        if found.paths != data.train.paths:
+            raise RunError(f"{run.sample_weights_json} names other training files than this "
+                           f"run's; it cannot be resumed with these weights")
+    return found.weights
 
 
 def _resolved_model_options(arch: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +307,7 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "loss_settings": config.loss_config(),
         "val_fraction": config.val_fraction,
         "augment": config.augment,
+        "reweight": config.reweight,
         "early_stopping_patience": config.patience,
         "selection": "best val_accuracy",
         "distribution": distribution,
@@ -284,7 +317,9 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "backend": keras.backend.backend(),
         "environment": environment(),
         "deviations": deviations(config.arch, options) + recipe_deviations(
-            config.recipe, config.recipe_values()),
+            config.recipe, config.recipe_values()) + (
+            [f"training pictures drawn with weights (--reweight {config.reweight}), not "
+             f"once each per epoch"] if config.reweight != "none" else []),
         "no_imagenet_weights": is_no_imagenet(config.arch, options),
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -419,7 +454,8 @@ def augmentation_workers(augment: str) -> int:
 
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
-         deadline: float | None = None, inference: Any = None) -> None:
+         deadline: float | None = None, inference: Any = None,
+         weights: np.ndarray | None = None) -> None:
     """Fit ``model`` (the logits view, or an old run's softmax model); validate ``inference``."""
     from trainer.batches import TrainingBatches
     from trainer.cpu_kernels import cpu_kernels
@@ -427,7 +463,8 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
-        augment=config.augment, workers=augmentation_workers(config.augment))
+        augment=config.augment, weights=weights,
+        workers=augmentation_workers(config.augment))
     recorder = _recorder(run, state, config.patience, _Validator(config, data),
                          inference if inference is not None else model, deadline)
     try:
@@ -536,10 +573,12 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
         record["command"] = command
         run.write_config(record)
         run.write_split(data.train.paths, data.val.paths)
+        weights = _sample_weights(run, config, data, create=True)
         log.info("run folder %s: %s, %d training / %d validation images, %d epoch(s)",
                  run.path, config.arch, len(data.train), len(data.val), config.epochs)
         state = _new_state()
-        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model)
+        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model,
+             weights=weights)
     _finish(run, config, data, state, started)
     return run
 
@@ -594,12 +633,14 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     if recorded.get("train") != data.train.paths or recorded.get("validation") != data.val.paths:
         raise RunError(f"the training files under {config.data_dir} differ from those this run "
                        f"started with ({run.path / 'data_split.json'}); resume needs the same data")
+    weights = _sample_weights(run, config, data, create=False)
     run.update_config(status="running", epochs=config.epochs, config=config.to_dict())
     log.info("resuming %s after epoch %d of %d", run.path, state["epochs_done"], config.epochs)
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(config.distribute):
         fitted = avoid_cpu_xla(keras.saving.load_model(checkpoint))
         model = avoid_cpu_xla(with_softmax(fitted)) if is_logits_view(fitted) else fitted
-        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model)
+        _fit(run, fitted, config, data, state, callbacks, verbose, deadline, inference=model,
+             weights=weights)
     _finish(run, config, data, state, started)
     return run

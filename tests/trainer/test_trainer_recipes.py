@@ -116,7 +116,11 @@ def test_cli_recipe_and_options(monkeypatch, tmp_path):
     assert (config.recipe, config.augment, config.optimizer, config.epochs) == (
         "paper", "light", "adam", 2)
     result, config = _cli_config(monkeypatch, tmp_path, "--recipe", "strong", "--no-augment")
-    assert config.augment == "none"
+    assert config.augment == "none" and config.reweight == "none"
+    result, config = _cli_config(monkeypatch, tmp_path, "--recipe", "strong",
+                                 "--reweight", "shortcuts")
+    assert result.exit_code == 0, result.output
+    assert (config.augment, config.reweight) == ("strong", "shortcuts")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -124,6 +128,7 @@ def test_cli_recipe_and_options(monkeypatch, tmp_path):
     (("--recipe", "strong", "--warmup-epochs", "50"), "less than --epochs"),
     (("--augment", "strong", "--no-augment"), "contradict"),
     (("--recipe", "fancy"), "Invalid value for '--recipe'"),
+    (("--reweight", "sources"), "Invalid value for '--reweight'"),
 ])
 def test_cli_refuses_bad_recipe_options(monkeypatch, tmp_path, args, message):
     result, config = _cli_config(monkeypatch, tmp_path, *args)
