@@ -120,14 +120,15 @@ def echo_with_pynetdicom(port: int, calling: str = "SCANNER") -> tuple[bool, int
 class StoreSCP:
     """dcmtk's storescp playing the PACS: every instance it receives lands in ``folder``."""
 
-    def __init__(self, folder: Path, port: int, aet: str = "PACS") -> None:
-        self.folder, self.port, self.aet = folder, port, aet
+    def __init__(self, folder: Path, port: int, aet: str = "PACS",
+                 options: tuple[str, ...] = ()) -> None:
+        self.folder, self.port, self.aet, self.options = folder, port, aet, options
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([tool("storescp"), "-aet", self.aet, "-od", str(self.folder),
-                                      str(self.port)], stdout=subprocess.DEVNULL,
+                                      *self.options, str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # listening once echoscu gets through
@@ -142,6 +143,20 @@ class StoreSCP:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+    def connected(self) -> bool:
+        """Whether a TCP connection to this PACS is open now (Linux: /proc/net/tcp)."""
+        port = f":{self.port:04X} "
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if f"{fields[1]} ".endswith(port) and fields[3] == "01":  # ESTABLISHED
+                    return True
+        return False
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

@@ -103,6 +103,26 @@ def test_truncated_file_is_a_decode_error(tmp_path):
         decode(cut)
 
 
+@pytest.mark.parametrize("body", [b"", b"\x08\x00\x16\x00"], ids=["empty", "truncated"])
+def test_a_file_meta_with_no_data_set_says_so(tmp_path, body):
+    """What the DICOM receiver keeps of a C-STORE whose data set was empty or cut inside its
+    first element (tests/edge/test_network_receiver.py): file meta, then nothing usable."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    path = tmp_path / "empty.dcm"
+    with open(path, "wb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        pydicom.filewriter.write_file_meta_info(out, meta, enforce_standard=True)
+        out.write(body)
+    with pytest.raises(DecodeError, match="holds no readable DICOM elements.*copy it again"):
+        decode(path)
+
+
 def test_monochrome1_is_inverted(tmp_path):
     ramp = np.tile(np.arange(64, dtype=np.uint16) * 64, (64, 1))
     mono2 = decode(make_dicom(tmp_path / "m2.dcm", ramp, window=(2048, 4096)))

@@ -228,6 +228,44 @@ def test_pacs_down_then_up_across_a_restart_the_sr_arrives_once(tmp_path, test_m
 
 
 @pytest.mark.slow
+def test_kill_minus_9_while_the_pacs_holds_the_sr_then_it_arrives(tmp_path, test_model, agents,
+                                                                  pacs_servers):
+    """The agent is killed while its C-STORE of an SR waits for the PACS's answer (storescp
+    sleeps 4 s inside the transfer). The SR stays queued on disk; the restarted agent sends
+    it again, with the same SOP Instance UID, and records it sent once."""
+    dcmtk()
+    pacs = StoreSCP(tmp_path / "pacs", free_port(), options=("--sleep-during", "4")).start()
+    pacs_servers.append(pacs)
+    port = free_port()
+    config = ("[studies]\nsettle_seconds = 0.5\n[pacs]\n"
+              f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\ntimeout = 20\n"
+              "retry_initial = 0.5\nretry_max = 2.0\n")
+    first = Agent(tmp_path, test_model.path, config, port).start()
+    agents.append(first)
+    uid, files = make_study(tmp_path / "scanner", [0.6] * 4)
+    assert storescu(port, files).returncode == 0
+    queue = first.outbox / ".state" / "outgoing"
+    wait_for(lambda: list(queue.glob("*.json")) and pacs.connected(), 90, every=0.01)
+    time.sleep(1.0)  # past the agent's reachability check: in the transfer, answer pending
+    assert pacs.connected() and not (queue / "sent.jsonl").exists()
+    first.kill()
+    assert len(list(queue.glob("*.dcm"))) == 1 and not (queue / "sent.jsonl").exists()
+    queued = pydicom.dcmread(str(next(queue.glob("*.dcm")))).SOPInstanceUID
+    second = Agent(tmp_path, test_model.path, config, port, name="agent2").start()
+    agents.append(second)
+    wait_for(lambda: (queue / "sent.jsonl").exists(), 90)
+    assert not list(queue.glob("*.json")) and not list(queue.glob("*.dcm"))
+    sent = [json.loads(line) for line in (queue / "sent.jsonl").read_text().splitlines()]
+    assert len(sent) == 1 and sent[0]["sop_instance_uid"] == queued
+    received = wait_for(pacs.received, 30)
+    # storescp drops the transfer cut by the kill; a PACS that kept it holds the same SOP
+    # Instance UID twice, which it treats as one object
+    assert {pydicom.dcmread(str(p)).SOPInstanceUID for p in received} == {queued}
+    assert {pydicom.dcmread(str(p)).StudyInstanceUID for p in received} == {uid}
+    assert second.stop() == 0
+
+
+@pytest.mark.slow
 def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
     """Every instance the sender saw acknowledged is processed once; none twice."""
     import threading

@@ -391,3 +391,53 @@ def test_a_transfer_given_up_leaves_no_partial_file(receiver, tmp_path, how):
         wait_for(lambda: not _spool_names(inbox), 10)
     assert not received and not inbox_files(inbox)
     assert send_with_pynetdicom(rx.port, [big]) == [0x0000]  # and it still receives
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x08\x00\x16\x00"], ids=["empty", "truncated"])
+def test_an_empty_or_truncated_data_set_is_kept_not_lost(receiver, tmp_path, payload):
+    """A C-STORE whose data set is zero bytes long (one last fragment with nothing in it)
+    or ends inside its first element: a sender's bug, probed with raw PDVs. The receiver
+    answers, keeps what came (the inbox then quarantines it with its reason: "holds no
+    readable DICOM elements"), and the association goes on to store the next instance."""
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    rx, inbox, received = receiver()
+    answers: list[int] = []
+
+    def on_message(event):  # the raw request is not pending, so read the answer here
+        answers.append(int(event.message.command_set.Status))
+
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(mr, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", rx.port, ae_title="NEUROEDGE",
+                         evt_handlers=[(evt.EVT_DIMSE_RECV, on_message)])
+    assert assoc.is_established
+    try:
+        req = C_STORE()
+        req.MessageID, req.AffectedSOPClassUID, req.Priority = 1, mr, 2
+        req.AffectedSOPInstanceUID = sop = generate_uid()
+        req.DataSet = io.BytesIO(b"x")  # so the command says a data set follows
+        message = C_STORE_RQ()
+        message.primitive_to_message(req)
+        context = assoc.accepted_contexts[0].context_id
+        for pdu in message.encode_msg(context, 16384):
+            cid, pdv = pdu.presentation_data_value_list[0]
+            if pdv[0] & 1 == 0:  # the data set's fragment: replaced by ``payload``
+                pdu.presentation_data_value_list[0] = (cid, b"\x02" + payload)
+            assoc.dul.send_pdu(pdu)
+        wait_for(lambda: answers, 10)
+        assert answers == [0x0000]
+        (kept,) = inbox_files(inbox)
+        assert received == [str(kept)]
+        meta = pydicom.filereader.read_file_meta_info(str(kept))
+        assert meta.MediaStorageSOPInstanceUID == sop  # whose it was stays known
+        assert kept.read_bytes().endswith(payload)
+        _, paths = make_study(tmp_path / "next", [0.6])
+        assert assoc.send_c_store(pydicom.dcmread(str(paths[0]))).Status == 0x0000
+        assert len(inbox_files(inbox)) == 2
+    finally:
+        assoc.release()
