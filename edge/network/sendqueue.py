@@ -50,33 +50,44 @@ log = logging.getLogger(__name__)
 
 SUCCESS_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the C-STORE warnings
 
-# What a C-STORE failure status means (DICOM PS3.4 B.2.3 and PS3.7 C), and what to do. The
-# SR stays queued whatever the status: a refusal that only a change at the PACS can cure
-# (its SOP classes, this box's rights) is said so, so that the log names the fix.
-_STATUS_MEANINGS: tuple[tuple[int, int, str], ...] = (
-    (0xA700, 0xFF00, "out of resources at the PACS (a full disk or a limit there); it is "
-                     "tried again"),
-    (0xA900, 0xFF00, "the PACS says the SR does not match its SOP class; it will refuse it "
-                     "again until its configuration changes ([pacs] sr_type = \"basic\" may "
-                     "help)"),
-    (0xC000, 0xF000, "the PACS cannot understand the SR; it will likely refuse it again: "
-                     "ask its administrator what its log says"),
-    (0x0122, 0xFFFF, "the PACS does not support this SR's SOP class ([pacs] sr_type = "
-                     "\"basic\" may help)"),
-    (0x0124, 0xFFFF, "this box is not authorized to store at the PACS: ask its "
-                     "administrator to allow this AE title"),
-    (0x0110, 0xFFFF, "processing failure at the PACS; it is tried again"),
-    (0x0211, 0xFFFF, "the PACS did not recognise the operation"),
-    (0x0117, 0xFFFF, "the PACS found the SR's instance UID invalid"),
+# What a C-STORE failure status means (DICOM PS3.4 B.2.3 and PS3.7 C), what to do, and
+# whether the PACS will refuse the same SR again until something changes there (its SOP
+# classes, this box's rights): such a refusal is logged as an error naming the fix, the SR
+# waits retry_max between attempts instead of backing off from retry_initial, and
+# `edge-agent check` lists it. The SR stays queued whatever the status.
+_STATUS_MEANINGS: tuple[tuple[int, int, bool, str], ...] = (
+    (0xA700, 0xFF00, False, "out of resources at the PACS (a full disk or a limit there); "
+                            "it is tried again"),
+    (0xA900, 0xFF00, True, "the PACS says the SR does not match its SOP class; it will "
+                           "refuse it again until its configuration changes ([pacs] sr_type "
+                           "= \"basic\" may help)"),
+    (0xC000, 0xF000, True, "the PACS cannot understand the SR; it will likely refuse it "
+                           "again: ask its administrator what its log says"),
+    (0x0122, 0xFFFF, True, "the PACS does not support this SR's SOP class ([pacs] sr_type = "
+                           "\"basic\" may help)"),
+    (0x0124, 0xFFFF, True, "this box is not authorized to store at the PACS: ask its "
+                           "administrator to allow this AE title"),
+    (0x0110, 0xFFFF, False, "processing failure at the PACS; it is tried again"),
+    (0x0211, 0xFFFF, True, "the PACS did not recognise the operation"),
+    (0x0117, 0xFFFF, True, "the PACS found the SR's instance UID invalid"),
 )
 
 
 def describe_store_status(code: int) -> str:
     """A C-STORE failure status for a reader: its hex code and, where known, its meaning."""
-    for value, mask, meaning in _STATUS_MEANINGS:
+    for value, mask, _, meaning in _STATUS_MEANINGS:
         if code & mask == value:
             return f"status 0x{code:04X}: {meaning}"
     return f"status 0x{code:04X}; it is tried again"
+
+
+def status_lasts(code: int) -> bool:
+    """Whether the PACS will answer the same SR with this failure status again until
+    something is changed there (an unknown status: no, it is tried as usual)."""
+    for value, mask, lasting, _ in _STATUS_MEANINGS:
+        if code & mask == value:
+            return lasting
+    return False
 
 
 @dataclass
@@ -92,6 +103,7 @@ class Outgoing:
     attempts: int = 0
     next_attempt: float = 0.0  # time.time() of the next try
     last_error: str | None = None
+    refused: bool = False  # the last answer was a refusal only a change at the PACS cures
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outgoing:
@@ -112,6 +124,8 @@ class Outgoing:
             raise ValueError("next_attempt is not a number")
         if not isinstance(values.get("last_error"), (str, type(None))):
             raise ValueError("last_error is not text")
+        if not isinstance(values.get("refused", False), bool):
+            raise ValueError("refused is not true or false")
         return cls(**values)
 
 
@@ -119,11 +133,13 @@ class SendError(Exception):
     """A send that did not succeed; the message says why, for the log and the record.
 
     ``peer_down``: the PACS could not be reached at all (no connection, no answer to the
-    association request), so no other SR can be sent to it now either."""
+    association request), so no other SR can be sent to it now either. ``lasting``: the PACS
+    answered, and will answer the same until something is changed there."""
 
-    def __init__(self, message: str, peer_down: bool = False) -> None:
+    def __init__(self, message: str, peer_down: bool = False, lasting: bool = False) -> None:
         super().__init__(message)
         self.peer_down = peer_down
+        self.lasting = lasting
 
 
 class SendQueue:
@@ -265,10 +281,14 @@ class SendQueue:
     def path_of(self, item: Outgoing) -> Path:
         return self.folder / f"{item.key}.dcm"
 
-    def failed(self, item: Outgoing, error: str, pacs: PacsConfig) -> float:
-        """Record a failed attempt; return the seconds until the next one."""
+    def failed(self, item: Outgoing, error: str, pacs: PacsConfig,
+               lasting: bool = False) -> float:
+        """Record a failed attempt; return the seconds until the next one (``retry_max`` for
+        a refusal that lasts: trying sooner cannot help)."""
         item.attempts += 1
-        delay = min(pacs.retry_max, pacs.retry_initial * 2 ** (item.attempts - 1))
+        item.refused = lasting
+        delay = (pacs.retry_max if lasting
+                 else min(pacs.retry_max, pacs.retry_initial * 2 ** (item.attempts - 1)))
         delay *= random.uniform(0.9, 1.1)
         item.next_attempt = time.time() + delay
         item.last_error = error
@@ -326,7 +346,7 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     if not assoc.is_established:
         if assoc.is_rejected:
             raise SendError(f"{peer} rejected the association (is this box's AE title "
-                            f"{network.ae_title} registered there?)")
+                            f"{network.ae_title} registered there?)", lasting=True)
         if assoc.is_aborted:
             raise SendError(f"{peer} aborted the association (or did not answer the request "
                             f"within {pacs.timeout:g}s)", peer_down=True)
@@ -335,7 +355,7 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     try:
         if not assoc.accepted_contexts:
             raise SendError(f"{peer} does not accept this SR's SOP class {item.sop_class_uid} "
-                            "([pacs] sr_type = \"basic\" may help)")
+                            "([pacs] sr_type = \"basic\" may help)", lasting=True)
         status = assoc.send_c_store(ds)
     finally:
         if assoc.is_established:
@@ -344,7 +364,8 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     if code == -1:
         raise SendError(f"{peer} did not answer the C-STORE (timeout or connection lost)")
     if code not in SUCCESS_STATUSES:
-        raise SendError(f"{peer} refused the SR with {describe_store_status(code)}")
+        raise SendError(f"{peer} refused the SR with {describe_store_status(code)}",
+                        lasting=status_lasts(code))
     return code
 
 
@@ -413,12 +434,20 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - every failure is retried later
             why = str(exc) if isinstance(exc, SendError) else (
                 f"{exc.__class__.__name__}: {str(exc)[:200]}")
-            delay = self.queue.failed(item, why, self.pacs)
+            lasting = isinstance(exc, SendError) and exc.lasting
+            was_refused = item.refused
+            delay = self.queue.failed(item, why, self.pacs, lasting=lasting)
             self.counts["failed_attempts"] += 1
             peer_down = isinstance(exc, SendError) and exc.peer_down
             if peer_down and item.attempts > 1:  # said at the first; then once per backoff
                 log.info("the PACS %s still cannot be reached; next attempt in %.0fs",
                          self.peer, delay)
+            elif lasting:  # an error the first time; then a reminder at each attempt
+                log.log(logging.INFO if was_refused else logging.ERROR,
+                        "the PACS refused the SR of study %s (%s); it will refuse it again "
+                        "until that is changed there. The SR stays queued and is tried again "
+                        "every %.0fs (attempt %d); `edge-agent check` lists such SRs",
+                        item.study, why, delay, item.attempts)
             else:
                 log.warning("could not send the SR of study %s (%s); attempt %d failed, next "
                             "in %.0fs", item.study, why, item.attempts, delay)

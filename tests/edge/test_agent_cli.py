@@ -79,6 +79,30 @@ def test_check_passes_then_fails_on_a_tampered_model(tmp_path, test_model):
     assert no_inbox.returncode == EX_CONFIG and "does not exist" in no_inbox.stdout
 
 
+def test_check_lists_srs_the_pacs_refuses_without_failing(tmp_path, test_model):
+    """An SR the PACS refuses until it is changed there needs a person; it is a warning,
+    not a failed check (install.sh runs `check`, and the agent must keep running)."""
+    from agent_helpers import fast_config
+
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    queue = outbox / ".state" / "outgoing"
+    queue.mkdir(parents=True)
+    record = {"key": "k1", "study": "abc", "group": "abc", "sop_class_uid": "1.2",
+              "sop_instance_uid": "1.3", "created_at": "2026-12-05T08:00:00+00:00",
+              "attempts": 3, "next_attempt": 0.0, "refused": True,
+              "last_error": "PACS@127.0.0.1:104 refused the SR with status 0x0124: this box "
+                            "is not authorized to store at the PACS"}
+    (queue / "k1.json").write_text(json.dumps(record))
+    (queue / "k1.dcm").write_bytes(b"sr")
+    config = fast_config(tmp_path, "[pacs]\nsend_to = \"PACS@127.0.0.1:104\"\n")
+    result = run_agent(["--config", str(config), "check", "--model", str(test_model.path),
+                        "--inbox", str(inbox), "--outbox", str(outbox)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING sr queue: 1 SR(s) refused by PACS@127.0.0.1:104" in result.stdout
+    assert "0x0124" in result.stdout and "all checks passed" in result.stdout
+
+
 def test_watch_without_inbox_is_a_config_error():
     result = run_agent(["watch", "--once", "--model", "."])
     assert result.returncode == EX_CONFIG and "no inbox given" in result.stderr

@@ -389,6 +389,7 @@ def test_a_real_pacs_refusing_an_sr_is_logged_with_its_meaning_and_the_sr_stays(
         server.shutdown()
     [kept] = queue.items()
     assert kept.attempts == 1 and f"0x{code:04X}" in kept.last_error and words in kept.last_error
+    assert kept.refused  # both statuses last until the PACS is changed
     assert f"0x{code:04X}" in caplog.text and words in caplog.text
     assert "Traceback" not in caplog.text
 
@@ -425,3 +426,73 @@ def test_a_queue_folder_that_cannot_be_written_is_said_plainly_without_a_traceba
     assert said.levelname == "ERROR" and "Permission denied" in said.getMessage()
     assert "owner" in said.getMessage()
     assert [i.key for i in SendQueue(tmp_path).items()] == ["k1"]  # still queued
+
+
+def test_a_refusal_that_lasts_waits_retry_max_is_an_error_once_and_check_lists_it(
+        tmp_path, caplog):
+    """A PACS that answers 0xA900 (or 0x0124: this box not allowed) will answer the same
+    until someone changes it: trying again in 30 s cannot help, so the SR waits retry_max;
+    the first refusal is an error naming the fix, the next ones a reminder; `edge-agent
+    check` lists such SRs apart from those merely waiting. A passing failure (0xA700) backs
+    off as before."""
+    import logging
+
+    from edge.checks import _check_sr_queue
+    from edge.network.sendqueue import describe_store_status, status_lasts
+
+    assert status_lasts(0xA900) and status_lasts(0x0124) and status_lasts(0xC001)
+    assert not status_lasts(0xA700) and not status_lasts(0x0110) and not status_lasts(0xFE00)
+    caplog.set_level(logging.INFO)
+    queue = SendQueue(tmp_path)
+    queue.open()
+    queue.enqueue(item("k1", group="g1"), b"sr")
+    queue.enqueue(item("k2", group="g2"), b"sr")
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=600.0)
+
+    def pacs(path, item, *args):
+        code = 0xA900 if item.key == "k1" else 0xA700
+        raise SendError(f"{PEER} refused the SR with {describe_store_status(code)}",
+                        lasting=status_lasts(code))
+
+    sender = Sender(queue, PEER, NetworkConfig(), config, send=pacs)
+    start = time.time()
+    sender.send_due(now=start)
+    refused, passing = queue.items()
+    assert refused.refused and not passing.refused
+    assert 540 <= refused.next_attempt - start <= 661  # retry_max +-10 %
+    assert passing.next_attempt - start <= 12  # retry_initial +-10 %
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "will refuse it again until that is changed" in errors[0].message
+    caplog.clear()
+    sender.send_due(now=start + 700)  # both due again: a reminder, not another error
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "attempt 2" in caplog.text
+    lines = []
+    _check_sr_queue(tmp_path, str(PEER), lambda w, d: lines.append(("ok", d)),
+                    lambda w, d: lines.append(("warn", d)))
+    (ok_line, warn_line) = lines
+    assert ok_line[0] == "ok" and "1 SR(s) waiting" in ok_line[1] and "0xA700" in ok_line[1]
+    assert warn_line[0] == "warn" and "1 SR(s) refused" in warn_line[1]
+    assert "0xA900" in warn_line[1] and "sr_type" in warn_line[1]
+    record = json.loads((queue.folder / "k1.json").read_text())
+    record["refused"] = "yes"  # a damaged field: rebuilt from the SR, never dropped
+    (queue.folder / "k1.json").write_text(json.dumps(record))
+    assert Outgoing.from_dict({**record, "refused": False}).refused is False
+    with pytest.raises(ValueError, match="refused is not true or false"):
+        Outgoing.from_dict(record)
+
+
+def test_check_says_when_no_sr_waits_and_counts_those_set_aside(tmp_path):
+    from edge.checks import _check_sr_queue
+
+    lines = []
+    _check_sr_queue(tmp_path, "PACS@h:104", lambda w, d: lines.append(("ok", d)),
+                    lambda w, d: lines.append(("warn", d)))
+    assert lines == [("ok", "no SR waiting for PACS@h:104")]
+    damaged = tmp_path / ".state" / "outgoing" / "damaged"
+    damaged.mkdir(parents=True)
+    (damaged / "k9.dcm").write_bytes(b"x")
+    lines.clear()
+    _check_sr_queue(tmp_path, "PACS@h:104", lambda w, d: lines.append(("ok", d)),
+                    lambda w, d: lines.append(("warn", d)))
+    assert lines[0][0] == "warn" and "1 SR(s)" in lines[0][1] and "will not be sent" in lines[0][1]
