@@ -44,6 +44,8 @@ def in_percent(metrics: dict[str, Any]) -> dict[str, Any]:
         "accuracy_pct": _pct(metrics["accuracy"]),
         "tumour_images": metrics["tumour_images"],
         "tumour_sensitivity_pct": _pct(metrics["tumour_sensitivity"]),
+        "tumour_sensitivity_ci95_pct": ([_pct(v) for v in metrics["tumour_sensitivity_ci95"]]
+                                        if metrics.get("tumour_sensitivity_ci95") else None),
         "mean_top_probability": round(metrics["mean_top_probability"], 4),
         "predicted": metrics["predicted"],
         "folders": {name: {"n": f["n"], "correct": f["correct"],
@@ -87,8 +89,11 @@ def table_lines(results: Sequence[dict[str, Any]], mode: str) -> list[str]:
             lines.append(f"  {name:26}{cells}")
         if first["tumour_sensitivity_pct"] is not None:
             cells = "".join(f"{r[role]['tumour_sensitivity_pct']:>9.2f}%" for role in roles)
+            ci = r[roles[-1]].get("tumour_sensitivity_ci95_pct")
+            where = (f"; {mode if roles[-1] == 'quantized' else roles[-1]} 95% CI "
+                     f"{ci[0]:.1f}-{ci[1]:.1f}%" if ci else "")
             lines.append(f"  {'tumour sensitivity':26}{cells}   (tumour pictures not called "
-                         f"no-tumour, n={first['tumour_images']})")
+                         f"no-tumour, n={first['tumour_images']}{where})")
     return lines
 
 

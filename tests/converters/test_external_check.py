@@ -36,8 +36,10 @@ def test_conversion_reports_and_records_the_external_check(tiny_run, tmp_path):
         assert entry[role]["tumour_images"] == 12
         assert entry[role]["folders"]["tumour"]["n"] == 12
         assert entry[role]["tumour_sensitivity_pct"] >= 75.0  # the tiny task is easy
+        lo, hi = entry[role]["tumour_sensitivity_ci95_pct"]  # 12 pictures: a wide interval
+        assert lo < entry[role]["tumour_sensitivity_pct"] <= hi and hi - lo > 15
     assert "External check hospital-b" in outcome.summary
-    assert "tumour sensitivity" in outcome.summary
+    assert "tumour sensitivity" in outcome.summary and "int8 95% CI" in outcome.summary
     manifest, _ = load_verified(tmp_path / "model")
     [recorded] = external_checks(manifest)
     assert recorded["quantized_tumour_sensitivity_pct"] == entry["quantized"][

@@ -63,10 +63,23 @@ def test_class_folders_need_the_exact_class_and_count_towards_sensitivity():
     assert result["accuracy"] == pytest.approx(3 / 6)
     assert result["tumour_images"] == 4  # glioma x3 + tumour x1; notumor pictures are not
     assert result["tumour_sensitivity"] == pytest.approx(3 / 4)
+    lo, hi = result["tumour_sensitivity_ci95"]
+    assert lo < 0.75 < hi and (lo, hi) == pytest.approx((0.3006, 0.9544), abs=1e-4)
     line = summary_line("other-hospital", result)
-    assert "glioma 33.33% (1/3)" in line and "tumour sensitivity 75.00%" in line
+    assert "glioma 33.33% (1/3)" in line and "tumour sensitivity 75.00% (95% CI 30.1-95.4%)" in line
     table = markdown_rows([{"name": "other-hospital", "metrics": result}])
-    assert table.count("| other-hospital |") == 3
+    assert table.count("| other-hospital |") == 3 and "75.00% (95% CI 30.1-95.4%)" in table
+
+
+def test_the_wilson_interval_of_a_sensitivity():
+    """Reference values (Wilson score interval, z = 1.96): 57 of 89 Br35H tumours found, the
+    ends (0 and all of 10), and no pictures at all."""
+    from trainer.external import wilson_interval
+
+    assert wilson_interval(57, 89) == pytest.approx((0.5369, 0.7324), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) is None
 
 
 def test_only_no_tumour_pictures_have_no_sensitivity():
