@@ -190,7 +190,19 @@ neuroedge source tree or release archive"
 MODELS=$PREFIX/models
 if [ -z "$MODEL" ]; then
     if [ -L "$D$MODELS/current" ]; then
-        say "no --model given: keeping the current model $(readlink "$D$MODELS/current")"
+        kept=$(readlink "$D$MODELS/current")
+        say "no --model given: keeping the current model $kept"
+        # The package's own model may be newer: say so, never switch silently (the site's
+        # acceptance test was run with the model it has).
+        if [ -f "$SOURCE_TREE/edge/models/model.json" ] \
+                && shipped=$(model_fields "$SOURCE_TREE/edge/models/model.json" 2>/dev/null); then
+            shipped=$(printf '%s\n' "$shipped" | sed -n '1p;2p' | paste -sd-)
+            if [ "$shipped" != "$kept" ]; then
+                say "this package ships the model $shipped; to run it instead: sudo $0 \
+--model $SOURCE_TREE/edge/models, then repeat the site acceptance test (edge-agent validate, \
+docs/agent.md) before the clinic relies on it"
+            fi
+        fi
     elif [ -f "$SOURCE_TREE/edge/models/model.json" ]; then
         MODEL=$SOURCE_TREE/edge/models
     else

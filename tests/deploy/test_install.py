@@ -150,6 +150,10 @@ def test_upgrade_switches_model_and_keeps_config(tmp_path: Path, model: Path) ->
     out = run(INSTALL, "--destdir", str(dest), "--no-venv").stdout
     assert "keeping the current model toy-2.0.0" in out
     assert os.readlink(models / "current") == "toy-2.0.0"
+    # ... and says which model this package ships, and how to switch to it
+    shipped = json.loads((REPO / "edge/models/model.json").read_text())
+    assert f"this package ships the model {shipped['name']}-{shipped['version']}" in out
+    assert "--model " + str(REPO / "edge/models") in out and "edge-agent validate" in out
 
 
 def test_custom_paths_are_written_into_unit_and_config(tmp_path: Path, model: Path) -> None:
