@@ -190,11 +190,15 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
                    "the background refilled; 'contrast': background and the head's grey "
                    "levels remapped  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
-@click.option("--reweight", type=click.Choice(["none", "shortcuts"]), default="none",
+@click.option("--reweight", type=click.Choice(["none", "shortcuts", "planes"]), default="none",
               show_default=True,
-              help="'shortcuts': draw each training picture with weight 1 / P(its no-tumour-"
-                   "or-tumour answer | picture properties), so that the properties the "
-                   "shortcut audit measures say nothing about that answer (docs/shortcuts.md).")
+              help="Draw each training picture with weight 1 / P(its no-tumour-or-tumour "
+                   "answer | a cue), so that the cue says nothing about that answer: "
+                   "'shortcuts': the picture properties of the shortcut audit; 'planes': the "
+                   "slice plane, axial or not (docs/training.md).")
+@click.option("--planes", "planes_file", type=click.Path(dir_okay=False),
+              help="Plane table for --reweight planes (default docs/planes/training_planes.csv; "
+                   "made by python -m trainer planes).")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
@@ -256,7 +260,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         distribute=opts["distribute"], recalibrate_bn=opts["recalibrate_bn"],
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
         spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"],
-        reweight=opts["reweight"])
+        reweight=opts["reweight"],
+        planes_file=str(Path(opts["planes_file"]).resolve()) if opts["planes_file"] else None)
     config.validate()  # before Keras loads
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,
@@ -446,6 +451,46 @@ def audit_leakage(data_dir: str, out: str | None, threshold: float | None) -> No
     for key, value in (result or {}).items():
         if isinstance(value, (int, float, str)):
             click.echo(f"  {key}: {value}")
+
+
+@main.command("planes")
+@click.argument("data_dir", type=click.Path(file_okay=False))
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False),
+              help="Hand labels, 'path,plane' (default docs/planes/hand_labels.csv).")
+@click.option("--model", type=click.Path(),
+              help="Model folder whose 'features' output is used (default: the shipped one).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Plane table to write (default docs/planes/training_planes.csv).")
+@_user_errors
+def planes(data_dir: str, labels_file: str | None, model: str | None, out: str | None) -> None:
+    """Label every training picture axial or not, from hand labels of a sample (for
+    --reweight planes)."""
+    from trainer.planes import (
+        DEFAULT_HAND_LABELS,
+        DEFAULT_PLANES,
+        label_planes,
+        model_features,
+        read_hand_labels,
+        write_planes,
+    )
+
+    hand = read_hand_labels(labels_file or DEFAULT_HAND_LABELS)
+    paths, features = model_features(model or "", data_dir, progress=True)
+    table, info = label_planes(paths, features, hand)
+    target = Path(out) if out else DEFAULT_PLANES
+    write_planes(target, table)
+    from trainer.data import scan_split
+
+    listed, labels, names = scan_split(data_dir, "Training")
+    index = {p: i for i, p in enumerate(table.paths)}
+    axial = table.axial[[index[p] for p in listed]]
+    click.echo(f"{info['hand_labels']} hand labels; leave-one-out accuracy of 'axial or not' "
+               f"from the model's features: {100 * info['leave_one_out_accuracy']:.1f}%")
+    for c, name in enumerate(names):
+        members = labels == c
+        click.echo(f"  {name:12} {int(members.sum()):5} pictures, "
+                   f"{100 * axial[members].mean():.0f}% axial")
+    click.echo(f"wrote {target}")
 
 
 @main.command("audit-shortcuts")

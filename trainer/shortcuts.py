@@ -351,7 +351,7 @@ def external_calls(reference: FeatureTable, external: FeatureTable, names: list[
 
 # -- weights against the shortcut (``python -m trainer train --reweight shortcuts``) ------
 
-REWEIGHT_METHODS = ("none", "shortcuts")
+REWEIGHT_METHODS = ("none", "shortcuts", "planes")
 # A picture's weight is 1 / P(its own no-tumour-or-tumour answer | properties), capped by
 # this floor at 1 / 0.1 = 10 before each class is scaled back to its own count.
 REWEIGHT_FLOOR = 0.1
@@ -367,6 +367,8 @@ class ShortcutWeights:
     p_true: np.ndarray
     weights: np.ndarray
     floor: float
+    method: str = "shortcuts"
+    basis: str = "visible properties"  # what the propensity was predicted from
 
     def summary(self, labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
         w = self.weights
@@ -376,12 +378,13 @@ class ShortcutWeights:
             heavy = m & (w > 2.0)
             per_class[name] = {"n": int(m.sum()), "over_2x": int(heavy.sum()),
                                "max": round(float(w[m].max()), 2) if m.any() else None}
-        return {"method": "shortcuts", "properties": "visible", "floor": self.floor,
+        return {"method": self.method, "basis": self.basis, "floor": self.floor,
                 "effective_samples": round(float(w.sum() ** 2 / np.sum(w ** 2)), 1),
                 "per_class": per_class}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "method": "shortcuts", "floor": self.floor, "paths": self.paths,
+        return {"format": 1, "method": self.method, "basis": self.basis, "floor": self.floor,
+                "paths": self.paths,
                 "p_true": [round(float(v), 6) for v in self.p_true],
                 "weights": [round(float(v), 6) for v in self.weights]}
 
@@ -395,7 +398,8 @@ class ShortcutWeights:
             if not np.all(np.isfinite(w)) or np.any(w <= 0):
                 raise ValueError("weights must be positive numbers")
             return cls(list(paths), np.asarray(p_true, dtype=np.float64), w,
-                       float(data["floor"]))
+                       float(data["floor"]), str(data.get("method", "shortcuts")),
+                       str(data.get("basis", "visible properties")))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{where} is not a sample-weights file this version can read "
                             f"({exc}); start the run again") from None
@@ -448,6 +452,21 @@ def shortcut_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: 
     idx = [FEATURES.index(c) for c in VISIBLE]
     p_true, weights = inverse_propensity_weights(features[:, idx], labels, names, floor=floor)
     return ShortcutWeights(list(paths), p_true, weights, floor)
+
+
+def plane_weights(paths: Sequence[str], labels: np.ndarray, names: Sequence[str],
+                  planes_file: str | os.PathLike, *,
+                  floor: float = REWEIGHT_FLOOR) -> ShortcutWeights:
+    """Weights against the slice plane as a cue (``trainer.planes``): the propensity of
+    "no tumour" given "axial or not", from the plane table ``planes_file``."""
+    from edge.manifest import sha256_file
+    from trainer.planes import read_planes
+
+    axial = read_planes(planes_file).lookup(list(paths), str(planes_file)) >= 0.5
+    p_true, weights = inverse_propensity_weights(axial[:, None].astype(np.float64), labels,
+                                                 names, floor=floor)
+    basis = f"axial or not ({Path(planes_file).name}, sha256 {sha256_file(planes_file)[:12]})"
+    return ShortcutWeights(list(paths), p_true, weights, floor, "planes", basis)
 
 
 def audit_shortcuts(data_dir: str | os.PathLike, external: Sequence[str | os.PathLike] = (),

@@ -67,7 +67,8 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (to COSINE_FLOOR of the peak)
     warmup_epochs: float = 0.0  # linear warm-up from 1 % of the peak
     label_smoothing: float = 0.0
-    reweight: str = "none"  # none | shortcuts (trainer.shortcuts.inverse_propensity_weights)
+    reweight: str = "none"  # none | shortcuts | planes (trainer.shortcuts)
+    planes_file: str | None = None  # --reweight planes; None: docs/planes/training_planes.csv
 
     def __post_init__(self) -> None:
         from trainer.batches import augment_policy
@@ -94,6 +95,11 @@ class TrainConfig:
              f"--recalibrate-bn must be 0 (off) or a number of batches, got {self.recalibrate_bn}"),
             (self.reweight in REWEIGHT_METHODS,
              f"--reweight must be one of {', '.join(REWEIGHT_METHODS)}, got {self.reweight!r}"),
+            (self.planes_file is None or self.reweight == "planes",
+             "--planes FILE is the plane table of --reweight planes; give both or neither"),
+            (self.planes_file is None or Path(self.planes_file).is_file(),
+             f"--planes {self.planes_file} does not exist; make it with: python -m trainer "
+             "planes DATA_DIR"),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,13 +168,19 @@ def _sample_weights(run: RunFolder, config: TrainConfig, data: TrainingData,
     run folder when it starts, read back from there when it resumes."""
     if config.reweight == "none":
         return None
-    from trainer.shortcuts import ShortcutWeights, shortcut_weights
+    from trainer.shortcuts import ShortcutWeights, plane_weights, shortcut_weights
 
     if create:
-        log.info("measuring the training pictures' properties for --reweight %s",
-                 config.reweight)
-        found = shortcut_weights(config.data_dir, data.train.paths, data.train.labels,
-                                 data.labels)
+        if config.reweight == "planes":
+            from trainer.planes import DEFAULT_PLANES
+
+            found = plane_weights(data.train.paths, data.train.labels, data.labels,
+                                  config.planes_file or DEFAULT_PLANES)
+        else:
+            log.info("measuring the training pictures' properties for --reweight %s",
+                     config.reweight)
+            found = shortcut_weights(config.data_dir, data.train.paths, data.train.labels,
+                                     data.labels)
         run.write_sample_weights(found.to_dict())
         summary = found.summary(data.train.labels, data.labels)
         run.update_config(sample_weights=summary)
