@@ -191,19 +191,30 @@ def test_a_caller_not_allowed_is_refused_and_logged(tmp_path, test_model, agents
     assert "allowed_calling_aets" in log
 
 
+def _sending_config(pacs_port: int, retry_max: float, timeout: float) -> str:
+    return ("[studies]\nsettle_seconds = 0.5\n[pacs]\n"
+            f"send_to = \"PACS@127.0.0.1:{pacs_port}\"\nretry_initial = 0.5\n"
+            f"retry_max = {retry_max}\ntimeout = {timeout}\n")
+
+
+def _agent_sent_a_study(tmp_path, test_model, agents, config: str, slices: int):
+    """An agent with ``config``, and a study of ``slices`` slices sent to it by storescu:
+    (the agent, its port, the Study Instance UID, its SR queue folder)."""
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, config, port).start()
+    agents.append(agent)
+    uid, files = make_study(tmp_path / "scanner", [0.6] * slices)
+    assert storescu(port, files).returncode == 0
+    return agent, port, uid, agent.outbox / ".state" / "outgoing"
+
+
 @pytest.mark.slow
 def test_pacs_down_then_up_across_a_restart_the_sr_arrives_once(tmp_path, test_model, agents,
                                                                pacs_servers):
     dcmtk()
-    pacs_port, port = free_port(), free_port()
-    config = ("[studies]\nsettle_seconds = 0.5\n[pacs]\n"
-              f"send_to = \"PACS@127.0.0.1:{pacs_port}\"\nretry_initial = 0.5\n"
-              "retry_max = 1.0\ntimeout = 5.0\n")
-    first = Agent(tmp_path, test_model.path, config, port).start()
-    agents.append(first)
-    uid, files = make_study(tmp_path / "scanner", [0.6] * 5)
-    assert storescu(port, files).returncode == 0
-    queue = first.outbox / ".state" / "outgoing"
+    pacs_port = free_port()
+    config = _sending_config(pacs_port, retry_max=1.0, timeout=5.0)
+    first, port, uid, queue = _agent_sent_a_study(tmp_path, test_model, agents, config, 5)
 
     def attempts() -> int:
         records = [json.loads(p.read_text()) for p in queue.glob("*.json")]
@@ -236,15 +247,8 @@ def test_kill_minus_9_while_the_pacs_holds_the_sr_then_it_arrives(tmp_path, test
     dcmtk()
     pacs = StoreSCP(tmp_path / "pacs", free_port(), options=("--sleep-during", "4")).start()
     pacs_servers.append(pacs)
-    port = free_port()
-    config = ("[studies]\nsettle_seconds = 0.5\n[pacs]\n"
-              f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\ntimeout = 20\n"
-              "retry_initial = 0.5\nretry_max = 2.0\n")
-    first = Agent(tmp_path, test_model.path, config, port).start()
-    agents.append(first)
-    uid, files = make_study(tmp_path / "scanner", [0.6] * 4)
-    assert storescu(port, files).returncode == 0
-    queue = first.outbox / ".state" / "outgoing"
+    config = _sending_config(pacs.port, retry_max=2.0, timeout=20.0)
+    first, port, uid, queue = _agent_sent_a_study(tmp_path, test_model, agents, config, 4)
     wait_for(lambda: list(queue.glob("*.json")) and pacs.connected(), 90, every=0.01)
     time.sleep(1.0)  # past the agent's reachability check: in the transfer, answer pending
     assert pacs.connected() and not (queue / "sent.jsonl").exists()
