@@ -114,16 +114,23 @@ def model_features(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     """(Training paths, the model's ``features`` output for each), through the device's
     runtime and preprocessing."""
     from edge.classifier import resolve_model_path
+    from edge.errors import EdgeError
     from edge.manifest import load_verified
     from edge.preprocess import scale
     from edge.runtime import TFLiteClassifier
-    from trainer.data import load_split
+    from trainer.data import load_split, scan_split
 
-    manifest, model_path = load_verified(resolve_model_path(str(model_dir)))
+    scan_split(data_dir, "Training")  # a wrong data folder fails before the model loads
+    try:
+        manifest, model_path = load_verified(resolve_model_path(str(model_dir)))
+        classifier = TFLiteClassifier(model_path, manifest)
+    except EdgeError as exc:
+        raise DataError(f"cannot use the model {model_dir or '(the shipped one)'}: {exc}") \
+            from None
     if "features" not in manifest.outputs:
-        raise DataError(f"the model in {model_dir} has no 'features' output (manifest "
-                        "format 2 models have it); pass --model with such a model")
-    classifier = TFLiteClassifier(model_path, manifest)
+        raise DataError(f"the model in {model_dir or '(the shipped one)'} has no 'features' "
+                        "output (manifest format 2 models have it); pass --model with such a "
+                        "model")
     data = load_split(data_dir, "Training", manifest.preprocess, progress=progress)
     features = np.empty((len(data.paths), manifest.outputs["features"].spec.shape[-1]))
     for i, image in enumerate(data.images):

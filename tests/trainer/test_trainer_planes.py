@@ -126,6 +126,12 @@ def test_the_planes_command_labels_a_data_set_with_the_shipped_models_features(t
                                     "--out", str(out)])
     assert bad.exit_code != 0 and "cannot read the hand labels" in bad.output
     assert "Traceback" not in bad.output
+    no_model = CliRunner().invoke(main, ["planes", str(root), "--labels", str(hand),
+                                         "--model", str(tmp_path), "--out", str(out)])
+    assert no_model.exit_code != 0 and "cannot use the model" in no_model.output
+    assert "model.json" in no_model.output and "Traceback" not in no_model.output
+    no_data = CliRunner().invoke(main, ["planes", str(tmp_path / "none"), "--labels", str(hand)])
+    assert no_data.exit_code != 0 and "does not exist" in no_data.output
 
 
 def test_a_run_with_reweight_planes_records_its_table(tmp_path):
