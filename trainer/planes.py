@@ -56,14 +56,23 @@ class PlaneTable:
         return self.p_axial >= 0.5
 
     def lookup(self, paths: Sequence[str], where: str) -> np.ndarray:
-        """P(axial) of ``paths``; a DataError naming the first few this table lacks."""
+        """P(axial) of ``paths``; a DataError naming the first few this table lacks.
+
+        A path matches with or without its suffix: a training pack's copies
+        (``python -m trainer pack``) are ``.png`` files of the original ``.jpg`` ones."""
         index = {p: i for i, p in enumerate(self.paths)}
-        missing = [p for p in paths if p not in index]
+        index.update({_stem(p): i for i, p in enumerate(self.paths)})
+        missing = [p for p in paths if p not in index and _stem(p) not in index]
         if missing:
             raise DataError(f"{where} has no plane for {len(missing)} training picture(s) "
                             f"(e.g. {', '.join(missing[:3])}); make it again for this data "
                             "with: python -m trainer planes DATA_DIR")
-        return self.p_axial[[index[p] for p in paths]]
+        return self.p_axial[[index.get(p, index.get(_stem(p))) for p in paths]]
+
+
+def _stem(path: str) -> str:
+    """``Training/glioma/x.jpg`` -> ``Training/glioma/x``."""
+    return str(Path(path).with_suffix("").as_posix())
 
 
 def read_hand_labels(path: str | os.PathLike) -> dict[str, str]:

@@ -69,6 +69,8 @@ def test_the_plane_table_round_trips_and_names_what_it_lacks(tmp_path):
     assert back.paths == table.paths and back.source == table.source
     np.testing.assert_allclose(back.p_axial, table.p_axial)
     assert list(back.lookup(["Training/b/2.jpg"], "planes.csv")) == [0.2]
+    # a training pack's .png copies of the .jpg originals find their planes too
+    assert list(back.lookup(["Training/b/2.png", "Training/a/1.png"], "planes.csv")) == [0.2, 0.9]
     with pytest.raises(DataError, match="planes.csv has no plane for 1 training picture.*"
                                         "python -m trainer planes"):
         back.lookup(["Training/c/3.jpg"], "planes.csv")
