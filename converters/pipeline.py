@@ -372,7 +372,8 @@ def _reject(opts: ConvertOptions, report: dict[str, Any], gate: GateResult, save
                      if input_spec.quantized else None,
                      architecture=architecture, calibration_size=opts.calibration_size,
                      mode=opts.mode, comparison=report.get("evaluation"),
-                     keep_float=opts.keep_float or ())
+                     keep_float=opts.keep_float or (),
+                     tflite_path=saved_model.parent / MODEL_NAME)
     report["quant_debug"] = debug.to_dict()
     rejected = opts.out / REJECTED
     staged = saved_model.parent / REJECTED

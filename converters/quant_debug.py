@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 SUSPECT_STEPS = 0.7
 TOP_LAYERS = 10
+# XNNPACK, the CPU delegate both device runtimes apply by default, refuses a quantized
+# convolution or fully connected op whose requantization scale (input scale x filter scale
+# / output scale) is outside [2^-32, 256): the model then fails to load ("failed to prepare").
+XNNPACK_REQUANT_RANGE = (2.0 ** -32, 256.0)
+_REQUANTIZED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 @dataclass
@@ -42,10 +47,12 @@ class QuantDebugReport:
     findings: list[str] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     error: str = ""
+    xnnpack_refused: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         ranked = sorted(self.layers, key=lambda r: -r["rmse_steps"])[:TOP_LAYERS]
         return {"layers_analysed": len(self.layers), "worst_layers": ranked,
+                "xnnpack_refused": self.xnnpack_refused,
                 "first_suspect_layer": self.first_suspect,
                 "calibration_range": self.calibration_range,
                 "expected_input_range": self.expected_range,
@@ -107,12 +114,52 @@ def _short_name(name: str) -> str:
     return "/".join(parts[1:]) if len(parts) > 2 else first
 
 
+def requantization_problems(tflite_path: Path) -> list[dict[str, Any]]:
+    """The quantized ops XNNPACK will refuse: requantization scale outside
+    ``XNNPACK_REQUANT_RANGE``. Read with the plain kernels (no delegate); empty when no
+    interpreter is installed here."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            return []
+    interpreter = Interpreter(model_path=str(tflite_path),
+                              experimental_op_resolver_type=(
+                                  OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    low, high = XNNPACK_REQUANT_RANGE
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in _REQUANTIZED_OPS or len(op["inputs"]) < 2:
+            continue
+        scales = [tensors[i]["quantization_parameters"]["scales"] if i >= 0 else np.zeros(0)
+                  for i in (op["inputs"][0], op["inputs"][1], op["outputs"][0])]
+        if not all(len(sc) for sc in scales):
+            continue  # a float op (kept in float, or not quantized)
+        ratio = scales[0][0] * scales[1] / scales[2][0]
+        if ratio.min() < low or ratio.max() >= high:
+            found.append({"index": int(op["index"]), "op": op["op_name"],
+                          "tensor": tensors[op["outputs"][0]]["name"],
+                          "output_scale": float(scales[2][0]),
+                          "requantization_scale": float(ratio.max() if ratio.max() >= high
+                                                        else ratio.min())})
+    return found
+
+
 def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images: np.ndarray,
              spec: PreprocessSpec, input_quant: tuple[float, int] | None, architecture: str,
              calibration_size: int, mode: str, comparison: dict[str, Any] | None = None,
-             keep_float: tuple[str, ...] = ()) -> QuantDebugReport:
+             keep_float: tuple[str, ...] = (), tflite_path: Path | None = None) -> QuantDebugReport:
     """Per-layer statistics (int8 only) plus findings and suggestions for any mode."""
     report = QuantDebugReport()
+    if mode == "int8" and tflite_path is not None and tflite_path.is_file():
+        try:
+            report.xnnpack_refused = requantization_problems(tflite_path)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis, never a crash
+            log.warning("could not read the model's quantization scales: %s", exc)
+        _check_requantization(report)
     hesitant = _check_margins(report, comparison)
     report.expected_range = expected_input_range(spec)
     if len(calibration):
@@ -131,6 +178,21 @@ def diagnose(*, saved_model: Path | None, calibration: np.ndarray, debug_images:
     _check_layers(report)
     _suggest(report, architecture, calibration_size, mode, hesitant)
     return report
+
+
+def _check_requantization(report: QuantDebugReport) -> None:
+    if not report.xnnpack_refused:
+        return
+    first = report.xnnpack_refused[0]
+    types = sorted({r["op"] for r in report.xnnpack_refused})
+    report.findings.append(
+        f"XNNPACK (the devices' default CPU delegate) cannot prepare {len(report.xnnpack_refused)}"
+        f" quantized op(s) whose requantization scale (input x filter / output scale) is "
+        f"outside [2^-32, 256): first {first['op']} {first['tensor']} "
+        f"({first['requantization_scale']:.3g}; output scale {first['output_scale']:.3g}). "
+        "An output range that narrow means the layer's output is all but constant on the "
+        "calibration pictures (e.g. ReLU units that never fire); the plain kernels run it, "
+        f"XNNPACK refuses the model. Op types: {', '.join(types)}.")
 
 
 def _check_margins(report: QuantDebugReport, comparison: dict[str, Any] | None) -> bool:
@@ -190,6 +252,11 @@ def _check_layers(report: QuantDebugReport) -> None:
 def _suggest(report: QuantDebugReport, architecture: str, calibration_size: int,
              mode: str, hesitant: bool = False) -> None:
     out = report.suggestions
+    if report.xnnpack_refused:
+        types = ",".join(sorted({r["op"] for r in report.xnnpack_refused}))
+        out.append(f"Keep those op types in float: --keep-float {types} (input and output stay "
+                   "int8; the model grows a little). More calibration pictures rarely help a "
+                   "layer that is dead on all of them.")
     if any("representative data" in f or "almost erased" in f for f in report.findings):
         out.append("Fix the calibration data first: it must be exactly what the device feeds "
                    "the model (edge.preprocess.resize_uint8 then edge.preprocess.scale, once).")
