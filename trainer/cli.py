@@ -250,6 +250,10 @@ def train(ctx: click.Context, **opts: Any) -> None:
         if opts["augment"] not in (None, "none"):
             raise OptionError("--augment and --no-augment contradict each other; give one")
         opts["augment"] = "none"
+    if opts["planes_file"] and not Path(opts["planes_file"]).is_file():  # --resume reads the
+        # weights from its run folder, so only a new run needs the table
+        raise OptionError(f"--planes {opts['planes_file']} does not exist; make it with: "
+                          "python -m trainer planes DATA_DIR")
     recipe = resolve(opts["recipe"], {f: opts[f] for f in Recipe.__dataclass_fields__})
     class_names(opts["data"])  # a wrong folder fails here, before Keras loads
     config = TrainConfig(

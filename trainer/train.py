@@ -97,9 +97,6 @@ class TrainConfig:
              f"--reweight must be one of {', '.join(REWEIGHT_METHODS)}, got {self.reweight!r}"),
             (self.planes_file is None or self.reweight == "planes",
              "--planes FILE is the plane table of --reweight planes; give both or neither"),
-            (self.planes_file is None or Path(self.planes_file).is_file(),
-             f"--planes {self.planes_file} does not exist; make it with: python -m trainer "
-             "planes DATA_DIR"),
         ]
         for ok, message in checks:
             if not ok:

@@ -129,6 +129,8 @@ def test_cli_recipe_and_options(monkeypatch, tmp_path):
     (("--augment", "strong", "--no-augment"), "contradict"),
     (("--recipe", "fancy"), "Invalid value for '--recipe'"),
     (("--reweight", "sources"), "Invalid value for '--reweight'"),
+    (("--reweight", "planes", "--planes", "/no/such/planes.csv"), "make it with"),
+    (("--reweight", "shortcuts", "--planes", __file__), "give both or neither"),
 ])
 def test_cli_refuses_bad_recipe_options(monkeypatch, tmp_path, args, message):
     result, config = _cli_config(monkeypatch, tmp_path, *args)
