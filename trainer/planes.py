@@ -101,17 +101,15 @@ def read_hand_labels(path: str | os.PathLike) -> dict[str, str]:
 def fit_axial(x: np.ndarray, axial: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
     """(P(axial) for every row of ``x`` from a fit on the labelled rows, leave-one-out
     accuracy on them). ``axial``: 1 / 0 for labelled rows, -1 for the rest."""
-    from trainer.shortcuts import logistic_fit, logistic_predict
+    from trainer.shortcuts import _standardize, logistic_fit, logistic_predict
 
     labelled = np.flatnonzero(axial >= 0)
     y = axial[labelled].astype(np.int64)
 
     def fit_predict(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-        std[std < 1e-9] = 1.0
-        w = logistic_fit((x[train] - mean) / std, axial[train].astype(np.int64), 2, l2=l2,
-                         steps=600)
-        return logistic_predict(w, (x[rows] - mean) / std)[:, 1]
+        fitted, wanted = _standardize(x[train], x[rows])
+        w = logistic_fit(fitted, axial[train].astype(np.int64), 2, l2=l2, steps=600)
+        return logistic_predict(w, wanted)[:, 1]
 
     hits = [(fit_predict(np.delete(labelled, i), labelled[i:i + 1])[0] >= 0.5) == y[i]
             for i in range(len(labelled))]
