@@ -126,42 +126,21 @@ def _check_sr_queue(outbox: Path, peer: str, ok: Callable[[str, str], None],
                     warn: Callable[[str, str], None]) -> None:
     """The SRs waiting for the PACS (read only: the running agent owns the queue), and those
     the PACS refuses until something is changed there."""
-    import json
+    from .network.sendqueue import read_queue_state
 
-    folder = outbox / ".state" / "outgoing"
-    records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # being replaced, or damaged: the agent repairs or sets it aside
-        if isinstance(record, dict):
-            records.append(record)
-    damaged = folder / "damaged"
-    set_aside = sum(1 for p in damaged.glob("*.dcm")) if damaged.is_dir() else 0
-    if set_aside:
-        warn("sr queue", f"{set_aside} SR(s) in {damaged} could not be read and will not be "
-             "sent (the agent logged why); judging their studies again queues new ones")
-    if not records:
+    state = read_queue_state(outbox)
+    if state.damaged:
+        warn("sr queue", f"{state.damaged} SR(s) in {outbox / '.state' / 'outgoing' / 'damaged'}"
+             " could not be read and will not be sent (the agent logged why); judging their "
+             "studies again queues new ones")
+    if not state.waiting and not state.refused:
         ok("sr queue", f"no SR waiting for {peer}")
         return
-    oldest = min(str(r.get("created_at", "")) for r in records)
-    refused = [r for r in records if r.get("refused") is True]
-    waiting = [r for r in records if r.get("refused") is not True]
-    if waiting:
-        error = _last_error(waiting)
-        ok("sr queue", f"{len(waiting)} SR(s) waiting for {peer}, oldest queued {oldest}"
+    if state.waiting:
+        error = state.waiting_error
+        ok("sr queue", f"{state.waiting} SR(s) waiting for {peer}, oldest queued {state.oldest}"
            + (f" (last error: {error})" if error else ""))
-    if refused:
-        warn("sr queue", f"{len(refused)} SR(s) refused by {peer} until something is changed "
-             f"there: {_last_error(refused)}. They stay queued and are tried again every "
+    if state.refused:
+        warn("sr queue", f"{state.refused} SR(s) refused by {peer} until something is changed "
+             f"there: {state.refused_error}. They stay queued and are tried again every "
              "[pacs] retry_max")
-
-
-def _last_error(records: list[dict]) -> str | None:
-    """The newest error among ``records`` (by the time of their next attempt)."""
-    with_error = [r for r in records if isinstance(r.get("last_error"), str)]
-    if not with_error:
-        return None
-    newest = max(with_error, key=lambda r: float(r.get("next_attempt") or 0.0))
-    return str(newest["last_error"])

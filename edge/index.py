@@ -15,19 +15,25 @@ import logging
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import pages
 from .durable import append_lines_durable, json_bytes, repair_torn_tail, write_bytes_atomic
+from .report import now_iso
 
 log = logging.getLogger(__name__)
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class DailyIndex:
-    def __init__(self, outbox: Path) -> None:
+    def __init__(self, outbox: Path,
+                 alerts: Callable[[], list[str]] | None = None) -> None:
+        """``alerts``: what ``index.html`` must tell a person now (the agent passes the SR
+        queue's state); called when the page is written and by ``alerts_changed``."""
         self.outbox = outbox
         self.folder = outbox / "index"
+        self.alerts = alerts
+        self._shown_alerts: list[str] | None = None  # None: not written by this process yet
         self._dirty: set[str] = set()
         self._lock = threading.RLock()
 
@@ -96,6 +102,21 @@ class DailyIndex:
     def dirty(self) -> bool:
         return bool(self._dirty)
 
+    def alerts_changed(self) -> bool:
+        """Whether ``index.html`` says something other than what ``alerts`` says now."""
+        if self.alerts is None:
+            return False
+        return self._current_alerts() != self._shown_alerts
+
+    def _current_alerts(self) -> list[str]:
+        if self.alerts is None:
+            return []
+        try:
+            return list(self.alerts())
+        except Exception as exc:  # noqa: BLE001 - the page is written without them
+            log.warning("could not read what the front page should warn of (%s)", exc)
+            return []
+
     def render(self, days: Any = None) -> None:
         """Rewrite the HTML pages of the changed days (or ``days``) and ``index.html``."""
         with self._lock:
@@ -103,5 +124,8 @@ class DailyIndex:
             for day in sorted(todo):
                 write_bytes_atomic(self.folder / f"{day}.html",
                                    pages.day_page(day, self.read(day)))
-            write_bytes_atomic(self.outbox / "index.html", pages.index_page(self.days()))
+            alerts = self._current_alerts()
+            write_bytes_atomic(self.outbox / "index.html",
+                               pages.index_page(self.days(), alerts, as_of=now_iso()))
+            self._shown_alerts = alerts
             self._dirty.difference_update(todo)

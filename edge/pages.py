@@ -26,6 +26,8 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
 .notice{background:#fff3cd;border:2px solid #b58100;padding:.8rem;font-weight:600}
 .review{background:#fde2e1;border:2px solid #b3261e;padding:.8rem;margin-top:1rem}
 .ok{background:#e6f4ea;border:2px solid #1e7e34;padding:.8rem;margin-top:1rem}
+.alert{background:#fde2e1;border:2px solid #b3261e;padding:0 .8rem;margin-top:1rem}
+.small{font-size:.85rem;color:#555}
 table{border-collapse:collapse;margin-top:.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem;
 text-align:left;vertical-align:top}th{background:#f3f3f3}
 .bar{background:#4a6fa5;height:.8rem;display:inline-block}
@@ -212,10 +214,18 @@ def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
     return _page(f"NeuroEdge {day}", body)
 
 
-def index_page(days: list[tuple[str, int]]) -> bytes:
+def index_page(days: list[tuple[str, int]], alerts: Iterable[str] = (),
+               as_of: str | None = None) -> bytes:
+    """The outbox's front page: the days, and ``alerts`` (what needs a person: SRs the
+    PACS does not take), stamped ``as_of`` since the page is only as fresh as its writing."""
     items = "".join(f"<li><a href=\"index/{esc(d)}.html\">{esc(d)}</a> ({n} inputs)</li>"
                     for d, n in sorted(days, reverse=True))
-    body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>"
+    alerts = list(alerts)
+    warning = ("<div class=\"alert\"><h2>Needs attention</h2>"
+               + "".join(f"<p>{esc(line)}</p>" for line in alerts)
+               + (f"<p class=\"small\">as of {esc(as_of)}</p>" if as_of else "")
+               + "</div>") if alerts else ""
+    body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>{warning}"
             f"<ul>{items or '<li>nothing processed yet</li>'}</ul>"
             "<p><a href=\"studies/index.html\">Study reports</a> (DICOM studies judged "
             "whole)</p>")

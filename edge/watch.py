@@ -113,6 +113,8 @@ class Agent:
         self._last_ping = time.monotonic()
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
+        if self.network.queue is not None:  # SRs the PACS does not take: on the front page
+            self.index.alerts = self.network.page_alerts
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -226,7 +228,7 @@ class Agent:
         w = self.config.watch
         ping_every = self._ping_every
         last_scan = last_retry = time.monotonic()
-        last_render = 0.0
+        last_render = last_alerts = 0.0
         while not self.stop_requested.is_set():
             now = time.monotonic()
             self._ping_watchdog()
@@ -247,9 +249,12 @@ class Agent:
             if paths or self._claimed_ahead is not None:
                 self._process(paths)
                 continue
-            if self.index.dirty and now - last_render >= _RENDER_EVERY:
+            if now - last_render >= _RENDER_EVERY and (self.index.dirty or (
+                    now - last_alerts >= _RENDER_EVERY and self.index.alerts_changed())):
                 self._render_index()
                 last_render = now
+            if now - last_alerts >= _RENDER_EVERY:
+                last_alerts = now
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:

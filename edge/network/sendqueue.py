@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..durable import (
     append_lines_durable,
@@ -129,6 +129,82 @@ class Outgoing:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class QueueState:
+    """What the SR queue holds, for ``edge-agent check`` and the outbox's front page."""
+
+    waiting: int = 0  # queued and not refused (never tried yet, or a passing failure)
+    failing: int = 0  # of those, the ones with at least one failed attempt
+    refused: int = 0  # the PACS refuses them until something is changed there
+    damaged: int = 0  # set aside in damaged/: they will not be sent
+    oldest: str | None = None  # the created_at of the oldest SR queued
+    waiting_error: str | None = None  # the newest error of a waiting SR
+    refused_error: str | None = None  # the newest refusal
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]], damaged: int = 0) -> QueueState:
+        """From queue records (as on disk, or ``asdict`` of the items)."""
+        records = [r for r in records if isinstance(r, dict)]
+        refused = [r for r in records if r.get("refused") is True]
+        waiting = [r for r in records if r.get("refused") is not True]
+        return cls(waiting=len(waiting),
+                   failing=sum(1 for r in waiting if r.get("last_error")),
+                   refused=len(refused), damaged=damaged,
+                   oldest=min((str(r.get("created_at", "")) for r in records), default=None),
+                   waiting_error=_newest_error(waiting), refused_error=_newest_error(refused))
+
+    def page_lines(self, peer: str) -> list[str]:
+        """What a person reading the outbox's pages should know, in plain words: nothing
+        while every SR is delivered, or waits for its first attempt."""
+        lines = []
+        if self.refused:
+            lines.append(f"The PACS ({peer}) refuses {self.refused} structured report(s) "
+                         f"until something is changed there: {self.refused_error}. They are "
+                         "kept and tried again; tell the person who looks after this box. "
+                         "The reports on these pages are complete.")
+        if self.failing:
+            lines.append(f"{self.failing} structured report(s) have not reached the PACS "
+                         f"({peer}) yet (oldest queued {self.oldest}; last error: "
+                         f"{self.waiting_error}). They are kept and sent automatically once "
+                         "it answers.")
+        if self.damaged:
+            lines.append(f"{self.damaged} structured report(s) could not be read back from "
+                         "this box's disk and will not be sent to the PACS; judging their "
+                         "studies again queues new ones (the agent's log says which).")
+        return lines
+
+
+def _newest_error(records: list[dict[str, Any]]) -> str | None:
+    """The newest error among ``records`` (by the time of their next attempt)."""
+    with_error = [r for r in records if isinstance(r.get("last_error"), str)]
+    if not with_error:
+        return None
+    newest = max(with_error, key=lambda r: float(r.get("next_attempt") or 0.0))
+    return str(newest["last_error"])
+
+
+def read_queue_state(outbox: Path) -> QueueState:
+    """The queue's state read from disk without changing anything (``edge-agent check``:
+    the running agent owns the queue). A record being replaced, or damaged, is skipped:
+    the agent repairs or sets it aside."""
+    folder = outbox / ".state" / "outgoing"
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return QueueState.of(records, _count_damaged(folder))
+
+
+def _count_damaged(folder: Path) -> int:
+    damaged = folder / "damaged"
+    try:
+        return sum(1 for p in damaged.iterdir() if p.suffix == ".dcm")
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
 class SendError(Exception):
     """A send that did not succeed; the message says why, for the log and the record.
 
@@ -187,6 +263,11 @@ class SendQueue:
                     self._records[entry.name] = cached
                 out.append(replace(cached[1]))
         return sorted(out, key=lambda item: (item.created_at, item.key))
+
+    def state(self) -> QueueState:
+        """What the queue holds now (from the cached records: cheap to ask often)."""
+        return QueueState.of([asdict(item) for item in self.items()],
+                             _count_damaged(self.folder))
 
     def _load(self, path: Path) -> Outgoing | None:
         data = read_json(path)

@@ -60,6 +60,12 @@ class NetworkServices:
                        if self.queue is not None and peer is not None else None)
         self._started = False
 
+    def page_alerts(self) -> list[str]:
+        """What the outbox's front page must say of the SRs (none: nothing to say)."""
+        if self.queue is None:
+            return []
+        return self.queue.state().page_lines(str(self.config.pacs.peer))
+
     def start(self, once: bool) -> None:
         self._started = True
         sweep_spool(self.inbox, max_age=0.0)  # a receiver killed mid-transfer, even an old one

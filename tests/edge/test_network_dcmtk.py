@@ -239,6 +239,31 @@ def test_pacs_down_then_up_across_a_restart_the_sr_arrives_once(tmp_path, test_m
 
 
 @pytest.mark.slow
+def test_the_front_page_says_the_pacs_is_not_reached_until_the_sr_arrives(
+        tmp_path, test_model, agents, pacs_servers):
+    """The outbox's index.html, which a radiographer reads, says that a study's SR has not
+    reached the PACS while it is down, and stops saying it once storescp has the SR, without
+    any new input to the agent."""
+    dcmtk()
+    pacs_port = free_port()
+    config = _sending_config(pacs_port, retry_max=1.0, timeout=5.0)
+    agent, _, uid, queue = _agent_sent_a_study(tmp_path, test_model, agents, config, 4)
+    front = agent.outbox / "index.html"
+
+    def page() -> str:
+        return front.read_text() if front.exists() else ""
+
+    wait_for(lambda: "have not reached the PACS" in page(), 60)
+    assert "Needs attention" in page() and f"PACS@127.0.0.1:{pacs_port}" in page()
+    pacs = StoreSCP(tmp_path / "pacs", pacs_port).start()
+    pacs_servers.append(pacs)
+    (sr_file,) = wait_for(pacs.received, 60)
+    assert pydicom.dcmread(str(sr_file)).StudyInstanceUID == uid
+    wait_for(lambda: front.exists() and "Needs attention" not in page(), 60)
+    assert agent.stop() == 0
+
+
+@pytest.mark.slow
 def test_kill_minus_9_while_the_pacs_holds_the_sr_then_it_arrives(tmp_path, test_model, agents,
                                                                   pacs_servers):
     """The agent is killed while its C-STORE of an SR waits for the PACS's answer (storescp

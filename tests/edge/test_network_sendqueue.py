@@ -496,3 +496,55 @@ def test_check_says_when_no_sr_waits_and_counts_those_set_aside(tmp_path):
     _check_sr_queue(tmp_path, "PACS@h:104", lambda w, d: lines.append(("ok", d)),
                     lambda w, d: lines.append(("warn", d)))
     assert lines[0][0] == "warn" and "1 SR(s)" in lines[0][1] and "will not be sent" in lines[0][1]
+
+
+def test_the_front_page_says_which_srs_do_not_reach_the_pacs_and_forgets_them_once_sent(
+        tmp_path):
+    """A radiographer reads index.html, not the journal: an SR the PACS refuses, or one that
+    has failed to reach it, is said there in plain words (and escaped); one only queued is
+    not; once the PACS takes them the notice goes at the next rendering."""
+    from edge import pages
+    from edge.index import DailyIndex
+
+    queue = SendQueue(tmp_path)
+    queue.open()
+    for key in ("k1", "k2", "k3"):
+        queue.enqueue(item(key, group=key), b"sr")
+    assert queue.state().page_lines(str(PEER)) == []  # queued, not tried yet: nothing to say
+    config = PacsConfig(send_to="PACS@127.0.0.1:104", retry_initial=10.0, retry_max=600.0)
+    answers = {"k1": SendError(f"{PEER} refused the SR with status 0x0124: this box is not "
+                               "authorized <here>", lasting=True),
+               "k2": SendError(f"no connection to {PEER}", peer_down=False)}
+
+    def pacs(path, it, *args):
+        if it.key in answers:
+            raise answers[it.key]
+        return 0
+
+    Sender(queue, PEER, NetworkConfig(), config, send=pacs).send_due()
+    state = queue.state()
+    assert (state.waiting, state.failing, state.refused, state.damaged) == (1, 1, 1, 0)
+    lines = state.page_lines(str(PEER))
+    assert len(lines) == 2
+    assert "refuses 1 structured report(s)" in lines[0] and "0x0124" in lines[0]
+    assert "1 structured report(s) have not reached the PACS" in lines[1]
+    assert "no connection" in lines[1]
+
+    index = DailyIndex(tmp_path, alerts=lambda: queue.state().page_lines(str(PEER)))
+    assert index.alerts_changed()  # never written by this process
+    index.render()
+    page = (tmp_path / "index.html").read_text()
+    assert "Needs attention" in page and "0x0124" in page and "as of " in page
+    assert "&lt;here&gt;" in page and "<here>" not in page
+    assert not index.alerts_changed()
+    answers.clear()  # the PACS now takes both
+    Sender(queue, PEER, NetworkConfig(), config, send=pacs).send_due(now=time.time() + 700)
+    assert queue.items() == [] and index.alerts_changed()
+    index.render()
+    assert "Needs attention" not in (tmp_path / "index.html").read_text()
+
+    damaged = queue.folder / "damaged"
+    damaged.mkdir()
+    (damaged / "k9.dcm").write_bytes(b"x")
+    assert "could not be read back" in queue.state().page_lines(str(PEER))[0]
+    assert "Needs attention" not in pages.index_page([("2026-12-05", 3)]).decode()
