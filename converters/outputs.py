@@ -76,13 +76,31 @@ def _producers(graph: Any) -> dict[int, Any]:
 
 def _logits_and_classifier(model: Any, graph: Any, producers: dict[int, Any]) -> tuple[int, Any]:
     """The logits tensor (the input of the final SOFTMAX, else the output itself) and the
-    FULLY_CONNECTED operator that produces it (None if another kind does)."""
+    FULLY_CONNECTED operator that produces it (None if another kind does). A classifier
+    kept in float (``--keep-float FULLY_CONNECTED``) reaches the logits through a QUANTIZE:
+    it is still the classifier."""
     primary = int(graph.outputs[0])
     head = producers.get(primary)
     logits = int(head.inputs[0]) if head is not None and op_type(model, head) == "SOFTMAX" \
         else primary
-    fc = producers.get(logits)
+    fc = _through(model, producers, producers.get(logits), "QUANTIZE")
     return logits, fc if fc is not None and op_type(model, fc) == "FULLY_CONNECTED" else None
+
+
+def _through(model: Any, producers: dict[int, Any], op: Any, kind: str) -> Any:
+    """``op``, or, if it is a ``kind`` (QUANTIZE, DEQUANTIZE: a float island's edge), the
+    operator that produces its input."""
+    if op is not None and op_type(model, op) == kind:
+        return producers.get(int(op.inputs[0]))
+    return op
+
+
+def _int8_side(model: Any, producers: dict[int, Any], index: int) -> int:
+    """The tensor ``index``, or the int8 tensor a DEQUANTIZE made it from."""
+    op = producers.get(index)
+    if op is not None and op_type(model, op) == "DEQUANTIZE":
+        return int(op.inputs[0])
+    return index
 
 
 def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
@@ -96,8 +114,8 @@ def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     if logits != int(graph.outputs[0]):
         found["logits"] = logits
     if fc is not None:
-        found["features"] = int(fc.inputs[0])
-        pool = producers.get(int(fc.inputs[0]))
+        found["features"] = _int8_side(model, producers, int(fc.inputs[0]))
+        pool = producers.get(found["features"])
         if pool is not None and op_type(model, pool) == "MEAN" and len(
                 graph.tensors[int(pool.inputs[0])].shape) == 4:
             found["feature_map"] = int(pool.inputs[0])

@@ -158,3 +158,41 @@ def test_a_refused_mixed_model_is_analysed_without_the_float_ops(tiny_run):
         plain = {row["op"] for row in layer_statistics(saved, images, images[:4])}
     assert "CONV_2D" in plain and "DEPTHWISE_CONV_2D" in plain
     assert not mixed & set(CONVS) and "FULLY_CONNECTED" in mixed
+
+
+@pytest.mark.slow
+def test_a_classifier_kept_in_float_keeps_the_class_activation_heat_map(tiny_run, tmp_path):
+    """``--keep-float FULLY_CONNECTED`` (what a refusal suggests for a CBAM layer dead on the
+    calibration images) puts a DEQUANTIZE before the classifier and a QUANTIZE after it. The
+    trust outputs must still be found through them: the int8 features and feature map, and
+    the heat-map must stay the class activation map, what the logits are made of (it fell
+    back to CBAM's attention map before)."""
+    from converters import outputs
+    from edge.manifest import load_verified
+    from edge.preprocess import scale
+    from edge.runtime import TFLiteClassifier
+    from edge.trust import TrustModel
+    from trainer.data import load_split
+
+    data_dir, run_dir = tiny_run
+    out = tmp_path / "model"
+    outcome = convert_tiny(run_dir, data_dir, out, keep_float=("FULLY_CONNECTED",))
+    assert outcome.passed, outcome.summary
+    assert ("FULLY_CONNECTED", "float32") in _op_input_types(out / "model.tflite")
+    manifest, model_path = load_verified(out)
+    assert manifest.trust["heatmap"] == {"output": "feature_map", "kind": "class_activation"}
+    assert {"logits", "features", "feature_map"} <= set(manifest.outputs)
+    assert manifest.outputs["features"].spec.dtype == "int8"
+    assert outputs.classifier_weights(model_path.read_bytes()) is not None
+
+    weights, _ = TrustModel(manifest, out).class_activation
+    classifier = TFLiteClassifier(model_path, manifest)
+    test = load_split(data_dir, "Testing", manifest.preprocess, classes=list(manifest.labels),
+                      use_cache=False)
+    logits, bias = [], []
+    for image in scale(test.images[:12], manifest.preprocess):
+        _, got = classifier.predict_with_outputs(image)
+        logits.append(got["logits"])
+        bias.append(got["logits"] - got["feature_map"].mean(axis=(0, 1)) @ weights)
+    step = manifest.outputs["logits"].spec.scale
+    assert (np.ptp(bias, axis=0) < 0.1 * np.ptp(logits, axis=0) + 2 * step).all()
