@@ -19,8 +19,8 @@ last layer reads) for every Training and Testing picture and every Br35H tumour 
    the features do not hold what would tell them apart, and only training the features
    can help. No head is chosen by its Br35H figure, and none is shipped.
 
-The run's split is recomputed (trainer.data.stratified_split, seed 0, 10 % validation),
-as the shipped model's run made it.
+The run's split is recomputed (trainer.data.stratified_split) with the seed and validation
+share its run used, from the manifest's provenance (else seed 0, 10 %).
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def main() -> None:
         print(f"| {label} | {mask.sum()} | " + " | ".join(f"{100 * c:.0f}%" for c in counts)
               + f" | {100 * square[ids].mean():.0f}% |")
 
-    train_idx, val_idx = stratified_split(train.labels, 0.1, 0)
+    run = (manifest.provenance.get("source") or {}).get("run") or {}
+    train_idx, val_idx = stratified_split(train.labels, float(run.get("val_fraction", 0.1)),
+                                          int(run.get("seed", 0)))
     axial = read_planes(DEFAULT_PLANES).lookup(train.paths, str(DEFAULT_PLANES)) >= 0.5
     dedup = {line.strip() for line in (ROOT / "docs/leakage/dedup_test.txt").read_text()
              .splitlines() if line.strip() and not line.startswith("#")}
