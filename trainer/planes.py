@@ -4,7 +4,7 @@ Looked at by eye, the data set's ``notumor`` pictures are axial slices (96 % of 
 sample), its tumour pictures mostly coronal and sagittal (about 30 % axial): the figshare
 collection behind the tumour classes has all three planes, the no-tumour sources only
 axial slices. A network can read "axial" as "no tumour", and every Br35H tumour picture is
-axial. ``--reweight planes`` (``trainer.shortcuts``) takes that cue away from the training
+axial. ``--reweight planes`` (``trainer.reweight``) takes that cue away from the training
 stream; it needs the plane of each picture, which the data set does not record:
 
 1. an engineer labels a random sample by eye (``docs/planes/hand_labels.csv``: path and
@@ -101,13 +101,13 @@ def read_hand_labels(path: str | os.PathLike) -> dict[str, str]:
 def fit_axial(x: np.ndarray, axial: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
     """(P(axial) for every row of ``x`` from a fit on the labelled rows, leave-one-out
     accuracy on them). ``axial``: 1 / 0 for labelled rows, -1 for the rest."""
-    from trainer.shortcuts import _standardize, logistic_fit, logistic_predict
+    from trainer.shortcuts import logistic_fit, logistic_predict, standardize
 
     labelled = np.flatnonzero(axial >= 0)
     y = axial[labelled].astype(np.int64)
 
     def fit_predict(train: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        fitted, wanted = _standardize(x[train], x[rows])
+        fitted, wanted = standardize(x[train], x[rows])
         w = logistic_fit(fitted, axial[train].astype(np.int64), 2, l2=l2, steps=600)
         return logistic_predict(w, wanted)[:, 1]
 

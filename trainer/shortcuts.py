@@ -168,7 +168,7 @@ class FeatureTable:
     paths: list[str]
 
 
-def _measure(root: Path, paths: Sequence[str], workers: int | None) -> np.ndarray:
+def measure_properties(root: Path, paths: Sequence[str], workers: int | None) -> np.ndarray:
     def one(rel: str) -> dict[str, float] | str:
         try:
             return picture_features(root / rel)
@@ -186,7 +186,8 @@ def _measure(root: Path, paths: Sequence[str], workers: int | None) -> np.ndarra
 
 def split_features(data_dir: Path, split: str, workers: int | None = None) -> FeatureTable:
     paths, labels, names = scan_split(data_dir, split)
-    features = _measure(Path(data_dir) / split, [p.split("/", 1)[1] for p in paths], workers)
+    features = measure_properties(Path(data_dir) / split, [p.split("/", 1)[1] for p in paths],
+                                  workers)
     return FeatureTable(split, features, labels, [f"{split}/{names[i]}" for i in labels], paths)
 
 
@@ -202,13 +203,13 @@ def external_features(root: Path, workers: int | None = None) -> FeatureTable:
         raise DataError(f"external folder {root} holds no pictures in sub-folders "
                         "(expected DIR/<folder>/*.jpg|png)")
     name = root.resolve().name
-    return FeatureTable(name, _measure(root, paths, workers), np.full(len(paths), -1),
+    return FeatureTable(name, measure_properties(root, paths, workers), np.full(len(paths), -1),
                         [f"{name}/{p.split('/')[0]}" for p in paths], paths)
 
 
 # -- classifiers (numpy only) ------------------------------------------------------------
 
-def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     mean, std = train.mean(axis=0), train.std(axis=0)
     std[std < 1e-9] = 1.0  # a constant property carries no information
     return [(x - mean) / std for x in (train, *others)]
@@ -268,7 +269,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, classes: int, folds: int,
     out = {"logistic": np.zeros((len(y), classes)), "knn": np.zeros((len(y), classes))}
     for f in range(folds):
         train, test = fold != f, fold == f
-        xt, xv = _standardize(x[train], x[test])
+        xt, xv = standardize(x[train], x[test])
         out["logistic"][test] = logistic_predict(logistic_fit(xt, y[train], classes), xv)
         out["knn"][test] = knn_predict(xt, y[train], xv, classes)
     return out
@@ -338,7 +339,7 @@ def external_calls(reference: FeatureTable, external: FeatureTable, names: list[
                    columns: Sequence[str] = FEATURES, group: str = "all") -> dict[str, Any]:
     """What property-only classifiers fitted on ``reference`` call the external pictures."""
     idx = [FEATURES.index(c) for c in columns]
-    xt, xe = _standardize(reference.features[:, idx], external.features[:, idx])
+    xt, xe = standardize(reference.features[:, idx], external.features[:, idx])
     w = logistic_fit(xt, reference.labels, len(names))
     calls = {}
     for clf, probs in (("logistic", logistic_predict(w, xe)),
@@ -347,126 +348,6 @@ def external_calls(reference: FeatureTable, external: FeatureTable, names: list[
         calls[clf] = {n: float(c / len(xe)) for n, c in zip(names, predicted, strict=True)}
     return {"fitted_on": reference.name, "properties": group, "n": int(len(xe)),
             "called": calls}
-
-
-# -- weights against the shortcut (``python -m trainer train --reweight shortcuts``) ------
-
-REWEIGHT_METHODS = ("none", "shortcuts", "planes")
-# A picture's weight is 1 / P(its own no-tumour-or-tumour answer | properties), capped by
-# this floor at 1 / 0.1 = 10 before each class is scaled back to its own count.
-REWEIGHT_FLOOR = 0.1
-NEGATIVE_CLASS = "notumor"
-
-
-@dataclass(frozen=True)
-class ShortcutWeights:
-    """Per training picture: what a property-only classifier gives its true answer, and the
-    sampling weight that makes the properties say nothing about that answer."""
-
-    paths: list[str]
-    p_true: np.ndarray
-    weights: np.ndarray
-    floor: float
-    method: str = "shortcuts"
-    basis: str = "visible properties"  # what the propensity was predicted from
-
-    def summary(self, labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
-        w = self.weights
-        per_class = {}
-        for c, name in enumerate(names):
-            m = labels == c
-            heavy = m & (w > 2.0)
-            per_class[name] = {"n": int(m.sum()), "over_2x": int(heavy.sum()),
-                               "max": round(float(w[m].max()), 2) if m.any() else None}
-        return {"method": self.method, "basis": self.basis, "floor": self.floor,
-                "effective_samples": round(float(w.sum() ** 2 / np.sum(w ** 2)), 1),
-                "per_class": per_class}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "method": self.method, "basis": self.basis, "floor": self.floor,
-                "paths": self.paths,
-                "p_true": [round(float(v), 6) for v in self.p_true],
-                "weights": [round(float(v), 6) for v in self.weights]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> ShortcutWeights:
-        try:
-            paths, p_true, weights = data["paths"], data["p_true"], data["weights"]
-            if not len(paths) == len(p_true) == len(weights):
-                raise ValueError("paths, p_true and weights differ in length")
-            w = np.asarray(weights, dtype=np.float64)
-            if not np.all(np.isfinite(w)) or np.any(w <= 0):
-                raise ValueError("weights must be positive numbers")
-            return cls(list(paths), np.asarray(p_true, dtype=np.float64), w,
-                       float(data["floor"]), str(data.get("method", "shortcuts")),
-                       str(data.get("basis", "visible properties")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{where} is not a sample-weights file this version can read "
-                            f"({exc}); start the run again") from None
-
-
-def inverse_propensity_weights(x: np.ndarray, labels: np.ndarray, names: Sequence[str], *,
-                               floor: float = REWEIGHT_FLOOR, folds: int = 5,
-                               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(p_true, weights) against the "no tumour vs tumour" shortcut in properties ``x``.
-
-    A logistic regression on the properties alone predicts, out of fold, whether each
-    picture is ``notumor``; p_true is what it gives the picture's real answer. Weighting each
-    picture by 1 / max(p_true, floor) makes the properties uninformative of that answer in
-    the weighted training set (inverse propensity weighting): a tumour picture that looks
-    like the no-tumour source and a no-tumour picture that looks like a tumour source count
-    more, the typical pictures of each less. Each class's weights are then scaled to mean 1,
-    so the classes keep their shares.
-    """
-    if NEGATIVE_CLASS not in names:
-        raise DataError(f"--reweight shortcuts weighs the '{NEGATIVE_CLASS}' class against "
-                        f"the tumour classes, and this data set has none (classes: "
-                        f"{', '.join(names)}); train without --reweight")
-    if not 0 < floor <= 1:
-        raise DataError(f"the weight floor must be in (0, 1], got {floor}")
-    labels = np.asarray(labels)
-    negative = (labels == list(names).index(NEGATIVE_CLASS)).astype(np.int64)
-    if negative.min() == negative.max():
-        raise DataError("--reweight shortcuts needs both no-tumour and tumour pictures in "
-                        "the training split")
-    fold = stratified_folds(negative, min(folds, int(np.bincount(negative).min())), seed)
-    p_negative = np.zeros(len(labels))
-    for f in np.unique(fold):
-        train, test = fold != f, fold == f
-        xt, xv = _standardize(x[train], x[test])
-        p_negative[test] = logistic_predict(logistic_fit(xt, negative[train], 2), xv)[:, 1]
-    p_true = np.where(negative == 1, p_negative, 1.0 - p_negative)
-    weights = 1.0 / np.maximum(p_true, floor)
-    for c in np.unique(labels):
-        members = labels == c
-        weights[members] /= weights[members].mean()
-    return p_true, weights
-
-
-def shortcut_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: np.ndarray,
-                     names: Sequence[str], *, floor: float = REWEIGHT_FLOOR,
-                     workers: int | None = None) -> ShortcutWeights:
-    """Weights for training pictures ``paths`` (relative to ``data_dir``, as in run folders),
-    from their visible properties (those that survive the device's preprocessing)."""
-    features = _measure(Path(data_dir).expanduser(), list(paths), workers)
-    idx = [FEATURES.index(c) for c in VISIBLE]
-    p_true, weights = inverse_propensity_weights(features[:, idx], labels, names, floor=floor)
-    return ShortcutWeights(list(paths), p_true, weights, floor)
-
-
-def plane_weights(paths: Sequence[str], labels: np.ndarray, names: Sequence[str],
-                  planes_file: str | os.PathLike, *,
-                  floor: float = REWEIGHT_FLOOR) -> ShortcutWeights:
-    """Weights against the slice plane as a cue (``trainer.planes``): the propensity of
-    "no tumour" given "axial or not", from the plane table ``planes_file``."""
-    from edge.manifest import sha256_file
-    from trainer.planes import read_planes
-
-    axial = read_planes(planes_file).lookup(list(paths), str(planes_file)) >= 0.5
-    p_true, weights = inverse_propensity_weights(axial[:, None].astype(np.float64), labels,
-                                                 names, floor=floor)
-    basis = f"axial or not ({Path(planes_file).name}, sha256 {sha256_file(planes_file)[:12]})"
-    return ShortcutWeights(list(paths), p_true, weights, floor, "planes", basis)
 
 
 def audit_shortcuts(data_dir: str | os.PathLike, external: Sequence[str | os.PathLike] = (),

@@ -27,8 +27,8 @@ from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
 from trainer.errors import OptionError, RunError
+from trainer.reweight import REWEIGHT_METHODS
 from trainer.runs import RunFolder, default_run_name, environment
-from trainer.shortcuts import REWEIGHT_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (to COSINE_FLOOR of the peak)
     warmup_epochs: float = 0.0  # linear warm-up from 1 % of the peak
     label_smoothing: float = 0.0
-    reweight: str = "none"  # none | shortcuts | planes (trainer.shortcuts)
+    reweight: str = "none"  # none | shortcuts | planes (trainer.reweight)
     planes_file: str | None = None  # --reweight planes; None: docs/planes/training_planes.csv
 
     def __post_init__(self) -> None:
@@ -165,7 +165,7 @@ def _sample_weights(run: RunFolder, config: TrainConfig, data: TrainingData,
     run folder when it starts, read back from there when it resumes."""
     if config.reweight == "none":
         return None
-    from trainer.shortcuts import ShortcutWeights, plane_weights, shortcut_weights
+    from trainer.reweight import ShortcutWeights, plane_weights, shortcut_weights
 
     if create:
         if config.reweight == "planes":

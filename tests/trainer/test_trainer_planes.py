@@ -15,7 +15,7 @@ from trainer.planes import (
     read_planes,
     write_planes,
 )
-from trainer.shortcuts import plane_weights
+from trainer.reweight import plane_weights
 
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[2] / "edge" / "models"

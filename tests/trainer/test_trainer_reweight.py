@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer.errors import DataError
-from trainer.shortcuts import (
+from trainer.reweight import (
     REWEIGHT_FLOOR,
     ShortcutWeights,
     inverse_propensity_weights,
