@@ -40,7 +40,7 @@ def wanted() -> bool:
     """True where these kernels apply: the TensorFlow backend without a GPU (no XLA)."""
     import keras
 
-    from trainer.train import jit_compile_setting
+    from trainer.xla import jit_compile_setting
 
     return keras.backend.backend() == "tensorflow" and jit_compile_setting() is False
 

@@ -154,7 +154,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     from trainer.batches import TrainingBatches, one_hot
     from trainer.logits import logits_view
     from trainer.models import build_model
-    from trainer.train import avoid_cpu_xla, jit_compile_setting
+    from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
     if loss not in ("logits", "probabilities"):
         raise ValueError(f"loss must be 'logits' or 'probabilities', got {loss!r}")

@@ -188,7 +188,7 @@ def evaluate_run(
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
     from trainer.batches import EvaluationBatches
     from trainer.metrics import compute_metrics, table3_markdown
-    from trainer.train import avoid_cpu_xla
+    from trainer.xla import avoid_cpu_xla
 
     model = avoid_cpu_xla(keras.saving.load_model(run.model, compile=False))
     started = time.perf_counter()

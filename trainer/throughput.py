@@ -36,7 +36,8 @@ def _compiled_model(arch: str, image_size: int, seed: int, policy: str,
     import keras
 
     from trainer.models import build_model
-    from trainer.train import LOSS, jit_compile_setting
+    from trainer.train import LOSS
+    from trainer.xla import jit_compile_setting
 
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)

@@ -29,6 +29,7 @@ from trainer.data import Dataset, load_split, stratified_split
 from trainer.errors import OptionError, RunError
 from trainer.reweight import REWEIGHT_METHODS
 from trainer.runs import RunFolder, default_run_name, environment
+from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
 log = logging.getLogger(__name__)
 
@@ -239,31 +240,6 @@ def _loss(config: TrainConfig, from_logits: bool) -> Any:
 
     return keras.losses.CategoricalCrossentropy(from_logits=from_logits,
                                                 label_smoothing=config.label_smoothing)
-
-
-def jit_compile_setting() -> bool | str:
-    """XLA off for TensorFlow on a CPU-only machine, else Keras' own "auto".
-
-    Measured on the 2-core CPU box: XLA made the first step 3x slower to compile (59 s vs
-    19 s for a 32x32 DSConv-CBAM) and every later step slower too (0.73 vs 0.17 s).
-    JAX always compiles; GPUs profit from XLA.
-    """
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return "auto"
-    try:
-        has_gpu = any(str(d).lower().startswith("gpu") for d in keras.distribution.list_devices())
-    except Exception:  # noqa: BLE001 - unknown device list: let Keras decide
-        return "auto"
-    return "auto" if has_gpu else False
-
-
-def avoid_cpu_xla(model: Any) -> Any:
-    """Turn XLA off on a model that will only predict, where ``jit_compile_setting`` says so."""
-    if jit_compile_setting() is False:
-        model.jit_compile = False
-    return model
 
 
 def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int = 1,
