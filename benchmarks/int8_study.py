@@ -83,7 +83,7 @@ def op_profile(path: Path, runs: int = 30, rounds: int = 3) -> dict[str, Any]:
     """Milliseconds per layer group of a ``.tflite`` model, 1 thread, ai-edge-litert."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from converters.export import op_type
+    from converters.flatbuffer import op_type
 
     model = flatbuffer_utils.read_model(str(path))
     graph = model.subgraphs[0]

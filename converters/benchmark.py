@@ -26,7 +26,7 @@ log = logging.getLogger("converters.benchmark")
 
 def dynamic_batch_ops(model_path: Path, data: Path, calibration_size: int, seed: int) -> dict:
     """Op counts of the int8 graph exported with a fixed batch of 1 and a dynamic batch."""
-    from converters import datasets, export
+    from converters import datasets, export, flatbuffer
     from converters.source import load_keras_model, resolve_source
 
     source = resolve_source(model_path)
@@ -37,7 +37,7 @@ def dynamic_batch_ops(model_path: Path, data: Path, calibration_size: int, seed:
     with tempfile.TemporaryDirectory(prefix="neuroedge-bench-") as tmp:
         for label, batch in (("batch 1", 1), ("dynamic batch", None)):
             saved = export.export_saved_model(model, Path(tmp) / label.replace(" ", "_"), batch)
-            counts[label] = export.ops_summary(export.convert(saved, "int8", calibration))
+            counts[label] = flatbuffer.ops_summary(export.convert(saved, "int8", calibration))
     return counts
 
 

@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from converters.errors import ConversionFailedError
-from edge.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,66 +123,6 @@ def convert(saved_model: Path, mode: str, calibration: np.ndarray | None = None,
     raise ConversionFailedError(
         f"TensorFlow could not convert the model to {mode} TFLite: "
         f"{(detail or native or [type(failure).__name__])[0]}.{hint}")
-
-
-@functools.cache
-def builtin_op_names() -> dict[int, str]:
-    """TFLite builtin operator code -> name (``CONV_2D``...), from TensorFlow's schema."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def op_type(model: Any, op: Any) -> str:
-    """The type name of ``op`` in a flatbuffer ``model`` object (``CUSTOM:<name>`` for custom
-    ops). Old files keep the code in ``deprecatedBuiltinCode``, new ones in ``builtinCode``."""
-    code = model.operatorCodes[op.opcodeIndex]
-    builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-    name = builtin_op_names().get(builtin, f"BUILTIN_{builtin}")
-    if name == "CUSTOM":
-        name = f"CUSTOM:{code.customCode.decode() if code.customCode else '?'}"
-    return name
-
-
-def ops_summary(tflite_model: bytes) -> dict[str, Any]:
-    """Operator count, by type, and each type's highest version (what old runtimes choke on)."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
-    counts: Counter[str] = Counter()
-    versions: dict[str, int] = {}
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            name = op_type(model, op)
-            code = model.operatorCodes[op.opcodeIndex]
-            counts[name] += 1
-            versions[name] = max(versions.get(name, 0), int(code.version))
-    return {"count": sum(counts.values()), "by_type": dict(sorted(counts.items())),
-            "max_versions": dict(sorted(versions.items()))}
-
-
-def io_specs(tflite_model: bytes) -> tuple[TensorSpec, TensorSpec]:
-    """Input and output tensor specs read from the flatbuffer itself (no interpreter needed)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
-    graph = model.subgraphs[0]
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise ConversionFailedError(f"the converted model has {len(graph.inputs)} inputs and "
-                                    f"{len(graph.outputs)} outputs; expected one of each")
-
-    def spec(index: int) -> TensorSpec:
-        tensor = graph.tensors[index]
-        quant = tensor.quantization
-        scale = float(quant.scale[0]) if quant is not None and quant.scale is not None and len(
-            quant.scale) else 0.0
-        zero = int(quant.zeroPoint[0]) if quant is not None and quant.zeroPoint is not None and len(
-            quant.zeroPoint) else 0
-        return TensorSpec(tuple(int(d) for d in tensor.shape), types[tensor.type], scale, zero)
-
-    return spec(graph.inputs[0]), spec(graph.outputs[0])
 
 
 class _Captured:

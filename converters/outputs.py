@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from converters import flatbuffer
 from converters.errors import ConversionFailedError
-from converters.export import op_type
+from converters.flatbuffer import op_type
 from edge.manifest import TensorSpec
 
 PREFIX = "neuroedge/"
@@ -50,28 +51,6 @@ class Exposed:
     tensor: str
     spec: TensorSpec
     heatmap_kind: str | None = None
-
-
-def _schema() -> Any:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return schema
-
-
-def _read(tflite_model: bytes) -> Any:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
-
-
-def _write(model: Any) -> bytes:
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _producers(graph: Any) -> dict[int, Any]:
-    return {int(t): op for op in graph.operators for t in op.outputs}
 
 
 def _logits_and_classifier(model: Any, graph: Any, producers: dict[int, Any]) -> tuple[int, Any]:
@@ -105,9 +84,9 @@ def _int8_side(model: Any, producers: dict[int, Any], index: int) -> int:
 
 def find_trust_tensors(tflite_model: bytes) -> dict[str, int]:
     """Tensor indices (subgraph 0) worth exposing, by key; see the module doc."""
-    model = _read(tflite_model)
+    model = flatbuffer.read(tflite_model)
     graph = model.subgraphs[0]
-    producers = _producers(graph)
+    producers = flatbuffer.producers(graph)
     ops = [(op_type(model, op), op) for op in graph.operators]
     found: dict[str, int] = {}
     logits, fc = _logits_and_classifier(model, graph, producers)
@@ -147,9 +126,9 @@ def classifier_weights(tflite_model: bytes) -> np.ndarray | None:
     """The final fully-connected layer's weights as floats, ``(C, K)``: features by classes
     (dequantized per output channel when the layer is int8), or None when the logits do not
     come from one (or its weights are not constant)."""
-    model = _read(tflite_model)
+    model = flatbuffer.read(tflite_model)
     graph = model.subgraphs[0]
-    _, fc = _logits_and_classifier(model, graph, _producers(graph))
+    _, fc = _logits_and_classifier(model, graph, flatbuffer.producers(graph))
     if fc is None:
         return None
     tensor = graph.tensors[int(fc.inputs[1])]
@@ -178,8 +157,8 @@ def expose(tflite_model: bytes, tensors: dict[str, int]) -> bytes:
     The original output stays first and keeps its name; the signature gets the new outputs
     under their keys. Nothing else changes.
     """
-    schema = _schema()
-    model = _read(tflite_model)
+    schema = flatbuffer.schema()
+    model = flatbuffer.read(tflite_model)
     graph = model.subgraphs[0]
     outputs = [int(i) for i in graph.outputs]
     for key, index in tensors.items():
@@ -195,13 +174,13 @@ def expose(tflite_model: bytes, tensors: dict[str, int]) -> bytes:
             entry.tensorIndex = index
             signature.outputs.append(entry)
     graph.outputs = np.asarray(outputs, dtype=np.int32)
-    return _write(model)
+    return flatbuffer.write(model)
 
 
 def name_signature_outputs(tflite_model: bytes, primary: str = PRIMARY) -> bytes:
     """A converted multi-output Keras model: outputs renamed ``neuroedge/<signature key>``,
     ``primary`` moved first (TensorFlow orders them as it likes) and keeping its name."""
-    model = _read(tflite_model)
+    model = flatbuffer.read(tflite_model)
     graph = model.subgraphs[0]
     if not model.signatureDefs:
         raise ConversionFailedError("the converted model has no signature to name outputs by")
@@ -215,28 +194,21 @@ def name_signature_outputs(tflite_model: bytes, primary: str = PRIMARY) -> bytes
         if key != primary:
             graph.tensors[index].name = (PREFIX + key).encode()
     graph.outputs = np.asarray(order, dtype=np.int32)
-    return _write(model)
+    return flatbuffer.write(model)
 
 
 def exposed_outputs(tflite_model: bytes) -> list[Exposed]:
     """The ``neuroedge/<key>`` outputs of a model, with their specs, in output order."""
-    schema = _schema()
-    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    model = _read(tflite_model)
+    model = flatbuffer.read(tflite_model)
     graph = model.subgraphs[0]
-    producers = _producers(graph)
+    producers = flatbuffer.producers(graph)
     found = []
     for index in graph.outputs[1:]:
         tensor = graph.tensors[int(index)]
         name = tensor.name.decode()
         if not name.startswith(PREFIX):
             raise ConversionFailedError(f"output {name!r} is not a named trust output")
-        quant = tensor.quantization
-        scale = float(quant.scale[0]) if quant is not None and quant.scale is not None and len(
-            quant.scale) else 0.0
-        zero = int(quant.zeroPoint[0]) if quant is not None and quant.zeroPoint is not None \
-            and len(quant.zeroPoint) else 0
-        spec = TensorSpec(tuple(int(d) for d in tensor.shape), types[tensor.type], scale, zero)
+        spec = flatbuffer.tensor_spec(tensor)
         op = producers.get(int(index))
         kind = None
         if name == PREFIX + "heatmap":

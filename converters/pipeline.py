@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from converters import datasets, export, external_check, selective
+from converters import datasets, export, external_check, flatbuffer, selective
 from converters.errors import ConversionFailedError, OutputError, UsageError
 from converters.evaluate import compare, keras_predictor, output_kind_of, predict_batched
 from converters.gate import GateResult, Thresholds, apply_gate
@@ -190,8 +190,8 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
     convert_s = time.monotonic() - t0
     model_path = staging / MODEL_NAME
     model_path.write_bytes(tflite)
-    ops = export.ops_summary(tflite)
-    input_spec, output_spec = export.io_specs(tflite)
+    ops = flatbuffer.ops_summary(tflite)
+    input_spec, output_spec = flatbuffer.io_specs(tflite)
     kept = None
     if keep_float:
         kept = {"keep_float_ops": list(keep_float),

@@ -20,8 +20,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from converters import flatbuffer
 from converters.errors import ConversionFailedError, UsageError
-from converters.export import builtin_op_names, op_type
+from converters.flatbuffer import builtin_op_names, op_type
 
 #: Ops that only move values between int8 and float: keeping them "in float" means nothing.
 NOT_KEEPABLE = frozenset({"QUANTIZE", "DEQUANTIZE"})
@@ -92,17 +93,15 @@ def float_op_types(tflite_model: bytes) -> dict[str, int]:
     QUANTIZE / DEQUANTIZE are left out: they are the seams, not the work. For a fully int8
     model the result is empty.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_model))
+    float32 = flatbuffer.schema().TensorType.FLOAT32
+    model = flatbuffer.read(tflite_model)
     found: Counter[str] = Counter()
     for graph in model.subgraphs:
         for op in graph.operators:
             name = op_type(model, op)
             inputs = [i for i in op.inputs if i >= 0]
             if (name not in NOT_KEEPABLE and inputs
-                    and graph.tensors[inputs[0]].type == schema.TensorType.FLOAT32):
+                    and graph.tensors[inputs[0]].type == float32):
                 found[name] += 1
     return dict(sorted(found.items()))
 
