@@ -59,7 +59,7 @@ def measure(model: str, files: int, data_dir: Path | None, passes: int = 5) -> d
     from edge import heatmap, pages
     from edge.classifier import Classifier
     from edge.config import config_from_dict
-    from edge.inputs import DecodedImage
+    from edge.decoded import DecodedImage
     from edge.report import build_report
 
     config = config_from_dict({"paths": {"model": model}}, "benchmark")

@@ -21,9 +21,9 @@ import numpy as np
 
 from . import trust as trust_rule
 from .config import AgentConfig, ReviewConfig
+from .decoded import DecodedImage
 from .errors import ConfigError, ModelOutputError
 from .heatmap import spatial_map
-from .inputs import DecodedImage
 from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_verified
 from .preprocess import resize_uint8, scale
 from .runtime import TFLiteClassifier

@@ -37,9 +37,9 @@ from pydicom.uid import (
 from . import dicom_compat as compat
 from .codestream import declared_size, first_fragment
 from .config import DicomConfig, LimitsConfig
+from .decoded import DecodedImage, check_decode_budget, check_dimensions
 from .errors import DecodeError, InputLimitError, MissingDecoderError, UnsupportedInputError
 from .images import is_effectively_gray
-from .inputs import DecodedImage, check_decode_budget, check_dimensions
 from .preprocess import window_to_uint8
 
 SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",

@@ -19,8 +19,8 @@ from PIL import Image
 from . import jpeg
 from .codestream import declared_size
 from .config import LimitsConfig
+from .decoded import DecodedImage, check_decode_budget, check_dimensions, read_head
 from .errors import DecodeError, InputLimitError, UnsupportedInputError
-from .inputs import DecodedImage, check_decode_budget, check_dimensions, read_head
 from .preprocess import to_8bit_picture
 
 _FORMATS = {"png": "PNG", "jpeg": "JPEG"}

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
 
 from .config import DicomConfig, LimitsConfig
+from .decoded import DecodedImage, read_head
 from .errors import InputLimitError, UnsupportedInputError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,16 +28,6 @@ _OTHER_FORMATS = (
     (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
 )
 SUPPORTED = "PNG, JPEG or DICOM"
-
-
-@dataclass
-class DecodedImage:
-    """An input turned into the 8-bit picture the model's preprocessing starts from."""
-
-    kind: str  # "dicom", "png" or "jpeg"
-    picture: Image.Image  # mode "L" or "RGB"
-    details: dict[str, Any] = field(default_factory=dict)  # goes into the report
-    notes: list[str] = field(default_factory=list)  # what a reader of the report should know
 
 
 def sniff(head: bytes) -> str | None:
@@ -97,14 +84,6 @@ def check_regular_file(path: Path) -> None:
                                     "are read")
 
 
-def read_head(path: Path, size: int = 1024) -> bytes:
-    fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        return os.read(fd, size)
-    finally:
-        os.close(fd)
-
-
 def decode_file(path: Path, dicom: DicomConfig, limits: LimitsConfig) -> DecodedImage:
     """Decode any accepted input; raise ``UnsupportedInputError`` (or a subclass) otherwise."""
     size = os.lstat(str(path)).st_size
@@ -129,40 +108,3 @@ def decode_file(path: Path, dicom: DicomConfig, limits: LimitsConfig) -> Decoded
     raise UnsupportedInputError(
         f"the file is {describe_unknown(head)}, not a {SUPPORTED} file (recognised by content, "
         f"not by name); export the scan as {SUPPORTED}")
-
-
-def check_decode_budget(estimate_bytes: int, limits: LimitsConfig, what: str) -> None:
-    """Refuse an input whose decoding would take more memory than ``[limits] max_decode_mb``,
-    from an estimate made from its header (decoded pixels plus their 8-bit copy)."""
-    if estimate_bytes > limits.max_decode_mb * 2**20:
-        raise InputLimitError(
-            f"decoding this {what} would take about {estimate_bytes / 2**20:,.0f} MB of memory, "
-            f"above the limit of {limits.max_decode_mb:g} MB ([limits] max_decode_mb); an MR "
-            "slice needs a few MB. Raise the limit only if the device has the memory to spare")
-
-
-def check_dimensions(width: int, height: int, limits: LimitsConfig, what: str,
-                     frames: int = 1, samples: int = 1) -> None:
-    """Refuse absurd or bomb-sized images from their header, before any pixel is decoded."""
-    if width < 1 or height < 1:
-        raise UnsupportedInputError(f"the {what} has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
-        raise InputLimitError(
-            f"the {what} is {width}x{height} = {width * height:,} pixels, above the limit of "
-            f"{limits.max_pixels:,} ([limits] max_pixels): refused as a possible decompression "
-            "bomb")
-    total = width * height * max(1, frames) * max(1, samples)
-    if total > limits.max_total_pixels:
-        raise InputLimitError(
-            f"the {what} holds {frames} frame(s) of {width}x{height}x{samples} = {total:,} "
-            f"values, above the limit of {limits.max_total_pixels:,} ([limits] "
-            "max_total_pixels)")
-    if min(width, height) < limits.min_side:
-        raise UnsupportedInputError(
-            f"the {what} is only {width}x{height} pixels; an MR slice needs at least "
-            f"{limits.min_side} pixels per side ([limits] min_side)")
-    aspect = max(width, height) / min(width, height)
-    if aspect > limits.max_aspect:
-        raise UnsupportedInputError(
-            f"the {what} is {width}x{height} pixels (aspect ratio {aspect:.0f}:1), not an MR "
-            f"slice; the limit is {limits.max_aspect:g}:1 ([limits] max_aspect)")

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__
-from .inputs import DecodedImage
+from .decoded import DecodedImage
 
 REPORT_SCHEMA = "neuroedge.report/2"
 REPORT_SCHEMAS = ("neuroedge.report/1", REPORT_SCHEMA)  # what readers accept

@@ -206,7 +206,7 @@ def test_the_agent_uses_a_refitted_model(tiny_int8, tmp_path):
 
     from edge.classifier import Classifier
     from edge.config import AgentConfig
-    from edge.inputs import DecodedImage
+    from edge.decoded import DecodedImage
 
     out = tmp_path / "with-trust"
     refit(tiny_int8.model_dir, out, TrustOptions(data=tiny_int8.data_dir))

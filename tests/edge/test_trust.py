@@ -38,7 +38,7 @@ def _blob(size: int = 224, centre: tuple[int, int] = (60, 160), radius: int = 14
 
 def _classify(model: Path, picture: np.ndarray, **review):
     from edge.classifier import Classifier
-    from edge.inputs import DecodedImage
+    from edge.decoded import DecodedImage
 
     config = AgentConfig().override("paths", model=str(model))
     if review:
