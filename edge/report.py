@@ -10,6 +10,7 @@ and ``trust`` and ``heatmap`` were added. Readers take both versions (``REPORT_S
 from __future__ import annotations
 
 import platform
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ REPORT_SCHEMAS = ("neuroedge.report/1", REPORT_SCHEMA)  # what readers accept
 NOTICE = ("NOT FOR CLINICAL USE. This is an automated research classification of one image by "
           "a machine-learning model. It is not a diagnosis, may be wrong, and must not be used "
           "to make decisions about a patient's care.")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def now_iso() -> str:
@@ -83,6 +85,17 @@ def heatmap_section(sha256: str, prediction: Any) -> dict[str, Any] | None:
             "map_size": [int(d) for d in heat.shape], "peak": peak(heat)}
 
 
+def valid_uid(value: Any) -> bool:
+    """A DICOM UID (PS3.5 9.1: digits and dots, at most 64 characters): safe as a file name."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def study_of(report: dict[str, Any] | None) -> str | None:
+    """The StudyInstanceUID a report belongs to, if it has a valid one."""
+    uid = ((report or {}).get("dicom") or {}).get("study_instance_uid")
+    return uid if valid_uid(uid) else None
+
+
 def summary_line(report: dict[str, Any] | None) -> dict[str, Any]:
     """The fields of a report the daily index repeats (``study``: the StudyInstanceUID of a
     DICOM input that has a valid one, for the study reports of ``edge.network.studies``)."""
@@ -91,8 +104,6 @@ def summary_line(report: dict[str, Any] | None) -> dict[str, Any]:
     summary = {"label": report["prediction"]["label"],
                "confidence": report["prediction"]["confidence"],
                "needs_review": report["needs_review"]}
-    from .network.studies import study_of
-
     study = study_of(report)
     if study:
         summary["study"] = study

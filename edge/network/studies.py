@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List
 
 from ..dicom import uid_hash
 from ..durable import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
-from ..report import now_iso
+from ..report import now_iso, study_of, valid_uid
 from .settings import StudiesConfig
 from .verdict import Slice, instances_hash, judge, suspicious
 
@@ -42,24 +42,12 @@ STUDY_SCHEMA = "neuroedge.study/1"
 STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of a study's "
                 "slices, each classified by a machine-learning model. It is not a diagnosis, "
                 "may be wrong, and must not be used to make decisions about a patient's care.")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 _POLL = 0.5  # seconds between two reads of the index (a study waits up to this on top)
 _RETRY_FIRST, _RETRY_MAX = 30.0, 900.0  # seconds before a study that failed is tried again
 _CLOCK_SLACK = 5.0  # seconds "in the future" a saved time may be before the clock went back
 
 OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
-
-
-def valid_uid(value: Any) -> bool:
-    """A DICOM UID (PS3.5 9.1: digits and dots, at most 64 characters): safe as a file name."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID.match(value))
-
-
-def study_of(report: dict[str, Any] | None) -> str | None:
-    """The StudyInstanceUID a report belongs to, if it has a valid one."""
-    uid = ((report or {}).get("dicom") or {}).get("study_instance_uid")
-    return uid if valid_uid(uid) else None
 
 
 def index_row(doc: Any) -> dict[str, Any] | None:

@@ -12,8 +12,9 @@ import pytest
 from agent_helpers import gray_png, make_config, run_once
 from network_helpers import PATIENT_ID, make_study
 
-from edge.network.studies import StudyTracker, valid_uid
+from edge.network.studies import StudyTracker
 from edge.network.study_pages import slice_pictures
+from edge.report import valid_uid
 
 # 4 of 10 slices dark (the toy model: glioma), the rest mid-grey (notumor)
 GLIOMA_STUDY = [0.6, 0.6, 0.6, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6]
