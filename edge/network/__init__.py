@@ -5,8 +5,8 @@
 - ``studies``: groups the per-slice reports by StudyInstanceUID and, once a study has been
   quiet for ``[studies] settle_seconds``, writes ``OUTBOX/studies/<uid>.json`` and ``.html``
   with a verdict (``verdict``: the documented rule);
-- ``sr`` and ``sendqueue``: the verdict as a DICOM Structured Report, sent by C-STORE to
-  ``[pacs] send_to`` through a queue on disk that survives restarts;
+- ``sr``, ``sendqueue`` and ``sender``: the verdict as a DICOM Structured Report, queued on
+  disk (it survives restarts) and sent by C-STORE to ``[pacs] send_to``;
 - ``services``: starts and stops all of it with ``edge-agent watch``.
 
 This package's ``__init__`` imports nothing heavy: ``edge.config`` reads its settings.

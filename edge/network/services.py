@@ -17,7 +17,8 @@ from ..config import AgentConfig
 from ..dicom import uid_hash
 from ..errors import ConfigError
 from .receiver import DicomReceiver, sweep_spool
-from .sendqueue import Outgoing, Sender, SendQueue
+from .sender import Sender
+from .sendqueue import Outgoing, SendQueue
 from .settings import StudiesConfig
 from .studies import StudyTracker
 from .verdict import Slice

@@ -9,7 +9,8 @@ import time
 import pydicom
 import pytest
 
-from edge.network.sendqueue import Outgoing, Sender, SendError, SendQueue
+from edge.network.sender import Sender, SendError
+from edge.network.sendqueue import Outgoing, SendQueue
 from edge.network.settings import NetworkConfig, PacsConfig, Peer
 from edge.network.sr import BASIC_TEXT_SR, COMPREHENSIVE_SR, build_sr, encode, series_uid
 from edge.network.verdict import Slice
@@ -342,7 +343,7 @@ def test_an_sr_the_pacs_refuses_does_not_hold_back_the_others(tmp_path):
 
 
 def test_failure_statuses_are_explained_with_what_to_do():
-    from edge.network.sendqueue import describe_store_status
+    from edge.network.sender import describe_store_status
 
     assert "out of resources" in describe_store_status(0xA701)
     assert "0xA900" in describe_store_status(0xA900) and "sr_type" in describe_store_status(
@@ -438,7 +439,7 @@ def test_a_refusal_that_lasts_waits_retry_max_is_an_error_once_and_check_lists_i
     import logging
 
     from edge.checks import _check_sr_queue
-    from edge.network.sendqueue import describe_store_status, status_lasts
+    from edge.network.sender import describe_store_status, status_lasts
 
     assert status_lasts(0xA900) and status_lasts(0x0124) and status_lasts(0xC001)
     assert not status_lasts(0xA700) and not status_lasts(0x0110) and not status_lasts(0xFE00)
