@@ -50,6 +50,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
             inbox, outbox = resolve_folders(config)
             ok("inbox", f"{inbox} is readable and writable")
             _check_outbox(outbox, inbox, ok, fail)
+            _check_space(outbox, config.watch.min_free_mb, ok, warn)
             if config.pacs.send_to:
                 _check_sr_queue(outbox, str(config.pacs.peer), ok, warn)
         except EdgeError as exc:
@@ -82,6 +83,25 @@ def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
     if not same:
         ok("filesystems", "inbox and outbox are on different filesystems: inputs are copied "
            "durably, then removed from the inbox (slower than a rename, equally safe)")
+
+
+def _check_space(outbox: Path, min_free_mb: float, ok: Callable[[str, str], None],
+                 warn: Callable[[str, str], None]) -> None:
+    """Free space on the outbox's disk: below [watch] min_free_mb the agent takes no new
+    input (a warning: it keeps running, and takes them once space is freed)."""
+    from .diskspace import MB, free_bytes
+
+    existing = outbox if outbox.exists() else outbox.parent
+    free = free_bytes(existing)
+    if free is None:
+        warn("disk space", f"cannot read the free space of {existing}")
+    elif free < min_free_mb * MB:
+        warn("disk space", f"only {free // MB} MB free for the outbox, below [watch] "
+             f"min_free_mb = {min_free_mb:g}: the agent takes no new input until space is "
+             "freed")
+    else:
+        ok("disk space", f"{free // MB} MB free for the outbox ([watch] min_free_mb = "
+           f"{min_free_mb:g})")
 
 
 def _check_codecs(ok: Callable[[str, str], None]) -> None:

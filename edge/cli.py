@@ -12,7 +12,8 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
       disk may not be mounted, so a service manager should restart the agent
 69    no TFLite runtime can be imported, or it cannot run the model
 75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
-      yet and stay journaled for the next run, or could not be read in the inbox; ``fsck``:
+      yet and stay journaled for the next run, or wait in the inbox for disk space
+      (``[watch] min_free_mb``), or could not be read in the inbox; ``fsck``:
       interrupted inputs wait in the journal for the agent's next start
 78    configuration error: config file, model/manifest (incl. sha256 mismatch), folders.
       ``check`` exits 78 for any failed check. The systemd unit uses
@@ -135,6 +136,10 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
         raise _Failure(f"{counts['unfinished']} input(s) could not be finished (see the log); "
                        "they are kept in the outbox's .state folder and are retried on the next "
                        "run", EX_TEMPFAIL)
+    if counts.get("waiting_for_space"):
+        raise _Failure(f"{counts['waiting_for_space']} input(s) were left in the inbox, untouched: "
+                       f"{agent.space.describe()}; free space (or lower [watch] min_free_mb) "
+                       "and run again", EX_TEMPFAIL)
     if counts.get("unreachable"):
         raise _Failure(f"{counts['unreachable']} place(s) in the inbox could not be read (the "
                        "log says why and how to find them); their files are still there",

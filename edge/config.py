@@ -53,6 +53,7 @@ class WatchConfig:
     recursive: bool = True
     max_pending: int = 1000
     retry_interval: float = 60.0
+    min_free_mb: float = 200.0  # edge.diskspace: no new input below this on the outbox's disk
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ def _validate_section(name: str, s: Any, source: str) -> None:
                 raise bad(key, "must be >= 0 seconds")
         if s.max_pending < 1:
             raise bad("max_pending", "must be at least 1")
+        if not s.min_free_mb >= 0:
+            raise bad("min_free_mb", "must be >= 0 megabytes (0: no floor)")
     elif name == "review":
         if not 0.0 <= s.threshold <= 1.0:
             raise bad("threshold", "must be between 0 and 1")

@@ -27,6 +27,7 @@ from typing import Any
 from . import sdnotify
 from .classifier import Classifier
 from .config import AgentConfig
+from .diskspace import SpaceGuard
 from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
@@ -113,8 +114,9 @@ class Agent:
         self._last_ping = time.monotonic()
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
-        if self.network.queue is not None:  # SRs the PACS does not take: on the front page
-            self.index.alerts = self.network.page_alerts
+        self.space = SpaceGuard(outbox_root, w.min_free_mb)
+        self.index.alerts = self._page_alerts  # what needs a person, on the front page
+        self._left_for_space = 0  # --once: inputs left in the inbox for want of disk space
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -160,7 +162,8 @@ class Agent:
             self._render_index()
             self.outbox.unlock()
         counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),
-                      unreachable=len(self.inbox.unreachable))
+                      unreachable=len(self.inbox.unreachable),
+                      waiting_for_space=self._left_for_space)
         log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
                  counts["classified"], counts["duplicate"], counts["quarantined"],
                  counts["unfinished"])
@@ -255,6 +258,11 @@ class Agent:
                 last_render = now
             if now - last_alerts >= _RENDER_EVERY:
                 last_alerts = now
+            if self.once and self.space.low and (self.inbox.pending or self.inbox.overflowed):
+                self._left_for_space = len(self.inbox.pending)
+                log.error("stopping with %d input(s) left in the inbox, untouched: %s",
+                          self._left_for_space, self.space.describe())
+                break
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:
@@ -291,6 +299,8 @@ class Agent:
 
     def _take_ready(self) -> list[str]:
         paths: list[str] = []
+        if not self.space.room():
+            return paths  # they wait in the inbox until the outbox's disk has room
         while len(paths) < CLAIM_GROUP:
             path = self.inbox.take_ready()
             if path is None:
@@ -362,6 +372,9 @@ class Agent:
                     self.outbox.save(job)
                 except OSError:
                     pass  # not recorded: the next start counts one attempt, nothing worse
+
+    def _page_alerts(self) -> list[str]:
+        return self.space.page_lines() + self.network.page_alerts()
 
     def _render_index(self) -> None:
         try:
