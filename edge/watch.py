@@ -106,6 +106,7 @@ class Agent:
         self._rescan = threading.Event()
         self._observer: Any = None
         self._failed_jobs: list[Job] = []
+        self._last_failure = ""  # why the newest of them failed, for the front page
         self._failed_lock = threading.Lock()
         self.committer = Committer(self.worker, self._job_failed)
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
@@ -361,6 +362,7 @@ class Agent:
                   describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
         with self._failed_lock:
             self._failed_jobs.append(job)
+            self._last_failure = describe_error(exc)
 
     def _pause_failed_jobs(self) -> None:
         """Mark the jobs still waiting for a retry (a full disk, say) as paused, so the next
@@ -374,7 +376,15 @@ class Agent:
                     pass  # not recorded: the next start counts one attempt, nothing worse
 
     def _page_alerts(self) -> list[str]:
-        return self.space.page_lines() + self.network.page_alerts()
+        lines = self.space.page_lines()
+        with self._failed_lock:
+            waiting, why = len(self._failed_jobs), self._last_failure
+        if waiting:
+            lines.append(f"{waiting} input(s) were taken but could not be finished yet "
+                         f"({why}). They are kept safely in the outbox's .state folder and "
+                         f"tried again every {self.config.watch.retry_interval:g} s; the log "
+                         "says which.")
+        return lines + self.network.page_alerts()
 
     def _render_index(self) -> None:
         try:

@@ -577,6 +577,10 @@ def test_5_a_passing_failure_is_not_counted_as_a_crash(folders, test_model, monk
     config = make_config(folders, test_model.path, limits={"max_attempts": 2})
     for _ in range(4):
         assert run_once(config)["unfinished"] == 1
+    front = (folders["outbox"] / "index.html").read_text()  # what a radiographer sees
+    assert "1 input(s) were taken but could not be finished yet" in front
+    assert "No space left on device" in front
     monkeypatch.setattr(commit, "write_bytes_atomic", real)
     counts = run_once(config)
     assert counts["classified"] == 1 and counts["quarantined"] == 0
+    assert "could not be finished" not in (folders["outbox"] / "index.html").read_text()
