@@ -223,7 +223,8 @@ def index_page(days: list[tuple[str, int]], alerts: Iterable[str] = (),
     alerts = list(alerts)
     warning = ("<div class=\"alert\"><h2>Needs attention</h2>"
                + "".join(f"<p>{esc(line)}</p>" for line in alerts)
-               + (f"<p class=\"small\">as of {esc(as_of)}</p>" if as_of else "")
+               + (f"<p class=\"small\">as of {esc(as_of.replace('T', ' '))} (the page is "
+                  "rewritten when this changes)</p>" if as_of else "")
                + "</div>") if alerts else ""
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>{warning}"
             f"<ul>{items or '<li>nothing processed yet</li>'}</ul>"
