@@ -161,6 +161,7 @@ def test_sample_inbox_end_to_end(tmp_path, test_model):
         assert any("Body Part Examined is ABDOMEN" in r for r in report["review_reasons"])
     index_page = (outbox / "index.html").read_text()
     assert "NOT FOR CLINICAL USE" in index_page and "index/" in index_page
+    assert "Needs attention" not in index_page  # a healthy run raises no alarm
 
 
 def test_verbose_logs_of_a_real_run_carry_no_patient_data(tmp_path, test_model):
