@@ -116,18 +116,21 @@ def _short_name(name: str) -> str:
 
 def requantization_problems(tflite_path: Path) -> list[dict[str, Any]]:
     """The quantized ops XNNPACK will refuse: requantization scale outside
-    ``XNNPACK_REQUANT_RANGE``. Read with the plain kernels (no delegate); empty when no
-    interpreter is installed here."""
+    ``XNNPACK_REQUANT_RANGE``. Read with the plain kernels (no delegate), in the runtime the
+    device code picks (``edge.runtime.load_runtime``); empty when none is installed here."""
+    import sys
+
+    from edge.errors import RuntimeUnavailableError
+    from edge.runtime import load_runtime
+
     try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter, OpResolverType
-        except ImportError:
-            return []
-    interpreter = Interpreter(model_path=str(tflite_path),
-                              experimental_op_resolver_type=(
-                                  OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        runtime = load_runtime()
+    except RuntimeUnavailableError:
+        return []
+    resolver = sys.modules[runtime.interpreter_class.__module__].OpResolverType
+    interpreter = runtime.interpreter_class(
+        model_path=str(tflite_path),
+        experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     low, high = XNNPACK_REQUANT_RANGE
     found = []
