@@ -253,12 +253,15 @@ class Agent:
             if paths or self._claimed_ahead is not None:
                 self._process(paths)
                 continue
-            if now - last_render >= _RENDER_EVERY and (self.index.dirty or (
-                    now - last_alerts >= _RENDER_EVERY and self.index.alerts_changed())):
+            # the front page's alerts (disk, SRs, unfinished inputs) are looked at every
+            # _RENDER_EVERY seconds, not at every tick: asking reads the SR queue's folder
+            look = now - last_alerts >= _RENDER_EVERY
+            if look:
+                last_alerts = now
+            if now - last_render >= _RENDER_EVERY and (
+                    self.index.dirty or (look and self.index.alerts_changed())):
                 self._render_index()
                 last_render = now
-            if now - last_alerts >= _RENDER_EVERY:
-                last_alerts = now
             if self.once and self.space.low and (self.inbox.pending or self.inbox.overflowed):
                 self._left_for_space = len(self.inbox.pending)
                 log.error("stopping with %d input(s) left in the inbox, untouched: %s",
