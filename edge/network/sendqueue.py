@@ -146,12 +146,7 @@ def read_queue_state(outbox: Path) -> QueueState:
     the running agent owns the queue). A record being replaced, or damaged, is skipped:
     the agent repairs or sets it aside."""
     folder = outbox / ".state" / "outgoing"
-    records = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            continue
+    records = [read_json(path) for path in sorted(folder.glob("*.json"))]  # None: skipped
     return QueueState.of(records, _count_damaged(folder))
 
 
