@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="[runtime] threads for the agent runs (default 0: the runtime's)")
     agent.add_argument("--no-tmpfs", action="store_true",
                        help="skip the agent run on /dev/shm")
+    agent.add_argument("--heatmap", choices=("occlusion", "model", "none"), default="occlusion",
+                       help="the agent's [report] heatmap (default occlusion, the agent's "
+                            "default: 49 more runs of the model per file; its time is shown "
+                            "apart and not counted as the agent's overhead)")
     agent.add_argument("--fsync-delay-ms", type=float, default=0.0, metavar="MS",
                        help="add MS of sleep to every fsync of the agent run on disk: emulates "
                             "slow storage (an SD card); the targets are not judged then")
@@ -211,7 +215,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             result["agent"] = agent.measure(args.model or _shipped(), files, ("png", "dicom"),
                                             args.data, work, args.agent_threads,
                                             tmpfs_too=not args.no_tmpfs,
-                                            fsync_delay_ms=args.fsync_delay_ms)
+                                            fsync_delay_ms=args.fsync_delay_ms,
+                                            heatmap=args.heatmap)
         if "reports" in wanted:
             from benchmarks import reports
 

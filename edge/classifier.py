@@ -23,7 +23,7 @@ from . import trust as trust_rule
 from .config import AgentConfig, ReviewConfig
 from .decoded import DecodedImage
 from .errors import ConfigError, ModelOutputError
-from .heatmap import spatial_map
+from .heatmap import answer_margin, occlusion_map, spatial_map
 from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_verified
 from .preprocess import resize_uint8, scale
 from .runtime import TFLiteClassifier
@@ -42,6 +42,7 @@ class Prediction:
     trust: dict[str, Any] | None = None  # the report's ``trust`` section
     heatmap: np.ndarray | None = None  # (h, w) map in 0..1 over the model input
     heatmap_kind: str | None = None
+    heatmap_effect: float | None = None  # occlusion: the largest fall of the answer's margin
 
 
 def resolve_model_path(configured: str) -> Path:
@@ -75,6 +76,7 @@ class Classifier:
                                        runtime=config.runtime.name or None)
         self.runtime_name = f"{self._model.runtime.name} {self._model.runtime.version}"
         self.review = config.review
+        self.heatmap = config.report.heatmap
         self.trust = TrustModel(self.manifest, self.model_path.parent)
         self.body_parts = tuple(p.strip().upper() for p in config.dicom.body_parts)
 
@@ -109,12 +111,20 @@ class Classifier:
         assessment = self.trust.assess(probs, outputs)
         prediction = self._decide(assessment, pixels, {"preprocess": (t1 - t0) * 1000,
                                                        "inference": (t2 - t1) * 1000})
-        if self.trust.heatmap_output is not None:
+        index = self.labels.index(prediction.label)
+        if self.heatmap == "model" and self.trust.heatmap_output is not None:
             prediction.heatmap = spatial_map(
                 outputs[self.trust.heatmap_output], self.trust.heatmap_kind or "spatial_attention",
-                self.trust.heatmap_weights(self.labels.index(prediction.label)))
+                self.trust.heatmap_weights(index))
             prediction.heatmap_kind = self.trust.heatmap_kind
-        prediction.timings_ms["trust"] = (time.perf_counter() - t2) * 1000
+        t3 = time.perf_counter()
+        if self.heatmap == "occlusion":
+            prediction.heatmap, prediction.heatmap_effect = occlusion_map(
+                pixels, lambda changed: answer_margin(
+                    *self._model.predict_with_outputs(scale(changed, spec)), index))
+            prediction.heatmap_kind = "occlusion"
+            prediction.timings_ms["heatmap"] = (time.perf_counter() - t3) * 1000
+        prediction.timings_ms["trust"] = (t3 - t2) * 1000
         body_part = decoded.details.get("body_part_examined") if decoded.kind == "dicom" else None
         if body_part and self.body_parts and body_part not in self.body_parts:
             prediction.review_reasons.append(

@@ -27,6 +27,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 FRAME_CHOICES = ("middle", "first")
 FALLBACK_WINDOWS = ("percentile", "minmax")
 RUNTIME_CHOICES = ("", "ai-edge-litert", "tflite-runtime", "tensorflow")
+HEATMAP_CHOICES = ("occlusion", "model", "none")  # edge.heatmap
 # More interpreter threads than this only slows a small model down; far more (100000) makes
 # the runtime crash while creating them.
 MAX_THREADS = 64
@@ -104,6 +105,10 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ReportConfig:
     html: bool = True
+    # the heat-map: "occlusion" (the answer's margin lost when each region is blacked out;
+    # 49 more runs of the model), "model" (the model's own map: cheap, and for the shipped
+    # model not where the answer comes from: docs/trust.md), "none"
+    heatmap: str = "occlusion"
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,9 @@ def _validate_section(name: str, s: Any, source: str) -> None:
             raise bad("name", "must be one of " + ", ".join(repr(c) for c in RUNTIME_CHOICES))
         if not 0 <= s.threads <= MAX_THREADS:
             raise bad("threads", f"must be between 0 (the runtime's default) and {MAX_THREADS}")
+    elif name == "report":
+        if s.heatmap not in HEATMAP_CHOICES:
+            raise bad("heatmap", "must be one of " + ", ".join(repr(c) for c in HEATMAP_CHOICES))
     elif name == "logging":
         if s.level not in LOG_LEVELS:
             raise bad("level", f"must be one of {', '.join(LOG_LEVELS)}")

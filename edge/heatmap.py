@@ -1,8 +1,22 @@
-"""Where the model looked: its own spatial map, drawn over the picture it saw.
+"""Where the answer came from, drawn over the picture the model saw.
 
-No gradients on the device: the map is an output of the model itself (``manifest.trust
-.heatmap``). A model whose classifier reads the global average of its last feature map gets
-the class activation map (``class_activation``, Zhou et al. 2016): at each position, the
+By default (``[report] heatmap = "occlusion"``) the map is measured, not read off the model:
+the picture is shown to the model again with one cell of a 7 x 7 grid blacked out at a
+time, and each cell gets how much the answer's margin over the runner-up fell
+(``occlusion_map``; Zeiler and Fergus, 2014). It costs 49 more runs of the model and needs no
+gradients and nothing from the model but its answer, and a cell lights up only if the
+answer needed what lies there. Black is what an MR scanner records where there is no
+signal, so a blacked-out cell is a region with nothing in it, not a foreign patch.
+
+``[report] heatmap = "model"`` shows a map that is an output of the model itself
+(``manifest.trust.heatmap``), at no extra cost. For the shipped residual model that map is
+not where the answer comes from: its peaks sit on the picture's margin for most glioma
+answers, while blacking out that margin changes nothing and blacking out the cell the
+occlusion map picks moves the margin three to eight times as much
+(docs/trust.md#the-heat-map).
+
+With ``model``, a model whose classifier reads the global average of its last feature map
+gets the class activation map (``class_activation``, Zhou et al. 2016): at each position, the
 feature map weighted by the classifier's weights of the answered class, whose mean over
 positions is that class's logit (less its bias), shown as its difference from the same
 map averaged over the training images. A CBAM model without such a head shows
@@ -14,6 +28,8 @@ blended over the thumbnail; the report keeps where it peaks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -51,6 +67,47 @@ def spatial_map(output: np.ndarray, kind: str,
     if not np.isfinite(low) or not np.isfinite(high) or high - low < 1e-12:
         return np.zeros(heat.shape)
     return (heat - low) / (high - low)
+
+
+OCCLUSION_GRID = 7  # cells per side; 32 x 32 pixels each at 224 x 224
+
+
+def answer_margin(probabilities: np.ndarray, outputs: dict[str, np.ndarray],
+                  index: int) -> float:
+    """How strongly the model prefers class ``index``: its logit less the best other logit,
+    or, for a model without a logits output, the log-odds of its probability."""
+    logits = outputs.get("logits")
+    if logits is not None:
+        values = np.asarray(logits, dtype=np.float64).reshape(-1)
+        return float(values[index] - np.max(np.delete(values, index)))
+    p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1 / 512, 1 - 1 / 512)
+    return float(np.log(p[index]) - np.log1p(-p[index]))
+
+
+def occlusion_map(pixels: np.ndarray, margin: Callable[[np.ndarray], float],
+                  grid: int = OCCLUSION_GRID) -> tuple[np.ndarray, float]:
+    """The (grid, grid) occlusion map of the (H, W, 3) uint8 model input ``pixels``, scaled to
+    0..1, and the largest fall of the margin (in ``margin``'s units).
+
+    ``margin(pixels)`` runs the model and returns the answer's margin. Each cell is set to
+    black in turn; its value is how much the margin fell. A cell whose removal strengthened
+    the answer counts as 0, and a map where no cell weakened it is all zeros (flat)."""
+    pixels = np.array(pixels, dtype=np.uint8, copy=True)
+    height, width = pixels.shape[:2]
+    base = margin(pixels)
+    fall = np.zeros((grid, grid))
+    for r in range(grid):
+        top, bottom = r * height // grid, (r + 1) * height // grid
+        for c in range(grid):
+            left, right = c * width // grid, (c + 1) * width // grid
+            kept = pixels[top:bottom, left:right].copy()
+            pixels[top:bottom, left:right] = 0
+            fall[r, c] = base - margin(pixels)
+            pixels[top:bottom, left:right] = kept
+    largest = float(fall.max())
+    if not np.isfinite(largest) or largest <= 1e-9:
+        return np.zeros((grid, grid)), max(largest, 0.0) if np.isfinite(largest) else 0.0
+    return np.clip(fall, 0.0, None) / largest, largest
 
 
 def resize_map(heat: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -152,13 +152,18 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
     """Issue 13: where the model looked, and what the trust checks said (report v2)."""
     parts = []
     if heatmap is not None:
-        kind = (report.get("heatmap") or {}).get("kind")
-        what = {"spatial_attention": "the weight the model's last attention block gave each "
+        section = report.get("heatmap") or {}
+        kind = section.get("kind")
+        label = report["prediction"]["label"]
+        what = {"occlusion": f"how much the answer '{label}' weakened when each region was "
+                             "blacked out and the picture shown to the model again",
+                "spatial_attention": "the weight the model's last attention block gave each "
                                      "region",
-                "class_activation": f"how much each region added to the answer "
-                                    f"'{report['prediction']['label']}', compared with an "
-                                    "average training picture"}.get(
+                "class_activation": f"how much each region added to the answer '{label}', "
+                                    "compared with an average training picture"}.get(
             kind, "the model's activation in each region")
+        if kind == "occlusion" and not section.get("peak_effect"):
+            what += " (no region's removal weakened it: the map is empty)"
         parts.append(f"<img class=\"thumb\" alt=\"heat-map over the model input\" "
                      "src=\"data:image/png;base64,"
                      f"{base64.b64encode(heatmap).decode('ascii')}\"><p>Where the model looked: "

@@ -81,8 +81,12 @@ def heatmap_section(sha256: str, prediction: Any) -> dict[str, Any] | None:
         return None
     from .heatmap import peak
 
-    return {"kind": prediction.heatmap_kind, "file": f"{sha256}.heatmap.png",
-            "map_size": [int(d) for d in heat.shape], "peak": peak(heat)}
+    section = {"kind": prediction.heatmap_kind, "file": f"{sha256}.heatmap.png",
+               "map_size": [int(d) for d in heat.shape], "peak": peak(heat)}
+    effect = getattr(prediction, "heatmap_effect", None)
+    if effect is not None:
+        section["peak_effect"] = round(float(effect), 4)
+    return section
 
 
 def valid_uid(value: Any) -> bool:

@@ -95,8 +95,10 @@ def test_agent_stages_add_up(tiny, tmp_path):
         assert run["committer_ms"]["reports (thumbnail + HTML + JSON)"] > 0
         assert run["claimer_ms"]["claim (journal + rename)"] > 0
         assert run["fsync_per_file"] >= 1  # the journal is durable
+        heat = run["stages_ms"]["occlusion heat-map (49 more invokes)"]
+        assert run["heatmap"] == "occlusion" and heat == run["heatmap_ms_per_file"] > 0
         assert run["overhead_ms_per_file"] == pytest.approx(run["ms_per_file"]
-                                                            - bare["ms_per_file"])
+                                                            - bare["ms_per_file"] - heat)
     assert list(tmp_path.iterdir()) == []  # scratch inboxes are removed
     text = agent.markdown(result)
     assert "| **total** |" in text and "overhead ÷ bare inference" in text

@@ -98,7 +98,9 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     from edge.classifier import Classifier
     from edge.inputs import decode_file
 
-    config = load_config(None)
+    # the answers and flags do not depend on the heat-map; the default occlusion map would
+    # cost 49 more runs of the model per picture (its own test is below)
+    config = load_config(None).override("report", heatmap="none")
     classifier = Classifier(config)
     files = sorted((dataset_dir / "Testing").glob("*/*"))
     right, flagged, probs, truth = {}, [], [], []
@@ -129,3 +131,50 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     assert dedup_accuracy >= dedup["quantized_accuracy_pct"] - 0.5, (
         f"agent-path deduplicated accuracy {dedup_accuracy:.2f}% vs manifest "
         f"{dedup['quantized_accuracy_pct']:.2f}%")
+
+
+@pytest.mark.dataset
+def test_the_shipped_occlusion_map_points_inside_the_head_and_at_what_the_answer_needs(
+        dataset_dir):
+    """The default heat-map on 10 Testing pictures of each class: its peak cell lies on the
+    head, not on the black frame (the model's own class activation map peaked on the frame
+    for most glioma answers: docs/trust.md), and blacking that cell out weakens the answer
+    more than blacking out where the model's own map peaks."""
+    from edge.classifier import Classifier
+    from edge.heatmap import answer_margin
+    from edge.inputs import decode_file
+    from edge.preprocess import scale
+
+    config = load_config(None)
+    occlusion = Classifier(config)
+    own = Classifier(config.override("report", heatmap="model"))
+    spec = occlusion.manifest.preprocess
+    on_head, falls = 0, {"occlusion": [], "model": []}
+    files = [path for label in occlusion.labels
+             for path in sorted((dataset_dir / "Testing" / label).glob("*"))[:10]]
+    for path in files:
+        decoded = decode_file(path, config.dicom, config.limits)
+        answer = occlusion.classify(decoded)
+        assert answer.heatmap_kind == "occlusion" and answer.heatmap.shape == (7, 7)
+        pixels = answer.model_input
+        index = occlusion.labels.index(answer.label)
+
+        def margin(picture, index=index):
+            return answer_margin(*occlusion._model.predict_with_outputs(scale(picture, spec)),
+                                 index)
+
+        base = margin(pixels)
+        for kind, heat in (("occlusion", answer.heatmap),
+                           ("model", own.classify(decoded).heatmap)):
+            rows, cols = heat.shape
+            r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            h, w = pixels.shape[:2]
+            box = (slice(r * h // rows, (r + 1) * h // rows),
+                   slice(c * w // cols, (c + 1) * w // cols))
+            if kind == "occlusion":
+                on_head += pixels[box].mean() > 20  # the frame is black (mean grey 0-10)
+            blacked = pixels.copy()
+            blacked[box] = 0
+            falls[kind].append(base - margin(blacked))
+    assert on_head >= 0.9 * len(files), f"{on_head} of {len(files)} peaks on the head"
+    assert np.mean(falls["occlusion"]) > 2 * np.mean(falls["model"]), falls

@@ -36,11 +36,12 @@ def _blob(size: int = 224, centre: tuple[int, int] = (60, 160), radius: int = 14
     return picture
 
 
-def _classify(model: Path, picture: np.ndarray, **review):
+def _classify(model: Path, picture: np.ndarray, heatmap: str = "occlusion", **review):
     from edge.classifier import Classifier
     from edge.decoded import DecodedImage
 
-    config = AgentConfig().override("paths", model=str(model))
+    config = AgentConfig().override("paths", model=str(model)).override("report",
+                                                                        heatmap=heatmap)
     if review:
         config = config.override("review", **review)
     decoded = DecodedImage(kind="png", picture=Image.fromarray(picture), details={}, notes=[])
@@ -153,10 +154,51 @@ def test_class_activation_weights_are_checked_when_the_model_loads(tmp_path):
         load_class_activation(path, 8, (7, 7), 4)
 
 
-def test_heatmap_peaks_at_a_planted_bright_blob(test_model):
+def test_occlusion_map_lights_the_cells_the_answer_needs_and_nothing_else():
+    """A stand-in model whose margin is the brightness of two regions (weights 2 and 1) less
+    a third (blacking that one out strengthens the answer): the map is the fall of the margin
+    per cell, scaled to 0..1, with the harmful cell at 0 and the largest fall reported."""
+    picture = np.zeros((224, 224, 3), np.uint8)
+    picture[64:96, 160:192] = 200  # cell (2, 5)
+    picture[160:192, 32:64] = 200  # cell (5, 1)
+    picture[0:32, 0:32] = 100  # cell (0, 0)
+    calls = []
+
+    def margin(pixels: np.ndarray) -> float:
+        calls.append(1)
+        return (2 * pixels[64:96, 160:192].mean() + pixels[160:192, 32:64].mean()
+                - pixels[0:32, 0:32].mean()) / 100
+
+    heat, largest = heatmap.occlusion_map(picture, margin)
+    assert len(calls) == 1 + 49 and heat.shape == (7, 7)
+    assert heat[2, 5] == 1.0 and heat[5, 1] == pytest.approx(0.5) and heat[0, 0] == 0.0
+    assert largest == pytest.approx(4.0) and np.count_nonzero(heat) == 2
+    assert heatmap.peak(heat) == {"x": round(5.5 / 7, 4), "y": round(2.5 / 7, 4)}
+    assert picture[64:96, 160:192].min() == 200  # the caller's picture is left as it was
+    flat, none = heatmap.occlusion_map(picture, lambda pixels: 1.0)
+    assert not flat.any() and none == 0.0
+
+
+def test_answer_margin_from_logits_or_from_probabilities():
+    assert heatmap.answer_margin(np.array([0.1, 0.9]), {"logits": np.array([1.0, 4.0, 2.5])},
+                                 1) == pytest.approx(1.5)
+    assert heatmap.answer_margin(np.array([0.2, 0.8]), {}, 1) == pytest.approx(np.log(4.0))
+    assert np.isfinite(heatmap.answer_margin(np.array([0.0, 1.0]), {}, 1))  # saturated
+
+
+def test_the_report_heatmap_setting_is_checked():
+    from edge.errors import ConfigError
+
+    assert AgentConfig().report.heatmap == "occlusion"
+    with pytest.raises(ConfigError, match=r"\[report\] heatmap must be one of 'occlusion', "
+                                          r"'model', 'none', got 'gradcam'"):
+        AgentConfig().override("report", heatmap="gradcam")
+
+
+def test_the_model_s_own_map_peaks_at_a_planted_bright_blob(test_model):
     model = _toy(test_model)
     for centre in ((60, 160), (170, 50)):
-        prediction = _classify(model, _blob(centre=centre))
+        prediction = _classify(model, _blob(centre=centre), heatmap="model")
         assert prediction.heatmap is not None and prediction.heatmap.shape == (28, 28)
         peak = heatmap.peak(prediction.heatmap)
         assert abs(peak["y"] - centre[0] / 224) < 0.06 and abs(peak["x"] - centre[1] / 224) < 0.06
@@ -176,21 +218,32 @@ def test_toy_in_distribution_answers_and_an_unusual_picture(test_model):
     assert strict.needs_review and "never missed silently" in strict.review_reasons[0]
 
 
-def test_the_agent_writes_the_heatmap_beside_the_report(folders, test_model):
+@pytest.mark.parametrize("setting", ["model", "occlusion", "none"])
+def test_the_agent_writes_the_heatmap_beside_the_report(folders, test_model, setting):
     _toy(test_model)
     Image.fromarray(_blob()).save(folders["inbox"] / "blob.png")
-    run_once(make_config(folders, test_model.path))
+    run_once(make_config(folders, test_model.path, report={"heatmap": setting}))
     reports = folders["outbox"] / "reports"
     (report_file,) = reports.glob("*.json")
     report = json.loads(report_file.read_text())
     assert report["schema"] == "neuroedge.report/2"
     assert report["trust"]["in_distribution"] is False and report["needs_review"] is True
     section = report["heatmap"]
-    assert section["map_size"] == [28, 28] and abs(section["peak"]["x"] - 160 / 224) < 0.06
+    page = report_file.with_suffix(".html").read_text()
+    if setting == "none":
+        assert section is None and not list(reports.glob("*.heatmap.png"))
+        assert "Where the model looked" not in page and "How far to trust it" in page
+        return
+    if setting == "model":
+        assert section["kind"] == "feature_map" and "peak_effect" not in section
+        assert section["map_size"] == [28, 28] and abs(section["peak"]["x"] - 160 / 224) < 0.06
+    else:  # the toy answers by mean brightness: blacking out any cell only strengthens it
+        assert section["kind"] == "occlusion" and section["map_size"] == [7, 7]
+        assert section["peak_effect"] == 0.0 and "timings_ms" in report
+        assert report["timings_ms"]["heatmap"] > 0
     png = reports / section["file"]
     with Image.open(png) as image:
         assert image.size == (224, 224)
-    page = report_file.with_suffix(".html").read_text()
     assert "Where the model looked" in page and page.count("data:image/png;base64,") == 2
     assert "How far to trust it" in page and "UNLIKE them" in page
 
