@@ -12,8 +12,9 @@ recipe's value, and run.json records both the recipe and the values used.
   re-encoding) (``trainer.augment.strong_batch``); AdamW (weight decay 0.02); 3 warm-up epochs,
   then cosine decay; label smoothing 0.1; 40 epochs.
 - ``background``: ``strong``, with the background around the head refilled in 70 % of the
-  pictures (``trainer.augment.refill_background``): the shipped ``strong`` model reads its
-  glioma answers off that background (docs/shortcuts.md).
+  pictures (``trainer.augment.refill_background``): made when the ``strong`` model's class
+  activation map seemed to read its glioma answers off that background; a counterfactual
+  test later showed the answers do not depend on it (docs/shortcuts.md).
 - ``contrast``: ``background``, with the grey levels inside the head remapped by a random
   curve in half the pictures (``trainer.augment.remap_contrast``): the shipped ``strong``
   model is sensitive to the MR contrast (docs/shortcuts.md). One CPU run did worse than
