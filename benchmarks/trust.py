@@ -117,7 +117,7 @@ def measure(model: str, data: Path, external: Path | None, work: Path,
         except UnsupportedInputError as exc:
             groups.setdefault(item.group, []).append({"refused": str(exc)})
             continue
-        p = classifier.classify(decoded)
+        p = classifier.classify(decoded, heatmap="none")  # the figures do not use the map
         groups.setdefault(item.group, []).append({
             "file": item.path.name, "source": item.source, "label": p.label,
             "confidence": p.confidence, "needs_review": p.needs_review,

@@ -92,7 +92,9 @@ def stage_table(model: str, work: Path, repeats: int) -> list[dict[str, Any]]:
     from .errors import ConfigError
     from .sample_inbox import phantom, pydicom_test_file
 
-    config = AgentConfig().override("paths", model=model)
+    # the stages up to the model's answer, with its own (nearly free) heat-map as before the
+    # occlusion map, whose 49 more runs the agent rows below include
+    config = AgentConfig().override("paths", model=model).override("report", heatmap="model")
     classifier = Classifier(config)
     Image.fromarray(phantom(512)).save(str(work / "phantom512.png"))
     Image.fromarray(phantom(512)).convert("RGB").save(str(work / "phantom512.jpg"), quality=92)

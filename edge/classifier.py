@@ -100,7 +100,10 @@ class Classifier:
             raise ConfigError(f"the model returned {probs!r} for a blank picture; it is broken")
         return probs
 
-    def classify(self, decoded: DecodedImage) -> Prediction:
+    def classify(self, decoded: DecodedImage, heatmap: str | None = None) -> Prediction:
+        """``heatmap``: this call's ``[report] heatmap`` ("none" where only the answer counts,
+        as when a whole folder is validated); None: the configured one."""
+        heatmap = self.heatmap if heatmap is None else heatmap
         spec = self.manifest.preprocess
         t0 = time.perf_counter()
         pixels = resize_uint8(decoded.picture, spec)
@@ -112,13 +115,13 @@ class Classifier:
         prediction = self._decide(assessment, pixels, {"preprocess": (t1 - t0) * 1000,
                                                        "inference": (t2 - t1) * 1000})
         index = self.labels.index(prediction.label)
-        if self.heatmap == "model" and self.trust.heatmap_output is not None:
+        if heatmap == "model" and self.trust.heatmap_output is not None:
             prediction.heatmap = spatial_map(
                 outputs[self.trust.heatmap_output], self.trust.heatmap_kind or "spatial_attention",
                 self.trust.heatmap_weights(index))
             prediction.heatmap_kind = self.trust.heatmap_kind
         t3 = time.perf_counter()
-        if self.heatmap == "occlusion":
+        if heatmap == "occlusion":
             prediction.heatmap, prediction.heatmap_effect = occlusion_map(
                 pixels, lambda changed: answer_margin(
                     *self._model.predict_with_outputs(scale(changed, spec)), index))

@@ -329,13 +329,19 @@ def _validation_folder(root: Path) -> Path:
     return root
 
 
-def test_validate_writes_the_figures_a_clinic_needs(tmp_path, test_model):
+def test_validate_writes_the_figures_a_clinic_needs(tmp_path, test_model, monkeypatch):
+    from edge import classifier as classifier_module
     from edge.validate import run_validation
 
     model = _toy(test_model)
     folder = _validation_folder(tmp_path / "site")
     config = AgentConfig().override("paths", model=str(model))
+    drawn = []  # the occlusion map only for the worst mistakes' thumbnails, not every image
+    real_occlusion = classifier_module.occlusion_map
+    monkeypatch.setattr(classifier_module, "occlusion_map",
+                        lambda *a, **k: drawn.append(1) or real_occlusion(*a, **k))
     summary = run_validation(folder, tmp_path / "out", config, echo=lambda _: None)
+    assert 0 < len(drawn) == len(summary["worst_mistakes"]) < summary["n"]
     saved = json.loads((tmp_path / "out" / "validation.json").read_text())
     assert saved["schema"] == "neuroedge.validation/1" and saved["n"] == 27 == summary["n"]
     assert [r["file"] for r in saved["refused"]] == ["tumour/notes.txt"]
