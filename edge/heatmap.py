@@ -105,8 +105,8 @@ def occlusion_map(pixels: np.ndarray, margin: Callable[[np.ndarray], float],
             fall[r, c] = base - margin(pixels)
             pixels[top:bottom, left:right] = kept
     largest = float(fall.max())
-    if not np.isfinite(largest) or largest <= 1e-9:
-        return np.zeros((grid, grid)), max(largest, 0.0) if np.isfinite(largest) else 0.0
+    if not np.isfinite(largest) or largest <= 1e-9:  # nothing weakened it (or a broken run)
+        return np.zeros((grid, grid)), 0.0
     return np.clip(fall, 0.0, None) / largest, largest
 
 

@@ -147,7 +147,6 @@ def test_the_shipped_occlusion_map_points_inside_the_head_and_at_what_the_answer
 
     config = load_config(None)
     occlusion = Classifier(config)
-    own = Classifier(config.override("report", heatmap="model"))
     spec = occlusion.manifest.preprocess
     on_head, falls = 0, {"occlusion": [], "model": []}
     files = [path for label in occlusion.labels
@@ -165,7 +164,7 @@ def test_the_shipped_occlusion_map_points_inside_the_head_and_at_what_the_answer
 
         base = margin(pixels)
         for kind, heat in (("occlusion", answer.heatmap),
-                           ("model", own.classify(decoded).heatmap)):
+                           ("model", occlusion.classify(decoded, heatmap="model").heatmap)):
             rows, cols = heat.shape
             r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
             h, w = pixels.shape[:2]
