@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from trainer.recipes import AUGMENTATIONS, RECIPE_HELP  # noqa: E402 - Keras-free: fast --help
 from trainer.registry import ARCHITECTURE_INFO  # noqa: E402
+from trainer.reweight import REWEIGHT_METHODS  # noqa: E402
 
 ARCH_NAMES = tuple(ARCHITECTURE_INFO)
 DEFAULT_RUNS_DIR = "runs"
@@ -190,15 +191,16 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
                    "the background refilled; 'contrast': background and the head's grey "
                    "levels remapped  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
-@click.option("--reweight", type=click.Choice(["none", "shortcuts", "planes"]), default="none",
+@click.option("--reweight", type=click.Choice(list(REWEIGHT_METHODS)), default="none",
               show_default=True,
               help="Draw each training picture with weight 1 / P(its no-tumour-or-tumour "
                    "answer | a cue), so that the cue says nothing about that answer: "
                    "'shortcuts': the picture properties of the shortcut audit; 'planes': the "
-                   "slice plane, axial or not (docs/training.md).")
+                   "slice plane, axial or not; 'shortcuts+planes': both in one model "
+                   "(docs/training.md).")
 @click.option("--planes", "planes_file", type=click.Path(dir_okay=False),
-              help="Plane table for --reweight planes (default docs/planes/training_planes.csv; "
-                   "made by python -m trainer planes).")
+              help="Plane table for --reweight planes|shortcuts+planes (default "
+                   "docs/planes/training_planes.csv; made by python -m trainer planes).")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",

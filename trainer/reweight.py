@@ -1,4 +1,5 @@
-"""Weights against a shortcut (``python -m trainer train --reweight shortcuts|planes``).
+"""Weights against a shortcut (``python -m trainer train --reweight shortcuts|planes|
+shortcuts+planes``).
 
 The data set's "no tumour" pictures differ from its tumour pictures in things that are not
 the disease: visible picture properties (``trainer.shortcuts``, the audit) and the slice
@@ -29,7 +30,9 @@ from trainer.shortcuts import (
     stratified_folds,
 )
 
-REWEIGHT_METHODS = ("none", "shortcuts", "planes")
+REWEIGHT_METHODS = ("none", "shortcuts", "planes", "shortcuts+planes")
+# The methods that read the plane table (--planes FILE).
+PLANE_METHODS = ("planes", "shortcuts+planes")
 # A picture's weight is 1 / P(its own no-tumour-or-tumour answer | properties), capped by
 # this floor at 1 / 0.1 = 10 before each class is scaled back to its own count.
 REWEIGHT_FLOOR = 0.1
@@ -132,16 +135,39 @@ def shortcut_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: 
     return ShortcutWeights(list(paths), p_true, weights, floor)
 
 
+def _axial(paths: Sequence[str], planes_file: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Per picture 1.0 if the plane table calls it axial, else 0.0; and how to cite the table."""
+    from edge.manifest import sha256_file
+    from trainer.planes import read_planes
+
+    axial = read_planes(planes_file).lookup(list(paths), str(planes_file)) >= 0.5
+    cited = f"{Path(planes_file).name}, sha256 {sha256_file(planes_file)[:12]}"
+    return axial.astype(np.float64), cited
+
+
 def plane_weights(paths: Sequence[str], labels: np.ndarray, names: Sequence[str],
                   planes_file: str | os.PathLike, *,
                   floor: float = REWEIGHT_FLOOR) -> ShortcutWeights:
     """Weights against the slice plane as a cue (``trainer.planes``): the propensity of
     "no tumour" given "axial or not", from the plane table ``planes_file``."""
-    from edge.manifest import sha256_file
-    from trainer.planes import read_planes
+    axial, cited = _axial(paths, planes_file)
+    p_true, weights = inverse_propensity_weights(axial[:, None], labels, names, floor=floor)
+    return ShortcutWeights(list(paths), p_true, weights, floor, "planes",
+                           f"axial or not ({cited})")
 
-    axial = read_planes(planes_file).lookup(list(paths), str(planes_file)) >= 0.5
-    p_true, weights = inverse_propensity_weights(axial[:, None].astype(np.float64), labels,
-                                                 names, floor=floor)
-    basis = f"axial or not ({Path(planes_file).name}, sha256 {sha256_file(planes_file)[:12]})"
-    return ShortcutWeights(list(paths), p_true, weights, floor, "planes", basis)
+
+def combined_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: np.ndarray,
+                     names: Sequence[str], planes_file: str | os.PathLike, *,
+                     floor: float = REWEIGHT_FLOOR,
+                     workers: int | None = None) -> ShortcutWeights:
+    """Weights against both cues at once (``--reweight shortcuts+planes``): one propensity
+    model sees the visible picture properties and the slice plane together, so a picture's
+    weight reflects what the two cues say jointly (weighting by one and then the other
+    would not: each product term ignores the cue the other already covers)."""
+    axial, cited = _axial(paths, planes_file)  # first: a bad table fails before measuring
+    features = measure_properties(Path(data_dir).expanduser(), list(paths), workers)
+    idx = [FEATURES.index(c) for c in VISIBLE]
+    x = np.column_stack([features[:, idx], axial])
+    p_true, weights = inverse_propensity_weights(x, labels, names, floor=floor)
+    return ShortcutWeights(list(paths), p_true, weights, floor, "shortcuts+planes",
+                           f"visible properties and axial or not ({cited})")

@@ -27,7 +27,7 @@ from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
 from trainer.errors import OptionError, RunError
-from trainer.reweight import REWEIGHT_METHODS
+from trainer.reweight import PLANE_METHODS, REWEIGHT_METHODS
 from trainer.runs import RunFolder, default_run_name, environment
 from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
@@ -68,8 +68,8 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine (to COSINE_FLOOR of the peak)
     warmup_epochs: float = 0.0  # linear warm-up from 1 % of the peak
     label_smoothing: float = 0.0
-    reweight: str = "none"  # none | shortcuts | planes (trainer.reweight)
-    planes_file: str | None = None  # --reweight planes; None: docs/planes/training_planes.csv
+    reweight: str = "none"  # none | shortcuts | planes | shortcuts+planes (trainer.reweight)
+    planes_file: str | None = None  # --reweight planes|shortcuts+planes; None: the default table
 
     def __post_init__(self) -> None:
         from trainer.batches import augment_policy
@@ -96,8 +96,9 @@ class TrainConfig:
              f"--recalibrate-bn must be 0 (off) or a number of batches, got {self.recalibrate_bn}"),
             (self.reweight in REWEIGHT_METHODS,
              f"--reweight must be one of {', '.join(REWEIGHT_METHODS)}, got {self.reweight!r}"),
-            (self.planes_file is None or self.reweight == "planes",
-             "--planes FILE is the plane table of --reweight planes; give both or neither"),
+            (self.planes_file is None or self.reweight in PLANE_METHODS,
+             "--planes FILE is the plane table of --reweight planes or shortcuts+planes; "
+             "give both or neither"),
         ]
         for ok, message in checks:
             if not ok:
@@ -166,14 +167,23 @@ def _sample_weights(run: RunFolder, config: TrainConfig, data: TrainingData,
     run folder when it starts, read back from there when it resumes."""
     if config.reweight == "none":
         return None
-    from trainer.reweight import ShortcutWeights, plane_weights, shortcut_weights
+    from trainer.planes import DEFAULT_PLANES
+    from trainer.reweight import (
+        ShortcutWeights,
+        combined_weights,
+        plane_weights,
+        shortcut_weights,
+    )
 
     if create:
         if config.reweight == "planes":
-            from trainer.planes import DEFAULT_PLANES
-
             found = plane_weights(data.train.paths, data.train.labels, data.labels,
                                   config.planes_file or DEFAULT_PLANES)
+        elif config.reweight == "shortcuts+planes":
+            log.info("measuring the training pictures' properties for --reweight %s",
+                     config.reweight)
+            found = combined_weights(config.data_dir, data.train.paths, data.train.labels,
+                                     data.labels, config.planes_file or DEFAULT_PLANES)
         else:
             log.info("measuring the training pictures' properties for --reweight %s",
                      config.reweight)

@@ -1,4 +1,4 @@
-"""The plane table (trainer.planes) and --reweight planes."""
+"""The plane table (trainer.planes), --reweight planes and --reweight shortcuts+planes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from trainer.planes import (
     read_planes,
     write_planes,
 )
-from trainer.reweight import plane_weights
+from trainer.reweight import combined_weights, plane_weights, shortcut_weights
 
 NAMES = ("glioma", "meningioma", "notumor", "pituitary")
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[2] / "edge" / "models"
@@ -136,7 +136,30 @@ def test_the_planes_command_labels_a_data_set_with_the_shipped_models_features(t
     assert no_data.exit_code != 0 and "does not exist" in no_data.output
 
 
-def test_a_run_with_reweight_planes_records_its_table(tmp_path):
+def test_combined_weights_see_the_plane_and_the_picture_properties(tmp_path):
+    """Real picture files whose planes are planted: no-tumour pictures all axial, tumours
+    mostly not. The joint weights draw axial tumours more often as the plane weights do,
+    and differ from the property-only weights (one model sees both cues)."""
+    root, _, paths, labels = _dataset_and_hand_labels(tmp_path)
+    axial = np.where(labels == 2, 1.0, (np.arange(len(labels)) % 4 == 0).astype(float))
+    planes = tmp_path / "planes.csv"
+    write_planes(planes, PlaneTable(paths, axial, ["hand"] * len(paths)))
+    both = combined_weights(root, paths, labels, NAMES, planes)
+    assert both.method == "shortcuts+planes" and both.paths == paths
+    assert both.basis.startswith("visible properties and axial or not (planes.csv, sha256")
+    tumour = labels != 2
+    assert (both.weights[tumour & (axial == 1)].mean()
+            > 1.3 * both.weights[tumour & (axial == 0)].mean())
+    for c in range(4):  # the classes keep their shares
+        assert both.weights[labels == c].mean() == pytest.approx(1.0)
+    alone = shortcut_weights(root, paths, labels, NAMES)
+    assert not np.allclose(both.weights, alone.weights)
+    with pytest.raises(DataError, match="make it with"):  # before any picture is measured
+        combined_weights(root, paths, labels, NAMES, tmp_path / "none.csv")
+
+
+@pytest.mark.parametrize("method", ["planes", "shortcuts+planes"])
+def test_a_run_with_reweight_planes_records_its_table(tmp_path, method):
     pytest.importorskip("keras")
     from edge.preprocess import PreprocessSpec
     from trainer.train import TrainConfig, train
@@ -148,8 +171,8 @@ def test_a_run_with_reweight_planes_records_its_table(tmp_path):
     config = TrainConfig(arch="mlp", data_dir=str(root), runs_dir=str(tmp_path / "runs"),
                          name="planes", epochs=1, batch_size=8, spec=PreprocessSpec(32, 32),
                          use_cache=False, model_options={"hidden_units": (8,)},
-                         reweight="planes", planes_file=str(planes))
+                         reweight=method, planes_file=str(planes))
     run = train(config, verbose=0)
     summary = run.read_record().raw["sample_weights"]
-    assert summary["method"] == "planes" and "planes.csv" in summary["basis"]
-    assert run.read_sample_weights()["method"] == "planes"
+    assert summary["method"] == method and "planes.csv" in summary["basis"]
+    assert run.read_sample_weights()["method"] == method

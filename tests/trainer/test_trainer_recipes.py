@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,11 @@ def test_cli_recipe_and_options(monkeypatch, tmp_path):
                                  "--reweight", "shortcuts")
     assert result.exit_code == 0, result.output
     assert (config.augment, config.reweight) == ("strong", "shortcuts")
+    result, config = _cli_config(monkeypatch, tmp_path, "--recipe", "strong",
+                                 "--reweight", "shortcuts+planes", "--planes", __file__)
+    assert result.exit_code == 0, result.output
+    assert config.reweight == "shortcuts+planes"
+    assert config.planes_file == str(Path(__file__).resolve())
 
 
 @pytest.mark.parametrize("args, message", [
