@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .config import AgentConfig
 from .durable import create_temp
@@ -39,6 +40,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
         classifier = Classifier(config, model_path.parent)
         classifier.self_test()
         ok("runtime", f"{classifier.runtime_name} loads and runs the model")
+        _check_speed(classifier, ok, warn)
     except EdgeError as exc:
         fail("model" if classifier is None else "runtime", str(exc))
     _check_codecs(ok)
@@ -58,6 +60,50 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
     else:
         echo("skip    folders: no inbox given (--inbox or [paths] inbox)")
     return failures
+
+
+# An input that takes longer than this (model, trust checks and heat-map together) makes a
+# burst of slices wait minutes: worth a warning, never a failure.
+SLOW_INPUT_S = 2.0
+
+
+def test_picture(size: int = 256) -> Any:
+    """A grey ellipse on black, the rough shape of an axial slice: something to time the
+    model and the heat-map on (the answer is not looked at)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    inside = (x / 0.75) ** 2 + (y / 0.9) ** 2 < 1
+    shade = 90 + 60 * np.cos(6 * x) * np.sin(5 * y)
+    return Image.fromarray(np.where(inside, shade, 0).astype(np.uint8), mode="L")
+
+
+def _check_speed(classifier: Any, ok: Callable[[str, str], None],
+                 warn: Callable[[str, str], None]) -> None:
+    """Time one input through the whole classification, heat-map included, as configured
+    (the first call is a warm-up), so the person installing the box sees its throughput."""
+    from .decoded import DecodedImage
+
+    decoded = DecodedImage("png", test_picture())
+    classifier.classify(decoded)
+    start = time.perf_counter()
+    prediction = classifier.classify(decoded)
+    seconds = time.perf_counter() - start
+    parts = ", ".join(f"{name} {prediction.timings_ms[name]:,.0f} ms"
+                      for name in ("inference", "trust", "heatmap")
+                      if name in prediction.timings_ms)
+    detail = (f"one input takes {seconds:.2f} s ({parts}; [report] heatmap = "
+              f"\"{classifier.heatmap}\"): about {60 / max(seconds, 1e-3):,.0f} inputs a minute, "
+              "before decoding and report writing")
+    if seconds > SLOW_INPUT_S and classifier.heatmap == "occlusion":
+        warn("speed", f"{detail}. The occlusion heat-map runs the model 49 more times per "
+             "input; where that is too slow for the clinic's bursts, set [report] heatmap = "
+             "\"none\" (or \"model\", faster but less faithful: docs/trust.md)")
+    elif seconds > SLOW_INPUT_S:
+        warn("speed", f"{detail}; a burst of slices will wait in the inbox")
+    else:
+        ok("speed", detail)
 
 
 def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],

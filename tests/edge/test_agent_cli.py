@@ -83,6 +83,33 @@ def test_check_passes_then_fails_on_a_tampered_model(tmp_path, test_model):
     assert no_inbox.returncode == EX_CONFIG and "does not exist" in no_inbox.stdout
 
 
+@pytest.mark.parametrize("heatmap, advice", [("occlusion", 'set [report] heatmap = "none"'),
+                                              ("none", "a burst of slices will wait")])
+def test_check_times_one_input_and_warns_when_it_is_slow(tmp_path, test_model, monkeypatch,
+                                                          heatmap, advice):
+    """`check` (which install.sh runs on the box itself) says how long one input takes
+    with the configured heat-map; a slow box is a warning with what to change, not a
+    failure."""
+    from edge import checks
+    from edge.config import load_config
+
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'[paths]\nmodel = "{test_model.path}"\n'
+                           f'[report]\nheatmap = "{heatmap}"\n')
+    config = load_config(str(config_file))
+    lines: list[str] = []
+    assert checks.run_checks(config, lines.append) == []
+    speed = [line for line in lines if " speed: " in line]
+    assert len(speed) == 1 and speed[0].startswith("ok      speed: one input takes")
+    assert f'[report] heatmap = "{heatmap}"' in speed[0] and "inputs a minute" in speed[0]
+    assert (", heatmap " in speed[0]) == (heatmap == "occlusion")  # its own time
+    monkeypatch.setattr(checks, "SLOW_INPUT_S", 0.0)
+    lines.clear()
+    assert checks.run_checks(config, lines.append) == []  # slow is not a failure
+    speed = [line for line in lines if " speed: " in line]
+    assert speed[0].startswith("WARNING speed: one input takes") and advice in speed[0]
+
+
 def test_check_lists_srs_the_pacs_refuses_without_failing(tmp_path, test_model):
     """An SR the PACS refuses until it is changed there needs a person; it is a warning,
     not a failed check (install.sh runs `check`, and the agent must keep running)."""
