@@ -155,6 +155,28 @@ def background_refilled(picture: Image.Image) -> Image.Image:
     return Image.fromarray((out * 255 + 0.5).astype(np.uint8))
 
 
+def match_grey_levels(picture: Image.Image, reference: Image.Image) -> Image.Image:
+    """The head's grey levels (``trainer.augment.head_mask``) sent through the monotonic
+    curve that gives them the reference head's histogram (quantile mapping): what is
+    brighter stays brighter, so a bright mass stays the brightest thing in the head, but
+    the levels' distribution becomes the reference's. The background is kept."""
+    from trainer.augment import head_mask
+
+    grey = np.asarray(_grey(picture), dtype=np.float32) / 255
+    ref = np.asarray(_grey(reference), dtype=np.float32) / 255
+    head, ref_head = head_mask(grey), head_mask(ref)
+    if not head.any() or not ref_head.any():
+        return picture
+    levels = np.linspace(0.0, 1.0, 257)
+    source_q = np.quantile(grey[head], levels)
+    target_q = np.quantile(ref[ref_head], levels)
+    # strictly increasing knots for np.interp (flat stretches of equal levels)
+    source_q = source_q + np.arange(257) * 1e-7
+    out = grey.copy()
+    out[head] = np.interp(grey[head], source_q, target_q)
+    return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
 def every(picture: Image.Image) -> Image.Image:
     return small_jpeg(narrow(tight(brighter(picture))))
 
@@ -183,6 +205,22 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None) -> 
                 continue
             pictures.append((label, decode_file(path, config.dicom, config.limits)))
     n = {t: sum(1 for known, _ in pictures if known == t) for t in (*TUMOURS, "notumor")}
+    # Grey levels of a no-tumour picture: each picture gets the head histogram of a
+    # Testing notumor picture drawn by a fixed generator (a notumor picture another one's).
+    references = [d.picture for label, d in pictures if label == "notumor"]
+    draw = np.random.default_rng(0).integers(0, max(len(references), 1), len(pictures))
+    own = {id(d.picture): i for i, (_, d) in enumerate(pictures)}
+
+    def reference_for(picture: Image.Image) -> Image.Image:
+        ref = references[draw[own[id(picture)]]]
+        if ref is picture:
+            ref = references[(draw[own[id(picture)]] + 1) % len(references)]
+        return ref
+
+    changes = dict(CHANGES)
+    if len(references) >= 2:
+        changes["grey levels of a notumor picture (histogram matched)"] = (
+            lambda p: match_grey_levels(p, reference_for(p)))
     tumours = sum(n[t] for t in TUMOURS)
     print(f"{tumours} Testing tumour pictures ("
           + ", ".join(f"{n[t]} {t}" for t in TUMOURS) + f"), {n['notumor']} notumor\n")
@@ -194,12 +232,12 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None) -> 
               + " | tumours still right | still right: " + " / ".join(TUMOURS)
               + " | notumor still notumor |")
         print("|---|---:|" + "---:|" * len(TUMOURS) + "---:|---:|---:|")
-        for name, change in CHANGES.items():
+        for name, change in changes.items():
             notumor = {t: 0 for t in n}
             right = {t: 0 for t in n}
             for label, decoded in pictures:
                 changed = DecodedImage(decoded.kind, change(decoded.picture))
-                answer = classifier.classify(changed).label
+                answer = classifier.classify(changed, heatmap="none").label
                 notumor[label] += answer == "notumor"
                 right[label] += answer == label
             print(f"| {name} | {sum(notumor[t] for t in TUMOURS) / tumours:.1%} | "
