@@ -1,9 +1,11 @@
 """Where the shipped model's heat-map peaks, by answered class, over the official Testing split.
 
-    python docs/results/issue13/heatmap_peaks.py ../shared/data/brain-tumor-mri [MODEL_DIR]
+    python docs/results/issue13/heatmap_peaks.py ../shared/data/brain-tumor-mri [MODEL_DIR] [KIND]
 
 Runs every picture through the agent's own path (``edge.inputs.decode_file``, then
-``edge.classifier.Classifier`` with the default configuration) and counts, per answered
+``edge.classifier.Classifier`` with the default configuration, heat-map ``KIND``: "model",
+the model's own class activation map, by default, as in the recorded tables; "occlusion",
+the agent's default since 2026-12-05, 49 more runs a picture) and counts, per answered
 class, how often the heat-map's highest cell lies on the map's outer ring (the picture's
 margin: for a 7 x 7 map, 24 of the 49 cells) and in the left-most column, and the most
 common peak cell; then what the pictures hold in the glioma answers' most common peak cell,
@@ -22,7 +24,7 @@ from edge.classifier import Classifier
 from edge.config import AgentConfig
 
 
-def main(data: Path, model: str | None) -> None:
+def main(data: Path, model: str | None, kind: str = "model") -> None:
     from edge.inputs import decode_file
 
     config = AgentConfig() if model is None else AgentConfig().override("paths", model=model)
@@ -36,7 +38,7 @@ def main(data: Path, model: str | None) -> None:
         decoded = decode_file(path, config.dicom, config.limits)
         pictures[path.parent.name].append(
             resize_uint8(decoded.picture, classifier.manifest.preprocess).mean(axis=2))
-        prediction = classifier.classify(decoded)
+        prediction = classifier.classify(decoded, heatmap=kind)
         heat = prediction.heatmap
         size = heat.shape
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
@@ -75,4 +77,5 @@ def main(data: Path, model: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None,
+         sys.argv[3] if len(sys.argv) > 3 else "model")
