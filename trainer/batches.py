@@ -18,7 +18,7 @@ import numpy as np
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
 from trainer.augment import STRONG_POLICIES, augment_batch, strong_batch
 
-AUGMENT_POLICIES = ("none", "light", "strong", "background", "contrast")
+AUGMENT_POLICIES = ("none", "light", "strong", "background", "contrast", "fourier")
 
 
 def augment_policy(value: bool | str | None) -> str:

@@ -189,7 +189,8 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
               help="Augmentation; a bare --augment is 'light' (flip, shift, intensity jitter); "
                    "'strong': geometry, intensity, resolution, JPEG; 'background': strong and "
                    "the background refilled; 'contrast': background and the head's grey "
-                   "levels remapped  [default: the recipe's]")
+                   "levels remapped; 'fourier': strong and another picture's low-frequency "
+                   "Fourier amplitude  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--reweight", type=click.Choice(list(REWEIGHT_METHODS)), default="none",
               show_default=True,

@@ -321,3 +321,48 @@ def test_training_batches_are_the_same_from_many_threads():
         t.join()
     for i in range(15):
         np.testing.assert_array_equal(got[i], expected[i])
+
+
+def test_mixing_the_amplitude_takes_the_references_look_and_keeps_the_shapes():
+    pytest.importorskip("scipy")
+    from trainer.augment import mix_amplitude
+
+    picture = _head()
+    dark = np.clip(_head() * 0.4, 0, 1)  # the same shapes, a darker look
+    rng = np.random.default_rng(0)
+    other = np.clip(rng.random(picture.shape).astype(np.float32) * 0.3 + 0.5, 0, 1)
+    assert np.allclose(mix_amplitude(picture, other, 0.1, 0.0), picture, atol=1e-5)
+    assert np.allclose(mix_amplitude(picture, picture, 0.1, 1.0), picture, atol=1e-5)
+    moved = mix_amplitude(picture, dark, 0.1, 1.0)
+    assert moved.dtype == np.float32 and moved.shape == picture.shape
+    assert 0.0 <= moved.min() and moved.max() <= 1.0
+    # the zero frequency is in the band: the mean follows the reference's
+    assert abs(moved.mean() - dark.mean()) < 0.25 * abs(picture.mean() - dark.mean())
+    # the phase is kept: the shapes stay where they were
+    assert np.corrcoef(moved.ravel(), picture.ravel())[0, 1] > 0.9
+    half = mix_amplitude(picture, dark, 0.1, 0.5)
+    assert dark.mean() < half.mean() < picture.mean()
+    colour = np.repeat(picture[..., None], 3, axis=2)
+    assert np.allclose(mix_amplitude(colour, dark, 0.1, 1.0)[..., 1], moved, atol=1e-5)
+
+
+def test_the_fourier_recipe_is_strong_with_another_pictures_amplitude():
+    pytest.importorskip("scipy")
+    from trainer.augment import strong_batch
+
+    assert resolve("fourier", {})["augment"] == "fourier"
+    assert {k: v for k, v in RECIPES["fourier"].to_dict().items() if k != "augment"} == {
+        k: v for k, v in RECIPES["strong"].to_dict().items() if k != "augment"}
+    bright = (_head()[None, ..., None] * 255).astype(np.uint8)
+    dim = (_head()[None, ..., None] * 60).astype(np.uint8)
+    pictures = np.repeat(np.concatenate([np.repeat(bright, 8, 0), np.repeat(dim, 8, 0)]), 3, 3)
+    a = strong_batch(pictures, np.random.default_rng(2), fourier=True)
+    assert np.array_equal(a, strong_batch(pictures, np.random.default_rng(2), fourier=True))
+    assert np.array_equal(a[..., 0], a[..., 2])  # grey stays grey
+    plain = strong_batch(pictures, np.random.default_rng(2))
+    # bright and dim pictures exchange some of their look: the two groups' brightness
+    # overlaps more than without the policy
+    gap = lambda x: x[:8].mean() - x[8:].mean()  # noqa: E731
+    assert gap(a) < 0.8 * gap(plain)
+    assert strong_batch(pictures[:1], np.random.default_rng(2), fourier=True).shape == (
+        1, *pictures.shape[1:])  # one picture: nothing to mix with, no error
