@@ -34,7 +34,7 @@ Two policies:
   (any class), the phase kept (amplitude mix: Fourier domain adaptation, Yang and Soatto
   2020; Xu et al. 2021). Phase carries the shapes, low-frequency amplitude much of a
   collection's look (shading, contrast, background grain). Given another picture's
-  low-frequency amplitude, 54-68 % of the Testing tumour pictures become "notumor" for the
+  low-frequency amplitude, 50-68 % of the Testing tumour pictures become "notumor" for the
   shipped model (docs/shortcuts.md): it reads an unfamiliar look as "no tumour", which is
   how a new hospital's tumours are missed. Mixed at random across classes, the look says
   nothing about the class.

@@ -19,7 +19,10 @@ A property whose change sends many tumours to "notumor" is one the model reads a
 tumour": that is what a training recipe has to take away. The last column is the control:
 the same change on the Testing ``notumor`` pictures, and how many stay "notumor". The two
 background changes ask the heat-map's question (docs/trust.md): does a glioma answer
-survive when what lies outside the head is made the same for every class?
+survive when what lies outside the head is made the same for every class? The reference
+changes give each picture something of another picture: a Testing ``notumor`` picture's
+grey-level histogram or Fourier amplitude (its look), or, as their control, the amplitude of
+a tumour picture of another class.
 """
 
 from __future__ import annotations
@@ -177,6 +180,27 @@ def match_grey_levels(picture: Image.Image, reference: Image.Image) -> Image.Ima
     return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
+def swap_amplitude(picture: Image.Image, reference: Image.Image, band: float = 1.0,
+                   share: float = 1.0) -> Image.Image:
+    """The picture's Fourier amplitude moved towards the reference's, its phase kept (the
+    style transfer of Fourier domain adaptation, Yang and Soatto 2020, and of amplitude mix,
+    Xu et al. 2021): phase carries the shapes, amplitude much of the look (contrast,
+    texture, grain). ``band``: the share of the spectrum, around its centre, whose
+    amplitude is changed (1: all of it); ``share``: how far towards the reference."""
+    grey = np.asarray(_grey(picture), dtype=np.float32) / 255
+    ref = np.asarray(_grey(reference).resize(picture.size, Image.BILINEAR),
+                     dtype=np.float32) / 255
+    f, g = np.fft.fftshift(np.fft.fft2(grey)), np.fft.fftshift(np.fft.fft2(ref))
+    amplitude, phase = np.abs(f), np.angle(f)
+    h, w = grey.shape
+    bh, bw = max(1, round(h * band / 2)), max(1, round(w * band / 2))
+    cy, cx = h // 2, w // 2
+    window = (slice(max(0, cy - bh), cy + bh), slice(max(0, cx - bw), cx + bw))
+    amplitude[window] = (1 - share) * amplitude[window] + share * np.abs(g)[window]
+    out = np.real(np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase))))
+    return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
 def every(picture: Image.Image) -> Image.Image:
     return small_jpeg(narrow(tight(brighter(picture))))
 
@@ -217,10 +241,26 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None) -> 
             ref = references[(draw[own[id(picture)]] + 1) % len(references)]
         return ref
 
+    # The control for the amplitude change: a tumour picture of another class (for a
+    # notumor picture, any tumour picture), drawn by the same generator.
+    label_of = {id(d.picture): label for label, d in pictures}
+    tumour_pictures = [(label, d.picture) for label, d in pictures if label in TUMOURS]
+
+    def tumour_reference_for(picture: Image.Image) -> Image.Image:
+        others = [p for label, p in tumour_pictures if label != label_of[id(picture)]]
+        return others[draw[own[id(picture)]] % len(others)]
+
     changes = dict(CHANGES)
     if len(references) >= 2:
         changes["grey levels of a notumor picture (histogram matched)"] = (
             lambda p: match_grey_levels(p, reference_for(p)))
+        changes["low-frequency amplitude of a notumor picture (Fourier, band 0.1)"] = (
+            lambda p: swap_amplitude(p, reference_for(p), band=0.1))
+        changes["half-way to a notumor picture's amplitude (Fourier, all of it)"] = (
+            lambda p: swap_amplitude(p, reference_for(p), share=0.5))
+    if len({label for label, _ in tumour_pictures}) >= 2:
+        changes["low-frequency amplitude of another class's tumour picture (band 0.1)"] = (
+            lambda p: swap_amplitude(p, tumour_reference_for(p), band=0.1))
     tumours = sum(n[t] for t in TUMOURS)
     print(f"{tumours} Testing tumour pictures ("
           + ", ".join(f"{n[t]} {t}" for t in TUMOURS) + f"), {n['notumor']} notumor\n")
