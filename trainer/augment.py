@@ -35,9 +35,9 @@ Two policies:
   2020; Xu et al. 2021). Phase carries the shapes, low-frequency amplitude much of a
   collection's look (shading, contrast, background grain). Given another picture's
   low-frequency amplitude, 50-68 % of the Testing tumour pictures become "notumor" for the
-  shipped model (docs/shortcuts.md): it reads an unfamiliar look as "no tumour", which is
-  how a new hospital's tumours are missed. Mixed at random across classes, the look says
-  nothing about the class.
+  shipped model (docs/shortcuts.md): its tumour answers do not survive a change of look,
+  which is how a new hospital's tumours can be missed. Mixed at random across classes, the
+  look says nothing about the class, and a tumour answer has to survive it.
 """
 
 from __future__ import annotations
