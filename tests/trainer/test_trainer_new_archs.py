@@ -93,6 +93,7 @@ def _train(arch, data, runs, recipe="paper", epochs=20):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(NEW))
 def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthetic, tmp_path):
+    from converters.gate import Thresholds
     from converters.runtimes import TFLITE_RUNTIME_ENV
     from converters.testing import convert_tiny
     from edge.manifest import load_verified
@@ -101,7 +102,12 @@ def test_learns_above_chance_and_converts_to_int8_through_the_gate(arch, synthet
     record = run.read_record().raw
     assert record["status"] == "completed" and record["architecture"] == arch
     assert record["best_val_accuracy"] >= 0.6  # chance is 0.25
-    outcome = convert_tiny(run.path, synthetic, tmp_path / "int8", probe_images=60)
+    # The gate's drop allowance is 2 points here, not 1: on these 240 test pictures one
+    # picture is 0.42 points, and which of a 32x32 toy model's border pictures int8 turns
+    # over depends on the CPU's float rounding (resnet18 lost 3, 1.25 points, on an Intel
+    # Xeon and passed at 1 point on an AMD Zen 5). Agreement keeps the default 98 %.
+    outcome = convert_tiny(run.path, synthetic, tmp_path / "int8", probe_images=60,
+                           thresholds=Thresholds(max_drop_pp=2.0))
     assert outcome.passed, outcome.summary
     evaluation = outcome.report["evaluation"]
     assert evaluation["quantized_accuracy_pct"] >= 60.0
