@@ -17,8 +17,7 @@ import numpy as np
 
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
 from trainer.augment import STRONG_POLICIES, augment_batch, strong_batch
-
-AUGMENT_POLICIES = ("none", "light", "strong", "background", "contrast", "fourier")
+from trainer.recipes import AUGMENTATIONS as AUGMENT_POLICIES
 
 
 def augment_policy(value: bool | str | None) -> str:

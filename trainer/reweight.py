@@ -129,10 +129,16 @@ def shortcut_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: 
                      workers: int | None = None) -> ShortcutWeights:
     """Weights for training pictures ``paths`` (relative to ``data_dir``, as in run folders),
     from their visible properties (those that survive the device's preprocessing)."""
-    features = measure_properties(Path(data_dir).expanduser(), list(paths), workers)
-    idx = [FEATURES.index(c) for c in VISIBLE]
-    p_true, weights = inverse_propensity_weights(features[:, idx], labels, names, floor=floor)
+    p_true, weights = inverse_propensity_weights(_visible(data_dir, paths, workers), labels,
+                                                 names, floor=floor)
     return ShortcutWeights(list(paths), p_true, weights, floor)
+
+
+def _visible(data_dir: str | os.PathLike, paths: Sequence[str],
+             workers: int | None) -> np.ndarray:
+    """The shortcut audit's visible properties of each picture, measured from its file."""
+    features = measure_properties(Path(data_dir).expanduser(), list(paths), workers)
+    return features[:, [FEATURES.index(c) for c in VISIBLE]]
 
 
 def _axial(paths: Sequence[str], planes_file: str | os.PathLike) -> tuple[np.ndarray, str]:
@@ -165,9 +171,7 @@ def combined_weights(data_dir: str | os.PathLike, paths: Sequence[str], labels: 
     weight reflects what the two cues say jointly (weighting by one and then the other
     would not: each product term ignores the cue the other already covers)."""
     axial, cited = _axial(paths, planes_file)  # first: a bad table fails before measuring
-    features = measure_properties(Path(data_dir).expanduser(), list(paths), workers)
-    idx = [FEATURES.index(c) for c in VISIBLE]
-    x = np.column_stack([features[:, idx], axial])
+    x = np.column_stack([_visible(data_dir, paths, workers), axial])
     p_true, weights = inverse_propensity_weights(x, labels, names, floor=floor)
     return ShortcutWeights(list(paths), p_true, weights, floor, "shortcuts+planes",
                            f"visible properties and axial or not ({cited})")
