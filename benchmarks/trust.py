@@ -153,6 +153,8 @@ def _reason_counts(records: list[Any]) -> dict[str, int]:
                 counts["unlike the training data"] += 1
             elif "is only given unreviewed at a confidence" in reason:
                 counts["'no tumour' answer not confident enough"] += 1
+            elif "does not rule out a tumour" in reason:  # comes with "unlike"
+                counts["'no tumour' answer on an image unlike the training data"] += 1
             elif "has no such check" in reason:
                 counts["'no tumour' answer without a distribution check"] += 1
             else:

@@ -53,6 +53,23 @@ def esc(value: Any) -> str:
     return html.escape(text, quote=True)
 
 
+def percent(p: float, digits: int = 0) -> str:
+    """A probability as a percentage with ``digits`` decimals, never rounded into a certainty
+    it is not: below 1 it never reads "100%", above 0 never "0%" (0.9965 is "99.7%", not
+    "100%"; 0.99996 is ">99.9%"; 0.003 is "0.3%")."""
+    p = float(p)
+    if not 0.0 < p < 1.0:
+        return f"{p:.{digits}%}"
+    finest = max(digits, 1)
+    for places in range(digits, finest + 1):
+        text = f"{p:.{places}%}"
+        if float(text[:-1]) not in (0.0, 100.0):
+            return text
+    if p > 0.5:
+        return f">{1 - 10 ** -(finest + 2):.{finest}%}"
+    return f"<{10 ** -(finest + 2):.{finest}%}"
+
+
 def thumbnail_data_uri(pixels: np.ndarray) -> str:
     """The model's input as a lossless PNG data URI, encoded for speed, not for size.
 
@@ -97,17 +114,17 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
     if report["needs_review"]:
         reasons = "".join(f"<li>{esc(r)}</li>" for r in report["review_reasons"])
         parts.append(f"<div class=\"review\"><strong>Needs review.</strong> Model's answer: "
-                     f"{esc(label)} ({confidence:.0%}), but<ul>{reasons}</ul></div>")
+                     f"{esc(label)} ({percent(confidence)}), but<ul>{reasons}</ul></div>")
     else:
         parts.append(f"<div class=\"ok\">Model's answer: <strong>{esc(label)}</strong> "
-                     f"({confidence:.0%} confidence)</div>")
+                     f"({percent(confidence)} confidence)</div>")
     if thumbnail is not None:
         uri = thumbnail_data_uri(thumbnail)
         parts.append(f"<h2>What the model saw</h2><img class=\"thumb\" alt=\"model input\" "
                      f"src=\"{uri}\">")
     parts.extend(_trust_parts(report, heatmap))
     probs = "".join(
-        f"<tr><td>{esc(name)}</td><td>{p:.1%}</td><td><span class=\"bar\" "
+        f"<tr><td>{esc(name)}</td><td>{percent(p, 1)}</td><td><span class=\"bar\" "
         f"style=\"width:{max(0.0, min(1.0, p)) * 20:.2f}rem\"></span></td></tr>"
         for name, p in sorted(pred["probabilities"].items(), key=lambda kv: -kv[1]))
     parts.append("<h2>Probabilities</h2><table><tr><th>class</th><th>probability</th><th></th>"
@@ -180,7 +197,7 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
         if trust.get("ood_score") is not None:
             rows.append(("unlike the training data",
                          f"score {trust['ood_score']:.2f}, threshold {trust['ood_threshold']:.2f}"
-                         + (f" (higher than {share:.1%} of the validation images)"
+                         + (f" (higher than {percent(share, 1)} of the validation images)"
                             if share is not None else "")
                          + ("" if trust.get("in_distribution") else ": UNLIKE them")))
         else:
@@ -202,7 +219,7 @@ def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
         if outcome == "quarantined":
             result = f"refused: {esc(e.get('reason'))}"
         else:
-            result = f"{esc(e.get('label'))} ({(e.get('confidence') or 0):.0%})"
+            result = f"{esc(e.get('label'))} ({percent(e.get('confidence') or 0)})"
             if e.get("needs_review"):
                 result += " <strong>needs review</strong>"
             if outcome == "duplicate":

@@ -302,6 +302,13 @@ def review_reasons(*, label: str, confidence: float, margin: float, runner_up: s
             "it may not be a brain MR slice like those, or come from a different scanner or "
             "preparation")
     if negative_label is not None and label == negative_label:
+        if assessment.in_distribution is False:
+            # the dangerous case: the confidence means nothing here (docs/trust.md: the
+            # shipped models call tumour slices of another source "notumor" at 0.9 and above)
+            reasons.append(f"a '{label}' answer does not rule out a tumour on an image unlike "
+                           "the training images: the confidence is calibrated only for images "
+                           "like those, and on tumour slices from another source models like "
+                           f"this one have answered '{label}' with high confidence")
         if assessment.in_distribution is None:
             reasons.append(f"a '{label}' answer is only given unreviewed when the image is "
                            "checked to be like the training images, and this model has no "

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .pages import _page, esc, thumbnail_data_uri
+from .pages import _page, esc, percent, thumbnail_data_uri
 
 
 def _pct(value: Any) -> str:
@@ -103,7 +103,7 @@ def validation_page(summary: dict[str, Any], worst: list[np.ndarray]) -> bytes:
                 f"<img class=\"thumb\" alt=\"mistake\" src=\"{thumbnail_data_uri(picture)}\">"
                 f"<figcaption class=\"mono\">{esc(mistake['file'])}<br>true "
                 f"{esc(mistake['truth'])}, answered {esc(mistake['label'])} "
-                f"({mistake['confidence']:.0%}), {esc(flag)}</figcaption></figure>")
+                f"({percent(mistake['confidence'])}), {esc(flag)}</figcaption></figure>")
         parts.append("<h2>The most confident mistakes</h2>" + "".join(cards))
     if summary["refused"]:
         parts.append("<h2>Refused files</h2><ul>" + "".join(

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..pages import _page, esc
+from ..pages import _page, esc, percent
 
 _IMG_TAG = re.compile(r"<img\b[^>]*>")
 _SRC = re.compile(r'\bsrc="(data:image/(?:png|jpeg);base64,[A-Za-z0-9+/=]+)"')
@@ -56,7 +56,8 @@ def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
                  f"<tr><td>{c['instances']}</td><td>{c['confident']}</td>"
                  f"<td>{c['needs_review']}</td><td>{c['tumour_slices']}</td>"
                  + "".join(f"<td>{v}</td>" for v in c["by_label"].values()) + "</tr></table>")
-    probs = "".join(f"<tr><td>{esc(k)}</td><td>{v['max']:.1%}</td><td>{v['mean']:.1%}</td></tr>"
+    probs = "".join(f"<tr><td>{esc(k)}</td><td>{percent(v['max'], 1)}</td>"
+                    f"<td>{percent(v['mean'], 1)}</td></tr>"
                     for k, v in doc["probabilities"].items())
     parts.append("<h2>Per-class probabilities over the slices</h2><table><tr><th>class</th>"
                  f"<th>highest slice</th><th>mean of slices</th></tr>{probs}</table>")
@@ -69,8 +70,8 @@ def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
             normal = esc(doc["rule"]["normal_label"])
             cards.append(f"<div class=\"slice\">{pictures}<br><a href=\"../reports/"
                          f"{esc(s['report'])}.html\">{esc(s['label'])} "
-                         f"{s['confidence']:.0%}</a>{flag}<br>not {normal}: "
-                         f"{s['probability_not_normal']:.0%}</div>")
+                         f"{percent(s['confidence'])}</a>{flag}<br>not {normal}: "
+                         f"{percent(s['probability_not_normal'])}</div>")
         parts.append("<h2>Most suspicious slices</h2><div class=\"slices\">" + "".join(cards)
                      + "</div>")
     rows = "".join(
@@ -98,7 +99,7 @@ def study_page(doc: dict[str, Any], outbox: Path) -> bytes:
                        for m in doc["models"])
     instances = "".join(
         f"<tr><td><a href=\"../reports/{esc(i['report'])}.html\">{esc(i['label'])} "
-        f"{i['confidence']:.0%}</a>{' (needs review)' if i['needs_review'] else ''}</td>"
+        f"{percent(i['confidence'])}</a>{' (needs review)' if i['needs_review'] else ''}</td>"
         f"<td class=\"mono\">{esc(i['sop_instance_uid'])}</td></tr>" for i in doc["instances"])
     parts.append(f"<h2>All instances</h2><table><tr><th>answer</th><th>SOP Instance UID</th></tr>"
                  f"{instances}</table>")

@@ -88,7 +88,9 @@ def test_a_no_tumour_answer_stands_alone_only_when_confident_and_in_distribution
     low = _rule("notumor", 0.90, True)
     assert len(low) == 1 and "0.95 or more" in low[0] and "never missed silently" in low[0]
     unlike = _rule("notumor", 0.99, False)
-    assert len(unlike) == 1 and "unlike the images the model was trained on" in unlike[0]
+    assert len(unlike) == 2 and "unlike the images the model was trained on" in unlike[0]
+    # the dangerous case says what it means for this answer, not only for the image
+    assert "does not rule out a tumour" in unlike[1] and "calibrated only" in unlike[1]
     unchecked = _rule("notumor", 0.99, None)
     assert len(unchecked) == 1 and "has no such check" in unchecked[0]
 
@@ -98,6 +100,7 @@ def test_a_tumour_answer_is_flagged_only_for_low_confidence_or_unlike_training()
     assert _rule("glioma", 0.7, None) == []  # no OOD check: only the no-tumour rule tightens
     assert "below the review threshold" in _rule("glioma", 0.5, True)[0]
     assert "unlike the images" in _rule("pituitary", 0.99, False)[0]
+    assert len(_rule("pituitary", 0.99, False)) == 1  # "does not rule out" is the negative's
     assert "99.9% of the validation images" in _rule("pituitary", 0.99, False)[0]
 
 
@@ -400,3 +403,35 @@ def test_the_page_gives_the_temperature_to_two_decimals_and_says_when_it_is_unkn
     assert "calibrated (temperature 3.40)" in page(calibrated=True, temperature=3.402687)
     assert "calibrated</td>" in page(calibrated=True)  # a report without the number
     assert "not calibrated" in page(calibrated=False, temperature=None)
+
+
+def test_a_percentage_on_a_page_never_rounds_into_a_certainty():
+    from edge.pages import percent
+
+    assert percent(0.9965) == "99.7%"  # not "100%": a 0.3 % chance it is wrong
+    assert percent(0.99996) == ">99.9%" and percent(0.99996, 1) == ">99.9%"
+    assert percent(0.003) == "0.3%" and percent(1e-7) == "<0.1%"
+    assert percent(0.9997, 1) == ">99.9%" and percent(0.873, 1) == "87.3%"
+    assert percent(0.5) == "50%" and percent(1.0) == "100%" and percent(0.0) == "0%"
+
+
+def test_the_report_page_headline_of_a_confident_unfamiliar_no_tumour_answer():
+    """2.2.0 answers a Br35H tumour slice "notumor" at 0.9965, flagged as unlike the training
+    data: the page must not read "notumor (100%)", and must say what the flag means for it."""
+    from edge.pages import report_page
+
+    reasons = _rule("notumor", 0.9965, False)
+    report = {"notice": "NOT FOR CLINICAL USE", "needs_review": True, "review_reasons": reasons,
+              "prediction": {"label": "notumor", "confidence": 0.9965,
+                             "probabilities": {"notumor": 0.9965, "glioma": 0.0012,
+                                               "meningioma": 0.0012, "pituitary": 0.0011}},
+              "input": {"file_name": "y10.jpg", "format": "jpeg", "size_bytes": 1,
+                        "sha256": "0" * 64},
+              "intake": {"received_at": "2026-12-06T00:00:00+00:00"},
+              "model": {"name": "m", "version": "1", "architecture": "a", "quantization": "int8",
+                        "sha256": "0" * 64},
+              "agent": {"version": "0"}, "timings_ms": {}, "created_at": "", "id": "x"}
+    page = report_page(report, None).decode()
+    assert "notumor (99.7%), but" in page and "100%" not in page
+    assert "does not rule out a tumour" in page
+    assert "<td>99.7%</td>" in page and "<td>0.1%</td>" in page
