@@ -29,7 +29,7 @@ from .durable import (
 )
 from .index import DailyIndex
 from .outbox import Job, Outbox, Outcome, Stage
-from .pages import report_page
+from .pages import percent, report_page
 from .prepare import InFlight, Refusal, Work, unexpected
 from .report import local_day, now_iso, summary_line
 
@@ -302,5 +302,6 @@ def log_outcome(job: Job) -> None:
                  ident)
     else:
         s = job.summary
-        log.info("classified input %s: %s (%.2f)%s", ident, s.get("label"),
-                 s.get("confidence") or 0.0, " NEEDS REVIEW" if s.get("needs_review") else "")
+        log.info("classified input %s: %s (%s)%s", ident, s.get("label"),
+                 percent(s.get("confidence") or 0.0),
+                 " NEEDS REVIEW" if s.get("needs_review") else "")
