@@ -197,7 +197,7 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
         if trust.get("ood_score") is not None:
             rows.append(("unlike the training data",
                          f"score {trust['ood_score']:.2f}, threshold {trust['ood_threshold']:.2f}"
-                         + (f" (higher than {percent(share, 1)} of the validation images)"
+                         + (f" (higher than {share:.1%} of the validation images)"
                             if share is not None else "")
                          + ("" if trust.get("in_distribution") else ": UNLIKE them")))
         else:
