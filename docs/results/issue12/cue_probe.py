@@ -2,9 +2,11 @@
 
     python docs/results/issue12/cue_probe.py ../shared/data/brain-tumor-mri [MODEL_DIR ...]
     python docs/results/issue12/cue_probe.py --dedup docs/leakage/dedup_test.txt DATA [MODEL ...]
+    python docs/results/issue12/cue_probe.py --rows third DATA [MODEL ...]
 
 ``--dedup LIST``: only the Testing pictures the leakage audit found no twin of in Training
 (most of the others are near-copies of training pictures, which a model knows by heart).
+``--rows TEXT``: only the changes whose name contains one of TEXT's comma-separated parts.
 
 The shortcut audit (docs/shortcuts.md) found that Br35H's tumour pictures differ from the
 data set's tumour pictures in storage and look: they are brighter (95th percentile 0.98
@@ -201,6 +203,27 @@ def swap_amplitude(picture: Image.Image, reference: Image.Image, band: float = 1
     return Image.fromarray((np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
+def _third_black(picture: Image.Image, top: bool) -> Image.Image:
+    grey = np.array(_grey(picture))
+    third = grey.shape[0] // 3
+    if top:
+        grey[:third] = 0
+    else:
+        grey[grey.shape[0] - third:] = 0
+    return Image.fromarray(grey)
+
+
+def lower_third_black(picture: Image.Image) -> Image.Image:
+    """The bottom third of the picture black: in sagittal and coronal slices the skull base,
+    the sella and the neck, where the occlusion probe's strongest square lay for many glioma
+    answers (docs/results/issue12/lesion_localisation_probe.py). Its control: the top third."""
+    return _third_black(picture, top=False)
+
+
+def upper_third_black(picture: Image.Image) -> Image.Image:
+    return _third_black(picture, top=True)
+
+
 def every(picture: Image.Image) -> Image.Image:
     return small_jpeg(narrow(tight(brighter(picture))))
 
@@ -217,10 +240,13 @@ CHANGES = {
     "corner letter": marked,
     "background black": background_black,
     "background refilled (as in training)": background_refilled,
+    "lower third black (skull base, neck)": lower_third_black,
+    "upper third black (the control)": upper_third_black,
 }
 
 
-def main(data: Path, models: list[str | None], only: set[str] | None = None) -> None:
+def main(data: Path, models: list[str | None], only: set[str] | None = None,
+         rows: list[str] | None = None) -> None:
     pictures: list[tuple[str, DecodedImage]] = []
     config = AgentConfig()
     for label in (*TUMOURS, "notumor"):
@@ -261,6 +287,9 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None) -> 
     if len({label for label, _ in tumour_pictures}) >= 2:
         changes["low-frequency amplitude of another class's tumour picture (band 0.1)"] = (
             lambda p: swap_amplitude(p, tumour_reference_for(p), band=0.1))
+    if rows:
+        changes = {name: change for name, change in changes.items()
+                   if name == "none" or any(part in name for part in rows)}
     tumours = sum(n[t] for t in TUMOURS)
     print(f"{tumours} Testing tumour pictures ("
           + ", ".join(f"{n[t]} {t}" for t in TUMOURS) + f"), {n['notumor']} notumor\n")
@@ -290,11 +319,14 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None) -> 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    listed = None
-    if args[:1] == ["--dedup"] and len(args) >= 2:
-        listed = {line.strip() for line in Path(args[1]).read_text().splitlines()
-                  if line.strip() and not line.startswith("#")}
+    listed, rows = None, None
+    while args[:1] in (["--dedup"], ["--rows"]) and len(args) >= 2:
+        if args[0] == "--dedup":
+            listed = {line.strip() for line in Path(args[1]).read_text().splitlines()
+                      if line.strip() and not line.startswith("#")}
+        else:
+            rows = [part for part in args[1].split(",") if part]
         args = args[2:]
     if not args:
         sys.exit(__doc__)
-    main(Path(args[0]), args[1:] or [None], listed)
+    main(Path(args[0]), args[1:] or [None], listed, rows)
