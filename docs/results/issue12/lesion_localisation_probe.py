@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
 from edge.classifier import resolve_model_path  # noqa: E402
+from edge.heatmap import answer_margin  # noqa: E402
 from edge.manifest import load_verified  # noqa: E402
 from edge.preprocess import scale  # noqa: E402
 from edge.runtime import TFLiteClassifier  # noqa: E402
@@ -72,10 +73,9 @@ def main() -> None:
     classes = np.array([path.split("/")[1] for path in data.paths])
     rng = np.random.default_rng(0)
 
-    def margin(pixels: np.ndarray) -> float:
-        _, outputs = classifier.predict_with_outputs(scale(pixels, spec))
-        logits = outputs["logits"].reshape(-1).astype(np.float64)
-        return float(np.max(np.delete(logits, negative)) - logits[negative])
+    def margin(pixels: np.ndarray) -> float:  # "tumour, not notumor": the notumor margin, negated
+        probabilities, outputs = classifier.predict_with_outputs(scale(pixels, spec))
+        return -answer_margin(probabilities, outputs, negative)
 
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{manifest.name} {manifest.version}: where a {SQUARE}-pixel black square weakens "
