@@ -38,6 +38,10 @@ Two policies:
   shipped model (docs/shortcuts.md): its tumour answers do not survive a change of look,
   which is how a new hospital's tumours can be missed. Mixed at random across classes, the
   look says nothing about the class, and a tumour answer has to survive it.
+- ``lesion`` (``--recipe lesion``): ``strong``, after a synthetic lesion has been drawn into
+  30 % of the no-tumour pictures, which are then labelled "a tumour, class unknown"
+  (``trainer.lesions``): the only way here to put tumours into the part of the data set
+  that looks like Br35H, which holds none of the data set's gliomas.
 """
 
 from __future__ import annotations
@@ -312,7 +316,11 @@ STRONG_POLICIES: dict[str, dict[str, bool]] = {
     "background": {"background": True},
     "contrast": {"background": True, "contrast": True},
     "fourier": {"fourier": True},
+    "lesion": {},  # strong, after trainer.lesions has painted lesions into the batch
 }
+# The policies that change labels too: synthetic lesions in no-tumour pictures
+# (trainer.lesions.paint_lesions, called by trainer.batches before the strong policy).
+LESION_POLICIES = frozenset({"lesion"})
 
 
 def strong_batch(images: np.ndarray, rng: np.random.Generator,

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
-from trainer.augment import STRONG_POLICIES, augment_batch, strong_batch
+from trainer.augment import LESION_POLICIES, STRONG_POLICIES, augment_batch, strong_batch
 from trainer.recipes import AUGMENTATIONS as AUGMENT_POLICIES
 
 
@@ -51,8 +51,11 @@ class TrainingBatches(keras.utils.PyDataset):
         spec: PreprocessSpec = DEFAULT_SPEC,
         augment: bool | str = False,
         weights: np.ndarray | None = None,
+        negative_class: int | None = None,
         **kwargs: Any,
     ) -> None:
+        """``negative_class``: the index of "no tumour", which the ``lesion`` policy paints
+        synthetic lesions into (``trainer.lesions``); required by that policy only."""
         super().__init__(**kwargs)  # workers=N: batches built in N threads, in order
         if len(images) == 0:
             raise ValueError("no training images")
@@ -65,6 +68,11 @@ class TrainingBatches(keras.utils.PyDataset):
         self.num_classes, self.batch_size = num_classes, int(batch_size)
         self.seed, self.start_epoch, self.spec = seed, start_epoch, spec
         self.augment = augment_policy(augment)
+        if self.augment in LESION_POLICIES and not (
+                negative_class is not None and 0 <= negative_class < num_classes):
+            raise ValueError(f"the {self.augment!r} augmentation needs the index of the "
+                             f"no-tumour class, got {negative_class!r}")
+        self.negative_class = negative_class
         self.steps_per_epoch = math.ceil(len(images) / self.batch_size)
         self._orders: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()  # worker threads may build batches of two epochs
@@ -98,16 +106,23 @@ class TrainingBatches(keras.utils.PyDataset):
     def batch(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.order(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, step, 1])
+        images, targets = self.images[picks], one_hot(self.labels[picks], self.num_classes)
+        if self.augment in LESION_POLICIES:  # its own generator: the strong policy's draws
+            # stay those of a run without lesions
+            from trainer.lesions import paint_lesions
+
+            images, targets = paint_lesions(images, targets, int(self.negative_class),
+                                            np.random.default_rng([self.seed, epoch, step, 2]))
         if self.augment in STRONG_POLICIES:  # on the 8-bit picture: warps, re-encoding,
             # then scaled to [0, 1] (pixel / 255)
-            x = strong_batch(self.images[picks], rng, **STRONG_POLICIES[self.augment])
+            x = strong_batch(images, rng, **STRONG_POLICIES[self.augment])
             if not np.isclose(self.spec.scale * 255.0, 1.0) or self.spec.offset:
                 x = x * np.float32(255.0 * self.spec.scale) + np.float32(self.spec.offset)
         else:
-            x = scale(self.images[picks], self.spec)
+            x = scale(images, self.spec)
             if self.augment == "light":
                 x = augment_batch(x, rng)
-        return x, one_hot(self.labels[picks], self.num_classes)
+        return x, targets
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         epoch = self.start_epoch + index // self.steps_per_epoch

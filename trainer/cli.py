@@ -190,7 +190,8 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
                    "'strong': geometry, intensity, resolution, JPEG; 'background': strong and "
                    "the background refilled; 'contrast': background and the head's grey "
                    "levels remapped; 'fourier': strong and another picture's low-frequency "
-                   "Fourier amplitude  [default: the recipe's]")
+                   "Fourier amplitude; 'lesion': strong and synthetic lesions in no-tumour "
+                   "pictures  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--reweight", type=click.Choice(list(REWEIGHT_METHODS)), default="none",
               show_default=True,
@@ -202,6 +203,10 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
 @click.option("--planes", "planes_file", type=click.Path(dir_okay=False),
               help="Plane table for --reweight planes|shortcuts+planes (default "
                    "docs/planes/training_planes.csv; made by python -m trainer planes).")
+@click.option("--init-from", type=click.Path(file_okay=False), metavar="RUN",
+              help="Start from the model of the finished run RUN instead of random weights "
+                   "(fine-tuning with this run's recipe); RUN must have the same architecture "
+                   "and the same training/validation files (same --seed, --val-fraction).")
 @click.option("--patience", type=int,
               help="Early stopping: stop after N epochs without a val_accuracy gain.")
 @click.option("--recalibrate-bn", type=int, default=0, show_default=True, metavar="N",
@@ -268,7 +273,8 @@ def train(ctx: click.Context, **opts: Any) -> None:
         cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
         spec=_spec(opts["image_size"]), cpu_kernels=opts["cpu_kernels"],
         reweight=opts["reweight"],
-        planes_file=str(Path(opts["planes_file"]).resolve()) if opts["planes_file"] else None)
+        planes_file=str(Path(opts["planes_file"]).resolve()) if opts["planes_file"] else None,
+        init_from=str(Path(opts["init_from"]).resolve()) if opts["init_from"] else None)
     config.validate()  # before Keras loads
     command = shlex.join(["python", "-m", "trainer", *sys.argv[1:]])
     train_run(config, verbose=verbose, progress=progress, command=command,

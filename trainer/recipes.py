@@ -22,6 +22,9 @@ recipe's value, and run.json records both the recipe and the values used.
 - ``fourier``: ``strong``, with the low-frequency Fourier amplitude of half the pictures
   moved towards another picture's (``trainer.augment.mix_amplitude``): the shipped model
   calls most tumours "notumor" once they take on another picture's look (docs/shortcuts.md).
+- ``lesion``: ``strong``, with a synthetic lesion drawn into 30 % of the no-tumour pictures,
+  labelled "a tumour, class unknown" (``trainer.lesions``): tumours where the data set has
+  none, in the no-tumour sources' pictures that Br35H's resemble (docs/shortcuts.md).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from trainer.errors import OptionError
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("none", "light", "strong", "background", "contrast", "fourier")
+AUGMENTATIONS = ("none", "light", "strong", "background", "contrast", "fourier", "lesion")
 # The cosine schedule ends at this share of the peak learning rate, not at 0: a run
 # extended with --resume --epochs N still learns.
 COSINE_FLOOR = 0.01
@@ -75,6 +78,9 @@ RECIPES: dict[str, Recipe] = {
     "fourier": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
                       beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
                       warmup_epochs=3.0, label_smoothing=0.1, augment="fourier"),
+    "lesion": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
+                     beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
+                     warmup_epochs=3.0, label_smoothing=0.1, augment="lesion"),
 }
 RECIPE_HELP = {
     "paper": "the paper's Table 3: Adam 1e-3 (0.9/0.99), constant rate, 35 epochs, "
@@ -89,6 +95,8 @@ RECIPE_HELP = {
                 "ship)",
     "fourier": "strong, and in 50% of the pictures the low-frequency Fourier amplitude moved "
                "towards another picture's (its look; the phase, its shapes, kept)",
+    "lesion": "strong, and a synthetic lesion drawn into 30% of the no-tumour pictures, "
+              "then labelled 'a tumour, class unknown' (evenly over the tumour classes)",
 }
 
 

@@ -11,6 +11,7 @@ epoch with the best validation accuracy; the test split is never touched here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -70,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     reweight: str = "none"  # none | shortcuts | planes | shortcuts+planes (trainer.reweight)
     planes_file: str | None = None  # --reweight planes|shortcuts+planes; None: the default table
+    init_from: str | None = None  # --init-from RUN: start from that run's model (fine-tuning)
 
     def __post_init__(self) -> None:
         from trainer.batches import augment_policy
@@ -447,6 +449,75 @@ def augmentation_workers(augment: str) -> int:
     return min(8, os.cpu_count() or 1) if augment in STRONG_POLICIES else 1
 
 
+def _initial_weights(config: TrainConfig, data: TrainingData,
+                     options: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    """``--init-from RUN``: the weights of RUN's model, to fine-tune from, and what to record.
+
+    RUN must be the same architecture with the same options, labels and preprocessing, and
+    must have been trained on exactly this run's training files with this run's validation
+    files held out: a validation picture the starting model trained on would make model
+    selection (best validation accuracy) flatter the fine-tuned run.
+    """
+    import keras
+
+    import trainer.layers  # noqa: F401 - registers the custom layers for loading
+
+    run = RunFolder.open(config.init_from)
+    where = str(run.run_json)
+    record = run.read_record()
+    raw = record.raw
+
+    def as_recorded(value: Any) -> Any:  # tuples come back from run.json as lists
+        return json.loads(json.dumps(value))
+
+    mismatches = [
+        f"{what}: {theirs!r} there, {ours!r} here"
+        for what, theirs, ours in (
+            ("architecture", raw.get("architecture"), config.arch),
+            ("model options", raw.get("model_options"), options),
+            ("labels", raw.get("labels"), data.labels),
+            ("preprocessing", raw.get("preprocess"), config.spec.to_dict()))
+        if theirs != as_recorded(ours)]
+    if mismatches:
+        raise OptionError(f"--init-from {run.path}: that run's model cannot start this one ("
+                          + "; ".join(mismatches) + ")")
+    split = run.read_split()
+    if split.get("train") != data.train.paths or split.get("validation") != data.val.paths:
+        raise OptionError(
+            f"--init-from {run.path} was trained on other training/validation files than "
+            f"this run's (its {run.path / 'data_split.json'}); give this run the same --seed, "
+            f"--val-fraction and --limit as that one ({where}: seed {raw.get('seed')}, "
+            f"val_fraction {raw.get('val_fraction')}), so that no validation picture here "
+            f"was a training picture there")
+    if not run.model.is_file():
+        raise OptionError(f"--init-from {run.path} has no {run.model.name}: that run never "
+                          f"finished an epoch; finish it (--resume) or start from another")
+    try:
+        model = keras.saving.load_model(run.model, compile=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: say which and why
+        raise OptionError(f"--init-from {run.path}: {run.model} cannot be loaded ({exc})"
+                          ) from None
+    return model.get_weights(), {"run": str(run.path.resolve()),
+                                 "model_sha256": sha256_file(run.model),
+                                 "recipe": raw.get("recipe"), "augment": raw.get("augment"),
+                                 "reweight": raw.get("reweight"),
+                                 "best_epoch": raw.get("best_epoch")}
+
+
+def _negative_class(config: TrainConfig, data: TrainingData) -> int | None:
+    """The index of "no tumour", for the augmentation that paints lesions into it."""
+    from trainer.augment import LESION_POLICIES
+    from trainer.reweight import NEGATIVE_CLASS
+
+    if config.augment not in LESION_POLICIES:
+        return None
+    if NEGATIVE_CLASS not in data.labels:
+        raise OptionError(f"--augment {config.augment} draws synthetic lesions into the "
+                          f"'{NEGATIVE_CLASS}' pictures, and this data set has no such class "
+                          f"(classes: {', '.join(data.labels)}); choose another recipe")
+    return data.labels.index(NEGATIVE_CLASS)
+
+
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
          deadline: float | None = None, inference: Any = None,
@@ -458,7 +529,7 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
-        augment=config.augment, weights=weights,
+        augment=config.augment, weights=weights, negative_class=_negative_class(config, data),
         workers=augmentation_workers(config.augment))
     recorder = _recorder(run, state, config.patience, _Validator(config, data),
                          inference if inference is not None else model, deadline)
@@ -554,10 +625,14 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     data = load_training_data(config, progress)
     if data.train.images.shape[1:] != config.spec.shape:
         raise OptionError(f"images are {data.train.images.shape[1:]}, expected {config.spec.shape}")
+    _negative_class(config, data)  # a lesion recipe without a no-tumour class fails here
+    initial = _initial_weights(config, data, options) if config.init_from else None
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(config.distribute) as distribution:
         model = build_model(config.arch, input_shape=config.spec.shape,
                             num_classes=len(data.labels), **options)
+        if initial is not None:
+            model.set_weights(initial[0])
         view = logits_view(model)
         fitted = view if view is not None else model
         avoid_cpu_xla(model)  # it only predicts (validation)
@@ -566,6 +641,11 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
         run = RunFolder.create(runs_dir, name)
         record = _run_record(config, data, options, distribution)
         record["command"] = command
+        if initial is not None:
+            record["init_from"] = initial[1]
+            record["deviations"].append(
+                f"started from the weights of run {initial[1]['run']} (fine-tuning), not "
+                f"from a random initialisation")
         run.write_config(record)
         run.write_split(data.train.paths, data.val.paths)
         weights = _sample_weights(run, config, data, create=True)
