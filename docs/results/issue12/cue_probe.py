@@ -24,7 +24,9 @@ background changes ask the heat-map's question (docs/trust.md): does a glioma an
 survive when what lies outside the head is made the same for every class? The reference
 changes give each picture something of another picture: a Testing ``notumor`` picture's
 grey-level histogram or Fourier amplitude (its look), or, as their control, the amplitude of
-a tumour picture of another class.
+a tumour picture of another class. The synthetic-lesion change draws what the ``lesion``
+recipe trains with (``trainer.lesions``) into every picture: on the ``notumor`` pictures
+its last column is the share of drawn lesions the model does not see.
 """
 
 from __future__ import annotations
@@ -224,6 +226,19 @@ def upper_third_black(picture: Image.Image) -> Image.Image:
     return _third_black(picture, top=True)
 
 
+def with_lesion(picture: Image.Image, seed: int) -> Image.Image:
+    """A synthetic lesion drawn into the grey picture at its own size, as the ``lesion``
+    recipe draws them in training (``trainer.lesions.synthetic_lesion``); unchanged when
+    the head has no room for one."""
+    from trainer.lesions import synthetic_lesion
+
+    grey = np.asarray(_grey(picture), dtype=np.float32) / 255
+    drawn = synthetic_lesion(grey, np.random.default_rng(seed))
+    if drawn is None:
+        return picture
+    return Image.fromarray((drawn[0] * 255 + 0.5).astype(np.uint8))
+
+
 def every(picture: Image.Image) -> Image.Image:
     return small_jpeg(narrow(tight(brighter(picture))))
 
@@ -287,6 +302,11 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None,
     if len({label for label, _ in tumour_pictures}) >= 2:
         changes["low-frequency amplitude of another class's tumour picture (band 0.1)"] = (
             lambda p: swap_amplitude(p, tumour_reference_for(p), band=0.1))
+    # A synthetic lesion (what the lesion recipe trains with), drawn with a generator
+    # seeded by the picture's place in the list: on a notumor picture, "notumor still
+    # notumor" is then the share of drawn lesions the model misses.
+    changes["a synthetic lesion drawn in (trainer.lesions)"] = (
+        lambda p: with_lesion(p, own[id(p)]))
     if rows:
         changes = {name: change for name, change in changes.items()
                    if name == "none" or any(part in name for part in rows)}
