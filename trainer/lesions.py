@@ -129,10 +129,14 @@ def _mass_effect(grey: np.ndarray, head: np.ndarray, centre: tuple[int, int], ra
 
 
 def synthetic_lesion(grey: np.ndarray, rng: np.random.Generator,
-                     head: np.ndarray | None = None) -> tuple[np.ndarray, Lesion] | None:
+                     head: np.ndarray | None = None,
+                     kind: str | None = None) -> tuple[np.ndarray, Lesion] | None:
     """``grey`` (float (H, W) in [0, 1]) with one synthetic lesion drawn inside the head: a new
     array and what was drawn; None when the head is too small to hold one (the picture is
-    then left alone, and keeps its label)."""
+    then left alone, and keeps its label). ``kind``: one of ``KINDS`` (default: drawn with
+    probabilities ``KIND_P``)."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     from scipy import ndimage
 
     h, w = grey.shape
@@ -166,7 +170,8 @@ def synthetic_lesion(grey: np.ndarray, rng: np.random.Generator,
             k * theta + np.float32(rng.uniform(0, 2 * math.pi)))
     d = np.sqrt(u * u + v * v) / (radius * outline)  # < 1 inside the lesion
 
-    kind = str(rng.choice(KINDS, p=KIND_P))
+    drawn_kind = str(rng.choice(KINDS, p=KIND_P))  # drawn either way: the same generator
+    kind = kind or drawn_kind  # state leads to the same place and shape for every kind
     grain = np.float32(rng.uniform(*TEXTURE) * mid) * _smooth_noise((h, w), rng, 1.5)
     # enhancing tissue: towards the slice's brightest, and well above its median even where
     # nothing in the slice is much brighter than brain

@@ -60,6 +60,17 @@ def test_each_kind_of_lesion_is_drawn_inside_the_head_and_changes_it(kind, monke
     assert changed >= 9, f"only {changed} of 12 {kind} lesions stand out"
 
 
+def test_a_forced_kind_lands_where_the_drawn_one_would():
+    picture = _slice(background=0.05)
+    _, drawn = synthetic_lesion(picture, np.random.default_rng(4))
+    for kind in lesions.KINDS:
+        _, forced = synthetic_lesion(picture, np.random.default_rng(4), kind=kind)
+        assert forced.kind == kind
+        assert (forced.centre, forced.radius) == (drawn.centre, drawn.radius)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        synthetic_lesion(picture, np.random.default_rng(4), kind="cyst")
+
+
 def test_no_room_for_a_lesion_leaves_the_picture_alone():
     black = np.zeros((64, 64), dtype=np.float32)
     assert synthetic_lesion(black, np.random.default_rng(0)) is None

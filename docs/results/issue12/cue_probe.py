@@ -226,14 +226,14 @@ def upper_third_black(picture: Image.Image) -> Image.Image:
     return _third_black(picture, top=True)
 
 
-def with_lesion(picture: Image.Image, seed: int) -> Image.Image:
+def with_lesion(picture: Image.Image, seed: int, kind: str | None = None) -> Image.Image:
     """A synthetic lesion drawn into the grey picture at its own size, as the ``lesion``
-    recipe draws them in training (``trainer.lesions.synthetic_lesion``); unchanged when
-    the head has no room for one."""
+    recipe draws them in training (``trainer.lesions.synthetic_lesion``; ``kind`` forces
+    one of its kinds at the same place and shape); unchanged when the head has no room."""
     from trainer.lesions import synthetic_lesion
 
     grey = np.asarray(_grey(picture), dtype=np.float32) / 255
-    drawn = synthetic_lesion(grey, np.random.default_rng(seed))
+    drawn = synthetic_lesion(grey, np.random.default_rng(seed), kind=kind)
     if drawn is None:
         return picture
     return Image.fromarray((drawn[0] * 255 + 0.5).astype(np.uint8))
@@ -307,6 +307,9 @@ def main(data: Path, models: list[str | None], only: set[str] | None = None,
     # notumor" is then the share of drawn lesions the model misses.
     changes["a synthetic lesion drawn in (trainer.lesions)"] = (
         lambda p: with_lesion(p, own[id(p)]))
+    for kind in ("ring", "solid", "diffuse", "dark"):
+        changes[f"a synthetic lesion drawn in, every one {kind}"] = (
+            lambda p, kind=kind: with_lesion(p, own[id(p)], kind))
     if rows:
         changes = {name: change for name, change in changes.items()
                    if name == "none" or any(part in name for part in rows)}
