@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
 from trainer.augment import LESION_POLICIES, STRONG_POLICIES, augment_batch, strong_batch
+from trainer.lesions import paint_lesions
 from trainer.recipes import AUGMENTATIONS as AUGMENT_POLICIES
 
 
@@ -109,8 +110,6 @@ class TrainingBatches(keras.utils.PyDataset):
         images, targets = self.images[picks], one_hot(self.labels[picks], self.num_classes)
         if self.augment in LESION_POLICIES:  # its own generator: the strong policy's draws
             # stay those of a run without lesions
-            from trainer.lesions import paint_lesions
-
             images, targets = paint_lesions(images, targets, int(self.negative_class),
                                             np.random.default_rng([self.seed, epoch, step, 2]))
         if self.augment in STRONG_POLICIES:  # on the 8-bit picture: warps, re-encoding,

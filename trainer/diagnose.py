@@ -41,10 +41,8 @@ import numpy as np
 
 from edge.durable import write_bytes_atomic
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, scale
-from trainer.augment import LESION_POLICIES
 from trainer.data import load_split, stratified_indices
-from trainer.errors import OptionError
-from trainer.reweight import NEGATIVE_CLASS
+from trainer.lesions import lesion_class
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +180,9 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     probe_model = avoid_cpu_xla(keras.Model(
         model.inputs[0], [r.output for r in relus] + [feeder.output, model.output]
         + [layer.input for layer in bn_layers] + ([view.outputs[0]] if view is not None else [])))
-    negative = (data.class_names.index(NEGATIVE_CLASS)
-                if NEGATIVE_CLASS in data.class_names else None)
-    if negative is None and augment in LESION_POLICIES:
-        raise OptionError(f"--augment {augment} draws synthetic lesions into the "
-                          f"'{NEGATIVE_CLASS}' pictures, and this data set has none")
     stream = TrainingBatches(data.images, data.labels, len(data.class_names), batch_size,
-                             seed=seed, spec=spec, augment=augment, negative_class=negative)
+                             seed=seed, spec=spec, augment=augment,
+                             negative_class=lesion_class(augment, data.class_names))
     rows = []
     kernel = dense.get_weights()[0]
     started = time.perf_counter()

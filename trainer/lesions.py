@@ -41,6 +41,7 @@ policy (``trainer.batches``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,22 @@ KIND_P = (0.35, 0.25, 0.25, 0.15)
 P_OEDEMA, OEDEMA_WIDTH = 0.5, (0.3, 1.0)  # halo width, in radii
 TEXTURE = (0.05, 0.25)  # grain amplitude, a share of the slice's median grey level
 EDGE_SOFTNESS = (0.5, 2.5)  # Gaussian sigma of the edge, in pixels
+
+
+def lesion_class(augment: str, labels: Sequence[str]) -> int | None:
+    """The index of "no tumour" that a lesion policy paints into, None for other policies;
+    an OptionError when a lesion policy meets labels without that class."""
+    from trainer.augment import LESION_POLICIES
+    from trainer.errors import OptionError
+    from trainer.reweight import NEGATIVE_CLASS
+
+    if augment not in LESION_POLICIES:
+        return None
+    if NEGATIVE_CLASS not in labels:
+        raise OptionError(f"--augment {augment} draws synthetic lesions into the "
+                          f"'{NEGATIVE_CLASS}' pictures, and this data set has no such class "
+                          f"(classes: {', '.join(labels)}); choose another recipe")
+    return list(labels).index(NEGATIVE_CLASS)
 
 
 @dataclass(frozen=True)

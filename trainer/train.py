@@ -28,6 +28,7 @@ from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
 from trainer.errors import OptionError, RunError
+from trainer.lesions import lesion_class
 from trainer.reweight import PLANE_METHODS, REWEIGHT_METHODS
 from trainer.runs import RunFolder, default_run_name, environment
 from trainer.xla import avoid_cpu_xla, jit_compile_setting
@@ -504,20 +505,6 @@ def _initial_weights(config: TrainConfig, data: TrainingData,
                                  "best_epoch": raw.get("best_epoch")}
 
 
-def _negative_class(config: TrainConfig, data: TrainingData) -> int | None:
-    """The index of "no tumour", for the augmentation that paints lesions into it."""
-    from trainer.augment import LESION_POLICIES
-    from trainer.reweight import NEGATIVE_CLASS
-
-    if config.augment not in LESION_POLICIES:
-        return None
-    if NEGATIVE_CLASS not in data.labels:
-        raise OptionError(f"--augment {config.augment} draws synthetic lesions into the "
-                          f"'{NEGATIVE_CLASS}' pictures, and this data set has no such class "
-                          f"(classes: {', '.join(data.labels)}); choose another recipe")
-    return data.labels.index(NEGATIVE_CLASS)
-
-
 def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
          state: dict[str, Any], callbacks: Sequence[Any], verbose: Any,
          deadline: float | None = None, inference: Any = None,
@@ -529,7 +516,8 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
     train_batches = TrainingBatches(
         data.train.images, data.train.labels, len(data.labels), config.batch_size,
         seed=config.seed, start_epoch=state["epochs_done"], spec=config.spec,
-        augment=config.augment, weights=weights, negative_class=_negative_class(config, data),
+        augment=config.augment, weights=weights,
+        negative_class=lesion_class(config.augment, data.labels),
         workers=augmentation_workers(config.augment))
     recorder = _recorder(run, state, config.patience, _Validator(config, data),
                          inference if inference is not None else model, deadline)
@@ -625,7 +613,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     data = load_training_data(config, progress)
     if data.train.images.shape[1:] != config.spec.shape:
         raise OptionError(f"images are {data.train.images.shape[1:]}, expected {config.spec.shape}")
-    _negative_class(config, data)  # a lesion recipe without a no-tumour class fails here
+    lesion_class(config.augment, data.labels)  # a lesion recipe without notumor fails here
     initial = _initial_weights(config, data, options) if config.init_from else None
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(config.distribute) as distribution:
