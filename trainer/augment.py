@@ -317,10 +317,13 @@ STRONG_POLICIES: dict[str, dict[str, bool]] = {
     "contrast": {"background": True, "contrast": True},
     "fourier": {"fourier": True},
     "lesion": {},  # strong, after trainer.lesions has painted lesions into the batch
+    "lesion-any": {},  # the same, the lesions labelled as a set (trainer.losses)
 }
 # The policies that change labels too: synthetic lesions in no-tumour pictures
-# (trainer.lesions.paint_lesions, called by trainer.batches before the strong policy).
-LESION_POLICIES = frozenset({"lesion"})
+# (trainer.lesions.paint_lesions, called by trainer.batches before the strong policy), and
+# the target a painted picture gets: "uniform" (1/3 on each tumour class, the ordinary
+# cross-entropy) or "any" (the set of tumour classes, trainer.losses.SetCrossentropy).
+LESION_POLICIES: dict[str, str] = {"lesion": "uniform", "lesion-any": "any"}
 
 
 def strong_batch(images: np.ndarray, rng: np.random.Generator,

@@ -111,7 +111,8 @@ class TrainingBatches(keras.utils.PyDataset):
         if self.augment in LESION_POLICIES:  # its own generator: the strong policy's draws
             # stay those of a run without lesions
             images, targets = paint_lesions(images, targets, int(self.negative_class),
-                                            np.random.default_rng([self.seed, epoch, step, 2]))
+                                            np.random.default_rng([self.seed, epoch, step, 2]),
+                                            target=LESION_POLICIES[self.augment])
         if self.augment in STRONG_POLICIES:  # on the 8-bit picture: warps, re-encoding,
             # then scaled to [0, 1] (pixel / 255)
             x = strong_batch(images, rng, **STRONG_POLICIES[self.augment])

@@ -191,7 +191,8 @@ _RESUMABLE = {"resume", "epochs", "data", "verbose", "cache_dir", "no_cache", "d
                    "the background refilled; 'contrast': background and the head's grey "
                    "levels remapped; 'fourier': strong and another picture's low-frequency "
                    "Fourier amplitude; 'lesion': strong and synthetic lesions in no-tumour "
-                   "pictures  [default: the recipe's]")
+                   "pictures; 'lesion-any': the same, labelled 'any tumour class' (set-valued "
+                   "cross-entropy)  [default: the recipe's]")
 @click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option("--reweight", type=click.Choice(list(REWEIGHT_METHODS)), default="none",
               show_default=True,

@@ -154,6 +154,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
 
     from trainer.batches import TrainingBatches, one_hot
     from trainer.logits import logits_view
+    from trainer.losses import training_loss
     from trainer.models import build_model
     from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
@@ -170,7 +171,7 @@ def diagnose(arch: str, data_dir: str, *, options: dict[str, Any] | None = None,
     view = logits_view(model)
     fitted = view if (view is not None and loss == "logits") else model
     fitted.compile(optimizer=keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.99),
-                   loss=keras.losses.CategoricalCrossentropy(from_logits=fitted is view),
+                   loss=training_loss(augment, 0.0, from_logits=fitted is view),
                    metrics=["accuracy"], jit_compile=jit_compile_setting())
     relus = _relu_outputs(model)
     feeder, dense = _classifier_input(model)

@@ -229,17 +229,23 @@ def synthetic_lesion(grey: np.ndarray, rng: np.random.Generator,
 
 
 def paint_lesions(images: np.ndarray, targets: np.ndarray, negative: int,
-                  rng: np.random.Generator, p: float = P_LESION) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, p: float = P_LESION,
+                  target: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
     """A batch (uint8 (N, H, W, 3), one-hot float targets (N, C)) with a lesion drawn into
     about ``p`` of its ``negative`` (no-tumour) pictures, whose targets become "a tumour,
-    class unknown" (evenly spread over the other classes). New arrays; the inputs are left
-    alone (they are the training cache)."""
+    class unknown": ``target`` "uniform", evenly spread over the other classes (for the
+    ordinary cross-entropy), or "any", 1 on each of them (the set of classes it may be, for
+    ``trainer.losses.SetCrossentropy``). New arrays; the inputs are left alone (they are the
+    training cache). The same pictures are painted the same way for either target."""
+    if target not in ("uniform", "any"):
+        raise ValueError(f"target must be 'uniform' or 'any', got {target!r}")
     images = np.array(images, copy=True)
     targets = np.array(targets, dtype=np.float32, copy=True)
     classes = targets.shape[1]
     if classes < 2:
         raise ValueError("a lesion needs at least one tumour class besides 'no tumour'")
-    tumour = np.full(classes, 1.0 / (classes - 1), dtype=np.float32)
+    tumour = np.full(classes, 1.0 if target == "any" else 1.0 / (classes - 1),
+                     dtype=np.float32)
     tumour[negative] = 0.0
     for i in np.flatnonzero(targets[:, negative] == 1.0):
         if rng.random() >= p:

@@ -25,6 +25,10 @@ recipe's value, and run.json records both the recipe and the values used.
 - ``lesion``: ``strong``, with a synthetic lesion drawn into 30 % of the no-tumour pictures,
   labelled "a tumour, class unknown" (``trainer.lesions``): tumours where the data set has
   none, in the no-tumour sources' pictures that Br35H's resemble (docs/shortcuts.md).
+- ``lesion-any``: ``lesion``, with the painted pictures' label the *set* of tumour classes
+  ("one of them") under the set-valued cross-entropy (``trainer.losses``), instead of 1/3
+  on each: the network is asked for "not no-tumour" and nothing more. The ``lesion`` models
+  had not learned their own lesions (docs/results.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from trainer.errors import OptionError
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-AUGMENTATIONS = ("none", "light", "strong", "background", "contrast", "fourier", "lesion")
+AUGMENTATIONS = ("none", "light", "strong", "background", "contrast", "fourier", "lesion",
+                 "lesion-any")
 # The cosine schedule ends at this share of the peak learning rate, not at 0: a run
 # extended with --resume --epochs N still learns.
 COSINE_FLOOR = 0.01
@@ -81,6 +86,9 @@ RECIPES: dict[str, Recipe] = {
     "lesion": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
                      beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
                      warmup_epochs=3.0, label_smoothing=0.1, augment="lesion"),
+    "lesion-any": Recipe(epochs=40, batch_size=64, optimizer="adamw", learning_rate=1e-3,
+                         beta_1=0.9, beta_2=0.999, weight_decay=0.02, schedule="cosine",
+                         warmup_epochs=3.0, label_smoothing=0.1, augment="lesion-any"),
 }
 RECIPE_HELP = {
     "paper": "the paper's Table 3: Adam 1e-3 (0.9/0.99), constant rate, 35 epochs, "
@@ -97,6 +105,8 @@ RECIPE_HELP = {
                "towards another picture's (its look; the phase, its shapes, kept)",
     "lesion": "strong, and a synthetic lesion drawn into 30% of the no-tumour pictures, "
               "then labelled 'a tumour, class unknown' (evenly over the tumour classes)",
+    "lesion-any": "lesion, the painted pictures labelled 'one of the tumour classes' under "
+                  "the set-valued cross-entropy instead of 1/3 on each",
 }
 
 

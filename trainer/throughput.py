@@ -35,8 +35,8 @@ def _compiled_model(arch: str, image_size: int, seed: int, policy: str,
                     options: dict[str, Any]) -> Any:
     import keras
 
+    from trainer.losses import CROSSENTROPY
     from trainer.models import build_model
-    from trainer.train import LOSS
     from trainer.xla import jit_compile_setting
 
     previous = keras.mixed_precision.global_policy().name
@@ -46,7 +46,7 @@ def _compiled_model(arch: str, image_size: int, seed: int, policy: str,
         model = build_model(arch, input_shape=(image_size, image_size, 3), **options)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, beta_1=0.9, beta_2=0.99), loss=LOSS,
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, beta_1=0.9, beta_2=0.99), loss=CROSSENTROPY,
                   metrics=["accuracy"], jit_compile=jit_compile_setting())
     return model
 

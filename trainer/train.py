@@ -35,8 +35,6 @@ from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
 log = logging.getLogger(__name__)
 
-LOSS = "categorical_crossentropy"
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -130,7 +128,10 @@ class TrainConfig:
         return config
 
     def loss_config(self) -> dict[str, Any]:
-        return {"name": LOSS, "from_logits": True, "label_smoothing": self.label_smoothing}
+        from trainer.losses import loss_name
+
+        return {"name": loss_name(self.augment), "from_logits": True,
+                "label_smoothing": self.label_smoothing}
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -249,10 +250,9 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> Any:
 
 
 def _loss(config: TrainConfig, from_logits: bool) -> Any:
-    import keras
+    from trainer.losses import training_loss
 
-    return keras.losses.CategoricalCrossentropy(from_logits=from_logits,
-                                                label_smoothing=config.label_smoothing)
+    return training_loss(config.augment, config.label_smoothing, from_logits)
 
 
 def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int = 1,
@@ -301,7 +301,7 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "batch_size": config.batch_size,
         "recipe": config.recipe,
         "optimizer": config.optimizer_config(),
-        "loss": LOSS,
+        "loss": config.loss_config()["name"],
         "loss_settings": config.loss_config(),
         "val_fraction": config.val_fraction,
         "augment": config.augment,
