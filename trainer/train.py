@@ -317,7 +317,10 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "deviations": deviations(config.arch, options) + recipe_deviations(
             config.recipe, config.recipe_values()) + (
             [f"training pictures drawn with weights (--reweight {config.reweight}), not "
-             f"once each per epoch"] if config.reweight != "none" else []),
+             f"once each per epoch"] if config.reweight != "none" else []) + (
+            [f"loss {config.loss_config()['name']} (painted pictures labelled 'one of the "
+             f"tumour classes'), not categorical cross-entropy"]
+            if config.loss_config()["name"] != "categorical_crossentropy" else []),
         "no_imagenet_weights": is_no_imagenet(config.arch, options),
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

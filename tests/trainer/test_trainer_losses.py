@@ -169,4 +169,5 @@ def test_a_lesion_any_run_trains_with_the_set_loss_and_records_it(tmp_path):
     assert record["loss"] == SET_CROSSENTROPY
     assert record["loss_settings"] == {"name": SET_CROSSENTROPY, "from_logits": True,
                                        "label_smoothing": 0.1}
+    assert any("set_crossentropy" in line for line in record["deviations"])
     assert np.all(np.isfinite(run.read_history()["loss"]))
