@@ -1,6 +1,7 @@
 """Has a lesion-trained network learned its own lesions? The training task, measured.
 
     python docs/results/issue12/lesion_fit_probe.py RUN [RUN ...] [--pictures 640] [--seed 123]
+    python docs/results/issue12/lesion_fit_probe.py --by-kind RUN [RUN ...] [--pictures 400]
 
 For each run folder (its ``model.keras``), takes up to N no-tumour pictures of the run's own
 training split (``data_split.json``; the trainer's cache), builds training batches from them
@@ -12,6 +13,11 @@ unpainted ones. A model that has learned its training task answers few painted p
 the shipped int8 model; this one asks it of the pictures the network was trained on, so a
 high figure here means the network did not fit the task (not that it failed to generalize).
 Uses no Br35H picture. About a minute per run on 2 CPU cores.
+
+``--by-kind``: instead, every kind of lesion drawn into each picture in turn at the same
+place and shape (``synthetic_lesion(kind=...)``, no strong policy after it), and the share
+answered "notumor" per kind and per lesion radius (under 16 px, 16-25 px, over 25 px at
+224 x 224: the recipe draws 9-34 px), to see which lesions the network did not learn.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--pictures", type=int, default=640)
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--by-kind", action="store_true")
     args = parser.parse_args()
     for run in args.runs:
         if not (run / "model.keras").is_file() or not (run / "run.json").is_file():
@@ -45,9 +52,13 @@ def main() -> None:
     from trainer.data import load_split
     from trainer.lesions import lesion_class
 
-    print("| run | painted pictures answered notumor | unpainted answered notumor | "
-          "mean P(notumor), painted |")
-    print("|---|---:|---:|---:|")
+    if args.by_kind:
+        print("| run | lesion kind | answered notumor | radius < 16 px | 16-25 px | > 25 px |")
+        print("|---|---|---:|---:|---:|---:|")
+    else:
+        print("| run | painted pictures answered notumor | unpainted answered notumor | "
+              "mean P(notumor), painted |")
+        print("|---|---:|---:|---:|")
     for run in args.runs:
         record = json.loads((run / "run.json").read_text())
         train_files = set(json.loads((run / "data_split.json").read_text())["train"])
@@ -57,10 +68,13 @@ def main() -> None:
         pairs = enumerate(zip(data.paths, data.labels, strict=True))
         picks = np.array([i for i, (path, label) in pairs
                           if label == negative and path in train_files])[:args.pictures]
+        model = keras.saving.load_model(run / "model.keras", compile=False)
+        if args.by_kind:
+            _by_kind(run.name, model, data.images[picks], spec, negative, args.seed)
+            continue
         batches = TrainingBatches(data.images[picks], data.labels[picks], len(data.class_names),
                                   64, seed=args.seed, spec=spec, augment="lesion",
                                   negative_class=negative)
-        model = keras.saving.load_model(run / "model.keras", compile=False)
         painted_nt = painted = clean_nt = clean = 0
         p_painted = []
         for step in range(len(batches)):
@@ -76,6 +90,41 @@ def main() -> None:
         print(f"| {run.name} | {painted_nt} of {painted} ({painted_nt / max(painted, 1):.1%}) | "
               f"{clean_nt} of {clean} ({clean_nt / max(clean, 1):.1%}) | "
               f"{float(np.concatenate(p_painted).mean()):.2f} |")
+
+
+def _by_kind(name: str, model, images: np.ndarray, spec, negative: int, seed: int) -> None:
+    """Each kind drawn into each picture at the same place and shape; answers by kind and
+    radius."""
+    import keras
+
+    from edge.preprocess import scale
+    from trainer.lesions import KINDS, synthetic_lesion
+
+    drawn, kinds, radii = [], [], []
+    for i, image in enumerate(images):
+        picture = image.astype(np.float32) * np.float32(1 / 255)
+        grey = picture.mean(axis=2)
+        for kind in KINDS:  # the same generator state: the same place and shape each time
+            result = synthetic_lesion(grey, np.random.default_rng([seed, i]), kind=kind)
+            if result is None:
+                continue
+            painted, lesion = result
+            change = (painted - grey)[..., None]
+            drawn.append(np.clip((picture + change) * 255 + 0.5, 0, 255).astype(np.uint8))
+            kinds.append(kind)
+            radii.append(lesion.radius * 224 / min(grey.shape))
+    x = np.stack(drawn)
+    says_none = np.concatenate([
+        keras.ops.convert_to_numpy(model(scale(x[j:j + 64], spec), training=False))
+        for j in range(0, len(x), 64)]).argmax(axis=1) == negative
+    kinds, radii = np.array(kinds), np.array(radii)
+    for kind in KINDS:
+        of_kind = kinds == kind
+        cells = [f"{says_none[of_kind].mean():.1%} of {of_kind.sum()}"]
+        for low, high in ((0, 16), (16, 25), (25, 1e9)):
+            cell = of_kind & (radii >= low) & (radii < high)
+            cells.append(f"{says_none[cell].mean():.0%} of {cell.sum()}" if cell.any() else "-")
+        print(f"| {name} | {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
