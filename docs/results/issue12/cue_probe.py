@@ -350,6 +350,9 @@ if __name__ == "__main__":
         else:
             rows = [part for part in args[1].split(",") if part]
         args = args[2:]
-    if not args:
+    if not args or args[0] in ("-h", "--help"):
         sys.exit(__doc__)
+    if not (Path(args[0]) / "Testing").is_dir():
+        sys.exit(f"{args[0]}: no Testing folder there; give the data set's folder "
+                 "(../shared/data/brain-tumor-mri). Usage:\n" + __doc__)
     main(Path(args[0]), args[1:] or [None], listed, rows)
