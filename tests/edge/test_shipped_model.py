@@ -111,18 +111,18 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
         flagged.append(prediction.needs_review)
         probs.append(list(prediction.probabilities.values()))
         truth.append(classifier.labels.index(path.parent.name))
-    # The trust figures docs/trust.md gives for the shipped model (2.4.0, benchmarks trust,
-    # 2026-12-06: 13.3% flagged, 99.56% of the others right, calibration error 1.0%), each
+    # The trust figures docs/trust.md gives for the shipped model (2.5.0, benchmarks trust,
+    # 2026-12-06: 14.5% flagged, 99.29% of the others right, calibration error 0.7%), each
     # held to within half a point as the accuracies below are. Issue 13's targets are 10%
-    # flagged and 99% right: 2.4.0 misses the first (docs/trust.md says so and why the
+    # flagged and 99% right: 2.5.0 misses the first (docs/trust.md says so and why the
     # thresholds were not moved); a new shipped model updates these with its docs.
     from edge.trust import calibration_error
 
     share_flagged = sum(flagged) / len(files)
     unflagged = [r for r, f in zip(right.values(), flagged, strict=True) if not f]
-    assert share_flagged <= 0.133 + 0.005, f"{share_flagged:.1%} flagged (documented 13.3%)"
-    assert sum(unflagged) / len(unflagged) >= 0.9956 - 0.005, (
-        f"{sum(unflagged) / len(unflagged):.2%} of unflagged answers right (documented 99.56%)")
+    assert share_flagged <= 0.145 + 0.005, f"{share_flagged:.1%} flagged (documented 14.5%)"
+    assert sum(unflagged) / len(unflagged) >= 0.9929 - 0.005, (
+        f"{sum(unflagged) / len(unflagged):.2%} of unflagged answers right (documented 99.29%)")
     assert calibration_error(np.asarray(probs), np.asarray(truth)) <= 0.03
     accuracy = 100.0 * sum(right.values()) / len(files)
     recorded = classifier.manifest.metrics["quantized_accuracy_pct"]
