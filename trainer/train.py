@@ -661,6 +661,7 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
     import keras
 
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
+    import trainer.losses  # noqa: F401 - and the set-valued loss a checkpoint is compiled with
     from trainer.distribute import distribution_scope
     from trainer.logits import is_logits_view, with_softmax
 

@@ -171,3 +171,37 @@ def test_a_lesion_any_run_trains_with_the_set_loss_and_records_it(tmp_path):
                                        "label_smoothing": 0.1}
     assert any("set_crossentropy" in line for line in record["deviations"])
     assert np.all(np.isfinite(run.read_history()["loss"]))
+
+
+def test_a_lesion_any_run_resumes_in_a_new_process_with_its_loss(tmp_path):
+    # the checkpoint is a compiled model whose loss is SetCrossentropy: a fresh process
+    # that resumes it must know that class before loading (trainer.train.resume)
+    pytest.importorskip("scipy")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_trainer_lesions import SPEC
+    from trainer_testdata import make_dataset
+
+    from trainer.train import TrainConfig, train
+
+    data = make_dataset(tmp_path / "data", train_per_class=16, test_per_class=4)
+    config = TrainConfig(arch="mlp", data_dir=str(data), runs_dir=str(tmp_path / "runs"),
+                         name="anyresume", epochs=1, batch_size=16, seed=5, spec=SPEC,
+                         use_cache=False, model_options={"hidden_units": (16,)},
+                         val_fraction=0.25, recipe="lesion-any", augment="lesion-any",
+                         label_smoothing=0.1)
+    run = train(config, verbose=0)
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; from trainer.train import resume; "
+            "resume(sys.argv[1], epochs=2, verbose=0)")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code, str(run.path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((run.path / "run.json").read_text())
+    assert record["status"] == "completed" and record["loss"] == SET_CROSSENTROPY
+    assert len(run.read_history()["loss"]) == 2
