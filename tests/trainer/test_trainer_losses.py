@@ -146,24 +146,30 @@ def test_the_lesion_any_batches_differ_from_lesion_ones_only_in_their_targets():
     assert painted_rows > 0
 
 
-def test_a_lesion_any_run_trains_with_the_set_loss_and_records_it(tmp_path):
+def _lesion_any_config(tmp_path, name: str, epochs: int):
+    """A tiny lesion-any run (MLP, 32 x 32) on synthetic pictures."""
     pytest.importorskip("scipy")
     from test_trainer_lesions import SPEC
     from trainer_testdata import make_dataset
 
+    from trainer.train import TrainConfig
+
+    data = make_dataset(tmp_path / "data", train_per_class=16, test_per_class=4)
+    return TrainConfig(arch="mlp", data_dir=str(data), runs_dir=str(tmp_path / "runs"),
+                       name=name, epochs=epochs, batch_size=16, seed=5, spec=SPEC,
+                       use_cache=False, model_options={"hidden_units": (16,)},
+                       val_fraction=0.25, recipe="lesion-any", augment="lesion-any",
+                       label_smoothing=0.1)
+
+
+def test_a_lesion_any_run_trains_with_the_set_loss_and_records_it(tmp_path):
     from trainer.recipes import RECIPES, resolve
-    from trainer.train import TrainConfig, train
+    from trainer.train import train
 
     assert resolve("lesion-any", {})["augment"] == "lesion-any"
     assert {k: v for k, v in RECIPES["lesion-any"].to_dict().items() if k != "augment"} == {
         k: v for k, v in RECIPES["lesion"].to_dict().items() if k != "augment"}
-    data = make_dataset(tmp_path / "data", train_per_class=16, test_per_class=4)
-    config = TrainConfig(arch="mlp", data_dir=str(data), runs_dir=str(tmp_path / "runs"),
-                         name="any", epochs=2, batch_size=16, seed=5, spec=SPEC,
-                         use_cache=False, model_options={"hidden_units": (16,)},
-                         val_fraction=0.25, recipe="lesion-any", augment="lesion-any",
-                         label_smoothing=0.1)
-    run = train(config, verbose=0)
+    run = train(_lesion_any_config(tmp_path, "any", epochs=2), verbose=0)
     record = run.read_record().raw
     assert record["status"] == "completed" and record["augment"] == "lesion-any"
     assert record["loss"] == SET_CROSSENTROPY
@@ -176,25 +182,15 @@ def test_a_lesion_any_run_trains_with_the_set_loss_and_records_it(tmp_path):
 def test_a_lesion_any_run_resumes_in_a_new_process_with_its_loss(tmp_path):
     # the checkpoint is a compiled model whose loss is SetCrossentropy: a fresh process
     # that resumes it must know that class before loading (trainer.train.resume)
-    pytest.importorskip("scipy")
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from test_trainer_lesions import SPEC
-    from trainer_testdata import make_dataset
+    from trainer.train import train
 
-    from trainer.train import TrainConfig, train
-
-    data = make_dataset(tmp_path / "data", train_per_class=16, test_per_class=4)
-    config = TrainConfig(arch="mlp", data_dir=str(data), runs_dir=str(tmp_path / "runs"),
-                         name="anyresume", epochs=1, batch_size=16, seed=5, spec=SPEC,
-                         use_cache=False, model_options={"hidden_units": (16,)},
-                         val_fraction=0.25, recipe="lesion-any", augment="lesion-any",
-                         label_smoothing=0.1)
-    run = train(config, verbose=0)
+    run = train(_lesion_any_config(tmp_path, "anyresume", epochs=1), verbose=0)
     root = Path(__file__).resolve().parents[2]
     code = ("import sys; from trainer.train import resume; "
             "resume(sys.argv[1], epochs=2, verbose=0)")
