@@ -250,14 +250,24 @@ def paint_lesions(images: np.ndarray, targets: np.ndarray, negative: int,
     for i in np.flatnonzero(targets[:, negative] == 1.0):
         if rng.random() >= p:
             continue
-        picture = images[i].astype(np.float32) * np.float32(1 / 255)
-        grey = picture.mean(axis=2)
-        drawn = synthetic_lesion(grey, rng)
+        drawn = lesion_in_picture(images[i], rng)
         if drawn is None:
             continue
-        painted, _ = drawn
-        change = (painted - grey)[..., None]  # the same change in every channel: a grey
-        # picture stays grey, a colour one keeps its tint
-        images[i] = np.clip((picture + change) * 255 + 0.5, 0, 255).astype(np.uint8)
+        images[i] = drawn[0]
         targets[i] = tumour
     return images, targets
+
+
+def lesion_in_picture(image: np.ndarray, rng: np.random.Generator,
+                      kind: str | None = None) -> tuple[np.ndarray, Lesion] | None:
+    """``synthetic_lesion`` for a uint8 (H, W, 3) picture: the lesion is drawn on its grey
+    levels and the same change added to every channel (a grey picture stays grey, a colour
+    one keeps its tint); a new uint8 picture and what was drawn, None when there is no room."""
+    picture = image.astype(np.float32) * np.float32(1 / 255)
+    grey = picture.mean(axis=2)
+    drawn = synthetic_lesion(grey, rng, kind=kind)
+    if drawn is None:
+        return None
+    painted, lesion = drawn
+    change = (painted - grey)[..., None]
+    return np.clip((picture + change) * 255 + 0.5, 0, 255).astype(np.uint8), lesion

@@ -33,7 +33,6 @@ from keras import ops
 # The loss names run.json records ("loss" and "loss_settings.name").
 CROSSENTROPY = "categorical_crossentropy"
 SET_CROSSENTROPY = "set_crossentropy"
-LOSSES = (CROSSENTROPY, SET_CROSSENTROPY)
 
 
 @keras.saving.register_keras_serializable(package="neuroedge")

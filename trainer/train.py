@@ -282,9 +282,11 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
                 distribution: str) -> dict[str, Any]:
     import keras
 
+    from trainer.losses import CROSSENTROPY
     from trainer.models import ARCHITECTURE_INFO, deviations, is_no_imagenet
     from trainer.recipes import deviations as recipe_deviations
 
+    loss = config.loss_config()
     record: dict[str, Any] = {
         "format": 1,
         "architecture": config.arch,
@@ -301,8 +303,8 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
         "batch_size": config.batch_size,
         "recipe": config.recipe,
         "optimizer": config.optimizer_config(),
-        "loss": config.loss_config()["name"],
-        "loss_settings": config.loss_config(),
+        "loss": loss["name"],
+        "loss_settings": loss,
         "val_fraction": config.val_fraction,
         "augment": config.augment,
         "reweight": config.reweight,
@@ -318,9 +320,8 @@ def _run_record(config: TrainConfig, data: TrainingData, options: dict[str, Any]
             config.recipe, config.recipe_values()) + (
             [f"training pictures drawn with weights (--reweight {config.reweight}), not "
              f"once each per epoch"] if config.reweight != "none" else []) + (
-            [f"loss {config.loss_config()['name']} (painted pictures labelled 'one of the "
-             f"tumour classes'), not categorical cross-entropy"]
-            if config.loss_config()["name"] != "categorical_crossentropy" else []),
+            [f"loss {loss['name']} (painted pictures labelled 'one of the tumour classes'), "
+             f"not categorical cross-entropy"] if loss["name"] != CROSSENTROPY else []),
         "no_imagenet_weights": is_no_imagenet(config.arch, options),
         "status": "running",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

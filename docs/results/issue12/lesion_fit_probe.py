@@ -98,21 +98,17 @@ def _by_kind(name: str, model, images: np.ndarray, spec, negative: int, seed: in
     import keras
 
     from edge.preprocess import scale
-    from trainer.lesions import KINDS, synthetic_lesion
+    from trainer.lesions import KINDS, lesion_in_picture
 
     drawn, kinds, radii = [], [], []
     for i, image in enumerate(images):
-        picture = image.astype(np.float32) * np.float32(1 / 255)
-        grey = picture.mean(axis=2)
         for kind in KINDS:  # the same generator state: the same place and shape each time
-            result = synthetic_lesion(grey, np.random.default_rng([seed, i]), kind=kind)
+            result = lesion_in_picture(image, np.random.default_rng([seed, i]), kind=kind)
             if result is None:
                 continue
-            painted, lesion = result
-            change = (painted - grey)[..., None]
-            drawn.append(np.clip((picture + change) * 255 + 0.5, 0, 255).astype(np.uint8))
+            drawn.append(result[0])
             kinds.append(kind)
-            radii.append(lesion.radius * 224 / min(grey.shape))
+            radii.append(result[1].radius * 224 / min(image.shape[:2]))
     x = np.stack(drawn)
     says_none = np.concatenate([
         keras.ops.convert_to_numpy(model(scale(x[j:j + 64], spec), training=False))
