@@ -18,6 +18,17 @@ Uses no Br35H picture. About a minute per run on 2 CPU cores.
 place and shape (``synthetic_lesion(kind=...)``, no strong policy after it), and the share
 answered "notumor" per kind and per lesion radius (under 16 px, 16-25 px, over 25 px at
 224 x 224: the recipe draws 9-34 px), to see which lesions the network did not learn.
+
+``--cam``: is the lesion in the features and lost in the average? The head is global
+average pooling then one Dense layer, so the logits are the mean over the 7 x 7 feature
+cells of per-cell logits (the class activation map). For the same training batches, each
+picture's "tumour, not notumor" margin (best tumour logit less the ``notumor`` logit) is
+read three ways: the mean over cells (the model's own answer), the largest cell and the mean
+of the 4 largest; printed: how well each separates painted from unpainted pictures (ROC
+AUC), and the share of painted pictures each finds when its threshold lets through exactly
+as many unpainted pictures as the model itself does. If the largest cell finds far more,
+the features see the lesions and the average dilutes them (a pooling question); if not,
+the features do not hold them (a training or capacity question).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ def main() -> None:
     parser.add_argument("--pictures", type=int, default=640)
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--by-kind", action="store_true")
+    parser.add_argument("--cam", action="store_true")
     args = parser.parse_args()
     for run in args.runs:
         if not (run / "model.keras").is_file() or not (run / "run.json").is_file():
@@ -52,7 +64,11 @@ def main() -> None:
     from trainer.data import load_split
     from trainer.lesions import lesion_class
 
-    if args.by_kind:
+    if args.cam:
+        print("| run | read | AUC painted vs unpainted | painted found at the model's "
+              "unpainted rate |")
+        print("|---|---|---:|---:|")
+    elif args.by_kind:
         print("| run | lesion kind | answered notumor | radius < 16 px | 16-25 px | > 25 px |")
         print("|---|---|---:|---:|---:|---:|")
     else:
@@ -75,6 +91,9 @@ def main() -> None:
         batches = TrainingBatches(data.images[picks], data.labels[picks], len(data.class_names),
                                   64, seed=args.seed, spec=spec, augment="lesion",
                                   negative_class=negative)
+        if args.cam:
+            _cam(run.name, model, batches, negative)
+            continue
         painted_nt = painted = clean_nt = clean = 0
         p_painted = []
         for step in range(len(batches)):
@@ -90,6 +109,48 @@ def main() -> None:
         print(f"| {run.name} | {painted_nt} of {painted} ({painted_nt / max(painted, 1):.1%}) | "
               f"{clean_nt} of {clean} ({clean_nt / max(clean, 1):.1%}) | "
               f"{float(np.concatenate(p_painted).mean()):.2f} |")
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC: the chance a positive scores above a negative (ties count half)."""
+    above = (positive[:, None] > negative[None, :]).mean()
+    ties = (positive[:, None] == negative[None, :]).mean()
+    return float(above + ties / 2)
+
+
+def _cam(name: str, model, batches, negative: int) -> None:
+    """Per-cell margins under the GAP head: the mean (the model), the largest cell, top 4."""
+    import keras
+
+    from trainer.logits import LOGITS_LAYER
+
+    dense = model.get_layer(LOGITS_LAYER)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
+    features = keras.Model(model.inputs[0], model.get_layer("gap").input)
+    tumour = [c for c in range(kernel.shape[1]) if c != negative]
+    reads = {"mean of cells (the model)": [], "largest cell": [], "mean of 4 largest": []}
+    painted = []
+    for step in range(len(batches)):
+        x, y = batches.batch(0, step)
+        cells = keras.ops.convert_to_numpy(features(x, training=False)) @ kernel + bias
+        margin = (cells[..., tumour].max(axis=-1) - cells[..., negative]).reshape(len(x), -1)
+        mean_logits = cells.reshape(len(x), -1, kernel.shape[1]).mean(axis=1)
+        reads["mean of cells (the model)"].append(
+            mean_logits[:, tumour].max(axis=1) - mean_logits[:, negative])
+        ordered = np.sort(margin, axis=1)
+        reads["largest cell"].append(ordered[:, -1])
+        reads["mean of 4 largest"].append(ordered[:, -4:].mean(axis=1))
+        painted.append(y[:, negative] == 0)
+    painted = np.concatenate(painted)
+    model_rate = float((np.concatenate(reads["mean of cells (the model)"])[~painted] > 0).mean())
+    for read, scores in reads.items():
+        scores = np.concatenate(scores)
+        threshold = np.quantile(scores[~painted], 1 - model_rate) if model_rate else \
+            scores[~painted].max()
+        found = float((scores[painted] > threshold).mean())
+        print(f"| {name} | {read} | {_auc(scores[painted], scores[~painted]):.3f} | "
+              f"{found:.1%} of {int(painted.sum())} (unpainted let through: "
+              f"{model_rate:.1%}) |")
 
 
 def _by_kind(name: str, model, images: np.ndarray, spec, negative: int, seed: int) -> None:
