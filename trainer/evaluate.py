@@ -327,7 +327,7 @@ def _plots(run: RunFolder, out: Path, name: str, labels: list[str], official: di
                               out / "confusion_matrix_dedup.png",
                               title=f"{name}: deduplicated test split")
     history = run.read_history()
-    curves = {k: history[k] for k in ("loss", "val_loss", "accuracy", "val_accuracy")
-              if k in history}
+    curves = {k: history[k] for k in ("loss", "val_loss", "accuracy", "val_accuracy",
+                                      "val_lesion_missed") if k in history}
     if curves.get("loss"):
         plot_history(curves, out / "history.png")

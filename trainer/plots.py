@@ -64,7 +64,9 @@ def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: Path | st
 
 def plot_history(history: dict[str, Sequence[float]], path: Path | str,
                  title: str = "Training history") -> Path:
-    """Loss and accuracy per epoch, training and validation, side by side."""
+    """Loss and accuracy per epoch, training and validation, side by side; with
+    ``val_lesion_missed`` (the lesion recipes), the share of drawn validation lesions found
+    beside the accuracy."""
     known = [key for key in ("loss", "val_loss", "accuracy", "val_accuracy") if history.get(key)]
     if not known:
         raise ValueError("the history holds no 'loss', 'val_loss', 'accuracy' or "
@@ -78,6 +80,10 @@ def plot_history(history: dict[str, Sequence[float]], path: Path | str,
             values = history.get(prefix + key)
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=label, markersize=3)
+        missed = history.get("val_lesion_missed") if key == "accuracy" else None
+        if missed:
+            ax.plot(range(1, len(missed) + 1), [1.0 - m for m in missed], "--^",
+                    markersize=3, label="drawn lesions found (validation)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)

@@ -45,7 +45,8 @@ CHECKPOINTS = "checkpoints"
 STATE_JSON = "state.json"
 BEST_CHECKPOINT = "best.keras"
 EVALUATION = "evaluation"
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_lesion_missed",
+                "learning_rate", "seconds")
 _PACKAGES = ("neuroedge", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pillow",
              "h5py", "matplotlib")
 

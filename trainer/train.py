@@ -35,6 +35,9 @@ from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
 log = logging.getLogger(__name__)
 
+VAL_LESION_KEY = "val_lesion_missed"
+VAL_LESION_STREAM = 7  # the generator stream of the painted validation pictures
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -351,6 +354,12 @@ class _Validator:
     Done here rather than by Keras' ``validation_data`` so that ``--recalibrate-bn`` can
     fix the moving statistics *before* the epoch is scored: model selection then compares
     what the saved model will really predict.
+
+    For the lesion policies also ``val_lesion_missed``: one synthetic lesion drawn into each
+    validation "no tumour" picture (``trainer.lesions``, the same draws every epoch, no
+    other augmentation), and the share of them the model still answers "no tumour". It says
+    whether the network is learning the lesions it is shown (docs/results.md: the first
+    lesion runs had not); it is recorded, not used to choose the epoch.
     """
 
     def __init__(self, config: TrainConfig, data: TrainingData) -> None:
@@ -365,6 +374,14 @@ class _Validator:
             stream = TrainingBatches(data.train.images, data.train.labels, num_classes,
                                      config.batch_size, seed=config.seed + 1, spec=config.spec)
             self.recalibration = (stream, min(config.recalibrate_bn, len(stream)))
+        self.negative = lesion_class(config.augment, data.labels)
+        self.lesions = None
+        if self.negative is not None:
+            painted = painted_validation(data.val.images[data.val.labels == self.negative],
+                                         config.seed)
+            if len(painted):
+                self.lesions = EvaluationBatches(painted, None, num_classes, config.batch_size,
+                                                 spec=config.spec)
 
     def __call__(self, model: Any) -> dict[str, float]:
         if self.recalibration is not None:
@@ -374,8 +391,22 @@ class _Validator:
             recalibrate_batchnorm(model, (stream[i][0] for i in range(steps)))
         probs = np.asarray(model.predict(self.inputs, verbose=0), dtype=np.float64)
         picked = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
-        return {"val_loss": float(-np.mean(np.log(picked))),
-                "val_accuracy": float(np.mean(probs.argmax(axis=1) == self.labels))}
+        scores = {"val_loss": float(-np.mean(np.log(picked))),
+                  "val_accuracy": float(np.mean(probs.argmax(axis=1) == self.labels))}
+        if self.lesions is not None:
+            answers = np.asarray(model.predict(self.lesions, verbose=0)).argmax(axis=1)
+            scores[VAL_LESION_KEY] = float(np.mean(answers == self.negative))
+        return scores
+
+
+def painted_validation(images: np.ndarray, seed: int) -> np.ndarray:
+    """One lesion drawn into each picture that has room (uint8, fixed draws per seed)."""
+    from trainer.lesions import lesion_in_picture
+
+    rng = np.random.default_rng([seed, VAL_LESION_STREAM])
+    drawn = [result[0] for image in images
+             if (result := lesion_in_picture(image, rng)) is not None]
+    return np.stack(drawn) if drawn else images[:0]
 
 
 def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
@@ -409,6 +440,9 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
             history = state["history"]
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
+            if VAL_LESION_KEY in logs:  # NaN for the epochs of a run resumed by older code
+                history.setdefault(VAL_LESION_KEY, [float("nan")] * (done - 1)).append(
+                    float(logs[VAL_LESION_KEY]))
             history.setdefault("learning_rate", []).append(lr)
             history.setdefault("seconds", []).append(round(seconds, 3))
             checkpoint = run.epoch_checkpoint(done)
@@ -434,9 +468,11 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
             for old in run.checkpoints.glob("epoch-*.keras"):
                 if old != checkpoint:
                     old.unlink()
-            log.info("epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f "
+            lesions = (f" {VAL_LESION_KEY} {logs[VAL_LESION_KEY]:.4f}"
+                       if VAL_LESION_KEY in logs else "")
+            log.info("epoch %d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f%s "
                      "(%.0f s)%s", done, history["loss"][-1], history["accuracy"][-1],
-                     history["val_loss"][-1], val_acc, seconds,
+                     history["val_loss"][-1], val_acc, lesions, seconds,
                      "  [best so far]" if state["best_epoch"] == done else "")
             if state["stopped_early"]:
                 log.info("early stopping: no val_accuracy gain for %d epoch(s)", patience)

@@ -171,6 +171,67 @@ def test_a_lesion_run_trains_and_records_its_policy(dataset, tmp_path):
                 verbose=0)
     record = run.read_record().raw
     assert record["status"] == "completed" and record["augment"] == "lesion"
+    missed = run.read_history()["val_lesion_missed"]  # every epoch, in history.csv too
+    assert len(missed) == 1 and 0.0 <= missed[0] <= 1.0
+    assert "val_lesion_missed" in (run.path / "history.csv").read_text().splitlines()[0]
+
+
+class _Answers:
+    """A stand-in model that answers every picture with one class."""
+
+    def __init__(self, answer: int):
+        self.answer = answer
+
+    def predict(self, batches, verbose=0):
+        return np.eye(4)[np.full(len(batches.images), self.answer)]
+
+
+def test_the_validator_counts_the_drawn_validation_lesions_answered_no_tumour(dataset):
+    from trainer.train import _Validator, load_training_data
+
+    config = _config(dataset, "unused", "v", augment="lesion-any", recipe="lesion-any")
+    data = load_training_data(config)
+    negative = data.labels.index("notumor")
+    validate = _Validator(config, data)
+    assert len(validate.lesions.images) == int(np.sum(data.val.labels == negative)) > 0
+    says_none = validate(_Answers(negative))
+    assert says_none["val_lesion_missed"] == 1.0
+    assert says_none["val_accuracy"] == np.mean(data.val.labels == negative)
+    assert validate(_Answers(0))["val_lesion_missed"] == 0.0
+    # the other policies draw no lesions and report none
+    assert "val_lesion_missed" not in _Validator(_config(dataset, "unused", "v",
+                                                         augment="strong"), data)(_Answers(0))
+
+
+def test_the_painted_validation_pictures_are_the_same_draws_every_time(dataset):
+    from trainer.train import load_training_data, painted_validation
+
+    data = load_training_data(_config(dataset, "unused", "v"))
+    pictures = data.val.images[data.val.labels == data.labels.index("notumor")]
+    first, again = painted_validation(pictures, 5), painted_validation(pictures, 5)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == pictures.shape and first.dtype == np.uint8
+    assert all(not np.array_equal(a, b) for a, b in zip(first, pictures, strict=True))
+    assert not np.array_equal(painted_validation(pictures, 6), first)
+
+
+def test_a_run_resumed_by_code_that_adds_the_lesion_score_pads_its_first_epochs(dataset,
+                                                                                 tmp_path):
+    # a lesion run begun before val_lesion_missed existed: its history lacks the key; the
+    # epochs after the resume have it and the earlier ones read NaN (not a shifted column)
+    import json
+
+    from trainer.train import resume
+
+    run = train(_config(dataset, tmp_path, "old", augment="lesion", recipe="lesion"),
+                verbose=0)
+    state_file = run.checkpoints / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["history"]["val_lesion_missed"]
+    state_file.write_text(json.dumps(state))
+    resume(run.path, epochs=2, verbose=0)
+    missed = run.read_history()["val_lesion_missed"]
+    assert len(missed) == 2 and np.isnan(missed[0]) and 0.0 <= missed[1] <= 1.0
 
 
 def test_a_lesion_run_without_a_no_tumour_class_is_refused_before_its_folder(tmp_path):

@@ -51,6 +51,26 @@ def test_history_png_and_partial_history(tmp_path: Path) -> None:
                             tmp_path / "train_only.png"), (1000, 400))
 
 
+def test_history_of_a_lesion_run_plots_the_drawn_lesions_found(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    import trainer.plots as plots
+
+    lines = {}
+    save = plots._save
+
+    def capture(fig, path):
+        lines.update({line.get_label(): list(line.get_ydata())
+                      for ax in fig.axes for line in ax.get_lines()})
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    history = {"loss": [1.3, 0.8], "val_loss": [1.2, 0.9], "accuracy": [0.45, 0.7],
+               "val_accuracy": [0.5, 0.66], "val_lesion_missed": [float("nan"), 0.25]}
+    _check_png(plot_history(history, tmp_path / "h.png"), (1000, 400))
+    found = lines["drawn lesions found (validation)"]
+    assert np.isnan(found[0]) and found[1] == 0.75
+
+
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="4x4 for 4 labels"):
         plot_confusion_matrix(CM[:3, :3], LABELS, tmp_path / "cm.png")
