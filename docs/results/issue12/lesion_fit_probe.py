@@ -2,6 +2,8 @@
 
     python docs/results/issue12/lesion_fit_probe.py RUN [RUN ...] [--pictures 640] [--seed 123]
     python docs/results/issue12/lesion_fit_probe.py --by-kind RUN [RUN ...] [--pictures 400]
+    python docs/results/issue12/lesion_fit_probe.py --cam RUN [RUN ...]
+    ... --best-so-far RUN: a run still training, its best epoch so far (checkpoints/best.keras)
 
 For each run folder (its ``model.keras``), takes up to N no-tumour pictures of the run's own
 training split (``data_split.json``; the trainer's cache), builds training batches from them
@@ -51,10 +53,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("--by-kind", action="store_true")
     parser.add_argument("--cam", action="store_true")
+    parser.add_argument("--best-so-far", action="store_true")
     args = parser.parse_args()
+    weights = "checkpoints/best.keras" if args.best_so_far else "model.keras"
     for run in args.runs:
-        if not (run / "model.keras").is_file() or not (run / "run.json").is_file():
-            sys.exit(f"{run}: not a finished run folder (no model.keras or run.json)")
+        if not (run / weights).is_file() or not (run / "run.json").is_file():
+            sys.exit(f"{run}: no {weights} or run.json (a run folder of the trainer; "
+                     "--best-so-far for one still training)")
 
     import keras
 
@@ -63,6 +68,7 @@ def main() -> None:
     from trainer.batches import TrainingBatches
     from trainer.data import load_split
     from trainer.lesions import lesion_class
+    from trainer.logits import is_logits_view, with_softmax
 
     if args.cam:
         print("| run | read | AUC painted vs unpainted | painted found at the model's "
@@ -84,15 +90,21 @@ def main() -> None:
         pairs = enumerate(zip(data.paths, data.labels, strict=True))
         picks = np.array([i for i, (path, label) in pairs
                           if label == negative and path in train_files])[:args.pictures]
-        model = keras.saving.load_model(run / "model.keras", compile=False)
+        model = keras.saving.load_model(run / weights, compile=False)
+        if is_logits_view(model):  # a checkpoint: the softmax model, as the trainer keeps
+            model = with_softmax(model)
+        name = run.name
+        if args.best_so_far:
+            state = json.loads((run / "checkpoints" / "state.json").read_text())
+            name += f" (best so far: epoch {state['best_epoch']} of {state['epochs_done']})"
         if args.by_kind:
-            _by_kind(run.name, model, data.images[picks], spec, negative, args.seed)
+            _by_kind(name, model, data.images[picks], spec, negative, args.seed)
             continue
         batches = TrainingBatches(data.images[picks], data.labels[picks], len(data.class_names),
                                   64, seed=args.seed, spec=spec, augment="lesion",
                                   negative_class=negative)
         if args.cam:
-            _cam(run.name, model, batches, negative)
+            _cam(name, model, batches, negative)
             continue
         painted_nt = painted = clean_nt = clean = 0
         p_painted = []
@@ -106,7 +118,7 @@ def main() -> None:
             clean_nt += int(says_none[~is_painted].sum())
             clean += int((~is_painted).sum())
             p_painted.append(p[is_painted, negative])
-        print(f"| {run.name} | {painted_nt} of {painted} ({painted_nt / max(painted, 1):.1%}) | "
+        print(f"| {name} | {painted_nt} of {painted} ({painted_nt / max(painted, 1):.1%}) | "
               f"{clean_nt} of {clean} ({clean_nt / max(clean, 1):.1%}) | "
               f"{float(np.concatenate(p_painted).mean()):.2f} |")
 
