@@ -1,9 +1,21 @@
 """Step 1 of a job: taking settled files out of the inbox, as a group, crash-safely.
 
 Every intent record (stage ``claiming``, naming the inbox file) is durable before any input
-moves; then each input is renamed into ``.state/claimed/<token>`` (or, across filesystems,
-copied durably and unlinked), one folder fsync for the whole group. After a crash, a
-``claiming`` record is finished or forgotten by ``resume``.
+moves; then each input is renamed into ``.state/claimed/<token>``, one folder fsync for the
+whole group. After a crash, a ``claiming`` record is finished or forgotten by ``resume``.
+
+Across filesystems (the inbox on a USB disk or a network share) a rename is impossible, and
+"copy, then unlink the name" would lose whatever took the name during the copy: an exporter
+that writes a corrected version and renames it over the first (the usual way to replace a
+file) would have the new version deleted unread. So the input is first renamed to a hidden
+name in its own folder (``.neuroedge-held-<token>``: atomic, and recorded in the journal
+first), which frees its name for any new version; it is copied from there, from an open
+descriptor checked to be a regular file (opened non-blocking: a FIFO put there cannot hang
+the copy); and the hidden name is unlinked only when the file did not change during the
+copy. A file that changed (a writer that paused past ``settle_seconds`` and went on) is
+given back under its name, or under a free one next to it when a new version took the
+name, and taken again once settled. A folder where the input cannot be renamed (read-only,
+or sticky and owned by someone else) refuses the claim before anything is copied.
 """
 
 from __future__ import annotations
@@ -15,12 +27,25 @@ import stat
 from pathlib import Path
 
 from . import failpoints
-from .durable import FolderBarrier, copy_durable, display_name, fsync_dir
+from .durable import FolderBarrier, copy_durable, display_name, free_name, fsync_dir
 from .manifest import sha256_file
 from .outbox import Job, Outbox, Stage
 from .report import now_iso
 
 log = logging.getLogger(__name__)
+
+HELD_PREFIX = ".neuroedge-held-"  # an inbox file being copied across filesystems
+
+
+class HeldInInbox(OSError):
+    """A cross-filesystem claim failed and its input could not be put back under its name:
+    it is safe under the hidden name, its ``claiming`` record kept; running ``job`` again
+    (``Claim.resume``) gives it back."""
+
+    def __init__(self, job: Job, cause: OSError) -> None:
+        super().__init__(cause.errno, f"{cause.strerror or cause}; the file is kept in the "
+                         f"inbox as {job.held} until it can be put back", cause.filename)
+        self.job = job
 
 
 class Claim:
@@ -34,7 +59,8 @@ class Claim:
         """Take ``paths`` out of the inbox, as one group.
 
         Returns the jobs (a path gone meanwhile, or not a regular file or link, has none) and
-        the paths that could not be taken with the error (the caller leaves them a while).
+        the paths that could not be taken with the error (the caller leaves them a while; a
+        ``HeldInInbox`` error carries a journaled job for the caller to retry).
         """
         pending: list[tuple[Job, str]] = []
         refused: list[tuple[str, OSError]] = []
@@ -64,9 +90,14 @@ class Claim:
         for job, path in pending:
             try:
                 self._take_one(job, path, moved)
+            except HeldInInbox as exc:
+                refused.append((path, exc))  # its record stays: the caller retries the job
+                continue
             except OSError as exc:
                 self.outbox.delete(job)
-                if not isinstance(exc, FileNotFoundError):
+                if not (isinstance(exc, FileNotFoundError) and not os.path.lexists(path)):
+                    # not simply gone meanwhile (then it is dropped): left a while, not
+                    # retried at once (a missing claimed folder would otherwise spin)
                     refused.append((path, exc))
                 continue
             taken.append(job)
@@ -88,43 +119,124 @@ class Claim:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            job.cross_filesystem = True  # recorded first: recovery may unlink the source
-            self.outbox.save(job)
-            _copy_across_filesystems(src, dst, job.is_symlink)
+            self._take_across_filesystems(job, src, dst)
         barrier.add(dst.parent)
         barrier.add(src.parent)
+
+    def _take_across_filesystems(self, job: Job, src: Path, dst: Path) -> None:
+        """Hide the input under its own folder, copy it durably, unlink it if unchanged."""
+        held = src.parent / f"{HELD_PREFIX}{job.token}"
+        job.cross_filesystem = True
+        job.held = os.path.relpath(str(held), str(self.inbox_root))
+        self.outbox.save(job)  # recorded first: recovery finds the input under that name
+        os.rename(str(src), str(held))  # the inbox's own filesystem: atomic; the name is free
+        failpoints.hit("after_hide")
+        try:
+            _copy_unchanged(held, dst)
+        except OSError as exc:
+            if os.path.lexists(str(dst)):  # a copy made before the failure: not kept, or it
+                _unlink_quietly(dst)       # would be adopted on the next start as a stray
+            try:
+                self._give_back(held, src)
+            except OSError as stuck:
+                log.error("an inbox file could not be put back under its name (%s); it stays "
+                          "in the inbox as %s and is put back on the next retry or start",
+                          stuck.strerror or stuck, held.name)
+                raise HeldInInbox(job, exc) from stuck
+            raise
+        failpoints.hit("after_copy")
+        os.unlink(str(held))
+
+    def _give_back(self, held: Path, src: Path) -> None:
+        """``_give_back``, and a log line when a new file had taken the name (by inode: the
+        log never names an input)."""
+        target = _give_back(held, src)
+        if target != src:
+            log.warning("a new file took an inbox file's name while it was being taken; the "
+                        "earlier one is back beside it, as <name>~earlier; find it with: "
+                        "find %s -inum %d", self.inbox_root, os.lstat(str(target)).st_ino)
 
     def resume(self, job: Job) -> bool:
         """Finish or forget an interrupted claim; True if the input is now in ``claimed``."""
         src = self.inbox_root / job.source
         dst = self.outbox.claimed_path(job)
+        held = self.inbox_root / job.held if job.held else None
         if not os.path.lexists(str(dst)):
+            if held is not None and os.path.lexists(str(held)):
+                self._give_back(held, src)  # hidden, not copied: back, taken anew
             self.outbox.delete(job)  # never taken: the inbox scan finds the file again
             return False
-        if job.cross_filesystem and os.path.lexists(str(src)) and not os.path.islink(str(src)):
-            # copied across filesystems, then crashed before unlinking the original
-            try:
-                if os.path.getsize(str(src)) == os.path.getsize(str(dst)) and sha256_file(
-                        src) == sha256_file(dst):
-                    os.unlink(str(src))
-                    fsync_dir(src.parent)
-            except OSError:
-                pass
+        if held is not None and os.path.lexists(str(held)):
+            # copied, then crashed before unlinking: unlink it if the copy is the same bytes,
+            # else (changed after the copy) give it back to be taken again
+            if _same_file(held, dst):
+                _unlink_quietly(held)
+            else:
+                self._give_back(held, src)
+        elif job.cross_filesystem and os.path.lexists(str(src)) and not os.path.islink(str(src)):
+            # a record from before the hidden name: copied straight from the inbox name,
+            # then crashed before unlinking it
+            if _same_file(src, dst):
+                _unlink_quietly(src)
         job.is_symlink = os.path.islink(str(dst))
         job.stage = Stage.CLAIMED
         self.outbox.save(job)
         return True
 
 
-def _copy_across_filesystems(src: Path, dst: Path, is_link: bool) -> None:
-    if is_link:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if os.path.islink(str(a)) or os.path.islink(str(b)):
+            return os.path.islink(str(a)) and os.path.islink(str(b)) and (
+                os.readlink(str(a)) == os.readlink(str(b)))
+        return os.path.getsize(str(a)) == os.path.getsize(str(b)) and sha256_file(
+            a) == sha256_file(b)
+    except OSError:
+        return False
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(str(path))
+        fsync_dir(path.parent)
+    except OSError:
+        pass
+
+
+def _copy_unchanged(src: Path, dst: Path) -> None:
+    """Copy ``src`` (a regular file or a link, not followed) to ``dst`` durably; an OSError
+    if it is something else or changed during the copy (``dst`` may then exist)."""
+    if stat.S_ISLNK(os.lstat(str(src)).st_mode):
         os.symlink(os.readlink(str(src)), str(dst))
+        return
+    # non-blocking: opening a FIFO that took the name would otherwise wait for a writer
+    fd = os.open(str(src), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file any more", str(src))
+        os.set_blocking(fd, True)
+        copy_durable(fd, dst)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise OSError(errno.EAGAIN, "the file changed while it was copied (still being "
+                          "written?); left in the inbox to be taken once it has settled",
+                          str(src))
+    finally:
+        os.close(fd)
+
+
+def _give_back(held: Path, src: Path) -> Path:
+    """Put a hidden inbox file back under its name, or a free one beside it if that name was
+    taken meanwhile (never over a file): the inbox scan then finds it again. Returns where."""
+    target = free_name(src.parent, src.name, "earlier")
+    try:
+        os.link(str(held), str(target), follow_symlinks=False)  # fails rather than replace
+    except FileExistsError:
+        return _give_back(held, src)  # taken since free_name looked: choose again
+    except OSError:  # no hard links here (FAT, some shares): check, then rename
+        os.rename(str(held), str(target))
     else:
-        fd = os.open(str(src), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise FileNotFoundError(str(src))
-            copy_durable(fd, dst)
-        finally:
-            os.close(fd)
-    os.unlink(str(src))
+        os.unlink(str(held))
+    fsync_dir(src.parent)
+    return target

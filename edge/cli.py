@@ -140,6 +140,10 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
         raise _Failure(f"{counts['waiting_for_space']} input(s) were left in the inbox, untouched: "
                        f"{agent.space.describe()}; free space (or lower [watch] min_free_mb) "
                        "and run again", EX_TEMPFAIL)
+    if counts.get("not_taken"):
+        raise _Failure(f"{counts['not_taken']} file(s) in the inbox could not be taken (the log "
+                       "says why and how to find them); they are still there, untouched",
+                       EX_TEMPFAIL)
     if counts.get("unreachable"):
         raise _Failure(f"{counts['unreachable']} place(s) in the inbox could not be read (the "
                        "log says why and how to find them); their files are still there",

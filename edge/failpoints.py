@@ -17,6 +17,8 @@ _NAME, _, _COUNT = _SPEC.partition(":")
 _remaining = int(_COUNT) if _COUNT.isdigit() else 1
 
 POINTS = ("after_claim", "after_report", "after_move", "after_index")
+# reached only when the inbox is on another filesystem than the outbox (edge.claim)
+CROSS_FILESYSTEM_POINTS = ("after_hide", "after_copy")
 
 
 def hit(name: str) -> None:

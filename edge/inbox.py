@@ -65,6 +65,8 @@ class Inbox:
         self.overflowed = False
         self._skipped: dict[str, float] = {}  # paths that failed to claim: retry later
         self.unreachable: dict[int, str] = {}  # inode -> why its files cannot be taken
+        self.not_taken: set[str] = set()  # --once: settled files whose claim was refused
+        self._left_folders: set[int] = set()  # inodes of folders named like copies in progress
 
     def contains(self, path: str) -> bool:
         """Is ``path`` inside the inbox (its folder resolved, the file itself not followed)?"""
@@ -76,7 +78,7 @@ class Inbox:
         """Note that ``path`` exists or changed (from an event or a scan)."""
         now = time.monotonic() if now is None else now
         name = os.path.basename(path)
-        if is_ignored_name(name) or not self.contains(path):
+        if is_ignored_name(name) or not self.contains(path) or self._in_ignored_folder(path):
             return
         if not self.recursive and os.path.dirname(os.path.abspath(path)) != str(self.root):
             return
@@ -112,6 +114,37 @@ class Inbox:
         self._skipped[path] = time.monotonic() + seconds
         if len(self._skipped) > 10 * self.max_pending:
             self._skipped.clear()
+
+    def _in_ignored_folder(self, path: str) -> bool:
+        """Is ``path`` inside a sub-folder named like a copy in progress, or hidden? Such a
+        folder is left, with everything in it, whether a scan or a file event finds it."""
+        rel = os.path.relpath(os.path.dirname(os.path.abspath(path)), str(self.root))
+        if rel == "." or rel.startswith(".." + os.sep):
+            return False
+        parts = rel.split(os.sep)
+        for depth, part in enumerate(parts, start=1):
+            if is_ignored_name(part):
+                self._left_folder(os.path.join(str(self.root), *parts[:depth]), part)
+                return True
+        return False
+
+    def _left_folder(self, path: str, name: str) -> None:
+        """Say once that a folder named like a copy in progress is left until renamed (a
+        hidden one is left silently, like a hidden file)."""
+        if name.startswith("."):
+            return
+        inode = _inode(path)
+        if inode in self._left_folders:
+            return
+        self._left_folders.add(inode)
+        log.warning("an inbox folder is named like a copy in progress (.part, .tmp, ~ ...): "
+                    "it is left, with its files, until it is renamed; find it with: find %s "
+                    "-inum %d", self.root, inode)
+
+    def find_hint(self, path: str) -> str:
+        """"; find it with: find INBOX -inum N" (the log never names a patient's file)."""
+        inode = _inode(path)
+        return f"; find it with: find {self.root} -inum {inode}" if inode else ""
 
     def take_ready(self, now: float | None = None) -> str | None:
         """A settled candidate (re-checked on disk), removed from the pending set; or None."""
@@ -175,6 +208,8 @@ class Inbox:
                 subfolders = []
                 for entry in entries:
                     if is_ignored_name(entry.name):
+                        if self.recursive and _is_folder(entry):
+                            self._left_folder(entry.path, entry.name)
                         continue
                     try:
                         too_long = len(os.fsencode(entry.path)) >= PATH_MAX
@@ -211,6 +246,13 @@ class Inbox:
         self.unreachable[inode] = why
         log.warning("an inbox entry %d folder(s) deep cannot be read: %s. Its files stay in "
                     "the inbox. Find it with: find %s -inum %d", depth, why, self.root, inode)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _inode(path: str) -> int:

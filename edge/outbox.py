@@ -70,6 +70,7 @@ class Job:
     claimed_at: str
     is_symlink: bool = False
     cross_filesystem: bool = False  # claimed by copy + unlink (inbox on another filesystem)
+    held: str | None = None  # across filesystems: the hidden inbox name it is copied from
     attempts: int = 0
     sha256: str | None = None
     size: int | None = None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sdnotify
+from .claim import HeldInInbox
 from .classifier import Classifier
 from .config import AgentConfig
 from .diskspace import SpaceGuard
@@ -164,6 +165,7 @@ class Agent:
             self.outbox.unlock()
         counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),
                       unreachable=len(self.inbox.unreachable),
+                      not_taken=sum(os.path.lexists(p) for p in self.inbox.not_taken),
                       waiting_for_space=self._left_for_space)
         log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
                  counts["classified"], counts["duplicate"], counts["quarantined"],
@@ -328,8 +330,17 @@ class Agent:
     def _claimed(self, claiming: Future) -> list[Job]:
         jobs, refused = claiming.result()
         for path, exc in refused:
-            log.warning("cannot take an inbox file (%s); will retry in %gs", describe_error(exc),
-                        self.config.watch.retry_interval)
+            if isinstance(exc, HeldInInbox):  # journaled: retried like any unfinished job
+                self._job_failed(exc.job, exc)
+                continue
+            where = self.inbox.find_hint(path)
+            if self.once:  # counted at the end if it is still there: exit 75, not 0
+                self.inbox.not_taken.add(path)
+                log.warning("cannot take an inbox file (%s); it stays in the inbox%s",
+                            describe_error(exc), where)
+            else:
+                log.warning("cannot take an inbox file (%s); will retry in %gs%s",
+                            describe_error(exc), self.config.watch.retry_interval, where)
             self.inbox.skip_for(path, self.config.watch.retry_interval)
         return jobs
 

@@ -88,7 +88,7 @@ def test_same_content_twice_is_not_classified_twice(folders, test_model):
     gray_png(inbox / "copy-b.png", 100)
     counts = run_once(config)
     assert counts == {"classified": 0, "duplicate": 2, "quarantined": 0, "unfinished": 0,
-                      "unreachable": 0, "waiting_for_space": 0}
+                      "unreachable": 0, "not_taken": 0, "waiting_for_space": 0}
     assert report_path.read_bytes() == before  # the same report, untouched
     assert len(list((outbox / "reports").glob("*.json"))) == 1
     assert sorted(p.name for p in (outbox / "archive").rglob("*.png")) == [
@@ -266,6 +266,31 @@ def test_ignored_names_are_left_alone(folders, test_model):
     assert sorted(p.name for p in inbox.iterdir()) == [".hidden.png", "copying.png.part",
                                                       "download.crdownload"]
     assert not outbox_files(folders["outbox"] / "archive")
+
+
+def test_a_folder_named_like_a_copy_in_progress_is_left_whole_and_said_once(
+        folders, test_model, caplog):
+    # found by a scan or by a file event inside it, the same answer: left until renamed,
+    # and the log says so once, with an inode to find it by (never its name)
+    from edge.inbox import Inbox
+
+    inbox = folders["inbox"]
+    for folder in ("Study.TMP", "MRI_export~", ".hidden"):
+        (inbox / folder / "series").mkdir(parents=True)
+        gray_png(inbox / folder / "series" / "slice1.png", 10)
+    gray_png(inbox / "ok.png", 20)
+    with caplog.at_level(logging.WARNING, logger="edge.inbox"):
+        counts = run_once(make_config(folders, test_model.path))
+    assert counts["classified"] == 1
+    assert sorted(str(p.relative_to(inbox)) for p in inbox.rglob("*.png")) == [
+        ".hidden/series/slice1.png", "MRI_export~/series/slice1.png",
+        "Study.TMP/series/slice1.png"]
+    said = [r.getMessage() for r in caplog.records if "copy in progress" in r.getMessage()]
+    assert len(said) == 2 and all("-inum" in m and "Study" not in m for m in said)
+    watcher = Inbox(inbox, recursive=True, settle=0.0, settle_after_close=0.0, max_pending=10)
+    watcher.scan(inbox / "Study.TMP")  # what a "folder created" event does
+    watcher.observe(str(inbox / "MRI_export~" / "series" / "slice1.png"), closed=True)
+    assert not watcher.pending
 
 
 def test_a_body_part_other_than_the_brain_needs_review(folders, test_model):

@@ -234,3 +234,25 @@ def test_missing_folders_exit_66_so_a_service_manager_retries(tmp_path, test_mod
                         str(test_model.path)])
     assert result.returncode == 66 and "mount" in result.stderr
     assert not (tmp_path / "usb").exists()  # parents are never created
+
+
+def test_once_exits_75_when_a_settled_file_could_not_be_taken(tmp_path, test_model):
+    # a file whose claim is refused (a folder where it cannot be moved) was skipped and the
+    # run exited 0; it must say so and exit 75, like a folder it cannot read
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    gray_png(inbox / "stuck.png", 40)
+    code = ("import errno, sys; import edge.claim\n"
+            "def refused(self, job, path, barrier):\n"
+            "    raise PermissionError(errno.EACCES, 'Permission denied', path)\n"
+            "edge.claim.Claim._take_one = refused\n"
+            "from edge.cli import main; sys.argv[0] = 'edge-agent'; main()\n")
+    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
+            str(tmp_path / "outbox"), "--model", str(test_model.path), "--once"]
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                            text=True, timeout=120, env=agent_env(), cwd=str(REPO_ROOT))
+    assert result.returncode == 75, result.stderr[-2000:]
+    assert "1 file(s) in the inbox could not be taken" in result.stderr
+    assert "it stays in the inbox; find it with: find" in result.stderr
+    assert "stuck" not in result.stderr and "Traceback" not in result.stderr
+    assert (inbox / "stuck.png").is_file()

@@ -14,7 +14,7 @@ import pytest
 from agent_helpers import fast_config, gray_png, pydicom_file, run_agent, start_agent
 from PIL import Image
 
-from edge.failpoints import POINTS
+from edge.failpoints import CROSS_FILESYSTEM_POINTS, POINTS
 from edge.manifest import sha256_file
 
 pytestmark = pytest.mark.slow
@@ -75,6 +75,39 @@ def test_kill_at_each_step_then_restart(tmp_path, test_model, point):
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert f"resuming {len(records)} input(s)" in finished.stderr
     assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
+
+
+def _other_filesystem(path: Path) -> Path:
+    for candidate in ("/dev/shm", "/run/user", "/run"):
+        c = Path(candidate)
+        if c.is_dir() and os.access(str(c), os.W_OK) and os.stat(str(c)).st_dev != os.stat(
+                str(path)).st_dev:
+            return c
+    pytest.skip("no writable folder on another filesystem to put the inbox on")
+
+
+@pytest.mark.parametrize("point", CROSS_FILESYSTEM_POINTS)
+def test_kill_during_a_claim_across_filesystems_then_restart(tmp_path, test_model, point):
+    # the inbox on another filesystem: each input is hidden under its own folder, copied,
+    # then unlinked; a crash between those steps must leave it in exactly one place
+    import shutil
+    import tempfile
+
+    other = Path(tempfile.mkdtemp(dir=str(_other_filesystem(tmp_path))))
+    try:
+        inbox, outbox = other / "inbox", tmp_path / "outbox"
+        inbox.mkdir()
+        inputs = fill_inbox(inbox)
+        args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
+                str(outbox), "--model", str(test_model.path), "--once"]
+        crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"{point}:2")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        assert list(inbox.glob(".neuroedge-held-*")), "the crash left no hidden input"
+        finished = run_agent(args)
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
+    finally:
+        shutil.rmtree(str(other), ignore_errors=True)
 
 
 def test_random_kill_minus_9_during_a_burst(tmp_path, test_model):
