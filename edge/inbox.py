@@ -6,7 +6,8 @@ was closed after writing (inotify's IN_CLOSE_WRITE, where the OS reports it) and
 unchanged for ``[watch] settle_after_close``. Until then it is left alone.
 
 Never taken: hidden files and names of in-progress downloads or copies (``.part``,
-``.tmp``, ``.crdownload``, ``~`` ...), which the copying program renames when done, and
+``.tmp``, ``.crdownload``, ``~`` ...), which the copying program renames when done (a
+sub-folder so named is left whole, found by a scan or an event alike, and said once), and
 anything that is not a regular file or a symbolic link (FIFOs, sockets, devices: opening a
 FIFO would hang). Symbolic links are taken *as links* and quarantined without being
 followed. Sub-folders are walked when ``[watch] recursive`` is on; links to folders never.
