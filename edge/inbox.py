@@ -67,6 +67,11 @@ class Inbox:
         self._skipped: dict[str, float] = {}  # paths that failed to claim: retry later
         self.unreachable: dict[int, str] = {}  # inode -> why its files cannot be taken
         self.not_taken: set[str] = set()  # --once: settled files whose claim was refused
+        # The first scan (the backlog at start-up) counts a file's age from its mtime; after
+        # it, a file is settled only once seen unchanged: a writer's clock behind ours (a
+        # share) or ours jumping forward (NTP on a board without a real-time clock) would
+        # otherwise make a file being written look old at first sight.
+        self.backlog = True
         self._left_folders: set[int] = set()  # inodes of folders named like copies in progress
 
     def contains(self, path: str) -> bool:
@@ -99,7 +104,7 @@ class Inbox:
             if len(self.pending) >= self.max_pending:
                 self.overflowed = True
                 return
-            age = max(0.0, time.time() - st.st_mtime)  # an old file is settled already
+            age = max(0.0, time.time() - st.st_mtime) if self.backlog else 0.0
             self.pending[path] = Candidate(st.st_size, st.st_mtime_ns, now - age,
                                            now if closed else None, is_link)
             return

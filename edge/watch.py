@@ -142,7 +142,8 @@ class Agent:
             self.committer.start()
             if not self.once:
                 self._start_observer()
-            self.inbox.scan()
+            self.inbox.scan()  # the backlog: files already old are settled at once
+            self.inbox.backlog = False
             self.network.start(self.once)
             sdnotify.notify("READY=1")
             sdnotify.notify(f"STATUS=watching {self.inbox_root}")

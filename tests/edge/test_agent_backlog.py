@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -291,6 +292,28 @@ def test_a_folder_named_like_a_copy_in_progress_is_left_whole_and_said_once(
     watcher.scan(inbox / "Study.TMP")  # what a "folder created" event does
     watcher.observe(str(inbox / "MRI_export~" / "series" / "slice1.png"), closed=True)
     assert not watcher.pending
+
+
+def test_a_file_that_looks_old_is_settled_at_once_only_in_the_start_up_backlog(folders):
+    # a writer's clock behind ours (a share) or ours jumping forward (no real-time clock)
+    # makes a file being written look old; after the start-up scan, a file is settled only
+    # once seen unchanged for settle_seconds
+    from edge.inbox import Inbox
+
+    inbox = folders["inbox"]
+    old = gray_png(inbox / "old.png", 10)
+    day_ago = time.time() - 86400
+    os.utime(old, (day_ago, day_ago))
+    watcher = Inbox(inbox, recursive=True, settle=30.0, settle_after_close=30.0,
+                    max_pending=10)
+    watcher.scan()
+    assert watcher.take_ready() == str(old)  # the backlog: old, so settled
+    watcher.backlog = False  # what the agent does after its first scan
+    late = gray_png(inbox / "late.png", 20)
+    os.utime(late, (day_ago, day_ago))
+    watcher.observe(str(late))
+    assert watcher.take_ready() is None  # looks a day old, but was never seen unchanged
+    assert watcher.take_ready(now=time.monotonic() + 31) == str(late)
 
 
 def test_a_body_part_other_than_the_brain_needs_review(folders, test_model):
