@@ -28,13 +28,13 @@ from pathlib import Path
 
 from . import failpoints
 from .durable import FolderBarrier, copy_durable, display_name, free_name, fsync_dir
+from .inbox import HELD_PREFIX
 from .manifest import sha256_file
 from .outbox import Job, Outbox, Stage
 from .report import now_iso
 
 log = logging.getLogger(__name__)
 
-HELD_PREFIX = ".neuroedge-held-"  # an inbox file being copied across filesystems
 
 
 class HeldInInbox(OSError):
@@ -155,6 +155,24 @@ class Claim:
             log.warning("a new file took an inbox file's name while it was being taken; the "
                         "earlier one is back beside it, as <name>~earlier; find it with: "
                         "find %s -inum %d", self.inbox_root, os.lstat(str(target)).st_ino)
+
+    def give_back_orphans(self, held: list[str], journaled: set[str]) -> None:
+        """Hidden inputs whose record is gone (set aside as damaged): back in the inbox as
+        ``recovered-<token>`` (their name was in the record), so they are taken again."""
+        for path in held:
+            token = os.path.basename(path)[len(HELD_PREFIX):]
+            if token in journaled or not os.path.lexists(path):
+                continue
+            folder = Path(path).parent
+            try:
+                target = _give_back(Path(path), folder / f"recovered-{token}")
+            except OSError as exc:
+                log.error("an input hidden by an interrupted claim has no journal record and "
+                          "could not be put back (%s); find it with: find %s -name '%s'",
+                          exc.strerror or exc, self.inbox_root, os.path.basename(path))
+                continue
+            log.warning("an input hidden by an interrupted claim had no journal record; it "
+                        "is back in the inbox as %s", target.name)
 
     def resume(self, job: Job) -> bool:
         """Finish or forget an interrupted claim; True if the input is now in ``claimed``."""

@@ -38,6 +38,7 @@ IGNORED_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".downl
                     ".filepart", ".swp", ".swx", ".lck", ".lock", "~", ".!sync", ".opdownload")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "icon\r"}
 PATH_MAX = 4096  # bytes, the trailing NUL included: Linux refuses longer paths (ENAMETOOLONG)
+HELD_PREFIX = ".neuroedge-held-"  # an input hidden while copied across filesystems (edge.claim)
 
 
 def is_ignored_name(name: str) -> bool:
@@ -72,6 +73,7 @@ class Inbox:
         # share) or ours jumping forward (NTP on a board without a real-time clock) would
         # otherwise make a file being written look old at first sight.
         self.backlog = True
+        self.held: list[str] = []  # HELD_PREFIX files the backlog scan saw (edge.watch)
         self._left_folders: set[int] = set()  # inodes of folders named like copies in progress
 
     def contains(self, path: str) -> bool:
@@ -213,6 +215,8 @@ class Inbox:
             with entries:
                 subfolders = []
                 for entry in entries:
+                    if self.backlog and entry.name.startswith(HELD_PREFIX):
+                        self.held.append(entry.path)
                     if is_ignored_name(entry.name):
                         if self.recursive and _is_folder(entry):
                             self._left_folder(entry.path, entry.name)

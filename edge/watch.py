@@ -144,6 +144,11 @@ class Agent:
                 self._start_observer()
             self.inbox.scan()  # the backlog: files already old are settled at once
             self.inbox.backlog = False
+            if self.inbox.held:
+                journaled = {job.token for job in self.outbox.pending_jobs()}
+                self.worker.claiming.give_back_orphans(self.inbox.held, journaled)
+                self.inbox.held.clear()
+                self.inbox.scan()
             self.network.start(self.once)
             sdnotify.notify("READY=1")
             sdnotify.notify(f"STATUS=watching {self.inbox_root}")

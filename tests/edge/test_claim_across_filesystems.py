@@ -300,3 +300,18 @@ def test_the_agent_counts_a_held_file_it_could_not_put_back_as_unfinished(
     counts = run_once(make_config(across, test_model.path))
     assert counts["classified"] == 1 and not list(inbox.iterdir())
     _clean_state(across["outbox"])
+
+
+def test_a_hidden_input_whose_record_was_lost_is_given_back_and_taken(across, test_model,
+                                                                      caplog):
+    # the record set aside as damaged (or removed by hand): the hidden input must not stay
+    # hidden forever; its name went with the record, so it comes back as recovered-<token>
+    held = gray_png(across["inbox"] / f"{HELD_PREFIX}20990101T000004-orphan", 90)
+    sha = sha256_file(held)
+    with caplog.at_level(logging.WARNING, logger="edge.claim"):
+        counts = run_once(make_config(across, test_model.path))
+    assert counts["classified"] == 1
+    assert _inputs(across["outbox"]) == {sha: "recovered-20990101T000004-orphan"}
+    assert "had no journal record" in caplog.text
+    assert not list(across["inbox"].iterdir())
+    _clean_state(across["outbox"])
