@@ -107,6 +107,7 @@ class Agent:
         self._rescan = threading.Event()
         self._observer: Any = None
         self._failed_jobs: list[Job] = []
+        self._refusals_said: dict[str, str] = {}  # inbox path -> why its claim was refused
         self._last_failure = ""  # why the newest of them failed, for the front page
         self._failed_lock = threading.Lock()
         self.committer = Committer(self.worker, self._job_failed)
@@ -339,14 +340,20 @@ class Agent:
             if isinstance(exc, HeldInInbox):  # journaled: retried like any unfinished job
                 self._job_failed(exc.job, exc)
                 continue
-            where = self.inbox.find_hint(path)
+            where, why = self.inbox.find_hint(path), describe_error(exc)
+            # said once per file and cause: a folder that stays read-only is retried every
+            # retry_interval, and would otherwise write the same line 1,440 times a day
+            level = logging.DEBUG if self._refusals_said.get(path) == why else logging.WARNING
+            if len(self._refusals_said) >= 10_000:
+                self._refusals_said.clear()
+            self._refusals_said[path] = why
             if self.once:  # counted at the end if it is still there: exit 75, not 0
                 self.inbox.not_taken.add(path)
-                log.warning("cannot take an inbox file (%s); it stays in the inbox%s",
-                            describe_error(exc), where)
+                log.log(level, "cannot take an inbox file (%s); it stays in the inbox%s", why,
+                        where)
             else:
-                log.warning("cannot take an inbox file (%s); will retry in %gs%s",
-                            describe_error(exc), self.config.watch.retry_interval, where)
+                log.log(level, "cannot take an inbox file (%s); it is tried again every %gs%s",
+                        why, self.config.watch.retry_interval, where)
             self.inbox.skip_for(path, self.config.watch.retry_interval)
         return jobs
 

@@ -315,3 +315,30 @@ def test_a_hidden_input_whose_record_was_lost_is_given_back_and_taken(across, te
     assert "had no journal record" in caplog.text
     assert not list(across["inbox"].iterdir())
     _clean_state(across["outbox"])
+
+
+def test_a_claim_refused_again_for_the_same_cause_is_said_once(folders, test_model, caplog):
+    # a folder that stays read-only is retried every retry_interval: one warning, not one a
+    # minute; a new cause is said again
+    from concurrent.futures import Future
+
+    from edge.classifier import Classifier
+    from edge.watch import Agent
+
+    agent = Agent(make_config(folders, test_model.path), Classifier(
+        make_config(folders, test_model.path)))
+    path = str(gray_png(folders["inbox"] / "scan.png", 60))
+
+    def refused(error):
+        done = Future()
+        done.set_result(([], [(path, error)]))
+        return done
+
+    denied = PermissionError(errno.EACCES, "Permission denied", path)
+    with caplog.at_level(logging.WARNING, logger="edge.watch"):
+        for _ in range(3):
+            agent._claimed(refused(denied))
+        agent._claimed(refused(OSError(errno.EIO, "Input/output error", path)))
+    said = [r.getMessage() for r in caplog.records if "cannot take" in r.getMessage()]
+    assert len(said) == 2 and "Permission denied" in said[0] and "Input/output" in said[1]
+    assert all("tried again every" in m and "scan" not in m for m in said)
