@@ -109,6 +109,10 @@ def _check_speed(classifier: Any, ok: Callable[[str, str], None],
 
 def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
                   fail: Callable[[str, str], None]) -> None:
+    if outbox.exists() and not outbox.is_dir():
+        fail("outbox", f"{outbox} is a file, not a folder: set [paths] outbox (or --outbox) to "
+             "the folder the agent writes its reports to")
+        return
     existing = outbox if outbox.exists() else outbox.parent
     if not existing.is_dir():
         fail("outbox", f"{outbox}: its folder {existing} does not exist (the agent creates the "

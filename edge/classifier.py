@@ -52,6 +52,9 @@ def resolve_model_path(configured: str) -> Path:
         if not path.exists():
             raise ConfigError(f"model {path} does not exist; pass --model with a folder holding "
                               f"model.tflite and {MANIFEST_NAME}")
+        if not path.is_dir() and path.suffix not in (".tflite", ".json"):
+            raise ConfigError(f"model {path} is a file, not a model: pass --model with the "
+                              f"folder holding model.tflite and {MANIFEST_NAME}")
         return path
     shipped = default_model_dir()
     if shipped is None:

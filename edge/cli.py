@@ -238,7 +238,7 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
     if not box.state.is_dir():
         raise ConfigError(f"{root} is not an outbox (it has no .state folder): give the folder "
                           "the agent writes its reports to")
-    box.lock()  # AgentBusyError (exit 75) while an agent runs: stop it first
+    box.lock(read_only=dry_run)  # AgentBusyError (exit 75) while an agent runs: stop it
     try:
         result = check_outbox(root, repair=not dry_run, deep=deep)
     finally:
@@ -268,6 +268,9 @@ def validate(config: AgentConfig, folder: str, out: str, model: str | None,
     """Site acceptance test: classify FOLDER's labelled images (one sub-folder per label)."""
     from .validate import run_validation  # issue 13: docs/trust.md
 
+    if not 0.5 <= target_accuracy < 1.0:  # NaN too
+        raise click.BadParameter(f"must be at least 0.5 and below 1, got {target_accuracy}",
+                                 param_hint="--target-accuracy")
     config = config.override("paths", model=model)
     summary = run_validation(Path(folder), Path(out), config, target_accuracy, click.echo)
     rec = summary["recommended_review_threshold"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,8 +57,12 @@ class TensorSpec:
         if data["dtype"] not in DTYPES:
             raise ManifestError(f"{where}.dtype must be one of {', '.join(DTYPES)}, "
                                 f"got {data['dtype']!r}")
-        spec = cls(tuple(shape), data["dtype"], float(data.get("scale", 0.0)),
-                   int(data.get("zero_point", 0)))
+        scale, zero_point = data.get("scale", 0.0), data.get("zero_point", 0)
+        if not (_number(scale) and math.isfinite(scale) and scale >= 0):
+            raise ManifestError(f"{where}.scale must be a number >= 0, got {scale!r}")
+        if not _is_int(zero_point):
+            raise ManifestError(f"{where}.zero_point must be an integer, got {zero_point!r}")
+        spec = cls(tuple(shape), data["dtype"], float(scale), zero_point)
         if spec.quantized and not spec.scale > 0:
             raise ManifestError(f"{where} is {spec.dtype} but has no positive quantization scale")
         return spec
@@ -247,7 +252,7 @@ def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
             raise ManifestError(f"{where}.temperature needs the model's logits: an output "
                                 "named 'logits' in manifest.outputs")
     negative = trust.get("negative_label")
-    if negative is not None and negative not in labels:
+    if negative is not None and (not isinstance(negative, str) or negative not in labels):
         raise ManifestError(f"{where}.negative_label {negative!r} is not one of the labels")
     ood = trust.get("ood")
     if ood is not None:
@@ -259,7 +264,8 @@ def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
             raise ManifestError(f"{where}.ood.method {ood['method']!r} is not known to this "
                                 "agent (it knows 'mahalanobis'): upgrade neuroedge")
         inputs = ood["inputs"]
-        if not (isinstance(inputs, list) and inputs and all(i in outputs for i in inputs)):
+        if not (isinstance(inputs, list) and inputs
+                and all(isinstance(i, str) and i in outputs for i in inputs)):
             raise ManifestError(f"{where}.ood.inputs must name outputs in manifest.outputs, "
                                 f"got {inputs!r}")
         name = ood["statistics"]
@@ -276,10 +282,10 @@ def _check_trust(trust: Any, outputs: dict[str, NamedOutput], labels: list[str],
         if not isinstance(heatmap, dict):
             raise ManifestError(f"{where}.heatmap must be an object")
         _require_keys(heatmap, ("output", "kind"), (), f"{where}.heatmap")
-        if heatmap["output"] not in outputs:
+        if not isinstance(heatmap["output"], str) or heatmap["output"] not in outputs:
             raise ManifestError(f"{where}.heatmap.output {heatmap['output']!r} is not in "
                                 "manifest.outputs")
-        if heatmap["kind"] not in HEATMAP_KINDS:
+        if not isinstance(heatmap["kind"], str) or heatmap["kind"] not in HEATMAP_KINDS:
             raise ManifestError(f"{where}.heatmap.kind must be one of {', '.join(HEATMAP_KINDS)}")
         if len(outputs[heatmap["output"]].spec.shape) != 4:
             raise ManifestError(f"{where}.heatmap.output must be a [1, H, W, C] tensor")

@@ -134,14 +134,30 @@ class Outbox:
         if not os.access(str(self.root), os.W_OK | os.X_OK):
             raise ConfigError(f"the outbox {self.root} is not writable by this user")
 
-    def lock(self) -> None:
-        """Hold ``.state/lock`` for the agent's lifetime: two agents must not share an outbox."""
+    def lock(self, read_only: bool = False) -> None:
+        """Hold ``.state/lock`` for the agent's lifetime: two agents must not share an outbox.
+
+        ``read_only`` (``fsck --dry-run``): a shared lock on the file as it is, so a user
+        who may only read the outbox (the staff group) can check it while no agent runs."""
         import fcntl
 
         path = self.state / "lock"
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if read_only:
+                fd = os.open(str(path), os.O_RDONLY)
+            else:
+                fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            if read_only:
+                return  # no agent ever locked it: none holds it now
+            raise
+        except PermissionError:
+            raise ConfigError(f"this user may not {'read' if read_only else 'write'} "
+                              f"{path}: run the command as the agent's user (sudo -u "
+                              "neuroedge ...)" + ("" if read_only else ", or add --dry-run "
+                                                  "to check without repairing")) from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -149,8 +165,9 @@ class Outbox:
                     f"another edge-agent is already using the outbox {self.root}; stop it "
                     "first (two agents on one outbox could process a file twice)") from None
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if not read_only:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
     def unlock(self) -> None:

@@ -7,6 +7,7 @@ that apply these parameters to pixels are in ``edge.preprocess``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +34,18 @@ class PreprocessSpec:
     offset: float = 0.0
 
     def __post_init__(self) -> None:
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"preprocess {key} must be a whole number, got {value!r}")
+        for key in ("scale", "offset"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    math.isfinite(value)):
+                raise ValueError(f"preprocess {key} must be a finite number, got {value!r}")
+        for key in ("resize", "interpolation", "color", "grayscale_to_rgb"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"preprocess {key} must be a name, got {getattr(self, key)!r}")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"preprocess size must be positive, got {self.height}x{self.width}")
         if self.resize != "stretch":
@@ -54,6 +67,8 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        if not isinstance(data, dict):
+            raise ValueError(f"preprocess must be an object, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:

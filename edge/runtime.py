@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RuntimeUnavailableError
+from .errors import ManifestError, RuntimeUnavailableError
 from .manifest import ModelManifest, TensorSpec
 
 # (name used in manifests and NEUROEDGE_RUNTIME, module holding Interpreter, pip package)
@@ -139,8 +139,8 @@ class TFLiteClassifier:
         named = dict(manifest.outputs) if manifest is not None else {}
         by_name = {d["name"]: d for d in outputs}
         missing = [f"{key} ({o.tensor})" for key, o in named.items() if o.tensor not in by_name]
-        if missing:
-            raise RuntimeUnavailableError(
+        if missing:  # the folder's two files disagree: a restart cannot fix it (exit 78)
+            raise ManifestError(
                 f"{self.model_path.name} lacks the outputs its manifest names: "
                 f"{', '.join(missing)}; re-export the model with its manifest")
         # the trust outputs (neuroedge/<key>, manifest format 2) are extras even to a caller
@@ -168,13 +168,13 @@ class TFLiteClassifier:
         for what, actual, declared in (("input", self.input_spec, manifest.input),
                                        ("output", self.output_spec, manifest.output)):
             if actual.dtype != declared.dtype or tuple(actual.shape) != tuple(declared.shape):
-                raise RuntimeUnavailableError(
+                raise ManifestError(
                     f"the model's {what} is {actual.dtype}{list(actual.shape)} but its manifest "
                     f"says {declared.dtype}{list(declared.shape)}: re-export the model")
         for key, (_, actual) in self._named.items():
             declared = manifest.outputs[key].spec
             if actual.dtype != declared.dtype or tuple(actual.shape) != tuple(declared.shape):
-                raise RuntimeUnavailableError(
+                raise ManifestError(
                     f"the model's output {key!r} is {actual.dtype}{list(actual.shape)} but its "
                     f"manifest says {declared.dtype}{list(declared.shape)}: re-export the model")
 

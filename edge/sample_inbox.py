@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .durable import free_name
-from .errors import ConfigError
+from .errors import ConfigError, OutputError, writable_folder
 
 # (name in the sample inbox, pydicom test file, what it shows)
 _PYDICOM_FILES = (
@@ -62,10 +62,15 @@ def phantom(size: int = 256) -> np.ndarray:
 
 def write_sample_inbox(folder: Path) -> list[tuple[str, str]]:
     """Copy the samples into ``folder`` (never overwriting); return (name, purpose) pairs."""
+    writable_folder(folder, "the sample inbox")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        return _write_samples(folder)
     except OSError as exc:
-        raise ConfigError(f"cannot create {folder}: {exc.strerror}") from None
+        raise OutputError(f"cannot write the samples into {folder}: {exc.strerror or exc}; "
+                          "give a folder this user may write") from None
+
+
+def _write_samples(folder: Path) -> list[tuple[str, str]]:
     written = []
     for name, source, purpose in _PYDICOM_FILES:
         try:

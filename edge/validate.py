@@ -22,7 +22,7 @@ import numpy as np
 from . import trust as trust_rule
 from .classifier import Classifier, Prediction
 from .config import AgentConfig
-from .errors import EX_DATAERR, EdgeError, UnsupportedInputError
+from .errors import EX_DATAERR, EdgeError, UnsupportedInputError, writable_folder
 from .inputs import decode_file
 from .report import now_iso
 from .trust import Assessment, calibration_error, reliability
@@ -253,7 +253,7 @@ def run_validation(folder: Path, out: Path, config: AgentConfig,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValidationDataError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "the --out folder")  # before the minutes of classifying
     echo(f"validating {classifier.manifest.name} {classifier.manifest.version} on "
          f"{len(items)} files in {folder}")
     records, refused = classify_all(classifier, config, items, Path(folder))

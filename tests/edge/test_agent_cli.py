@@ -256,3 +256,38 @@ def test_once_exits_75_when_a_settled_file_could_not_be_taken(tmp_path, test_mod
     assert "it stays in the inbox; find it with: find" in result.stderr
     assert "stuck" not in result.stderr and "Traceback" not in result.stderr
     assert (inbox / "stuck.png").is_file()
+
+
+def test_outputs_that_cannot_be_written_are_one_line_and_exit_73(tmp_path, test_model):
+    # a file where a folder must be made (as root, permissions cannot be used to test this;
+    # a read-only folder takes the same path): no traceback, nothing classified first
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    sample = run_agent(["sample-inbox", str(blocker / "inbox")])
+    assert sample.returncode == 73, sample.stderr[-2000:]
+    assert "cannot write the sample inbox" in sample.stderr and "Traceback" not in sample.stderr
+    data = tmp_path / "val"
+    for label in ("glioma", "notumor"):
+        (data / label).mkdir(parents=True)
+        gray_png(data / label / "a.png", 40)
+    validated = run_agent(["validate", str(data), "--out", str(blocker / "report"),
+                           "--model", str(test_model.path)])
+    assert validated.returncode == 73, validated.stderr[-2000:]
+    assert "cannot write the --out folder" in validated.stderr
+    assert "validating" not in validated.stdout  # refused before classifying anything
+    nan = run_agent(["validate", str(data), "--out", str(tmp_path / "r"), "--model",
+                     str(test_model.path), "--target-accuracy", "nan"])
+    assert nan.returncode == 2 and "--target-accuracy" in nan.stderr
+
+
+def test_a_file_given_as_the_model_or_the_outbox_is_named_as_such(tmp_path, test_model):
+    picture = gray_png(tmp_path / "scan.png", 40)
+    result = run_agent(["classify", str(picture), "--model", str(picture)])
+    assert result.returncode == EX_CONFIG
+    assert "is a file, not a model" in result.stderr and "Traceback" not in result.stderr
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = fast_config(tmp_path, f"[paths]\ninbox = '{inbox}'\noutbox = '{picture}'\n")
+    checked = run_agent(["--config", str(config), "check", "--model", str(test_model.path)])
+    assert checked.returncode == EX_CONFIG
+    assert "is a file, not a folder" in checked.stdout and "does not exist" not in checked.stdout

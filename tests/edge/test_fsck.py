@@ -151,3 +151,41 @@ def test_check_outbox_in_process_leaves_a_clean_outbox_unchanged(outbox):
     result = check_outbox(outbox)
     assert not result.of("problem") and not result.of("repaired")
     assert tree_digest(outbox) == before
+
+
+def test_a_user_who_may_only_read_the_outbox_can_check_it_with_dry_run(outbox):
+    # the staff group reads the outbox (UMask=0027) but may not write it: --dry-run must
+    # work for them (it raised PermissionError creating .state/lock), and a repair run must
+    # say what to do instead of a traceback. Root is made an ordinary reader by dropping its
+    # permission-override capabilities.
+    import shutil
+    import stat
+    import subprocess
+    import sys
+
+    from agent_helpers import REPO_ROOT, agent_env
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the permission-override capabilities")
+    reader = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable,
+              "-m", "edge"]
+    modes = {}
+    for path in [outbox, *outbox.rglob("*")]:
+        if not path.is_symlink():
+            modes[path] = path.stat().st_mode
+            path.chmod(stat.S_IMODE(modes[path]) & ~0o222)
+    try:
+        checked = subprocess.run(reader + ["fsck", str(outbox), "--dry-run"], text=True,
+                                 capture_output=True, timeout=120, env=agent_env(),
+                                 cwd=str(REPO_ROOT))
+        if "Operation not permitted" in checked.stderr and "setpriv" in checked.stderr:
+            pytest.skip("setpriv may not change the bounding set here")
+        assert checked.returncode == 0, checked.stderr[-2000:]
+        assert "0 problem(s)" in checked.stdout
+        repair = subprocess.run(reader + ["fsck", str(outbox)], text=True, capture_output=True,
+                                timeout=120, env=agent_env(), cwd=str(REPO_ROOT))
+        assert repair.returncode == EX_CONFIG, repair.stderr[-2000:]
+        assert "--dry-run" in repair.stderr and "Traceback" not in repair.stderr
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))

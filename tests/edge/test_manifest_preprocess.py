@@ -55,6 +55,17 @@ def test_manifest_round_trip_and_integrity(tmp_path):
         (lambda d: d.update(model_file="../evil.tflite"), "bare file name"),
         (lambda d: d["input"].update(scale=0), "quantization scale"),
         (lambda d: d["preprocess"].update(interpolation="magic"), "interpolation"),
+        # hand edits of the wrong type: a clear ManifestError, never a traceback or (for the
+        # preprocessing) a model that loads and then fails on every input
+        (lambda d: d["input"].update(scale="abc"), "input.scale must be a number"),
+        (lambda d: d["input"].update(scale=None), "input.scale must be a number"),
+        (lambda d: d["input"].update(zero_point="x"), "zero_point must be an integer"),
+        (lambda d: d["output"].update(scale=float("nan")), "output.scale must be a number"),
+        (lambda d: d["preprocess"].update(scale="x"), "scale must be a finite number"),
+        (lambda d: d["preprocess"].update(offset=None), "offset must be a finite number"),
+        (lambda d: d["preprocess"].update(height=224.0), "height must be a whole number"),
+        (lambda d: d["preprocess"].update(interpolation=["bilinear"]), "must be a name"),
+        (lambda d: d.update(preprocess=[1]), "preprocess must be an object"),
     ],
 )
 def test_manifest_rejects_malformed(tmp_path, mutate, message):

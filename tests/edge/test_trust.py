@@ -16,7 +16,7 @@ from PIL import Image
 
 from edge import heatmap
 from edge.config import AgentConfig
-from edge.errors import ManifestError, ModelIntegrityError, RuntimeUnavailableError
+from edge.errors import ManifestError, ModelIntegrityError
 from edge.manifest import ModelManifest, load_manifest, load_verified, write_manifest
 from edge.trust import Assessment, calibration_error, review_reasons, softmax
 
@@ -278,6 +278,10 @@ def test_format_2_manifest_round_trip_and_its_checks(test_model):
             (lambda d: d["trust"]["ood"].update(statistics="../x.npz"), "bare file name"),
             (lambda d: d["trust"].update(version=9), "upgrade neuroedge"),
             (lambda d: d["trust"]["heatmap"].update(output="logits"), "[1, H, W, C]"),
+            (lambda d: d["trust"]["heatmap"].update(output=["x"]), "is not in"),
+            (lambda d: d["trust"]["heatmap"].update(kind=["x"]), "kind must be one of"),
+            (lambda d: d["trust"]["ood"].update(inputs=[["features"]]), "must name outputs"),
+            (lambda d: d["trust"].update(negative_label=["notumor"]), "not one of the labels"),
             (lambda d: (d["trust"]["heatmap"].update(kind="class_activation"),
                         d["trust"].pop("ood")), "needs the classifier weights")):
         broken = json.loads(json.dumps(data))
@@ -311,7 +315,7 @@ def test_a_manifest_naming_an_output_the_model_lacks_is_refused(tmp_path, test_m
         pytest.skip("the test model has no heat-map output")
     wrong = dict(manifest.outputs)
     wrong["heatmap"] = dataclasses.replace(wrong["heatmap"], tensor="no/such/tensor")
-    with pytest.raises(RuntimeUnavailableError, match="lacks the outputs"):
+    with pytest.raises(ManifestError, match="lacks the outputs"):
         TFLiteClassifier(model_path, dataclasses.replace(manifest, outputs=wrong))
 
 
