@@ -87,6 +87,25 @@ def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
+def writable_folder(folder: str | os.PathLike, what: str) -> Path:
+    """``folder`` created if missing and shown writable by creating and removing a temporary
+    file in it, before any slow work; an ``OutputError`` saying what to do otherwise."""
+    from .errors import OutputError
+
+    folder = Path(folder)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{what} {folder} is a file, not a folder: give a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = create_temp(folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {folder}: {exc.strerror or exc}; give a "
+                          "folder this user may write") from None
+    return folder
+
+
 def _install(tmp: Path, path: Path, replace: bool, barrier: FolderBarrier | None) -> None:
     """Rename a finished temporary file into place (``replace=False``: never over an existing
     file, ``FileExistsError`` instead)."""

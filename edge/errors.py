@@ -9,10 +9,6 @@ sysexits.h's, the same in every package.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 EX_USAGE = 64  # a command-line option is wrong
 EX_DATAERR = 65  # an input is wrong (a refused file, a bad data folder)
 EX_NOINPUT = 66  # an input or a folder is missing
@@ -95,23 +91,6 @@ class OutputError(EdgeError):
     """An output folder or file cannot be written (permissions, a file in the way, full)."""
 
     exit_code = EX_CANTCREAT
-
-
-def writable_folder(folder: str | os.PathLike, what: str) -> Path:
-    """``folder`` created if missing and shown writable by creating and removing a file in
-    it, before any slow work; an ``OutputError`` saying what to do otherwise."""
-    folder = Path(folder)
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"{what} {folder} is a file, not a folder: give a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".neuroedge-write-check-", dir=str(folder))
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"cannot write {what} {folder}: {exc.strerror or exc}; give a "
-                          "folder this user may write") from None
-    return folder
 
 
 class AgentBusyError(EdgeError):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .durable import free_name
-from .errors import ConfigError, OutputError, writable_folder
+from .durable import free_name, writable_folder
+from .errors import ConfigError, OutputError
 
 # (name in the sample inbox, pydicom test file, what it shows)
 _PYDICOM_FILES = (

@@ -22,7 +22,8 @@ import numpy as np
 from . import trust as trust_rule
 from .classifier import Classifier, Prediction
 from .config import AgentConfig
-from .errors import EX_DATAERR, EdgeError, UnsupportedInputError, writable_folder
+from .durable import writable_folder
+from .errors import EX_DATAERR, EdgeError, UnsupportedInputError
 from .inputs import decode_file
 from .report import now_iso
 from .trust import Assessment, calibration_error, reliability
