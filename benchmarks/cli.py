@@ -157,13 +157,28 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def render_file(path: Path) -> str:
+    """The report of a saved ``--json`` result; a wrong file is named with the reason, never
+    quoted (a binary file's bytes would fill the terminal)."""
+    not_ours = f"--render {path}: not a result written by --json"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-        return render(result)
     except OSError as exc:
-        raise BenchmarkError(f"--render {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BenchmarkError(f"--render {path}: not a result written by --json ({exc!r})") from None
+        raise BenchmarkError(f"--render {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{not_ours} (not UTF-8 text: {exc.reason} at byte "
+                             f"{exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"{not_ours} (not JSON: {exc.msg} at line {exc.lineno}, column "
+                             f"{exc.colno})") from None
+    if not isinstance(result, dict):
+        raise BenchmarkError(f"{not_ours} (it holds a JSON {type(result).__name__}, not an "
+                             f"object)")
+    try:
+        return render(result)
+    except KeyError as exc:
+        raise BenchmarkError(f"{not_ours} (it lacks {exc})") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise BenchmarkError(f"{not_ours} ({type(exc).__name__} in its contents)") from None
 
 
 def _write(path: Path, text: str) -> None:

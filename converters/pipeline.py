@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from converters import datasets, export, external_check, flatbuffer, selective
-from converters.errors import ConversionFailedError, OutputError, UsageError
+from converters.errors import ConversionFailedError, OutputError, SourceModelError, UsageError
 from converters.evaluate import compare, keras_predictor, output_kind_of, predict_batched
 from converters.gate import GateResult, Thresholds, apply_gate
+from converters.outdir import check_output_folder, output_folder
 from converters.provenance import (
     build_manifest,
     default_version,
@@ -108,6 +109,8 @@ def _validate(opts: ConvertOptions) -> list[tuple[str, str]]:
                              ("--debug-samples", opts.debug_samples, 1)):
         if value is not None and value < low:
             raise UsageError(f"{name} must be at least {low}, got {value}")
+    if opts.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {opts.seed}")
     th = opts.thresholds
     if not 0.0 <= th.max_drop_pp <= 100.0:
         raise UsageError(f"--max-drop is in percentage points (0-100), got {th.max_drop_pp}")
@@ -118,6 +121,7 @@ def _validate(opts: ConvertOptions) -> list[tuple[str, str]]:
     out = opts.out
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder")
+    check_output_folder(out)  # a read-only place: now, not after the conversion
     existing = [p.name for p in (out / MODEL_NAME, out / MANIFEST_NAME) if p.exists()]
     if existing and not opts.force:
         raise OutputError(f"--out {out} already holds {' and '.join(existing)}; choose another "
@@ -157,18 +161,32 @@ def run_conversion(opts: ConvertOptions) -> Outcome:
                                              source.labels, spec)
     probe_idx = stratified_indices(eval_set.labels, opts.probe_images, opts.seed)
     probe = scale(eval_set.images[probe_idx], spec)
-    output_kind = output_kind_of(np.asarray(model.predict(probe, verbose=0), dtype=np.float32))
-    try:
-        opts.out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=opts.out))
-    except OSError as exc:
-        raise OutputError(f"cannot write to --out {opts.out}: {exc.strerror}") from None
-    try:
-        return _convert_and_publish(opts, source, model, calibration, calib_info, eval_set,
-                                    dedup_idx, dedup_path, probe, probe_idx, output_kind,
-                                    subprocess_runtimes, staging, started, external_sets)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    probe_outputs = np.asarray(model.predict(probe, verbose=0), dtype=np.float32)
+    require_finite(probe_outputs, source.keras_path, f"{len(probe)} probe images")
+    output_kind = output_kind_of(probe_outputs)
+    with output_folder(opts.out):
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=opts.out))
+        except OSError as exc:
+            raise OutputError(f"cannot write to --out {opts.out}: {exc.strerror}") from None
+        try:
+            return _convert_and_publish(opts, source, model, calibration, calib_info,
+                                        eval_set, dedup_idx, dedup_path, probe, probe_idx,
+                                        output_kind, subprocess_runtimes, staging, started,
+                                        external_sets)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def require_finite(outputs: np.ndarray, model_path: Path, what: str) -> None:
+    """A diverged model (NaN weights) answers NaN; its int8 scales would be infinite. Refuse
+    it, saying why, before anything is converted or written."""
+    bad = int((~np.isfinite(outputs)).reshape(len(outputs), -1).any(axis=1).sum())
+    if bad:
+        raise SourceModelError(
+            f"the model {model_path} answers NaN or infinite values for {bad} of {what}: its "
+            f"training diverged. Train it again with a lower --lr (python -m trainer train); "
+            f"there is nothing to convert")
 
 
 def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibration: np.ndarray,
@@ -221,6 +239,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
         edge_check.compared_with = ""
         float_probs = predict_batched(keras_predictor(model, output_kind), eval_set.images, spec,
                                       "float model")
+        require_finite(float_probs, source.keras_path, f"{len(float_probs)} evaluation images")
         quant_probs = predict_batched(classifier.predict, eval_set.images, spec,
                                       f"{mode} model ({edge_check.name})")
         labels = list(source.labels)

@@ -11,7 +11,8 @@ external-check code as the converter's gate report::
 validated and atomically; the model file itself is never touched.
 
 Exit codes: 0 scored; 64 bad options; 65 bad data or external folder; 69 no runtime can
-load the model; 78 missing or invalid manifest, or a model file that does not match it.
+load the model; 73 the ``--json`` file cannot be written; 78 missing or invalid manifest, or a
+model file that does not match it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import click
 
-from converters.errors import EX_USAGE
+from converters.errors import EX_CANTCREAT, EX_USAGE
 from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("converters.score")
@@ -136,6 +137,14 @@ def main(model_dir: Path, data: Path | None, dedup_list: Path | None, no_dedup: 
     if eval_limit is not None and eval_limit < 1:
         click.echo(f"error: --eval-limit must be at least 1, got {eval_limit}", err=True)
         sys.exit(EX_USAGE)
+    if json_out is not None:  # before the scoring, not after it
+        from trainer.writable import unwritable_reason
+
+        reason = unwritable_reason(json_out, folder=False)
+        if reason is not None:
+            click.echo(f"error: cannot write --json {json_out}: {reason}; give a file path "
+                       f"that can be written", err=True)
+            sys.exit(EX_CANTCREAT)
     try:
         result = score_model(model_dir, data, dedup_list=dedup_list, auto_dedup=not no_dedup,
                              external=external, default_external=not no_external,
@@ -151,7 +160,12 @@ def main(model_dir: Path, data: Path | None, dedup_list: Path | None, no_dedup: 
     if write_record:
         click.echo(f"recorded metrics.external in {written}")
     if json_out is not None:
-        write_bytes_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
+        except OSError as exc:
+            click.echo(f"error: cannot write --json {json_out}: {exc.strerror or exc}", err=True)
+            sys.exit(EX_CANTCREAT)
 
 
 if __name__ == "__main__":

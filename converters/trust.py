@@ -45,6 +45,7 @@ import numpy as np
 
 from converters import outputs as model_outputs
 from converters.errors import ConversionFailedError, ConverterError, OutputError, UsageError
+from converters.outdir import check_output_folder, output_folder
 from edge.durable import install_files
 from edge.manifest import (
     MANIFEST_NAME,
@@ -90,6 +91,21 @@ class TrustOptions:
     negative_label: str | None = None  # None: "notumor" when the model has that label
     model_version: str | None = None  # None: keep the manifest's
     progress: bool = False
+
+
+def check_options(opts: TrustOptions) -> None:
+    """The option ranges, before the model runs over the Training split (minutes)."""
+    if not 0.5 <= opts.pass_rate < 1.0:
+        raise UsageError(f"--pass-rate must be in [0.5, 1), got {opts.pass_rate}")
+    if opts.components is not None and opts.components < 1:
+        raise UsageError(f"--components must be at least 1 (and at most the model's feature "
+                         f"count), got {opts.components}")
+    if opts.val_fraction is not None and not 0.0 < opts.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be between 0 and 1, got {opts.val_fraction}")
+    if opts.seed is not None and opts.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {opts.seed}")
+    if not 0.0 <= opts.shrinkage < float("inf"):
+        raise UsageError(f"shrinkage must be a finite number, 0 or more, got {opts.shrinkage}")
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -395,22 +411,27 @@ def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
 
 def refit(model_dir: Path, out: Path, opts: TrustOptions, force: bool = False) -> dict[str, Any]:
     """Fit the trust checks of the model in ``model_dir`` and write the result to ``out``."""
+    check_options(opts)
     manifest, model_path = load_verified(model_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder")
     if (out / MANIFEST_NAME).exists() and not force:
         raise OutputError(f"--out {out} already holds a model; pass --force to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".trust-", dir=out))
-    try:
-        new, summary = fit_trust(model_path, manifest, staging, opts)
-        write_manifest(new, staging / MANIFEST_NAME)
-        load_verified(staging)  # exactly what the device will do
-        install_files([(staging / name, out / name)  # the manifest last
-                       for name in (STATISTICS_NAME, manifest.model_file, MANIFEST_NAME)
-                       if (staging / name).exists()], mode=0o644)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_output_folder(out)
+    with output_folder(out):
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=".trust-", dir=out))
+        except OSError as exc:
+            raise OutputError(f"cannot write to --out {out}: {exc.strerror}") from None
+        try:
+            new, summary = fit_trust(model_path, manifest, staging, opts)
+            write_manifest(new, staging / MANIFEST_NAME)
+            load_verified(staging)  # exactly what the device will do
+            install_files([(staging / name, out / name)  # the manifest last
+                           for name in (STATISTICS_NAME, manifest.model_file, MANIFEST_NAME)
+                           if (staging / name).exists()], mode=0o644)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 

@@ -10,6 +10,7 @@ says how to resume.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -31,6 +32,7 @@ from trainer.reweight import REWEIGHT_METHODS  # noqa: E402
 
 ARCH_NAMES = tuple(ARCHITECTURE_INFO)
 DEFAULT_RUNS_DIR = "runs"
+MAX_IMAGE_SIZE = 1024  # 224 is the paper's; 1024 x 1024 x 3 float32 is 12 MB a picture
 EXIT_INTERRUPTED = 130
 
 
@@ -100,8 +102,9 @@ def _spec(image_size: int | None) -> Any:
 
     if image_size is None:
         return DEFAULT_SPEC
-    if image_size < 32:
-        raise OptionError(f"--image-size must be at least 32, got {image_size}")
+    if not 32 <= image_size <= MAX_IMAGE_SIZE:
+        raise OptionError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE} pixels "
+                          f"(224 is the paper's), got {image_size}")
     return PreprocessSpec(height=image_size, width=image_size)
 
 
@@ -234,9 +237,9 @@ def train(ctx: click.Context, **opts: Any) -> None:
     # A progress bar on a terminal; one line per epoch in a log file or a pipe.
     verbose = 0 if ctx.obj["quiet"] else (1 if sys.stdout.isatty() else 2)
     progress = not ctx.obj["quiet"]
-    if opts["time_limit"] is not None and opts["time_limit"] <= 0:  # before Keras loads
-        raise OptionError(f"--time-limit must be a positive number of seconds, "
-                          f"got {opts['time_limit']}")
+    if opts["time_limit"] is not None and not 0 < opts["time_limit"] < math.inf:
+        raise OptionError(f"--time-limit must be a positive number of seconds (and finite), "
+                          f"got {opts['time_limit']}")  # before Keras loads
     if opts["resume"]:
         given = {name for name in opts
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
@@ -306,6 +309,10 @@ def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | N
 
     if external and no_external:
         raise OptionError("--external and --no-external contradict each other; give one")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise OptionError(f"--limit must be at least 1 test image, got {limit}")
     result = evaluate_run(run, data, dedup_list=dedup_list, out_dir=out, limit=limit,
                           batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
                           progress=not ctx.obj["quiet"], external=external,
@@ -393,6 +400,9 @@ def throughput(arch: str, batch_size: int, steps: int, warmup: int, cpu_kernels:
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise OptionError("--steps and --batch-size must be at least 1, --warmup at least 0")
     size = opts["image_size"] or 224
+    if not 1 <= size <= MAX_IMAGE_SIZE:
+        raise OptionError(f"--image-size must be between 1 and {MAX_IMAGE_SIZE} pixels, "
+                          f"got {size}")
     options = _model_options(arch, opts)
     if per_layer:
         if compare is not None:
@@ -529,6 +539,10 @@ def audit_shortcuts(data_dir: str, external: tuple[str, ...], no_external: bool,
 
     if external and no_external:
         raise OptionError("--external and --no-external contradict each other; give one")
+    if folds < 2:
+        raise OptionError(f"--folds must be at least 2, got {folds}")
+    if seed < 0:
+        raise OptionError(f"--seed must be 0 or more, got {seed}")
     dirs = list(external) or ([] if no_external else [str(d) for d in default_external_dirs()])
     record, tables = run_audit(data_dir, dirs, folds=folds, seed=seed)
     out_dir = Path(out) if out else default_out(data_dir)
@@ -563,6 +577,13 @@ def diagnose(arch: str, data: str, limit: int, steps: int, batch_size: int,
     """Watch activations, dead ReLUs and outputs over the first training steps."""
     from trainer.diagnose import diagnose as run_diagnose
 
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise OptionError(f"--learning-rate must be a finite positive number, "
+                          f"got {learning_rate}")
+    for option, value, low in (("--seed", seed, 0), ("--steps", steps, 0),
+                               ("--batch-size", batch_size, 1), ("--limit", limit, 1)):
+        if value < low:
+            raise OptionError(f"{option} must be at least {low}, got {value}")
     run_diagnose(arch, data, options=_model_options(arch, opts), spec=_spec(opts["image_size"]),
                  limit=limit, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                  seed=seed, out=out, augment=augment, loss=loss)

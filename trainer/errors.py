@@ -6,10 +6,11 @@ The base and the exit codes are the project's one set, in ``edge.errors``.
 
 from __future__ import annotations
 
-from edge.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE, EdgeError
+from edge.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, EdgeError
 
-__all__ = ["EX_DATAERR", "EX_NOINPUT", "EX_USAGE", "ArchitectureError", "DataError",
-           "OptionError", "RunError", "TrainerError", "WeightsNotFoundError"]
+__all__ = ["EX_CANTCREAT", "EX_DATAERR", "EX_NOINPUT", "EX_USAGE", "ArchitectureError",
+           "DataError", "DivergedError", "OptionError", "OutputError", "RunError",
+           "TrainerError", "WeightsNotFoundError"]
 
 
 class TrainerError(EdgeError):
@@ -44,3 +45,15 @@ class RunError(TrainerError):
     """A run folder is missing, incomplete, or would be overwritten."""
 
     exit_code = EX_NOINPUT
+
+
+class DivergedError(OptionError):
+    """Training produced a NaN or infinite loss: the settings (most often the learning rate)
+    made it diverge. The run folder is kept, marked ``diverged``, for inspection."""
+
+
+class OutputError(TrainerError):
+    """An output folder or file cannot be created or written (a file in the way, no
+    permission, a read-only file system)."""
+
+    exit_code = EX_CANTCREAT

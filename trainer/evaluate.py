@@ -37,8 +37,9 @@ import numpy as np
 
 from edge.preprocess import PreprocessSpec
 from trainer.data import load_split
-from trainer.errors import DataError, RunError
+from trainer.errors import DataError, OptionError, OutputError, RunError
 from trainer.runs import RunFolder, write_json_atomic, write_text_atomic
+from trainer.writable import unwritable_reason
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +148,18 @@ def evaluate_run(
     ``external`` folders (default: ``trainer.external.default_external_dirs`` unless
     ``default_external`` is False) are scored too: metrics.json's ``external``.
     """
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise OptionError(f"--limit must be at least 1 test image, got {limit}")
     run = RunFolder.open(run_path)
     record = run.read_record()
     if not run.model.is_file():
-        raise RunError(f"{run.path} has no {run.model.name} yet (status {record.status}); "
-                       f"finish it with python -m trainer train --resume {run.path}")
+        raise RunError(_no_model(run, record.status, record.raw))
+    out = Path(out_dir).expanduser() if out_dir else run.evaluation
+    reason = unwritable_reason(out, folder=True)
+    if reason is not None:  # before the test split is decoded and predicted
+        raise OutputError(f"cannot write the evaluation to {out}: {reason}; pass another --out")
     record.require("architecture", "labels", "preprocess", where=str(run.run_json))
     assert record.labels is not None and record.preprocess is not None
     labels, spec, architecture = list(record.labels), record.preprocess, str(record.architecture)
@@ -196,6 +204,7 @@ def evaluate_run(
         EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),
         verbose=1 if progress and sys.stdout.isatty() else 0), dtype=np.float64)
     seconds = time.perf_counter() - started
+    _require_finite(run, probs, f"{len(test)} test images")
     external_results = [_score_external(model, ext, labels, spec, batch_size)
                         for ext in external_sets]
 
@@ -221,7 +230,6 @@ def evaluate_run(
     table += "\n\n" + _scores_table(len(test), official, in_dedup, deduplicated,
                                      external_results)
 
-    out = Path(out_dir).expanduser() if out_dir else run.evaluation
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(run.path.resolve()), "architecture": architecture,
@@ -252,6 +260,34 @@ def evaluate_run(
     return {**result, "out_dir": str(out), "table_markdown": table}
 
 
+def _no_model(run: RunFolder, status: str, record: dict[str, Any]) -> str:
+    """Why RUN has no model.keras, and what to do: it depends on how the run ended."""
+    if status == "diverged":
+        return (f"{run.path} has no {run.model.name}: its training diverged in epoch "
+                f"{record.get('diverged_at_epoch')} (NaN or infinite loss). Train a new run "
+                f"with a lower --lr")
+    if status in ("completed", "stopped_early"):
+        if run.best_checkpoint.is_file():
+            return (f"{run.path} finished training ({status}), but its {run.model.name} is "
+                    f"gone (deleted or moved?). Write it again from {run.best_checkpoint} "
+                    f"(the best epoch; nothing is retrained) with: python -m trainer train "
+                    f"--resume {run.path}")
+        return (f"{run.path} finished training ({status}), but its {run.model.name} and "
+                f"{run.best_checkpoint} are both gone: there is no model left to evaluate; "
+                f"train it again")
+    return (f"{run.path} has no {run.model.name} yet (status {status}); finish it with "
+            f"python -m trainer train --resume {run.path}")
+
+
+def _require_finite(run: RunFolder, probs: np.ndarray, what: str) -> None:
+    """A diverged model answers NaN: say so, not as a metrics traceback."""
+    bad = int((~np.isfinite(probs)).any(axis=1).sum()) if probs.ndim == 2 else len(probs)
+    if bad:
+        raise RunError(f"{run.model} gives NaN or infinite probabilities for {bad} of {what}: "
+                       f"its training diverged (see {run.path / 'history.json'}). Train a new "
+                       f"run with a lower --lr; this model cannot be evaluated or converted")
+
+
 def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Expected calibration error (15 equal-width bins) and the bins, as the device computes
     them (``edge.trust``): how far the float model's confidence is from its accuracy."""
@@ -269,6 +305,10 @@ def _score_external(model: Any, ext: Any, labels: list[str], spec: PreprocessSpe
     probs = np.asarray(model.predict(
         EvaluationBatches(ext.images, None, len(labels), batch_size, spec=spec), verbose=0),
         dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise RunError(f"the model gives NaN or infinite probabilities for pictures of the "
+                       f"external folder {ext.root}: its training diverged. Train a new run "
+                       f"with a lower --lr")
     return {"name": ext.name, "dir": str(ext.root.resolve()),
             "metrics": external_metrics(ext.targets, ext.folders, probs, labels),
             "predictions": (ext.paths, ext.folders, probs)}

@@ -341,6 +341,25 @@ def architecture_names() -> list[str]:
     return list(ARCHITECTURES)
 
 
+def check_option_values(options: dict) -> None:
+    """Ranges of the numeric builder options, checked before any data is read (Keras would
+    refuse some only when the layer is built, and with its own words)."""
+    dropout = options.get("dropout")
+    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+        raise ArchitectureError(f"--dropout must be in [0, 1) (the share of features dropped "
+                                f"in training), got {dropout}")
+    momentum = options.get("bn_momentum")
+    if momentum is not None and not 0.0 < float(momentum) < 1.0:
+        raise ArchitectureError(f"--bn-momentum must be between 0 and 1, got {momentum}")
+    width = options.get("width")
+    if width is not None and int(width) < 1:
+        raise ArchitectureError(f"--width must be a positive number of filters, got {width}")
+    hidden = options.get("hidden_units")
+    if hidden is not None and (not len(hidden) or any(int(u) < 1 for u in hidden)):
+        raise ArchitectureError(f"--mlp-hidden takes positive layer widths like 256,128, "
+                                f"got {','.join(map(str, hidden))}")
+
+
 def _check_options(arch: str, builder: Callable[..., keras.Model], options: dict) -> None:
     accepted = [p.name for p in inspect.signature(builder).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY]
@@ -350,6 +369,7 @@ def _check_options(arch: str, builder: Callable[..., keras.Model], options: dict
         raise ArchitectureError(
             f"architecture {arch!r} does not take option(s) {', '.join(unknown)}; it takes {takes}"
         )
+    check_option_values(options)
 
 
 def build_model(

@@ -27,7 +27,7 @@ from PIL import Image
 from edge.durable import atomic_path, write_bytes_atomic
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec, resize_uint8
 from trainer.data import SPLITS, scan_split
-from trainer.errors import DataError
+from trainer.errors import DataError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def pack(data_dir: str | os.PathLike, out: str | os.PathLike, *, quality: int = 
          workers: int | None = None) -> dict[str, Any]:
     """Write ``out/<split>/<class>/<stem>.webp`` and ``out/pack.json``; returns the record."""
     if not 1 <= quality <= 100:
-        raise DataError(f"--quality must be 1..100, got {quality}")
+        raise OptionError(f"--quality must be 1..100 (WebP quality; 85 is the default), "
+                          f"got {quality}")
     root, out = Path(data_dir).expanduser(), Path(out).expanduser()
     _check_new_folder(out, "pack folder")
     files: dict[str, str] = {}

@@ -33,7 +33,8 @@ from typing import Any
 
 from edge.durable import write_bytes_atomic
 from edge.preprocess_spec import PreprocessSpec
-from trainer.errors import RunError
+from trainer.errors import OptionError, OutputError, RunError
+from trainer.writable import unwritable_reason
 
 RUN_JSON = "run.json"
 MODEL_FILE = "model.keras"
@@ -47,6 +48,7 @@ BEST_CHECKPOINT = "best.keras"
 EVALUATION = "evaluation"
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_lesion_missed",
                 "learning_rate", "seconds")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PACKAGES = ("neuroedge", "keras", "tensorflow", "jax", "jaxlib", "numpy", "pillow",
              "h5py", "matplotlib")
 
@@ -147,16 +149,33 @@ class RunFolder:
 
     # -- creation / opening ----------------------------------------------------------
     @classmethod
-    def create(cls, runs_dir: str | os.PathLike, name: str) -> RunFolder:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise RunError(f"run name {name!r} may only contain letters, digits, '.', '_', '-'")
+    def check_new(cls, runs_dir: str | os.PathLike, name: str) -> RunFolder:
+        """The folder a new run ``name`` would get under ``runs_dir``, checked before any slow
+        work: a valid name, no earlier run there, and a runs folder that can be written."""
+        if not RUN_NAME.fullmatch(name):
+            raise OptionError(f"--name {name!r}: a run name may only contain letters, digits, "
+                              f"'.', '_' and '-' (no '/'; it is one folder inside --runs-dir), "
+                              f"and must start with a letter or digit")
         run = cls(Path(runs_dir).expanduser() / name)
-        if run.path.exists() and any(run.path.iterdir()):
+        if run.path.is_dir() and any(run.path.iterdir()):
             raise RunError(
                 f"run folder {run.path} already exists. Continue it with --resume {run.path}, "
                 f"or choose another --name."
             )
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        reason = unwritable_reason(run.path, folder=True)
+        if reason is not None:
+            raise OutputError(f"--runs-dir {runs_dir}: cannot create the run folder there: "
+                              f"{reason}; choose another --runs-dir")
+        return run
+
+    @classmethod
+    def create(cls, runs_dir: str | os.PathLike, name: str) -> RunFolder:
+        run = cls.check_new(runs_dir, name)
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--runs-dir {runs_dir}: cannot create the run folder {run.path}: "
+                              f"{exc.strerror or exc}; choose another --runs-dir") from None
         return run
 
     @classmethod

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.data import SPLITS, scan_split
-from trainer.errors import DataError
+from trainer.errors import DataError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def audit_shortcuts(data_dir: str | os.PathLike, external: Sequence[str | os.Pat
                     workers: int | None = None) -> tuple[dict[str, Any], list[FeatureTable]]:
     """The whole audit (see the module docstring); returns the record and the features."""
     if folds < 2:
-        raise DataError(f"--folds must be at least 2, got {folds}")
+        raise OptionError(f"--folds must be at least 2, got {folds}")
     data_dir = Path(data_dir).expanduser()
     names = scan_split(data_dir, "Training")[2]
     splits = [s for s in SPLITS if (data_dir / s).is_dir()]

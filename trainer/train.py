@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -27,10 +28,10 @@ from edge.durable import atomic_file, atomic_path
 from edge.manifest import sha256_file
 from edge.preprocess import DEFAULT_SPEC, PreprocessSpec
 from trainer.data import Dataset, load_split, stratified_split
-from trainer.errors import OptionError, RunError
+from trainer.errors import DivergedError, OptionError, RunError
 from trainer.lesions import lesion_class
 from trainer.reweight import PLANE_METHODS, REWEIGHT_METHODS
-from trainer.runs import RunFolder, default_run_name, environment
+from trainer.runs import RUN_NAME, RunFolder, default_run_name, environment
 from trainer.xla import avoid_cpu_xla, jit_compile_setting
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,13 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             f"--learning-rate must be a finite positive number, got {self.learning_rate}"),
+            (self.seed >= 0, f"--seed must be 0 or more, got {self.seed}"),
+            (self.name is None or bool(RUN_NAME.fullmatch(self.name)),
+             f"--name {self.name!r}: a run name may only contain letters, digits, '.', '_' "
+             f"and '-' (no '/'; it is one folder inside --runs-dir), and must start with a "
+             f"letter or digit"),
             (0 <= self.beta_1 < 1 and 0 <= self.beta_2 < 1,
              f"--beta-1/--beta-2 must be in [0, 1), got {self.beta_1}, {self.beta_2}"),
             (0 < self.val_fraction < 1,
@@ -110,6 +117,9 @@ class TrainConfig:
         from trainer.recipes import validate as validate_recipe
 
         validate_recipe(self.recipe_values())
+        from trainer.models import check_option_values
+
+        check_option_values(self.model_options)
 
     def recipe_values(self) -> dict[str, Any]:
         """The settings a recipe decides (``trainer.recipes.Recipe`` fields)."""
@@ -391,7 +401,8 @@ class _Validator:
             recalibrate_batchnorm(model, (stream[i][0] for i in range(steps)))
         probs = np.asarray(model.predict(self.inputs, verbose=0), dtype=np.float64)
         picked = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
-        scores = {"val_loss": float(-np.mean(np.log(picked))),
+        scores = {"val_loss": float(-np.mean(np.log(picked))) if np.isfinite(probs).all()
+                  else float("nan"),  # NaN weights: the run has diverged (_recorder)
                   "val_accuracy": float(np.mean(probs.argmax(axis=1) == self.labels))}
         if self.lesions is not None:
             answers = np.asarray(model.predict(self.lesions, verbose=0)).argmax(axis=1)
@@ -445,6 +456,13 @@ def _recorder(run: RunFolder, state: dict[str, Any], patience: int | None,
                     float(logs[VAL_LESION_KEY]))
             history.setdefault("learning_rate", []).append(lr)
             history.setdefault("seconds", []).append(round(seconds, 3))
+            if not (math.isfinite(history["loss"][-1]) and math.isfinite(history["val_loss"][-1])):
+                # Diverged: keep the honest history, but no checkpoint of NaN weights; the
+                # last good epoch stays what --resume and best.keras hold (_fit raises).
+                run.write_history(history)
+                state["diverged_at_epoch"] = done
+                self.model.stop_training = True
+                return
             checkpoint = run.epoch_checkpoint(done)
             save_model_atomic(self.model, checkpoint)
             val_acc = history["val_accuracy"][-1]
@@ -571,11 +589,48 @@ def _fit(run: RunFolder, model: Any, config: TrainConfig, data: TrainingData,
         log.warning("interrupted after %d completed epoch(s); continue with: "
                     "python -m trainer train --resume %s", state["epochs_done"], run.path)
         raise
+    if state.get("diverged_at_epoch"):
+        _stop_diverged(run, config, state)
 
 
-def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
-            state: dict[str, Any], started: float) -> None:
-    """model.keras = the best epoch, without optimizer state; run.json gets the outcome."""
+def _stop_diverged(run: RunFolder, config: TrainConfig, state: dict[str, Any]) -> None:
+    """A NaN or infinite loss: mark the run, keep its folder, say what to change."""
+    epoch, done = state.pop("diverged_at_epoch"), state["epochs_done"]
+    run.update_config(status="diverged", epochs_done=done, diverged_at_epoch=epoch)
+    loss = state["history"]["loss"][-1]
+    what = (f"training loss {loss}" if not math.isfinite(loss)
+            else "NaN or infinite outputs on the validation images")
+    kept = ("no epoch finished before it" if not done else
+            f"{'epoch 1 is' if done == 1 else f'epochs 1-{done} are'} kept in "
+            f"{run.checkpoints} (best.keras: epoch {state['best_epoch']})")
+    raise DivergedError(
+        f"training diverged in epoch {epoch} ({what}): the learning rate "
+        f"{config.learning_rate:g} is most likely too high for {config.arch}. Start a new run "
+        f"with a lower --lr (e.g. {config.learning_rate / 10:g}) and another --name. Run "
+        f"{run.path} is kept, marked 'diverged', for inspection: {kept}; history.json has "
+        f"the losses")
+
+
+FINISHED = ("completed", "stopped_early")  # statuses whose model.keras is the final one
+
+
+def _restore_model(run: RunFolder, config: TrainConfig) -> None:
+    """A finished run whose model.keras was deleted: write it again from best.keras, as the
+    end of training did. Nothing is trained."""
+    if not run.best_checkpoint.is_file():
+        raise RunError(f"{run.path} finished training, but its {run.model.name} and "
+                       f"{run.best_checkpoint} are both gone: there is nothing to rebuild the "
+                       f"model from; train it again (another --name, or delete the folder)")
+    best = run.read_record().raw.get("best_epoch")
+    _write_model(run, config, len(run.read_split().get("train", [])),
+                 {"best_epoch": best if isinstance(best, int) else 0})
+    log.info("run %s: %s was missing; written again from %s (epoch %s), nothing trained",
+             run.path, run.model.name, run.best_checkpoint, best)
+
+
+def _write_model(run: RunFolder, config: TrainConfig, train_images: int,
+                 state: dict[str, Any]) -> None:
+    """model.keras = the best epoch (checkpoints/best.keras) as the softmax model."""
     import keras
 
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
@@ -584,10 +639,16 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
     model = keras.saving.load_model(run.best_checkpoint, compile=False)
     model = avoid_cpu_xla(with_softmax(model) if is_logits_view(model) else model)
     if not config.recalibrate_bn:
-        _warn_if_bn_unsettled(model, config, data, state)
-    model.compile(optimizer=_optimizer(config, steps_per_epoch(config, len(data.train))),
+        _warn_if_bn_unsettled(model, config, train_images, state)
+    model.compile(optimizer=_optimizer(config, steps_per_epoch(config, train_images)),
                   loss=_loss(config, from_logits=False), metrics=["accuracy"])
     save_model_atomic(model, run.model)
+
+
+def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
+            state: dict[str, Any], started: float) -> None:
+    """model.keras = the best epoch, without optimizer state; run.json gets the outcome."""
+    _write_model(run, config, len(data.train), state)
     status = ("stopped_early" if state["stopped_early"]
               else "stopped_time_limit" if state.get("stopped_time_limit") else "completed")
     run.update_config(
@@ -600,7 +661,7 @@ def _finish(run: RunFolder, config: TrainConfig, data: TrainingData,
              state["best_epoch"], run.model)
 
 
-def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
+def _warn_if_bn_unsettled(model: Any, config: TrainConfig, train_images: int,
                           state: dict[str, Any]) -> None:
     """Warn when BatchNormalization moving statistics still remember their initial values.
 
@@ -612,7 +673,7 @@ def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
     layers = batchnorm_layers(model)
     if not layers:
         return
-    steps = state["best_epoch"] * steps_per_epoch(config, len(data.train))
+    steps = state["best_epoch"] * steps_per_epoch(config, train_images)
     remaining = max(layer.momentum for layer in layers) ** steps
     if remaining > 0.01:
         log.warning("BatchNormalization moving statistics have had only %d update(s); their "
@@ -623,8 +684,9 @@ def _warn_if_bn_unsettled(model: Any, config: TrainConfig, data: TrainingData,
 def _deadline(started: float, time_limit: float | None) -> float | None:
     if time_limit is None:
         return None
-    if time_limit <= 0:
-        raise OptionError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    if not 0 < time_limit < math.inf:
+        raise OptionError(f"--time-limit must be a positive number of seconds (and finite), "
+                          f"got {time_limit}")
     return started + time_limit
 
 
@@ -646,8 +708,7 @@ def train(config: TrainConfig, *, callbacks: Sequence[Any] = (), verbose: Any = 
     options = _resolved_model_options(config.arch, config.model_options)
     name = config.name or default_run_name(config.arch)
     runs_dir = Path(config.runs_dir).expanduser()
-    if (runs_dir / name).exists() and any((runs_dir / name).iterdir()):
-        RunFolder.create(runs_dir, name)  # raises the "already exists" error
+    RunFolder.check_new(runs_dir, name)  # a bad name or runs folder: before the slow work
     started = time.perf_counter()
     deadline = _deadline(started, time_limit)
     data = load_training_data(config, progress)
@@ -715,6 +776,14 @@ def resume(run_path: str | os.PathLike, *, epochs: int | None = None,
         changes["data_dir"] = data_dir
     config = dataclasses.replace(TrainConfig.from_dict(record.config), **changes)
     config.validate()
+    if record.status == "diverged" and epochs is None:
+        raise RunError(f"{run.path} diverged in epoch {record.raw.get('diverged_at_epoch')}; "
+                       f"resumed with the same settings (--resume cannot change --lr) it would "
+                       f"most likely diverge there again. Start a new run with a lower --lr, "
+                       f"or pass --epochs N to resume it from its last good epoch anyway")
+    if record.status in FINISHED and epochs is None and not run.model.is_file():
+        _restore_model(run, config)
+        return run
     if not run.state_json.is_file():
         raise RunError(f"{run.path} has no completed epoch to resume from; start it again "
                        f"(delete the folder or choose another --name)")

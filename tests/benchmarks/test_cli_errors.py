@@ -65,3 +65,19 @@ def test_render_reprints_a_saved_run(tmp_path):
     bad = _run("--render", str(path))
     assert bad.returncode == 2 and "not a result written by --json" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"[1, 2, 3]", "it holds a JSON list, not an object"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, "not UTF-8 text: invalid start byte"),
+    (b'{"machine": ', "not JSON: Expecting value at line 1"),
+    (b'{"machine": [1]}', "Error in its contents)"),
+])
+def test_render_names_what_is_wrong_with_the_file_without_quoting_it(tmp_path, content, reason):
+    path = tmp_path / "saved.json"
+    path.write_bytes(content)
+    done = _run("--render", str(path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: --render {path}: not a result written by --json")
+    assert reason in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr) < 300  # the file's bytes are not in the message

@@ -13,7 +13,7 @@ from trainer_testdata import make_dataset
 from edge.preprocess import PreprocessSpec
 from trainer.cli import main
 from trainer.data import load_split
-from trainer.errors import DataError
+from trainer.errors import DataError, OptionError
 from trainer.pack import PACK_FORMAT, pack, read_pack, unpack
 
 SPEC = PreprocessSpec(height=32, width=32)
@@ -52,7 +52,7 @@ def test_pack_refuses_a_used_folder_and_colour_pictures(dataset, tmp_path):
     with pytest.raises(DataError, match="not empty"):
         pack(dataset, tmp_path / "used", spec=SPEC)
     assert (tmp_path / "used" / "x").read_text() == "keep me"
-    with pytest.raises(DataError, match="quality"):
+    with pytest.raises(OptionError, match="quality"):  # a wrong option: exit 64
         pack(dataset, tmp_path / "q", quality=0, spec=SPEC)
     with pytest.raises(DataError, match="is a file"):
         pack(dataset, tmp_path / "used" / "x", spec=SPEC)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.errors import DataError
+from trainer.errors import OptionError
 from trainer.shortcuts import (
     FEATURES,
     audit_shortcuts,
@@ -107,5 +107,5 @@ def test_cli_writes_the_report_and_refuses_bad_input(tmp_path):
     assert "Typical values per folder" in (out / "report.md").read_text()
     bad = CliRunner().invoke(main, ["audit-shortcuts", str(tmp_path / "nope")])
     assert bad.exit_code == 65 and "does not exist" in bad.output
-    with pytest.raises(DataError, match="folds"):
+    with pytest.raises(OptionError, match="folds"):  # a wrong option: exit 64
         audit_shortcuts(data, folds=1)
