@@ -146,3 +146,14 @@ def fast_config(folder: Path, text: str = "") -> Path:
 
 def outbox_files(outbox: Path) -> list[Path]:
     return sorted(p for p in outbox.rglob("*") if p.is_file() and ".state" not in p.parts)
+
+
+def other_filesystem(path: Path) -> Path:
+    """A writable folder on another filesystem than ``path`` (an inbox across filesystems
+    from the outbox), or skip the test."""
+    for candidate in ("/dev/shm", "/run/user", "/run"):
+        c = Path(candidate)
+        if c.is_dir() and os.access(str(c), os.W_OK) and os.stat(str(c)).st_dev != os.stat(
+                str(path)).st_dev:
+            return c
+    pytest.skip("no writable folder on another filesystem to put the inbox on")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_helpers import gray_png, make_config, make_dicom, outbox_files, pydicom_file, run_once
+from agent_helpers import (
+    gray_png,
+    make_config,
+    make_dicom,
+    other_filesystem,
+    outbox_files,
+    pydicom_file,
+    run_once,
+)
 from toy_model import expected_label
 
 from edge.errors import AgentBusyError, ConfigError
@@ -330,20 +338,11 @@ def test_a_body_part_other_than_the_brain_needs_review(folders, test_model):
     assert head["needs_review"] is False and head["review_reasons"] == []
 
 
-def _other_filesystem(path: Path) -> Path:
-    for candidate in ("/dev/shm", "/run/user", "/run"):
-        c = Path(candidate)
-        if c.is_dir() and os.access(str(c), os.W_OK) and os.stat(str(c)).st_dev != os.stat(
-                str(path)).st_dev:
-            return c
-    pytest.skip("no writable folder on another filesystem to put the inbox on")
-
-
 def test_inbox_on_another_filesystem_is_copied_then_removed(folders, test_model, tmp_path):
     import shutil
     import tempfile
 
-    other = Path(tempfile.mkdtemp(dir=str(_other_filesystem(tmp_path))))
+    other = Path(tempfile.mkdtemp(dir=str(other_filesystem(tmp_path))))
     try:
         inbox = other / "inbox"
         inbox.mkdir()

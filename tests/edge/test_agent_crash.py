@@ -6,18 +6,31 @@ import collections
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_helpers import fast_config, gray_png, pydicom_file, run_agent, start_agent
+from agent_helpers import (
+    fast_config,
+    gray_png,
+    other_filesystem,
+    pydicom_file,
+    run_agent,
+    start_agent,
+)
 from PIL import Image
 
 from edge.failpoints import CROSS_FILESYSTEM_POINTS, POINTS
 from edge.manifest import sha256_file
 
 pytestmark = pytest.mark.slow
+
+
+def once_args(folder: Path, inbox: Path, outbox: Path, model: Path) -> list[str]:
+    return ["--config", str(fast_config(folder)), "watch", str(inbox), "--outbox", str(outbox),
+            "--model", str(model), "--once"]
 
 
 def fill_inbox(inbox: Path) -> dict[str, str]:
@@ -59,31 +72,32 @@ def assert_books_balance(inputs: dict[str, str], inbox: Path, outbox: Path,
     assert "0 problem(s), 0 repaired, 0 pending" in checked.stdout
 
 
+def crash_at(point: str, args: list[str]) -> None:
+    """The agent killed (SIGKILL) the second time it reaches ``point``."""
+    crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"{point}:2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+
+
+def restart_and_balance(args: list[str], inputs: dict[str, str], inbox: Path,
+                        outbox: Path) -> subprocess.CompletedProcess:
+    finished = run_agent(args)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
+    return finished
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_at_each_step_then_restart(tmp_path, test_model, point):
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     inputs = fill_inbox(inbox)
-    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
-            str(outbox), "--model", str(test_model.path), "--once"]
-    crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"{point}:2")
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    args = once_args(tmp_path, inbox, outbox, test_model.path)
+    crash_at(point, args)
     # the five inputs are claimed as one group: the crash leaves several jobs half done
     records = os.listdir(outbox / ".state" / "jobs")
     assert records, "the crash left no intent record to replay"
-    finished = run_agent(args)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    finished = restart_and_balance(args, inputs, inbox, outbox)
     assert f"resuming {len(records)} input(s)" in finished.stderr
-    assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
-
-
-def _other_filesystem(path: Path) -> Path:
-    for candidate in ("/dev/shm", "/run/user", "/run"):
-        c = Path(candidate)
-        if c.is_dir() and os.access(str(c), os.W_OK) and os.stat(str(c)).st_dev != os.stat(
-                str(path)).st_dev:
-            return c
-    pytest.skip("no writable folder on another filesystem to put the inbox on")
 
 
 @pytest.mark.parametrize("point", CROSS_FILESYSTEM_POINTS)
@@ -93,19 +107,15 @@ def test_kill_during_a_claim_across_filesystems_then_restart(tmp_path, test_mode
     import shutil
     import tempfile
 
-    other = Path(tempfile.mkdtemp(dir=str(_other_filesystem(tmp_path))))
+    other = Path(tempfile.mkdtemp(dir=str(other_filesystem(tmp_path))))
     try:
         inbox, outbox = other / "inbox", tmp_path / "outbox"
         inbox.mkdir()
         inputs = fill_inbox(inbox)
-        args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
-                str(outbox), "--model", str(test_model.path), "--once"]
-        crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"{point}:2")
-        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        args = once_args(tmp_path, inbox, outbox, test_model.path)
+        crash_at(point, args)
         assert list(inbox.glob(".neuroedge-held-*")), "the crash left no hidden input"
-        finished = run_agent(args)
-        assert finished.returncode == 0, finished.stderr[-2000:]
-        assert_books_balance(inputs, inbox, outbox, refused={"c.dcm"})
+        restart_and_balance(args, inputs, inbox, outbox)
     finally:
         shutil.rmtree(str(other), ignore_errors=True)
 
@@ -120,8 +130,7 @@ def test_random_kill_minus_9_during_a_burst(tmp_path, test_model):
         Image.fromarray(noise).save(str(inbox / f"img{i:02d}.png"))
     (inbox / "ct.dcm").write_bytes(pydicom_file("CT_small.dcm").read_bytes())
     inputs = {p.name: sha256_file(p) for p in inbox.iterdir()}
-    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox",
-            str(outbox), "--model", str(test_model.path), "--once"]
+    args = once_args(tmp_path, inbox, outbox, test_model.path)
     kills = 0
     for delay in (0.0, 0.03, 0.07):
         proc = start_agent(args)

@@ -92,19 +92,26 @@ def test_a_new_version_renamed_over_the_name_during_the_copy_is_not_deleted(
     _clean_state(across["outbox"])
 
 
-def test_a_file_written_to_during_the_copy_is_given_back_whole(across, test_model,
-                                                               monkeypatch, caplog):
-    # a slow writer that paused past settle_seconds and goes on: its last bytes land in the
-    # inbox file, not in the copy; the copy is dropped and the file given back, whole
-    inbox = across["inbox"]
-    scan = gray_png(inbox / "scan.png", 60)
+def _copy_then_written_to(inbox: Path, more: bytes):
+    """copy_durable, then a writer that still holds the file appends ``more`` to it."""
     copy = edge.claim.copy_durable
 
     def copy_then_written(fd, dst):
         copy(fd, dst)
         (held,) = inbox.glob(HELD_PREFIX + "*")
         with open(held, "ab") as writer:
-            writer.write(b"the rest of the file")
+            writer.write(more)
+
+    return copy_then_written
+
+
+def test_a_file_written_to_during_the_copy_is_given_back_whole(across, test_model,
+                                                               monkeypatch, caplog):
+    # a slow writer that paused past settle_seconds and goes on: its last bytes land in the
+    # inbox file, not in the copy; the copy is dropped and the file given back, whole
+    inbox = across["inbox"]
+    scan = gray_png(inbox / "scan.png", 60)
+    copy_then_written = _copy_then_written_to(inbox, b"the rest of the file")
 
     with monkeypatch.context() as patch:
         patch.setattr(edge.claim, "copy_durable", copy_then_written)
@@ -129,13 +136,10 @@ def test_a_changed_file_whose_name_was_taken_meanwhile_comes_back_beside_it(
     gray_png(inbox / "scan.png", 60)
     newer = gray_png(across["root"] / "new.png", 200)
     newer_sha = sha256_file(newer)
-    copy = edge.claim.copy_durable
+    written = _copy_then_written_to(inbox, b"more")
 
     def copy_then_both(fd, dst):
-        copy(fd, dst)
-        (held,) = inbox.glob(HELD_PREFIX + "*")
-        with open(held, "ab") as writer:
-            writer.write(b"more")
+        written(fd, dst)
         os.replace(str(newer), str(inbox / "scan.png"))
 
     monkeypatch.setattr(edge.claim, "copy_durable", copy_then_both)
