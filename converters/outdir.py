@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from converters.errors import OutputError
-from trainer.writable import unwritable_reason
+from edge.durable import unwritable_reason
 
 
 def check_output_folder(out: Path, option: str = "--out") -> None:

@@ -138,7 +138,7 @@ def main(model_dir: Path, data: Path | None, dedup_list: Path | None, no_dedup: 
         click.echo(f"error: --eval-limit must be at least 1, got {eval_limit}", err=True)
         sys.exit(EX_USAGE)
     if json_out is not None:  # before the scoring, not after it
-        from trainer.writable import unwritable_reason
+        from edge.durable import unwritable_reason
 
         reason = unwritable_reason(json_out, folder=False)
         if reason is not None:

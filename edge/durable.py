@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,22 +88,49 @@ def create_temp(folder: Path, suffix: str = "") -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
+def unwritable_reason(path: str | os.PathLike, *, folder: bool) -> str | None:
+    """Why ``path`` cannot be created (or replaced) as a folder (``folder``) or a file, or
+    None when it can: asked before the slow work (decoding a data set, training, scoring,
+    classifying a folder), so a file in the way or a read-only folder is said at once.
+
+    The nearest existing folder on the way is probed by creating and removing a scratch
+    folder in it: permission bits, ACLs, a read-only file system and root's privileges all
+    answer as they will for the real write. Nothing is left behind. One answer for every
+    command that writes (the trainer and converters use it too).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir() and not folder:
+        return f"{path} is a folder, not a file"
+    if path.exists() and not path.is_dir() and folder:
+        return f"{path} is a file, not a folder"
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        probe = tempfile.mkdtemp(prefix=".neuroedge-write-check-", dir=existing)
+    except OSError as exc:
+        return f"{existing} cannot be written ({exc.strerror or exc})"
+    os.rmdir(probe)
+    return None
+
+
 def writable_folder(folder: str | os.PathLike, what: str) -> Path:
-    """``folder`` created if missing and shown writable by creating and removing a temporary
-    file in it, before any slow work; an ``OutputError`` saying what to do otherwise."""
+    """``folder``, checked writable (``unwritable_reason``) and created if missing; an
+    ``OutputError`` saying what to do otherwise."""
     from .errors import OutputError
 
     folder = Path(folder)
+    reason = unwritable_reason(folder, folder=True)
     try:
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"{what} {folder} is a file, not a folder: give a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = create_temp(folder)
-        os.close(fd)
-        os.unlink(probe)
+        if reason is None:
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot write {what} {folder}: {exc.strerror or exc}; give a "
-                          "folder this user may write") from None
+        reason = exc.strerror or str(exc)
+    if reason is not None:
+        raise OutputError(f"cannot write {what} {folder}: {reason}; give a folder this user "
+                          "may write")
     return folder
 
 

@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.durable import unwritable_reason
 from edge.preprocess import PreprocessSpec
 from trainer.data import load_split
 from trainer.errors import DataError, OptionError, OutputError, RunError
 from trainer.runs import RunFolder, write_json_atomic, write_text_atomic
-from trainer.writable import unwritable_reason
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge.durable import write_bytes_atomic
+from edge.durable import unwritable_reason, write_bytes_atomic
 from edge.preprocess_spec import PreprocessSpec
 from trainer.errors import OptionError, OutputError, RunError
-from trainer.writable import unwritable_reason
 
 RUN_JSON = "run.json"
 MODEL_FILE = "model.keras"
