@@ -83,10 +83,14 @@ class Inbox:
         return parent == root or parent.startswith(root + os.sep)
 
     def observe(self, path: str, closed: bool = False, now: float | None = None) -> None:
-        """Note that ``path`` exists or changed (from an event or a scan)."""
+        """Note that ``path`` exists or changed (from a file event)."""
+        if not self._in_ignored_folder(path):  # a scan skips such folders as it walks
+            self._observe(path, closed, now)
+
+    def _observe(self, path: str, closed: bool = False, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         name = os.path.basename(path)
-        if is_ignored_name(name) or not self.contains(path) or self._in_ignored_folder(path):
+        if is_ignored_name(name) or not self.contains(path):
             return
         if not self.recursive and os.path.dirname(os.path.abspath(path)) != str(self.root):
             return
@@ -126,7 +130,11 @@ class Inbox:
     def _in_ignored_folder(self, path: str) -> bool:
         """Is ``path`` inside a sub-folder named like a copy in progress, or hidden? Such a
         folder is left, with everything in it, whether a scan or a file event finds it."""
-        rel = os.path.relpath(os.path.dirname(os.path.abspath(path)), str(self.root))
+        return self._is_left_folder(os.path.dirname(os.path.abspath(path)))
+
+    def _is_left_folder(self, folder: str) -> bool:
+        """Is ``folder`` (or a folder above it, below the root) so named?"""
+        rel = os.path.relpath(folder, str(self.root))
         if rel == "." or rel.startswith(".." + os.sep):
             return False
         parts = rel.split(os.sep)
@@ -194,8 +202,10 @@ class Inbox:
         """Walk the inbox (or one sub-folder) and observe every candidate; return how many."""
         self.overflowed = False
         count = 0
+        if folder is not None and self._is_left_folder(os.path.abspath(str(folder))):
+            return 0  # a folder event inside a folder left until renamed
         for path in self._walk(folder or self.root):
-            self.observe(path)
+            self._observe(path)
             count += 1
             if len(self.pending) >= self.max_pending:
                 self.overflowed = True
