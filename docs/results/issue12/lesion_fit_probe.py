@@ -123,18 +123,12 @@ def main() -> None:
               f"{float(np.concatenate(p_painted).mean()):.2f} |")
 
 
-def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """ROC AUC: the chance a positive scores above a negative (ties count half)."""
-    above = (positive[:, None] > negative[None, :]).mean()
-    ties = (positive[:, None] == negative[None, :]).mean()
-    return float(above + ties / 2)
-
-
 def _cam(name: str, model, batches, negative: int) -> None:
     """Per-cell margins under the GAP head: the mean (the model), the largest cell, top 4."""
     import keras
 
     from trainer.logits import LOGITS_LAYER
+    from trainer.metrics import roc_auc
 
     dense = model.get_layer(LOGITS_LAYER)
     kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
@@ -160,7 +154,7 @@ def _cam(name: str, model, batches, negative: int) -> None:
         threshold = np.quantile(scores[~painted], 1 - model_rate) if model_rate else \
             scores[~painted].max()
         found = float((scores[painted] > threshold).mean())
-        print(f"| {name} | {read} | {_auc(scores[painted], scores[~painted]):.3f} | "
+        print(f"| {name} | {read} | {roc_auc(scores, painted):.3f} | "
               f"{found:.1%} of {int(painted.sum())} (unpainted let through: "
               f"{model_rate:.1%}) |")
 
