@@ -18,6 +18,8 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 78    configuration error: config file, model/manifest (incl. sha256 mismatch), folders.
       ``check`` exits 78 for any failed check. The systemd unit uses
       ``RestartPreventExitStatus=78``: restarting cannot fix a configuration.
+130   interrupted (Ctrl-C; ``watch`` stops at the first one once the files it has taken are
+      finished, a second one stops it at once: what it had taken stays journaled)
 ====  ====================================================================================
 """
 
@@ -84,7 +86,10 @@ def _drop(record: logging.LogRecord) -> bool:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="edge-agent")
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="NEUROEDGE_CONFIG",
+# A plain path: load_config reads it and says what is wrong (exit 78, as for any other
+# configuration error), where click's own checks would exit 2 for a folder or a file
+# that cannot be read.
+@click.option("--config", "config_path", type=click.Path(), envvar="NEUROEDGE_CONFIG",
               help="TOML configuration file (see edge/config.example.toml); flags override it. "
                    "Also read from $NEUROEDGE_CONFIG.")
 @click.pass_context
@@ -295,5 +300,18 @@ def sample_inbox(folder: str) -> None:
     click.echo(f"\nNow run: edge-agent watch {folder} --once{model}")
 
 
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
 def main() -> None:
-    cli(prog_name="edge-agent")
+    # standalone_mode=False so that Ctrl-C is ours to report: click's own handling prints
+    # "Aborted!" and exits 1, the code of a bug.
+    try:
+        code = cli.main(prog_name="edge-agent", standalone_mode=False)
+    except click.Abort:
+        click.echo("edge-agent: interrupted", err=True)
+        sys.exit(EX_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

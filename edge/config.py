@@ -156,8 +156,13 @@ def load_config(path: str | None) -> AgentConfig:
     except FileNotFoundError:
         raise ConfigError(f"config file {file} does not exist; copy edge/config.example.toml "
                           "there or pass --config with the right path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {file} is a folder; pass the TOML file itself "
+                          "(see edge/config.example.toml)") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}; make it readable "
+                          "by the user the agent runs as (the service runs as 'neuroedge')"
+                          ) from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -20,6 +20,9 @@ INSTALL_HINT = (
 def main() -> None:
     try:
         from .cli import main as agent_main
+    except KeyboardInterrupt:  # Ctrl-C while the agent's modules were still loading
+        sys.stderr.write("edge-agent: interrupted\n")
+        sys.exit(130)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         sys.stderr.write(f"error: edge-agent needs the Python package '{missing}', which is "

@@ -152,7 +152,8 @@ def classify_file(path: Path, found: Prepared, classifier: Classifier, config: A
     except Exception as exc:  # noqa: BLE001 - the same input would fail the same way
         found.refusal = unexpected(exc, found.sha256, "classified",
                                    "the agent could not classify this file "
-                                   f"({exc.__class__.__name__}); it is kept here for a look")
+                                   f"({exc.__class__.__name__}); the file is kept unchanged: "
+                                   "please report this with the log")
         return
     found.report, found.report_json = report, report_json
     found.thumbnail, found.heatmap = prediction.model_input, prediction.heatmap

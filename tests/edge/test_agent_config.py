@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,19 @@ def test_cli_unknown_key_exits_78_without_traceback(tmp_path: Path):
     assert result.returncode == EX_CONFIG == 78
     assert "unknown key 'bogus' in [watch]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_config_that_is_a_folder_or_unreadable_exits_78(tmp_path: Path):
+    """Like every other configuration error (click's own check would exit 2)."""
+    result = run_agent(["--config", str(tmp_path), "check"])
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert "is a folder; pass the TOML file itself" in result.stderr
+    assert "Traceback" not in result.stderr
+    if os.geteuid() == 0:
+        return  # root reads any file: the unreadable case cannot be made here
+    config = tmp_path / "config.toml"
+    config.write_text("[watch]\npoll = true\n")
+    config.chmod(0)
+    result = run_agent(["--config", str(config), "check"])
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert "cannot read config file" in result.stderr and "make it readable" in result.stderr

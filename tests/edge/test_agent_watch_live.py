@@ -165,3 +165,37 @@ def test_burst_with_a_small_pending_limit_takes_everything(tmp_path, test_model)
         proc.communicate(timeout=30)
     assert not list(inbox.iterdir())
     assert len({e["id"] for e in index_entries(outbox)}) == 60
+
+
+def test_second_ctrl_c_stops_at_once_with_130_and_loses_nothing(tmp_path, test_model):
+    """Ctrl-C twice: the agent stops mid-file (exit 130, one line, no traceback); the next
+    run finishes what it had taken, so every input ends up archived exactly once."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    for i in range(120):
+        gray_png(inbox / f"s{i:03d}.png", (i * 6) % 256, size=256)
+    inputs = {p.name: sha256_file(p) for p in inbox.iterdir()}
+    args = ["--config", str(fast_config(tmp_path)), "watch", str(inbox), "--outbox", str(outbox),
+            "--model", str(test_model.path)]
+    proc = start_agent(args)
+    try:
+        assert wait_until(lambda: len(index_entries(outbox)) >= 1, 60)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert "edge-agent: interrupted" in out
+    assert "Traceback" not in out and "Aborted!" not in out, out[-3000:]
+    assert any(inbox.iterdir()), "the backlog finished before Ctrl-C: the test proves nothing"
+
+    again = start_agent(args[:3] + ["--once"] + args[3:])
+    out, _ = again.communicate(timeout=180)
+    assert again.returncode == 0, out[-3000:]
+    archived = {p.name: sha256_file(p) for p in (outbox / "archive").rglob("*.png")}
+    assert archived == inputs
+    assert not list(inbox.iterdir())
+    assert len(index_entries(outbox)) == len(inputs)
