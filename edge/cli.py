@@ -38,7 +38,7 @@ import click
 
 from . import __version__
 from .config import AgentConfig, load_config
-from .errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EdgeError
+from .errors import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_TEMPFAIL, EdgeError
 
 log = logging.getLogger("edge")
 
@@ -298,9 +298,6 @@ def sample_inbox(folder: str) -> None:
 
     model = "" if default_model_dir() is not None else " --model MODEL_DIR"
     click.echo(f"\nNow run: edge-agent watch {folder} --once{model}")
-
-
-EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import EX_UNAVAILABLE  # standard library only, like this module
+from .errors import EX_INTERRUPTED, EX_UNAVAILABLE  # standard library only, like this module
 
 INSTALL_HINT = (
     "install the device extra: pip install 'neuroedge[edge]' (and 'neuroedge[dicom-codecs]' "
@@ -22,7 +22,7 @@ def main() -> None:
         from .cli import main as agent_main
     except KeyboardInterrupt:  # Ctrl-C while the agent's modules were still loading
         sys.stderr.write("edge-agent: interrupted\n")
-        sys.exit(130)
+        sys.exit(EX_INTERRUPTED)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc)
         sys.stderr.write(f"error: edge-agent needs the Python package '{missing}', which is "

@@ -17,6 +17,7 @@ EX_SOFTWARE = 70  # a library failed where it should not (TensorFlow's converter
 EX_CANTCREAT = 73  # an output cannot be written
 EX_TEMPFAIL = 75  # try again later (busy, interrupted work waits)
 EX_CONFIG = 78  # the configuration is wrong; restarting cannot fix it
+EX_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports a command it stopped
 
 
 class EdgeError(Exception):

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import EX_INTERRUPTED
 from trainer.errors import DataError, OptionError, TrainerError
 from trainer.similarity import (  # noqa: F401 - re-exported: the audit's public names
     BACKGROUND_SIGMA,
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EX_INTERRUPTED
     if not args.quiet:
         print(f"{summary['duplicates']} of {summary['test_images']} test pictures duplicate a "
               f"training picture (threshold {summary['threshold']}); "

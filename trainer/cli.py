@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from edge.durable import write_bytes_atomic
+from edge.errors import EX_INTERRUPTED
 from trainer.errors import OptionError, TrainerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,7 +34,6 @@ from trainer.reweight import REWEIGHT_METHODS  # noqa: E402
 ARCH_NAMES = tuple(ARCHITECTURE_INFO)
 DEFAULT_RUNS_DIR = "runs"
 MAX_IMAGE_SIZE = 1024  # 224 is the paper's; 1024 x 1024 x 3 float32 is 12 MB a picture
-EXIT_INTERRUPTED = 130
 
 
 def _setup_logging(verbose: int) -> None:
@@ -55,7 +55,7 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EX_INTERRUPTED)
 
     return wrapper
 
