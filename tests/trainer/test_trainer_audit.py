@@ -323,3 +323,12 @@ def test_committed_audit_matches_the_data_set(dataset_dir: Path) -> None:
     assert kept == {r["test_path"] for r in rows if r["duplicate"] == "0"}
     assert len(kept) == summary["kept"] == len(tests) - summary["duplicates"]
     assert all((dataset_dir / r["train_path"]).is_file() for r in rows)
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audit, "audit_leakage", interrupted)
+    assert audit.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"

@@ -202,3 +202,14 @@ def test_a_finished_run_whose_model_was_deleted_says_so_and_resume_restores_it(f
     assert result.exit_code == 66 and "both gone" in result.output
     with pytest.raises(RunError, match="both gone"):
         resume(copy.path, verbose=0)
+
+
+def test_ctrl_c_during_training_exits_130_with_one_line(data, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) anywhere in a command: 'interrupted' and 130, no traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.train, "load_training_data", interrupted)
+    result = _train(data, "--runs-dir", str(tmp_path / "runs"), "--name", "x")
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == "interrupted"
