@@ -89,7 +89,7 @@ def _drop(record: logging.LogRecord) -> bool:
 # A plain path: load_config reads it and says what is wrong (exit 78, as for any other
 # configuration error), where click's own checks would exit 2 for a folder or a file
 # that cannot be read.
-@click.option("--config", "config_path", type=click.Path(), envvar="NEUROEDGE_CONFIG",
+@click.option("--config", "config_path", type=click.Path(readable=False), envvar="NEUROEDGE_CONFIG",
               help="TOML configuration file (see edge/config.example.toml); flags override it. "
                    "Also read from $NEUROEDGE_CONFIG.")
 @click.pass_context
