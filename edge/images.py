@@ -36,6 +36,7 @@ _CONVERSION = {"L": 0, "RGB": 0, "1": 1, "LA": 1, "I;16": 4, "I;16B": 4, "I;16L"
 def decode_picture(path: Path, kind: str, limits: LimitsConfig) -> DecodedImage:
     fmt = _FORMATS[kind]
     _check_declared_size(path, kind, fmt, limits)
+    info = _check_scan_count(path) if kind == "jpeg" else None
     try:
         with warnings.catch_warnings(), open(str(path), "rb") as handle:
             # our own limit was checked above; Pillow's milder one would only speak of itself
@@ -61,8 +62,8 @@ def decode_picture(path: Path, kind: str, limits: LimitsConfig) -> DecodedImage:
                               "copy the file again") from None
         raise DecodeError(f"the {fmt} file cannot be decoded ({exc.__class__.__name__}: {text}); "
                           "it is damaged or not really a " + fmt) from None
-    if kind == "jpeg":
-        _check_jpeg_is_whole(path, image)
+    if info is not None:
+        _check_jpeg_is_whole(info, image)
     picture = to_8bit_picture(image)
     details = {"format": fmt, "width": width, "height": height, "mode": mode}
     notes = []
@@ -88,8 +89,21 @@ def _check_declared_size(path: Path, kind: str, fmt: str, limits: LimitsConfig) 
         check_dimensions(size[0], size[1], limits, f"{fmt} image")
 
 
-def _check_jpeg_is_whole(path: Path, image: Image.Image) -> None:
+def _check_scan_count(path: Path) -> jpeg.Structure:
+    """The JPEG's structure, read before decoding; a file with more scans than any encoder
+    writes is refused: libjpeg makes a pass over every block of the picture for each scan,
+    so a 57 kB progressive JPEG that repeats one scan 2,000 times took 5.6 s to decode, and
+    a few MB of them would stall the agent for hours."""
     info = jpeg.read_structure(path)
+    if len(info.scans) > jpeg.MAX_SCANS:
+        raise InputLimitError(
+            f"the JPEG has {len(info.scans):,} scans, where encoders write at most a few dozen "
+            f"(the limit is {jpeg.MAX_SCANS}); decoding it would take minutes or hours: "
+            "refused as a possible decompression bomb")
+    return info
+
+
+def _check_jpeg_is_whole(info: jpeg.Structure, image: Image.Image) -> None:
     missing = jpeg.missing_scans(info)
     if missing:
         raise DecodeError(

@@ -75,6 +75,7 @@ class Inbox:
         self.backlog = True
         self.held: list[str] = []  # HELD_PREFIX files the backlog scan saw (edge.watch)
         self._left_folders: set[int] = set()  # inodes of folders named like copies in progress
+        self.root_gone = False  # the inbox folder itself was missing at the last scan
 
     def contains(self, path: str) -> bool:
         """Is ``path`` inside the inbox (its folder resolved, the file itself not followed)?"""
@@ -220,8 +221,16 @@ class Inbox:
             try:
                 entries = os.scandir(current)
             except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    # gone since it was listed: nothing left in it to take (not "unreachable":
+                    # that would make `watch` exit 75 saying files are still there)
+                    if current == str(self.root):
+                        self._root_missing(True)
+                    continue
                 self._cannot_reach(inode, depth, exc)
                 continue
+            if current == str(self.root):
+                self._root_missing(False)
             with entries:
                 subfolders = []
                 for entry in entries:
@@ -248,6 +257,16 @@ class Inbox:
                     except OSError:
                         continue
             stack.extend(sorted(subfolders, reverse=True))
+
+    def _root_missing(self, missing: bool) -> None:
+        """Say once that the inbox folder has gone (removed, or its share or disk unmounted),
+        and once that it is back: its files are taken again by the next scans."""
+        if missing and not self.root_gone:
+            log.warning("the inbox %s does not exist any more (removed, or its disk or share "
+                        "unmounted); files put there are taken once it is back", self.root)
+        elif not missing and self.root_gone:
+            log.warning("the inbox %s is back; its files are taken again", self.root)
+        self.root_gone = missing
 
     def _depth(self, path: str) -> int:
         rel = os.path.relpath(path, str(self.root))

@@ -29,6 +29,10 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}
 _STANDALONE = {0x01, 0xD8} | set(range(0xD0, 0xD8))  # markers without a length field
 _FLAT = 128  # what a block with no coded data decodes to
+# More scans than this is refused before decoding (edge.images): libjpeg's progressive
+# scripts write 6 (gray) or 10 (colour), mozjpeg's optimised ones a few dozen at most, and
+# every scan costs a pass over the whole picture.
+MAX_SCANS = 100
 
 
 @dataclass
@@ -96,6 +100,8 @@ def _walk(data: mmap.mmap, size: int) -> Structure:
                 ids = tuple(segment[1 + 2 * i] for i in range(count))
                 ss, se, approx = segment[1 + 2 * count:4 + 2 * count]
                 info.scans.append(Scan(ids, ss, se, approx & 0x0F))
+                if len(info.scans) > MAX_SCANS:
+                    break  # refused whatever follows (edge.images): stop reading
             pos = _end_of_entropy_data(data, pos, size)
     return info
 

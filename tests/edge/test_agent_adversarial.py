@@ -29,7 +29,14 @@ from agent_helpers import (
 from PIL import Image
 
 from edge.config import DicomConfig, LimitsConfig, config_from_dict
-from edge.errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, ConfigError, DecodeError
+from edge.errors import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    ConfigError,
+    DecodeError,
+    InputLimitError,
+)
 from edge.inputs import decode_file
 
 
@@ -584,3 +591,106 @@ def test_5_a_passing_failure_is_not_counted_as_a_crash(folders, test_model, monk
     counts = run_once(config)
     assert counts["classified"] == 1 and counts["quarantined"] == 0
     assert "could not be finished" not in (folders["outbox"] / "index.html").read_text()
+
+
+# --- 12. bombs that pass the header checks (exploratory pass, 2026-12-06) -----------------
+
+def _with_last_scan_repeated(data: bytes, times: int) -> bytes:
+    """A JPEG whose last scan is repeated ``times`` more times before its end marker: libjpeg
+    decodes each repeat as a pass over the whole picture (a warning, not an error)."""
+    pos, last = 2, None
+    while data[pos + 1] != 0xD9:
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        end = pos + 2 + length
+        if data[pos + 1] == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
+                end += 1
+            last = (pos, end)
+        pos = end
+    assert last is not None
+    return data[:pos] + data[last[0]:last[1]] * times + data[pos:]
+
+
+def test_12_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(tmp_path):
+    """A 57 kB progressive JPEG repeating its last scan 2,000 times took 5.6 s to decode
+    (2048x2048): a few MB of such scans would stall the agent for hours."""
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(_with_last_scan_repeated(head_jpeg(progressive=True), 2000))
+    with pytest.raises(InputLimitError, match="scans"):
+        decode_file(path, DicomConfig(), LimitsConfig())
+    path.write_bytes(_with_last_scan_repeated(head_jpeg(progressive=True), 3))
+    assert decode_file(path, DicomConfig(), LimitsConfig()).picture.size == (512, 512)
+
+
+def _deflated_dicom(path: Path, blob_mb: float) -> Path:
+    """An MR DICOM in Deflated Explicit VR Little Endian carrying ``blob_mb`` MB of zeros in
+    a private element: a few kB on disk per MB in memory."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from edge.benchmark import new_mr_dataset
+
+    ds = new_mr_dataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 15, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.add_new(0x00091010, "OB", bytes(int(blob_mb * 2**20)))
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4000).tobytes()
+    try:
+        ds.save_as(str(path), enforce_file_format=True)  # pydicom 3
+    except TypeError:
+        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2.4
+        ds.save_as(str(path), write_like_original=False)
+    return path
+
+
+def test_12_a_deflated_dicom_that_inflates_past_the_budget_is_refused(tmp_path):
+    """pydicom inflates a deflated data set whole, in memory: a 307 kB file took 700 MB
+    while [limits] max_decode_mb is 256. The inflated size is counted first, in chunks."""
+    bomb = _deflated_dicom(tmp_path / "bomb.dcm", 24)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(InputLimitError, match=r"deflate.*max_decode_mb"):
+        decode_file(bomb, DicomConfig(), LimitsConfig(max_decode_mb=16))
+    small = _deflated_dicom(tmp_path / "small.dcm", 0.01)
+    assert decode_file(small, DicomConfig(), LimitsConfig(max_decode_mb=16)).picture.size == (
+        64, 64)
+
+
+def test_12_a_folder_that_vanishes_is_not_counted_as_unreadable(tmp_path, monkeypatch, caplog):
+    """The inbox removed for a moment while `watch` ran made it exit 75 at SIGTERM, saying
+    "1 place(s) in the inbox could not be read ... their files are still there" (and "find
+    INBOX -inum 0"); so did a sub-folder removed between its listing and its scan under
+    `--once`. Gone is not unreadable: nothing is left there."""
+    import logging
+
+    from edge.inbox import Inbox
+
+    root = tmp_path / "inbox"
+    (root / "study").mkdir(parents=True)
+    gray_png(root / "study" / "a.png", 60)
+    inbox = Inbox(root, True, 1.0, 0.5, 100)
+    real_scandir = os.scandir
+
+    def vanishing(path):  # the sub-folder is removed just after the root was listed
+        if os.path.basename(str(path)) == "study":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", vanishing)
+    inbox.scan()
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert inbox.unreachable == {}
+    with caplog.at_level(logging.WARNING, logger="edge.inbox"):
+        (root / "study" / "a.png").unlink()
+        (root / "study").rmdir()
+        root.rmdir()
+        inbox.scan()
+        inbox.scan()
+        root.mkdir()
+        gray_png(root / "b.png", 60)
+        inbox.scan()
+    assert inbox.unreachable == {}
+    assert list(inbox.pending) == [str(root / "b.png")]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "does not exist any more" in said[0] and "is back" in said[1]
