@@ -145,6 +145,11 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
         raise _Failure(f"{counts['waiting_for_space']} input(s) were left in the inbox, untouched: "
                        f"{agent.space.describe()}; free space (or lower [watch] min_free_mb) "
                        "and run again", EX_TEMPFAIL)
+    if counts.get("still_written"):
+        raise _Failure(f"{counts['still_written']} file(s) were still being written when --once "
+                       "stopped waiting for them (the log says how to find them); they are "
+                       "still in the inbox, untouched: run again once they are complete",
+                       EX_TEMPFAIL)
     if counts.get("not_taken"):
         raise _Failure(f"{counts['not_taken']} file(s) in the inbox could not be taken (the log "
                        "says why and how to find them); they are still there, untouched",

@@ -51,6 +51,7 @@ class WatchConfig:
     rescan_interval: float = 30.0
     settle_seconds: float = 3.0
     settle_after_close: float = 0.5
+    once_settle_limit: float = 120.0  # watch --once: stop waiting for a file still changing
     recursive: bool = True
     max_pending: int = 1000
     retry_interval: float = 60.0
@@ -237,7 +238,8 @@ def _validate_section(name: str, s: Any, source: str) -> None:
     if hasattr(s, "validate"):  # sections defined beside their code (edge.network.settings)
         s.validate(bad)
     elif name == "watch":
-        for key in ("poll_interval", "rescan_interval", "retry_interval"):
+        for key in ("poll_interval", "rescan_interval", "retry_interval",
+                    "once_settle_limit"):
             if not getattr(s, key) > 0:
                 raise bad(key, "must be > 0 seconds")
         for key in ("settle_seconds", "settle_after_close"):

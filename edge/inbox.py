@@ -28,7 +28,7 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -53,6 +53,7 @@ class Candidate:
     changed_at: float  # monotonic time of the last change we know of
     closed_at: float | None = None
     is_link: bool = False
+    seen_at: float = field(default_factory=time.monotonic)  # first seen by this run
 
 
 class Inbox:
@@ -188,6 +189,13 @@ class Inbox:
         if now - cand.changed_at >= self.settle:
             return True
         return cand.closed_at is not None and now - cand.closed_at >= self.settle_after_close
+
+    def unsettled_for(self, now: float | None = None) -> float:
+        """How long the most recently seen pending file has been waiting to settle (0 when
+        nothing is pending): once this passes a limit, every pending file has been changing
+        for at least that long."""
+        now = time.monotonic() if now is None else now
+        return min((now - cand.seen_at for cand in self.pending.values()), default=0.0)
 
     def next_due(self) -> float | None:
         """Monotonic time at which the earliest pending candidate may be settled."""

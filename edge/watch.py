@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _EVENT_QUEUE_SIZE = 10000
 _TICK = 0.25  # longest sleep: how quickly a stop request or new event is noticed
 _RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while busy
+_ONCE_NOTE_EVERY = 30.0  # --once: seconds between "still waiting" lines
 CLAIM_GROUP = 8  # settled files claimed together (one round of folder fsyncs for all)
 _CLOSE_TIMEOUT = 60.0  # seconds to let the committer finish at exit (systemd allows 120)
 
@@ -120,6 +121,8 @@ class Agent:
         self.space = SpaceGuard(outbox_root, w.min_free_mb)
         self.index.alerts = self._page_alerts  # what needs a person, on the front page
         self._left_for_space = 0  # --once: inputs left in the inbox for want of disk space
+        self._left_unsettled = 0  # --once: files still being written when it gave up on them
+        self._last_wait_note = time.monotonic()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -173,7 +176,8 @@ class Agent:
         counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),
                       unreachable=len(self.inbox.unreachable),
                       not_taken=sum(os.path.lexists(p) for p in self.inbox.not_taken),
-                      waiting_for_space=self._left_for_space)
+                      waiting_for_space=self._left_for_space,
+                      still_written=self._left_unsettled)
         log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
                  counts["classified"], counts["duplicate"], counts["quarantined"],
                  counts["unfinished"])
@@ -276,6 +280,8 @@ class Agent:
                 log.error("stopping with %d input(s) left in the inbox, untouched: %s",
                           self._left_for_space, self.space.describe())
                 break
+            if self.once and self.inbox.pending and self._gave_up_waiting(now):
+                break
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:
@@ -293,6 +299,24 @@ class Agent:
         if self._claimed_ahead is not None:  # stopped with a group claimed: finish it too
             self._prepare(self._claimed(self._claimed_ahead))
             self._claimed_ahead = None
+
+    def _gave_up_waiting(self, now: float) -> bool:
+        """--once and only files that keep changing are left: say so every half minute, and
+        stop once each has been changing for ``[watch] once_settle_limit`` seconds (a copy
+        that hangs, a file something keeps appending to). They stay in the inbox, untouched;
+        without this ``--once`` (a cron job) would wait for them for ever without a word."""
+        waited, limit = self.inbox.unsettled_for(now), self.config.watch.once_settle_limit
+        if waited >= limit:
+            for path in sorted(self.inbox.pending):
+                log.error("still being written after %.0fs: left in the inbox, untouched%s",
+                          limit, self.inbox.find_hint(path))
+            self._left_unsettled = len(self.inbox.pending)
+            return True
+        if now - self._last_wait_note >= _ONCE_NOTE_EVERY and waited >= _ONCE_NOTE_EVERY:
+            self._last_wait_note = now
+            log.info("--once: waiting for %d file(s) still being written (given up after %.0fs "
+                     "of changes)", len(self.inbox.pending), limit)
+        return False
 
     def _drain_events(self) -> None:
         for _ in range(1000):

@@ -97,7 +97,8 @@ def test_same_content_twice_is_not_classified_twice(folders, test_model):
     gray_png(inbox / "copy-b.png", 100)
     counts = run_once(config)
     assert counts == {"classified": 0, "duplicate": 2, "quarantined": 0, "unfinished": 0,
-                      "unreachable": 0, "not_taken": 0, "waiting_for_space": 0}
+                      "unreachable": 0, "not_taken": 0, "waiting_for_space": 0,
+                      "still_written": 0}
     assert report_path.read_bytes() == before  # the same report, untouched
     assert len(list((outbox / "reports").glob("*.json"))) == 1
     assert sorted(p.name for p in (outbox / "archive").rglob("*.png")) == [
@@ -421,3 +422,47 @@ def test_a_damaged_journal_record_is_set_aside_and_its_input_adopted(folders, te
     assert counts["unfinished"] == 0 and counts["classified"] == 1
     assert sorted(os.listdir(state / "damaged")) == ["tok-a.json", "tok-b.json"]
     assert not os.listdir(state / "jobs") and not os.listdir(state / "claimed")
+
+
+def test_once_stops_waiting_for_a_file_that_never_stops_changing(tmp_path, test_model):
+    """`watch --once` is a cron job: a file something keeps appending to (a copy that hangs)
+    must not keep it running for ever. After [watch] once_settle_limit it stops, leaves that
+    file in the inbox untouched, says how to find it, and exits 75; the others are done."""
+    import threading
+
+    from agent_helpers import run_agent
+
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    gray_png(inbox / "done.png", 90)
+    growing = inbox / "growing.png"
+    gray_png(growing, 150)
+    stop = threading.Event()
+
+    def append() -> None:
+        while not stop.is_set():
+            with open(growing, "ab") as f:
+                f.write(b"\0")
+            time.sleep(0.1)
+
+    config = tmp_path / "config.toml"
+    config.write_text("[watch]\nsettle_seconds = 1.0\nonce_settle_limit = 2.0\n"
+                      "rescan_interval = 0.5\n")
+    writer = threading.Thread(target=append, daemon=True)
+    writer.start()
+    try:
+        started = time.monotonic()
+        result = run_agent(["--config", str(config), "watch", str(inbox), "--outbox",
+                            str(outbox), "--model", str(test_model.path), "--once"], timeout=60)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        writer.join()
+    assert result.returncode == 75, result.stdout + result.stderr
+    assert "1 file(s) were still being written when --once stopped waiting" in result.stderr
+    assert "still being written after 2s: left in the inbox, untouched" in result.stderr
+    assert f"find {inbox} -inum {growing.stat().st_ino}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 30
+    assert sorted(p.name for p in inbox.iterdir()) == ["growing.png"]  # untouched
+    assert len(list((outbox / "reports").rglob("*.json"))) == 1  # done.png was done
