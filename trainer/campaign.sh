@@ -31,6 +31,11 @@
 #
 # MODELS lists run names; a name that is not an architecture is a variant, written
 # NAME:ARCH:OPTION,VALUE,... (e.g. resnet18-s1:resnet18:--recipe,strong,--seed,1).
+# A fine-tune of an earlier entry names it as --init-from,@NAME: it starts when NAME has
+# trained and been evaluated, from NAME's model, with what is left of $BUDGET as its time
+# limit (give NAME its own, shorter --time-limit,SECONDS so that time is left), e.g.
+#   MODELS="pre-s0:dsconv_cbam_res:--recipe,strong,--time-limit,250,--seed,0
+#           ft-s0:dsconv_cbam_res:--recipe,lesion-any,--init-from,@pre-s0,--epochs,12,--seed,0"
 set -uo pipefail
 { # the whole script is read before it runs: editing this file cannot derail a running campaign
 
@@ -119,12 +124,31 @@ for entry in $MODELS; do  # NAME, or NAME:ARCH[:OPTION,VALUE,...] for a variant
         arch=${rest%%:*}
         [[ $rest == *:* ]] && options=${rest#*:} && options=${options//,/ }
     fi
+    after=  # --init-from @NAME: a fine-tune of NAME, an earlier entry of this campaign
+    if [[ " $options " == *" --init-from @"* ]]; then
+        after=${options#*--init-from @} && after=${after%% *}
+        if [[ " ${names[*]} " != *" $after "* ]]; then
+            say "$model: --init-from @$after names no earlier entry of MODELS; not started"
+            continue
+        fi
+        options=${options/--init-from @$after/--init-from $WORK/runs/$after}
+    fi
     names+=("$model")
     (
+        limit=$BUDGET
+        if [ -n "$after" ]; then
+            until grep -q '^exit status' "$WORK/logs/$after.log" 2>/dev/null; do sleep 5; done
+            if [ ! -f "$WORK/runs/$after/model.keras" ]; then
+                echo "$after left no model.keras: $model not started"; echo "exit status 1"; exit
+            fi
+            limit=$(( BUDGET - ($(date +%s) - started) ))
+            echo "starting from $after with ${limit}s of the budget left"
+            [ "$limit" -gt 0 ] || { echo "no time left"; echo "exit status 1"; exit; }
+        fi
         # shellcheck disable=SC2046,SC2086
         "$PYTHON" -m trainer train --arch "$arch" --data "$WORK/data" \
             ${EPOCHS:+--epochs "$EPOCHS"} --runs-dir "$WORK/runs" --name "$model" \
-            --time-limit "$BUDGET" ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
+            --time-limit "$limit" ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
         && "$PYTHON" -m trainer evaluate "$WORK/runs/$model" \
             --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"} "${external_args[@]}"
         echo "exit status $?"
