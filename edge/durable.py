@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Collection, Iterator
 
 TMP_PREFIX = ".neuroedge-"
 TMP_SUFFIX = ".tmp"
+_NAME_MAX = 255  # bytes in one file name on ext4, XFS, btrfs, tmpfs
 _MAX_NAME_BYTES = 150
 
 
@@ -394,7 +395,9 @@ def free_name(folder: Path, name: str, tag: str, reserved: Collection[str] = (),
     (``".reason.json"``: a quarantined input's record must be free too), or if any of them is
     in ``reserved``: paths (as strings) promised to other inputs of the same group, not yet
     created. When ``reserved`` is a set, the chosen path and its companions are added to it.
-    Every candidate is a new name, so the search always ends.
+    Every candidate is a new name, so the search always ends. The stem is shortened where a
+    suffix would take the name past a file system's 255-byte limit (an inbox file called
+    back ``name~earlier`` beside a 250-byte name), so every candidate can be created.
     """
     def free(candidate: Path) -> bool:
         paths = [str(candidate)] + [str(candidate) + c for c in companions]
@@ -403,7 +406,10 @@ def free_name(folder: Path, name: str, tag: str, reserved: Collection[str] = (),
     stem, ext = split_ext(name)
     for n in range(10000):
         suffix = "" if n == 0 else (f"~{tag}" if n == 1 else f"~{tag}-{n}")
-        candidate = folder / f"{stem}{suffix}{ext}"
+        short = stem
+        while n and len(os.fsencode(f"{short}{suffix}{ext}")) > _NAME_MAX and short:
+            short = short[:-1]
+        candidate = folder / f"{short}{suffix}{ext}"
         if free(candidate):
             if isinstance(reserved, set):
                 reserved.add(str(candidate))

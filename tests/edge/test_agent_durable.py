@@ -58,6 +58,22 @@ def test_free_name_and_move_never_overwrite(tmp_path):
     assert chosen2.name == "a~1234abcd-2.dcm"
 
 
+@pytest.mark.parametrize("stem", ["x" * 251, "é" * 125 + "x", "M\udcfcller" + "y" * 243])
+def test_free_name_fits_a_suffix_beside_a_name_at_the_file_system_limit(tmp_path, stem):
+    """An inbox file called back beside its 255-byte name (``edge.claim._give_back``) got
+    ``name~earlier.png``, 270 bytes: ENAMETOOLONG, and the file stayed hidden and retried
+    for ever. The stem is shortened for the suffix; every candidate can be created."""
+    name = stem + ".png"
+    assert len(os.fsencode(name)) <= 255
+    (tmp_path / name).write_bytes(b"first")
+    for expected_suffix in ("~earlier.png", "~earlier-2.png"):
+        chosen = free_name(tmp_path, name, "earlier")
+        assert chosen.name.endswith(expected_suffix)
+        assert len(os.fsencode(chosen.name)) <= 255
+        chosen.write_bytes(b"again")  # creatable: no ENAMETOOLONG
+    assert (tmp_path / name).read_bytes() == b"first"
+
+
 def test_atomic_json_leaves_no_temp_files(tmp_path):
     target = tmp_path / "r.json"
     write_json_atomic(target, {"a": 1})
