@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ from pydicom.uid import (
 )
 
 from . import dicom_compat as compat
-from .codestream import declared_size, first_fragment
+from . import jpeg
+from .codestream import declared_size
 from .config import DicomConfig, LimitsConfig
 from .decoded import DecodedImage, check_decode_budget, check_dimensions
 from .errors import DecodeError, InputLimitError, MissingDecoderError, UnsupportedInputError
@@ -48,6 +50,10 @@ SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_F
                          "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 _REQUIRED = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
 _TEXT_LIMIT = 128
+# JPEG (baseline, extended, lossless) and JPEG-LS: frames made of JPEG marker segments and
+# scans, whose scans edge.jpeg counts before decoding
+_JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
 
 
 def uid_hash(uid: str) -> str:
@@ -84,9 +90,9 @@ def _decode(path: Path, preamble: bool, dicom: DicomConfig, limits: LimitsConfig
     if problem:
         raise MissingDecoderError(problem, log_message="no installed decoder can read its "
                                   "compressed pixel data (details in the quarantine record)")
-    if compat.UID(str(tsyntax)).is_compressed:
-        _check_codestream(ds, columns, rows)
     index = (frames - 1) // 2 if dicom.frame == "middle" else 0
+    if compat.UID(str(tsyntax)).is_compressed:
+        _check_codestream(ds, columns, rows, index, frames)
     try:
         arr, photometric_out = compat.decode_frame(ds, index, frames)
     except MemoryError:
@@ -301,16 +307,64 @@ def _geometry(ds: Any) -> tuple[int, int, int, int]:
     return rows, columns, frames, samples
 
 
-def _check_codestream(ds: Any, columns: int, rows: int) -> None:
+def _check_codestream(ds: Any, columns: int, rows: int, index: int, frames: int) -> None:
+    """Read the compressed frame that will be decoded, without decoding it, and refuse
+    as a possible decompression bomb:
+
+    - a frame whose own header declares more pixels than the DICOM header: decoders
+      allocate from the frame's header;
+    - a JPEG or JPEG-LS frame with more scans than any encoder writes: each scan costs a
+      pass over the whole picture (``edge.jpeg.too_many_scans``; a 58 kB DICOM whose frame
+      repeats one progressive scan 2,000 times took 16 s to decode).
+
+    The frame checked is the one decoded (pydicom 3 decodes only frame ``index``, pydicom 2.4
+    every frame), so a harmless first frame cannot hide a bomb in the middle one."""
     try:
         data = ds.PixelData
     except Exception as exc:  # noqa: BLE001
         raise DecodeError(f"the pixel data cannot be read ({exc.__class__.__name__})") from None
-    size = declared_size(first_fragment(bytes(data)))
-    if size is not None and size[0] * size[1] > columns * rows:
-        raise InputLimitError(
-            f"the compressed frame declares {size[0]}x{size[1]} pixels but the DICOM header "
-            f"says {columns}x{rows}: refused as a possible decompression bomb")
+    scans = str(ds.file_meta.TransferSyntaxUID) in _JPEG_FAMILY
+    for number, frame in _encoded_frames(ds, data, index, frames):
+        size = declared_size(frame)
+        if size is not None and size[0] * size[1] > columns * rows:
+            raise InputLimitError(
+                f"the compressed frame declares {size[0]}x{size[1]} pixels but the DICOM "
+                f"header says {columns}x{rows}: refused as a possible decompression bomb")
+        problem = jpeg.too_many_scans(jpeg.structure_of(frame), (
+            f"the DICOM's compressed frame {number}" if frames > 1 else
+            "the DICOM's compressed frame")) if scans else ""
+        if problem:
+            raise InputLimitError(problem)
+
+
+def _encoded_frames(ds: Any, data: bytes, index: int, frames: int) -> Iterator[tuple[int, bytes]]:
+    """(index, encoded bytes) of each frame the decoder will be given, one at a time, cut
+    from the encapsulated pixel data as pydicom cuts them: frame ``index`` with pydicom 3,
+    every frame with pydicom 2.4. Nothing if pydicom cannot cut them: decoding then fails
+    with pydicom's own reason."""
+    from pydicom import encaps
+
+    if compat.PYDICOM_3:
+        offsets = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+            if len(offsets[0]) != len(offsets[1]):  # pydicom ignores them too
+                offsets = None
+        try:
+            frame = encaps.get_frame(data, index, number_of_frames=frames,
+                                     extended_offsets=offsets)
+        except Exception:  # noqa: BLE001
+            return
+        yield index, frame
+        return
+    number, frame_iterator = 0, encaps.generate_pixel_data_frame(data, frames)
+    while True:
+        try:
+            frame = next(frame_iterator)
+        except Exception:  # noqa: BLE001 - StopIteration, or data pydicom cannot cut
+            return
+        yield number, frame
+        number += 1
 
 
 def _decode_failure(exc: Exception, tsyntax: Any) -> str:

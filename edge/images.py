@@ -91,15 +91,12 @@ def _check_declared_size(path: Path, kind: str, fmt: str, limits: LimitsConfig) 
 
 def _check_scan_count(path: Path) -> jpeg.Structure:
     """The JPEG's structure, read before decoding; a file with more scans than any encoder
-    writes is refused: libjpeg makes a pass over every block of the picture for each scan,
-    so a 57 kB progressive JPEG that repeats one scan 2,000 times took 5.6 s to decode, and
-    a few MB of them would stall the agent for hours."""
+    writes is refused (``edge.jpeg.too_many_scans``: each scan costs a pass over the whole
+    picture)."""
     info = jpeg.read_structure(path)
-    if len(info.scans) > jpeg.MAX_SCANS:
-        raise InputLimitError(
-            f"the JPEG has {len(info.scans):,} scans, where encoders write at most a few dozen "
-            f"(the limit is {jpeg.MAX_SCANS}); decoding it would take minutes or hours: "
-            "refused as a possible decompression bomb")
+    problem = jpeg.too_many_scans(info)
+    if problem:
+        raise InputLimitError(problem)
     return info
 
 

@@ -29,9 +29,9 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE_SOF = {0xC2, 0xC6, 0xCA, 0xCE}
 _STANDALONE = {0x01, 0xD8} | set(range(0xD0, 0xD8))  # markers without a length field
 _FLAT = 128  # what a block with no coded data decodes to
-# More scans than this is refused before decoding (edge.images): libjpeg's progressive
-# scripts write 6 (gray) or 10 (colour), mozjpeg's optimised ones a few dozen at most, and
-# every scan costs a pass over the whole picture.
+# More scans than this is refused before decoding (edge.images; edge.dicom for a JPEG or
+# JPEG-LS frame): libjpeg's progressive scripts write 6 (gray) or 10 (colour), mozjpeg's
+# optimised ones a few dozen at most, and every scan costs a pass over the whole picture.
 MAX_SCANS = 100
 
 
@@ -65,9 +65,28 @@ def read_structure(path: Path) -> Structure:
             return _walk(data, size)
 
 
-def _walk(data: mmap.mmap, size: int) -> Structure:
+def structure_of(data: bytes) -> Structure:
+    """The same for a JPEG held in memory (a compressed DICOM frame), read from its start of
+    image marker (looked for in the first MB, as ``edge.codestream`` looks for its size)."""
+    start = data.find(b"\xff\xd8\xff", 0, 1 << 20)
+    return _walk(data, len(data), max(start, 0))
+
+
+def too_many_scans(info: Structure, what: str = "the JPEG") -> str:
+    """Why a JPEG with more than ``MAX_SCANS`` scans is refused before decoding ("" if it has
+    no more): libjpeg makes a pass over every block of the picture for each scan, so a 57 kB
+    progressive JPEG that repeats one scan 2,000 times took 5.6 s to decode (a DICOM frame
+    holding it 16 s), and a few MB of them would stall the agent for hours."""
+    if len(info.scans) <= MAX_SCANS:
+        return ""
+    return (f"{what} has more than {MAX_SCANS} scans, where encoders write at most a few "
+            "dozen; decoding it would take minutes or hours: refused as a possible "
+            "decompression bomb")
+
+
+def _walk(data: mmap.mmap | bytes, size: int, start: int = 0) -> Structure:
     info = Structure()
-    pos = 2  # after SOI
+    pos = start + 2  # after SOI
     while pos + 4 <= size:
         if data[pos] != 0xFF:
             pos = data.find(b"\xff", pos)  # garbage between segments: resynchronise
@@ -106,15 +125,15 @@ def _walk(data: mmap.mmap, size: int) -> Structure:
     return info
 
 
-def _end_of_entropy_data(data: mmap.mmap, pos: int, size: int) -> int:
-    """The next marker after a scan's data: 0xFF followed by neither 0x00 (a stuffed byte)
-    nor a restart marker."""
+def _end_of_entropy_data(data: mmap.mmap | bytes, pos: int, size: int) -> int:
+    """The next marker after a scan's data: 0xFF followed by neither a byte below 0x80 (a
+    stuffed byte: 0x00 in JPEG, a 0 bit in JPEG-LS) nor a restart marker."""
     while True:
         pos = data.find(b"\xff", pos)
         if pos < 0 or pos + 1 >= size:
             return size
         following = data[pos + 1]
-        if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+        if following < 0x80 or 0xD0 <= following <= 0xD7 or following == 0xFF:
             pos += 1 if following == 0xFF else 2
             continue
         return pos

@@ -105,6 +105,11 @@ def make_dicom(path: Path, pixels: np.ndarray, *, modality: str = "MR",
         write_dataset(buffer, ds)
         path.write_bytes(buffer.getvalue())
         return path
+    return save_dicom(ds, path)
+
+
+def save_dicom(ds: Any, path: Path) -> Path:
+    """Write ``ds`` as a DICOM file with its file meta, under pydicom 3 or 2.4."""
     try:
         ds.save_as(str(path), enforce_file_format=True)  # pydicom 3
     except TypeError:

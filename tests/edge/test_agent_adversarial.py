@@ -23,8 +23,10 @@ from agent_helpers import (
     gray_png,
     make_config,
     make_dicom,
+    pydicom_file,
     run_agent,
     run_once,
+    save_dicom,
 )
 from PIL import Image
 
@@ -622,6 +624,72 @@ def test_12_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(tmp_path):
     assert decode_file(path, DicomConfig(), LimitsConfig()).picture.size == (512, 512)
 
 
+def _jpeg_dicom(path: Path, frames: list[bytes]) -> Path:
+    """An 8-bit MR DICOM in JPEG Baseline whose encapsulated frames are ``frames``."""
+    from pydicom.encaps import encapsulate
+
+    from edge.benchmark import new_mr_dataset
+
+    ds = new_mr_dataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    ds.Rows = ds.Columns = 512
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 7, 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    return save_dicom(ds, path)
+
+
+def test_12_a_dicom_whose_jpeg_frame_has_thousands_of_scans_is_refused_before_decoding(
+        tmp_path):
+    """The same bomb as a DICOM frame: JPEG Baseline and Extended DICOMs holding the
+    progressive JPEG that repeats one scan 2,000 times (Pillow and pylibjpeg both decode a
+    progressive stream whatever the transfer syntax says) took 16 s to decode at 2048x2048
+    (58 kB). The frame checked is the one decoded, the middle one: a harmless first frame
+    hid a bomb behind it, and a middle frame declaring 3000x3000 pixels behind a 512x512
+    header was decoded in full before failing (8000x8000: a 400 MB peak instead of 90 MB)."""
+    bomb = _with_last_scan_repeated(head_jpeg(progressive=True), 2000)
+    whole = head_jpeg()
+    dicom, limits = DicomConfig(), LimitsConfig()
+    with pytest.raises(InputLimitError, match="compressed frame has more than 100 scans"):
+        decode_file(_jpeg_dicom(tmp_path / "one.dcm", [bomb]), dicom, limits)
+    with pytest.raises(InputLimitError, match="compressed frame 1 has more than 100 scans"):
+        decode_file(_jpeg_dicom(tmp_path / "middle.dcm", [whole, bomb, whole]), dicom, limits)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((3000, 3000), np.uint8)).save(buffer, format="JPEG")
+    with pytest.raises(InputLimitError, match="declares 3000x3000 pixels"):
+        decode_file(_jpeg_dicom(tmp_path / "large.dcm", [whole, buffer.getvalue(), whole]),
+                    dicom, limits)
+    # JPEG-LS too (its entropy-coded data has 0xFF followed by bytes below 0x80)
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from edge.codestream import first_fragment
+
+    ds = pydicom.dcmread(str(pydicom_file("MR_small_jpeg_ls_lossless.dcm")))
+    frame = first_fragment(ds.PixelData)  # its only fragment
+    scan, end = frame.find(b"\xff\xda"), frame.rfind(b"\xff\xd9")
+    ds.PixelData = encapsulate([frame[:end] + frame[scan:end] * 150 + frame[end:]])
+    ds.save_as(str(tmp_path / "ls.dcm"))
+    with pytest.raises(InputLimitError, match="compressed frame has more than 100 scans"):
+        decode_file(tmp_path / "ls.dcm", dicom, limits)
+    # JPEG DICOMs as encoders write them still decode
+    few = _with_last_scan_repeated(head_jpeg(progressive=True), 3)
+    for frames in ([few], [whole, few, whole], [whole, whole]):
+        result = decode_file(_jpeg_dicom(tmp_path / "fine.dcm", frames), dicom, limits)
+        assert result.picture.size == (512, 512)
+    assert decode_file(pydicom_file("MR_small_jpeg_ls_lossless.dcm"), dicom,
+                       limits).picture.size == (64, 64)
+    for name, modality, size in (("SC_rgb_jpeg_dcmtk.dcm", "OT", (100, 100)),
+                                 ("SC_rgb_jpeg_gdcm.dcm", "OT", (100, 100)),
+                                 ("JPGExtended.dcm", "NM", (256, 1024))):
+        accept = DicomConfig(modalities=(modality,))
+        assert decode_file(pydicom_file(name), accept, limits).picture.size == size
+
+
 def _deflated_dicom(path: Path, blob_mb: float) -> Path:
     """An MR DICOM in Deflated Explicit VR Little Endian carrying ``blob_mb`` MB of zeros in
     a private element: a few kB on disk per MB in memory."""
@@ -637,12 +705,7 @@ def _deflated_dicom(path: Path, blob_mb: float) -> Path:
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.add_new(0x00091010, "OB", bytes(int(blob_mb * 2**20)))
     ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4000).tobytes()
-    try:
-        ds.save_as(str(path), enforce_file_format=True)  # pydicom 3
-    except TypeError:
-        ds.is_little_endian, ds.is_implicit_VR = True, False  # pydicom 2.4
-        ds.save_as(str(path), write_like_original=False)
-    return path
+    return save_dicom(ds, path)
 
 
 def test_12_a_deflated_dicom_that_inflates_past_the_budget_is_refused(tmp_path):
