@@ -3,7 +3,7 @@
 #
 # Written for the lent GPU machine (JAX + CUDA, no TensorFlow, no network, 15 minutes,
 # at most 64 MiB in and 8 files / 64 MiB back), and rehearsed on the CPU with a tiny pack
-# (docs/results.md, "The next GPU campaign"):
+# (docs/gpu-campaign.md, "The next GPU campaign"):
 #   EPOCHS=1 BUDGET=900 HARD_STOP=1800 OUT=/tmp/out PYTHON=.venv/bin/python \
 #       bash trainer/campaign.sh
 #
