@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,14 @@ COMPRESSED = ("1.2.840.10008.1.2.5",  # RLE Lossless
               "1.2.840.10008.1.2.4.51")  # JPEG Extended (12-bit)
 
 _SPOOL_CHECK_BYTES = 8 << 20  # free space is checked again every 8 MB an instance grows
+# pynetdicom reads each PDU whole, as long as its length field says (up to 4 GB), however
+# long the peer takes, and its timers cannot run meanwhile: a PDU is read here instead,
+# refused past this length (a sender may overshoot MAX_PDU, never by this much) ...
+PDU_READ_LIMIT = 4 << 20
+# ... and given up (the connection closed, its slot freed) when it has not arrived whole
+# this long after it began (pynetdicom's own idle timeout between PDUs)
+PDU_READ_SECONDS = 60.0
+_PDU_READ_POLL = 0.5  # a stopping receiver is noticed this fast by a read in progress
 
 _spool_lock = threading.Lock()
 _active: DicomReceiver | None = None  # where pynetdicom's received data sets go (one receiver)
@@ -204,6 +213,7 @@ class DicomReceiver:
         self._ae: Any = None
         self._patched: tuple[Any, Any] | None = None
         self._last_sweep = 0.0
+        self._stopping = False
         self.port = 0  # the port actually listened on (config 0 is not started at all)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -229,6 +239,7 @@ class DicomReceiver:
             if _active is not None:
                 raise ConfigError("a DICOM receiver is already running in this process")
             _active = self
+        self._stopping = False
         sweep_spool(self.inbox, max_age=0.0)  # what a crash left half-received
         _config.LOG_HANDLER_LEVEL = "none"  # its standard logs carry UIDs and identifiers
         _config.LOG_REQUEST_IDENTIFIERS = False
@@ -248,7 +259,8 @@ class DicomReceiver:
         ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+        handlers = [(evt.EVT_CONN_OPEN, self._on_connected),
+                    (evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
                     (evt.EVT_RELEASED, self._on_ended), (evt.EVT_ABORTED, self._on_ended)]
         address = (self.config.listen_address, self.config.dicom_port)
@@ -272,6 +284,7 @@ class DicomReceiver:
     def stop(self) -> None:
         """Stop listening; a transfer still running is aborted (not acknowledged: the
         sender keeps it and sends it again)."""
+        self._stopping = True  # a PDU half-read gives up at once: nothing waits on a peer
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -338,6 +351,12 @@ class DicomReceiver:
         requestor = event.assoc.requestor
         return (f"{_printable(requestor.ae_title, 16).strip() or '?'}@"
                 f"{_printable(requestor.address, 46)}:{requestor.port}")
+
+    def _on_connected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        bound_reads(event.assoc.dul.socket,
+                    f"{_printable(requestor.address, 46)}:{requestor.port}", PDU_READ_SECONDS,
+                    lambda: self._stopping)
 
     def _on_accepted(self, event: Any) -> None:
         with self._lock:
@@ -452,6 +471,68 @@ class DicomReceiver:
         if now - self._last_sweep >= _SWEEP_EVERY:
             self._last_sweep = now
             sweep_spool(self.inbox, STALE_SPOOL_SECONDS)
+
+
+def bound_reads(channel: Any, where: str, seconds: float,
+                stopping: Callable[[], bool] = lambda: False) -> None:
+    """Have pynetdicom read the PDUs of a connection (its ``AssociationSocket``) with a bound
+    on their length (``PDU_READ_LIMIT``) and on their time: each must arrive whole within
+    ``seconds`` of its start, and ``stopping()`` gives up at once. pynetdicom's own ``recv``
+    reads as many bytes as a PDU's length field says, on a socket without a timeout, and its
+    timers cannot run meanwhile: a peer that stopped inside a PDU held the connection, and
+    the thread that waits for it, for ever. A read given up returns what came (fewer bytes
+    than asked: the connection is over for pynetdicom, which ends the association) and shuts
+    the connection for reading, so nothing after it is taken for a PDU."""
+    raw = channel.socket
+    given_up: list[bool] = []
+    try:  # what pynetdicom sends must not block for ever either
+        raw.settimeout(seconds)
+    except OSError:
+        pass
+
+    def give_up(data: bytearray) -> bytearray:
+        given_up.append(True)
+        try:
+            raw.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        return data
+
+    def recv(count: int) -> bytearray:
+        data = bytearray()
+        if given_up:
+            return data
+        if count > PDU_READ_LIMIT:
+            log.warning("closed the DICOM connection with %s: it announced a PDU of %d bytes "
+                        "(at most %d are read)", where, count, PDU_READ_LIMIT)
+            return give_up(data)
+        deadline = time.monotonic() + seconds
+        try:
+            while len(data) < count:
+                if stopping():
+                    return give_up(data)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("closed the DICOM connection with %s: a PDU it began did not "
+                                "arrive whole within %.0fs (%d of %d bytes)", where, seconds,
+                                len(data), count)
+                    return give_up(data)
+                raw.settimeout(min(left, _PDU_READ_POLL))
+                try:
+                    chunk = raw.recv(min(count - len(data), 65536))
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                data.extend(chunk)
+        finally:
+            try:
+                raw.settimeout(seconds)
+            except OSError:
+                pass
+        return data
+
+    channel.recv = recv
 
 
 def sweep_spool(inbox: Path, max_age: float) -> int:

@@ -14,8 +14,9 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from .receiver import bound_reads
 from .sendqueue import Outgoing, SendQueue
 from .settings import NetworkConfig, PacsConfig, Peer
 
@@ -80,7 +81,7 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
               pacs: PacsConfig) -> int:
     """C-STORE one DICOM file to ``peer``; return the status, or raise ``SendError``."""
     import pydicom
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
 
     ds = pydicom.dcmread(str(path))
     try:  # pynetdicom reports a refused connection as an aborted association: ask first
@@ -94,7 +95,16 @@ def send_file(path: Path, item: Outgoing, peer: Peer, network: NetworkConfig,
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = pacs.timeout
     ae.connection_timeout = pacs.timeout
     ae.add_requested_context(item.sop_class_uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+
+    def on_connected(event: Any) -> None:
+        # pynetdicom clears the socket's timeout once connected: a PACS that stops inside a
+        # PDU (a half-open link, a PACS that hangs mid-answer) held the reader, and this
+        # thread, which waits for it, for ever (no SR sent again until a restart, and a
+        # process that could not exit: the reader is not a daemon thread)
+        bound_reads(event.assoc.dul.socket, str(peer), pacs.timeout)
+
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, on_connected)])
     if not assoc.is_established:
         if assoc.is_rejected:
             raise SendError(f"{peer} rejected the association (is this box's AE title "

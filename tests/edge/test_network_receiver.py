@@ -441,3 +441,127 @@ def test_an_empty_or_truncated_data_set_is_kept_not_lost(receiver, tmp_path, pay
         assert len(inbox_files(inbox)) == 2
     finally:
         assoc.release()
+
+
+# --- a peer that stops inside a PDU, or announces a huge one (network probe, 2026-12-06) ---
+
+
+def _stall_inside_a_pdu(port: int, where: str, tmp_path: Path):
+    """A peer that sends the beginning of a PDU and then nothing, its connection left open:
+    (the raw socket, the association or None)."""
+    import struct
+
+    if where == "before its association":  # 100 bytes of a 1000-byte A-ASSOCIATE-RQ
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(struct.pack(">BBL", 0x01, 0, 1000) + bytes(100))
+        return raw, None
+    big = make_dicom(tmp_path / "big.dcm", np.random.default_rng(3).integers(
+        0, 4000, (512, 512), dtype=np.uint16))
+    assoc = _send_part_of_an_instance(port, big, pdus=5)
+    wait_for(lambda: assoc.dul.to_provider_queue.empty(), 10)  # its PDUs are out, whole
+    time.sleep(0.3)
+    raw = assoc.dul.socket.socket
+    raw.sendall(struct.pack(">BBL", 0x04, 0, 1000) + bytes(10))  # 16 of a P-DATA's 1006
+    return raw, assoc
+
+
+def _closed_by_the_receiver(raw: socket.socket, assoc, timeout: float) -> bool:
+    if assoc is not None:
+        try:
+            wait_for(lambda: not assoc.is_established, timeout)
+            return True
+        except AssertionError:
+            return False
+    raw.settimeout(timeout)
+    try:
+        return raw.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:  # still open when the time was up
+        return False
+
+
+@pytest.mark.parametrize("where", ["before its association", "inside an instance"])
+def test_a_peer_that_stops_inside_a_pdu_is_closed_and_frees_its_slot(
+        receiver, tmp_path, monkeypatch, caplog, where):
+    """pynetdicom reads a PDU until all the bytes its length announces have come, on a socket
+    without a timeout, and its timers (acse_timeout, the idle timeout) cannot run meanwhile:
+    a peer that stopped inside a PDU held its connection, and one of max_associations, for
+    ever. Four such peers (a crashed scanner, a half-open link) and nothing was received any
+    more. A PDU must now arrive whole within PDU_READ_SECONDS of its start."""
+    from edge.network import receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "PDU_READ_SECONDS", 1.0)
+    caplog.set_level(logging.WARNING)
+    rx, inbox, received = receiver(max_associations=1)
+    raw, assoc = _stall_inside_a_pdu(rx.port, where, tmp_path)
+    try:
+        started = time.monotonic()
+        closed = _closed_by_the_receiver(raw, assoc, 10)
+        waited = time.monotonic() - started
+    finally:  # without the bound, this is what ends the read (else the receiver never stops)
+        if assoc is not None:
+            assoc.abort()
+        raw.close()
+    assert closed and waited < 5, waited
+    assert "a PDU it began did not arrive whole within 1s" in caplog.text
+    wait_for(lambda: echo_with_pynetdicom(rx.port) == (True, 0), 10)  # the slot is free again
+    wait_for(lambda: not _spool_names(inbox), 10)
+    assert not received and not inbox_files(inbox)
+
+
+def test_stopping_does_not_wait_for_a_peer_stalled_inside_a_pdu(receiver, tmp_path):
+    """SIGTERM while a peer is stalled inside a PDU: ``watch`` waited for that peer for ever
+    (pynetdicom's shutdown waits for each association's reader, itself waiting on the peer),
+    until systemd killed it. The receiver now stops within about a second."""
+    import threading
+
+    rx, inbox, _ = receiver()
+    stalled = [_stall_inside_a_pdu(rx.port, where, tmp_path)
+               for where in ("before its association", "inside an instance")]
+    time.sleep(0.5)
+    stopper = threading.Thread(target=rx.stop, daemon=True)
+    started = time.monotonic()
+    stopper.start()
+    stopper.join(10)
+    waited = time.monotonic() - started
+    for raw, assoc in stalled:  # without the fix, this is what lets stop() return
+        if assoc is not None:
+            assoc.abort()
+        raw.close()
+    stopper.join(30)
+    assert waited < 5, f"stop() waited {waited:.1f}s for stalled peers"
+    assert not inbox_files(inbox)  # the partial instance is not kept
+
+
+def test_a_pdu_announced_longer_than_the_limit_is_not_read_into_memory(receiver):
+    """A PDU's length field says up to 4 GB, and pynetdicom read as much as it said into
+    memory before looking at it, before any association and whatever the negotiated maximum
+    (128 kB): one connection could take the box's memory. Past PDU_READ_LIMIT it is closed
+    unread, and the receiver goes on."""
+    import struct
+
+    from edge.network.receiver import PDU_READ_LIMIT
+
+    rx, _, _ = receiver()
+    tracemalloc.start()
+    sent = 0
+    try:
+        peer = socket.create_connection(("127.0.0.1", rx.port), timeout=10)
+        try:
+            peer.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFF00))
+            chunk = bytes(1 << 20)
+            while sent < 64 << 20:
+                peer.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # closed by the receiver
+            pass
+        finally:
+            peer.close()
+        time.sleep(0.5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent < 16 << 20, f"{sent / 1e6:.0f} MB were taken before the connection closed"
+    assert peak < 2 * PDU_READ_LIMIT, f"peak {peak / 1e6:.1f} MB traced"
+    assert echo_with_pynetdicom(rx.port) == (True, 0)

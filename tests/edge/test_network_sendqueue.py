@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -353,6 +354,19 @@ def test_failure_statuses_are_explained_with_what_to_do():
     assert describe_store_status(0xFE00) == "status 0xFE00; it is tried again"
 
 
+def _one_sr_queued(folder: Path, sop_instance_uid: str) -> SendQueue:
+    """A send queue in ``folder`` holding one Basic Text SR."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, sop_instance_uid
+    ds.Modality = "SR"
+    queue = SendQueue(folder)
+    queue.open()
+    queue.enqueue(Outgoing(key="k1", study="abc", group="g1", sop_class_uid=BASIC_TEXT_SR,
+                           sop_instance_uid=sop_instance_uid,
+                           created_at="2026-12-05T05:00:00"), encode(ds))
+    return queue
+
+
 @pytest.mark.parametrize("code, words", [(0xA900, "does not match its SOP class"),
                                          (0xC001, "cannot understand")])
 def test_a_real_pacs_refusing_an_sr_is_logged_with_its_meaning_and_the_sr_stays(
@@ -374,14 +388,7 @@ def test_a_real_pacs_refusing_an_sr_is_logged_with_its_meaning_and_the_sr_stays(
     server = scp.start_server(("127.0.0.1", port), block=False,
                               evt_handlers=[(evt.EVT_C_STORE, lambda event: code)])
     try:
-        ds = pydicom.Dataset()
-        ds.SOPClassUID, ds.SOPInstanceUID = BASIC_TEXT_SR, "1.2.826.0.1.3680043.8.498.1"
-        ds.Modality = "SR"
-        queue = SendQueue(tmp_path)
-        queue.open()
-        queue.enqueue(Outgoing(key="k1", study="abc", group="g1", sop_class_uid=BASIC_TEXT_SR,
-                               sop_instance_uid=ds.SOPInstanceUID,
-                               created_at="2026-12-05T05:00:00"), encode(ds))
+        queue = _one_sr_queued(tmp_path, "1.2.826.0.1.3680043.8.498.1")
         peer = Peer("PACS", "127.0.0.1", port)
         config = PacsConfig(send_to=f"PACS@127.0.0.1:{port}", timeout=5.0)
         sender = Sender(queue, peer, NetworkConfig(), config)
@@ -549,3 +556,87 @@ def test_the_front_page_says_which_srs_do_not_reach_the_pacs_and_forgets_them_on
     (damaged / "k9.dcm").write_bytes(b"x")
     assert "could not be read back" in queue.state().page_lines(str(PEER))[0]
     assert "Needs attention" not in pages.index_page([("2026-12-05", 3)]).decode()
+
+
+@pytest.mark.parametrize("where", ["in its association answer", "in its C-STORE answer"])
+def test_a_pacs_that_stops_inside_a_pdu_does_not_hang_the_sender(tmp_path, where):
+    """A PACS that sends the beginning of a PDU and then nothing, its connection left open (a
+    PACS hung mid-answer, a half-open link): pynetdicom clears the socket's timeout once
+    connected, so its reader waited for ever, and so did the send (the SR never tried
+    again until a restart, and ``watch`` never exited after SIGTERM: the reader is not a
+    daemon thread). The attempt now fails after [pacs] timeout and the SR stays queued."""
+    import socket
+    import struct
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import BasicTextSRStorage
+
+    held: list[socket.socket] = []
+    release = threading.Event()
+    server = listener = None
+    partial = struct.pack(">BBL", 0x02, 0, 500) + bytes(20)  # 26 of an A-ASSOCIATE-AC's 506
+    if where == "in its association answer":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def pacs() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                if conn.recv(6):  # an association request, not the sender's port probe
+                    conn.sendall(partial)
+
+        threading.Thread(target=pacs, daemon=True).start()
+    else:
+        def on_store(event):  # a P-DATA answer begun, never finished
+            sock = event.assoc.dul.socket.socket
+            held.append(sock)
+            sock.sendall(struct.pack(">BBL", 0x04, 0, 500) + bytes(20))
+            release.wait(60)
+            return 0
+
+        scp = AE(ae_title="PACS")
+        scp.add_supported_context(BasicTextSRStorage, ["1.2.840.10008.1.2.1"])
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = scp.start_server(("127.0.0.1", port), block=False,
+                                  evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    queue = _one_sr_queued(tmp_path, "1.2.826.0.1.3680043.8.498.2")
+    config = PacsConfig(send_to=f"PACS@127.0.0.1:{port}", timeout=1.0)
+    sender = Sender(queue, Peer("PACS", "127.0.0.1", port), NetworkConfig(), config)
+    before = {t for t in threading.enumerate() if not t.daemon}
+    attempt = threading.Thread(target=sender.send_due, daemon=True)
+    started = time.monotonic()
+    attempt.start()
+    attempt.join(15)
+    waited = time.monotonic() - started
+    try:
+        left = {t for t in threading.enumerate() if not t.daemon} - before
+        deadline = time.monotonic() + 5
+        while left and time.monotonic() < deadline:  # the reader ends just after the send
+            time.sleep(0.1)
+            left = {t for t in left if t.is_alive()}
+    finally:  # without the bound, closing the PACS's side is what ends the wait
+        release.set()
+        for conn in held:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        if listener is not None:
+            listener.close()
+        if server is not None:
+            server.shutdown()
+        attempt.join(30)
+    assert waited < 10, f"the send waited {waited:.0f}s on a PACS stalled inside a PDU"
+    assert not left, f"threads that would keep the process alive: {left}"
+    [kept] = queue.items()
+    assert kept.attempts == 1 and kept.last_error
