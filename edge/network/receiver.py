@@ -482,7 +482,8 @@ def bound_reads(channel: Any, where: str, seconds: float,
     timers cannot run meanwhile: a peer that stopped inside a PDU held the connection, and
     the thread that waits for it, for ever. A read given up returns what came (fewer bytes
     than asked: the connection is over for pynetdicom, which ends the association) and shuts
-    the connection for reading, so nothing after it is taken for a PDU."""
+    the connection down both ways, so nothing after it is taken for a PDU and the peer sees
+    it end (pynetdicom 2.0.2 left it open after a short read before an association)."""
     raw = channel.socket
     given_up: list[bool] = []
     try:  # what pynetdicom sends must not block for ever either
@@ -493,7 +494,7 @@ def bound_reads(channel: Any, where: str, seconds: float,
     def give_up(data: bytearray) -> bytearray:
         given_up.append(True)
         try:
-            raw.shutdown(socket.SHUT_RD)
+            raw.shutdown(socket.SHUT_RDWR)  # the peer sees the connection end
         except OSError:
             pass
         return data
