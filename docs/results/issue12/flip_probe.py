@@ -21,12 +21,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from matched_specificity import FALSE_ALARMS, NEGATIVE, auc, found_at
 
 from converters import datasets, external_check
 from converters.evaluate import predict_batched
 from edge.manifest import load_verified
 from edge.runtime import TFLiteClassifier
-from matched_specificity import FALSE_ALARMS, NEGATIVE, auc, found_at
 from trainer.external import external_metrics
 from trainer.metrics import compute_metrics
 
