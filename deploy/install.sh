@@ -42,7 +42,8 @@ Usage: deploy/install.sh [options]
   --destdir DIR     write everything under DIR instead of / (also $DESTDIR): for packaging
                     and tests; creates no user, changes no owner, runs no systemctl
   --no-user         do not create the user or change owners (implied when not root)
-  --no-venv         skip the virtual environment (an existing one is kept)
+  --no-venv         skip the virtual environment (an existing one is kept, and runs the
+                    check as the service user before the service uses a new model)
   --no-start        enable the service but do not (re)start it
   --no-systemctl    install the unit file but run no systemctl at all (images, containers)
   --dicom           run the DICOM receiver on port 11112 (the usual unprivileged port) and
@@ -154,6 +155,17 @@ put_file() {
     set_owner "$dest" "$4"
 }
 
+# switch_model FOLDER: point models/current at FOLDER, atomically and durably: the model's
+# files reach the disk before the link that names them (a power cut right after an upgrade
+# must not leave current naming empty files), and the link before the script goes on.
+switch_model() {
+    sync
+    ln -sfn "$1" "$D$MODELS/.current.tmp.$$"
+    mv -T "$D$MODELS/.current.tmp.$$" "$D$MODELS/current"
+    sync
+    say "the agent now runs model $1"
+}
+
 # model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line,
 # then the trust statistics file beside the model (format 2, docs/trust.md) or "-".
 model_fields() {
@@ -186,6 +198,35 @@ neuroedge needs 3.8 or newer (Jetson Nano: --python python3.8)"
 EXAMPLE_CONFIG=$SOURCE_TREE/edge/config.example.toml
 [ -f "$EXAMPLE_CONFIG" ] || die "$EXAMPLE_CONFIG is missing: run install.sh from a complete \
 neuroedge source tree or release archive"
+
+# The kept config.toml says where the agent reads and writes; the unit lets it write only
+# under ReadWritePaths= ($DATA's inbox and outbox, and what a drop-in adds). An upgrade that
+# forgot the first install's --data would leave the agent's folders read-only in its sandbox,
+# and the service would stop with exit 78 ("must be readable and writable"), not restarted.
+if [ -f "$D/etc/neuroedge/config.toml" ]; then
+    outside=$("$PY_JSON" - "$D/etc/neuroedge/config.toml" "$DATA" \
+        "$D/etc/systemd/system/edge-agent.service.d" <<'EOF'
+import glob, os, re, sys
+config, data, dropins = sys.argv[1:]
+paths = re.search(r"(?ms)^\[paths\][^\n]*\n(.*?)(?=^\[|\Z)", open(config, encoding="utf-8").read())
+writable = [data + "/inbox", data + "/outbox"]
+for conf in sorted(glob.glob(os.path.join(dropins, "*.conf"))):
+    for line in open(conf, encoding="utf-8", errors="replace"):
+        if line.startswith("ReadWritePaths="):
+            writable += [p.lstrip("-+") for p in line.split("=", 1)[1].split()]
+for key in ("inbox", "outbox"):
+    found = paths and re.search(r"(?m)^%s\s*=\s*[\"']([^\"']+)[\"']" % key, paths.group(1))
+    if found:
+        path = os.path.normpath(found.group(1))
+        if not any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable):
+            print("%s = \"%s\"" % (key, found.group(1)))
+EOF
+)
+    [ -z "$outside" ] || die "/etc/neuroedge/config.toml names ${outside//$'\n'/, }, where the \
+service could not write (it may write only to $DATA/inbox, $DATA/outbox and what a drop-in \
+adds with ReadWritePaths=): pass the --data the first install was given, or add the folder \
+in a drop-in (systemctl edit edge-agent; docs/deployment/index.md). Nothing was changed"
+fi
 
 MODELS=$PREFIX/models
 if [ -z "$MODEL" ]; then
@@ -283,6 +324,13 @@ fi
 
 # --- model ---------------------------------------------------------------------------------
 
+# The checks the service would fail on are run as the service user (below) wherever the
+# agent is installed and the owners are managed, including with --no-venv over a kept venv.
+CHECK=0 SWITCH_TO="" PREVIOUS=""
+if [ -z "$DESTDIR" ] && [ "$MANAGE_USER" = 1 ] && [ -x "$PREFIX/venv/bin/edge-agent" ]; then
+    CHECK=1
+fi
+
 if [ -n "$MODEL" ]; then
     folder=$M_NAME-$M_VERSION
     dest=$D$MODELS/$folder
@@ -304,10 +352,14 @@ different $f: a published model version never changes; give the new model a new 
     fi
     set_owner "$dest" "$ROOT_OWN"
     for f in "${M_FILES[@]}"; do set_owner "$dest/$f" "$ROOT_OWN"; done
-    if [ "$(readlink "$D$MODELS/current" 2>/dev/null || true)" != "$folder" ]; then
-        ln -sfn "$folder" "$D$MODELS/.current.tmp.$$"
-        mv -T "$D$MODELS/.current.tmp.$$" "$D$MODELS/current"
-        say "the agent now runs model $folder"
+    PREVIOUS=$(readlink "$D$MODELS/current" 2>/dev/null || true)
+    if [ "$PREVIOUS" != "$folder" ]; then
+        SWITCH_TO=$folder
+        # Where the service user can run the agent, current is switched only once
+        # `edge-agent check` passed with the new model (below): a model the runtime cannot
+        # load would otherwise wait in current for the next restart or reboot, and the
+        # service would then stay failed (exit 69 or 78 are not restarted).
+        [ "$CHECK" = 1 ] || switch_model "$folder"
     fi
 fi
 
@@ -368,20 +420,29 @@ is missing"
     put_file "$TMP/dicom.conf" "$DROPIN_DIR/dicom.conf" 0644 "$ROOT_OWN"
 fi
 
+# What was written above reaches the disk before the script says it is done or restarts
+# the service: a power cut must not leave an empty config.toml or unit file behind.
+sync
 if [ -n "$DESTDIR" ]; then
     say "staged into $DESTDIR (no user, owners or systemctl in a staging tree)"
     exit 0
 fi
-if [ "$MAKE_VENV" = 1 ] && [ "$MANAGE_USER" = 1 ]; then
+if [ "$CHECK" = 1 ]; then
     # The checks the service would fail on, run now as the service user: config, model
-    # sha256, runtime, folder permissions.
+    # sha256, runtime, folder permissions; with a new model, that model.
     # setpriv, not su/runuser: no PAM session, works in a chroot too. Numeric IDs: older
     # util-linux (Ubuntu 18.04's 2.31) takes no names.
+    check_args=(--config /etc/neuroedge/config.toml check)
+    [ -z "$SWITCH_TO" ] || check_args+=(--model "$MODELS/$SWITCH_TO")
     if ! setpriv --reuid="$(id -u "$SVC_USER")" --regid="$(id -g "$SVC_USER")" --init-groups -- \
-            "$PREFIX/venv/bin/edge-agent" --config /etc/neuroedge/config.toml check; then
+            "$PREFIX/venv/bin/edge-agent" "${check_args[@]}"; then
+        [ -z "$SWITCH_TO" ] || die "edge-agent check failed (above) with the model $SWITCH_TO: \
+$MODELS/current still names ${PREVIOUS:-no model}, so a restart or reboot keeps running that; \
+the service was not restarted. Fix the model (or give it a new version), then run install.sh again"
         die "edge-agent check failed (above): fix /etc/neuroedge/config.toml or the model, \
-then run install.sh again; the service was not started"
+then run install.sh again; the service was not (re)started"
     fi
+    [ -z "$SWITCH_TO" ] || switch_model "$SWITCH_TO"
 fi
 if [ "$SYSTEMCTL" = 0 ]; then
     say "installed; --no-systemctl: enable it with: systemctl enable --now edge-agent"
@@ -394,8 +455,16 @@ fi
 systemctl daemon-reload
 systemctl enable edge-agent.service >/dev/null 2>&1 || die "systemctl enable edge-agent failed"
 if [ "$START" = 1 ]; then
-    systemctl restart edge-agent.service || die "the service did not start: see \
-journalctl -u edge-agent -n 50"
+    if ! systemctl restart edge-agent.service; then
+        # A model that passed the check but fails in the service (its sandbox): go back to
+        # the model that ran, rather than leave the clinic without a service.
+        if [ -n "$SWITCH_TO" ] && [ -n "$PREVIOUS" ] && [ -d "$MODELS/$PREVIOUS" ]; then
+            switch_model "$PREVIOUS"
+            systemctl restart edge-agent.service && die "the service did not start with the \
+model $SWITCH_TO (journalctl -u edge-agent -n 50): switched back to $PREVIOUS, which runs again"
+        fi
+        die "the service did not start: see journalctl -u edge-agent -n 50"
+    fi
     say "edge-agent is running: systemctl status edge-agent; journalctl -u edge-agent -f"
 else
     say "edge-agent is enabled; start it with: systemctl start edge-agent"

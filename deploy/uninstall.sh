@@ -3,12 +3,14 @@
 #
 #   sudo deploy/uninstall.sh [--prefix DIR] [--data DIR] [--destdir DIR] [--no-systemctl]
 #
-# Removed: the systemd unit (stopped and disabled first) and its drop-ins, and the
-# virtual environment PREFIX/venv.
+# Removed: the systemd unit (stopped and disabled first), the DICOM drop-in install.sh
+# wrote (dicom.conf), and the virtual environment PREFIX/venv.
 # Kept, because they are records or configuration someone may need: the inbox and outbox
 # (reports, archive, quarantine, the daily index, the journal), the installed models
-# (reports name the model's sha256), /etc/neuroedge, and the neuroedge user and group
-# (they own the kept files). The script prints how to remove them by hand.
+# (reports name the model's sha256), /etc/neuroedge, the site's own drop-ins (systemctl
+# edit: a share's ReadWritePaths=, RequiresMountsFor=, limits), which a reinstall picks up
+# again, and the neuroedge user and group (they own the kept files). The script prints how
+# to remove them by hand.
 set -euo pipefail
 
 die() { printf 'uninstall.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -42,9 +44,21 @@ if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/
     # Stopping lets the agent finish the file in hand (SIGTERM); nothing is lost either way.
     systemctl disable --now edge-agent.service 2>/dev/null || true
 fi
-if [ -e "$D$UNIT" ] || [ -d "$D$UNIT.d" ]; then
-    rm -rf "$D$UNIT" "$D$UNIT.d"
+if [ -e "$D$UNIT" ]; then
+    rm -f "$D$UNIT"
     say "removed $UNIT"
+fi
+if [ -e "$D$UNIT.d/dicom.conf" ]; then
+    rm -f "$D$UNIT.d/dicom.conf"
+    say "removed $UNIT.d/dicom.conf"
+fi
+rmdir "$D$UNIT.d" 2>/dev/null || true
+# Only install.sh's own files go: a drop-in the site wrote is its configuration.
+KEPT_DROPINS=""
+if [ -d "$D$UNIT.d" ]; then
+    KEPT_DROPINS=$UNIT.d
+    say "kept the site's own drop-ins in $UNIT.d ($(ls -A "$D$UNIT.d" | paste -sd' ')): \
+a reinstall uses them again"
 fi
 if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
@@ -57,5 +71,5 @@ fi
 
 say "kept the data: $DATA (inbox, outbox: reports, archive, quarantine)"
 say "kept the models in $PREFIX/models and the configuration in /etc/neuroedge"
-say "to delete them too, after saving what you need: rm -r $DATA $PREFIX /etc/neuroedge; \
-userdel neuroedge"
+say "to delete them too, after saving what you need: rm -r $DATA $PREFIX /etc/neuroedge\
+${KEPT_DROPINS:+ $KEPT_DROPINS}; userdel neuroedge"

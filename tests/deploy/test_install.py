@@ -17,13 +17,19 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
+import deploy_fixtures
 import pytest
 
 from edge.config import load_config
 from edge.manifest import ModelManifest, TensorSpec, sha256_file, write_manifest
 from edge.preprocess import DEFAULT_SPEC
+
+# shared fixtures (not a conftest.py: see deploy_fixtures)
+device_model = deploy_fixtures.device_model
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -171,6 +177,35 @@ def test_custom_paths_are_written_into_unit_and_config(tmp_path: Path, model: Pa
     assert (dest / "data/clinic/inbox").is_dir() and (dest / "srv/neuro/models/toy-1.0.0").is_dir()
 
 
+def test_an_upgrade_that_forgot_data_is_refused_before_changing_anything(
+        tmp_path: Path, model: Path) -> None:
+    """The kept config.toml names the first install's --data; an upgrade without it used to
+    rewrite the unit's ReadWritePaths= to /var/lib/neuroedge, leaving the agent's own folders
+    read-only in its sandbox: the service then stopped with exit 78, not restarted."""
+    dest = tmp_path / "root"
+    run(INSTALL, "--destdir", str(dest), "--model", str(model), "--no-venv",
+        "--data", "/data/clinic")
+    before = snapshot(dest)
+    proc = run(INSTALL, "--destdir", str(dest), "--no-venv", check=False)
+    assert proc.returncode == 1
+    assert 'inbox = "/data/clinic/inbox", outbox = "/data/clinic/outbox"' in proc.stderr
+    assert "pass the --data the first install was given" in proc.stderr
+    assert snapshot(dest) == before  # nothing changed, not even a folder created
+    # the documented way to put the inbox elsewhere, a drop-in, is accepted
+    config = dest / "etc/neuroedge/config.toml"
+    config.write_text(config.read_text().replace('"/data/clinic/inbox"', '"/mnt/pacs/inbox"'))
+    proc = run(INSTALL, "--destdir", str(dest), "--no-venv", "--data", "/data/clinic",
+               check=False)
+    assert proc.returncode == 1 and 'inbox = "/mnt/pacs/inbox"' in proc.stderr
+    assert "outbox" not in proc.stderr.split("where the service")[0]
+    dropin = dest / "etc/systemd/system/edge-agent.service.d"
+    dropin.mkdir()
+    (dropin / "override.conf").write_text("[Service]\nReadWritePaths=/mnt/pacs/inbox\n")
+    run(INSTALL, "--destdir", str(dest), "--no-venv", "--data", "/data/clinic")
+    unit = (dest / "etc/systemd/system/edge-agent.service").read_text()
+    assert "ReadWritePaths=-/data/clinic/inbox -/data/clinic/outbox" in unit
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda m: (m / "model.tflite").write_bytes(b"other bytes"), "corrupt"),
     (lambda m: (m / "model.json").unlink(), "has no model.json"),
@@ -193,6 +228,35 @@ def test_changed_model_with_the_same_version_is_refused(tmp_path: Path, model: P
     proc = run(INSTALL, "--destdir", str(dest), "--model", str(other), "--no-venv", check=False)
     assert proc.returncode == 1 and "new version" in proc.stderr
     assert (dest / "opt/neuroedge/models/toy-1.0.0/model.tflite").read_bytes() == b"tflite bytes"
+
+
+def test_files_reach_the_disk_before_the_link_that_names_them(tmp_path: Path,
+                                                               model: Path) -> None:
+    """A power cut just after an upgrade must not leave models/current naming a folder whose
+    files never reached the disk (the agent would then refuse to start: exit 78, not
+    restarted), nor an empty config.toml. The system calls of a real run say whether the
+    data was flushed before the link was switched, and before the script ended."""
+    strace = shutil.which("strace")
+    if strace is None or subprocess.run([strace, "-o", os.devnull, "true"],
+                                        capture_output=True).returncode != 0:
+        pytest.skip("needs a working strace (apt install strace; ptrace allowed)")
+    log = tmp_path / "calls"
+    dest = tmp_path / "root"
+    proc = subprocess.run(
+        [strace, "-f", "-qq", "-o", str(log), "-e",
+         "trace=sync,syncfs,fsync,fdatasync,rename,renameat,renameat2",
+         "bash", str(INSTALL), "--destdir", str(dest), "--model", str(model), "--no-venv"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()
+             if "(" in line and "= 0" in line]
+    syncs = [i for i, call in enumerate(calls) if call.startswith(("sync", "fsync", "fdatasync"))]
+    renames = [i for i, call in enumerate(calls) if call.startswith("rename")]
+    model_in_place = [i for i in renames if '/toy-1.0.0"' in calls[i]]
+    link = [i for i in renames if '/current"' in calls[i]]
+    assert len(model_in_place) == 1 and len(link) == 1, calls
+    assert any(model_in_place[0] < i < link[0] for i in syncs), calls
+    assert syncs and syncs[-1] > renames[-1], calls  # config.toml and the unit too
 
 
 @pytest.mark.parametrize("args, message", [
@@ -244,7 +308,13 @@ def test_uninstall_removes_the_service_and_keeps_the_data(tmp_path: Path, model:
     (venv / "edge-agent").write_text("#!/bin/sh\n")
     dropin = dest / "etc/systemd/system/edge-agent.service.d"
     dropin.mkdir()
-    (dropin / "override.conf").write_text("[Service]\nNice=5\n")
+    ours = dropin / "dicom.conf"  # as install.sh --dicom writes it
+    ours.write_text("[Service]\nPrivateNetwork=no\n")
+    # the site's own (systemctl edit): a share's ReadWritePaths= is configuration, and
+    # without it a reinstalled agent cannot move files out of that share
+    override = dropin / "override.conf"
+    override.write_text("[Unit]\nRequiresMountsFor=/mnt/pacs\n"
+                        "[Service]\nReadWritePaths=/mnt/pacs/inbox\n")
     inbox_file = dest / "var/lib/neuroedge/inbox/scan.dcm"
     inbox_file.write_bytes(b"waiting")
     report = dest / "var/lib/neuroedge/outbox/reports/abc.json"
@@ -253,12 +323,18 @@ def test_uninstall_removes_the_service_and_keeps_the_data(tmp_path: Path, model:
 
     out = run(UNINSTALL, "--destdir", str(dest)).stdout
     assert not (dest / "etc/systemd/system/edge-agent.service").exists()
-    assert not dropin.exists() and not (dest / "opt/neuroedge/venv").exists()
+    assert not ours.exists() and not (dest / "opt/neuroedge/venv").exists()
+    assert override.read_text().endswith("ReadWritePaths=/mnt/pacs/inbox\n")
+    assert "kept the site's own drop-ins" in out and "override.conf" in out
     assert inbox_file.read_bytes() == b"waiting" and report.read_text() == "{}"
     assert (dest / "etc/neuroedge/config.toml").is_file()
     assert (dest / "opt/neuroedge/models/toy-1.0.0/model.tflite").is_file()
     assert "kept the data" in out
     run(UNINSTALL, "--destdir", str(dest))  # again: nothing left to remove, no error
+    assert override.is_file()
+    # a reinstall finds the site's drop-in where systemd reads it
+    run(INSTALL, "--destdir", str(dest), "--model", str(model), "--no-venv")
+    assert override.is_file() and (dest / "etc/systemd/system/edge-agent.service").is_file()
 
 
 # --- as root, for real, in a private mount namespace -------------------------------------------
@@ -324,3 +400,90 @@ def test_root_install_sets_owners_and_is_idempotent(tmp_path: Path, model: Path)
     assert "created" not in out and "wrote" not in out
     after = {k: v for k, v in snapshot(tmp_path).items() if k in before}
     assert after == before
+
+
+# --- as root, with an agent the service user can run: the model is checked before use ----------
+
+UPGRADE_SCRIPT = r"""
+set -eu
+[ -d "$T/etc" ] || cp -a /etc "$T/etc"
+mount --bind "$T/etc" /etc
+bash "$INSTALL" --prefix "$T/opt" --data "$T/data" --no-venv --no-systemctl "$@"
+"""
+
+
+def _service_venv(venv: Path) -> str:
+    """A venv at ``venv`` whose ``bin/edge-agent`` runs this checkout with this venv's
+    packages, for a user who cannot read this interpreter's home (pip would need an index).
+    Returns why it cannot be made here, or ""."""
+    python = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
+    if not python.is_file():
+        return f"no {python} (the same Python version as this venv, outside /root)"
+    packages = Path(sysconfig.get_paths()["purelib"])
+    for folder in (packages, REPO):
+        for part in [folder, *folder.parents]:
+            if not part.stat().st_mode & stat.S_IXOTH:
+                return f"{part} cannot be entered by other users"
+    subprocess.run([str(python), "-m", "venv", "--without-pip", str(venv)], check=True,
+                   capture_output=True, timeout=120)
+    site = venv / "lib" / python.name / "site-packages"
+    # addsitedir also runs that folder's .pth files (the editable install of this checkout)
+    (site / "neuroedge-test.pth").write_text(f"import site; site.addsitedir({str(packages)!r})\n")
+    agent = venv / "bin" / "edge-agent"
+    agent.write_text(f"#!{venv}/bin/python\nimport sys\nfrom edge.entry import main\n"
+                     "sys.exit(main())\n")
+    agent.chmod(0o755)
+    return ""
+
+
+@pytest.fixture()
+def open_tree():
+    """A folder the service user can enter (pytest's tmp_path is private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="neuroedge-deploy-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_a_model_that_fails_the_check_never_becomes_current(open_tree: Path,
+                                                            device_model: Path) -> None:
+    """A new model the runtime cannot load used to become models/current before
+    `edge-agent check` failed: the running agent went on with the old one, and the next
+    restart or reboot left the service failed (exit 69, not restarted)."""
+    why = _private_namespace_available() or _service_venv(open_tree / "opt" / "venv")
+    if why:
+        pytest.skip(why)
+    env = dict(os.environ, T=str(open_tree), INSTALL=str(INSTALL))
+
+    def install(model: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                               UPGRADE_SCRIPT, "install", "--model", str(model)], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    first = shutil.copytree(device_model, open_tree / "model-v1")
+    proc = install(first)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout  # the check ran, as the service user
+    models = open_tree / "opt" / "models"
+    v1 = os.readlink(models / "current")
+    assert v1.startswith("toy-brightness-")
+
+    # bytes that match their manifest (install.sh accepts them) but are no TFLite model
+    broken = make_model(open_tree / "broken", version="9.0.0", payload=b"not a tflite model")
+    proc = install(broken)
+    assert proc.returncode == 1
+    assert "check failed" in proc.stderr and f"current still names {v1}" in proc.stderr
+    assert os.readlink(models / "current") == v1
+    assert (models / v1 / "model.tflite").read_bytes() == (first / "model.tflite").read_bytes()
+
+    # a good new version passes the check and becomes current
+    second = shutil.copytree(device_model, open_tree / "model-v2")
+    manifest = json.loads((second / "model.json").read_text())
+    manifest["version"] = "2"
+    (second / "model.json").write_text(json.dumps(manifest))
+    proc = install(second)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.readlink(models / "current") == "toy-brightness-2"
+    assert "the agent now runs model toy-brightness-2" in proc.stdout
