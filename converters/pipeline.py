@@ -44,6 +44,7 @@ from converters.source import load_keras_model, resolve_source
 from edge.durable import fsync_dir, install_files
 from edge.manifest import MANIFEST_NAME, load_verified, write_manifest
 from edge.preprocess import scale
+from edge.views import TEST_TIMES, with_views
 from trainer.data import scan_split, stratified_indices
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class ConvertOptions:
     force: bool = False
     command: tuple[str, ...] = ()
     trust: bool = True  # fit the trust checks of a model that passed (converters.trust)
+    test_time: str = "none"  # edge.views: the answers are measured and shipped this way
 
 
 @dataclass
@@ -111,6 +113,9 @@ def _validate(opts: ConvertOptions) -> list[tuple[str, str]]:
             raise UsageError(f"{name} must be at least {low}, got {value}")
     if opts.seed < 0:
         raise UsageError(f"--seed must be 0 or more, got {opts.seed}")
+    if opts.test_time not in TEST_TIMES:
+        raise UsageError(f"--test-time must be one of {', '.join(TEST_TIMES)}, "
+                         f"got {opts.test_time!r}")
     th = opts.thresholds
     if not 0.0 <= th.max_drop_pp <= 100.0:
         raise UsageError(f"--max-drop is in percentage points (0-100), got {th.max_drop_pp}")
@@ -225,7 +230,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
         return build_manifest(source=source, mode=mode, model_path=model_path,
                               input_spec=input_spec, output_spec=output_spec,
                               output_kind=output_kind, version=version, provenance_info=prov,
-                              **extra)
+                              test_time=opts.test_time, **extra)
 
     write_manifest(manifest_with(), staging / MANIFEST_NAME)
     manifest, _ = load_verified(staging)
@@ -237,10 +242,13 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
     other_checks = []
     if classifier is not None:
         edge_check.compared_with = ""
-        float_probs = predict_batched(keras_predictor(model, output_kind), eval_set.images, spec,
-                                      "float model")
+        # float and converted model answer as the agent will run them (edge.views); the
+        # runtime checks below compare single views, the interpreter's own output
+        float_predict = with_views(keras_predictor(model, output_kind), opts.test_time)
+        quant_predict = with_views(classifier.predict, opts.test_time)
+        float_probs = predict_batched(float_predict, eval_set.images, spec, "float model")
         require_finite(float_probs, source.keras_path, f"{len(float_probs)} evaluation images")
-        quant_probs = predict_batched(classifier.predict, eval_set.images, spec,
+        quant_probs = predict_batched(quant_predict, eval_set.images, spec,
                                       f"{mode} model ({edge_check.name})")
         labels = list(source.labels)
         comparison = compare(eval_set.labels, float_probs, quant_probs, labels, mode)
@@ -251,7 +259,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
             dedup["list"] = _portable(dedup_path)
         external = external_check.score(
             external_sets, labels, spec,
-            {"float": keras_predictor(model, output_kind), "quantized": classifier.predict})
+            {"float": float_predict, "quantized": quant_predict})
         reference = classifier.predict(probe)
         float_probe = float_probs[probe_idx]  # the probe is drawn from the evaluation set
         record_float_closeness(edge_check, reference, float_probe)
@@ -267,6 +275,7 @@ def _convert_and_publish(opts: ConvertOptions, source: Any, model: Any, calibrat
         "format": REPORT_FORMAT,
         "passed": gate.passed,
         "mode": mode,
+        "test_time": opts.test_time,
         "created_utc": prov["created_utc"],
         "source": {"model": str(source.keras_path), "sha256": source.sha256,
                    "run_dir": str(source.run_dir) if source.run_dir else None,

@@ -84,7 +84,8 @@ def build_manifest(*, source: SourceModel, mode: str, model_path: Path, input_sp
                    metrics: dict[str, Any] | None = None,
                    thresholds: dict[str, Any] | None = None,
                    verified_runtimes: list[dict[str, Any]] | None = None,
-                   provenance_info: dict[str, Any] | None = None) -> ModelManifest:
+                   provenance_info: dict[str, Any] | None = None,
+                   test_time: str = "none") -> ModelManifest:
     """A manifest for ``model_path`` (hashed now); validated when written."""
     return ModelManifest(
         name=source.name,
@@ -103,6 +104,7 @@ def build_manifest(*, source: SourceModel, mode: str, model_path: Path, input_sp
         thresholds=dict(thresholds or {}),
         verified_runtimes=tuple(verified_runtimes or ()),
         provenance=dict(provenance_info or {}),
+        test_time=test_time,
     )
 
 

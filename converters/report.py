@@ -95,6 +95,11 @@ def summary_text(report: dict[str, Any]) -> str:
     if conv.get("keep_float_ops"):
         kept = ", ".join(f"{op} x{n}" for op, n in conv["float_ops"].items())
         lines.append(f"  kept in float32 (--keep-float): {kept}; input and output int8")
+    if report.get("test_time", "none") != "none":
+        from edge.views import DESCRIPTIONS
+
+        lines.append(f"  test time: {report['test_time']}: every answer below is "
+                     f"{DESCRIPTIONS[report['test_time']]}, as the agent will run it")
     lines.append("")
     if report.get("evaluation"):
         ev = report["evaluation"]

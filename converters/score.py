@@ -41,6 +41,7 @@ def score_model(model_dir: Path, data: Path | None, *, dedup_list: Path | None =
     from converters.evaluate import predict_batched
     from edge.manifest import load_verified
     from edge.runtime import TFLiteClassifier
+    from edge.views import with_views
     from trainer.metrics import compute_metrics
 
     manifest, model_path = load_verified(model_dir)
@@ -48,14 +49,16 @@ def score_model(model_dir: Path, data: Path | None, *, dedup_list: Path | None =
     spec = manifest.preprocess
     sets = external_check.load_sets(external, default_external, labels, spec)
     classifier = TFLiteClassifier(model_path, manifest)
+    predict = with_views(classifier.predict, manifest.test_time)  # as the agent runs it
     result: dict[str, Any] = {"model": str(model_path), "name": manifest.name,
                               "version": manifest.version,
                               "architecture": manifest.architecture,
                               "quantization": manifest.quantization,
+                              "test_time": manifest.test_time,
                               "runtime": f"{classifier.runtime.name} {classifier.runtime.version}"}
     if data is not None:
         eval_set = datasets.evaluation_set(data, "Testing", labels, spec, eval_limit, seed)
-        probs = predict_batched(classifier.predict, eval_set.images, spec, manifest.quantization)
+        probs = predict_batched(predict, eval_set.images, spec, manifest.quantization)
         official = compute_metrics(eval_set.labels, probs, list(labels))
         result["official"] = {"set": eval_set.name, "n": len(eval_set.labels),
                               "accuracy_pct": round(100 * official["accuracy"], 3),
@@ -71,15 +74,17 @@ def score_model(model_dir: Path, data: Path | None, *, dedup_list: Path | None =
                                       "accuracy_pct": round(100 * dd["accuracy"], 3)}
         del probs
     result["external"] = external_check.score(sets, labels, spec,
-                                              {"quantized": classifier.predict})
+                                              {"quantized": predict})
     return result
 
 
 def text(result: dict[str, Any]) -> str:
     from converters.external_check import table_lines
 
+    test_time = result.get("test_time", "none")
     lines = [f"{result['name']} {result['version']} ({result['architecture']}, "
-             f"{result['quantization']}) on {result['runtime']}: {result['model']}"]
+             f"{result['quantization']}{'' if test_time == 'none' else ', ' + test_time}) on "
+             f"{result['runtime']}: {result['model']}"]
     if "official" in result:
         off = result["official"]
         lines.append(f"  official test split ({off['set']}): {off['accuracy_pct']:.2f}% "

@@ -21,6 +21,7 @@ import click
 from converters.errors import EX_USAGE, EXIT_REJECTED
 from converters.export import MODE_HELP
 from converters.selective import parse_op_list
+from edge.views import TEST_TIMES
 
 log = logging.getLogger("converters.tflite")
 
@@ -103,6 +104,11 @@ def _mode_option(mode: str) -> click.Option:
 @click.option("--no-trust", is_flag=True,
               help="Do not fit the trust checks (temperature, 'unlike the training data', "
                    "heat-map; docs/trust.md) of a model that passes.")
+@click.option("--test-time", type=click.Choice(TEST_TIMES), default="none", show_default=True,
+              help="How the agent runs the model, recorded in the manifest (format 3): "
+                   "'mirror-mean' averages the answers for the picture and its left-right "
+                   "mirror image (twice the inference time). The gate measures float and "
+                   "converted model that way.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: bool,
          keep_float_text: str | None, model: Path, data: Path, out: Path, labels: str | None,
@@ -112,7 +118,8 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
          dedup_list: Path | None, no_dedup: bool, external: tuple[Path, ...], no_external: bool,
          max_drop: float, min_agreement: float,
          check_runtimes: tuple[str, ...], require_runtimes: tuple[str, ...], probe_images: int,
-         debug_samples: int, force: bool, no_trust: bool, verbose: bool) -> None:
+         debug_samples: int, force: bool, no_trust: bool, test_time: str,
+         verbose: bool) -> None:
     """Convert a trained model to TFLite and refuse it unless it matches the float model."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -143,7 +150,8 @@ def main(mode_int8: bool, mode_float16: bool, mode_dynamic: bool, mode_float32: 
         default_external=not no_external,
         thresholds=Thresholds(max_drop, min_agreement), check_runtimes=check_runtimes,
         require_runtimes=require_runtimes, probe_images=probe_images,
-        debug_samples=debug_samples, force=force, command=tuple(sys.argv), trust=not no_trust)
+        debug_samples=debug_samples, force=force, command=tuple(sys.argv), trust=not no_trust,
+        test_time=test_time)
     try:
         outcome = run_conversion(options)
     except EdgeError as exc:  # ConverterError and TrainerError derive from it

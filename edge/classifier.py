@@ -28,6 +28,7 @@ from .manifest import MANIFEST_NAME, ModelManifest, default_model_dir, load_veri
 from .preprocess import resize_uint8, scale
 from .runtime import TFLiteClassifier
 from .trust import Assessment, TrustModel
+from .views import views
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Classifier:
         return {"name": m.name, "version": m.version, "architecture": m.architecture,
                 "sha256": m.model_sha256, "quantization": m.quantization,
                 "labels": list(m.labels), "runtime": self.runtime_name,
-                "file": self.model_path.name}
+                "file": self.model_path.name, "test_time": m.test_time}
 
     def self_test(self) -> np.ndarray:
         """Run the model once on a blank picture: proves the runtime can execute it."""
@@ -113,8 +114,12 @@ class Classifier:
         model_input = scale(pixels, spec)
         t1 = time.perf_counter()
         probs, outputs = self._model.predict_with_outputs(model_input)
+        # the manifest's test-time views (edge.views): the answer is their mean; the trust
+        # score and the heat-map are the picture's own
+        others = [self.trust.assess(*self._model.predict_with_outputs(view), ood=False)
+                  for view in views(model_input, self.manifest.test_time)[1:]]
         t2 = time.perf_counter()
-        assessment = self.trust.assess(probs, outputs)
+        assessment = self.trust.assess(probs, outputs).averaged_with(others)
         prediction = self._decide(assessment, pixels, {"preprocess": (t1 - t0) * 1000,
                                                        "inference": (t2 - t1) * 1000})
         index = self.labels.index(prediction.label)

@@ -20,7 +20,10 @@ from .errors import ManifestError, ModelIntegrityError
 from .preprocess_spec import PreprocessSpec
 
 FORMAT_VERSION = 2  # what this agent writes when a model has trust outputs; else 1
-READABLE_VERSIONS = (1, 2)
+TEST_TIME_FORMAT = 3  # ... and when it names a test-time procedure
+NONE = "none"
+TEST_TIMES = (NONE, "mirror-mean")  # how the agent runs the model (edge.views does it)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "model.json"
 QUANTIZATIONS = ("int8", "float16", "dynamic", "float32")
 DTYPES = ("int8", "uint8", "float32", "float16")
@@ -101,6 +104,11 @@ class ModelManifest:
     "unlike the training data" statistics (a file beside the model, hashed here) and
     threshold, the heat-map's source, and how they were fitted. A manifest without them
     is written as format 1, so older agents still read it.
+
+    Format 3 adds ``test_time`` (``edge.views``): answers averaged over the picture and its
+    mirror image (``mirror-mean``). It changes what the model's answers are, so a manifest
+    that names one is format 3, which older agents refuse instead of running the model
+    another way than it was measured; ``none`` is left out and keeps format 1 or 2.
     """
 
     name: str
@@ -121,10 +129,14 @@ class ModelManifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, NamedOutput] = field(default_factory=dict)
     trust: dict[str, Any] = field(default_factory=dict)
+    test_time: str = NONE
 
     @property
     def format_version(self) -> int:
-        """2 when the manifest has outputs or trust (what older agents cannot read), else 1."""
+        """3 with a test-time procedure, 2 with outputs or trust (what older agents cannot
+        read), else 1."""
+        if self.test_time != NONE:
+            return TEST_TIME_FORMAT
         return FORMAT_VERSION if (self.outputs or self.trust) else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +150,8 @@ class ModelManifest:
             data["outputs"] = {k: v.to_dict() for k, v in self.outputs.items()}
         else:  # nothing of format 2: older agents can read it
             del data["outputs"], data["trust"]
+        if self.test_time == NONE:
+            del data["test_time"]
         return data
 
     @property
@@ -151,7 +165,7 @@ class ModelManifest:
         required = ("format_version", "name", "version", "architecture", "labels", "model_file",
                     "model_sha256", "quantization", "input", "output", "preprocess")
         optional = ("output_kind", "source_model_sha256", "metrics", "thresholds",
-                    "verified_runtimes", "provenance", "outputs", "trust")
+                    "verified_runtimes", "provenance", "outputs", "trust", "test_time")
         _require_keys(data, required, optional, "manifest")
         if data["format_version"] not in READABLE_VERSIONS:
             raise ManifestError(
@@ -160,6 +174,13 @@ class ModelManifest:
                 "re-export the model")
         if data["format_version"] == 1 and ("outputs" in data or "trust" in data):
             raise ManifestError("manifest.outputs and manifest.trust need format_version 2")
+        test_time = data.get("test_time", NONE)
+        if test_time not in TEST_TIMES:
+            raise ManifestError(f"manifest.test_time must be one of {', '.join(TEST_TIMES)}, "
+                                f"got {test_time!r}")
+        if test_time != NONE and data["format_version"] < TEST_TIME_FORMAT:
+            raise ManifestError(f"manifest.test_time {test_time!r} needs format_version "
+                                f"{TEST_TIME_FORMAT}")
         for key in ("name", "version", "architecture", "model_file", "model_sha256"):
             if not isinstance(data[key], str) or not data[key]:
                 raise ManifestError(f"manifest.{key} must be a non-empty string")
@@ -208,7 +229,7 @@ class ModelManifest:
             source_model_sha256=data.get("source_model_sha256", ""),
             metrics=dict(data.get("metrics", {})), thresholds=dict(data.get("thresholds", {})),
             verified_runtimes=tuple(runtimes), provenance=dict(data.get("provenance", {})),
-            outputs=outputs, trust=dict(trust),
+            outputs=outputs, trust=dict(trust), test_time=test_time,
         )
 
 

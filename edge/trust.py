@@ -23,7 +23,7 @@ beside it; the device only does NumPy arithmetic on the model's own extra output
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,18 @@ class Assessment:
     ood_threshold: float | None = None
     ood_share_below: float | None = None
 
+    def averaged_with(self, others: list[Assessment]) -> Assessment:
+        """This assessment with the probabilities averaged over it and ``others``, the other
+        test-time views of the same picture (``edge.views``). The "unlike the training data"
+        score stays this one's, the picture as it is, which its threshold was fitted on."""
+        if not others:
+            return self
+        every = [self, *others]
+        uncalibrated = (None if any(a.uncalibrated is None for a in every)
+                        else np.mean([a.uncalibrated for a in every], axis=0))
+        return replace(self, probabilities=np.mean([a.probabilities for a in every], axis=0),
+                       uncalibrated=uncalibrated)
+
     @property
     def in_distribution(self) -> bool | None:
         if self.ood_score is None or self.ood_threshold is None:
@@ -267,14 +279,16 @@ class TrustModel:
         weights, baseline = self.class_activation
         return weights[:, label_index], baseline[..., label_index]
 
-    def assess(self, probabilities: np.ndarray, outputs: dict[str, np.ndarray]) -> Assessment:
+    def assess(self, probabilities: np.ndarray, outputs: dict[str, np.ndarray],
+               ood: bool = True) -> Assessment:
+        """``ood=False``: the probabilities only (another test-time view of a picture)."""
         probs = np.asarray(probabilities, dtype=np.float64)
         result = Assessment(probabilities=probs, calibrated=False, uncalibrated=probs)
         if self.temperature is not None and "logits" in outputs:
             result.probabilities = softmax(outputs["logits"], self.temperature)
             result.calibrated = True
             result.temperature = self.temperature
-        if self.ood is not None:
+        if ood and self.ood is not None:
             result.ood_score = self.ood.score(outputs)
             result.ood_threshold = self.ood.threshold
             result.ood_share_below = self.ood.share_below(result.ood_score)

@@ -18,8 +18,10 @@
 #
 # Back in $OUT (8 files at most, 16 MiB each, 64 MiB together):
 #   results.tar.gz       run.json, history, evaluation (metrics with the external check,
-#                        Table 3, figures, predictions) and logs of every run, and the
-#                        SMALL_MODELS' model.keras
+#                        Table 3, figures, predictions), evaluation-mirror-mean (the same,
+#                        each answer the mean over the picture and its mirror image:
+#                        docs/results.md) and logs of every run, and the SMALL_MODELS'
+#                        model.keras
 #   weights-RUN.part-NN  model.keras of each returned run in 15 MiB parts; weights.sha256
 #                        names them (trainer/campaign-collect.sh reassembles and checks)
 #   campaign.log         this script's output, ending with a table of every run
@@ -150,6 +152,8 @@ for entry in $MODELS; do  # NAME, or NAME:ARCH[:OPTION,VALUE,...] for a variant
             ${EPOCHS:+--epochs "$EPOCHS"} --runs-dir "$WORK/runs" --name "$model" \
             --time-limit "$limit" ${LIMIT:+--limit "$LIMIT"} $(extra_args "$arch") $options \
         && "$PYTHON" -m trainer evaluate "$WORK/runs/$model" \
+            --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"} "${external_args[@]}" \
+        && "$PYTHON" -m trainer evaluate "$WORK/runs/$model" --test-time mirror-mean \
             --dedup-list "$WORK/dedup_test.txt" ${LIMIT:+--limit "$LIMIT"} "${external_args[@]}"
         echo "exit status $?"
     ) > "$WORK/logs/$model.log" 2>&1 &
@@ -190,7 +194,8 @@ say "returning the weights of: ${best:-none}"
     cd "$WORK" || exit 1
     keep=(logs dedup_test.txt return.txt)
     for model in "${names[@]}"; do
-        for f in run.json history.json history.csv data_split.json evaluation; do
+        for f in run.json history.json history.csv data_split.json evaluation \
+                evaluation-mirror-mean; do
             [ -e "runs/$model/$f" ] && keep+=("runs/$model/$f")
         done
     done

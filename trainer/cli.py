@@ -23,6 +23,7 @@ import click
 
 from edge.durable import write_bytes_atomic
 from edge.errors import EX_INTERRUPTED
+from edge.views import TEST_TIMES
 from trainer.errors import OptionError, TrainerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -298,11 +299,16 @@ def train(ctx: click.Context, **opts: Any) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False))
 @click.option("--no-cache", is_flag=True)
 @_external_options
+@click.option("--test-time", type=click.Choice(TEST_TIMES), default="none", show_default=True,
+              help="'mirror-mean': every answer is the mean over the picture and its "
+                   "left-right mirror image, as an agent runs a model converted with "
+                   "--test-time mirror-mean (default --out: RUN/evaluation-mirror-mean).")
 @click.pass_context
 @_user_errors
 def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | None,
              out: str | None, limit: int | None, batch_size: int, cache_dir: str | None,
-             no_cache: bool, external: tuple[str, ...], no_external: bool) -> None:
+             no_cache: bool, external: tuple[str, ...], no_external: bool,
+             test_time: str) -> None:
     """Score RUN's model on the Testing split: official and deduplicated, side by side, and
     on external folders (default ../shared/data/br35h-tumour when present)."""
     from trainer.evaluate import evaluate_run
@@ -316,7 +322,7 @@ def evaluate(ctx: click.Context, run: str, data: str | None, dedup_list: str | N
     result = evaluate_run(run, data, dedup_list=dedup_list, out_dir=out, limit=limit,
                           batch_size=batch_size, cache_dir=cache_dir, use_cache=not no_cache,
                           progress=not ctx.obj["quiet"], external=external,
-                          default_external=not no_external)
+                          default_external=not no_external, test_time=test_time)
     click.echo(result["table_markdown"])
     click.echo(f"written to {result['out_dir']}")
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from edge.durable import unwritable_reason
 from edge.preprocess import PreprocessSpec
+from edge.views import NONE, TEST_TIMES, views
 from trainer.data import load_split
 from trainer.errors import DataError, OptionError, OutputError, RunError
 from trainer.runs import RunFolder, write_json_atomic, write_text_atomic
@@ -142,12 +143,19 @@ def evaluate_run(
     progress: bool = False,
     external: Sequence[str | os.PathLike] | None = None,
     default_external: bool = True,
+    test_time: str = NONE,
 ) -> dict[str, Any]:
     """Predict the Testing split with RUN's model; write metrics.json, table.md, plots.
 
     ``external`` folders (default: ``trainer.external.default_external_dirs`` unless
     ``default_external`` is False) are scored too: metrics.json's ``external``.
+    ``test_time`` (``edge.views``): every answer is the mean over the views, as an agent
+    runs a model converted with ``--test-time``; written to RUN/evaluation-<test_time> by
+    default.
     """
+    if test_time not in TEST_TIMES:
+        raise OptionError(f"--test-time must be one of {', '.join(TEST_TIMES)}, "
+                          f"got {test_time!r}")
     if batch_size < 1:
         raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -156,7 +164,8 @@ def evaluate_run(
     record = run.read_record()
     if not run.model.is_file():
         raise RunError(_no_model(run, record.status, record.raw))
-    out = Path(out_dir).expanduser() if out_dir else run.evaluation
+    out = (Path(out_dir).expanduser() if out_dir else run.evaluation if test_time == NONE
+           else run.path / f"evaluation-{test_time}")
     reason = unwritable_reason(out, folder=True)
     if reason is not None:  # before the test split is decoded and predicted
         raise OutputError(f"cannot write the evaluation to {out}: {reason}; pass another --out")
@@ -194,21 +203,21 @@ def evaluate_run(
     import keras
 
     import trainer.layers  # noqa: F401 - registers the custom layers for loading
-    from trainer.batches import EvaluationBatches
     from trainer.metrics import compute_metrics, table3_markdown
     from trainer.xla import avoid_cpu_xla
 
     model = avoid_cpu_xla(keras.saving.load_model(run.model, compile=False))
     started = time.perf_counter()
-    probs = np.asarray(model.predict(
-        EvaluationBatches(test.images, None, len(labels), batch_size, spec=spec),
-        verbose=1 if progress and sys.stdout.isatty() else 0), dtype=np.float64)
+    probs = _predict(model, test.images, len(labels), batch_size, spec, test_time,
+                     verbose=1 if progress and sys.stdout.isatty() else 0)
     seconds = time.perf_counter() - started
     _require_finite(run, probs, f"{len(test)} test images")
-    external_results = [_score_external(model, ext, labels, spec, batch_size)
+    external_results = [_score_external(model, ext, labels, spec, batch_size, test_time)
                         for ext in external_sets]
 
     name = architecture + (" (no ImageNet weights)" if record.no_imagenet_weights else "")
+    if test_time != NONE:
+        name += f", {test_time}"
     official = compute_metrics(test.labels, probs, labels)
     deduplicated = (compute_metrics(test.labels[in_dedup], probs[in_dedup], labels)
                     if in_dedup is not None else None)
@@ -236,7 +245,7 @@ def evaluate_run(
         "no_imagenet_weights": record.no_imagenet_weights, "labels": labels,
         "data_dir": str(data_dir.resolve()), "limit": limit,
         "dedup_list": str(dedup_path.resolve()) if dedup_path else None,
-        "official": official, "deduplicated": deduplicated,
+        "test_time": test_time, "official": official, "deduplicated": deduplicated,
         "external": [{k: v for k, v in r.items() if k != "predictions"}
                      for r in external_results],
         "predict_seconds": round(seconds, 2),
@@ -296,15 +305,23 @@ def _calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return {"ece": calibration_error(probs, labels), "bins": reliability(probs, labels)}
 
 
-def _score_external(model: Any, ext: Any, labels: list[str], spec: PreprocessSpec,
-                    batch_size: int) -> dict[str, Any]:
-    """Predict one external folder with the Keras model and score it."""
+def _predict(model: Any, images: np.ndarray, classes: int, batch_size: int,
+             spec: PreprocessSpec, test_time: str, verbose: int = 0) -> np.ndarray:
+    """The Keras model's probabilities for uint8 ``images``, averaged over the test-time
+    views (``edge.views``, the device's code; one view for ``none``)."""
     from trainer.batches import EvaluationBatches
+
+    return np.mean([np.asarray(model.predict(
+        EvaluationBatches(view, None, classes, batch_size, spec=spec), verbose=verbose),
+        dtype=np.float64) for view in views(images, test_time)], axis=0)
+
+
+def _score_external(model: Any, ext: Any, labels: list[str], spec: PreprocessSpec,
+                    batch_size: int, test_time: str = NONE) -> dict[str, Any]:
+    """Predict one external folder with the Keras model and score it."""
     from trainer.external import external_metrics
 
-    probs = np.asarray(model.predict(
-        EvaluationBatches(ext.images, None, len(labels), batch_size, spec=spec), verbose=0),
-        dtype=np.float64)
+    probs = _predict(model, ext.images, len(labels), batch_size, spec, test_time)
     if not np.isfinite(probs).all():
         raise RunError(f"the model gives NaN or infinite probabilities for pictures of the "
                        f"external folder {ext.root}: its training diverged. Train a new run "

@@ -182,3 +182,55 @@ def test_deduplicated_subset_is_found_and_reported(tiny_run, tmp_path):
     manifest, _ = load_verified(tmp_path / "out")
     assert manifest.metrics["dedup"]["n"] == 32
     assert "Deduplicated subset" in outcome.summary
+
+
+def test_a_mirror_mean_model_is_gated_the_way_the_agent_will_run_it(tiny_run, tmp_path):
+    """--test-time mirror-mean: the manifest says so (format 3), and the gate's figures are
+    those of the mean over each picture and its mirror, float and int8 alike."""
+    from converters.score import score_model
+    from edge.views import MIRROR_MEAN
+
+    data_dir, run_dir = tiny_run
+    outcome = convert_tiny(run_dir, data_dir, tmp_path / "model", test_time=MIRROR_MEAN)
+    assert outcome.passed, outcome.summary
+    assert outcome.report["test_time"] == MIRROR_MEAN
+    assert "test time: mirror-mean" in outcome.summary
+    manifest, model_path = load_verified(tmp_path / "model")
+    assert manifest.test_time == MIRROR_MEAN and manifest.format_version == 3
+    assert manifest.trust  # the trust fit rewrote the manifest and kept the test time
+    # the int8 model's answers, by hand: the mean over each picture and its mirror image
+    test = datasets.evaluation_set(data_dir, "Testing", LABELS, manifest.preprocess, None, 0)
+    classifier = TFLiteClassifier(model_path, manifest)
+    plain = np.stack([classifier.predict(scale(image, manifest.preprocess))
+                      for image in test.images])
+    mirrored = np.stack([classifier.predict(scale(image[:, ::-1], manifest.preprocess))
+                         for image in test.images])
+    assert np.abs(plain - mirrored).max() > 0.01  # the views differ: the mean is not idle
+    by_hand = 100 * np.mean(((plain + mirrored) / 2).argmax(axis=1) == test.labels)
+    evaluation = outcome.report["evaluation"]
+    assert evaluation["quantized_accuracy_pct"] == pytest.approx(by_hand, abs=1e-3)
+    # ... and the float model's too: the largest float/int8 difference is the means'
+    import keras
+
+    import trainer.layers  # noqa: F401 - the custom layers
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    floats = [model.predict(scale(views, manifest.preprocess), verbose=0)
+              for views in (test.images, test.images[:, :, ::-1])]
+    means = np.abs((floats[0] + floats[1]) / 2 - (plain + mirrored) / 2).max()
+    alone = np.abs(floats[0] - plain).max()
+    assert evaluation["max_abs_prob_diff"] == pytest.approx(means, abs=2e-6)
+    assert abs(means - alone) > 1e-4  # so the figure tells the two apart
+    # converters.score reads the test time from the manifest
+    scored = score_model(tmp_path / "model", data_dir, auto_dedup=False, default_external=False)
+    assert scored["test_time"] == MIRROR_MEAN
+    assert scored["official"]["accuracy_pct"] == pytest.approx(by_hand, abs=1e-3)
+
+
+def test_an_unknown_test_time_is_refused_before_anything_is_converted(tiny_run, tmp_path):
+    from converters.errors import UsageError
+
+    data_dir, run_dir = tiny_run
+    with pytest.raises(UsageError, match="--test-time must be one of none, mirror-mean"):
+        convert_tiny(run_dir, data_dir, tmp_path / "model", test_time="rotate-mean")
+    assert not (tmp_path / "model").exists()

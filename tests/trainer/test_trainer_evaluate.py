@@ -127,3 +127,49 @@ def test_the_committed_list_is_the_last_resort_for_the_same_data_set(tmp_path, m
     run = RunFolder(tmp_path / "runs" / "some-run")
     assert find_dedup_list(run, tmp_path / "elsewhere" / "brain-tumor-mri") == COMMITTED_DEDUP_LIST
     assert find_dedup_list(run, tmp_path / "another-data-set") is None
+
+
+def _probabilities(folder, labels):
+    with open(folder / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {r["path"].rsplit(".", 1)[0]: [float(r[f"p_{c}"]) for c in labels] for r in rows}
+
+
+@pytest.mark.slow
+def test_mirror_mean_is_the_mean_of_the_pictures_and_their_mirror_images(trained, tmp_path):
+    """--test-time mirror-mean: each answer is the mean of the answers for the picture and for
+    its mirror image (checked against a copy of the test split mirrored on disk)."""
+    from PIL import Image
+
+    data, run = trained
+    mirror = tmp_path / "mirror"
+    for picture in (data / "Testing").rglob("*.*"):  # PNG and JPEG, mirrored into PNG
+        target = (mirror / picture.relative_to(data)).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(picture).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target)
+    result = CliRunner().invoke(main, ["evaluate", str(run.path), "--test-time", "mirror-mean",
+                                       "--no-external", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    out = run.path / "evaluation-mirror-mean"  # the default, beside RUN/evaluation
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_time"] == "mirror-mean"
+    assert "mlp, mirror-mean, official test split" in (out / "table.md").read_text()
+    labels = metrics["labels"]
+    plain = evaluate_run(run.path, out_dir=tmp_path / "plain", use_cache=False,
+                         default_external=False)
+    assert plain["test_time"] == "none"
+    evaluate_run(run.path, mirror, out_dir=tmp_path / "mirrored", use_cache=False,
+                 default_external=False)
+    both, one, other = (_probabilities(folder, labels)
+                        for folder in (out, tmp_path / "plain", tmp_path / "mirrored"))
+    assert both.keys() == one.keys() == other.keys() and len(both) == 24
+    expected = np.array([np.mean([one[p], other[p]], axis=0) for p in sorted(both)])
+    got = np.array([both[p] for p in sorted(both)])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert np.abs(got - np.array([one[p] for p in sorted(both)])).max() > 1e-3
+
+
+def test_an_unknown_test_time_is_a_usage_error(trained):
+    data, run = trained
+    result = CliRunner().invoke(main, ["evaluate", str(run.path), "--test-time", "rotate"])
+    assert result.exit_code == 2 and "'rotate' is not one of 'none', 'mirror-mean'" in result.output
