@@ -436,8 +436,15 @@ def verify_statistics_file(manifest: ModelManifest, folder: PathLike) -> Path | 
 
 
 def load_verified(model_dir_or_file: PathLike) -> tuple[ModelManifest, Path]:
-    """Load the manifest for a model and check the model's (and its statistics') sha256."""
+    """Load the manifest for a model and check the model's (and its statistics') sha256.
+
+    The model's folder is resolved once, first: through a link that an upgrade switches
+    (``models/current``, deploy/install.sh) the manifest, the model and its statistics
+    could otherwise be read from two versions, and a start-up that raced an upgrade would
+    refuse a good model. The returned path is the resolved one, so that whatever reads the
+    model later reads the version that was verified."""
     manifest_file = manifest_path_for(model_dir_or_file)
+    manifest_file = Path(os.path.realpath(manifest_file.parent)) / manifest_file.name
     manifest = load_manifest(manifest_file)
     model_path = manifest_file.parent / manifest.model_file
     verify_model_file(manifest, model_path)

@@ -45,6 +45,35 @@ def test_manifest_round_trip_and_integrity(tmp_path):
         load_verified(tmp_path)
 
 
+def test_a_model_link_switched_during_loading_still_gives_one_verified_version(
+        tmp_path, monkeypatch):
+    """deploy/install.sh switches models/current from one version's folder to the next. An
+    agent starting at that moment read the manifest through the old link and the model
+    through the new one: a good model refused (exit 78, which systemd does not restart)."""
+    import edge.manifest
+
+    for version, payload in (("1", b"model one"), ("2", b"model two")):
+        folder = tmp_path / f"toy-{version}"
+        folder.mkdir()
+        (folder / "model.tflite").write_bytes(payload)
+        write_manifest(make_manifest(sha256_file(folder / "model.tflite"), version=version),
+                       folder / "model.json")
+    current = tmp_path / "current"
+    current.symlink_to("toy-1")
+    read = edge.manifest.load_manifest
+
+    def read_then_upgrade(path):
+        manifest = read(path)
+        (tmp_path / "next").symlink_to("toy-2")
+        (tmp_path / "next").replace(current)  # as install.sh does: mv -T, atomic
+        return manifest
+
+    monkeypatch.setattr(edge.manifest, "load_manifest", read_then_upgrade)
+    manifest, model = load_verified(current)
+    assert manifest.version == "1" and model == tmp_path / "toy-1" / "model.tflite"
+    assert model.read_bytes() == b"model one"  # what a later reader opens: the verified one
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
