@@ -44,6 +44,10 @@ _RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while b
 _ONCE_NOTE_EVERY = 30.0  # --once: seconds between "still waiting" lines
 CLAIM_GROUP = 8  # settled files claimed together (one round of folder fsyncs for all)
 _CLOSE_TIMEOUT = 60.0  # seconds to let the committer finish at exit (systemd allows 120)
+# While starting (replaying the journal) or stopping (finishing what was taken), each input
+# tells systemd to wait this much longer: its start and stop timeouts then bound one
+# input's time, not a whole backlog's (EXTEND_TIMEOUT_USEC, systemd 236+; older ignore it).
+_EXTEND_USEC = 120_000_000
 
 
 def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
@@ -115,6 +119,7 @@ class Agent:
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
         self._claimed_ahead: Future | None = None  # the next group, being claimed
         self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
+        self._ready = False  # READY=1 sent: start-up (the journal's replay) is over
         self._last_ping = time.monotonic()
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
@@ -155,6 +160,7 @@ class Agent:
                 self.inbox.scan()
             self.network.start(self.once)
             sdnotify.notify("READY=1")
+            self._ready = True
             sdnotify.notify(f"STATUS=watching {self.inbox_root}")
             log.info("watching %s (outbox %s, %s)", self.inbox_root, self.outbox.root,
                      "backlog only" if self.once else
@@ -202,6 +208,7 @@ class Agent:
         if jobs:
             log.warning("resuming %d input(s) interrupted by a crash or power cut", len(jobs))
         for job in jobs:
+            self._still_working()  # before READY=1: the start timeout, extended per input
             # a job left waiting for a retry when the agent stopped cleanly did not crash it
             crashed, job.paused = not job.paused, False
             self._run_job(job, crashed=crashed)
@@ -260,7 +267,12 @@ class Agent:
                 self.committer.wait_idle()  # retries run here, alone
                 with self._failed_lock:
                     retry, self._failed_jobs = self._failed_jobs, []
-                for job in retry:
+                for i, job in enumerate(retry):
+                    if self.stop_requested.is_set():  # the rest stay journaled, paused
+                        with self._failed_lock:
+                            self._failed_jobs.extend(retry[i:])
+                        break
+                    self._still_working()
                     self._run_job(job)
             paths = self._take_ready()
             if paths or self._claimed_ahead is not None:
@@ -389,9 +401,18 @@ class Agent:
             sdnotify.notify("WATCHDOG=1")
             self._last_ping = now
 
+    def _still_working(self) -> None:
+        """Between two inputs: WATCHDOG=1 when due and, while starting or stopping,
+        EXTEND_TIMEOUT_USEC. A backlog replayed at start-up, a long retry round or the group
+        finished on SIGTERM otherwise ran past WatchdogSec or TimeoutStartSec/StopSec on a
+        slow board, and systemd killed the agent in the middle, again at every start."""
+        self._ping_watchdog()
+        if not self._ready or self.stop_requested.is_set():
+            sdnotify.notify(f"EXTEND_TIMEOUT_USEC={_EXTEND_USEC}")
+
     def _prepare(self, jobs: list[Job]) -> None:
         for job in jobs:  # all of them, even when asked to stop: they are claimed already
-            self._ping_watchdog()
+            self._still_working()
             try:
                 work = self.worker.prepare(job)
             except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later

@@ -187,3 +187,56 @@ def test_agent_speaks_the_notify_protocol(tmp_path: Path, device_model: Path) ->
     assert agent.returncode == 0, stderr
     assert messages[-1] == "STOPPING=1", messages
     assert any(m.startswith("STATUS=") for m in messages)
+
+
+def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    return sock, path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs AF_UNIX sockets")
+def test_a_backlog_replayed_at_start_up_extends_the_start_timeout_per_input(
+        tmp_path: Path, device_model: Path) -> None:
+    """Inputs left in the journal by a crash are finished before READY=1. systemd's start
+    timeout (TimeoutStartSec) covered all of them at once: a long backlog on a slow board
+    was killed mid-replay at every start, each start counting one more attempt. Now each
+    input extends it (EXTEND_TIMEOUT_USEC), so the timeout bounds one input."""
+    from PIL import Image
+
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    for i in range(3):
+        Image.new("L", (64, 64), 40 * i).save(inbox / f"scan-{i}.png")
+    args = [sys.executable, "-m", "edge", "watch", str(inbox), "--outbox", str(outbox),
+            "--model", str(device_model)]
+    crashed = subprocess.run([*args, "--once"], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, NEUROEDGE_FAILPOINT="after_claim"))
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    journaled = len(list((outbox / ".state" / "jobs").iterdir()))
+    assert journaled == 3 and not list(inbox.iterdir())
+
+    sock, notify_path = _notify_socket(tmp_path)
+    sock.settimeout(60)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    agent = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    messages: list[str] = []
+    try:
+        while "READY=1" not in messages:
+            messages.append(sock.recv(4096).decode())
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        sock.close()
+    assert agent.returncode == 0, stderr
+    extended = [m for m in messages[:messages.index("READY=1")]
+                if m.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert len(extended) == journaled, messages
+    assert all(int(m.split("=")[1]) >= 60_000_000 for m in extended)
+    assert not list((outbox / ".state" / "jobs").iterdir())
+    assert len(list((outbox / "archive").rglob("scan-*.png"))) == 3

@@ -466,3 +466,64 @@ def test_once_stops_waiting_for_a_file_that_never_stops_changing(tmp_path, test_
     assert took < 30
     assert sorted(p.name for p in inbox.iterdir()) == ["growing.png"]  # untouched
     assert len(list((outbox / "reports").rglob("*.json"))) == 1  # done.png was done
+
+
+def test_a_long_retry_round_pings_the_watchdog_between_inputs_and_stops_when_asked(
+        folders, test_model, monkeypatch):
+    """Inputs that could not be finished (a disk error, say) are retried in one round. The
+    round sent no WATCHDOG=1: many inputs on a slow board ran past WatchdogSec and systemd
+    killed the agent, each time; and a SIGTERM waited for the whole round."""
+    import errno
+    import threading
+
+    from edge import sdnotify
+    from edge.classifier import Classifier
+    from edge.watch import Agent
+
+    pings: list[float] = []
+    monkeypatch.setattr(sdnotify, "notify", lambda state: (
+        pings.append(time.monotonic()) if state == "WATCHDOG=1" else None) or True)
+    monkeypatch.setattr(sdnotify, "watchdog_interval", lambda: 0.02)
+    for i in range(10):
+        gray_png(folders["inbox"] / f"scan-{i}.png", 20 + 10 * i)
+    config = make_config(folders, test_model.path, watch={"retry_interval": 0.05})
+    agent = Agent(config, Classifier(config))
+    failing, retried, rounds = threading.Event(), [], threading.Event()
+    failing.set()
+    prepare, run = agent.worker.prepare, agent.worker.run
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def slow_retry(job, **kwargs):  # a retry that takes a while and fails again
+        if not failing.is_set():
+            return run(job, **kwargs)
+        retried.append(time.monotonic())
+        if len(retried) == 10:
+            rounds.set()
+        time.sleep(0.1)
+        no_space()
+
+    monkeypatch.setattr(agent.worker, "prepare", lambda job: prepare(job) if
+                        not failing.is_set() else no_space())
+    monkeypatch.setattr(agent.worker, "run", slow_retry)
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    try:
+        assert rounds.wait(30), "no full retry round"
+        first, last = retried[0], retried[9]
+        during = [t for t in pings if first <= t <= last]
+        assert len(during) >= 5, (len(during), last - first)  # not one ping in a 1 s round
+        while len(retried) < 12:  # into the second round, then SIGTERM's flag
+            time.sleep(0.01)
+        agent.stop_requested.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert len(retried) <= 13  # the round stopped; before, it went on through all 10
+    finally:
+        agent.stop_requested.set()
+        thread.join(10)
+    failing.clear()
+    counts = run_once(config)  # the next start: every input finished, none lost
+    assert counts["classified"] == 10 and counts["unfinished"] == 0
+    assert len(list((folders["outbox"] / "archive").rglob("scan-*.png"))) == 10
