@@ -1,5 +1,5 @@
 """``python -m benchmarks [latency|int8|agent|reports|memory|startup|sizes|trust|soak|
-network|all]``: the suite's CLI.
+network|history|all]``: the suite's CLI.
 
 Every subcommand prints Markdown tables (progress goes to stderr) and, with ``--json OUT``,
 writes every number it measured, with the machine and versions, to ``OUT``. ``--quick``
@@ -7,7 +7,7 @@ shrinks repeats and file counts so that ``all --quick`` takes a few minutes on t
 ``soak`` (kill -9 the agent at random moments, then check the books) measures reliability,
 not speed, and is not part of ``all``; nor is ``network`` (a study over DICOM, scanner to
 PACS; needs dcmtk), nor ``reports`` (the report pictures piece by piece, a look inside
-``agent``).
+``agent``), nor ``history`` (a year of a clinic's outbox, built on disk: gigabytes).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from edge.durable import write_bytes_atomic
 
 log = logging.getLogger("benchmarks")
 COMMANDS = ("latency", "int8", "agent", "reports", "memory", "startup", "sizes", "trust",
-            "soak", "network", "all")
-NOT_IN_ALL = ("reports", "soak", "network", "all")
+            "soak", "network", "history", "all")
+NOT_IN_ALL = ("reports", "soak", "network", "history", "all")
 TARGETS = {"int8_ms": 4.0, "int8_speedup": 2.5, "agent_overhead_pct": 15.0, "rss_mb": 120.0}
 
 
@@ -128,7 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--network-runs", type=int, help="runs (default 3; quick 1)")
     net.add_argument("--study-settle", type=float, default=2.0, metavar="S",
                      help="[studies] settle_seconds for the runs (default %(default)s)")
+    hist = parser.add_argument_group("history (an outbox of months of use; uses --model)")
+    hist.add_argument("--scales", metavar="DAYSxPERDAY,...",
+                      help="outboxes to build and measure, days x inputs a day (default "
+                           "30x1000,365x1000: about 4 GB in --work; quick: 3x100,30x100)")
+    hist.add_argument("--keep", action="store_true",
+                      help="leave the outboxes in --work (deleted once measured otherwise)")
     return parser
+
+
+def _scales(value: str) -> list[tuple[int, int]]:
+    scales = []
+    for item in _csv(value):
+        days, sep, per_day = item.partition("x")
+        if not (sep and days.isdigit() and per_day.isdigit() and int(days) and int(per_day)):
+            raise BenchmarkError(f"--scales wants DAYSxPERDAY items like 365x1000, got {item!r}")
+        scales.append((int(days), int(per_day)))
+    return scales
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,6 +287,14 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                 args.model or _shipped(), args.slices or (40 if args.quick else 200),
                 args.network_runs or (1 if args.quick else 3), args.data, work,
                 args.study_settle)
+        if "history" in wanted:
+            from benchmarks import history
+
+            scales = _scales(args.scales or ("3x100,30x100" if args.quick
+                                             else "30x1000,365x1000"))
+            where = args.work if args.keep and args.work is not None else work
+            result["history"] = history.measure(args.model or _shipped(), scales, where,
+                                                keep=args.keep)
     result["targets"] = targets(result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["load_average_at_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -329,6 +353,11 @@ def render(result: dict[str, Any]) -> str:
 
         sections += ["## A study over the DICOM network, scanner to PACS",
                      network.markdown(result["network"])]
+    if "history" in result:
+        from benchmarks import history
+
+        sections += ["## Months of use: the agent with a large outbox",
+                     history.markdown(result["history"])]
     if result.get("targets"):
         sections += ["## Targets (issue 7)", targets_markdown(result["targets"])]
     sections.append(f"_Measured in {result['seconds']:.0f} s; load average at the end: "
@@ -364,6 +393,8 @@ def validate(args: argparse.Namespace) -> None:
                           (args.rounds, "--rounds"), (args.burst, "--burst")):
         if value is not None and value < 1:
             raise BenchmarkError(f"{option} must be at least 1, got {value}")
+    if args.scales is not None:
+        _scales(args.scales)
     if not 0 < args.max_kill_delay <= 600:
         raise BenchmarkError(f"--max-kill-delay must be between 0 and 600 seconds, got "
                              f"{args.max_kill_delay:g}")

@@ -68,9 +68,9 @@ def launcher_floor_mb(python: str) -> float:
 
 def run_measured(cmd: list[str], env: dict[str, str] | None = None,
                  first_file: Path | None = None, timeout: float = 600.0,
-                 launcher_python: str | None = None) -> dict[str, Any]:
+                 launcher_python: str | None = None, pattern: str = "*.json") -> dict[str, Any]:
     """Run ``cmd``; its wall time, peak RSS in MB and, if ``first_file``'s folder is given,
-    when the first ``*.json`` appeared there (the first result).
+    when the first file matching ``pattern`` appeared there (the first result).
 
     Peak RSS is exact only with ``launcher_python`` (see ``_LAUNCHER``); without it the
     figure also counts this process and is left out (None).
@@ -90,7 +90,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None,
         if pid:
             break
         if first_file is not None and first_s is None and first_file.is_dir() and any(
-                first_file.glob("*.json")):
+                first_file.glob(pattern)):
             first_s = time.perf_counter() - start
         if time.perf_counter() > deadline:
             proc.kill()
@@ -104,7 +104,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None,
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise BenchmarkError(f"{' '.join(cmd)} exited with {code}: {stderr.strip()[-400:]}")
-    if first_file is not None and first_s is None and any(first_file.glob("*.json")):
+    if first_file is not None and first_s is None and any(first_file.glob(pattern)):
         first_s = wall
     peak = None
     if rss_file is not None:

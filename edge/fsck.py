@@ -86,7 +86,12 @@ class _Checker:
         self.deep = deep
         self.index = DailyIndex(outbox.root)
         self.result = Result()
-        self.lines: list[tuple[str, dict[str, Any]]] = []  # (day, entry) of readable lines
+        # Only what the checks need is kept, never every line or report: a year's outbox
+        # holds hundreds of thousands of them (kept parsed, 12 kB an input: gigabytes).
+        self.lines = 0  # readable index lines
+        self.indexed: dict[str, str | None] = {}  # moved_to -> its line's id (with --deep)
+        self._tokens: set[str] | None = None  # every line's token, read when first needed
+        self._classified: set[str] = set()  # ids of lines "classified", with _tokens
         self.changed_days: set[str] = set()
 
     def rel(self, path: Path) -> str:
@@ -95,13 +100,11 @@ class _Checker:
     def run(self) -> Result:
         self._journal()
         self._temp_files()
-        self._index_files()
         reports = self._reports()
-        indexed = {e.get("moved_to"): e for _, e in self.lines if e.get("moved_to")}
-        self._lines_point_at_inputs(reports)
-        archived = self._archive(indexed, reports)
-        quarantined = self._quarantine(indexed)
-        self.result.counts.update(index_lines=len(self.lines), reports=len(reports),
+        self._index_files()
+        archived = self._archive()
+        quarantined = self._quarantine()
+        self.result.counts.update(index_lines=self.lines, reports=reports,
                                   archived=archived, quarantined=quarantined)
         if self.repair and self.changed_days:
             self.index.render(sorted(self.changed_days))
@@ -126,7 +129,7 @@ class _Checker:
 
     def _temp_files(self) -> None:
         if not self.repair:
-            leftovers = [p for p in self.outbox.root.rglob(".neuroedge-*.tmp*")]
+            leftovers = self.outbox.temp_files()  # not rglob: it lists reports/ whole
             if leftovers:
                 self.result.add("note", ".", f"{len(leftovers)} partial temporary file(s) left "
                                 "by an interrupted write (harmless; removed on repair)")
@@ -165,9 +168,25 @@ class _Checker:
                 else:
                     tokens.add(entry["token"])
                     good.append(raw)
-                    self.lines.append((day, entry))
+                    self._line_points_at_its_input(day, entry)
             if bad:
                 self._damaged_lines(path, day, good, bad)
+
+    def _line_points_at_its_input(self, day: str, entry: dict[str, Any]) -> None:
+        self.lines += 1
+        moved_to = entry.get("moved_to")
+        where = f"index/{day}.jsonl"
+        if entry.get("outcome") in ("classified", "duplicate") and not os.path.isfile(
+                str(self.outbox.reports / f"{entry.get('id')}.json")):
+            self.result.add("problem", where, f"job {entry['token']}: its report "
+                            f"reports/{entry.get('id')}.json is missing")
+        if not moved_to:
+            return
+        self.indexed[moved_to] = entry.get("id") if self.deep else None
+        if not os.path.lexists(str(self.outbox.root / moved_to)):
+            self.result.add("note", where, f"job {entry['token']}: the input it names "
+                            f"({display_name(moved_to)}) is no longer there (moved away by "
+                            "hand?)")
 
     def _damaged_lines(self, path: Path, day: str, good: list[bytes], bad: list[bytes]) -> None:
         if not self.repair:
@@ -188,64 +207,81 @@ class _Checker:
     def _append_rebuilt(self, day: str, entry: dict[str, Any]) -> None:
         entry.update(rebuilt_by="fsck", rebuilt_at=now_iso())
         self.index.append(day, [(entry, False)])
-        self.lines.append((day, entry))
+        self.lines += 1
+        self._all_tokens().add(entry["token"])
+        if entry.get("outcome") == "classified":
+            self._classified.add(entry["id"])
         self.changed_days.add(day)
+
+    def _all_tokens(self) -> set[str]:
+        """Every index line's token (and the ids of lines "classified"), read once, when the
+        first line must be rebuilt: rare, so not kept while checking."""
+        if self._tokens is None:
+            self._tokens = set()
+            folder = self.outbox.root / "index"
+            for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+                if not _DAY.match(path.stem):
+                    continue
+                with open(str(path), "rb") as handle:
+                    for raw in handle:
+                        entry = _parse_line(raw.rstrip(b"\n"))
+                        if entry is not None:
+                            self._tokens.add(entry["token"])
+                            if entry.get("outcome") == "classified":
+                                self._classified.add(entry.get("id"))
+        return self._tokens
 
     # --- reports ---------------------------------------------------------------------------
 
-    def _reports(self) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        if not self.outbox.reports.is_dir():
-            return found
-        for path in sorted(self.outbox.reports.glob("*.json")):
-            report = read_json(path)
-            if not isinstance(report, dict) or report.get("schema") not in REPORT_SCHEMAS or (
-                    report.get("id") != path.stem):
-                self.result.add("problem", self.rel(path),
-                                "not a readable report (or not the report its name says)")
-                continue
-            found[path.stem] = report
+    def _reports(self) -> int:
+        """Read every report (and let it go: a line's report is looked for on disk); return
+        how many are readable."""
+        found = 0
+        try:
+            with os.scandir(str(self.outbox.reports)) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".json"):
+                        found += self._readable_report(Path(entry.path)) is not None
+        except (FileNotFoundError, NotADirectoryError):
+            pass
         return found
 
-    def _lines_point_at_inputs(self, reports: dict[str, dict[str, Any]]) -> None:
-        for day, entry in self.lines:
-            moved_to = entry.get("moved_to")
-            where = f"index/{day}.jsonl"
-            if entry.get("outcome") in ("classified", "duplicate") and entry.get(
-                    "id") not in reports:
-                self.result.add("problem", where, f"job {entry['token']}: its report "
-                                f"reports/{entry.get('id')}.json is missing")
-            if moved_to and not os.path.lexists(str(self.outbox.root / moved_to)):
-                self.result.add("note", where, f"job {entry['token']}: the input it names "
-                                f"({display_name(moved_to)}) is no longer there (moved away "
-                                "by hand?)")
+    def _readable_report(self, path: Path, say: bool = True) -> dict[str, Any] | None:
+        report = read_json(path)
+        if not isinstance(report, dict) or report.get("schema") not in REPORT_SCHEMAS or (
+                report.get("id") != path.stem):
+            if say:
+                self.result.add("problem", self.rel(path),
+                                "not a readable report (or not the report its name says)")
+            return None
+        return report
 
     # --- archived and quarantined inputs -----------------------------------------------------
 
-    def _archive(self, indexed: dict[str, dict[str, Any]],
-                 reports: dict[str, dict[str, Any]]) -> int:
+    def _archive(self) -> int:
         count = 0
         if not self.outbox.archive.is_dir():
             return 0
         for day_folder in sorted(self.outbox.archive.iterdir()):
             if not day_folder.is_dir() or day_folder.is_symlink():
                 continue
-            for path in sorted(day_folder.iterdir()):
-                if path.name.startswith("."):
+            for name in sorted(os.listdir(str(day_folder))):
+                if name.startswith("."):
                     continue
+                path = day_folder / name
                 count += 1
                 rel = self.outbox.relative(path)
-                entry = indexed.get(rel)
-                if entry is not None and not self.deep:
+                indexed = rel in self.indexed
+                if indexed and not self.deep:
                     continue
                 sha = sha256_file(path) if path.is_file() and not path.is_symlink() else None
-                if entry is not None:
-                    if sha != entry.get("id"):
+                if indexed:
+                    if sha != self.indexed[rel]:
                         self.result.add("problem", self.rel(path),
                                         "its content is not the content its index line names "
                                         "(changed after it was archived)")
                     continue
-                report = reports.get(sha or "")
+                report = self._readable_report(self.outbox.reports / f"{sha}.json", say=False)
                 if report is None:
                     self.result.add("problem", self.rel(path),
                                     "archived without a report and without an index line; copy "
@@ -254,7 +290,7 @@ class _Checker:
                 self._rebuild_line(path, day_folder.name, self._archived_entry(rel, sha, report))
         return count
 
-    def _quarantine(self, indexed: dict[str, dict[str, Any]]) -> int:
+    def _quarantine(self) -> int:
         folder = self.outbox.quarantine
         if not folder.is_dir():
             return 0
@@ -279,7 +315,7 @@ class _Checker:
                                     "its reason record is not readable JSON")
                 continue
             rel = self.outbox.relative(path)
-            if rel not in indexed:
+            if rel not in self.indexed:
                 day = str(record.get("quarantined_at") or "")[:10]
                 self._rebuild_line(path, day if _DAY.match(day) else local_day(),
                                    self._quarantined_entry(rel, record))
@@ -305,15 +341,14 @@ class _Checker:
 
     def _token(self, preferred: Any) -> str:
         """The job's own token when no line has it yet, else a new one marked as ours."""
-        taken = {e["token"] for _, e in self.lines}
-        if isinstance(preferred, str) and preferred and preferred not in taken:
+        if isinstance(preferred, str) and preferred and preferred not in self._all_tokens():
             return preferred
         return f"fsck-{uuid.uuid4().hex[:12]}"
 
     def _archived_entry(self, rel: str, sha: str | None,
                         report: dict[str, Any]) -> dict[str, Any]:
-        classified = {e.get("id") for _, e in self.lines if e.get("outcome") == "classified"}
-        outcome = "duplicate" if sha in classified else "classified"
+        self._all_tokens()  # reads the ids of the lines "classified" too
+        outcome = "duplicate" if sha in self._classified else "classified"
         token = report.get("intake", {}).get("token") if outcome == "classified" else None
         html = self.outbox.reports / f"{sha}.html"
         return {"time": now_iso(), "token": self._token(token), "id": sha,

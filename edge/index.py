@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from pathlib import Path
@@ -36,6 +37,9 @@ class DailyIndex:
         self._shown_alerts: list[str] | None = None  # None: not written by this process yet
         self._dirty: set[str] = set()
         self._lock = threading.RLock()
+        # each day file's (inode, offset after the last whole line counted, lines): the
+        # front page's counts, read on from there (``days``)
+        self._counted: dict[str, tuple[int, int, int]] = {}
 
     def path_for(self, day: str) -> Path:
         if not _DAY.match(day):
@@ -89,14 +93,42 @@ class DailyIndex:
                 self._dirty.add(day)
 
     def days(self) -> list[tuple[str, int]]:
-        if not self.folder.is_dir():
-            return []
+        """Every day and its count of whole lines, for the front page."""
         found = []
-        for path in self.folder.glob("*.jsonl"):
-            if _DAY.match(path.stem):
-                with open(str(path), "rb") as handle:
-                    found.append((path.stem, sum(1 for _ in handle)))
+        with self._lock:
+            try:
+                with os.scandir(str(self.folder)) as entries:
+                    for entry in entries:
+                        day = entry.name[:-len(".jsonl")]
+                        if entry.name.endswith(".jsonl") and _DAY.match(day):
+                            found.append((day, self._count(entry.path, entry.name)))
+            except FileNotFoundError:
+                return []
         return found
+
+    def _count(self, path: str, name: str) -> int:
+        """Whole lines in a day's file, read on from where the last count stopped. The files
+        only grow, and the front page is rewritten every few seconds while inputs come: read
+        whole each time, a year of history (hundreds of MB) was read for one new line."""
+        inode, offset, lines = self._counted.get(name, (0, 0, 0))
+        try:
+            with open(path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_ino != inode:
+                    offset, lines = 0, 0  # new, or replaced (fsck rewrote it)
+                if offset:  # still the bytes counted? (cut back and appended since: count again)
+                    handle.seek(offset - 1)
+                    if handle.read(1) != b"\n":
+                        offset, lines = 0, 0
+                handle.seek(offset)
+                data = handle.read()
+                inode = os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            self._counted.pop(name, None)
+            return 0
+        end = data.rfind(b"\n") + 1  # a line still being appended is counted once whole
+        lines += data.count(b"\n", 0, end)
+        self._counted[name] = (inode, offset + end, lines)
+        return lines
 
     @property
     def dirty(self) -> bool:

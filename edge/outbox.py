@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .durable import read_json, remove_stale_temp_files, write_json_atomic
+from .durable import read_json, remove_stale_temp_files, stale_temp_files, write_json_atomic
 from .errors import AgentBusyError, ConfigError, FolderUnavailableError
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,22 @@ class Outbox:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def remove_temp_files(self) -> int:
-        removed = 0
-        for folder in (self.reports, self.quarantine, self.jobs, self.claimed, self.root,
-                       self.root / "index",
-                       # issue 15: study reports, their state, the SR send queue
-                       self.root / "studies", self.state / "studies", self.state / "outgoing"):
-            removed += remove_stale_temp_files(folder)
+    def temp_folders(self) -> list[Path]:
+        """Where a crash can leave the agent's temporary files."""
+        folders = [self.reports, self.quarantine, self.jobs, self.claimed, self.root,
+                   self.root / "index",
+                   # issue 15: study reports, their state, the SR send queue
+                   self.root / "studies", self.state / "studies", self.state / "outgoing"]
         if self.archive.is_dir():
-            for day in self.archive.iterdir():
-                if day.is_dir() and not day.is_symlink():
-                    removed += remove_stale_temp_files(day)
-        return removed
+            with os.scandir(str(self.archive)) as days:
+                folders += [Path(day.path) for day in days if day.is_dir(follow_symlinks=False)]
+        return folders
+
+    def temp_files(self) -> list[str]:
+        return [path for folder in self.temp_folders() for path in stale_temp_files(folder)]
+
+    def remove_temp_files(self) -> int:
+        return sum(remove_stale_temp_files(folder) for folder in self.temp_folders())
 
     # --- the journal -----------------------------------------------------------------
 

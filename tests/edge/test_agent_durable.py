@@ -74,6 +74,54 @@ def test_free_name_fits_a_suffix_beside_a_name_at_the_file_system_limit(tmp_path
     assert (tmp_path / name).read_bytes() == b"first"
 
 
+def test_free_name_for_the_same_file_again_and_again_never_gives_up(tmp_path):
+    """Months of use: an exporter's empty "export finished" marker, dropped after every batch,
+    is quarantined each time under the same name and content (``export~e3b0c442-N.done``).
+    Choosing the next name probed every earlier copy (two probes each, every time) and gave
+    up at 10,000: the input then stayed journaled, retried for ever. Counted in probes; the
+    earlier copies are names taken by the group (``reserved``), so no file is made."""
+    tag = "e3b0c442"
+
+    class Taken(set):
+        probes = 0
+
+        def __contains__(self, path: object) -> bool:
+            Taken.probes += 1
+            return super().__contains__(path)
+
+    taken = Taken()
+    for n in range(10001):
+        suffix = "" if n == 0 else (f"~{tag}" if n == 1 else f"~{tag}-{n}")
+        taken.add(str(tmp_path / f"export{suffix}.done"))
+    chosen = free_name(tmp_path, "export.done", tag, taken, (".reason.json",))
+    assert chosen.name == f"export~{tag}-10001.done"
+    assert Taken.probes < 100, Taken.probes
+    assert str(chosen) in taken and str(chosen) + ".reason.json" in taken
+    taken.discard(str(tmp_path / f"export~{tag}-5.done"))  # a hole (moved away) is free too
+    again = free_name(tmp_path, "export.done", tag, taken, (".reason.json",))
+    assert again.name in (f"export~{tag}-5.done", f"export~{tag}-10002.done")
+
+
+def test_sweeping_a_big_folder_for_temporary_files_holds_no_listing(tmp_path):
+    """Start-up sweeps ``reports/`` (three files per input: a million entries after a year)
+    for temporary files a crash left; it held the whole listing in memory (about 390 bytes
+    an entry: 390 MB on a 1 GB board) to find none. Peak memory for 10,000 entries."""
+    import tracemalloc
+
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for n in range(10000):
+        (folder / f"{n:064x}.json").touch()
+    (folder / ".neuroedge-abc.tmp").write_text("partial")
+    tracemalloc.start()
+    try:
+        assert remove_stale_temp_files(folder) == 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000, peak  # one entry at a time; the listing took 3.9 MB
+
+
 def test_atomic_json_leaves_no_temp_files(tmp_path):
     target = tmp_path / "r.json"
     write_json_atomic(target, {"a": 1})
