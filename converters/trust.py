@@ -66,6 +66,7 @@ from edge.trust import (
     subspace_distances,
     subspace_mahalanobis,
 )
+from edge.views import NONE, views
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,18 @@ def check_options(opts: TrustOptions) -> None:
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising the mean negative log-likelihood (golden-section search on
-    log T over [0.02, 50]; the NLL is convex in 1/T)."""
+    log T over [0.02, 50]; the NLL is convex in 1/T).
+
+    ``logits`` is (N, classes), or (views, N, classes) for a model run on several test-time
+    views (``edge.views``): the answer the agent gives is then the mean of the views'
+    ``softmax(logits / T)``, and that mean is what is calibrated."""
     logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim == 2:
+        logits = logits[None]
     labels = np.asarray(labels, dtype=np.int64)
 
     def nll(log_t: float) -> float:
-        p = softmax(logits, float(np.exp(log_t)))[np.arange(len(labels)), labels]
+        p = softmax(logits, float(np.exp(log_t))).mean(axis=0)[np.arange(len(labels)), labels]
         return float(-np.mean(np.log(np.clip(p, 1e-300, 1.0))))
 
     low, high = np.log(0.02), np.log(50.0)
@@ -355,26 +362,39 @@ def fit_trust(model_path: Path, manifest: ModelManifest, staging: Path,
                             opts.progress, summed=heatmap[0] if cam else None,
                             sum_over=in_training_part)
     y = train.labels
+
+    def logits_of(p: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
+        return out["logits"] if "logits" in out else np.log(np.clip(p, 1e-12, 1.0))
+
+    # a model run on test-time views (edge.views) is calibrated on the mean of its views'
+    # answers, as the agent gives them; the "unlike the training data" statistics and the
+    # heat-map stay the picture's own
+    val_views = [(probs[val_idx], {k: v[val_idx] for k, v in collected.items()
+                                   if k == "logits"})]
+    for view in views(train.images[val_idx], new.test_time)[1:]:
+        val_views.append(_run(classifier, view, spec, [k for k in ("logits",) if k in outputs],
+                              f"trust: validation split, {new.test_time}", opts.progress))
+    val_probs = np.mean([p for p, _ in val_views], axis=0)
     summary: dict[str, Any] = {
         "data": str(opts.data), "split": "Training", "val_fraction": val_fraction, "seed": seed,
         "train_images": int(len(train_idx)), "validation_images": int(len(val_idx)),
-        "validation_accuracy": round(float((probs[val_idx].argmax(1) == y[val_idx]).mean()), 4),
+        "validation_accuracy": round(float((val_probs.argmax(1) == y[val_idx]).mean()), 4),
         "primary_output_identical_on": PROBE_IMAGES,
     }
+    if new.test_time != NONE:
+        summary["test_time"] = new.test_time
     trust: dict[str, Any] = {"version": TRUST_VERSION}
     if negative is not None:
         trust["negative_label"] = negative
     if has_logits:
-        logits = collected.get("logits")
-        if logits is None:  # the model outputs logits itself
-            logits = np.log(np.clip(probs, 1e-12, 1.0))
-        temperature = fit_temperature(logits[val_idx], y[val_idx])
+        val_logits = np.stack([logits_of(p, out) for p, out in val_views])
+        temperature = fit_temperature(val_logits, y[val_idx])
         trust["temperature"] = round(temperature, 6)
         summary.update(
             temperature=round(temperature, 6),
-            validation_ece_before=round(calibration_error(probs[val_idx], y[val_idx]), 4),
+            validation_ece_before=round(calibration_error(val_probs, y[val_idx]), 4),
             validation_ece_after=round(calibration_error(
-                softmax(logits[val_idx], temperature), y[val_idx]), 4))
+                softmax(val_logits, temperature).mean(axis=0), y[val_idx]), 4))
     if ood_inputs:
         feats = np.stack([feature_vector({k: collected[k][i] for k in ood_inputs},
                                          tuple(ood_inputs)) for i in range(len(y))])

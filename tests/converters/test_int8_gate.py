@@ -198,6 +198,7 @@ def test_a_mirror_mean_model_is_gated_the_way_the_agent_will_run_it(tiny_run, tm
     manifest, model_path = load_verified(tmp_path / "model")
     assert manifest.test_time == MIRROR_MEAN and manifest.format_version == 3
     assert manifest.trust  # the trust fit rewrote the manifest and kept the test time
+    assert manifest.trust["fit"]["test_time"] == MIRROR_MEAN  # calibrated on the views' mean
     # the int8 model's answers, by hand: the mean over each picture and its mirror image
     test = datasets.evaluation_set(data_dir, "Testing", LABELS, manifest.preprocess, None, 0)
     classifier = TFLiteClassifier(model_path, manifest)

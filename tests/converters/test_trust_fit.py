@@ -22,6 +22,25 @@ def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_with():
         assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.1)
 
 
+def test_with_test_time_views_the_mean_of_the_views_is_calibrated():
+    """A mirror-mean model answers with the mean of its views' softmax(logits / T): the
+    temperature must fit that mean, not one view (the mean of two views is less sure)."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 4, (6000, 4))
+    views = np.stack([base + rng.normal(0, 2, base.shape) for _ in range(2)])
+    p = softmax(views, 1.5).mean(axis=0)
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    fitted = fit_temperature(views, labels)
+    assert fitted == pytest.approx(1.5, rel=0.1)
+    assert abs(fit_temperature(views[0], labels) - 1.5) > 0.2  # one view would miss it
+
+    def nll(t: float) -> float:
+        q = softmax(views, t).mean(axis=0)[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(q)))
+
+    assert nll(fitted) <= min(nll(fitted * 0.95), nll(fitted * 1.05))
+
+
 def _score(fit: dict, x: np.ndarray) -> np.ndarray:
     return subspace_mahalanobis(x, fit["means"], fit["scale"], fit["components"],
                                 fit["variances"], fit["residual_variance"])
