@@ -89,9 +89,16 @@ suite_recipe() {
             PYVER=3.11 GLIBC_MINOR=36 EXTRA_REQS="" RUNTIMES="ai-edge-litert" E2E=1
             CPU=cortex-a72 ;;  # the Raspberry Pi 4's core
         bullseye)  # The oldest glibc we can build, and the Jetson runtime (tflite-runtime
-                   # 2.13.0, numpy<2) on real aarch64 code. The agent runs on tflite-runtime;
+                   # 2.13.0) on real aarch64 code. The agent runs on tflite-runtime;
                    # tests/deploy/test_model_runtime.py runs both runtimes and compares them.
-            PYVER=3.9 GLIBC_MINOR=31 EXTRA_REQS="tflite-runtime==2.13.0 numpy<2"
+                   # A Jetson Nano has Python 3.8 and glibc 2.27, which no Debian userland
+                   # here has: wheels are picked for glibc <= 2.27 and the libraries pinned
+                   # to what `pip install neuroedge[edge,dicom-codecs]` resolves on Python 3.8
+                   # (their last releases for 3.8; docs/testing.md says how to check).
+            PYVER=3.9 GLIBC_MINOR=27
+            EXTRA_REQS="tflite-runtime==2.13.0 numpy==1.24.4 pillow==10.4.0 watchdog==4.0.2
+                click==8.1.8 pydicom==2.4.4 pynetdicom==2.0.2 pylibjpeg==2.0.1
+                pylibjpeg-libjpeg==2.2.0 pylibjpeg-openjpeg==2.3.0 pylibjpeg-rle==2.0.0"
             RUNTIMES="tflite-runtime" E2E=0
             CPU=cortex-a57 ;;  # the Jetson Nano's core
         *) die "unknown suite '$1' (choose bookworm or bullseye)" ;;

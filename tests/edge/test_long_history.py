@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tracemalloc
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from agent_helpers import gray_png, make_config, run_once
+from agent_helpers import agent_env, gray_png, make_config, run_once
 
 from edge import index as index_module
 from edge.durable import json_bytes
@@ -101,14 +102,26 @@ def _grow(outbox: Path, count: int, per_day: int = 100) -> None:
         (outbox / "index" / f"{day}.jsonl").write_bytes(b"".join(day_lines))
 
 
+PEAK = """
+import sys, tracemalloc
+from pathlib import Path
+from edge.fsck import check_outbox
+check_outbox(Path(sys.argv[1]), repair=False)  # what the first call imports, caches
+tracemalloc.start()
+result = check_outbox(Path(sys.argv[1]), repair=False)
+print(tracemalloc.get_traced_memory()[1], len(result.of("problem")))
+"""
+
+
 def _peak(outbox: Path) -> int:
-    tracemalloc.start()
-    try:
-        result = check_outbox(outbox, repair=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert not result.of("problem"), result.of("problem")
+    """fsck's peak traced memory, in a new process as `edge-agent fsck` runs (inside a long
+    test run the collector's timing, which depends on everything the process holds, moved
+    the figure by kilobytes per input on Python 3.9)."""
+    proc = subprocess.run([sys.executable, "-c", PEAK, str(outbox)], capture_output=True,
+                          text=True, timeout=300, env=agent_env())
+    assert proc.returncode == 0, proc.stderr
+    peak, problems = map(int, proc.stdout.split())
+    assert problems == 0
     return peak
 
 
@@ -124,9 +137,11 @@ def test_fsck_memory_does_not_grow_with_the_reports(folders, test_model, tmp_pat
     shutil.copytree(str(folders["outbox"]), str(large))
     _grow(small, 500)
     _grow(large, 2500)
-    _peak(small)  # once first: what the first call imports and caches is not history
     per_input = (_peak(large) - _peak(small)) / 2000
-    assert per_input < 600, per_input  # bytes; it was about 10 kB
+    # bytes; it was about 12 kB. About 100-300 now, plus, on Python 3.9 (whose pathlib
+    # interns every path part), one resize of the interned-strings table (2.6 MB once),
+    # which can fall between the two sizes: 1.4 kB an input here, never 12.
+    assert per_input < 3000, per_input
 
 
 @pytest.mark.parametrize("lost", [1, 400])
