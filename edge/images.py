@@ -57,6 +57,9 @@ def decode_picture(path: Path, kind: str, limits: LimitsConfig) -> DecodedImage:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
         text = str(exc) or exc.__class__.__name__
+        if isinstance(exc, Image.UnidentifiedImageError):
+            # Pillow names the open file: the agent's working copy in .state, not the input
+            text = "Pillow does not recognise it"
         if "truncated" in text.lower():
             raise DecodeError(f"the {fmt} file is truncated ({text}): the copy is incomplete; "
                               "copy the file again") from None

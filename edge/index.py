@@ -37,9 +37,10 @@ class DailyIndex:
         self._shown_alerts: list[str] | None = None  # None: not written by this process yet
         self._dirty: set[str] = set()
         self._lock = threading.RLock()
-        # each day file's (inode, offset after the last whole line counted, lines): the
-        # front page's counts, read on from there (``days``)
-        self._counted: dict[str, tuple[int, int, int]] = {}
+        # each day file's (inode, offset after the last whole line counted, and the counts
+        # of lines, answers flagged for review, refused inputs): the front page's counts,
+        # read on from there (``days``)
+        self._counted: dict[str, tuple[int, int, tuple[int, int, int]]] = {}
 
     def path_for(self, day: str) -> Path:
         if not _DAY.match(day):
@@ -92,8 +93,9 @@ class DailyIndex:
                 append_lines_durable(self.path_for(day), lines)
                 self._dirty.add(day)
 
-    def days(self) -> list[tuple[str, int]]:
-        """Every day and its count of whole lines, for the front page."""
+    def days(self) -> list[tuple[str, int, int, int]]:
+        """Every day with its counts of whole lines, of answers flagged for review and of
+        refused inputs, for the front page."""
         found = []
         with self._lock:
             try:
@@ -101,34 +103,41 @@ class DailyIndex:
                     for entry in entries:
                         day = entry.name[:-len(".jsonl")]
                         if entry.name.endswith(".jsonl") and _DAY.match(day):
-                            found.append((day, self._count(entry.path, entry.name)))
+                            found.append((day, *self._count(entry.path, entry.name)))
             except FileNotFoundError:
                 return []
         return found
 
-    def _count(self, path: str, name: str) -> int:
-        """Whole lines in a day's file, read on from where the last count stopped. The files
-        only grow, and the front page is rewritten every few seconds while inputs come: read
-        whole each time, a year of history (hundreds of MB) was read for one new line."""
-        inode, offset, lines = self._counted.get(name, (0, 0, 0))
+    def _count(self, path: str, name: str) -> tuple[int, int, int]:
+        """Whole lines in a day's file, and how many of them flag their answer for review or
+        refuse their input, read on from where the last count stopped. The files only grow,
+        and the front page is rewritten every few seconds while inputs come: read whole each
+        time, a year of history (hundreds of MB) was read for one new line. The flags are
+        found as bytes, not parsed: a line is compact JSON, where ``"needs_review":true``
+        can only be the key and its value (inside a string its quotes would be escaped)."""
+        inode, offset, counts = self._counted.get(name, (0, 0, (0, 0, 0)))
         try:
             with open(path, "rb") as handle:
                 if os.fstat(handle.fileno()).st_ino != inode:
-                    offset, lines = 0, 0  # new, or replaced (fsck rewrote it)
+                    offset, counts = 0, (0, 0, 0)  # new, or replaced (fsck rewrote it)
                 if offset:  # still the bytes counted? (cut back and appended since: count again)
                     handle.seek(offset - 1)
                     if handle.read(1) != b"\n":
-                        offset, lines = 0, 0
+                        offset, counts = 0, (0, 0, 0)
                 handle.seek(offset)
                 data = handle.read()
                 inode = os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             self._counted.pop(name, None)
-            return 0
+            return 0, 0, 0
         end = data.rfind(b"\n") + 1  # a line still being appended is counted once whole
-        lines += data.count(b"\n", 0, end)
-        self._counted[name] = (inode, offset + end, lines)
-        return lines
+        whole = data[:end]
+        lines, review, refused = counts
+        counts = (lines + whole.count(b"\n"),
+                  review + whole.count(b'"needs_review":true'),
+                  refused + whole.count(b'"outcome":"quarantined"'))
+        self._counted[name] = (inode, offset + end, counts)
+        return counts
 
     @property
     def dirty(self) -> bool:
@@ -153,11 +162,14 @@ class DailyIndex:
         """Rewrite the HTML pages of the changed days (or ``days``) and ``index.html``."""
         with self._lock:
             todo = set(days) if days is not None else set(self._dirty)
+            # no link to study reports where none are made ([studies] enabled = false)
+            studies = (self.outbox / "studies" / "index.html").is_file()
             for day in sorted(todo):
                 write_bytes_atomic(self.folder / f"{day}.html",
-                                   pages.day_page(day, self.read(day)))
+                                       pages.day_page(day, self.read(day), studies=studies))
             alerts = self._current_alerts()
             write_bytes_atomic(self.outbox / "index.html",
-                               pages.index_page(self.days(), alerts, as_of=now_iso()))
+                               pages.index_page(self.days(), alerts, as_of=now_iso(),
+                                                studies=studies))
             self._shown_alerts = alerts
             self._dirty.difference_update(todo)

@@ -19,20 +19,40 @@ from . import png
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         "base-uri 'none'; form-action 'none'")
+# Looked at in Chromium at 1280 and 412 pixels wide and printed (docs/agent.md, "Reading
+# the pages"): a long name wraps instead of pushing the answer off the screen (``wrap``,
+# ``h1``), a wide table scrolls inside itself, a day's table turns into one block per
+# input on a phone, and printing keeps the boxes' and bars' colours (browsers drop
+# backgrounds by default) without splitting a box or a row across pages.
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;max-width:60rem;
 color:#1b1b1b}
-h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
+h1{font-size:1.4rem;overflow-wrap:anywhere}h2{font-size:1.1rem;margin-top:1.6rem}
 .notice{background:#fff3cd;border:2px solid #b58100;padding:.8rem;font-weight:600}
 .review{background:#fde2e1;border:2px solid #b3261e;padding:.8rem;margin-top:1rem}
 .ok{background:#e6f4ea;border:2px solid #1e7e34;padding:.8rem;margin-top:1rem}
 .alert{background:#fde2e1;border:2px solid #b3261e;padding:0 .8rem;margin-top:1rem}
+.flag{background:#fde2e1;border:1px solid #b3261e;padding:0 .3rem;font-weight:700;
+white-space:nowrap}
 .small{font-size:.85rem;color:#555}
-table{border-collapse:collapse;margin-top:.5rem}td,th{border:1px solid #ccc;padding:.3rem .6rem;
-text-align:left;vertical-align:top}th{background:#f3f3f3}
+table{border-collapse:collapse;margin-top:.5rem;display:block;overflow-x:auto}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.wrap{overflow-wrap:anywhere}td.nowrap{white-space:nowrap}
 .bar{background:#4a6fa5;height:.8rem;display:inline-block}
 .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85rem;word-break:break-all}
 img.thumb{width:224px;height:224px;image-rendering:pixelated;border:1px solid #999}
+figure{display:inline-block;margin:0 .5rem .5rem 0;vertical-align:top}
+figcaption{font-size:.85rem;color:#555;max-width:224px}
+ul.days{display:grid;grid-template-columns:repeat(auto-fill,minmax(12rem,1fr));gap:.2rem 1rem;
+list-style:none;padding:0}
+@media (max-width:40rem){body{margin:.75rem}
+table.entries,table.entries tr,table.entries td{display:block}
+table.entries tr:first-child{display:none}
+table.entries tr{border-top:2px solid #999;padding:.3rem 0}
+table.entries td{border:0;padding:.1rem .3rem}}
+@media print{body{margin:0;max-width:none}table{display:table}h1,h2{break-after:avoid}
+tr,figure,.notice,.review,.ok,.alert{break-inside:avoid}
+*{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
 
@@ -99,7 +119,7 @@ def _rows(pairs: Iterable[tuple[str, Any]], mono: tuple[str, ...] = ()) -> str:
     for key, value in pairs:
         if value is None or value == "":
             continue
-        cls = ' class="mono"' if key in mono else ""
+        cls = ' class="mono"' if key in mono else ' class="wrap"'  # a name may be one word
         out.append(f"<tr><th>{esc(key)}</th><td{cls}>{esc(value)}</td></tr>")
     return "<table>" + "".join(out) + "</table>"
 
@@ -109,19 +129,29 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
     """The clinician's page for one input (``heatmap``: PNG of the thumbnail with the map)."""
     pred = report["prediction"]
     label, confidence = pred["label"], pred["confidence"]
+    model = report["model"]
     parts = [f"<p class=\"notice\">{esc(report['notice'])}</p>",
              f"<h1>{esc(report['input']['file_name'])}</h1>"]
+    # the box says in words what its colour says, for a reader who cannot tell red from green
     if report["needs_review"]:
         reasons = "".join(f"<li>{esc(r)}</li>" for r in report["review_reasons"])
         parts.append(f"<div class=\"review\"><strong>Needs review.</strong> Model's answer: "
-                     f"{esc(label)} ({percent(confidence)}), but<ul>{reasons}</ul></div>")
+                     f"<strong>{esc(label)}</strong> ({percent(confidence)}), but<ul>{reasons}"
+                     "</ul></div>")
     else:
         parts.append(f"<div class=\"ok\">Model's answer: <strong>{esc(label)}</strong> "
-                     f"({percent(confidence)} confidence)</div>")
+                     f"({percent(confidence)} confidence); not flagged for review.</div>")
+    # which model said so, in sight with the answer (the full details are at the end), and
+    # the way back: the page is often opened on its own, from a share or a USB stick
+    parts.append(f"<p class=\"small\">model {esc(model['name'])} {esc(model['version'])}; "
+                 f"received {esc(str(report['intake']['received_at']).replace('T', ' '))} "
+                 "&middot; <a href=\"../index.html\">all days</a></p>")
+    if thumbnail is not None or heatmap is not None:
+        parts.append("<h2>What the model saw</h2>")
     if thumbnail is not None:
         uri = thumbnail_data_uri(thumbnail)
-        parts.append(f"<h2>What the model saw</h2><img class=\"thumb\" alt=\"model input\" "
-                     f"src=\"{uri}\">")
+        parts.append(f"<figure><img class=\"thumb\" alt=\"model input\" src=\"{uri}\">"
+                     "<figcaption>the picture as the model got it</figcaption></figure>")
     parts.extend(_trust_parts(report, heatmap))
     probs = "".join(
         f"<tr><td>{esc(name)}</td><td>{percent(p, 1)}</td><td><span class=\"bar\" "
@@ -153,7 +183,6 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
              ("Frames", f"{dicom.get('frames')} (classified: {dicom.get('frame_index')})"),
              ("Windowing", window.get("method"))],
             mono=("Study Instance UID", "Series Instance UID", "SOP Instance UID")))
-    model = report["model"]
     parts.append("<h2>Model and software</h2>" + _rows(
         [("model", f"{model['name']} {model['version']} ({model['architecture']}, "
                    f"{model['quantization']})"), ("model sha256", model["sha256"]),
@@ -181,11 +210,12 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
             kind, "the model's activation in each region")
         if kind == "occlusion" and not section.get("peak_effect"):
             what += " (no region's removal weakened it: the map is empty)"
-        parts.append(f"<img class=\"thumb\" alt=\"heat-map over the model input\" "
+        parts.append("<figure><img class=\"thumb\" alt=\"heat-map over the model input\" "
                      "src=\"data:image/png;base64,"
-                     f"{base64.b64encode(heatmap).decode('ascii')}\"><p>Where the model looked: "
-                     f"{esc(what)}, brighter colour for more. It shows what the answer rests "
-                     "on, not where a tumour is.</p>")
+                     f"{base64.b64encode(heatmap).decode('ascii')}\"><figcaption>the same, with "
+                     "where the model looked in colour</figcaption></figure><p>Where the model "
+                     f"looked: {esc(what)}, brighter colour for more. It shows what the answer "
+                     "rests on, not where a tumour is.</p>")
     trust = report.get("trust")
     if trust:
         share = trust.get("ood_validation_share_below")
@@ -207,9 +237,12 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
     return parts
 
 
-def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
-    """Everything processed on one day, newest first, linking to the report pages."""
+def day_page(day: str, entries: list[dict[str, Any]], studies: bool = True) -> bytes:
+    """Everything processed on one day, newest first, linking to the report pages (and to
+    the study reports, when ``studies`` are made); above them, how many need a person's
+    look."""
     rows = []
+    review = refused = 0
     for e in reversed(entries):
         outcome = e.get("outcome")
         link = e.get("html") or e.get("report")
@@ -217,42 +250,65 @@ def day_page(day: str, entries: list[dict[str, Any]]) -> bytes:
         if link:
             name = f"<a href=\"../{esc(link)}\">{name}</a>"
         if outcome == "quarantined":
-            result = f"refused: {esc(e.get('reason'))}"
+            refused += 1
+            result = f"<strong>refused:</strong> {esc(e.get('reason'))}"
         else:
             result = f"{esc(e.get('label'))} ({percent(e.get('confidence') or 0)})"
             if e.get("needs_review"):
-                result += " <strong>needs review</strong>"
+                review += 1
+                result += " <strong class=\"flag\">needs review</strong>"
             if outcome == "duplicate":
                 result += " (same content as an earlier input)"
-        if e.get("study"):  # issue 15: the study report this input is part of
+        if studies and e.get("study"):  # issue 15: the study report this input is part of
             result += f" <a href=\"../studies/{esc(e['study'])}.html\">study</a>"
         clock = str(e.get("time") or "")[11:19]
-        rows.append(f"<tr><td>{esc(clock)}</td><td>{name}</td><td>{esc(outcome)}</td>"
-                    f"<td>{result}</td><td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
+        rows.append(f"<tr><td class=\"nowrap\">{esc(clock)}</td><td class=\"wrap\">{name}</td>"
+                    f"<td class=\"nowrap\">{esc(outcome)}</td><td class=\"wrap\">{result}</td>"
+                    f"<td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
+    summary = (f"{_count(len(entries), 'input')}: {review} need review, {refused} refused "
+               "(a refused input's reason is in its row)")
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>Processed on {esc(day)}</h1>"
-            "<p><a href=\"../index.html\">all days</a></p><table><tr><th>time</th><th>input</th>"
-            "<th>outcome</th><th>result</th><th>input moved to</th></tr>" + "".join(rows)
-            + "</table>")
+            f"<p><a href=\"../index.html\">all days</a></p><p>{summary}</p>"
+            "<table class=\"entries\"><tr><th>time</th><th>input</th><th>outcome</th>"
+            "<th>result</th><th>input moved to</th></tr>" + "".join(rows) + "</table>")
     return _page(f"NeuroEdge {day}", body)
 
 
-def index_page(days: list[tuple[str, int]], alerts: Iterable[str] = (),
-               as_of: str | None = None) -> bytes:
+def index_page(days: list[tuple[Any, ...]], alerts: Iterable[str] = (),
+               as_of: str | None = None, studies: bool = True) -> bytes:
     """The outbox's front page: the days, and ``alerts`` (what needs a person: SRs the
-    PACS does not take), stamped ``as_of`` since the page is only as fresh as its writing."""
-    items = "".join(f"<li><a href=\"index/{esc(d)}.html\">{esc(d)}</a> ({n} inputs)</li>"
-                    for d, n in sorted(days, reverse=True))
+    PACS does not take), stamped ``as_of`` since the page is only as fresh as its writing.
+    ``days``: (day, inputs) or (day, inputs, flagged for review, refused), so that the days
+    that need a person's look stand out. ``studies``: whether ``studies/index.html`` is
+    there to link to (not with ``[studies] enabled = false``). The links come before the
+    days: a year of days is a long list."""
+    items = "".join(f"<li><a href=\"index/{esc(d[0])}.html\">{esc(d[0])}</a> "
+                    f"({_day_counts(*d[1:])})</li>" for d in sorted(days, reverse=True))
     alerts = list(alerts)
     warning = ("<div class=\"alert\"><h2>Needs attention</h2>"
                + "".join(f"<p>{esc(line)}</p>" for line in alerts)
                + (f"<p class=\"small\">as of {esc(as_of.replace('T', ' '))} (the page is "
                   "rewritten when this changes)</p>" if as_of else "")
                + "</div>") if alerts else ""
+    link = ("<p><a href=\"studies/index.html\">Study reports</a> (DICOM studies judged "
+            "whole)</p>") if studies else ""
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>NeuroEdge reports</h1>{warning}"
-            f"<ul>{items or '<li>nothing processed yet</li>'}</ul>"
-            "<p><a href=\"studies/index.html\">Study reports</a> (DICOM studies judged "
-            "whole)</p>")
+            f"{link}<h2>Days</h2><p class=\"small\">Each day's page lists its inputs, the ones "
+            "that need review and the ones refused.</p>"
+            f"<ul class=\"days\">{items or '<li>nothing processed yet</li>'}</ul>")
     return _page("NeuroEdge reports", body)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _day_counts(inputs: int, review: int = 0, refused: int = 0) -> str:
+    """"3 inputs", or "40 inputs: 3 need review, 1 refused", the flag boxed like the day's."""
+    text = esc(_count(inputs, "input"))
+    marks = ([f"<strong class=\"flag\">{review} need{'s' if review == 1 else ''} review"
+              "</strong>"] if review else []) + ([f"{refused} refused"] if refused else [])
+    return text + (": " + ", ".join(marks) if marks else "")
 
 
 def _notice() -> str:

@@ -301,11 +301,11 @@ def review_reasons(*, label: str, confidence: float, margin: float, runner_up: s
     """Why an answer needs a human's review, in words; empty when it may stand alone."""
     reasons = []
     if confidence < threshold:
-        reasons.append(f"confidence {confidence:.2f} is below the review threshold "
-                       f"{threshold:.2f}")
+        reasons.append(f"confidence {_below(confidence, threshold)} is below the review "
+                       f"threshold {threshold:.2f}")
     if min_margin > 0 and margin < min_margin:
-        reasons.append(f"the runner-up ({runner_up}) is only {margin:.2f} behind (minimum "
-                       f"margin {min_margin:.2f})")
+        reasons.append(f"the runner-up ({runner_up}) is only {_below(margin, min_margin)} "
+                       f"behind (minimum margin {min_margin:.2f})")
     if assessment.in_distribution is False:
         share = assessment.ood_share_below
         unusual = (f"; more unusual than {share:.1%} of the validation images"
@@ -329,9 +329,20 @@ def review_reasons(*, label: str, confidence: float, margin: float, runner_up: s
                            "such check")
         if confidence < no_tumour_threshold:
             reasons.append(f"a '{label}' answer is only given unreviewed at a confidence of "
-                           f"{no_tumour_threshold:.2f} or more (this one: {confidence:.2f}), "
+                           f"{no_tumour_threshold:.2f} or more (this one: "
+                           f"{_below(confidence, no_tumour_threshold)}), "
                            "so that a tumour is never missed silently")
     return reasons
+
+
+def _below(value: float, limit: float) -> str:
+    """``value`` to 2 decimals, or as many more as show it below ``limit`` (0.94959 against
+    0.95 is "0.9496": "0.95 is below 0.95" read as a contradiction on the report page)."""
+    for places in range(2, 7):
+        text = f"{value:.{places}f}"
+        if float(text) < limit:
+            return text
+    return text
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray,

@@ -162,3 +162,46 @@ def other_filesystem(path: Path) -> Path:
                 str(path)).st_dev:
             return c
     pytest.skip("no writable folder on another filesystem to put the inbox on")
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+def page_report(file_name: str = "scan.png", *, needs_review: bool = True,
+                study: str | None = None) -> dict[str, Any]:
+    """A report as the agent writes it (the fields ``edge.pages.report_page`` reads), without
+    running a model: for tests of the pages themselves."""
+    probabilities = {"meningioma": 0.62, "glioma": 0.3, "notumor": 0.05, "pituitary": 0.03}
+    return {
+        "schema": "neuroedge.report/2", "id": "ab" * 32,
+        "notice": "NOT FOR CLINICAL USE. A test page.",
+        "created_at": "2026-12-06T10:00:01+01:00",
+        "input": {"file_name": file_name, "sha256": "ab" * 32, "size_bytes": 1234,
+                  "format": "dicom" if study else "png"},
+        "dicom": {"study_instance_uid": study, "modality": "MR"} if study else None,
+        "prediction": {"label": "meningioma", "confidence": 0.62,
+                       "probabilities": probabilities},
+        "needs_review": needs_review,
+        "review_reasons": ["confidence 0.62 is below the review threshold 0.90"]
+        if needs_review else [],
+        "trust": None, "heatmap": {"kind": "occlusion", "peak_effect": 0.4}, "notes": [],
+        "model": {"name": "brain-mri-test", "version": "9.8.7", "architecture": "toy",
+                  "quantization": "int8", "sha256": "cd" * 32, "runtime": "test"},
+        "agent": {"version": "0"}, "timings_ms": {"total": 1.0},
+        "intake": {"token": "20261206T100000-abcdef", "received_at": "2026-12-06T10:00:00+01:00"},
+    }
+
+
+def page_day_entries(long_name: str) -> list[dict[str, Any]]:
+    """A day's index lines: one needing review with ``long_name``, one refused, one fine."""
+    report = {"report": f"reports/{'ab' * 32}.json", "html": f"reports/{'ab' * 32}.html"}
+    return [
+        {"time": "2026-12-06T10:00:00+01:00", "file_name": long_name, "outcome": "classified",
+         "label": "meningioma", "confidence": 0.62, "needs_review": True,
+         "moved_to": f"archive/2026-12-06/{long_name}", **report},
+        {"time": "2026-12-06T10:01:00+01:00", "file_name": "notes.txt",
+         "outcome": "quarantined", "reason": "the file is a text file, not a PNG, JPEG or DICOM "
+         "file", "moved_to": "quarantine/notes.txt"},
+        {"time": "2026-12-06T10:02:00+01:00", "file_name": "ok.png", "outcome": "classified",
+         "label": "glioma", "confidence": 0.97, "needs_review": False,
+         "moved_to": "archive/2026-12-06/ok.png", **report},
+    ]

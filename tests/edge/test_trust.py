@@ -436,6 +436,6 @@ def test_the_report_page_headline_of_a_confident_unfamiliar_no_tumour_answer():
                         "sha256": "0" * 64},
               "agent": {"version": "0"}, "timings_ms": {}, "created_at": "", "id": "x"}
     page = report_page(report, None).decode()
-    assert "notumor (99.7%), but" in page and "100%" not in page
+    assert "<strong>notumor</strong> (99.7%), but" in page and "100%" not in page
     assert "does not rule out a tumour" in page
     assert "<td>99.7%</td>" in page and "<td>0.1%</td>" in page
