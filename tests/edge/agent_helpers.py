@@ -118,6 +118,35 @@ def save_dicom(ds: Any, path: Path) -> Path:
     return path
 
 
+# --- reads -----------------------------------------------------------------------------------
+
+class CountedFile:
+    """An open file that adds the bytes read from it to ``tally[key]``: for tests that a
+    step reads only what it must (patch a module's ``open`` to wrap what it opens)."""
+
+    def __init__(self, handle: Any, tally: dict[str, int], key: str) -> None:
+        self.handle, self.tally, self.key = handle, tally, key
+
+    def __enter__(self) -> CountedFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.close()
+
+    def __iter__(self) -> Any:
+        for line in self.handle:
+            self.tally[self.key] += len(line)
+            yield line
+
+    def read(self, *args: Any) -> Any:
+        data = self.handle.read(*args)
+        self.tally[self.key] += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
 # --- subprocesses --------------------------------------------------------------------------
 
 def agent_env(**extra: str) -> dict[str, str]:

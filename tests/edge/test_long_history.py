@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_helpers import agent_env, gray_png, make_config, run_once
+from agent_helpers import CountedFile, agent_env, gray_png, make_config, run_once
 
 from edge import index as index_module
 from edge.durable import json_bytes
@@ -41,31 +41,9 @@ def test_the_front_page_reads_only_what_was_appended(tmp_path, monkeypatch):
     read = {"bytes": 0}
     real_open = open
 
-    class Counted:
-        def __init__(self, handle):
-            self.handle = handle
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def __iter__(self):
-            for line in self.handle:
-                read["bytes"] += len(line)
-                yield line
-
-        def read(self, *args):
-            data = self.handle.read(*args)
-            read["bytes"] += len(data)
-            return data
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-    monkeypatch.setattr(index_module, "open", lambda *a, **k: Counted(real_open(*a, **k)),
-                        raising=False)
+    monkeypatch.setattr(index_module, "open", raising=False,
+                        value=lambda *a, **k: CountedFile(real_open(*a, **k), read, "bytes"))
     today = days[-1]
     index.append(today, [(_line(today, 99999), False)])
     index.render()  # today's page (its own file, once) and the front page

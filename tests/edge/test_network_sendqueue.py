@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from agent_helpers import CountedFile
 
 from edge.network.sender import Sender, SendError
 from edge.network.sendqueue import Outgoing, SendQueue
@@ -249,32 +250,10 @@ def test_queueing_costs_do_not_grow_with_the_queue(tmp_path, monkeypatch):
         reads["records"] += 1
         return real_read_json(path)
 
-    class Counted:
-        def __init__(self, handle):
-            self.handle = handle
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def __iter__(self):
-            for line in self.handle:
-                reads["sent bytes"] += len(line)
-                yield line
-
-        def read(self, *args):
-            data = self.handle.read(*args)
-            reads["sent bytes"] += len(data)
-            return data
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
 
     monkeypatch.setattr(sendqueue, "read_json", read_json)
-    monkeypatch.setattr(sendqueue, "open", lambda *a, **k: Counted(real_open(*a, **k)),
-                        raising=False)
+    monkeypatch.setattr(sendqueue, "open", raising=False,
+                        value=lambda *a, **k: CountedFile(real_open(*a, **k), reads, "sent bytes"))
     queue.was_sent("warm-up")  # a queue that has been used: its caches are filled
     queue.items()
     reads.update({"records": 0, "sent bytes": 0})
