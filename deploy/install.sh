@@ -163,7 +163,13 @@ switch_model() {
     ln -sfn "$1" "$D$MODELS/.current.tmp.$$"
     mv -T "$D$MODELS/.current.tmp.$$" "$D$MODELS/current"
     sync
-    say "the agent now runs model $1"
+    if [ -n "$PINNED" ]; then
+        say "models/current now names $1, but the agent does not run it: \
+/etc/neuroedge/config.toml pins [paths] model = $PINNED. Set it to \"$MODELS/current\" to \
+run the models this script installs"
+    else
+        say "the agent now runs model $1"
+    fi
 }
 
 # model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line,
@@ -229,6 +235,20 @@ in a drop-in (systemctl edit edge-agent; docs/deployment/index.md). Nothing was 
 fi
 
 MODELS=$PREFIX/models
+# A kept config.toml may pin [paths] model to one folder (or "", the package's own model):
+# the agent then never runs models/current, whatever this script installs there.
+PINNED=""
+if [ -f "$D/etc/neuroedge/config.toml" ]; then
+    PINNED=$("$PY_JSON" - "$D/etc/neuroedge/config.toml" "$MODELS/current" <<'EOF'
+import os, re, sys
+config, current = sys.argv[1:]
+paths = re.search(r"(?ms)^\[paths\][^\n]*\n(.*?)(?=^\[|\Z)", open(config, encoding="utf-8").read())
+found = paths and re.search(r"(?m)^model\s*=\s*[\"']([^\"']*)[\"']", paths.group(1))
+if found and os.path.normpath(found.group(1) or ".") != os.path.normpath(current):
+    print(found.group(1) or "(empty: the model inside the installed package)")
+EOF
+)
+fi
 if [ -z "$MODEL" ]; then
     if [ -L "$D$MODELS/current" ]; then
         kept=$(readlink "$D$MODELS/current")

@@ -177,6 +177,27 @@ def test_custom_paths_are_written_into_unit_and_config(tmp_path: Path, model: Pa
     assert (dest / "data/clinic/inbox").is_dir() and (dest / "srv/neuro/models/toy-1.0.0").is_dir()
 
 
+def test_a_new_model_under_a_pinned_config_says_the_agent_will_not_run_it(
+        tmp_path: Path, model: Path) -> None:
+    """config.toml may name one model folder instead of models/current: install.sh said
+    "the agent now runs model toy-2.0.0" while the agent went on with the pinned one."""
+    dest = tmp_path / "root"
+    out = run(INSTALL, "--destdir", str(dest), "--model", str(model), "--no-venv").stdout
+    assert "the agent now runs model toy-1.0.0" in out
+    config = dest / "etc/neuroedge/config.toml"
+    text = config.read_text()
+    assert 'model = "/opt/neuroedge/models/current"' in text
+    config.write_text(text.replace('model = "/opt/neuroedge/models/current"',
+                                   'model = "/opt/neuroedge/models/toy-1.0.0"'))
+    second = make_model(tmp_path / "v2", version="2.0.0", payload=b"other bytes")
+    out = run(INSTALL, "--destdir", str(dest), "--model", str(second), "--no-venv").stdout
+    assert "the agent now runs" not in out
+    assert ("models/current now names toy-2.0.0, but the agent does not run it: "
+            "/etc/neuroedge/config.toml pins [paths] model = /opt/neuroedge/models/toy-1.0.0"
+            in out)
+    assert os.readlink(dest / "opt/neuroedge/models/current") == "toy-2.0.0"
+
+
 def test_an_upgrade_that_forgot_data_is_refused_before_changing_anything(
         tmp_path: Path, model: Path) -> None:
     """The kept config.toml names the first install's --data; an upgrade without it used to
