@@ -117,8 +117,8 @@ def studies_index_page(rows: list[dict[str, Any]]) -> bytes:
     lines = []
     for d in sorted(rows, key=lambda d: d["created_at"], reverse=True):
         verdict = esc(d["verdict"])
-        if d["verdict"] == "needs_review":
-            verdict = f"<strong>{verdict}</strong>"
+        if d["verdict"] == "needs_review":  # in words, boxed like a day's page, not the code
+            verdict = "<strong class=\"flag\">needs review</strong>"
         lines.append(f"<tr><td>{esc(d['created_at'])}</td><td>{esc(d['study_date'])}</td>"
                      f"<td><a href=\"{esc(d['study_instance_uid'])}.html\">{verdict}</a></td>"
                      f"<td>{d['instances']}</td><td>{d['series']}</td>"

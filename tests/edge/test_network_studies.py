@@ -327,7 +327,8 @@ def test_the_studies_page_reads_only_study_reports_that_changed(tmp_path, monkey
     (outbox / "studies" / "1.2.1.json").write_text(json.dumps(doc, indent=1))
     tracker._render_index()
     assert [p.name for p in read if p.parent.name == "studies"] == ["1.2.1.json"]
-    assert "<strong>needs_review</strong>" in (outbox / "studies" / "index.html").read_text()
+    page = (outbox / "studies" / "index.html").read_text()
+    assert '<strong class="flag">needs review</strong>' in page and "needs_review" not in page
 
 
 def test_a_study_whose_sr_cannot_be_queued_says_so(tmp_path, caplog):
