@@ -5,12 +5,16 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 ====  ====================================================================================
 0     success (``classify``: every file was classified)
 1     an unexpected internal error (a bug: please report it with the log)
-2     wrong usage (unknown option, missing argument, a FILE that does not exist)
+2     wrong usage (unknown option, missing argument, a FILE that does not exist; ``offload``:
+      a wrong --before or --to)
 65    ``classify``: at least one file was refused (its entry says why); ``fsck``: the outbox
       has problems it could not repair
 66    the inbox, or the folder meant to hold the outbox, does not exist (yet): a share or
-      disk may not be mounted, so a service manager should restart the agent
+      disk may not be mounted, so a service manager should restart the agent; ``offload``:
+      the folder --to names does not exist
 69    no TFLite runtime can be imported, or it cannot run the model
+73    an output cannot be written; ``offload``: --to has too little space, or a file there
+      differs from the one it would receive
 75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
       yet and stay journaled for the next run, or wait in the inbox for disk space
       (``[watch] min_free_mb``), or could not be read in the inbox; ``fsck``:
@@ -261,6 +265,28 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
         sys.exit(EX_DATAERR)
     if result.of("pending"):
         sys.exit(EX_TEMPFAIL)
+
+
+@cli.command()
+# plain paths: edge.offload says in one line what is wrong with them (click's checks print
+# a usage block)
+@click.argument("outbox", type=click.Path())
+@click.option("--before", required=True, metavar="YYYY-MM-DD",
+              help="Move every day before this one (it must be before today).")
+@click.option("--to", "dest", required=True, type=click.Path(),
+              help="The folder to move them to, outside the outbox (a USB disk, a share).")
+@click.option("--dry-run", is_flag=True, help="Only say what would move; change nothing.")
+@_user_errors
+def offload(outbox: str, before: str, dest: str, dry_run: bool) -> None:
+    """Move OUTBOX's days before --before (index, archive, their reports and quarantined
+    inputs) to another folder, copied and verified before anything is removed.
+
+    The agent must be stopped. Exit 0: done; 2: a wrong --before or --to; 66: --to does
+    not exist; 73: --to cannot take them (space, a conflicting file); 75: the agent runs.
+    """
+    from .offload import offload as move_days
+
+    move_days(Path(outbox), before, dest, dry_run, click.echo)
 
 
 @cli.command()

@@ -19,6 +19,8 @@ _remaining = int(_COUNT) if _COUNT.isdigit() else 1
 POINTS = ("after_claim", "after_report", "after_move", "after_index")
 # reached only when the inbox is on another filesystem than the outbox (edge.claim)
 CROSS_FILESYSTEM_POINTS = ("after_hide", "after_copy")
+# ``edge-agent offload``: before each source file is removed (edge.offload)
+OFFLOAD_POINTS = ("offload_remove",)
 
 
 def hit(name: str) -> None:

@@ -17,7 +17,9 @@ files are removed, a torn last index line is cut, unreadable index lines are mov
 ``index/<day>.jsonl.damaged`` (kept, not deleted), a missing index line is rebuilt from the
 report or reason record on disk (marked ``"rebuilt_by": "fsck"``), a quarantined input that
 lost its record gets one that says so, and the HTML index pages are rewritten. With
-``--dry-run`` nothing is changed. The agent must not be running (its lock is taken).
+``--dry-run`` nothing is changed. The agent must not be running (its lock is taken). A day
+whose offload was interrupted (``edge.offload``: its copies verified, its removal begun) is
+reported as pending and not checked: the next ``edge-agent offload`` finishes it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .durable import (
 )
 from .index import DailyIndex
 from .manifest import sha256_file
+from .offload import RECORD_NAME, pending_offload
 from .outbox import Outbox
 from .report import REPORT_SCHEMAS, local_day, now_iso, summary_line
 
@@ -93,11 +96,23 @@ class _Checker:
         self._tokens: set[str] | None = None  # every line's token, read when first needed
         self._classified: set[str] = set()  # ids of lines "classified", with _tokens
         self.changed_days: set[str] = set()
+        # a day whose offload was interrupted (edge.offload): half removed, on purpose
+        self.offloading = pending_offload(outbox.root)
+        self.offloading_paths = {str(f.get("path")) for f in (self.offloading or {}).get(
+            "files", []) if isinstance(f, dict)}
+        self.offloading_day = (self.offloading or {}).get("day")
 
     def rel(self, path: Path) -> str:
         return display_name(self.outbox.relative(path))
 
     def run(self) -> Result:
+        if self.offloading is not None:
+            self.result.add("pending", f".state/{RECORD_NAME}",
+                            f"the offload of {self.offloading_day} to "
+                            f"{self.offloading.get('dest')} was interrupted: its copies are "
+                            "verified; run the same `edge-agent offload` command again to "
+                            "finish removing the day (its files are not checked here "
+                            "meanwhile)")
         self._journal()
         self._temp_files()
         reports = self._reports()
@@ -147,7 +162,7 @@ class _Checker:
             return
         for path in sorted(folder.glob("*.jsonl")):
             day = path.stem
-            if not _DAY.match(day):
+            if not _DAY.match(day) or day == self.offloading_day:
                 continue
             if self.repair and repair_torn_tail(path):
                 self.result.add("repaired", self.rel(path), "cut a partial last line left by a "
@@ -263,7 +278,8 @@ class _Checker:
         if not self.outbox.archive.is_dir():
             return 0
         for day_folder in sorted(self.outbox.archive.iterdir()):
-            if not day_folder.is_dir() or day_folder.is_symlink():
+            if not day_folder.is_dir() or day_folder.is_symlink() or (
+                    day_folder.name == self.offloading_day):
                 continue
             for name in sorted(os.listdir(str(day_folder))):
                 if name.startswith("."):
@@ -294,7 +310,8 @@ class _Checker:
         folder = self.outbox.quarantine
         if not folder.is_dir():
             return 0
-        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")
+                 and f"quarantine/{p.name}" not in self.offloading_paths}
         inputs = {n for n in names if n + REASON_SUFFIX in names}
         records = {n + REASON_SUFFIX for n in inputs}
         for name in sorted(names - inputs - records):

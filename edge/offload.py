@@ -1,0 +1,576 @@
+"""``edge-agent offload OUTBOX --before DAY --to DEST``: move whole old days off the box.
+
+A clinic box fills up (about three months of a 32 GB card at 2,000 inputs a day), and then
+safely stops taking inputs. This moves every day before ``--before`` that has an index file,
+with everything its index lines name, to other storage in the outbox's own layout, so the
+days can still be browsed there from ``DEST/index.html``:
+
+- ``index/D.jsonl`` (and a ``.jsonl.damaged`` beside it) to ``DEST/index/``, where the day's
+  page and the front page are written anew (``index/D.html`` goes from the outbox);
+- ``archive/D/`` whole to ``DEST/archive/D/``;
+- the reports D's lines name (``reports/<id>.*``) to ``DEST/reports/``; one that a line of a
+  day not moved still names (a later duplicate) is copied and kept in the outbox;
+- the quarantined inputs D's lines name, with their ``.reason.json``, to ``DEST/quarantine/``.
+  An earlier offload may hold that name already (names are free again in the outbox once
+  their day has gone): the input then gets the next free ``name~<sha8>`` name there, and
+  DEST's copy of the line says where (``moved_to``).
+
+One day at a time, oldest first, in steps after each of which a crash loses nothing:
+
+1. copy: each file to DEST through a temporary file, fsynced, linked into place (never over
+   anything). A file already there with the same bytes is one an interrupted run copied;
+   one with other bytes is a conflict: the run stops, and nothing of that day is removed;
+2. verify: each copy read back (dropped from the page cache first, so the disk is read)
+   against the sha256 of what was copied;
+3. journal: ``.state/offload.json`` names every file to remove with its copy's size and
+   sha256, written durably before the first removal;
+4. remove: the sources, the day's index file last; the folders are fsynced, then the record
+   is deleted. A rerun (or the next run) finds the record and finishes it, checking each
+   copy again first. Meanwhile ``edge-agent fsck`` reports it as pending.
+
+The outbox's lock is held throughout: the agent must be stopped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import failpoints
+from .commit import REASON_SUFFIX
+from .diskspace import MB, free_bytes
+from .durable import (
+    FolderBarrier,
+    atomic_file,
+    display_name,
+    fsync_dir,
+    is_temp_name,
+    json_bytes,
+    read_json,
+    remove_stale_temp_files,
+    split_ext,
+    unwritable_reason,
+    write_json_atomic,
+)
+from .errors import AgentBusyError, ConfigError, EdgeError, FolderUnavailableError, OutputError
+from .index import DailyIndex
+from .outbox import Outbox
+
+RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
+RECORD_SCHEMA = "neuroedge.offload/1"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# a line's report id, found as bytes: in compact JSON this can only be the key and its value
+_LINE_ID = re.compile(rb'"id":"([0-9a-f]{64})"')
+_WITH_REPORT = ("classified", "duplicate")
+_BLOCK = 4096  # a file takes whole blocks at DEST
+_MARGIN = 1 << 20  # DEST's pages, folders, temporary files
+
+Echo = Callable[[str], None]
+
+
+class OffloadUsageError(EdgeError):
+    """A wrong ``--before`` or ``--to``: exit 2, the code of wrong usage in every
+    ``edge-agent`` command (click's own)."""
+
+    exit_code = 2
+
+
+@dataclass
+class Copy:
+    """One file of a day: where it is in the outbox, where it goes at DEST."""
+
+    src: str  # relative to the outbox
+    dest: str  # relative to DEST
+    size: int
+    remove: bool = True  # False: a report a later day still names (copied, kept)
+    data: bytes | None = None  # written instead of src's bytes (a line rewritten)
+    link: str | None = None  # a quarantined symbolic link's target
+    present: bool = False  # already at DEST with this size: compared, not copied
+    skip: bool = False  # a report DEST holds another of: neither copied nor removed
+    sha256: str = ""  # of the bytes at DEST, once they are known to be right
+
+    def entry(self) -> dict[str, Any]:
+        return {"path": self.src, "copy": self.dest, "size": self.size, "sha256": self.sha256}
+
+
+@dataclass
+class DayPlan:
+    day: str
+    copies: list[Copy] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+
+    def moved_bytes(self) -> int:
+        return sum(c.size for c in self.copies if c.remove)
+
+    def needed_bytes(self) -> int:
+        return sum(-(-c.size // _BLOCK) * _BLOCK + _BLOCK for c in self.copies
+                   if not c.present)
+
+
+def parse_before(text: str, today: datetime.date | None = None) -> str:
+    """``--before`` as a day strictly before today: today's inputs are still coming."""
+    try:
+        day = datetime.date.fromisoformat(text) if _DAY.match(text) else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise OffloadUsageError(f"--before {text!r} is not a day: write it YYYY-MM-DD, e.g. "
+                                "2026-01-01 (the days before it are moved)")
+    today = today or datetime.date.today()
+    if day >= today:
+        raise OffloadUsageError(f"--before {text} is today or later: the agent still writes "
+                                f"today's day; give a day before {today.isoformat()}")
+    return day.isoformat()
+
+
+def check_dest(root: Path, dest_text: str, dry_run: bool) -> Path:
+    """DEST as an existing, writable folder outside the outbox."""
+    dest = Path(dest_text).expanduser()
+    if not dest.exists():
+        raise FolderUnavailableError(f"--to {dest} does not exist: mount the disk it is on "
+                                     "(or create the folder) and run again")
+    if not dest.is_dir():
+        raise OutputError(f"--to {dest} is a file, not a folder: give a folder")
+    resolved = dest.resolve()
+    if resolved == root or root in resolved.parents:
+        raise OffloadUsageError(f"--to {dest} is inside the outbox {root}: give a folder on "
+                                "other storage (a USB disk, a share)")
+    if dry_run:
+        reason = None if os.access(str(dest), os.W_OK | os.X_OK) else "no permission"
+    else:
+        reason = unwritable_reason(dest, folder=True)
+    if reason is not None:
+        raise OutputError(f"--to {dest} cannot be written ({reason}): give a folder this user "
+                          "may write, or run as one who may")
+    return resolved
+
+
+def pending_offload(root: Path) -> dict[str, Any] | None:
+    """The record of a day whose removal began and did not end (fsck reads it too)."""
+    record = read_json(root / ".state" / RECORD_NAME)
+    return record if isinstance(record, dict) and record.get("schema") == RECORD_SCHEMA else None
+
+
+def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: Echo) -> int:
+    """Move the days before ``before_text`` to DEST (``dry_run``: only say what would move);
+    return how many days moved."""
+    before = parse_before(before_text)
+    root = root.resolve()
+    box = Outbox(root)
+    if not box.state.is_dir():
+        raise ConfigError(f"{root} is not an outbox (it has no .state folder): give the folder "
+                          "the agent writes its reports to")
+    dest = check_dest(root, dest_text, dry_run)
+    try:
+        box.lock(read_only=dry_run)
+    except AgentBusyError:
+        raise AgentBusyError(f"edge-agent is running on the outbox {root}: stop edge-agent "
+                             "first: systemctl stop edge-agent (and start it again after)"
+                             ) from None
+    try:
+        return _Offload(box, dest, echo).run(before, dry_run)
+    except OSError as exc:  # a disk error, DEST unplugged: each step is safe to stop after
+        raise OutputError(f"the offload stopped: {exc.strerror or exc} ({exc.filename}); "
+                          "nothing is lost: run the same command again once that is fixed "
+                          "(a day whose removal had begun is finished first)") from None
+    finally:
+        box.unlock()
+
+
+class _Offload:
+    def __init__(self, box: Outbox, dest: Path, echo: Echo) -> None:
+        self.box = box
+        self.root = box.root
+        self.dest = dest
+        self.echo = echo
+        self.reserved: set[str] = set()  # quarantine names at DEST promised in this pass
+        self.report_files: dict[str, list[str]] = {}
+        self.last_day: dict[str, str] = {}  # report id -> the last day whose lines name it
+
+    def run(self, before: str, dry_run: bool) -> int:
+        pending = pending_offload(self.root)
+        if pending is not None:
+            if dry_run:
+                self.echo(f"an interrupted offload of {pending.get('day')} to "
+                          f"{pending.get('dest')} would be finished first")
+            else:
+                self.finish(pending, verify=True)
+                self.echo(f"finished the interrupted offload of {pending.get('day')}")
+        if os.stat(str(self.dest)).st_dev == os.stat(str(self.root)).st_dev:
+            self.echo(f"note: {self.dest} is on the outbox's own disk: moving there frees no "
+                      "space on it")
+        days = self._days(lambda day: day < before)
+        if not days:
+            self.echo(f"no day before {before} is left in the outbox: nothing to move")
+            if pending is not None:
+                DailyIndex(self.root).render(days=[])
+            return 0
+        self._prepare(days)
+        plans = self._plans(days)
+        self._check_space(plans, dry_run)
+        if dry_run:
+            return 0
+        for day in days:
+            self.reserved.clear()
+            self.move_day(self._plan_day(day))
+        DailyIndex(self.root).render(days=[])  # the front page, without the days moved
+        self.echo(f"moved {len(days)} day(s) to {self.dest} (open {self.dest / 'index.html'})")
+        return len(days)
+
+    # --- what moves ---------------------------------------------------------------------
+
+    def _days(self, wanted: Callable[[str], bool]) -> list[str]:
+        folder = self.root / "index"
+        return sorted(p.stem for p in folder.glob("*.jsonl") if _DAY.match(p.stem)
+                      and wanted(p.stem)) if folder.is_dir() else []
+
+    def _prepare(self, days: list[str]) -> None:
+        """The report files of the days' lines (one walk of ``reports/``), and the last day
+        that names each report: a day moves a report only if no later day names it (a
+        duplicate's line names the earlier input's report), whether that day moves too
+        (later in this run) or stays."""
+        first = days[0]
+        for day in self._days(lambda d: d >= first):
+            with open(str(self.root / "index" / f"{day}.jsonl"), "rb") as handle:
+                self.last_day.update((m.decode(), day) for m in _LINE_ID.findall(handle.read()))
+        ids = {str(e.get("id")) for day in days for _, e in self._lines(day)
+               if e is not None and e.get("outcome") in _WITH_REPORT}
+        if not self.box.reports.is_dir():
+            return
+        with os.scandir(str(self.box.reports)) as entries:
+            for entry in entries:
+                if entry.name[64:65] == "." and entry.name[:64] in ids:
+                    self.report_files.setdefault(entry.name[:64], []).append(entry.name)
+
+    def _lines(self, day: str) -> list[tuple[bytes, dict[str, Any] | None]]:
+        """The day's index lines, as bytes and parsed (None: not readable)."""
+        with open(str(self.root / "index" / f"{day}.jsonl"), "rb") as handle:
+            raw = handle.read().split(b"\n")
+        if raw and raw[-1] == b"":
+            raw.pop()
+        lines = []
+        for line in raw:
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except ValueError:
+                entry = None
+            lines.append((line, entry if isinstance(entry, dict) else None))
+        return lines
+
+    def _plans(self, days: list[str]) -> Iterator[DayPlan]:
+        for day in days:
+            self.reserved.clear()
+            yield self._plan_day(day)
+
+    def _plan_day(self, day: str) -> DayPlan:
+        """Every file of ``day``, the index file last (it names the others), and where each
+        goes. A conflict at DEST found here stops the run before anything is copied."""
+        plan = DayPlan(day)
+        archive = self.box.archive / day
+        if archive.is_dir() and not archive.is_symlink():
+            for name in sorted(os.listdir(str(archive))):
+                if is_temp_name(name):
+                    continue  # an interrupted write's leftover: removed with the folder
+                if (archive / name).is_dir() and not (archive / name).is_symlink():
+                    raise OutputError(f"{archive / name} is a folder (the agent never makes "
+                                      "one there): move it out of the archive, then run again")
+                self._add(plan, self._copy(f"archive/{day}/{name}"))
+        lines = self._lines(day)
+        rewritten = False
+        ids: dict[str, None] = {}  # in the order of the lines, once each
+        for n, (_, entry) in enumerate(lines):
+            if entry is None:
+                continue
+            if entry.get("outcome") in _WITH_REPORT:
+                ids[str(entry.get("id"))] = None
+            moved_to = entry.get("moved_to")
+            if entry.get("outcome") == "quarantined" and isinstance(moved_to, str) and (
+                    moved_to.startswith("quarantine/")):
+                name = self._quarantine(plan, moved_to, entry)
+                if name is not None and name != moved_to:
+                    entry["moved_to"] = name
+                    lines[n] = (json_bytes(entry, compact=True).rstrip(b"\n"), entry)
+                    rewritten = True
+        for report_id in ids:
+            for name in sorted(self.report_files.get(report_id, [])):
+                self._add(plan, self._copy(f"reports/{name}",
+                                           remove=self.last_day.get(report_id, day) <= day))
+        damaged = f"index/{day}.jsonl.damaged"
+        if (self.root / damaged).is_file():
+            self._add(plan, self._copy(damaged))
+        data = b"".join(raw + b"\n" for raw, _ in lines) if rewritten else None
+        self._add(plan, self._copy(f"index/{day}.jsonl", data=data))
+        _keep_whole_reports(plan)
+        return plan
+
+    @staticmethod
+    def _add(plan: DayPlan, copy: Copy) -> None:
+        plan.copies.append(copy)
+        plan.sources.add(copy.src)
+
+    def _copy(self, src: str, dest: str | None = None, remove: bool = True,
+              data: bytes | None = None) -> Copy:
+        info = os.lstat(str(self.root / src))
+        link = os.readlink(str(self.root / src)) if stat.S_ISLNK(info.st_mode) else None
+        copy = Copy(src, dest or src, len(data) if data is not None else info.st_size,
+                    remove, data, link)
+        target = self.dest / copy.dest
+        if os.path.lexists(str(target)):
+            same_size = (os.readlink(str(target)) == link if os.path.islink(str(target))
+                         else link is None and target.stat().st_size == copy.size)
+            if not same_size:
+                self._conflict(copy)
+            copy.present = True
+        return copy
+
+    def _conflict(self, copy: Copy) -> None:
+        """A different file has the name at DEST. A report is then kept in the outbox (the
+        same input came again after its first report was moved: DEST's, of the same
+        content, serves DEST's lines); anything else stops the run."""
+        if copy.src.startswith("reports/"):
+            copy.remove, copy.present, copy.skip = False, True, True
+            return
+        raise OutputError(f"{self.dest / copy.dest} already exists with other content than "
+                          f"{self.root / copy.src}; nothing of that day was removed. Give each "
+                          "outbox its own folder at DEST, or move that file aside once you "
+                          "have looked at it, and run again")
+
+    def _quarantine(self, plan: DayPlan, moved_to: str, entry: dict[str, Any]) -> str | None:
+        """Plan a quarantined input and its record; return its name at DEST (None: it is
+        not in the outbox any more). The name is the first of ``name``, ``name~<sha8>``,
+        ``name~<sha8>-2``, ... where each of the two files is absent or already the same
+        bytes (copied by an interrupted run): the same choice on every rerun."""
+        src = self.root / moved_to
+        if not os.path.lexists(str(src)) or moved_to in plan.sources:
+            return None
+        record = Path(str(src) + REASON_SUFFIX)
+        has_record = os.path.lexists(str(record))
+        stem, ext = split_ext(src.name)
+        tag = str(entry.get("id") or entry.get("token") or "x")[:8]
+        for n in range(100000):
+            name = src.name if n == 0 else f"{stem}~{tag}{'' if n == 1 else f'-{n}'}{ext}"
+            rel = f"quarantine/{name}"
+            if rel in self.reserved or not _same_or_absent(src, self.dest / rel) or (
+                    not _same_or_absent(record if has_record else None,
+                                        self.dest / (rel + REASON_SUFFIX))):
+                continue
+            self.reserved.add(rel)
+            self._add(plan, self._copy(moved_to, rel))
+            if has_record:
+                self._add(plan, self._copy(moved_to + REASON_SUFFIX, rel + REASON_SUFFIX))
+            return rel
+        raise OutputError(f"no free name for {display_name(src.name)} in "
+                          f"{self.dest / 'quarantine'}")
+
+    def _check_space(self, plans: Iterator[DayPlan], dry_run: bool) -> None:
+        moved = needed = files = kept = days = 0
+        for plan in plans:
+            days += 1
+            files += sum(c.remove for c in plan.copies)
+            kept += sum(not c.remove for c in plan.copies)
+            moved += plan.moved_bytes()
+            needed += plan.needed_bytes()
+            if dry_run:
+                self.echo(f"{plan.day}: {sum(c.remove for c in plan.copies)} file(s), "
+                          f"{_mb(plan.moved_bytes())} would move"
+                          + (f"; {sum(not c.remove for c in plan.copies)} report(s) copied "
+                             "and kept (a later day's line names them)"
+                             if any(not c.remove for c in plan.copies) else ""))
+        free = free_bytes(self.dest)
+        if dry_run:
+            self.echo(f"would move {days} day(s): {files} file(s), {_mb(moved)}"
+                      + (f" ({kept} report(s) copied and kept)" if kept else "")
+                      + f"; {_mb(needed)} needed at {self.dest}, "
+                      + (f"{_mb(free)} free there" if free is not None else "free space unknown"))
+            return
+        if free is not None and needed + _MARGIN > free:
+            raise OutputError(f"{self.dest} has {_mb(free)} free; moving {days} day(s) needs "
+                              f"{_mb(needed + _MARGIN)}: nothing was moved. Free space there, "
+                              "use a bigger disk, or give an earlier --before")
+
+    # --- copy, verify, remove -------------------------------------------------------------
+
+    def move_day(self, plan: DayPlan) -> None:
+        copied = self._copy_all(plan)
+        for copy in copied:
+            if _read_back(self.dest / copy.dest) != copy.sha256:
+                raise OutputError(f"the copy {self.dest / copy.dest} reads back different from "
+                                  f"{self.root / copy.src}: the disk at {self.dest} may be "
+                                  f"failing; nothing of {plan.day} was removed")
+        DailyIndex(self.dest).render([plan.day])  # DEST's day page and front page
+        *others, index = plan.copies  # the index file is last: it names the others
+        record = {"schema": RECORD_SCHEMA, "dest": str(self.dest), "day": plan.day,
+                  "files": [c.entry() for c in others if c.remove]
+                  # the day's page has no copy to check: DEST has its own
+                  + [{"path": f"index/{plan.day}.html", "copy": None}, index.entry()]}
+        write_json_atomic(self.box.state / RECORD_NAME, record)
+        self.finish(record, verify=False)
+        kept = [c for c in plan.copies if not c.remove]
+        self.echo(f"moved {plan.day}: {sum(c.remove for c in plan.copies)} file(s), "
+                  f"{_mb(plan.moved_bytes())}"
+                  + (f"; kept {len(kept)} report(s) in the outbox (named by a later day, or "
+                     "DEST holds another report of the same input)" if kept else ""))
+
+    def _copy_all(self, plan: DayPlan) -> list[Copy]:
+        """Copy the day's files that DEST lacks, check those it has; return the copies made
+        (their folders fsynced)."""
+        barrier, copied = FolderBarrier(), []
+        for folder in {(self.dest / c.dest).parent for c in plan.copies}:
+            remove_stale_temp_files(folder)  # an interrupted copy's leftovers
+        for copy in plan.copies:
+            if copy.skip:
+                continue
+            target = self.dest / copy.dest
+            if not copy.present:
+                self._make_folder(target.parent, barrier)
+                try:
+                    copy.sha256 = self._write(copy, target, barrier)
+                    copied.append(copy)
+                    continue
+                except FileExistsError:
+                    pass  # made meanwhile: compared below
+            mine = (_link_sha(copy.link) if copy.link is not None else hashlib.sha256(
+                copy.data).hexdigest() if copy.data is not None else _sha256(self.root / copy.src))
+            if _read_back(target) != mine:
+                self._conflict(copy)
+            else:
+                copy.sha256 = mine
+        barrier.sync()
+        _keep_whole_reports(plan)
+        return copied
+
+    def _make_folder(self, folder: Path, barrier: FolderBarrier) -> None:
+        if not folder.is_dir():
+            self._make_folder(folder.parent, barrier)
+            folder.mkdir()
+            barrier.add(folder.parent)
+
+    def _write(self, copy: Copy, target: Path, barrier: FolderBarrier) -> str:
+        """Copy one file durably (data fsynced, folder in ``barrier``), never over another;
+        return the sha256 of what was written."""
+        if copy.link is not None:
+            os.symlink(copy.link, str(target))
+            barrier.add(target.parent)
+            return _link_sha(copy.link)
+        digest = hashlib.sha256()
+        with atomic_file(target, replace=False, barrier=barrier) as out:
+            if copy.data is not None:
+                digest.update(copy.data)
+                out.write(copy.data)
+            else:
+                with open(str(self.root / copy.src), "rb") as source:
+                    for chunk in iter(lambda: source.read(1 << 20), b""):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if copy.data is None:
+            info = os.stat(str(self.root / copy.src))
+            os.utime(str(target), ns=(info.st_atime_ns, info.st_mtime_ns))
+        return digest.hexdigest()
+
+    def finish(self, record: dict[str, Any], verify: bool) -> None:
+        """Remove the sources the record names, then the record. ``verify``: an interrupted
+        run's record; each copy is checked again before its source goes."""
+        dest, day = Path(str(record["dest"])), str(record["day"])
+        barrier = FolderBarrier()
+        for item in record["files"]:
+            source = self.root / str(item["path"])
+            if not os.path.lexists(str(source)):
+                continue
+            if verify and item.get("copy") is not None:
+                self._check_copy(dest, item, day)
+            failpoints.hit("offload_remove")
+            os.unlink(str(source))
+            barrier.add(source.parent)
+        archive = self.box.archive / day
+        if archive.is_dir() and not archive.is_symlink():
+            remove_stale_temp_files(archive)
+            try:
+                os.rmdir(str(archive))
+                barrier.add(self.box.archive)
+            except OSError as exc:  # something put there since: it stays, nothing is lost
+                self.echo(f"note: {archive} stays ({exc.strerror}): look at what is in it")
+        barrier.sync()
+        os.unlink(str(self.box.state / RECORD_NAME))
+        fsync_dir(self.box.state)
+
+    def _check_copy(self, dest: Path, item: dict[str, Any], day: str) -> None:
+        copy = dest / str(item["copy"])
+        if not dest.is_dir():
+            raise FolderUnavailableError(
+                f"the offload of {day} to {dest} was interrupted and {dest} is not there: "
+                "mount that disk and run the same command again to finish it")
+        if os.path.isfile(str(copy)) and not os.path.islink(str(copy)):
+            good = copy.stat().st_size == item.get("size") and _read_back(copy) == item.get(
+                "sha256")
+        else:
+            good = os.path.islink(str(copy)) and _link_sha(os.readlink(str(copy))) == item.get(
+                "sha256")
+        if not good:
+            raise OutputError(f"the offload of {day} to {dest} was interrupted, and {copy} is "
+                              f"missing or not the copy of {item['path']} any more; that file "
+                              "stays in the outbox. Put the copy back (or move the "
+                              f"{RECORD_NAME} record out of the outbox's .state folder once "
+                              "you have checked the day by hand)")
+
+
+def _keep_whole_reports(plan: DayPlan) -> None:
+    """A report DEST holds another of stays in the outbox with all its files: its page
+    and heat-map belong to it, even where DEST's are the same bytes."""
+    kept = {Path(c.src).name[:64] for c in plan.copies if c.skip}
+    for copy in plan.copies:
+        if copy.src.startswith("reports/") and Path(copy.src).name[:64] in kept:
+            copy.remove = False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(str(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _link_sha(target: str) -> str:
+    return "link:" + hashlib.sha256(os.fsencode(target)).hexdigest()
+
+
+def _read_back(path: Path) -> str:
+    """The sha256 of ``path`` as the disk holds it: its cached pages are dropped first, so
+    a copy that did not reach the disk whole is not read back from memory."""
+    if os.path.islink(str(path)):
+        return _link_sha(os.readlink(str(path)))
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _same_or_absent(src: Path | None, target: Path) -> bool:
+    """Whether ``target`` is free for ``src``: absent, or the same bytes (or link)."""
+    if not os.path.lexists(str(target)):
+        return True
+    if src is None:
+        return False
+    if os.path.islink(str(src)) or os.path.islink(str(target)):
+        return os.path.islink(str(src)) and os.path.islink(str(target)) and (
+            os.readlink(str(src)) == os.readlink(str(target)))
+    return target.stat().st_size == src.stat().st_size and _sha256(target) == _sha256(src)
+
+
+def _mb(size: int | None) -> str:
+    if size is None:
+        return "?"
+    return f"{size / MB:.1f} MB" if size >= MB else f"{size / 1000:.0f} kB"

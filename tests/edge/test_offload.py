@@ -1,0 +1,241 @@
+"""``edge-agent offload``: old days leave the outbox whole, copied and verified first, and
+nothing is lost or doubled by a crash, a running agent, a conflicting file or a dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from agent_helpers import gray_png, make_config, run_agent, run_once
+from click.testing import CliRunner
+
+from edge import commit
+from edge.cli import cli
+from edge.offload import RECORD_NAME
+from edge.outbox import Outbox
+
+DAY1, DAY2, DAY3 = "2025-03-01", "2025-03-02", "2025-03-03"
+
+
+def _run_day(config, inbox: Path, day: str, monkeypatch, inputs: dict) -> None:
+    """The real agent, taking ``inputs`` (name -> grey level, or text) on ``day``."""
+    for name, value in inputs.items():
+        if isinstance(value, int):
+            gray_png(inbox / name, value)
+        else:
+            (inbox / name).write_text(value)
+    monkeypatch.setattr(commit, "local_day", lambda: day)
+    counts = run_once(config)
+    assert not counts.get("unfinished"), counts
+    monkeypatch.undo()
+
+
+@pytest.fixture()
+def history(folders, test_model, monkeypatch):
+    """Two days handled by the agent: the first with two classified inputs and a refused
+    one, the second with a duplicate of the first day's a.png (its line names a.png's
+    report) and its own input."""
+    config = make_config(folders, test_model.path)
+    inbox = folders["inbox"]
+    _run_day(config, inbox, DAY1, monkeypatch, {"a.png": 30, "b.png": 220,
+                                                 "notes.txt": "not an image\n"})
+    _run_day(config, inbox, DAY2, monkeypatch, {"a-again.png": 30, "c.png": 100})
+    dest = folders["root"] / "usb"
+    dest.mkdir()
+    return config, folders["outbox"], dest
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".state" not in p.relative_to(root).parts}
+
+
+def _lines(outbox: Path, day: str) -> list[dict]:
+    return [json.loads(line) for line in
+            (outbox / "index" / f"{day}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def _day_files(before: dict[str, bytes], outbox: Path, day: str) -> set[str]:
+    """What offloading ``day`` moves: its index, archive, reports and quarantined inputs."""
+    names = {f"index/{day}.jsonl"} | {k for k in before if k.startswith(f"archive/{day}/")}
+    for entry in _lines(outbox, day):
+        if entry["outcome"] == "quarantined":
+            names |= {entry["moved_to"], entry["moved_to"] + ".reason.json"}
+        else:
+            names |= {k for k in before if k.startswith(f"reports/{entry['id']}.")}
+    return names
+
+
+def _offload(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["offload", *args])
+    return result.exit_code, result.output
+
+
+def _fsck_clean(outbox: Path) -> None:
+    checked = run_agent(["fsck", str(outbox), "--deep"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 problem(s), 0 repaired, 0 pending" in checked.stdout, checked.stdout
+
+
+def test_offload_moves_old_days_whole_and_the_outbox_stays_whole(history, monkeypatch):
+    config, outbox, dest = history
+    before = _files(outbox)
+    moving = _day_files(before, outbox, DAY1)
+    a_id = next(e["id"] for e in _lines(outbox, DAY1) if e["file_name"] == "a.png")
+    shared = {k for k in moving if k.startswith(f"reports/{a_id}.")}
+    assert len(shared) == 3 and {"quarantine/notes.txt", f"archive/{DAY1}/b.png"} <= moving
+
+    code, out = _offload(str(outbox), "--before", DAY2, "--to", str(dest))
+    assert code == 0, out
+    assert f"moved {DAY1}" in out
+    at_dest = _files(dest)
+    for name in moving:
+        assert at_dest[name] == before[name], name  # identical bytes at DEST
+        assert (name in shared) == (outbox / name).exists(), name  # a.png's report is kept
+    assert not (outbox / "archive" / DAY1).exists() and not (outbox / "index" /
+                                                             f"{DAY1}.html").exists()
+    assert DAY1 in (dest / "index.html").read_text(encoding="utf-8")
+    assert "a.png" in (dest / "index" / f"{DAY1}.html").read_text(encoding="utf-8")
+    front = (outbox / "index.html").read_text(encoding="utf-8")
+    assert DAY1 not in front and DAY2 in front
+    assert not (outbox / ".state" / RECORD_NAME).exists()
+    _fsck_clean(outbox)
+
+    # the agent runs on: the same refused text again takes the free name quarantine/notes.txt
+    # (DEST has another notes.txt), b.png's content again gets a new report (DEST has the
+    # first), a.png's content again is still a duplicate of the kept report
+    _run_day(config, outbox.parent / "inbox", DAY3, monkeypatch,
+             {"notes.txt": "not an image\n", "b-again.png": 220, "a-third.png": 30})
+    assert (outbox / "quarantine" / "notes.txt").is_file()
+    assert [e["outcome"] for e in _lines(outbox, DAY3)].count("duplicate") == 1
+    _fsck_clean(outbox)
+    before = _files(outbox)
+    b_report = next(e["report"] for e in _lines(outbox, DAY3) if e["file_name"] == "b-again.png")
+
+    code, out = _offload(str(outbox), "--before", "2025-03-04", "--to", str(dest))
+    assert code == 0, out
+    at_dest = _files(dest)
+    line = next(e for e in _lines(dest, DAY3) if e["outcome"] == "quarantined")
+    assert line["moved_to"].startswith("quarantine/notes~")  # a free name at DEST
+    assert at_dest[line["moved_to"]] == before["quarantine/notes.txt"]
+    assert at_dest[line["moved_to"] + ".reason.json"] == before[
+        "quarantine/notes.txt.reason.json"]
+    assert at_dest["quarantine/notes.txt.reason.json"] != before[
+        "quarantine/notes.txt.reason.json"]  # the first day's, untouched
+    for entry in _lines(dest, DAY2) + _lines(dest, DAY3):
+        if entry["outcome"] != "quarantined":
+            assert (dest / entry["report"]).is_file() and (dest / entry["moved_to"]).is_file()
+    assert at_dest[b_report] != before[b_report] and (outbox / b_report).is_file()
+    left = {k for k in _files(outbox) if not k.startswith("reports/")}
+    assert left == {"index.html", "studies/index.html"}, left  # study reports stay
+    b_id = Path(b_report).stem  # kept whole: its json, page and heat-map
+    assert sorted(p.name for p in (outbox / "reports").iterdir()) == [
+        f"{b_id}.heatmap.png", f"{b_id}.html", f"{b_id}.json"]
+    _fsck_clean(outbox)
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_a_crash_during_removal_is_finished_by_the_next_run(history, count):
+    _, outbox, dest = history
+    before = _files(outbox)
+    moving = _day_files(before, outbox, DAY1) | _day_files(before, outbox, DAY2)
+    args = ["offload", str(outbox), "--before", DAY3, "--to", str(dest)]
+    crashed = run_agent(args, NEUROEDGE_FAILPOINT=f"offload_remove:{count}")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    assert (outbox / ".state" / RECORD_NAME).is_file()
+    checked = run_agent(["fsck", str(outbox), "--dry-run"])
+    assert checked.returncode == 75 and "0 problem(s)" in checked.stdout, checked.stdout
+
+    finished = run_agent(args)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "finished the interrupted offload" in finished.stdout
+    at_dest = _files(dest)
+    for name in moving:
+        assert at_dest[name] == before[name], name
+        assert not (outbox / name).exists(), name
+    extra = set(at_dest) - moving - {"index.html", f"index/{DAY1}.html", f"index/{DAY2}.html"}
+    assert not extra, extra  # nothing doubled, no temporary file left
+    assert set(_files(outbox)) == {"index.html", "studies/index.html"}
+    _fsck_clean(outbox)
+
+
+def test_refused_while_the_agent_holds_the_outbox(history):
+    _, outbox, dest = history
+    before = _files(outbox)
+    agent = Outbox(outbox)
+    agent.lock()  # as the running agent does
+    try:
+        refused = run_agent(["offload", str(outbox), "--before", DAY3, "--to", str(dest)])
+    finally:
+        agent.unlock()
+    assert refused.returncode == 75, refused.stderr
+    assert "stop edge-agent first: systemctl stop edge-agent" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert _files(outbox) == before and not any(dest.iterdir())
+
+
+def test_a_different_file_at_dest_is_never_overwritten(history):
+    _, outbox, dest = history
+    (dest / "archive" / DAY1).mkdir(parents=True)
+    (dest / "archive" / DAY1 / "b.png").write_bytes(b"another box's b.png")
+    before = _files(outbox)
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest))
+    assert code == 73, out
+    assert "already exists with other content" in out and "b.png" in out
+    assert _files(outbox) == before  # nothing removed
+    assert (dest / "archive" / DAY1 / "b.png").read_bytes() == b"another box's b.png"
+    assert not (outbox / ".state" / RECORD_NAME).exists()
+
+
+def test_not_enough_space_at_dest_fails_before_anything_moves(history, monkeypatch):
+    _, outbox, dest = history
+    before = _files(outbox)
+    monkeypatch.setattr("edge.offload.free_bytes", lambda path: 1000)
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest))
+    assert code == 73, out
+    assert "1 kB free; moving 2 day(s) needs" in out and "nothing was moved" in out
+    assert _files(outbox) == before and not any(dest.iterdir())
+
+
+def test_dry_run_changes_nothing(history):
+    _, outbox, dest = history
+    before = _files(outbox)
+    stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("*")}
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest), "--dry-run")
+    assert code == 0, out
+    assert f"{DAY1}: 8 file(s)" in out and "would move 2 day(s)" in out, out
+    assert "3 report(s) copied and kept" in out, out  # a.png's, named by the next day
+    assert _files(outbox) == before and not any(dest.iterdir())
+    assert {p: p.stat().st_mtime_ns for p in outbox.rglob("*")} == stamps
+
+
+def test_user_mistakes_are_one_line(tmp_path):
+    outbox = tmp_path / "outbox"
+    Outbox(outbox).prepare()
+    dest = tmp_path / "usb"
+    dest.mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        ([str(outbox), "--before", "2025-02-30", "--to", str(dest)], 2, "is not a day"),
+        ([str(outbox), "--before", "1 March", "--to", str(dest)], 2, "is not a day"),
+        ([str(outbox), "--before", "2999-01-01", "--to", str(dest)], 2, "today or later"),
+        ([str(outbox), "--before", "2025-03-01", "--to", str(outbox / "archive")], 2,
+         "inside the outbox"),
+        ([str(outbox), "--before", "2025-03-01", "--to", str(tmp_path / "none")], 66,
+         "does not exist: mount"),
+        ([str(outbox), "--before", "2025-03-01", "--to", str(tmp_path / "file")], 73,
+         "is a file"),
+        ([str(dest), "--before", "2025-03-01", "--to", str(tmp_path)], 78, "is not an outbox"),
+    ]
+    for args, code, words in cases:
+        result = CliRunner().invoke(cli, ["offload", *args])
+        assert result.exit_code == code, (args, result.output)
+        assert words in result.output and len(result.output.strip().splitlines()) == 1, (
+            result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    code, out = _offload(str(outbox), "--before", "2025-03-01", "--to", str(dest))
+    assert code == 0 and "nothing to move" in out
+    assert os.listdir(str(dest)) == []
