@@ -43,7 +43,7 @@ th{background:#f3f3f3}.wrap{overflow-wrap:anywhere}td.nowrap{white-space:nowrap}
 img.thumb{width:224px;height:224px;image-rendering:pixelated;border:1px solid #999}
 figure{display:inline-block;margin:0 .5rem .5rem 0;vertical-align:top}
 figcaption{font-size:.85rem;color:#555;max-width:224px}
-ul.days{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(24rem,100%),1fr));
+ul.days{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(24rem,100vw - 1.5rem),1fr));
 gap:.2rem 1rem;
 list-style:none;padding:0}
 @media (max-width:40rem){body{margin:.75rem}
