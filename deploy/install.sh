@@ -9,7 +9,9 @@
 #
 # What it creates (defaults; see --prefix, --data, --user):
 #   user and group neuroedge (system user, no login, no home)
-#   /opt/neuroedge/venv/                   virtual environment with neuroedge[edge]
+#   /opt/neuroedge/venvs/ID/               one virtual environment per install, neuroedge[edge]
+#   /opt/neuroedge/venv                    symlink to the venv the agent runs (this one and
+#                                          the one before it are kept)
 #   /opt/neuroedge/models/NAME-VERSION/    model.tflite + model.json (read-only, root)
 #   /opt/neuroedge/models/current          symlink to the model the agent runs
 #   /etc/neuroedge/config.toml             0640 root:neuroedge, written once
@@ -42,7 +44,7 @@ Usage: deploy/install.sh [options]
   --destdir DIR     write everything under DIR instead of / (also $DESTDIR): for packaging
                     and tests; creates no user, changes no owner, runs no systemctl
   --no-user         do not create the user or change owners (implied when not root)
-  --no-venv         skip the virtual environment (an existing one is kept, and runs the
+  --no-venv         build no virtual environment (the one venv names is kept, and runs the
                     check as the service user before the service uses a new model)
   --no-start        enable the service but do not (re)start it
   --no-systemctl    install the unit file but run no systemctl at all (images, containers)
@@ -120,9 +122,13 @@ D=$DESTDIR  # every path written below is "$D/absolute/path"
 
 # The venv must see only what pip puts into it.
 unset PYTHONPATH PYTHONHOME PYTHONUSERBASE
+# The program is root's and readable by the service user, whatever the admin's umask
+# (every file the agent must not read, such as config.toml, gets its mode explicitly).
+umask 022
 
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+PENDING_VENV=""  # a venv this run built and has not switched to: removed if the run fails
+trap 'rm -rf "$TMP"; [ -z "$PENDING_VENV" ] || rm -rf "$PENDING_VENV"' EXIT
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -170,6 +176,93 @@ run the models this script installs"
     else
         say "the agent now runs model $1"
     fi
+}
+
+# switch_venv TARGET: point the link PREFIX/venv at TARGET (venvs/ID, relative), atomically
+# and durably, as switch_model does. A running agent keeps the files it started from: they
+# are never changed, only the link, and it runs the new ones from its next start.
+switch_venv() {
+    local link=$D$PREFIX/venv legacy=""
+    sync
+    if [ -d "$link" ] && [ ! -L "$link" ]; then
+        # A venv from an install before venvs/ existed. A folder cannot be swapped for a
+        # link in one rename, and the agent imports from it: stop the agent first (it is
+        # started again below), move the folder aside, put the link in its place.
+        stop_for_legacy_venv
+        legacy=$D$PREFIX/.venv-old.$$
+        mv -T "$link" "$legacy"
+    fi
+    ln -sfn "$1" "$D$PREFIX/.venv.tmp.$$"
+    mv -T "$D$PREFIX/.venv.tmp.$$" "$link"
+    sync
+    [ -z "$legacy" ] || rm -rf "$legacy"
+    PENDING_VENV=""
+}
+
+# stop_for_legacy_venv: stop a running service before its venv folder is replaced.
+STOPPED_FOR_VENV=0
+stop_for_legacy_venv() {
+    if [ -z "$DESTDIR" ] && [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null \
+            && [ -d /run/systemd/system ] && systemctl is-active --quiet edge-agent.service; then
+        say "stopping edge-agent to replace $PREFIX/venv (a folder from an older install) \
+with a link: inputs wait in the inbox meanwhile"
+        systemctl stop edge-agent.service
+        STOPPED_FOR_VENV=1
+    elif [ -z "$DESTDIR" ]; then
+        say "$PREFIX/venv was a folder (an older install) and is replaced now: if an agent \
+runs from it outside systemd, restart it"
+    fi
+}
+
+# use_new_venv: switch to the venv this run built (if any) and remove the old ones but the
+# one before it.
+use_new_venv() {
+    [ -n "$NEW_VENV" ] || return 0
+    switch_venv "venvs/${NEW_VENV##*/}"
+    say "the agent's program is now $NEW_VENV (from its next start)"
+    prune_venvs "venvs/${NEW_VENV##*/}" "$VENV_WAS"
+}
+
+# prune_venvs KEEP...: remove the venvs under venvs/ not named (venvs/ID) and not in use
+# by a running process (an agent started from it and not restarted since: --no-start).
+prune_venvs() {
+    local dir keep used
+    for dir in "$D$VENVS"/*; do
+        [ -d "$dir" ] && [ ! -L "$dir" ] || continue
+        used=0
+        for keep in "$@"; do [ "venvs/${dir##*/}" != "$keep" ] || used=1; done
+        [ "$used" = 0 ] || continue
+        if grep -qsF -- "$dir/" /proc/[0-9]*/cmdline; then
+            say "kept $PREFIX/venvs/${dir##*/}: a running process still uses it"
+            continue
+        fi
+        rm -rf "$dir"
+        say "removed the old program $PREFIX/venvs/${dir##*/}"
+    done
+}
+
+# venv_fingerprint PYTHON: what a venv holds: each distribution's name and version, and the
+# content of neuroedge's own files (a source tree keeps its version while its code changes;
+# the scripts in bin/ name their venv, so they are left out).
+venv_fingerprint() {
+    "$1" -I - <<'EOF'
+import hashlib
+from importlib import metadata
+digest = hashlib.sha256()
+for dist in sorted(metadata.distributions(), key=lambda d: str(d.metadata["Name"]).lower()):
+    name = str(dist.metadata["Name"]).lower()
+    digest.update(("%s==%s\n" % (name, dist.version)).encode())
+    if name != "neuroedge":
+        continue
+    for entry in sorted(dist.files or (), key=str):
+        rel = str(entry)
+        if rel.startswith("..") or ".dist-info" in rel or rel.endswith(".pyc"):
+            continue
+        path = entry.locate()
+        if path.is_file():
+            digest.update(rel.encode() + hashlib.sha256(path.read_bytes()).digest())
+print(digest.hexdigest())
+EOF
 }
 
 # model_fields FILE: name, version, model_file and model_sha256 of a manifest, one a line,
@@ -322,32 +415,53 @@ make_dir "$DATA/outbox/.state" 0700 "$SVC_OWN"
 
 # --- virtual environment -----------------------------------------------------------------------
 
+# Every install builds a new venv under venvs/ and points the link venv at it only once it
+# runs (and, below, passed `edge-agent check`), as models/current is switched. pip used to
+# upgrade the venv the running agent imports from: an input read mid-upgrade could fail on
+# a half-written package and be quarantined as undecodable. The venv before stays for a
+# rollback; an unchanged program (the same packages and code) keeps the venv it has.
+VENVS=$PREFIX/venvs
+NEW_VENV="" VENV_WAS=""
+[ ! -L "$D$PREFIX/venv" ] || VENV_WAS=$(readlink "$D$PREFIX/venv")
 if [ "$MAKE_VENV" = 1 ]; then
-    VENV=$D$PREFIX/venv
-    if [ ! -x "$VENV/bin/python" ]; then
-        say "creating the virtual environment $PREFIX/venv ($PYTHON)"
-        "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed: install the venv module \
+    make_dir "$VENVS" 0755 "$ROOT_OWN"
+    NEW_VENV=$VENVS/$(date +%Y%m%d-%H%M%S)-$$
+    VENV=$D$NEW_VENV
+    PENDING_VENV=$VENV
+    say "creating the virtual environment $NEW_VENV ($PYTHON)"
+    "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv failed: install the venv module \
 (Debian/Raspberry Pi OS: apt install python3-venv; Jetson Nano: apt install python3.8-venv)"
-    fi
     pip_args=(--disable-pip-version-check --no-input)
     [ -z "$WHEELS" ] || pip_args+=(--no-index --find-links "$WHEELS")
     # Old pips (Ubuntu 18.04 ships pip 9) cannot read manylinux2014 wheels or pyproject.toml.
     "$VENV/bin/python" -m pip install -q "${pip_args[@]}" --upgrade "pip>=21" \
-        || die "could not upgrade pip in $PREFIX/venv${WHEELS:+ (does $WHEELS hold a pip wheel?)}"
+        || die "could not upgrade pip in $NEW_VENV${WHEELS:+ (does $WHEELS hold a pip wheel?)}"
     target=${WHEEL:-$SOURCE_TREE}
     say "installing neuroedge[$EXTRAS] from $target"
-    "$VENV/bin/python" -m pip install -q "${pip_args[@]}" --upgrade "${target}[$EXTRAS]" \
-        || die "pip could not install neuroedge[$EXTRAS]${WHEELS:+ from $WHEELS} (see above)"
-    "$VENV/bin/edge-agent" --version >/dev/null || die "$PREFIX/venv/bin/edge-agent does not run"
+    "$VENV/bin/python" -m pip install -q "${pip_args[@]}" "${target}[$EXTRAS]" \
+        || die "pip could not install neuroedge[$EXTRAS]${WHEELS:+ from $WHEELS} (see above); \
+the agent still runs the program it had"
+    version=$("$VENV/bin/edge-agent" --version) || die "$NEW_VENV/bin/edge-agent does not run; \
+the agent still runs the program it had"
+    if [ -x "$D$PREFIX/venv/bin/python" ] && was=$(venv_fingerprint "$D$PREFIX/venv/bin/python" \
+            2>/dev/null) && [ "$was" = "$(venv_fingerprint "$VENV/bin/python")" ]; then
+        rm -rf "$VENV"
+        NEW_VENV="" VENV=$D$PREFIX/venv PENDING_VENV=""
+        say "the program is unchanged (neuroedge ${version##* }): keeping $PREFIX/venv"
+    else
+        say "built neuroedge ${version##* } in $NEW_VENV"
+    fi
     PY_JSON=$VENV/bin/python
 fi
+# The agent the checks below run: the new venv's, before the link names it.
+AGENT=${NEW_VENV:-$PREFIX/venv}/bin/edge-agent
 
 # --- model ---------------------------------------------------------------------------------
 
 # The checks the service would fail on are run as the service user (below) wherever the
 # agent is installed and the owners are managed, including with --no-venv over a kept venv.
 CHECK=0 SWITCH_TO="" PREVIOUS=""
-if [ -z "$DESTDIR" ] && [ "$MANAGE_USER" = 1 ] && [ -x "$PREFIX/venv/bin/edge-agent" ]; then
+if [ -z "$DESTDIR" ] && [ "$MANAGE_USER" = 1 ] && [ -x "$AGENT" ]; then
     CHECK=1
 fi
 
@@ -443,19 +557,23 @@ fi
 # What was written above reaches the disk before the script says it is done or restarts
 # the service: a power cut must not leave an empty config.toml or unit file behind.
 sync
+[ "$CHECK" = 1 ] || use_new_venv
 if [ -n "$DESTDIR" ]; then
     say "staged into $DESTDIR (no user, owners or systemctl in a staging tree)"
     exit 0
 fi
 if [ "$CHECK" = 1 ]; then
     # The checks the service would fail on, run now as the service user: config, model
-    # sha256, runtime, folder permissions; with a new model, that model.
+    # sha256, runtime, folder permissions; with a new model, that model; with a new
+    # program, that program (the venv the link does not name yet).
     # setpriv, not su/runuser: no PAM session, works in a chroot too. Numeric IDs: older
     # util-linux (Ubuntu 18.04's 2.31) takes no names.
     check_args=(--config /etc/neuroedge/config.toml check)
     [ -z "$SWITCH_TO" ] || check_args+=(--model "$MODELS/$SWITCH_TO")
     if ! setpriv --reuid="$(id -u "$SVC_USER")" --regid="$(id -g "$SVC_USER")" --init-groups -- \
-            "$PREFIX/venv/bin/edge-agent" "${check_args[@]}"; then
+            "$AGENT" "${check_args[@]}"; then
+        [ -z "$NEW_VENV" ] || say "the new program $NEW_VENV is removed again: $PREFIX/venv \
+still names ${VENV_WAS:-the program it had}"
         [ -z "$SWITCH_TO" ] || die "edge-agent check failed (above) with the model $SWITCH_TO: \
 $MODELS/current still names ${PREVIOUS:-no model}, so a restart or reboot keeps running that; \
 the service was not restarted. Fix the model (or give it a new version), then run install.sh again"
@@ -463,6 +581,7 @@ the service was not restarted. Fix the model (or give it a new version), then ru
 then run install.sh again; the service was not (re)started"
     fi
     [ -z "$SWITCH_TO" ] || switch_model "$SWITCH_TO"
+    use_new_venv
 fi
 if [ "$SYSTEMCTL" = 0 ]; then
     say "installed; --no-systemctl: enable it with: systemctl enable --now edge-agent"
@@ -476,16 +595,30 @@ systemctl daemon-reload
 systemctl enable edge-agent.service >/dev/null 2>&1 || die "systemctl enable edge-agent failed"
 if [ "$START" = 1 ]; then
     if ! systemctl restart edge-agent.service; then
-        # A model that passed the check but fails in the service (its sandbox): go back to
-        # the model that ran, rather than leave the clinic without a service.
+        # A model or program that passed the check but fails in the service (its sandbox):
+        # go back to what ran, rather than leave the clinic without a service.
+        back=""
         if [ -n "$SWITCH_TO" ] && [ -n "$PREVIOUS" ] && [ -d "$MODELS/$PREVIOUS" ]; then
             switch_model "$PREVIOUS"
-            systemctl restart edge-agent.service && die "the service did not start with the \
-model $SWITCH_TO (journalctl -u edge-agent -n 50): switched back to $PREVIOUS, which runs again"
+            back="the model $PREVIOUS"
+        fi
+        if [ -n "$NEW_VENV" ] && [ -n "$VENV_WAS" ] && [ -d "$PREFIX/$VENV_WAS" ]; then
+            switch_venv "$VENV_WAS"
+            back="${back:+$back and }the program $PREFIX/$VENV_WAS"
+        fi
+        if [ -n "$back" ]; then
+            systemctl restart edge-agent.service && die "the service did not start with \
+the new ${SWITCH_TO:+model $SWITCH_TO}${SWITCH_TO:+${NEW_VENV:+ and }}${NEW_VENV:+program \
+$NEW_VENV} (journalctl -u edge-agent -n 50): switched back to $back, which runs again"
         fi
         die "the service did not start: see journalctl -u edge-agent -n 50"
     fi
     say "edge-agent is running: systemctl status edge-agent; journalctl -u edge-agent -f"
+elif [ "$STOPPED_FOR_VENV" = 1 ]; then
+    systemctl start edge-agent.service || die "the service did not start again after its \
+program was replaced: see journalctl -u edge-agent -n 50"
+    say "edge-agent was stopped to replace its program and runs again (--no-start: not \
+restarted otherwise)"
 else
     say "edge-agent is enabled; start it with: systemctl start edge-agent"
 fi

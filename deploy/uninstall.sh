@@ -4,7 +4,7 @@
 #   sudo deploy/uninstall.sh [--prefix DIR] [--data DIR] [--destdir DIR] [--no-systemctl]
 #
 # Removed: the systemd unit (stopped and disabled first), the DICOM drop-in install.sh
-# wrote (dicom.conf), and the virtual environment PREFIX/venv.
+# wrote (dicom.conf), and the virtual environments (PREFIX/venv and PREFIX/venvs).
 # Kept, because they are records or configuration someone may need: the inbox and outbox
 # (reports, archive, quarantine, the daily index, the journal), the installed models
 # (reports name the model's sha256), /etc/neuroedge, the site's own drop-ins (systemctl
@@ -64,9 +64,10 @@ if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/
     systemctl daemon-reload
     systemctl reset-failed edge-agent.service 2>/dev/null || true
 fi
-if [ -d "$D$PREFIX/venv" ]; then
-    rm -rf "$D$PREFIX/venv"
-    say "removed the program ($PREFIX/venv)"
+# The program: the link venv and the venvs it named (older installs: venv was a folder).
+if [ -e "$D$PREFIX/venv" ] || [ -L "$D$PREFIX/venv" ] || [ -d "$D$PREFIX/venvs" ]; then
+    rm -rf "$D$PREFIX/venv" "$D$PREFIX/venvs"
+    say "removed the program ($PREFIX/venv, $PREFIX/venvs)"
 fi
 
 say "kept the data: $DATA (inbox, outbox: reports, archive, quarantine)"
