@@ -118,7 +118,8 @@ class DailyIndex:
         inode, offset, counts = self._counted.get(name, (0, 0, (0, 0, 0)))
         try:
             with open(path, "rb") as handle:
-                if os.fstat(handle.fileno()).st_ino != inode:
+                was, inode = inode, os.fstat(handle.fileno()).st_ino
+                if inode != was:
                     offset, counts = 0, (0, 0, 0)  # new, or replaced (fsck rewrote it)
                 if offset:  # still the bytes counted? (cut back and appended since: count again)
                     handle.seek(offset - 1)
@@ -126,7 +127,6 @@ class DailyIndex:
                         offset, counts = 0, (0, 0, 0)
                 handle.seek(offset)
                 data = handle.read()
-                inode = os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             self._counted.pop(name, None)
             return 0, 0, 0

@@ -26,21 +26,25 @@ DESCRIPTIONS = {NONE: "the picture as it is",
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
+def _known(test_time: str) -> None:
+    if test_time not in TEST_TIMES:
+        raise ValueError(f"unknown test-time procedure {test_time!r}; "
+                         f"choose one of {', '.join(TEST_TIMES)}")
+
+
 def views(pictures: np.ndarray, test_time: str) -> list[np.ndarray]:
     """The views of one picture (H, W, C) or a batch (N, H, W, C), in order: as given first."""
-    if test_time == NONE:
-        return [pictures]
+    _known(test_time)
     if test_time == MIRROR_MEAN:
         return [pictures, np.ascontiguousarray(pictures[..., ::-1, :])]
-    raise ValueError(f"unknown test-time procedure {test_time!r}; "
-                     f"choose one of {', '.join(TEST_TIMES)}")
+    return [pictures]
 
 
 def with_views(predict: Predict, test_time: str) -> Predict:
     """``predict`` (pictures -> probabilities) averaged over ``test_time``'s views."""
+    _known(test_time)  # an unknown name fails here, not at the first call
     if test_time == NONE:
         return predict
-    views(np.zeros((1, 1, 1)), test_time)  # an unknown name fails here, not at the first call
 
     def predict_views(pictures: np.ndarray) -> np.ndarray:
         answers = [np.asarray(predict(v), dtype=np.float64) for v in views(pictures, test_time)]
