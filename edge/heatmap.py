@@ -156,6 +156,17 @@ def overlay(picture: np.ndarray, heat: np.ndarray, strength: float = 0.55) -> np
 _CHANNELS = np.arange(3, dtype=np.intp)
 
 
+def scale_colours(steps: int = 11, grey: int = 128) -> list[str]:
+    """The colours ``overlay`` paints a ``grey`` pixel at ``steps`` levels from the map's
+    lowest to its highest, as CSS hex colours: the pages' colour scale, drawn by the code
+    that draws the map, so that it cannot drift from it. Over mid-grey tissue, not as the
+    bare ramp: the colour is laid on more thinly the lower the level, so the low end of
+    the scale is the picture itself, as it is on the map."""
+    levels = np.linspace(0.0, 1.0, steps)[None, :]
+    painted = overlay(np.full((1, steps), grey, dtype=np.uint8), levels)[0]
+    return ["#" + "".join(f"{int(v):02x}" for v in colour) for colour in painted]
+
+
 def _blend_table(strength: float) -> np.ndarray:
     """``(picture * (256 - alpha) + colour * alpha) >> 8`` for every level and pixel value,
     with ``alpha`` (0..256) growing with the square of the level."""

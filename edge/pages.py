@@ -9,6 +9,7 @@ or a file name such as ``<script>`` can only ever show up as text.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import re
 from typing import Any, Iterable
@@ -16,14 +17,17 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import png
+from .durable import display_name
+from .report import shown_time
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
         "base-uri 'none'; form-action 'none'")
-# Looked at in Chromium at 1280 and 412 pixels wide and printed (docs/agent.md, "Reading
-# the pages"): a long name wraps instead of pushing the answer off the screen (``wrap``,
-# ``h1``), a wide table scrolls inside itself, a day's table turns into one block per
-# input on a phone, and printing keeps the boxes' and bars' colours (browsers drop
-# backgrounds by default) without splitting a box or a row across pages.
+# Looked at in Chromium at 1280, 412 and 390 pixels wide and printed (docs/agent.md,
+# "Reading the pages"): a long name wraps instead of pushing the answer off the screen
+# (``wrap``, ``h1``), a wide table scrolls inside itself, a ``stack`` table (a day's
+# inputs, the studies) turns into one block per row on a phone, each line led by its
+# column's name (``data-label``), and printing keeps the boxes' and bars' colours (browsers
+# drop backgrounds by default) without splitting a box or a row across pages.
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;max-width:60rem;
 color:#1b1b1b}
@@ -43,14 +47,18 @@ th{background:#f3f3f3}.wrap{overflow-wrap:anywhere}td.nowrap{white-space:nowrap}
 img.thumb{width:224px;height:224px;image-rendering:pixelated;border:1px solid #999}
 figure{display:inline-block;margin:0 .5rem .5rem 0;vertical-align:top}
 figcaption{font-size:.85rem;color:#555;max-width:224px}
+.scale{max-width:28rem;margin:.3rem 0}.scale .ramp{height:.9rem;border:1px solid #999}
+.scale .ends{display:flex;justify-content:space-between;gap:1rem;font-size:.85rem}
+.scale .ends span:last-child{text-align:right}
 ul.days{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(24rem,100vw - 1.5rem),1fr));
 gap:.2rem 1rem;
 list-style:none;padding:0}
 @media (max-width:40rem){body{margin:.75rem}
-table.entries,table.entries tr,table.entries td{display:block}
-table.entries tr:first-child{display:none}
-table.entries tr{border-top:2px solid #999;padding:.3rem 0}
-table.entries td{border:0;padding:.1rem .3rem}}
+table.stack,table.stack tr,table.stack td{display:block}
+table.stack tr:first-child{display:none}
+table.stack tr{border-top:2px solid #999;padding:.3rem 0}
+table.stack td{border:0;padding:.1rem .3rem}
+table.stack td[data-label]::before{content:attr(data-label) ": ";font-weight:600}}
 @media print{body{margin:0;max-width:none}table{display:table}h1,h2{break-after:avoid}
 tr,figure,.notice,.review,.ok,.alert{break-inside:avoid}
 *{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
@@ -145,7 +153,7 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
     # which model said so, in sight with the answer (the full details are at the end), and
     # the way back: the page is often opened on its own, from a share or a USB stick
     parts.append(f"<p class=\"small\">model {esc(model['name'])} {esc(model['version'])}; "
-                 f"received {esc(str(report['intake']['received_at']).replace('T', ' '))} "
+                 f"received {esc(shown_time(report['intake']['received_at']))} "
                  "&middot; <a href=\"../index.html\">all days</a></p>")
     if thumbnail is not None or heatmap is not None:
         parts.append("<h2>What the model saw</h2>")
@@ -167,7 +175,7 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
     parts.append("<h2>Input</h2>" + _rows(
         [("file name", inp["file_name"]), ("format", inp["format"]),
          ("size (bytes)", inp["size_bytes"]), ("sha256", inp["sha256"]),
-         ("received", report["intake"]["received_at"])], mono=("sha256",)))
+         ("received", shown_time(report["intake"]["received_at"]))], mono=("sha256",)))
     dicom = report.get("dicom")
     if dicom:
         window = dicom.get("window") or {}
@@ -190,7 +198,7 @@ def report_page(report: dict[str, Any], thumbnail: np.ndarray | None,
          ("runtime", model.get("runtime")),
          ("agent", f"edge-agent {report['agent']['version']}"),
          ("timings (ms)", ", ".join(f"{k} {v:g}" for k, v in report["timings_ms"].items())),
-         ("report created", report["created_at"]), ("report id", report["id"])],
+         ("report created", shown_time(report["created_at"])), ("report id", report["id"])],
         mono=("model sha256", "report id")))
     return _page(f"{label} - {report['input']['file_name']}", "\n".join(parts))
 
@@ -215,8 +223,7 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
                      "src=\"data:image/png;base64,"
                      f"{base64.b64encode(heatmap).decode('ascii')}\"><figcaption>the same, with "
                      "where the model looked in colour</figcaption></figure><p>Where the model "
-                     f"looked: {esc(what)}, brighter colour for more. It shows what the answer "
-                     "rests on, not where a tumour is.</p>")
+                     f"looked: {esc(what)}, brighter colour for more.</p>" + heatmap_scale(kind))
     trust = report.get("trust")
     if trust:
         share = trust.get("ood_validation_share_below")
@@ -236,6 +243,66 @@ def _trust_parts(report: dict[str, Any], heatmap: bytes | None) -> list[str]:
                          "statistics for it"))
         parts.append("<h2>How far to trust it</h2>" + _rows(rows))
     return parts
+
+
+# What the colour scale's ends mean for each kind of heat-map (edge.heatmap), and what the
+# map shows; None: the kind is not known (a study page whose slices' maps differ)
+_SCALE_WORDS = {
+    "occlusion": ("covering this region changed the answer least",
+                  "covering this region weakened the answer most",
+                  "where covering the picture changed the answer most"),
+    "spatial_attention": ("the model's attention weighed this region least",
+                          "the model's attention weighed this region most",
+                          "where the model's attention lay"),
+    "class_activation": ("this region added least to the answer",
+                         "this region added most to the answer",
+                         "which regions added most to the answer"),
+    "feature_map": ("the model's last layers were least active here",
+                    "the model's last layers were most active here",
+                    "where the model's last layers were most active"),
+    None: ("this region counted least in the answer", "this region counted most in the answer",
+           "what the answer rests on"),
+}
+
+
+def heatmap_scale(kind: str | None) -> str:
+    """The colour scale of a heat-map of ``kind``, in the colours the map is drawn with
+    (``edge.heatmap.scale_colours``), its ends in words, and what the map is not."""
+    low, high, shows = _SCALE_WORDS.get(kind, _SCALE_WORDS[None])
+    return ("<div class=\"scale\"><div class=\"ramp\" role=\"img\" aria-label=\"colour "
+            "scale of the heat-map\" style=\"background:linear-gradient(90deg,"
+            f"{','.join(_scale_colours())})\"></div><div class=\"ends\"><span>no colour: "
+            f"{esc(low)}</span><span>brightest: {esc(high)}</span></div></div>"
+            f"<p class=\"small\">The heat-map shows {esc(shows)}. It is not an outline of a "
+            "tumour: a tumour may lie where it shows no colour.</p>")
+
+
+@functools.lru_cache(maxsize=None)
+def _scale_colours() -> tuple[str, ...]:
+    from .heatmap import scale_colours  # Pillow: only when a page shows a heat-map
+
+    return tuple(scale_colours())
+
+
+def stack_table(head: list[str], rows: Iterable[Iterable[tuple[str, str]]]) -> str:
+    """A table that on a phone turns into one block per row, each cell a line led by its
+    column's name from ``head``. ``rows``: (class, HTML) of each cell, in ``head``'s order."""
+    cells = ("<tr>" + "".join(
+        "<td" + (f' class="{cls}"' if cls else "") + f' data-label="{esc(name)}">{value}</td>'
+        for name, (cls, value) in zip(head, row)) + "</tr>" for row in rows)
+    return ("<table class=\"stack\"><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head)
+            + "</tr>" + "".join(cells) + "</table>")
+
+
+def moved_to(value: Any) -> str:
+    """Where an input went, named as every record and page names a file (``display_name``),
+    and where that is not the name on disk (bytes that are not UTF-8), saying so."""
+    if not value:
+        return ""
+    shown = display_name(str(value))
+    if shown != value:
+        shown += " (its name on disk is not UTF-8: each \ufffd stands for a byte that is not)"
+    return esc(shown)
 
 
 def day_page(day: str, entries: list[dict[str, Any]], studies: bool = True) -> bytes:
@@ -262,16 +329,14 @@ def day_page(day: str, entries: list[dict[str, Any]], studies: bool = True) -> b
                 result += " (same content as an earlier input)"
         if studies and e.get("study"):  # issue 15: the study report this input is part of
             result += f" <a href=\"../studies/{esc(e['study'])}.html\">study</a>"
-        clock = str(e.get("time") or "")[11:19]
-        rows.append(f"<tr><td class=\"nowrap\">{esc(clock)}</td><td class=\"wrap\">{name}</td>"
-                    f"<td class=\"nowrap\">{esc(outcome)}</td><td class=\"wrap\">{result}</td>"
-                    f"<td class=\"mono\">{esc(e.get('moved_to'))}</td></tr>")
+        rows.append([("nowrap", esc(shown_time(e.get("time")))), ("wrap", name),
+                     ("nowrap", esc(outcome)), ("wrap", result),
+                     ("mono", moved_to(e.get("moved_to")))])
     summary = (f"{_count(len(entries), 'input')}: {review} need review, {refused} refused "
                "(a refused input's reason is in its row)")
     body = (f"<p class=\"notice\">{esc(_notice())}</p><h1>Processed on {esc(day)}</h1>"
             f"<p><a href=\"../index.html\">all days</a></p><p>{summary}</p>"
-            "<table class=\"entries\"><tr><th>time</th><th>input</th><th>outcome</th>"
-            "<th>result</th><th>input moved to</th></tr>" + "".join(rows) + "</table>")
+            + stack_table(["time", "input", "outcome", "result", "input moved to"], rows))
     return _page(f"NeuroEdge {day}", body)
 
 
@@ -288,7 +353,7 @@ def index_page(days: list[tuple[Any, ...]], alerts: Iterable[str] = (),
     alerts = list(alerts)
     warning = ("<div class=\"alert\"><h2>Needs attention</h2>"
                + "".join(f"<p>{esc(line)}</p>" for line in alerts)
-               + (f"<p class=\"small\">as of {esc(as_of.replace('T', ' '))} (the page is "
+               + (f"<p class=\"small\">as of {esc(shown_time(as_of))} (the page is "
                   "rewritten when this changes)</p>" if as_of else "")
                + "</div>") if alerts else ""
     link = ("<p><a href=\"studies/index.html\">Study reports</a> (DICOM studies judged "

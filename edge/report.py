@@ -24,11 +24,33 @@ NOTICE = ("NOT FOR CLINICAL USE. This is an automated research classification of
           "a machine-learning model. It is not a diagnosis, may be wrong, and must not be used "
           "to make decisions about a patient's care.")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")  # a date alone is no time
 
 
 def now_iso() -> str:
     """Local time with its UTC offset, to the second (what a clinic's staff read)."""
     return datetime.now().astimezone().replace(microsecond=0).isoformat()
+
+
+def shown_time(value: Any) -> str:
+    """A stored time as every page shows it: ``2026-12-07 14:03:05 +01:00``, the clock it
+    was recorded by and that clock's offset from UTC, so a reader on a PC set to another
+    zone, or on the night the clocks go back, can tell which moment it was. A time stored
+    without an offset (the agent writes none) says so; text that is no time stays as it is."""
+    text = "" if value is None else str(value)
+    try:
+        moment = datetime.fromisoformat(text) if _TIME.match(text) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        return text
+    clock = moment.strftime("%Y-%m-%d %H:%M:%S")
+    offset = moment.utcoffset()
+    if offset is None:
+        return f"{clock} (time zone not recorded)"
+    minutes = round(offset.total_seconds() / 60)
+    hours, minutes = divmod(abs(minutes), 60)
+    return f"{clock} {'-' if offset.total_seconds() < 0 else '+'}{hours:02d}:{minutes:02d}"
 
 
 def local_day() -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .pages import _page, esc, percent, thumbnail_data_uri
+from .report import shown_time
 
 
 def _pct(value: Any) -> str:
@@ -61,7 +62,7 @@ def validation_page(summary: dict[str, Any], worst: list[np.ndarray]) -> bytes:
              f"<h1>Site validation: {esc(summary['model']['name'])} "
              f"{esc(summary['model']['version'])}</h1>",
              f"<p>{summary['n']} images from <span class=\"mono\">{esc(summary['folder'])}"
-             f"</span>, {esc(summary['created_at'])}.</p>"]
+             f"</span>, {esc(shown_time(summary['created_at']))}.</p>"]
     rec = summary["recommended_review_threshold"]
     tumours = summary.get("tumours")
     rows = [("accuracy", _pct(summary["accuracy"])),

@@ -43,7 +43,7 @@ from ..durable import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from ..report import now_iso
+from ..report import now_iso, shown_time
 from .settings import PacsConfig, Peer
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class QueueState:
                          "The reports on these pages are complete.")
         if self.failing:
             lines.append(f"{self.failing} structured report(s) have not reached the PACS "
-                         f"({peer}) yet (oldest queued {self.oldest}; last error: "
+                         f"({peer}) yet (oldest queued {shown_time(self.oldest)}; last error: "
                          f"{self.waiting_error}). They are kept and sent automatically once "
                          "it answers.")
         if self.damaged:

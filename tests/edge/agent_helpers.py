@@ -234,3 +234,36 @@ def page_day_entries(long_name: str) -> list[dict[str, Any]]:
          "label": "glioma", "confidence": 0.97, "needs_review": False,
          "moved_to": "archive/2026-12-06/ok.png", **report},
     ]
+
+
+def page_study(created_at: str = "2026-12-06T10:05:00+01:00") -> dict[str, Any]:
+    """A study report as ``edge.network.studies`` writes it (the fields the study pages
+    read), without judging one: for tests of the pages themselves."""
+    uid = "1.2.826.0.1.3680043.8.498.1234567890123456789012345678901"  # 57 characters
+    labels = {"glioma": 4, "meningioma": 0, "notumor": 6, "pituitary": 0}
+    return {
+        "notice": "NOT FOR CLINICAL USE. A test page.", "study_date": "20261206",
+        "study_instance_uid": uid, "verdict": "needs_review",
+        "verdict_reason": "only 4 confident tumour slices", "revision": 1,
+        "created_at": created_at, "suspicious": [], "notes": [],
+        "counts": {"instances": 10, "confident": 8, "needs_review": 2, "tumour_slices": 4,
+                   "by_label": labels},
+        "probabilities": {k: {"max": 0.9, "mean": 0.25} for k in labels},
+        "series": [{"series_instance_uid": f"{uid}.1", "series_description": "T1 axial post "
+                    "contrast, 3 mm", "instances": 10, "needs_review": 2, "by_label": labels}],
+        "rule": {"normal_label": "notumor", "min_slices": 3, "agreement": 0.6,
+                 "max_review_share": 0.3, "review_threshold": 0.9},
+        "models": [{"name": "brain-mri-test", "version": "9.8.7", "sha256": "cd" * 32}],
+        "instances": [{"report": "ab" * 32, "label": "glioma", "confidence": 0.95,
+                       "needs_review": False, "sop_instance_uid": f"{uid}.1.{n}"}
+                      for n in range(3)],
+    }
+
+
+def page_studies_rows(n: int = 3) -> list[dict[str, Any]]:
+    """``studies/index.html``'s rows (``edge.network.studies.index_row`` of each report)."""
+    uid = page_study()["study_instance_uid"]
+    return [{"created_at": f"2026-12-06T10:0{i}:00+01:00", "study_date": "20261206",
+             "verdict": "needs_review" if i % 2 else "glioma",
+             "study_instance_uid": f"{uid}{i}", "instances": 24, "series": 3}
+            for i in range(n)]

@@ -3,7 +3,9 @@ pages in headless Chromium are in test_pages_browser.py)."""
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,7 +13,16 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from agent_helpers import gray_png, make_config, make_dicom, page_day_entries, page_report, run_once
+from agent_helpers import (
+    gray_png,
+    make_config,
+    make_dicom,
+    page_day_entries,
+    page_report,
+    page_studies_rows,
+    page_study,
+    run_once,
+)
 
 from edge import pages
 
@@ -180,3 +191,155 @@ def test_a_reason_never_reads_a_value_below_its_threshold_as_equal_to_it():
     assert first == "confidence 0.9496 is below the review threshold 0.95"
     assert "(this one: 0.9496)" in last
     assert reasons(0.62, "glioma") == ["confidence 0.62 is below the review threshold 0.95"]
+
+
+# --- what a reader can rely on: times, the heat-map's scale, file names ---------------------
+
+_FULL_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} [+-]\d{2}:\d{2}(?![\d:])")
+
+
+def _seen(page: bytes) -> str:
+    """The words a reader sees: no style sheet, no tags, entities decoded."""
+    text = re.sub(r"<style>.*?</style>", "", page.decode(), flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+def _validation_summary() -> dict:
+    return {"model": {"name": "brain-mri-test", "version": "9.8.7"}, "n": 3, "folder": "/site",
+            "created_at": "2026-12-06T10:00:00-05:00", "confusion_columns": ["a", "b"],
+            "confusion_rows": ["a", "b"], "confusion_matrix": [[1, 0], [1, 1]],
+            "accuracy": 0.67, "flagged_share": 0.3, "unflagged_accuracy": 1.0,
+            "calibration_error": 0.1, "unlike_training_share": None, "tumours": None,
+            "recommended_review_threshold": {"value": None, "why": "too few images"},
+            "per_class": {"a": {"n": 2, "sensitivity": 0.5, "specificity": 1.0}},
+            "reliability": [], "worst_mistakes": [], "refused": [], "notes": []}
+
+
+def test_every_time_on_every_page_says_its_zone(tmp_path):
+    """A day's page showed "10:00:00", a report "2026-12-06T10:00:01+01:00" and the front
+    page "2026-12-06 10:00:00+01:00": three forms, and one with no zone at all, so on a PC
+    set to another zone, or the night the clocks go back, a reader could not tell which
+    moment it was. Every page now shows every time one way: date, clock, UTC offset."""
+    from edge.network.sendqueue import QueueState
+    from edge.network.study_pages import studies_index_page, study_page
+    from edge.validate_page import validation_page
+
+    alert = QueueState(waiting=1, failing=1, oldest="2026-12-05T23:59:59+00:00",
+                       waiting_error="no connection").page_lines("PACS")
+    rendered = {
+        "report": pages.report_page(page_report(), None),
+        "day": pages.day_page("2026-12-06", page_day_entries("a.png")),
+        "front": pages.index_page([("2026-12-06", 3)], alert, as_of="2026-12-06T10:00:00+01:00"),
+        "study": study_page(page_study(), tmp_path),
+        "studies": studies_index_page(page_studies_rows()),
+        "validation": validation_page(_validation_summary(), []),
+    }
+    for name, page in rendered.items():
+        text = _seen(page)
+        full = [m.span() for m in _FULL_TIME.finditer(text)]
+        assert full, f"the {name} page shows no time"
+        for clock in re.finditer(r"\d{1,2}:\d{2}(?::\d{2})?", text):
+            assert any(a <= clock.start() and clock.end() <= b for a, b in full), (
+                f"the {name} page shows {text[clock.start() - 12:clock.end() + 8]!r}")
+    seen = {name: _seen(page) for name, page in rendered.items()}
+    assert "received 2026-12-06 10:00:00 +01:00" in seen["report"]
+    assert "2026-12-06 10:00:01 +01:00" in seen["report"]  # report created
+    assert "2026-12-06 10:02:00 +01:00" in seen["day"]
+    assert "oldest queued 2026-12-05 23:59:59 +00:00" in seen["front"]
+    assert "as of 2026-12-06 10:00:00 +01:00" in seen["front"]
+    assert "2026-12-06 10:05:00 +01:00" in seen["study"]
+    assert "2026-12-06 10:02:00 +01:00" in seen["studies"]
+    assert "2026-12-06 10:00:00 -05:00" in seen["validation"]
+
+
+def test_a_time_without_a_zone_or_not_a_time_is_not_dressed_up_as_one():
+    from edge.report import shown_time
+
+    assert shown_time("2026-03-29T01:59:59+00:00") == "2026-03-29 01:59:59 +00:00"
+    assert shown_time("2026-03-29T03:00:00.250+02:00") == "2026-03-29 03:00:00 +02:00"
+    assert shown_time("2026-10-25T02:30:00+05:30") == "2026-10-25 02:30:00 +05:30"
+    assert shown_time("2026-12-06T10:00:00") == "2026-12-06 10:00:00 (time zone not recorded)"
+    assert shown_time("yesterday") == "yesterday" and shown_time(None) == ""
+
+
+def _legend_colours(page: str) -> list[tuple[int, int, int]]:
+    ramp = re.search(r"linear-gradient\(90deg,([^)]*)\)", page)
+    assert ramp, "no colour scale on the page"
+    return [tuple(bytes.fromhex(c.strip()[1:])) for c in ramp.group(1).split(",")]
+
+
+def test_the_heat_map_has_a_colour_scale_that_says_what_its_colours_mean(tmp_path):
+    """The heat-map stood beside the picture with no scale: nothing said which colour meant
+    "this region drove the answer". The scale is drawn with the colours the map itself gives
+    a mid-grey pixel from its lowest level to its highest (asked of ``heatmap.overlay``
+    here), its ends are named, and the page says what the map is not."""
+    from edge import heatmap
+    from edge.network.study_pages import study_page
+
+    picture = np.full((224, 224), 128, np.uint8)
+    drawn = heatmap.png_bytes(heatmap.overlay(picture, np.eye(7)))
+    page = pages.report_page(page_report(), picture, drawn).decode()
+    colours = _legend_colours(page)
+    assert len(colours) >= 5
+    levels = np.linspace(0.0, 1.0, len(colours))[None, :]
+    painted = heatmap.overlay(np.full((1, len(colours)), 128, np.uint8), levels)[0]
+    assert colours == [tuple(int(v) for v in c) for c in painted]
+    assert colours[0] == (128, 128, 128) and colours[-1] != colours[0]
+    text = _seen(page.encode())
+    assert "no colour: covering this region changed the answer least" in text
+    assert "brightest: covering this region weakened the answer most" in text
+    assert "not an outline of a tumour" in text
+    assert page.index("heat-map over the model input") < page.index("linear-gradient(90deg")
+    assert "100%" not in page
+    no_map = pages.report_page(page_report(), picture).decode()
+    assert "linear-gradient" not in no_map  # no map, no scale
+    # a study page showing slices' heat-maps shows the same scale once
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / f"{'ab' * 32}.html").write_text(page, encoding="utf-8")
+    doc = {**page_study(), "suspicious": [
+        {"report": "ab" * 32, "label": "glioma", "confidence": 0.9, "needs_review": False,
+         "probability_not_normal": 0.95}] * 2}
+    study = study_page(doc, tmp_path).decode()
+    assert _legend_colours(study) == colours and study.count("linear-gradient(") == 1
+    assert "not an outline of a tumour" in study and "this region counted most" in study
+    (tmp_path / "reports" / f"{'ab' * 32}.json").write_text('{"heatmap": {"kind": "occlusion"}}')
+    assert "covering this region weakened the answer most" in study_page(doc, tmp_path).decode()
+
+
+def test_a_moved_to_name_that_is_not_utf8_is_shown_as_every_other_such_name(folders,
+                                                                             test_model):
+    """A file in the quarantine whose name is not UTF-8 (``M\\xfcller.png``, put there by
+    hand or by an older agent) gets its index line back from ``fsck``; its "input moved to"
+    cell read "quarantine/M[U+DCFC]ller.png", a code point no file browser shows, while its
+    input cell, like every other page and record, read "M\ufffdller.png" (``display_name``).
+    It now reads the same, says why, and that name finds the file."""
+    import glob
+
+    from edge.durable import display_name
+    from edge.fsck import check_outbox
+    from edge.index import DailyIndex
+
+    run_once(make_config(folders, test_model.path))  # an empty outbox, as the agent makes it
+    outbox = folders["outbox"]
+    (outbox / "quarantine").mkdir(exist_ok=True)
+    raw = os.path.join(os.fsencode(str(outbox / "quarantine")), b"M\xfcller.png")
+    with open(raw, "wb") as handle:
+        handle.write(b"not a scan")
+    check_outbox(outbox)
+    (day,) = [d for d, *_ in DailyIndex(outbox).days()]
+    (entry,) = DailyIndex(outbox).read(day)
+    assert entry["moved_to"] == os.fsdecode(b"quarantine/M\xfcller.png")  # kept exactly
+    DailyIndex(outbox).render([day])
+    page = (outbox / "index" / f"{day}.html").read_text(encoding="utf-8")
+    cell = re.search(r'<td class="mono"[^>]*>(quarantine/[^<]*)</td>', page)
+    assert cell, page
+    shown = html.unescape(cell.group(1))
+    assert "[U+" not in shown
+    assert shown.startswith(display_name(entry["moved_to"]) + " ")
+    assert shown.startswith("quarantine/M\ufffdller.png (")
+    assert "not UTF-8" in shown and "\ufffd stands for a byte" in shown
+    name = shown.split(" (")[0].replace("\ufffd", "?")  # what a reader would look for
+    assert [os.fsencode(p) for p in glob.glob(str(outbox / name))] == [raw]
+    # a name the agent gave the file itself holds U+FFFD: shown as it is, no note
+    ok = pages.day_page(day, [dict(entry, moved_to="quarantine/M\ufffdller.png")]).decode()
+    assert ">quarantine/M\ufffdller.png</td>" in ok

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from agent_helpers import page_day_entries, page_report
+from agent_helpers import page_day_entries, page_report, page_studies_rows, page_study
 
 from edge import heatmap, pages
 
 SIZES = ((1280, 900), (412, 900))
+PHONE = (390, 844)  # the narrowest phone in common use
 LONG_NAME = "scan_" + "x" * 140 + ".png"
 _PROBE = """<!DOCTYPE html><html><body style="margin:0">
 <iframe id="page" src="PAGE" width="WIDTH" height="HEIGHT" style="border:0"></iframe>
@@ -36,6 +37,11 @@ window.addEventListener("load", function () {
     found.clientWidth = doc.documentElement.clientWidth;
     found.images = Array.prototype.map.call(doc.images, function (i) {
       return {alt: i.alt, naturalWidth: i.naturalWidth, shownWidth: i.width}; });
+    found.tables = Array.prototype.map.call(doc.querySelectorAll("table"), function (t) {
+      var cell = t.querySelector("td"), view = doc.defaultView;
+      return {className: t.className, scrollWidth: t.scrollWidth, clientWidth: t.clientWidth,
+              cellDisplay: cell ? view.getComputedStyle(cell).display : null,
+              label: cell ? view.getComputedStyle(cell, "::before").content : null}; });
     var walk = doc.createTreeWalker(doc.body, NodeFilter.SHOW_TEXT), node;
     while ((node = walk.nextNode())) {
       TEXTS.forEach(function (text) {
@@ -64,7 +70,9 @@ def _chromium() -> str:
 
 def measure(page: Path, size: tuple[int, int], texts: list[str]) -> dict[str, Any]:
     """The page as shown at ``size``: its scroll and client widths, every image's natural
-    width, and where the first text node holding each of ``texts`` is."""
+    width, every table's widths and how its first cell is laid out (``display``, and the
+    column name its ``::before`` shows), and where the first text node holding each of
+    ``texts`` is."""
     browser = _chromium()
     width, height = size
     probe = page.parent / f"probe-{page.stem}-{width}.html"
@@ -133,3 +141,33 @@ def test_the_front_page_and_a_day_in_a_browser(tmp_path):
         _fits(found, size, "the day's page")
         flag = found["texts"]["needs review"]
         assert flag["right"] <= found["clientWidth"] and flag["bottom"] <= size[1], flag
+
+
+def test_the_study_pages_fit_a_phone_and_stay_tables_on_a_desktop(tmp_path):
+    """At 390 pixels the studies table (six columns, a 58-character Study Instance UID) was
+    wider than the phone and scrolled sideways inside itself, and so did a study's table of
+    slices (eight columns) and of series. There each row is now a block of lines, each
+    line with its column's name; on a desktop they are still tables."""
+    from edge.network.study_pages import studies_index_page, study_page
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    index = folder / "index.html"
+    index.write_bytes(studies_index_page(page_studies_rows()))
+    study = folder / f"{page_study()['study_instance_uid']}.html"
+    study.write_bytes(study_page(page_study(), tmp_path))
+    for size in (PHONE, (1280, 900)):
+        for page, name, stacked in ((index, "the studies page", 1),
+                                    (study, "a study's page", 2)):
+            found = measure(page, size, ["Study Instance UID"])
+            _fits(found, size, name)
+            for table in found["tables"]:
+                assert table["scrollWidth"] <= table["clientWidth"], (name, size, table)
+            blocks = [t for t in found["tables"] if t["cellDisplay"] == "block"]
+            if size == PHONE:
+                assert len(blocks) >= stacked, (name, found["tables"])
+                assert all(t["label"] not in (None, "none", "normal") for t in blocks), blocks
+            else:
+                assert not blocks and found["tables"], (name, found["tables"])
+    found = measure(index, PHONE, [])
+    assert found["tables"][0]["label"].strip('"').startswith("judged"), found["tables"]
