@@ -8,7 +8,8 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
 2     wrong usage (unknown option, missing argument, a FILE that does not exist; ``offload``:
       a wrong --before or --to)
 65    ``classify``: at least one file was refused (its entry says why); ``fsck``: the outbox
-      has problems it could not repair
+      has problems it could not repair; ``offload``: a day to move has archived inputs but
+      no index file (``fsck`` first)
 66    the inbox, or the folder meant to hold the outbox, does not exist (yet): a share or
       disk may not be mounted, so a service manager should restart the agent; ``offload``:
       the folder --to names does not exist
@@ -17,7 +18,8 @@ Exit codes (sysexits.h, so systemd and scripts can tell them apart):
       differs from the one it would receive
 75    another agent holds the outbox, or (``watch --once``) some inputs could not be finished
       yet and stay journaled for the next run, or wait in the inbox for disk space
-      (``[watch] min_free_mb``), or could not be read in the inbox; ``fsck``:
+      (``[watch] min_free_mb``) or while inputs taken wait for a retry (a failure that
+      persists), or could not be read in the inbox; ``fsck``:
       interrupted inputs wait in the journal for the agent's next start
 78    configuration error: config file, model/manifest (incl. sha256 mismatch), folders.
       ``check`` exits 78 for any failed check. The systemd unit uses
@@ -142,9 +144,13 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
     agent.install_signal_handlers()
     counts = agent.run()
     if counts.get("unfinished"):
+        left = counts.get("left_while_failing")
         raise _Failure(f"{counts['unfinished']} input(s) could not be finished (see the log); "
                        "they are kept in the outbox's .state folder and are retried on the next "
-                       "run", EX_TEMPFAIL)
+                       "run" + (f"; {left} more were left in the inbox, untouched: no new "
+                                "input is taken while that many wait for a retry. Fix what the "
+                                "log says (a disk or folder the outbox cannot write) and run "
+                                "again" if left else ""), EX_TEMPFAIL)
     if counts.get("waiting_for_space"):
         raise _Failure(f"{counts['waiting_for_space']} input(s) were left in the inbox, untouched: "
                        f"{agent.space.describe()}; free space (or lower [watch] min_free_mb) "
@@ -281,8 +287,9 @@ def offload(outbox: str, before: str, dest: str, dry_run: bool) -> None:
     """Move OUTBOX's days before --before (index, archive, their reports and quarantined
     inputs) to another folder, copied and verified before anything is removed.
 
-    The agent must be stopped. Exit 0: done; 2: a wrong --before or --to; 66: --to does
-    not exist; 73: --to cannot take them (space, a conflicting file); 75: the agent runs.
+    The agent must be stopped. Exit 0: done; 2: a wrong --before or --to; 65: a day has
+    archived inputs but no index file (run fsck first); 66: --to does not exist; 73: --to
+    cannot take them (space, a conflicting file); 75: the agent runs.
     """
     from .offload import offload as move_days
 

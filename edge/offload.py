@@ -1,9 +1,9 @@
 """``edge-agent offload OUTBOX --before DAY --to DEST``: move whole old days off the box.
 
 A clinic box fills up (about three months of a 32 GB card at 2,000 inputs a day), and then
-safely stops taking inputs. This moves every day before ``--before`` that has an index file,
-with everything its index lines name, to other storage in the outbox's own layout, so the
-days can still be browsed there from ``DEST/index.html``:
+safely stops taking inputs. This moves every day before ``--before``, with everything its
+index lines name, to other storage in the outbox's own layout, so the days can still be
+browsed there from ``DEST/index.html``:
 
 - ``index/D.jsonl`` (and a ``.jsonl.damaged`` beside it) to ``DEST/index/``, where the day's
   page and the front page are written anew (``index/D.html`` goes from the outbox);
@@ -26,7 +26,17 @@ One day at a time, oldest first, in steps after each of which a crash loses noth
    sha256, written durably before the first removal;
 4. remove: the sources, the day's index file last; the folders are fsynced, then the record
    is deleted. A rerun (or the next run) finds the record and finishes it, checking each
-   copy again first. Meanwhile ``edge-agent fsck`` reports it as pending.
+   copy again first. Meanwhile ``edge-agent fsck`` reports it as pending, and the agent,
+   when it starts, says so (``pending_offload_alerts``: in its log and on the front page).
+
+Study reports (``studies/``) stay in the outbox; before the record is deleted, each study
+page naming a moved report is rendered again to say where that report is now
+(``edge.network.study_offload``), since a link to it would be dead.
+
+A day before ``--before`` whose ``archive/D/`` holds inputs but which has no index file
+(its lines never written, or the file removed by hand) is on no page: nothing is moved then
+(another day's move could take the reports that ``edge-agent fsck`` rebuilds its lines
+from), and the run says to run fsck first, with the command (exit 65, as fsck's own).
 
 The outbox's lock is held throughout: the agent must be stopped.
 """
@@ -38,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +70,16 @@ from .durable import (
     unwritable_reason,
     write_json_atomic,
 )
-from .errors import AgentBusyError, ConfigError, EdgeError, FolderUnavailableError, OutputError
+from .errors import (
+    EX_DATAERR,
+    AgentBusyError,
+    ConfigError,
+    EdgeError,
+    FolderUnavailableError,
+    OutputError,
+)
 from .index import DailyIndex
+from .offload_readback import link_sha, read_back, same_or_absent, sha256_of
 from .outbox import Outbox
 
 RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
@@ -80,6 +99,13 @@ class OffloadUsageError(EdgeError):
     ``edge-agent`` command (click's own)."""
 
     exit_code = 2
+
+
+class UnindexedDayError(EdgeError):
+    """Archived inputs of a day with no index file: ``edge-agent fsck`` must index them
+    first. Exit 65, as fsck's for problems in the outbox."""
+
+    exit_code = EX_DATAERR
 
 
 @dataclass
@@ -105,6 +131,7 @@ class DayPlan:
     day: str
     copies: list[Copy] = field(default_factory=list)
     sources: set[str] = field(default_factory=set)
+    studies: set[str] = field(default_factory=set)  # named by the day's lines
 
     def moved_bytes(self) -> int:
         return sum(c.size for c in self.copies if c.remove)
@@ -158,6 +185,28 @@ def pending_offload(root: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("schema") == RECORD_SCHEMA else None
 
 
+def pending_offload_alerts(root: Path) -> list[str]:
+    """What a person must read when the agent starts on ``root`` after an offload was cut
+    off while removing a day (empty: none was): the day stays half removed, its page naming
+    files that are gone, until the same command finishes it. Stdlib only, cheap: one read."""
+    record = pending_offload(root)
+    if record is None:
+        return []
+    day, dest = str(record.get("day")), str(record.get("dest"))
+    before = record.get("before")
+    if not (isinstance(before, str) and _DAY.match(before)):  # a record from before "before"
+        try:
+            before = (datetime.date.fromisoformat(day) + datetime.timedelta(days=1)).isoformat()
+        except ValueError:
+            before = "YYYY-MM-DD"
+    command = (f"edge-agent offload {shlex.quote(str(root))} --before {before} "
+               f"--to {shlex.quote(dest)}")
+    return [f"The offload of {day} to {dest} was interrupted while it removed the day from "
+            f"the outbox: {day} is half removed (its page names files that are gone; their "
+            f"verified copies are in {dest}). Stop the agent (systemctl stop edge-agent), "
+            f"run the same command again to finish it, then start the agent: {command}"]
+
+
 def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: Echo) -> int:
     """Move the days before ``before_text`` to DEST (``dry_run``: only say what would move);
     return how many days moved."""
@@ -193,8 +242,10 @@ class _Offload:
         self.reserved: set[str] = set()  # quarantine names at DEST promised in this pass
         self.report_files: dict[str, list[str]] = {}
         self.last_day: dict[str, str] = {}  # report id -> the last day whose lines name it
+        self.before = ""  # --before, kept in the record for the command that finishes it
 
     def run(self, before: str, dry_run: bool) -> int:
+        self.before = before
         pending = pending_offload(self.root)
         if pending is not None:
             if dry_run:
@@ -203,6 +254,7 @@ class _Offload:
             else:
                 self.finish(pending, verify=True)
                 self.echo(f"finished the interrupted offload of {pending.get('day')}")
+        self._refuse_unindexed(before, pending)
         if os.stat(str(self.dest)).st_dev == os.stat(str(self.root)).st_dev:
             self.echo(f"note: {self.dest} is on the outbox's own disk: moving there frees no "
                       "space on it")
@@ -225,6 +277,30 @@ class _Offload:
         return len(days)
 
     # --- what moves ---------------------------------------------------------------------
+
+    def _refuse_unindexed(self, before: str, pending: dict[str, Any] | None) -> None:
+        """Stop before anything moves if a day to move has archived inputs but no index
+        file: they are on no page, and fsck indexes them again from their reports, which
+        moving another day (a duplicate's line names an earlier report) could take away."""
+        archive, skip = self.box.archive, (pending or {}).get("day")
+        if not archive.is_dir():
+            return
+        found = []
+        for folder in sorted(archive.iterdir()):
+            day = folder.name
+            if (not _DAY.match(day) or day >= before or day == skip or folder.is_symlink()
+                    or not folder.is_dir() or (self.root / "index" / f"{day}.jsonl").exists()):
+                continue
+            count = sum(not name.startswith(".") for name in os.listdir(str(folder)))
+            if count:  # fsck's rule too: a dot file is not an input
+                found.append(f"archive/{day}/ ({count} file(s))")
+        if found:
+            raise UnindexedDayError(
+                f"{', '.join(found)} in {self.root} has no index file (index/DAY.jsonl): its "
+                "inputs are on no day's page. Nothing was moved. Run "
+                f"edge-agent fsck {shlex.quote(str(self.root))} first (it writes their index "
+                "lines again from their reports, and says what to do with any it cannot), "
+                "then this command again")
 
     def _days(self, wanted: Callable[[str], bool]) -> list[str]:
         folder = self.root / "index"
@@ -290,6 +366,8 @@ class _Offload:
                 continue
             if entry.get("outcome") in _WITH_REPORT:
                 ids[str(entry.get("id"))] = None
+                if isinstance(entry.get("study"), str):
+                    plan.studies.add(entry["study"])
             moved_to = entry.get("moved_to")
             if entry.get("outcome") == "quarantined" and isinstance(moved_to, str) and (
                     moved_to.startswith("quarantine/")):
@@ -357,8 +435,8 @@ class _Offload:
         for n in range(100000):
             name = src.name if n == 0 else f"{stem}~{tag}{'' if n == 1 else f'-{n}'}{ext}"
             rel = f"quarantine/{name}"
-            if rel in self.reserved or not _same_or_absent(src, self.dest / rel) or (
-                    not _same_or_absent(record if has_record else None,
+            if rel in self.reserved or not same_or_absent(src, self.dest / rel) or (
+                    not same_or_absent(record if has_record else None,
                                         self.dest / (rel + REASON_SUFFIX))):
                 continue
             self.reserved.add(rel)
@@ -400,13 +478,14 @@ class _Offload:
     def move_day(self, plan: DayPlan) -> None:
         copied = self._copy_all(plan)
         for copy in copied:
-            if _read_back(self.dest / copy.dest) != copy.sha256:
+            if read_back(self.dest / copy.dest) != copy.sha256:
                 raise OutputError(f"the copy {self.dest / copy.dest} reads back different from "
                                   f"{self.root / copy.src}: the disk at {self.dest} may be "
                                   f"failing; nothing of {plan.day} was removed")
         DailyIndex(self.dest).render([plan.day])  # DEST's day page and front page
         *others, index = plan.copies  # the index file is last: it names the others
         record = {"schema": RECORD_SCHEMA, "dest": str(self.dest), "day": plan.day,
+                  "before": self.before, "studies": sorted(plan.studies),
                   "files": [c.entry() for c in others if c.remove]
                   # the day's page has no copy to check: DEST has its own
                   + [{"path": f"index/{plan.day}.html", "copy": None}, index.entry()]}
@@ -436,9 +515,10 @@ class _Offload:
                     continue
                 except FileExistsError:
                     pass  # made meanwhile: compared below
-            mine = (_link_sha(copy.link) if copy.link is not None else hashlib.sha256(
-                copy.data).hexdigest() if copy.data is not None else _sha256(self.root / copy.src))
-            if _read_back(target) != mine:
+            mine = (link_sha(copy.link) if copy.link is not None
+                    else hashlib.sha256(copy.data).hexdigest() if copy.data is not None
+                    else sha256_of(self.root / copy.src))
+            if read_back(target) != mine:
                 self._conflict(copy)
             else:
                 copy.sha256 = mine
@@ -458,7 +538,7 @@ class _Offload:
         if copy.link is not None:
             os.symlink(copy.link, str(target))
             barrier.add(target.parent)
-            return _link_sha(copy.link)
+            return link_sha(copy.link)
         digest = hashlib.sha256()
         with atomic_file(target, replace=False, barrier=barrier) as out:
             if copy.data is not None:
@@ -497,8 +577,20 @@ class _Offload:
             except OSError as exc:  # something put there since: it stays, nothing is lost
                 self.echo(f"note: {archive} stays ({exc.strerror}): look at what is in it")
         barrier.sync()
+        self._note_in_studies(dest, record)
         os.unlink(str(self.box.state / RECORD_NAME))
         fsync_dir(self.box.state)
+
+    def _note_in_studies(self, dest: Path, record: dict[str, Any]) -> None:
+        """Study pages say where the day's moved reports are now (done again by a rerun:
+        the record is deleted only after)."""
+        moved = {Path(str(item["path"])).name[:64] for item in record["files"]
+                 if str(item["path"]).startswith("reports/")}
+        studies = record.get("studies")  # a record without it: every study is looked at
+        if moved and (studies is None or studies):
+            from .network.study_offload import note_offloaded  # pydicom: only when needed
+
+            note_offloaded(self.root, dest, moved, studies)
 
     def _check_copy(self, dest: Path, item: dict[str, Any], day: str) -> None:
         copy = dest / str(item["copy"])
@@ -507,10 +599,10 @@ class _Offload:
                 f"the offload of {day} to {dest} was interrupted and {dest} is not there: "
                 "mount that disk and run the same command again to finish it")
         if os.path.isfile(str(copy)) and not os.path.islink(str(copy)):
-            good = copy.stat().st_size == item.get("size") and _read_back(copy) == item.get(
+            good = copy.stat().st_size == item.get("size") and read_back(copy) == item.get(
                 "sha256")
         else:
-            good = os.path.islink(str(copy)) and _link_sha(os.readlink(str(copy))) == item.get(
+            good = os.path.islink(str(copy)) and link_sha(os.readlink(str(copy))) == item.get(
                 "sha256")
         if not good:
             raise OutputError(f"the offload of {day} to {dest} was interrupted, and {copy} is "
@@ -527,47 +619,6 @@ def _keep_whole_reports(plan: DayPlan) -> None:
     for copy in plan.copies:
         if copy.src.startswith("reports/") and Path(copy.src).name[:64] in kept:
             copy.remove = False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _link_sha(target: str) -> str:
-    return "link:" + hashlib.sha256(os.fsencode(target)).hexdigest()
-
-
-def _read_back(path: Path) -> str:
-    """The sha256 of ``path`` as the disk holds it: its cached pages are dropped first, so
-    a copy that did not reach the disk whole is not read back from memory."""
-    if os.path.islink(str(path)):
-        return _link_sha(os.readlink(str(path)))
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
-            digest.update(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
-
-
-def _same_or_absent(src: Path | None, target: Path) -> bool:
-    """Whether ``target`` is free for ``src``: absent, or the same bytes (or link)."""
-    if not os.path.lexists(str(target)):
-        return True
-    if src is None:
-        return False
-    if os.path.islink(str(src)) or os.path.islink(str(target)):
-        return os.path.islink(str(src)) and os.path.islink(str(target)) and (
-            os.readlink(str(src)) == os.readlink(str(target)))
-    return target.stat().st_size == src.stat().st_size and _sha256(target) == _sha256(src)
 
 
 def _mb(size: int | None) -> str:

@@ -74,6 +74,10 @@ class Committer:
             waiting = [item for item in self._queue.queue if item is not _STOP]
         return any(self._worker.render(item) for item in [work, *reversed(waiting)])
 
+    def unfinished(self) -> int:
+        """Jobs submitted and not yet committed (or failed): queued or being written."""
+        return self._queue.unfinished_tasks
+
     def wait_idle(self) -> None:
         """Return once everything submitted so far is committed (or has failed)."""
         self._queue.join()

@@ -10,6 +10,15 @@ the claim's fsyncs are off the loop's path too. The loop also rescans the inbox 
 (events get lost: network shares, inotify limits), retries jobs that failed for a passing
 reason (a full disk) on its own thread once the committer is idle, pings systemd's watchdog
 between files, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
+
+At most ``MAX_UNFINISHED`` inputs are out of the inbox and not finished at any time (being
+worked on, or waiting for a retry). A healthy pipeline never holds more, so this costs
+nothing; it matters when a failure persists (a reports folder that cannot be written, a
+disk that answers EIO): then every input taken fails in turn, and without a bound the agent
+emptied the inbox into ``.state`` while no report appeared. With it, once that many wait for
+a retry the agent holds: new inputs wait in the inbox, untouched (as for a full disk,
+``edge.diskspace``), the log says so once and the front page says so, retries go on, and
+taking resumes by itself when a retry finishes one. ``--once`` stops there (exit 75).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
+from .offload import pending_offload_alerts
 from .outbox import Job, Outbox
 from .pipeline import Committer
 from .worker import Worker, describe_error
@@ -43,6 +53,12 @@ _TICK = 0.25  # longest sleep: how quickly a stop request or new event is notice
 _RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while busy
 _ONCE_NOTE_EVERY = 30.0  # --once: seconds between "still waiting" lines
 CLAIM_GROUP = 8  # settled files claimed together (one round of folder fsyncs for all)
+# Taken and not finished, at most: a group being classified, the next one claimed ahead, and
+# the committer's queue (8) and the group it is writing: what the pipeline holds at full
+# speed, so a healthy agent never reaches it; with a persistent failure exactly this many
+# leave the inbox (a smaller bound would either slow the pipeline or be overshot by what it
+# held when the first failure came back).
+MAX_UNFINISHED = 4 * CLAIM_GROUP
 _CLOSE_TIMEOUT = 60.0  # seconds to let the committer finish at exit (systemd allows 120)
 # While starting (replaying the journal) or stopping (finishing what was taken), each input
 # tells systemd to wait this much longer: its start and stop timeouts then bound one
@@ -118,6 +134,9 @@ class Agent:
         self.committer = Committer(self.worker, self._job_failed)
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
         self._claimed_ahead: Future | None = None  # the next group, being claimed
+        self._ahead = 0  # how many inputs that group holds
+        self._taking = True  # False while new inputs wait (disk space, or holding)
+        self._holding = False  # MAX_UNFINISHED wait for a retry: new inputs wait in the inbox
         self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
         self._ready = False  # READY=1 sent: start-up (the journal's replay) is over
         self._last_ping = time.monotonic()
@@ -126,6 +145,10 @@ class Agent:
         self.space = SpaceGuard(outbox_root, w.min_free_mb)
         self.index.alerts = self._page_alerts  # what needs a person, on the front page
         self._left_for_space = 0  # --once: inputs left in the inbox for want of disk space
+        # an `edge-agent offload` cut off mid-removal: read once, at start (offload takes the
+        # outbox's lock, so it cannot change while the agent runs)
+        self._offload_alerts: list[str] = []
+        self._left_while_failing = 0  # --once: inputs left in the inbox while holding
         self._left_unsettled = 0  # --once: files still being written when it gave up on them
         self._last_wait_note = time.monotonic()
 
@@ -147,6 +170,9 @@ class Agent:
         self.outbox.prepare()
         self.outbox.lock()
         try:
+            self._offload_alerts = pending_offload_alerts(self.outbox.root)
+            for line in self._offload_alerts:
+                log.warning("%s", line)
             self._recover()
             self.committer.start()
             if not self.once:
@@ -183,6 +209,7 @@ class Agent:
                       unreachable=len(self.inbox.unreachable),
                       not_taken=sum(os.path.lexists(p) for p in self.inbox.not_taken),
                       waiting_for_space=self._left_for_space,
+                      left_while_failing=self._left_while_failing,
                       still_written=self._left_unsettled)
         log.info("stopped: %d classified, %d duplicates, %d quarantined, %d unfinished",
                  counts["classified"], counts["duplicate"], counts["quarantined"],
@@ -292,14 +319,23 @@ class Agent:
                 log.error("stopping with %d input(s) left in the inbox, untouched: %s",
                           self._left_for_space, self.space.describe())
                 break
-            if self.once and self.inbox.pending and self._gave_up_waiting(now):
+            if self.once and self._holding and (self.inbox.pending or self.inbox.overflowed):
+                self._left_while_failing = len(self.inbox.pending)
+                waiting, why = self._waiting()
+                log.error("stopping with %d input(s) left in the inbox, untouched, while %d "
+                          "taken input(s) wait for a retry (%s)", self._left_while_failing,
+                          waiting, why)
+                break
+            if self.once and self._taking and self.inbox.pending and \
+                    self._gave_up_waiting(now):
                 break
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:
                     break
                 continue
-            due = self.inbox.next_due()
+            # while new inputs wait (space, holding), settled ones are not due: a tick, not a spin
+            due = self.inbox.next_due() if self._taking else None
             timeout = _TICK if due is None else min(_TICK, max(0.01, due - time.monotonic()))
             if ping_every:
                 timeout = min(timeout, ping_every)
@@ -346,16 +382,52 @@ class Agent:
             return
         self.inbox.observe(path, closed=closed)
 
-    def _take_ready(self) -> list[str]:
+    def _take_ready(self, claimed: int = 0) -> list[str]:
+        """Settled inputs to claim next, as many as there is room for; ``claimed``: inputs
+        just claimed and not yet handed on (not counted anywhere else yet)."""
         paths: list[str] = []
+        self._taking = False
         if not self.space.room():
             return paths  # they wait in the inbox until the outbox's disk has room
-        while len(paths) < CLAIM_GROUP:
+        room = MAX_UNFINISHED - self._unfinished() - claimed
+        self._note_holding(room <= 0)
+        if room <= 0:
+            return paths  # they wait in the inbox until a retry finishes a taken input
+        self._taking = True
+        while len(paths) < min(CLAIM_GROUP, room):
             path = self.inbox.take_ready()
             if path is None:
                 break
             paths.append(path)
         return paths
+
+    def _waiting(self) -> tuple[int, str]:
+        """How many taken inputs wait for a retry, and why the newest of them failed."""
+        with self._failed_lock:
+            return len(self._failed_jobs), self._last_failure
+
+    def _unfinished(self) -> int:
+        """Inputs out of the inbox and not finished: waiting for a retry, claimed ahead, or
+        queued for (or being written by) the committer."""
+        ahead = self._ahead if self._claimed_ahead is not None else 0
+        return self._waiting()[0] + ahead + self.committer.unfinished()
+
+    def _note_holding(self, full: bool) -> None:
+        """Say once when holding starts (the room is all taken by inputs waiting for a
+        retry: a persistent failure) and once when a retry has made room again. Full with
+        inputs still in the pipeline is back-pressure, over in a moment: not said."""
+        waiting, why = self._waiting()
+        if full and not self._holding and waiting >= MAX_UNFINISHED:
+            self._holding = True
+            log.warning("%d taken input(s) could not be finished (%s) and wait for a retry "
+                        "every %gs; new inputs wait in the inbox, untouched, until a retry "
+                        "finishes one. Check the disk holding the outbox and that its "
+                        "folders can be written (%s); the lines above say which failed",
+                        waiting, why, self.config.watch.retry_interval, self.outbox.root)
+        elif not full and self._holding:
+            self._holding = False
+            log.info("a retry finished a waiting input: taking new inputs again (%d still "
+                     "wait for a retry)", waiting)
 
     def _process(self, paths: list[str]) -> None:
         """Classify a claimed group and queue each job for the committer, while the next
@@ -365,9 +437,10 @@ class Agent:
             self._claimed_ahead = None
         else:  # on the claimer thread too, and waited for: claims never run side by side
             jobs = self._claimed(self._claimer.submit(self.worker.claim, paths))
-            paths = self._take_ready()
+            paths = self._take_ready(claimed=len(jobs))
         if paths:
             self._claimed_ahead = self._claimer.submit(self.worker.claim, paths)
+            self._ahead = len(paths)
         self._prepare(jobs)
 
     def _claimed(self, claiming: Future) -> list[Job]:
@@ -449,14 +522,17 @@ class Agent:
 
     def _page_alerts(self) -> list[str]:
         lines = self.space.page_lines()
-        with self._failed_lock:
-            waiting, why = len(self._failed_jobs), self._last_failure
+        waiting, why = self._waiting()
         if waiting:
             lines.append(f"{waiting} input(s) were taken but could not be finished yet "
                          f"({why}). They are kept safely in the outbox's .state folder and "
                          f"tried again every {self.config.watch.retry_interval:g} s; the log "
                          "says which.")
-        return lines + self.network.page_alerts()
+        if self._holding:
+            lines.append("New inputs are not being taken while those wait: new inputs wait in "
+                         "the inbox, untouched, and are taken again once a retry finishes "
+                         "one; tell the person who looks after this box.")
+        return lines + self._offload_alerts + self.network.page_alerts()
 
     def _render_index(self) -> None:
         try:

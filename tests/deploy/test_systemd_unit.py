@@ -210,6 +210,9 @@ def test_a_backlog_replayed_at_start_up_extends_the_start_timeout_per_input(
     inbox.mkdir()
     for i in range(3):
         Image.new("L", (64, 64), 40 * i).save(inbox / f"scan-{i}.png")
+        # an old backlog: settled at the first scan, so the three are claimed in one group
+        # (just written, each settles on its own millisecond, and may be claimed alone)
+        os.utime(inbox / f"scan-{i}.png", (time.time() - 3600,) * 2)
     args = [sys.executable, "-m", "edge", "watch", str(inbox), "--outbox", str(outbox),
             "--model", str(device_model)]
     crashed = subprocess.run([*args, "--once"], capture_output=True, text=True, timeout=120,

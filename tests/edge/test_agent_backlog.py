@@ -98,7 +98,7 @@ def test_same_content_twice_is_not_classified_twice(folders, test_model):
     counts = run_once(config)
     assert counts == {"classified": 0, "duplicate": 2, "quarantined": 0, "unfinished": 0,
                       "unreachable": 0, "not_taken": 0, "waiting_for_space": 0,
-                      "still_written": 0}
+                      "left_while_failing": 0, "still_written": 0}
     assert report_path.read_bytes() == before  # the same report, untouched
     assert len(list((outbox / "reports").glob("*.json"))) == 1
     assert sorted(p.name for p in (outbox / "archive").rglob("*.png")) == [

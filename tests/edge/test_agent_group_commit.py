@@ -144,7 +144,7 @@ def test_backlog_through_the_committer_thread_balances(folders, test_model):
     counts = run_once(make_config(folders, test_model.path))
     assert counts == {"classified": 15, "duplicate": 5, "quarantined": 0, "unfinished": 0,
                       "unreachable": 0, "not_taken": 0, "waiting_for_space": 0,
-                      "still_written": 0}
+                      "left_while_failing": 0, "still_written": 0}
     assert len(index_lines(outbox)) == 20
     assert len(list((outbox / "archive").rglob("*.png"))) == 20
     assert len(list((outbox / "reports").glob("*.json"))) == 15

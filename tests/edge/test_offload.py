@@ -3,14 +3,17 @@ nothing is lost or doubled by a crash, a running agent, a conflicting file or a 
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 from agent_helpers import gray_png, make_config, run_agent, run_once
 from click.testing import CliRunner
+from network_helpers import make_study
 
 from edge import commit
 from edge.cli import cli
@@ -148,10 +151,26 @@ def test_a_crash_during_removal_is_finished_by_the_next_run(history, count):
     assert (outbox / ".state" / RECORD_NAME).is_file()
     checked = run_agent(["fsck", str(outbox), "--dry-run"])
     assert checked.returncode == 75 and "0 problem(s)" in checked.stdout, checked.stdout
+    from edge.offload import pending_offload_alerts
+
+    alerts = pending_offload_alerts(outbox)  # what the agent says when it starts
+    assert len(alerts) == 1, alerts
+    assert f"offload of {DAY1} to {dest} was interrupted" in alerts[0], alerts
+    command = f"edge-agent offload {outbox} --before {DAY3} --to {dest}"
+    assert alerts[0].endswith(command), alerts  # the very command that finishes it
+    # the agent, started before someone finished it, says so in its log and on the page
+    config, inbox = history[0], history[0].paths.inbox
+    started = run_agent(["watch", inbox, "--outbox", str(outbox), "--model",
+                         config.paths.model, "--once"])
+    assert started.returncode == 0, started.stderr
+    assert alerts[0] in started.stderr
+    page = (outbox / "index.html").read_text(encoding="utf-8")
+    assert "Needs attention" in page and html.escape(command) in page
 
     finished = run_agent(args)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "finished the interrupted offload" in finished.stdout
+    assert pending_offload_alerts(outbox) == []
     at_dest = _files(dest)
     for name in moving:
         assert at_dest[name] == before[name], name
@@ -239,3 +258,99 @@ def test_user_mistakes_are_one_line(tmp_path):
     code, out = _offload(str(outbox), "--before", "2025-03-01", "--to", str(dest))
     assert code == 0 and "nothing to move" in out
     assert os.listdir(str(dest)) == []
+
+
+def test_an_archive_day_without_its_index_file_is_indexed_by_fsck_before_anything_moves(
+        history):
+    """An index file removed by hand (or never written): its archived inputs are on no
+    page. Offload names the day and the fsck command and moves nothing (moving other days
+    could take away the reports fsck indexes them from); after fsck the day moves whole."""
+    _, outbox, dest = history
+    (outbox / "index" / f"{DAY1}.jsonl").unlink()
+    (outbox / "index" / f"{DAY1}.html").unlink()
+    before = _files(outbox)
+    archived = {k: v for k, v in before.items() if k.startswith(f"archive/{DAY1}/")}
+    assert len(archived) == 2
+    fsck = f"edge-agent fsck {outbox}"
+    for extra in (["--dry-run"], []):
+        code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest), *extra)
+        assert code == 65, out
+        assert f"archive/{DAY1}/ (2 file(s))" in out and fsck in out, out
+        assert "nothing was moved" in out.lower() and len(out.strip().splitlines()) == 1, out
+        assert _files(outbox) == before and not any(dest.iterdir())
+
+    fixed = run_agent(["fsck", str(outbox)])
+    assert (outbox / "index" / f"{DAY1}.jsonl").is_file(), fixed.stdout + fixed.stderr
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest))
+    assert code == 0, out
+    at_dest = _files(dest)
+    for name, data in archived.items():
+        assert at_dest[name] == data and not (outbox / name).exists(), name
+    assert not (outbox / "archive" / DAY1).exists()
+    assert {e["file_name"] for e in _lines(dest, DAY1)} >= {"a.png", "b.png"}
+
+
+_HREF = re.compile(r'href="([^"]+)"')
+
+
+def _study_day(config, inbox: Path, day: str, monkeypatch, levels: list, uid=None) -> str:
+    uid, _ = make_study(inbox / day, levels, study_uid=uid)
+    _run_day(config, inbox, day, monkeypatch, {})
+    return uid
+
+
+def _dead_links(page: Path) -> list[str]:
+    return [h for h in _HREF.findall(page.read_text(encoding="utf-8"))
+            if not (page.parent / h).is_file()]
+
+
+def test_study_pages_name_moved_slices_instead_of_linking_to_them(folders, test_model,
+                                                                  monkeypatch):
+    """A study whose slices came on two days, offloaded a day at a time to two disks: its
+    page keeps every slice and its pictures, links the reports still in the outbox, and
+    says where each moved one is now; no link of the outbox or of DEST is dead."""
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    uid = _study_day(config, inbox, DAY1, monkeypatch, [0.6, 0.1, 0.6])
+    _study_day(config, inbox, DAY2, monkeypatch, [0.1, 0.6], uid=uid)
+    _run_day(config, inbox, DAY3, monkeypatch, {"c.png": 100})
+    page = outbox / "studies" / f"{uid}.html"
+    doc = json.loads((outbox / "studies" / f"{uid}.json").read_text())
+    assert doc["counts"]["instances"] == 5
+    first = {e["id"] for e in _lines(outbox, DAY1)}
+    second = {e["id"] for e in _lines(outbox, DAY2)}
+    pictures = page.read_text().count("data:image/png;base64,")
+    assert pictures and not _dead_links(page)
+    usb1, usb2 = folders["root"] / "usb1", folders["root"] / "usb2"
+    usb1.mkdir()
+    usb2.mkdir()
+
+    code, out = _offload(str(outbox), "--before", DAY2, "--to", str(usb1))
+    assert code == 0, out
+    text = page.read_text()
+    assert not _dead_links(page), _dead_links(page)
+    for report_id in first:
+        assert f"../reports/{report_id}.html" not in text
+        assert f"{usb1}/reports/{report_id}.html" in text  # where it is now
+    for report_id in second:
+        assert f"href=\"../reports/{report_id}.html\"" in text
+    assert text.count("data:image/png;base64,") == pictures  # read from DEST's copies
+    assert "3 of this study&#x27;s 5 slice reports" in text or (
+        "3 of this study's 5 slice reports" in text), text
+
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(usb2))
+    assert code == 0, out
+    text = page.read_text()
+    assert not _dead_links(page) and "../reports/" not in text
+    for report_id in first:
+        assert f"{usb1}/reports/{report_id}.html" in text  # the first disk, still
+    for report_id in second:
+        assert f"{usb2}/reports/{report_id}.html" in text
+    assert text.count("data:image/png;base64,") == pictures
+    assert f"{uid}.html" in (outbox / "studies" / "index.html").read_text()
+    for usb in (usb1, usb2):  # study reports stay in the outbox; DEST links none of them
+        assert not (usb / "studies").exists()
+        for day_page in [usb / "index.html", *(usb / "index").glob("*.html")]:
+            assert not _dead_links(day_page), (day_page, _dead_links(day_page))
+    assert not _dead_links(outbox / "index.html")
+    _fsck_clean(outbox)

@@ -1,0 +1,53 @@
+"""Study reports after ``edge-agent offload`` moved some of their slices' reports off the box.
+
+Study reports stay in the outbox (a study can span days still there, and its SR and any
+re-judgment live there), but the per-slice report pages they link to leave with their day.
+Each moved slice gets ``offloaded_to`` (the folder its report went to) in the study report,
+and the study's page is rendered again from it, so the page says where each report is now
+instead of linking to a page that is gone. Kept in the study report, the place survives
+later offloads to another disk and later renderings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..durable import read_json, write_bytes_atomic, write_json_atomic
+from ..report import valid_uid
+from .studies import index_row
+from .study_pages import study_page
+
+
+def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
+                   studies: Iterable[str] | None) -> int:
+    """Mark the slices whose reports (``report_ids``) moved to ``dest`` in the study reports
+    of ``studies`` (None: every study), and render their pages again; return how many
+    studies changed. Safe to repeat: the page is written before the study report, so a
+    crash between the two leaves the report unmarked and the next call does both again."""
+    folder = outbox / "studies"
+    if not folder.is_dir() or not report_ids:
+        return 0
+    uids = sorted(p.stem for p in folder.glob("*.json")) if studies is None else sorted(
+        {uid for uid in studies if valid_uid(uid)})
+    changed = 0
+    for uid in uids:
+        path = folder / f"{uid}.json"
+        doc = read_json(path)
+        if index_row(doc) is None:
+            continue  # not a study report we wrote (or none): nothing to mark
+        marked = False
+        for key in ("instances", "suspicious"):
+            for item in doc.get(key) or []:
+                if isinstance(item, dict) and item.get("report") in report_ids and (
+                        item.get("offloaded_to") != str(dest)):
+                    item["offloaded_to"] = str(dest)
+                    marked = True
+        if not marked:
+            continue
+        page = folder / f"{uid}.html"
+        if page.is_file():  # none where study pages are not made
+            write_bytes_atomic(page, study_page(doc, outbox))
+        write_json_atomic(path, doc)
+        changed += 1
+    return changed
