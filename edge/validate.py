@@ -265,15 +265,20 @@ def run_validation(folder: Path, out: Path, config: AgentConfig,
     write_json_atomic(out / "validation.json", summary)
     worst = [_thumbnail(classifier, config, Path(folder) / m["file"])
              for m in summary["worst_mistakes"]]
-    write_bytes_atomic(out / "validation.html", validation_page(summary, worst))
+    kinds = {kind for _, kind in worst}
+    write_bytes_atomic(out / "validation.html", validation_page(
+        summary, [picture for picture, _ in worst],
+        heatmap_kind=kinds.pop() if len(kinds) == 1 else None))
     return summary
 
 
-def _thumbnail(classifier: Classifier, config: AgentConfig, path: Path) -> Any:
-    """What the model saw for one mistake, with its heat-map when the model has one."""
+def _thumbnail(classifier: Classifier, config: AgentConfig, path: Path) -> tuple[Any, Any]:
+    """What the model saw for one mistake, with its heat-map laid over it when the model
+    draws one, and the map's kind (None: no map)."""
     from .heatmap import overlay
 
     prediction = classifier.classify(decode_file(path, config.dicom, config.limits))
     if prediction.heatmap is not None:
-        return overlay(prediction.model_input, prediction.heatmap)
-    return prediction.model_input
+        return (overlay(prediction.model_input, prediction.heatmap),
+                prediction.heatmap_kind or "model")
+    return prediction.model_input, None

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .pages import _page, esc, percent, thumbnail_data_uri
+from .pages import _page, esc, heatmap_scale, percent, thumbnail_data_uri
 from .report import shown_time
 
 
@@ -54,7 +54,10 @@ def reliability_svg(bins: list[dict[str, Any]], size: int = 260) -> str:
     return "".join(parts)
 
 
-def validation_page(summary: dict[str, Any], worst: list[np.ndarray]) -> bytes:
+def validation_page(summary: dict[str, Any], worst: list[np.ndarray],
+                    heatmap_kind: str | None = None) -> bytes:
+    """The site validation's page; ``worst``: the most confident mistakes' pictures, with
+    a heat-map of ``heatmap_kind`` laid over them (None: no map)."""
     from .report import NOTICE
 
     labels = summary["confusion_columns"]
@@ -105,7 +108,8 @@ def validation_page(summary: dict[str, Any], worst: list[np.ndarray]) -> bytes:
                 f"<figcaption class=\"mono\">{esc(mistake['file'])}<br>true "
                 f"{esc(mistake['truth'])}, answered {esc(mistake['label'])} "
                 f"({percent(mistake['confidence'])}), {esc(flag)}</figcaption></figure>")
-        parts.append("<h2>The most confident mistakes</h2>" + "".join(cards))
+        parts.append("<h2>The most confident mistakes</h2>" + "".join(cards)
+                     + (heatmap_scale(heatmap_kind) if heatmap_kind and worst else ""))
     if summary["refused"]:
         parts.append("<h2>Refused files</h2><ul>" + "".join(
             f"<li class=\"mono\">{esc(r['file'])}: {esc(r['reason'])}</li>"

@@ -368,6 +368,13 @@ def test_validate_writes_the_figures_a_clinic_needs(tmp_path, test_model, monkey
     page = (tmp_path / "out" / "validation.html").read_text()
     assert "Confusion matrix" in page and "<svg" in page and "most confident mistakes" in page
     assert "<script" not in page
+    # the mistakes carry the occlusion map: its colour scale says what the colours mean
+    assert page.count("linear-gradient(90deg") == 1
+    assert "brightest: covering this region weakened the answer most" in page
+    plain = AgentConfig().override("paths", model=str(model)).override(
+        "report", heatmap="none")
+    run_validation(folder, tmp_path / "plain", plain, echo=lambda _: None)
+    assert "linear-gradient" not in (tmp_path / "plain" / "validation.html").read_text()
 
 
 @pytest.mark.parametrize("layout, message", [
