@@ -129,6 +129,8 @@ class Agent:
         self._observer: Any = None
         self._failed_jobs: list[Job] = []
         self._refusals_said: dict[str, str] = {}  # inbox path -> why its claim was refused
+        self._failures_said: dict[str, str] = {}  # job token -> why it could not be finished
+        self._last_round: tuple[int, str] = (0, "")  # the last retry round: still failing, why
         self._last_failure = ""  # why the newest of them failed, for the front page
         self._failed_lock = threading.Lock()
         self.committer = Committer(self.worker, self._job_failed)
@@ -301,6 +303,8 @@ class Agent:
                         break
                     self._still_working()
                     self._run_job(job)
+                else:
+                    self._retried(len(retry))
             paths = self._take_ready()
             if paths or self._claimed_ahead is not None:
                 self._process(paths)
@@ -501,13 +505,35 @@ class Agent:
             self._job_failed(job, exc)
 
     def _job_failed(self, job: Job, exc: Exception) -> None:
-        """Called from either thread: log, and keep the job for a retry."""
-        log.error("input %s could not be finished (%s); it stays safely in %s and "
-                  "will be retried in %gs", (job.sha256 or job.token)[:12],
-                  describe_error(exc), self.outbox.state, self.config.watch.retry_interval)
+        """Called from either thread: log, and keep the job for a retry. Said once per input
+        and cause: a failure that persists fails every input again at every retry round, and
+        would write 32 lines a minute into the journal for as long as it lasts (the rounds
+        are summed up by ``_retried`` instead)."""
+        why = describe_error(exc)
         with self._failed_lock:
+            said = self._failures_said.get(job.token) == why
+            if len(self._failures_said) >= 10_000:
+                self._failures_said.clear()
+            self._failures_said[job.token] = why
             self._failed_jobs.append(job)
-            self._last_failure = describe_error(exc)
+            self._last_failure = why
+        log.log(logging.DEBUG if said else logging.ERROR,
+                "input %s could not be finished (%s); it stays safely in %s and will be "
+                "retried in %gs", (job.sha256 or job.token)[:12], why, self.outbox.state,
+                self.config.watch.retry_interval)
+
+    def _retried(self, tried: int) -> None:
+        """After a whole retry round: one line when what still fails changed (how many, or
+        why), a debug line otherwise."""
+        waiting, why = self._waiting()
+        summary = (waiting, why if waiting else "")
+        level = logging.DEBUG if summary == self._last_round else logging.WARNING
+        self._last_round = summary
+        if waiting:
+            log.log(level, "retried %d input(s): %d still could not be finished (%s); tried "
+                    "again every %gs", tried, waiting, why, self.config.watch.retry_interval)
+        else:
+            log.log(level, "retried %d input(s): all finished", tried)
 
     def _pause_failed_jobs(self) -> None:
         """Mark the jobs still waiting for a retry (a full disk, say) as paused, so the next

@@ -116,6 +116,11 @@ def test_a_persistent_failure_leaves_new_inputs_in_the_inbox_until_a_retry_succe
         while time.monotonic() < deadline and len(retries) < started + MAX_UNFINISHED:
             time.sleep(0.05)
         assert len(retries) >= started + MAX_UNFINISHED
+        # each input's failure said once, not again at every round: a round is one line
+        failed = [r for r in caplog.records if "could not be finished (" in r.getMessage()
+                  and r.levelno == logging.ERROR]
+        assert len(failed) == MAX_UNFINISHED
+        assert _said(caplog, f"{MAX_UNFINISHED} still could not be finished") == 1
         _assert_rest_untouched(inbox, before, INPUTS - MAX_UNFINISHED)
         assert len(list((outbox / ".state" / "claimed").iterdir())) == MAX_UNFINISHED
         assert not list((outbox / "reports").glob("*.json"))
