@@ -243,6 +243,7 @@ class _Offload:
         self.report_files: dict[str, list[str]] = {}
         self.last_day: dict[str, str] = {}  # report id -> the last day whose lines name it
         self.before = ""  # --before, kept in the record for the command that finishes it
+        self.journaled: set[str] = set()  # days with inputs the agent's journal still holds
 
     def run(self, before: str, dry_run: bool) -> int:
         self.before = before
@@ -254,11 +255,18 @@ class _Offload:
             else:
                 self.finish(pending, verify=True)
                 self.echo(f"finished the interrupted offload of {pending.get('day')}")
+        # a day an input journaled by the agent is archived in stays (its line is still to
+        # come: moved now, the line would name a file gone to DEST, on no page there)
+        records = (read_json(f) for f in self.box.jobs.glob("*.json"))
+        self.journaled = {str(r["day"]) for r in records if isinstance(r, dict) and r.get("day")}
         self._refuse_unindexed(before, pending)
         if os.stat(str(self.dest)).st_dev == os.stat(str(self.root)).st_dev:
             self.echo(f"note: {self.dest} is on the outbox's own disk: moving there frees no "
                       "space on it")
-        days = self._days(lambda day: day < before)
+        days = self._days(lambda day: day < before and day not in self.journaled)
+        for day in sorted(d for d in self.journaled if d < before):
+            self.echo(f"note: {day} stays: inputs of it wait in the agent's journal (start the "
+                      "agent to finish them, stop it, then run this again to move that day)")
         if not days:
             self.echo(f"no day before {before} is left in the outbox: nothing to move")
             if pending is not None:
@@ -288,7 +296,8 @@ class _Offload:
         found = []
         for folder in sorted(archive.iterdir()):
             day = folder.name
-            if (not _DAY.match(day) or day >= before or day == skip or folder.is_symlink()
+            if (not _DAY.match(day) or day >= before or day == skip or day in self.journaled
+                    or folder.is_symlink()
                     or not folder.is_dir() or (self.root / "index" / f"{day}.jsonl").exists()):
                 continue
             count = sum(not name.startswith(".") for name in os.listdir(str(folder)))
