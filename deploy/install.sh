@@ -412,6 +412,10 @@ make_dir "$DATA" 0750 "$SVC_OWN"
 make_dir "$DATA/inbox" 2770 "$SVC_OWN"
 make_dir "$DATA/outbox" 0750 "$SVC_OWN"
 make_dir "$DATA/outbox/.state" 0700 "$SVC_OWN"
+# Leftovers of a run cut off between two steps (a power cut): a link made and not yet
+# renamed into place, a venv folder of an older install moved aside and not yet removed.
+# Nothing uses them.
+rm -rf "$D$PREFIX"/.venv-old.* "$D$PREFIX"/.venv.tmp.* "$D$MODELS"/.current.tmp.*
 
 # --- virtual environment -----------------------------------------------------------------------
 

@@ -161,6 +161,9 @@ def test_a_venv_folder_from_an_older_install_becomes_a_link(tmp_path: Path, stag
     install, prefix = staged
     legacy = prefix / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(legacy)], check=True)
+    # and what a power cut left of an earlier run: a link not renamed, a folder moved aside
+    (prefix / ".venv-old.123" / "bin").mkdir(parents=True)
+    (prefix / ".venv.tmp.124").symlink_to("venvs/gone")
     install(fake_wheel(tmp_path / "w1", "1.0"))
     assert legacy.is_symlink() and agent_version(prefix) == "edge-agent, version 1.0"
     assert not list(prefix.glob(".venv*"))  # nothing left aside
