@@ -65,6 +65,25 @@ def index_row(doc: Any) -> dict[str, Any] | None:
             "instances": counts["instances"], "series": len(series)}
 
 
+def _moved_entry(previous: Any, report_id: str) -> dict[str, Any] | None:
+    """The previous study report's entry of an offloaded slice (None: not marked moved)."""
+    if not isinstance(previous, dict) or not isinstance(previous.get("instances"), list):
+        return None
+    for entry in previous["instances"]:
+        if isinstance(entry, dict) and entry.get("report") == report_id:
+            moved = entry.get("offloaded_to")
+            return entry if isinstance(moved, str) and moved else None
+    return None
+
+
+def _moved(s: Slice, entry: bool) -> dict[str, Any]:
+    """What a study report says of an offloaded slice: where its report is, and (in its
+    instance entry) what ``Slice.from_entry`` needs to judge it again without that disk."""
+    if not s.offloaded_to:
+        return {}
+    return {"offloaded_to": s.offloaded_to, **(s.kept() if entry else {})}
+
+
 class StudyTracker:
     """Follows the daily index, keeps pending studies, judges them once settled."""
 
@@ -271,19 +290,36 @@ class StudyTracker:
                 members[inst["report"]] = inst.get("archived_as")
         for report_id, archived in pending["members"].items():
             members.setdefault(report_id, archived)
-        slices, missing = [], 0
+        slices, missing, kept = [], 0, False
         models: dict[str, dict[str, Any]] = {}
         study_date = None
         for report_id, archived in sorted(members.items()):
             report = read_json(self.outbox / "reports" / f"{report_id}.json")
+            moved = None
+            if not isinstance(report, dict) or study_of(report) != uid:
+                # offloaded (edge.network.study_offload): the previous report kept the slice
+                entry = _moved_entry(previous, report_id)
+                moved = entry and entry["offloaded_to"]
+                again = Slice.from_entry(entry) if entry else None
+                if again is not None:
+                    slices.append(again)
+                    kept = True
+                    continue
+                if moved:  # marked before entries kept the slice: its disk may be at hand
+                    report = read_json(Path(moved) / "reports" / f"{report_id}.json")
             if not isinstance(report, dict) or study_of(report) != uid:
                 missing += 1
                 continue
-            slices.append(Slice.from_report(report, archived))
+            slices.append(Slice.from_report(report, archived, moved or None))
             model = report.get("model") or {}
             models.setdefault(str(model.get("sha256")), {
                 k: model.get(k) for k in ("name", "version", "sha256", "runtime")})
             study_date = study_date or (report.get("dicom") or {}).get("study_date")
+        if kept:  # slices rebuilt from the previous report were judged with its models
+            for model in previous.get("models") or []:
+                if isinstance(model, dict):
+                    models.setdefault(str(model.get("sha256")), model)
+            study_date = study_date or previous.get("study_date")
         if not slices:
             log.warning("study %s: none of its %d report(s) can be read; not judged",
                         uid_hash(uid), len(members))
@@ -351,11 +387,12 @@ class StudyTracker:
                             "series_instance_uid": s.series_instance_uid, "label": s.label,
                             "confidence": s.confidence, "needs_review": s.needs_review,
                             "probability_not_normal": round(
-                                1.0 - s.probabilities.get(normal, 0.0), 4)} for s in top],
+                                1.0 - s.probabilities.get(normal, 0.0), 4),
+                            **_moved(s, False)} for s in top],
             "instances": [{"report": s.report_id, "sop_instance_uid": s.sop_instance_uid,
                            "series_instance_uid": s.series_instance_uid, "label": s.label,
                            "confidence": s.confidence, "needs_review": s.needs_review,
-                           "archived_as": s.archived_as}
+                           "archived_as": s.archived_as, **_moved(s, True)}
                           for s in sorted(slices, key=lambda s: s.report_id)],
             "models": sorted(models.values(), key=lambda m: str(m.get("sha256"))),
             "notes": notes,

@@ -6,17 +6,28 @@ Each moved slice gets ``offloaded_to`` (the folder its report went to) in the st
 and the study's page is rendered again from it, so the page says where each report is now
 instead of linking to a page that is gone. Kept in the study report, the place survives
 later offloads to another disk and later renderings.
+
+Each moved instance entry also keeps what the verdict needs that the entry lacks
+(``Slice.kept``: probabilities, series description, SOP Class UID), read from the copy at
+DEST: this runs after the sources are removed, so that an interrupted offload's rerun does
+the same from the same (verified, identical) copy. When more instances come, the study is
+judged again from these entries (``Slice.from_entry``), without DEST mounted, and its new
+report keeps them and ``offloaded_to``: the verdict does not change because reports moved.
+An entry marked without them (an older agent) is read from ``offloaded_to`` if that is at
+hand, else left out with a note, as a report that cannot be read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..durable import read_json, write_bytes_atomic, write_json_atomic
-from ..report import valid_uid
+from ..report import study_of, valid_uid
 from .studies import index_row
 from .study_pages import study_page
+from .verdict import Slice
 
 
 def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
@@ -39,10 +50,16 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
         marked = False
         for key in ("instances", "suspicious"):
             for item in doc.get(key) or []:
-                if isinstance(item, dict) and item.get("report") in report_ids and (
-                        item.get("offloaded_to") != str(dest)):
+                if not (isinstance(item, dict) and item.get("report") in report_ids):
+                    continue
+                if item.get("offloaded_to") != str(dest):
                     item["offloaded_to"] = str(dest)
                     marked = True
+                if key == "instances" and "probabilities" not in item:
+                    kept = _kept(dest, str(item["report"]), uid)
+                    if kept:
+                        item.update(kept)
+                        marked = True
         if not marked:
             continue
         page = folder / f"{uid}.html"
@@ -51,3 +68,15 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
         write_json_atomic(path, doc)
         changed += 1
     return changed
+
+
+def _kept(dest: Path, report_id: str, uid: str) -> dict[str, Any]:
+    """What the study report keeps of a moved slice (``Slice.kept``), read from the copy at
+    ``dest`` (verified identical before its source was removed); empty if it is unreadable."""
+    report = read_json(dest / "reports" / f"{report_id}.json")
+    if not isinstance(report, dict) or report.get("id") != report_id or study_of(report) != uid:
+        return {}
+    try:
+        return Slice.from_report(report).kept()
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}

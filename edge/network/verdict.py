@@ -48,9 +48,11 @@ class Slice:
     needs_review: bool
     archived_as: str | None = None
     sop_class_uid: str | None = None
+    offloaded_to: str | None = None  # the folder ``edge-agent offload`` moved its report to
 
     @classmethod
-    def from_report(cls, report: dict[str, Any], archived_as: str | None = None) -> Slice:
+    def from_report(cls, report: dict[str, Any], archived_as: str | None = None,
+                    offloaded_to: str | None = None) -> Slice:
         dicom = report.get("dicom") or {}
         pred = report["prediction"]
         return cls(report_id=str(report["id"]),
@@ -60,7 +62,35 @@ class Slice:
                    label=str(pred["label"]), confidence=float(pred["confidence"]),
                    probabilities={str(k): float(v) for k, v in pred["probabilities"].items()},
                    needs_review=bool(report["needs_review"]), archived_as=archived_as,
-                   sop_class_uid=dicom.get("sop_class_uid"))
+                   sop_class_uid=dicom.get("sop_class_uid"), offloaded_to=offloaded_to)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> Slice | None:
+        """The slice an offloaded instance entry of a study report describes, once its
+        report is off the box: the entry plus ``kept()``. None if it lacks them (marked
+        before they were kept, or edited by hand)."""
+        try:
+            moved, probs = entry["offloaded_to"], entry["probabilities"]
+            if not (isinstance(moved, str) and moved and isinstance(probs, dict)
+                    and isinstance(entry["needs_review"], bool)):
+                return None
+            return cls(report_id=str(entry["report"]),
+                       sop_instance_uid=str(entry["sop_instance_uid"]),
+                       series_instance_uid=str(entry["series_instance_uid"]),
+                       series_description=_text(entry["series_description"]),
+                       label=str(entry["label"]), confidence=float(entry["confidence"]),
+                       probabilities={str(k): float(v) for k, v in probs.items()},
+                       needs_review=entry["needs_review"], archived_as=entry.get("archived_as"),
+                       sop_class_uid=_text(entry["sop_class_uid"]), offloaded_to=moved)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def kept(self) -> dict[str, Any]:
+        """What a study report's instance entry keeps of an offloaded slice beyond its usual
+        fields, so that ``from_entry`` rebuilds it without the disk its report went to."""
+        return {"probabilities": dict(self.probabilities),
+                "series_description": self.series_description,
+                "sop_class_uid": self.sop_class_uid}
 
 
 def instances_hash(slices: list[Slice]) -> str:
@@ -140,6 +170,12 @@ def suspicious(slices: list[Slice], rule: StudiesConfig, count: int) -> list[Sli
                     key=lambda s: (s.probabilities.get(rule.normal_label, 0.0), -s.confidence,
                                    s.sop_instance_uid))
     return ranked[:count]
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("not a text")
+    return value
 
 
 def _counts(counter: Counter) -> str:

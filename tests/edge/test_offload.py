@@ -354,3 +354,90 @@ def test_study_pages_name_moved_slices_instead_of_linking_to_them(folders, test_
             assert not _dead_links(day_page), (day_page, _dead_links(day_page))
     assert not _dead_links(outbox / "index.html")
     _fsck_clean(outbox)
+
+
+def test_a_study_judged_again_keeps_its_offloaded_slices_without_their_disk(
+        folders, test_model, monkeypatch):
+    """More instances of a study after its first slices were offloaded, with DEST gone (the
+    disk unplugged): the study is judged again from every slice, the moved ones from what
+    the study report kept of them, so the verdict does not change because reports moved;
+    the moved slices still say where their reports are, and the page links no dead report."""
+    from edge.network.verdict import Slice, judge
+
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    uid = _study_day(config, inbox, DAY1, monkeypatch, [0.1, 0.1, 0.1, 0.6])  # 3 glioma
+    first = {e["id"] for e in _lines(outbox, DAY1)}
+    usb = folders["root"] / "usb"
+    usb.mkdir()
+    code, out = _offload(str(outbox), "--before", DAY2, "--to", str(usb))
+    assert code == 0, out
+    unplugged = folders["root"] / "usb-unplugged"
+    usb.rename(unplugged)  # DEST is not mounted when the study is judged again
+
+    _study_day(config, inbox, DAY2, monkeypatch, [0.6], uid=uid)
+    doc = json.loads((outbox / "studies" / f"{uid}.json").read_text())
+    assert doc["revision"] == 2 and not doc["notes"], doc["notes"]
+    every = [Slice.from_report(json.loads(p.read_text())) for p in
+             [*(unplugged / "reports").glob("*.json"), *(outbox / "reports").glob("*.json")]]
+    expected = judge(every, config.studies, list(doc["counts"]["by_label"]))
+    assert doc["counts"]["instances"] == 5 and expected["counts"]["instances"] == 5
+    assert doc["verdict"] == expected["verdict"] == "glioma", doc["verdict_reason"]
+    for key in ("verdict_reason", "counts", "probabilities", "series"):
+        assert doc[key] == expected[key], key
+    assert doc["study_date"] and doc["models"]
+    moved = {i["report"]: i for i in doc["instances"] if i.get("offloaded_to")}
+    assert set(moved) == first
+    assert all(i["offloaded_to"] == str(usb) for i in moved.values())
+    assert all(s.get("offloaded_to") == str(usb) for s in doc["suspicious"]
+               if s["report"] in first)
+    assert any(s["report"] in first for s in doc["suspicious"])
+    page = outbox / "studies" / f"{uid}.html"
+    text = page.read_text()
+    assert not _dead_links(page), _dead_links(page)
+    for report_id in first:
+        assert f"{usb}/reports/{report_id}.html" in text
+    assert "4 of this study&#x27;s 5 slice reports" in text or (
+        "4 of this study's 5 slice reports" in text), text
+
+    # judged again once more, DEST still away: the kept fields carry over again
+    _study_day(config, inbox, DAY3, monkeypatch, [0.1], uid=uid)
+    doc = json.loads((outbox / "studies" / f"{uid}.json").read_text())
+    assert doc["counts"]["instances"] == 6 and doc["verdict"] == "glioma" and not doc["notes"]
+    assert {i["report"] for i in doc["instances"] if i.get("offloaded_to")} == first
+
+
+def test_a_study_marked_offloaded_before_slices_were_kept_reads_them_from_dest(
+        folders, test_model, monkeypatch):
+    """A study report marked by an older agent (``offloaded_to`` only): judged again, each
+    moved slice is read from its disk while that is mounted (and kept from then on), and is
+    left out, with a note, only while it is not."""
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0})
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    uid = _study_day(config, inbox, DAY1, monkeypatch, [0.1, 0.1, 0.1])
+    usb = folders["root"] / "usb"
+    usb.mkdir()
+    code, out = _offload(str(outbox), "--before", DAY2, "--to", str(usb))
+    assert code == 0, out
+    path = outbox / "studies" / f"{uid}.json"
+
+    def as_marked_before() -> None:
+        doc = json.loads(path.read_text())
+        for item in doc["instances"]:
+            for key in ("probabilities", "series_description", "sop_class_uid"):
+                item.pop(key, None)
+        path.write_text(json.dumps(doc))
+
+    as_marked_before()
+    _study_day(config, inbox, DAY2, monkeypatch, [0.6], uid=uid)
+    doc = json.loads(path.read_text())
+    assert doc["counts"]["instances"] == 4 and doc["verdict"] == "glioma" and not doc["notes"]
+    moved = [i for i in doc["instances"] if i.get("offloaded_to") == str(usb)]
+    assert len(moved) == 3 and all("probabilities" in i for i in moved)
+
+    as_marked_before()
+    usb.rename(folders["root"] / "usb-unplugged")
+    _study_day(config, inbox, DAY3, monkeypatch, [0.6], uid=uid)
+    doc = json.loads(path.read_text())
+    assert doc["counts"]["instances"] == 2
+    assert doc["notes"] == ["3 report(s) of this study could not be read and were left out"]
