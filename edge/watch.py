@@ -391,10 +391,10 @@ class Agent:
         just claimed and not yet handed on (not counted anywhere else yet)."""
         paths: list[str] = []
         self._taking = False
+        room = MAX_UNFINISHED - self._unfinished() - claimed
+        self._note_holding(room <= 0)  # first: the front page says so only while it holds
         if not self.space.room():
             return paths  # they wait in the inbox until the outbox's disk has room
-        room = MAX_UNFINISHED - self._unfinished() - claimed
-        self._note_holding(room <= 0)
         if room <= 0:
             return paths  # they wait in the inbox until a retry finishes a taken input
         self._taking = True
