@@ -527,7 +527,8 @@ class Agent:
         why), a debug line otherwise."""
         waiting, why = self._waiting()
         summary = (waiting, why if waiting else "")
-        level = logging.DEBUG if summary == self._last_round else logging.WARNING
+        level = (logging.DEBUG if summary == self._last_round else
+                 logging.WARNING if waiting else logging.INFO)
         self._last_round = summary
         if waiting:
             log.log(level, "retried %d input(s): %d still could not be finished (%s); tried "
