@@ -42,7 +42,7 @@ from .durable import (
 )
 from .index import DailyIndex
 from .manifest import sha256_file
-from .offload import RECORD_NAME, pending_offload
+from .offload import RECORD_NAME, finishing_command, pending_offload
 from .outbox import Outbox
 from .report import REPORT_SCHEMAS, local_day, now_iso, summary_line
 
@@ -112,7 +112,7 @@ class _Checker:
                             f"{self.offloading.get('dest')} was interrupted: its copies are "
                             "verified; run the same `edge-agent offload` command again to "
                             "finish removing the day (its files are not checked here "
-                            "meanwhile)")
+                            f"meanwhile): {finishing_command(self.outbox.root, self.offloading)}")
         self._journal()
         self._temp_files()
         reports = self._reports()

@@ -79,7 +79,8 @@ from .errors import (
     OutputError,
 )
 from .index import DailyIndex
-from .offload_readback import link_sha, read_back, same_or_absent, sha256_of
+from .manifest import sha256_file
+from .offload_readback import link_sha, read_back, same_or_absent
 from .outbox import Outbox
 
 RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
@@ -193,18 +194,25 @@ def pending_offload_alerts(root: Path) -> list[str]:
     if record is None:
         return []
     day, dest = str(record.get("day")), str(record.get("dest"))
-    before = record.get("before")
-    if not (isinstance(before, str) and _DAY.match(before)):  # a record from before "before"
+    return [f"The offload of {day} to {dest} was interrupted while it removed the day from "
+            f"the outbox: {day} is half removed (its page names files that are gone; their "
+            f"verified copies are in {dest}). Stop the agent (systemctl stop edge-agent), "
+            f"run the same command again to finish it, then start the agent: "
+            f"{finishing_command(root, record)}"]
+
+
+def finishing_command(root: Path, record: dict[str, Any]) -> str:
+    """The ``edge-agent offload`` command that finishes the interrupted one of ``record``
+    (its --before and --to; a record from before "before" was kept: the day after its day,
+    which finishes it and moves nothing new, days being moved oldest first)."""
+    day, before = str(record.get("day")), record.get("before")
+    if not (isinstance(before, str) and _DAY.match(before)):
         try:
             before = (datetime.date.fromisoformat(day) + datetime.timedelta(days=1)).isoformat()
         except ValueError:
             before = "YYYY-MM-DD"
-    command = (f"edge-agent offload {shlex.quote(str(root))} --before {before} "
-               f"--to {shlex.quote(dest)}")
-    return [f"The offload of {day} to {dest} was interrupted while it removed the day from "
-            f"the outbox: {day} is half removed (its page names files that are gone; their "
-            f"verified copies are in {dest}). Stop the agent (systemctl stop edge-agent), "
-            f"run the same command again to finish it, then start the agent: {command}"]
+    return (f"edge-agent offload {shlex.quote(str(root))} --before {before} "
+            f"--to {shlex.quote(str(record.get('dest')))}")
 
 
 def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: Echo) -> int:
@@ -526,7 +534,7 @@ class _Offload:
                     pass  # made meanwhile: compared below
             mine = (link_sha(copy.link) if copy.link is not None
                     else hashlib.sha256(copy.data).hexdigest() if copy.data is not None
-                    else sha256_of(self.root / copy.src))
+                    else sha256_file(self.root / copy.src))
             if read_back(target) != mine:
                 self._conflict(copy)
             else:

@@ -7,15 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes (through the page cache: for a source, or a name's
-    owner at DEST)."""
-    digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from .manifest import sha256_file
 
 
 def link_sha(target: str) -> str:
@@ -50,4 +42,4 @@ def same_or_absent(src: Path | None, target: Path) -> bool:
     if os.path.islink(str(src)) or os.path.islink(str(target)):
         return os.path.islink(str(src)) and os.path.islink(str(target)) and (
             os.readlink(str(src)) == os.readlink(str(target)))
-    return target.stat().st_size == src.stat().st_size and sha256_of(target) == sha256_of(src)
+    return target.stat().st_size == src.stat().st_size and sha256_file(target) == sha256_file(src)
