@@ -65,17 +65,6 @@ def index_row(doc: Any) -> dict[str, Any] | None:
             "instances": counts["instances"], "series": len(series)}
 
 
-def _moved_entry(previous: Any, report_id: str) -> dict[str, Any] | None:
-    """The previous study report's entry of an offloaded slice (None: not marked moved)."""
-    if not isinstance(previous, dict) or not isinstance(previous.get("instances"), list):
-        return None
-    for entry in previous["instances"]:
-        if isinstance(entry, dict) and entry.get("report") == report_id:
-            moved = entry.get("offloaded_to")
-            return entry if isinstance(moved, str) and moved else None
-    return None
-
-
 def _moved(s: Slice, entry: bool) -> dict[str, Any]:
     """What a study report says of an offloaded slice: where its report is, and (in its
     instance entry) what ``Slice.from_entry`` needs to judge it again without that disk."""
@@ -285,9 +274,13 @@ class StudyTracker:
         pending = self._pending[uid]
         previous = read_json(self.folder / f"{uid}.json")
         members: dict[str, str | None] = {}
+        offloaded: dict[str, dict[str, Any]] = {}  # report id -> its entry, marked moved
         if isinstance(previous, dict):
             for inst in previous.get("instances", []):
                 members[inst["report"]] = inst.get("archived_as")
+                moved_to = inst.get("offloaded_to")
+                if isinstance(moved_to, str) and moved_to:
+                    offloaded[inst["report"]] = inst
         for report_id, archived in pending["members"].items():
             members.setdefault(report_id, archived)
         slices, missing, kept = [], 0, False
@@ -298,7 +291,7 @@ class StudyTracker:
             moved = None
             if not isinstance(report, dict) or study_of(report) != uid:
                 # offloaded (edge.network.study_offload): the previous report kept the slice
-                entry = _moved_entry(previous, report_id)
+                entry = offloaded.get(report_id)
                 moved = entry and entry["offloaded_to"]
                 again = Slice.from_entry(entry) if entry else None
                 if again is not None:
