@@ -81,7 +81,7 @@ class GroupCommit:
                     do(work, barrier)
                 except Exception as exc:  # noqa: BLE001 - the job stays journaled, retried
                     failures.append((work.job, exc))
-                    self.release(work)
+                    self.release(work, failed=True)
                     continue
                 done.append(work)
             barrier.sync()
@@ -154,13 +154,20 @@ class GroupCommit:
         if found.page is not None:
             write_bytes_atomic(base.with_suffix(".html"), found.page, sync_folder=False)
         write_bytes_atomic(base.with_suffix(".json"), found.report_json, sync_folder=False)
+        found.written = True
         barrier.add(self.outbox.reports)
 
-    def release(self, work: Work) -> None:
-        """Let identical inputs find the report on disk from now on; drop the pictures."""
+    def release(self, work: Work, failed: bool = False) -> None:
+        """Let identical inputs find the report on disk from now on; drop the pictures.
+        ``failed``: a step failed; a report not yet written is kept, pictures and all, for
+        the job's retry (``InFlight.take_kept``)."""
         found = work.prepared
-        if found is not None and found.report is not None:
-            self.in_flight.release(str(work.job.sha256), work.job.token)
+        if found is None or found.report is None:
+            return
+        written = found.written
+        self.in_flight.release(str(work.job.sha256), work.job.token,
+                               keep=found if failed and not written else None)
+        if written or not failed:
             found.thumbnail = found.heatmap = found.heatmap_png = found.page = None
 
     # --- the decision and the move -----------------------------------------------------

@@ -65,6 +65,7 @@ class Prepared:
     drawing: threading.Lock = field(default_factory=threading.Lock)  # held while drawing
     heatmap_png: bytes | None = None  # the heat-map drawn over the thumbnail, as a PNG
     page: bytes | None = None  # the HTML page (it embeds the same PNG)
+    written: bool = False  # the report's JSON is on disk (``GroupCommit.write_report``)
 
 
 @dataclass
@@ -175,10 +176,19 @@ def unexpected(exc: Exception, sha256: str | None, doing: str, reason: str) -> R
 class InFlight:
     """sha256 -> token of the job whose new report is classified but not yet durable: an
     identical input prepared meanwhile is a duplicate of it, not classified again. Shared by
-    the main loop (prepare) and the committer thread (commit)."""
+    the main loop (prepare) and the committer thread (commit).
+
+    It also keeps, by job token, the new reports that could not be written (a full disk, a
+    failing card): the job's retry writes the same report instead of decoding, classifying
+    and drawing the heat-map of its input again, which on a board is seconds per input, for
+    each of up to ``edge.watch.MAX_UNFINISHED`` inputs at every retry round while the
+    failure lasts. Bounded: the oldest beyond ``KEEP_AT_MOST`` are classified again."""
+
+    KEEP_AT_MOST = 64
 
     def __init__(self) -> None:
         self._holders: dict[str, str] = {}
+        self._kept: dict[str, Prepared] = {}
         self._lock = threading.Lock()
 
     def holder(self, sha256: str) -> str | None:
@@ -189,7 +199,25 @@ class InFlight:
         with self._lock:
             self._holders[sha256] = token
 
-    def release(self, sha256: str, token: str) -> None:
+    def release(self, sha256: str, token: str, keep: Prepared | None = None) -> None:
+        """Let identical inputs find the report on disk from now on. ``keep``: its writing
+        failed; what was found waits for the job's retry (``take_kept``)."""
         with self._lock:
             if self._holders.get(sha256) == token:
                 del self._holders[sha256]
+            if keep is not None:
+                self._kept.pop(token, None)  # re-inserted last: the newest is kept longest
+                self._kept[token] = keep
+                while len(self._kept) > self.KEEP_AT_MOST:
+                    del self._kept[next(iter(self._kept))]
+
+    def take_kept(self, token: str, sha256: str) -> Prepared | None:
+        """The report kept for this job's retry, if its input still has the same bytes;
+        forgotten either way."""
+        with self._lock:
+            found = self._kept.pop(token, None)
+        return found if found is not None and found.sha256 == sha256 else None
+
+    def kept(self) -> int:
+        with self._lock:
+            return len(self._kept)

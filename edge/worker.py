@@ -125,6 +125,7 @@ class Worker:
         assert job.sha256 is not None
         # In-flight first, then on disk: an input leaves the in-flight set only once its
         # report is durable, so between the two checks it cannot slip through both.
+        kept = self.in_flight.take_kept(job.token, job.sha256)  # its report failed to write
         holder = self.in_flight.holder(job.sha256)
         if holder is not None and holder != job.token:
             job.outcome = Outcome.DUPLICATE  # of an input whose report is being written
@@ -134,8 +135,12 @@ class Worker:
             own = existing.get("intake", {}).get("token") == job.token
             job.outcome = Outcome.CLASSIFIED if own else Outcome.DUPLICATE
             return work
-        classify_file(claimed, found, self.classifier, self.config, file_name=job.file_name,
-                      token=job.token, received_at=job.claimed_at, t0=t0)
+        if kept is not None:  # a retry: the same bytes, the report found the first time
+            found = kept
+        else:
+            classify_file(claimed, found, self.classifier, self.config,
+                          file_name=job.file_name, token=job.token,
+                          received_at=job.claimed_at, t0=t0)
         if found.refusal is not None:
             refuse(job, found.refusal)
             return work

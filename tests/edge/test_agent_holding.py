@@ -110,8 +110,9 @@ def test_a_persistent_failure_leaves_new_inputs_in_the_inbox_until_a_retry_succe
             time.sleep(0.05)
         assert _said(caplog, HOLD_LINE) == 1
         started = len(retries)
-        # retry rounds go on while holding, all failing (each classifies the 32 again): a
-        # whole round, however slow the machine (seconds under arm64 emulation)
+        # retry rounds go on while holding, all failing (each tries the 32 kept reports
+        # again, without classifying them again): a whole round, however slow the machine
+        # (seconds under arm64 emulation)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and len(retries) < started + MAX_UNFINISHED:
             time.sleep(0.05)
@@ -226,3 +227,95 @@ def test_sigterm_while_holding_stops_promptly(tmp_path, test_model):
     _assert_rest_untouched(inbox, before, INPUTS - MAX_UNFINISHED)
     assert len(list((outbox / ".state" / "jobs").glob("*.json"))) == MAX_UNFINISHED
     assert text.count(HOLD_LINE) == 1
+
+
+def test_a_retry_writes_the_report_found_the_first_time_without_classifying_again(
+        folders, test_model, monkeypatch, caplog):
+    """While writing reports fails, each retry round used to decode, classify and draw the
+    occlusion heat-map of every waiting input again (seconds per input on a board). The
+    report found the first time is kept: however many rounds fail, each input is classified
+    once, and the report finally written is complete (JSON, page, heat-map) and the same."""
+    from edge import commit
+    from edge.classifier import Classifier
+    from edge.watch import Agent
+
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    count = 5
+    for i in range(count):
+        gray_png(inbox / f"scan{i}.png", 40 + 20 * i)
+    failing = threading.Event()
+    failing.set()
+    real = commit.write_bytes_atomic
+    writes: dict[str, list[bytes]] = {}  # what each attempt wrote (or tried to), by file
+
+    def broken(path, data, *args, **kwargs):
+        if path.parent.name == "reports":
+            writes.setdefault(path.name, []).append(data)
+            if path.suffix == ".json" and failing.is_set():  # the last write of a report
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(commit, "write_bytes_atomic", broken)
+    config = make_config(folders, test_model.path, watch={"retry_interval": 0.1})
+    agent = Agent(config, Classifier(config), once=False)
+    classified = []
+    classify = agent.worker.classifier.classify
+    monkeypatch.setattr(agent.worker.classifier, "classify",
+                        lambda decoded: classified.append(1) or classify(decoded))
+    retries = []
+    run = agent.worker.run
+    monkeypatch.setattr(agent.worker, "run", lambda job, **kw: retries.append(job) or run(
+        job, **kw))
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 180  # bounds, not timings
+        while time.monotonic() < deadline and len(retries) < 4 * count:
+            time.sleep(0.05)
+        assert len(retries) >= 4 * count  # four failed rounds at least
+        assert len(classified) == count
+        assert agent.worker.in_flight.kept() == count
+        failing.clear()
+        while time.monotonic() < deadline and agent.worker.counts["classified"] < count:
+            time.sleep(0.05)
+    finally:
+        failing.clear()
+        agent.stop_requested.set()
+        runner.join(60)
+    assert not runner.is_alive()
+    assert agent.worker.counts["classified"] == count
+    assert len(classified) == count  # once each, however many rounds failed
+    assert agent.worker.in_flight.kept() == 0
+    reports = sorted((outbox / "reports").glob("*.json"))
+    assert len(reports) == count
+    for path in reports:
+        report = json.loads(path.read_text())
+        page, png = path.with_suffix(".html").name, report["heatmap"]["file"]
+        # every attempt wrote the whole report, pictures too, the same bytes each time
+        tries = writes[path.name]
+        assert len(tries) >= 2 and len(writes[page]) == len(writes[png]) == len(tries)
+        for name in (path.name, page, png):
+            assert len(set(writes[name])) == 1
+            assert (outbox / "reports" / name).read_bytes() == writes[name][0]
+        assert report["input"]["file_name"] in (outbox / "reports" / page).read_text()
+
+
+def test_a_kept_report_is_not_used_for_changed_bytes_and_the_oldest_go_first():
+    """``InFlight``'s kept reports: taken once, only for the same bytes; bounded."""
+    from edge.prepare import InFlight, Prepared
+
+    flight = InFlight()
+    flight.hold("a" * 64, "t1")
+    kept = Prepared(sha256="a" * 64, report={"x": 1})
+    flight.release("a" * 64, "t1", keep=kept)
+    assert flight.holder("a" * 64) is None  # identical inputs are not held up meanwhile
+    assert flight.take_kept("t1", "b" * 64) is None  # the claimed file changed: classify
+    assert flight.take_kept("t1", "a" * 64) is None  # forgotten either way
+    flight.release("a" * 64, "t1", keep=kept)
+    assert flight.take_kept("t1", "a" * 64) is kept
+    for i in range(InFlight.KEEP_AT_MOST + 3):
+        flight.release(f"{i:064d}", f"t{i}", keep=Prepared(sha256=f"{i:064d}"))
+    assert flight.kept() == InFlight.KEEP_AT_MOST
+    assert flight.take_kept("t0", f"{0:064d}") is None  # the oldest went first
+    last = InFlight.KEEP_AT_MOST + 2
+    assert flight.take_kept(f"t{last}", f"{last:064d}") is not None
