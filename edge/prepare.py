@@ -181,7 +181,7 @@ class InFlight:
     It also keeps, by job token, the new reports that could not be written (a full disk, a
     failing card): the job's retry writes the same report instead of decoding, classifying
     and drawing the heat-map of its input again, which on a board is seconds per input, for
-    each of up to ``edge.watch.MAX_UNFINISHED`` inputs at every retry round while the
+    each of up to ``edge.retries.MAX_UNFINISHED`` inputs at every retry round while the
     failure lasts. Bounded: the oldest beyond ``KEEP_AT_MOST`` are classified again."""
 
     KEEP_AT_MOST = 64

@@ -12,13 +12,9 @@ reason (a full disk) on its own thread once the committer is idle, pings systemd
 between files, and stops cleanly on SIGTERM/SIGINT once the files it has taken are finished.
 
 At most ``MAX_UNFINISHED`` inputs are out of the inbox and not finished at any time (being
-worked on, or waiting for a retry). A healthy pipeline never holds more, so this costs
-nothing; it matters when a failure persists (a reports folder that cannot be written, a
-disk that answers EIO): then every input taken fails in turn, and without a bound the agent
-emptied the inbox into ``.state`` while no report appeared. With it, once that many wait for
-a retry the agent holds: new inputs wait in the inbox, untouched (as for a full disk,
-``edge.diskspace``), the log says so once and the front page says so, retries go on, and
-taking resumes by itself when a retry finishes one. ``--once`` stops there (exit 75).
+worked on, or waiting for a retry): when a failure persists, the agent holds instead of
+emptying the inbox into ``.state`` while no report appears (``edge.retries``; ``--once``
+stops there, exit 75).
 """
 
 from __future__ import annotations
@@ -45,6 +41,7 @@ from .network.services import NetworkServices  # issue 15: DICOM receiver, studi
 from .offload import pending_offload_alerts
 from .outbox import Job, Outbox
 from .pipeline import Committer
+from .retries import CLAIM_GROUP, MAX_UNFINISHED, Retries
 from .worker import Worker, describe_error
 
 log = logging.getLogger(__name__)
@@ -52,13 +49,6 @@ _EVENT_QUEUE_SIZE = 10000
 _TICK = 0.25  # longest sleep: how quickly a stop request or new event is noticed
 _RENDER_EVERY = 10.0  # seconds between rewrites of the HTML index pages while busy
 _ONCE_NOTE_EVERY = 30.0  # --once: seconds between "still waiting" lines
-CLAIM_GROUP = 8  # settled files claimed together (one round of folder fsyncs for all)
-# Taken and not finished, at most: a group being classified, the next one claimed ahead, and
-# the committer's queue (8) and the group it is writing: what the pipeline holds at full
-# speed, so a healthy agent never reaches it; with a persistent failure exactly this many
-# leave the inbox (a smaller bound would either slow the pipeline or be overshot by what it
-# held when the first failure came back).
-MAX_UNFINISHED = 4 * CLAIM_GROUP
 _CLOSE_TIMEOUT = 60.0  # seconds to let the committer finish at exit (systemd allows 120)
 # While starting (replaying the journal) or stopping (finishing what was taken), each input
 # tells systemd to wait this much longer: its start and stop timeouts then bound one
@@ -127,18 +117,13 @@ class Agent:
         self._events: queue.Queue = queue.Queue(maxsize=_EVENT_QUEUE_SIZE)
         self._rescan = threading.Event()
         self._observer: Any = None
-        self._failed_jobs: list[Job] = []
+        self.retries = Retries(self.outbox, w.retry_interval)
         self._refusals_said: dict[str, str] = {}  # inbox path -> why its claim was refused
-        self._failures_said: dict[str, str] = {}  # job token -> why it could not be finished
-        self._last_round: tuple[int, str] = (0, "")  # the last retry round: still failing, why
-        self._last_failure = ""  # why the newest of them failed, for the front page
-        self._failed_lock = threading.Lock()
-        self.committer = Committer(self.worker, self._job_failed)
+        self.committer = Committer(self.worker, self.retries.failed)
         self._claimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claimer")
         self._claimed_ahead: Future | None = None  # the next group, being claimed
         self._ahead = 0  # how many inputs that group holds
         self._taking = True  # False while new inputs wait (disk space, or holding)
-        self._holding = False  # MAX_UNFINISHED wait for a retry: new inputs wait in the inbox
         self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
         self._ready = False  # READY=1 sent: start-up (the journal's replay) is over
         self._last_ping = time.monotonic()
@@ -203,11 +188,11 @@ class Agent:
                 log.warning("still writing after %gs; stopping anyway: the inputs being written "
                             "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
             else:
-                self._pause_failed_jobs()
+                self.retries.pause_all()
             self.network.finish(self.once)
             self._render_index()
             self.outbox.unlock()
-        counts = dict(self.worker.counts, unfinished=len(self._failed_jobs),
+        counts = dict(self.worker.counts, unfinished=self.retries.waiting()[0],
                       unreachable=len(self.inbox.unreachable),
                       not_taken=sum(os.path.lexists(p) for p in self.inbox.not_taken),
                       waiting_for_space=self._left_for_space,
@@ -291,20 +276,18 @@ class Agent:
                 self._rescan.clear()
                 self.inbox.scan()
                 last_scan = now
-            if self._failed_jobs and now - last_retry >= w.retry_interval:
+            if self.retries.waiting()[0] and now - last_retry >= w.retry_interval:
                 last_retry = now
                 self.committer.wait_idle()  # retries run here, alone
-                with self._failed_lock:
-                    retry, self._failed_jobs = self._failed_jobs, []
+                retry = self.retries.take_round()
                 for i, job in enumerate(retry):
                     if self.stop_requested.is_set():  # the rest stay journaled, paused
-                        with self._failed_lock:
-                            self._failed_jobs.extend(retry[i:])
+                        self.retries.back(retry[i:])
                         break
                     self._still_working()
                     self._run_job(job)
                 else:
-                    self._retried(len(retry))
+                    self.retries.round_done(len(retry))
             paths = self._take_ready()
             if paths or self._claimed_ahead is not None:
                 self._process(paths)
@@ -323,9 +306,10 @@ class Agent:
                 log.error("stopping with %d input(s) left in the inbox, untouched: %s",
                           self._left_for_space, self.space.describe())
                 break
-            if self.once and self._holding and (self.inbox.pending or self.inbox.overflowed):
+            if self.once and self.retries.holding and (
+                    self.inbox.pending or self.inbox.overflowed):
                 self._left_while_failing = len(self.inbox.pending)
-                waiting, why = self._waiting()
+                waiting, why = self.retries.waiting()
                 log.error("stopping with %d input(s) left in the inbox, untouched, while %d "
                           "taken input(s) wait for a retry (%s)", self._left_while_failing,
                           waiting, why)
@@ -392,7 +376,7 @@ class Agent:
         paths: list[str] = []
         self._taking = False
         room = MAX_UNFINISHED - self._unfinished() - claimed
-        self._note_holding(room <= 0)  # first: the front page says so only while it holds
+        self.retries.note_holding(room <= 0)  # first: the page says so only while it holds
         if not self.space.room():
             return paths  # they wait in the inbox until the outbox's disk has room
         if room <= 0:
@@ -405,33 +389,11 @@ class Agent:
             paths.append(path)
         return paths
 
-    def _waiting(self) -> tuple[int, str]:
-        """How many taken inputs wait for a retry, and why the newest of them failed."""
-        with self._failed_lock:
-            return len(self._failed_jobs), self._last_failure
-
     def _unfinished(self) -> int:
         """Inputs out of the inbox and not finished: waiting for a retry, claimed ahead, or
         queued for (or being written by) the committer."""
         ahead = self._ahead if self._claimed_ahead is not None else 0
-        return self._waiting()[0] + ahead + self.committer.unfinished()
-
-    def _note_holding(self, full: bool) -> None:
-        """Say once when holding starts (the room is all taken by inputs waiting for a
-        retry: a persistent failure) and once when a retry has made room again. Full with
-        inputs still in the pipeline is back-pressure, over in a moment: not said."""
-        waiting, why = self._waiting()
-        if full and not self._holding and waiting >= MAX_UNFINISHED:
-            self._holding = True
-            log.warning("%d taken input(s) could not be finished (%s) and wait for a retry "
-                        "every %gs; new inputs wait in the inbox, untouched, until a retry "
-                        "finishes one. Check the disk holding the outbox and that its "
-                        "folders can be written (%s); the lines above say which failed",
-                        waiting, why, self.config.watch.retry_interval, self.outbox.root)
-        elif not full and self._holding:
-            self._holding = False
-            log.info("a retry finished a waiting input: taking new inputs again (%d still "
-                     "wait for a retry)", waiting)
+        return self.retries.waiting()[0] + ahead + self.committer.unfinished()
 
     def _process(self, paths: list[str]) -> None:
         """Classify a claimed group and queue each job for the committer, while the next
@@ -451,7 +413,7 @@ class Agent:
         jobs, refused = claiming.result()
         for path, exc in refused:
             if isinstance(exc, HeldInInbox):  # journaled: retried like any unfinished job
-                self._job_failed(exc.job, exc)
+                self.retries.failed(exc.job, exc)
                 continue
             where, why = self.inbox.find_hint(path), describe_error(exc)
             # said once per file and cause: a folder that stays read-only is retried every
@@ -493,7 +455,7 @@ class Agent:
             try:
                 work = self.worker.prepare(job)
             except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later
-                self._job_failed(job, exc)
+                self.retries.failed(job, exc)
                 continue
             self.committer.submit(work)
 
@@ -502,64 +464,11 @@ class Agent:
         try:
             self.worker.run(job, replay=True, crashed=crashed)
         except Exception as exc:  # noqa: BLE001 - keep the input journaled and retry later
-            self._job_failed(job, exc)
-
-    def _job_failed(self, job: Job, exc: Exception) -> None:
-        """Called from either thread: log, and keep the job for a retry. Said once per input
-        and cause: a failure that persists fails every input again at every retry round, and
-        would write 32 lines a minute into the journal for as long as it lasts (the rounds
-        are summed up by ``_retried`` instead)."""
-        why = describe_error(exc)
-        with self._failed_lock:
-            said = self._failures_said.get(job.token) == why
-            if len(self._failures_said) >= 10_000:
-                self._failures_said.clear()
-            self._failures_said[job.token] = why
-            self._failed_jobs.append(job)
-            self._last_failure = why
-        log.log(logging.DEBUG if said else logging.ERROR,
-                "input %s could not be finished (%s); it stays safely in %s and will be "
-                "retried in %gs", (job.sha256 or job.token)[:12], why, self.outbox.state,
-                self.config.watch.retry_interval)
-
-    def _retried(self, tried: int) -> None:
-        """After a whole retry round: one line when what still fails changed (how many, or
-        why), a debug line otherwise."""
-        waiting, why = self._waiting()
-        summary = (waiting, why if waiting else "")
-        level = (logging.DEBUG if summary == self._last_round else
-                 logging.WARNING if waiting else logging.INFO)
-        self._last_round = summary
-        if waiting:
-            log.log(level, "retried %d input(s): %d still could not be finished (%s); tried "
-                    "again every %gs", tried, waiting, why, self.config.watch.retry_interval)
-        else:
-            log.log(level, "retried %d input(s): all finished", tried)
-
-    def _pause_failed_jobs(self) -> None:
-        """Mark the jobs still waiting for a retry (a full disk, say) as paused, so the next
-        start does not count them as crashes towards ``[limits] max_attempts``."""
-        with self._failed_lock:
-            for job in self._failed_jobs:
-                job.paused = True
-                try:
-                    self.outbox.save(job)
-                except OSError:
-                    pass  # not recorded: the next start counts one attempt, nothing worse
+            self.retries.failed(job, exc)
 
     def _page_alerts(self) -> list[str]:
-        lines = self.space.page_lines()
-        waiting, why = self._waiting()
-        if waiting:
-            lines.append(f"{waiting} input(s) were taken but could not be finished yet "
-                         f"({why}). They are kept safely in the outbox's .state folder and "
-                         f"tried again every {self.config.watch.retry_interval:g} s; the log "
-                         "says which.")
-        if self._holding:
-            lines.append("New inputs are not being taken while those wait: new inputs wait in "
-                         "the inbox, untouched, and are taken again once a retry finishes "
-                         "one; tell the person who looks after this box.")
-        return lines + self._offload_alerts + self.network.page_alerts()
+        return (self.space.page_lines() + self.retries.page_lines() + self._offload_alerts
+                + self.network.page_alerts())
 
     def _render_index(self) -> None:
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent_helpers import REPO_ROOT, agent_env, fast_config, gray_png, make_config
 
-from edge.watch import MAX_UNFINISHED
+from edge.retries import MAX_UNFINISHED
 
 INPUTS = MAX_UNFINISHED + 20
 HOLD_LINE = "new inputs wait in the inbox, untouched"
@@ -262,10 +262,16 @@ def test_a_retry_writes_the_report_found_the_first_time_without_classifying_agai
     classify = agent.worker.classifier.classify
     monkeypatch.setattr(agent.worker.classifier, "classify",
                         lambda decoded: classified.append(1) or classify(decoded))
-    retries = []
+    retries = []  # after each retry, how many reports were kept for the next one
     run = agent.worker.run
-    monkeypatch.setattr(agent.worker, "run", lambda job, **kw: retries.append(job) or run(
-        job, **kw))
+
+    def retry(job, **kw):
+        try:
+            return run(job, **kw)
+        finally:  # counted here, between two retries: read from this thread, kept() could
+            retries.append(agent.worker.in_flight.kept())  # catch one taken for a retry
+
+    monkeypatch.setattr(agent.worker, "run", retry)
     runner = threading.Thread(target=agent.run, daemon=True)
     runner.start()
     try:
@@ -274,7 +280,7 @@ def test_a_retry_writes_the_report_found_the_first_time_without_classifying_agai
             time.sleep(0.05)
         assert len(retries) >= 4 * count  # four failed rounds at least
         assert len(classified) == count
-        assert agent.worker.in_flight.kept() == count
+        assert retries[-1] == count
         failing.clear()
         while time.monotonic() < deadline and agent.worker.counts["classified"] < count:
             time.sleep(0.05)
