@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +39,11 @@ from .durable import (
     write_bytes_atomic,
     write_json_new,
 )
-from .index import DailyIndex
+from .index import DAY, DailyIndex
 from .manifest import sha256_file
 from .offload import RECORD_NAME, finishing_command, pending_offload
 from .outbox import Outbox
 from .report import REPORT_SCHEMAS, local_day, now_iso, summary_line
-
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 @dataclass
@@ -162,7 +159,7 @@ class _Checker:
             return
         for path in sorted(folder.glob("*.jsonl")):
             day = path.stem
-            if not _DAY.match(day) or day == self.offloading_day:
+            if not DAY.match(day) or day == self.offloading_day:
                 continue
             if self.repair and repair_torn_tail(path):
                 self.result.add("repaired", self.rel(path), "cut a partial last line left by a "
@@ -235,7 +232,7 @@ class _Checker:
             self._tokens = set()
             folder = self.outbox.root / "index"
             for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-                if not _DAY.match(path.stem):
+                if not DAY.match(path.stem):
                     continue
                 with open(str(path), "rb") as handle:
                     for raw in handle:
@@ -334,7 +331,7 @@ class _Checker:
             rel = self.outbox.relative(path)
             if rel not in self.indexed:
                 day = str(record.get("quarantined_at") or "")[:10]
-                self._rebuild_line(path, day if _DAY.match(day) else local_day(),
+                self._rebuild_line(path, day if DAY.match(day) else local_day(),
                                    self._quarantined_entry(rel, record))
         return len(inputs)
 

@@ -23,7 +23,7 @@ from .durable import append_lines_durable, json_bytes, repair_torn_tail, write_b
 from .report import now_iso
 
 log = logging.getLogger(__name__)
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")  # a day's name: index/DAY.jsonl, archive/DAY/
 
 
 class DailyIndex:
@@ -43,7 +43,7 @@ class DailyIndex:
         self._counted: dict[str, tuple[int, int, tuple[int, int, int]]] = {}
 
     def path_for(self, day: str) -> Path:
-        if not _DAY.match(day):
+        if not DAY.match(day):
             raise ValueError(f"not a day: {day!r}")
         return self.folder / f"{day}.jsonl"
 
@@ -102,7 +102,7 @@ class DailyIndex:
                 with os.scandir(str(self.folder)) as entries:
                     for entry in entries:
                         day = entry.name[:-len(".jsonl")]
-                        if entry.name.endswith(".jsonl") and _DAY.match(day):
+                        if entry.name.endswith(".jsonl") and DAY.match(day):
                             found.append((day, *self._count(entry.path, entry.name)))
             except FileNotFoundError:
                 return []

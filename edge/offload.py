@@ -39,34 +39,29 @@ A day before ``--before`` whose ``archive/D/`` holds inputs but which has no ind
 from), and the run says to run fsck first, with the command (exit 65, as fsck's own).
 
 The outbox's lock is held throughout: the agent must be stopped.
+
+What a day's move is (its files, where each goes at DEST, which reports stay) is planned
+first, in ``edge.offload_plan``; this module checks the command, carries the plans out and
+keeps the record.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
-import re
 import shlex
-import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import failpoints
-from .commit import REASON_SUFFIX
 from .diskspace import MB, free_bytes
 from .durable import (
     FolderBarrier,
     atomic_file,
-    display_name,
     fsync_dir,
-    is_temp_name,
-    json_bytes,
     read_json,
     remove_stale_temp_files,
-    split_ext,
     unwritable_reason,
     write_json_atomic,
 )
@@ -78,18 +73,14 @@ from .errors import (
     FolderUnavailableError,
     OutputError,
 )
-from .index import DailyIndex
+from .index import DAY, DailyIndex
 from .manifest import sha256_file
-from .offload_readback import link_sha, read_back, same_or_absent
+from .offload_plan import Copy, DayPlan, DayPlanner, index_days, keep_whole_reports
+from .offload_readback import link_sha, read_back
 from .outbox import Outbox
 
 RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
 RECORD_SCHEMA = "neuroedge.offload/1"
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# a line's report id, found as bytes: in compact JSON this can only be the key and its value
-_LINE_ID = re.compile(rb'"id":"([0-9a-f]{64})"')
-_WITH_REPORT = ("classified", "duplicate")
-_BLOCK = 4096  # a file takes whole blocks at DEST
 _MARGIN = 1 << 20  # DEST's pages, folders, temporary files
 
 Echo = Callable[[str], None]
@@ -109,43 +100,10 @@ class UnindexedDayError(EdgeError):
     exit_code = EX_DATAERR
 
 
-@dataclass
-class Copy:
-    """One file of a day: where it is in the outbox, where it goes at DEST."""
-
-    src: str  # relative to the outbox
-    dest: str  # relative to DEST
-    size: int
-    remove: bool = True  # False: a report a later day still names (copied, kept)
-    data: bytes | None = None  # written instead of src's bytes (a line rewritten)
-    link: str | None = None  # a quarantined symbolic link's target
-    present: bool = False  # already at DEST with this size: compared, not copied
-    skip: bool = False  # a report DEST holds another of: neither copied nor removed
-    sha256: str = ""  # of the bytes at DEST, once they are known to be right
-
-    def entry(self) -> dict[str, Any]:
-        return {"path": self.src, "copy": self.dest, "size": self.size, "sha256": self.sha256}
-
-
-@dataclass
-class DayPlan:
-    day: str
-    copies: list[Copy] = field(default_factory=list)
-    sources: set[str] = field(default_factory=set)
-    studies: set[str] = field(default_factory=set)  # named by the day's lines
-
-    def moved_bytes(self) -> int:
-        return sum(c.size for c in self.copies if c.remove)
-
-    def needed_bytes(self) -> int:
-        return sum(-(-c.size // _BLOCK) * _BLOCK + _BLOCK for c in self.copies
-                   if not c.present)
-
-
 def parse_before(text: str, today: datetime.date | None = None) -> str:
     """``--before`` as a day strictly before today: today's inputs are still coming."""
     try:
-        day = datetime.date.fromisoformat(text) if _DAY.match(text) else None
+        day = datetime.date.fromisoformat(text) if DAY.match(text) else None
     except ValueError:
         day = None
     if day is None:
@@ -206,7 +164,7 @@ def finishing_command(root: Path, record: dict[str, Any]) -> str:
     (its --before and --to; a record from before "before" was kept: the day after its day,
     which finishes it and moves nothing new, days being moved oldest first)."""
     day, before = str(record.get("day")), record.get("before")
-    if not (isinstance(before, str) and _DAY.match(before)):
+    if not (isinstance(before, str) and DAY.match(before)):
         try:
             before = (datetime.date.fromisoformat(day) + datetime.timedelta(days=1)).isoformat()
         except ValueError:
@@ -247,9 +205,7 @@ class _Offload:
         self.root = box.root
         self.dest = dest
         self.echo = echo
-        self.reserved: set[str] = set()  # quarantine names at DEST promised in this pass
-        self.report_files: dict[str, list[str]] = {}
-        self.last_day: dict[str, str] = {}  # report id -> the last day whose lines name it
+        self.planner = DayPlanner(box, dest)
         self.before = ""  # --before, kept in the record for the command that finishes it
         self.journaled: set[str] = set()  # days with inputs the agent's journal still holds
 
@@ -271,7 +227,7 @@ class _Offload:
         if os.stat(str(self.dest)).st_dev == os.stat(str(self.root)).st_dev:
             self.echo(f"note: {self.dest} is on the outbox's own disk: moving there frees no "
                       "space on it")
-        days = self._days(lambda day: day < before and day not in self.journaled)
+        days = index_days(self.root, lambda day: day < before and day not in self.journaled)
         for day in sorted(d for d in self.journaled if d < before):
             self.echo(f"note: {day} stays: inputs of it wait in the agent's journal (start the "
                       "agent to finish them, stop it, then run this again to move that day)")
@@ -280,19 +236,17 @@ class _Offload:
             if pending is not None:
                 DailyIndex(self.root).render(days=[])
             return 0
-        self._prepare(days)
-        plans = self._plans(days)
-        self._check_space(plans, dry_run)
+        self.planner.prepare(days)
+        self._check_space(self.planner.plans(days), dry_run)
         if dry_run:
             return 0
-        for day in days:
-            self.reserved.clear()
-            self.move_day(self._plan_day(day))
+        for plan in self.planner.plans(days):  # each planned once the day before it moved
+            self.move_day(plan)
         DailyIndex(self.root).render(days=[])  # the front page, without the days moved
         self.echo(f"moved {len(days)} day(s) to {self.dest} (open {self.dest / 'index.html'})")
         return len(days)
 
-    # --- what moves ---------------------------------------------------------------------
+    # --- before anything moves ------------------------------------------------------------
 
     def _refuse_unindexed(self, before: str, pending: dict[str, Any] | None) -> None:
         """Stop before anything moves if a day to move has archived inputs but no index
@@ -304,7 +258,7 @@ class _Offload:
         found = []
         for folder in sorted(archive.iterdir()):
             day = folder.name
-            if (not _DAY.match(day) or day >= before or day == skip or day in self.journaled
+            if (not DAY.match(day) or day >= before or day == skip or day in self.journaled
                     or folder.is_symlink()
                     or not folder.is_dir() or (self.root / "index" / f"{day}.jsonl").exists()):
                 continue
@@ -318,151 +272,6 @@ class _Offload:
                 f"edge-agent fsck {shlex.quote(str(self.root))} first (it writes their index "
                 "lines again from their reports, and says what to do with any it cannot), "
                 "then this command again")
-
-    def _days(self, wanted: Callable[[str], bool]) -> list[str]:
-        folder = self.root / "index"
-        return sorted(p.stem for p in folder.glob("*.jsonl") if _DAY.match(p.stem)
-                      and wanted(p.stem)) if folder.is_dir() else []
-
-    def _prepare(self, days: list[str]) -> None:
-        """The report files of the days' lines (one walk of ``reports/``), and the last day
-        that names each report: a day moves a report only if no later day names it (a
-        duplicate's line names the earlier input's report), whether that day moves too
-        (later in this run) or stays."""
-        first = days[0]
-        for day in self._days(lambda d: d >= first):
-            with open(str(self.root / "index" / f"{day}.jsonl"), "rb") as handle:
-                self.last_day.update((m.decode(), day) for m in _LINE_ID.findall(handle.read()))
-        ids = {str(e.get("id")) for day in days for _, e in self._lines(day)
-               if e is not None and e.get("outcome") in _WITH_REPORT}
-        if not self.box.reports.is_dir():
-            return
-        with os.scandir(str(self.box.reports)) as entries:
-            for entry in entries:
-                if entry.name[64:65] == "." and entry.name[:64] in ids:
-                    self.report_files.setdefault(entry.name[:64], []).append(entry.name)
-
-    def _lines(self, day: str) -> list[tuple[bytes, dict[str, Any] | None]]:
-        """The day's index lines, as bytes and parsed (None: not readable)."""
-        with open(str(self.root / "index" / f"{day}.jsonl"), "rb") as handle:
-            raw = handle.read().split(b"\n")
-        if raw and raw[-1] == b"":
-            raw.pop()
-        lines = []
-        for line in raw:
-            try:
-                entry = json.loads(line.decode("utf-8"))
-            except ValueError:
-                entry = None
-            lines.append((line, entry if isinstance(entry, dict) else None))
-        return lines
-
-    def _plans(self, days: list[str]) -> Iterator[DayPlan]:
-        for day in days:
-            self.reserved.clear()
-            yield self._plan_day(day)
-
-    def _plan_day(self, day: str) -> DayPlan:
-        """Every file of ``day``, the index file last (it names the others), and where each
-        goes. A conflict at DEST found here stops the run before anything is copied."""
-        plan = DayPlan(day)
-        archive = self.box.archive / day
-        if archive.is_dir() and not archive.is_symlink():
-            for name in sorted(os.listdir(str(archive))):
-                if is_temp_name(name):
-                    continue  # an interrupted write's leftover: removed with the folder
-                if (archive / name).is_dir() and not (archive / name).is_symlink():
-                    raise OutputError(f"{archive / name} is a folder (the agent never makes "
-                                      "one there): move it out of the archive, then run again")
-                self._add(plan, self._copy(f"archive/{day}/{name}"))
-        lines = self._lines(day)
-        rewritten = False
-        ids: dict[str, None] = {}  # in the order of the lines, once each
-        for n, (_, entry) in enumerate(lines):
-            if entry is None:
-                continue
-            if entry.get("outcome") in _WITH_REPORT:
-                ids[str(entry.get("id"))] = None
-                if isinstance(entry.get("study"), str):
-                    plan.studies.add(entry["study"])
-            moved_to = entry.get("moved_to")
-            if entry.get("outcome") == "quarantined" and isinstance(moved_to, str) and (
-                    moved_to.startswith("quarantine/")):
-                name = self._quarantine(plan, moved_to, entry)
-                if name is not None and name != moved_to:
-                    entry["moved_to"] = name
-                    lines[n] = (json_bytes(entry, compact=True).rstrip(b"\n"), entry)
-                    rewritten = True
-        for report_id in ids:
-            for name in sorted(self.report_files.get(report_id, [])):
-                self._add(plan, self._copy(f"reports/{name}",
-                                           remove=self.last_day.get(report_id, day) <= day))
-        damaged = f"index/{day}.jsonl.damaged"
-        if (self.root / damaged).is_file():
-            self._add(plan, self._copy(damaged))
-        data = b"".join(raw + b"\n" for raw, _ in lines) if rewritten else None
-        self._add(plan, self._copy(f"index/{day}.jsonl", data=data))
-        _keep_whole_reports(plan)
-        return plan
-
-    @staticmethod
-    def _add(plan: DayPlan, copy: Copy) -> None:
-        plan.copies.append(copy)
-        plan.sources.add(copy.src)
-
-    def _copy(self, src: str, dest: str | None = None, remove: bool = True,
-              data: bytes | None = None) -> Copy:
-        info = os.lstat(str(self.root / src))
-        link = os.readlink(str(self.root / src)) if stat.S_ISLNK(info.st_mode) else None
-        copy = Copy(src, dest or src, len(data) if data is not None else info.st_size,
-                    remove, data, link)
-        target = self.dest / copy.dest
-        if os.path.lexists(str(target)):
-            same_size = (os.readlink(str(target)) == link if os.path.islink(str(target))
-                         else link is None and target.stat().st_size == copy.size)
-            if not same_size:
-                self._conflict(copy)
-            copy.present = True
-        return copy
-
-    def _conflict(self, copy: Copy) -> None:
-        """A different file has the name at DEST. A report is then kept in the outbox (the
-        same input came again after its first report was moved: DEST's, of the same
-        content, serves DEST's lines); anything else stops the run."""
-        if copy.src.startswith("reports/"):
-            copy.remove, copy.present, copy.skip = False, True, True
-            return
-        raise OutputError(f"{self.dest / copy.dest} already exists with other content than "
-                          f"{self.root / copy.src}; nothing of that day was removed. Give each "
-                          "outbox its own folder at DEST, or move that file aside once you "
-                          "have looked at it, and run again")
-
-    def _quarantine(self, plan: DayPlan, moved_to: str, entry: dict[str, Any]) -> str | None:
-        """Plan a quarantined input and its record; return its name at DEST (None: it is
-        not in the outbox any more). The name is the first of ``name``, ``name~<sha8>``,
-        ``name~<sha8>-2``, ... where each of the two files is absent or already the same
-        bytes (copied by an interrupted run): the same choice on every rerun."""
-        src = self.root / moved_to
-        if not os.path.lexists(str(src)) or moved_to in plan.sources:
-            return None
-        record = Path(str(src) + REASON_SUFFIX)
-        has_record = os.path.lexists(str(record))
-        stem, ext = split_ext(src.name)
-        tag = str(entry.get("id") or entry.get("token") or "x")[:8]
-        for n in range(100000):
-            name = src.name if n == 0 else f"{stem}~{tag}{'' if n == 1 else f'-{n}'}{ext}"
-            rel = f"quarantine/{name}"
-            if rel in self.reserved or not same_or_absent(src, self.dest / rel) or (
-                    not same_or_absent(record if has_record else None,
-                                        self.dest / (rel + REASON_SUFFIX))):
-                continue
-            self.reserved.add(rel)
-            self._add(plan, self._copy(moved_to, rel))
-            if has_record:
-                self._add(plan, self._copy(moved_to + REASON_SUFFIX, rel + REASON_SUFFIX))
-            return rel
-        raise OutputError(f"no free name for {display_name(src.name)} in "
-                          f"{self.dest / 'quarantine'}")
 
     def _check_space(self, plans: Iterator[DayPlan], dry_run: bool) -> None:
         moved = needed = files = kept = days = 0
@@ -478,17 +287,20 @@ class _Offload:
                           + (f"; {sum(not c.remove for c in plan.copies)} report(s) copied "
                              "and kept (a later day's line names them)"
                              if any(not c.remove for c in plan.copies) else ""))
-        free = free_bytes(self.dest)
+        free, needed = free_bytes(self.dest), needed + _MARGIN  # the same figure either way
+        short = free is not None and needed > free
         if dry_run:
             self.echo(f"would move {days} day(s): {files} file(s), {_mb(moved)}"
                       + (f" ({kept} report(s) copied and kept)" if kept else "")
                       + f"; {_mb(needed)} needed at {self.dest}, "
-                      + (f"{_mb(free)} free there" if free is not None else "free space unknown"))
+                      + (f"{_mb(free)} free there" if free is not None else "free space unknown")
+                      + ("; too little: the move would be refused. Free space there, use a "
+                         "bigger disk, or give an earlier --before" if short else ""))
             return
-        if free is not None and needed + _MARGIN > free:
+        if short:
             raise OutputError(f"{self.dest} has {_mb(free)} free; moving {days} day(s) needs "
-                              f"{_mb(needed + _MARGIN)}: nothing was moved. Free space there, "
-                              "use a bigger disk, or give an earlier --before")
+                              f"{_mb(needed)}: nothing was moved. Free space there, use a "
+                              "bigger disk, or give an earlier --before")
 
     # --- copy, verify, remove -------------------------------------------------------------
 
@@ -536,11 +348,11 @@ class _Offload:
                     else hashlib.sha256(copy.data).hexdigest() if copy.data is not None
                     else sha256_file(self.root / copy.src))
             if read_back(target) != mine:
-                self._conflict(copy)
+                self.planner.conflict(copy)
             else:
                 copy.sha256 = mine
         barrier.sync()
-        _keep_whole_reports(plan)
+        keep_whole_reports(plan)
         return copied
 
     def _make_folder(self, folder: Path, barrier: FolderBarrier) -> None:
@@ -628,14 +440,6 @@ class _Offload:
                               f"{RECORD_NAME} record out of the outbox's .state folder once "
                               "you have checked the day by hand)")
 
-
-def _keep_whole_reports(plan: DayPlan) -> None:
-    """A report DEST holds another of stays in the outbox with all its files: its page
-    and heat-map belong to it, even where DEST's are the same bytes."""
-    kept = {Path(c.src).name[:64] for c in plan.copies if c.skip}
-    for copy in plan.copies:
-        if copy.src.startswith("reports/") and Path(copy.src).name[:64] in kept:
-            copy.remove = False
 
 
 def _mb(size: int | None) -> str:

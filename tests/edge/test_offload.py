@@ -217,6 +217,12 @@ def test_not_enough_space_at_dest_fails_before_anything_moves(history, monkeypat
     assert code == 73, out
     assert "1 kB free; moving 2 day(s) needs" in out and "nothing was moved" in out
     assert _files(outbox) == before and not any(dest.iterdir())
+    # the dry run says so too, with the same figure (it left out the margin before)
+    needed = out.split("needs ")[1].split(":")[0]
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest), "--dry-run")
+    assert code == 0, out
+    assert f"; {needed} needed at" in out and "the move would be refused" in out, out
+    assert _files(outbox) == before and not any(dest.iterdir())
 
 
 def test_dry_run_changes_nothing(history):
