@@ -245,6 +245,18 @@ def test_every_page_is_in_the_navigation():
     assert not left_out, f"pages missing from mkdocs.yml's nav: {left_out}"
 
 
+def test_the_architecture_map_names_every_module():
+    """docs/architecture.md is the map of the code: each module of the four parts, and each
+    script under deploy/ and trainer/, is named there (a new one left off is found here)."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    files = [p for part in ("edge", "trainer", "converters", "benchmarks", "deploy")
+             for p in (ROOT / part).rglob("*") if p.suffix in (".py", ".sh")
+             and p.name != "__init__.py" and "__pycache__" not in p.parts]
+    missing = sorted(str(p.relative_to(ROOT)) for p in files if f"`{p.name}`" not in text
+                     and f"`{p.relative_to(ROOT)}`" not in text)
+    assert not missing, f"docs/architecture.md does not name: {missing}"
+
+
 def test_nothing_refers_to_the_old_readme_parts():
     """README.md is no longer assembled from docs/readme/*.md; those parts are gone."""
     files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT,
