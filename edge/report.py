@@ -39,7 +39,7 @@ def shown_time(value: Any) -> str:
     without an offset (the agent writes none) says so; text that is no time stays as it is."""
     text = "" if value is None else str(value)
     try:
-        moment = datetime.fromisoformat(text) if _TIME.match(text) else None
+        moment = datetime.fromisoformat(_iso_for_38(text)) if _TIME.match(text) else None
     except ValueError:
         moment = None
     if moment is None:
@@ -51,6 +51,15 @@ def shown_time(value: Any) -> str:
     minutes = round(offset.total_seconds() / 60)
     hours, minutes = divmod(abs(minutes), 60)
     return f"{clock} {'-' if offset.total_seconds() < 0 else '+'}{hours:02d}:{minutes:02d}"
+
+
+def _iso_for_38(text: str) -> str:
+    """Written the way Python 3.8's ``fromisoformat`` reads it (newer ones read more): a
+    ``Z`` as ``+00:00``, an offset ``+0100`` as ``+01:00``, a fraction of a second as 6
+    digits. The agent writes its own times that way; a time from elsewhere may not be."""
+    text = re.sub(r"Z$", "+00:00", text)
+    text = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", text)
+    return re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
 
 
 def local_day() -> str:

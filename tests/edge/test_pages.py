@@ -260,6 +260,12 @@ def test_a_time_without_a_zone_or_not_a_time_is_not_dressed_up_as_one():
     assert shown_time("2026-10-25T02:30:00+05:30") == "2026-10-25 02:30:00 +05:30"
     assert shown_time("2026-12-06T10:00:00") == "2026-12-06 10:00:00 (time zone not recorded)"
     assert shown_time("yesterday") == "yesterday" and shown_time(None) == ""
+    # forms Python 3.8's fromisoformat does not read, read alike on every Python
+    assert shown_time("2026-12-06T10:00:00Z") == "2026-12-06 10:00:00 +00:00"
+    assert shown_time("2026-12-06T10:00:00+0100") == "2026-12-06 10:00:00 +01:00"
+    assert shown_time("2026-12-06T10:00:00.5-0330") == "2026-12-06 10:00:00 -03:30"
+    assert shown_time("2026-12-06 10:00:00.1234567") == (
+        "2026-12-06 10:00:00 (time zone not recorded)")
 
 
 def _legend_colours(page: str) -> list[tuple[int, int, int]]:

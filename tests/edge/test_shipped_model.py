@@ -103,12 +103,15 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     config = load_config(None).override("report", heatmap="none")
     classifier = Classifier(config)
     files = sorted((dataset_dir / "Testing").glob("*/*"))
-    right, flagged, probs, truth = {}, [], [], []
+    right, flagged, unflagged, probs, truth = {}, [], [], [], []
     for path in files:
         decoded = decode_file(Path(path), config.dicom, config.limits)
         prediction = classifier.classify(decoded)
-        right[path.relative_to(dataset_dir).as_posix()] = prediction.label == path.parent.name
+        ok = prediction.label == path.parent.name
+        right[path.relative_to(dataset_dir).as_posix()] = ok
         flagged.append(prediction.needs_review)
+        if not prediction.needs_review:
+            unflagged.append(ok)  # (not zip(..., strict=True): the agent runs on Python 3.8)
         probs.append(list(prediction.probabilities.values()))
         truth.append(classifier.labels.index(path.parent.name))
     # The trust figures docs/trust.md gives for the shipped model (2.5.0, benchmarks trust,
@@ -119,7 +122,6 @@ def test_shipped_model_accuracy_on_the_official_test_split_through_the_agent(dat
     from edge.trust import calibration_error
 
     share_flagged = sum(flagged) / len(files)
-    unflagged = [r for r, f in zip(right.values(), flagged, strict=True) if not f]
     assert share_flagged <= 0.145 + 0.005, f"{share_flagged:.1%} flagged (documented 14.5%)"
     assert sum(unflagged) / len(unflagged) >= 0.9929 - 0.005, (
         f"{sum(unflagged) / len(unflagged):.2%} of unflagged answers right (documented 99.29%)")
