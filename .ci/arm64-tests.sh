@@ -27,9 +27,16 @@
 #      inbox and the agent, as user neuroedge, classifies it; uninstall.sh keeps the reports.
 #   The chroot never touches the network.
 #
-# What runs: the tests not marked slow in TESTS. qemu-user runs on the host's kernel, so
-# what it proves is the aarch64 code (wheels, runtimes, Python and glibc versions); the
-# slow tests (kill -9, live inotify watching) exercise the kernel, the same as on the host.
+# What runs: the edge tests of native code, not marked slow: the decoders (Pillow, pydicom
+# with pylibjpeg), the PNG encoder, the runtime and the model, the numerics of trust and
+# test-time views, and the agent end to end through its CLI. qemu-user runs on the host's
+# kernel, so what it proves is the aarch64 code (wheels, runtimes, Python and glibc
+# versions): the slow tests (kill -9, live inotify watching) exercise the kernel, the same
+# as on the host, and the rest of the edge suite is pure Python, run on the host's Python
+# (3.11, as bookworm's) and on Python 3.8 at bullseye's library versions
+# (.ci/py38-tests.sh). Until 2026-12-07 both userlands ran the whole edge suite: 13-14
+# minutes each under emulation, most of .ci/run's time. NEUROEDGE_ARM64_TESTS="tests/edge
+# tests/deploy/test_model_runtime.py" still runs it all.
 #
 # The userland (steps 1-2) is cached in $NEUROEDGE_CACHE/arm64/<suite>-<hash of the recipe
 # and of pyproject's dependencies>; a change to either rebuilds it, --rebuild forces it.
@@ -37,7 +44,7 @@
 #
 # Environment:
 #   NEUROEDGE_ARM64_SUITES  suites to run (default: "bookworm bullseye")
-#   NEUROEDGE_ARM64_TESTS   pytest paths (default: "tests/edge tests/deploy/test_model_runtime.py")
+#   NEUROEDGE_ARM64_TESTS   pytest paths (default: the native-code tests, NATIVE_TESTS below)
 #   NEUROEDGE_ARM64_SELECT  pytest -m expression (default: "not slow"; "" runs everything)
 #   NEUROEDGE_ARM64_E2E     1 or 0: force the install.sh end-to-end run on or off
 #   NEUROEDGE_ARM64_JOBS    suites run at once (default: the number of CPUs; 1: in turn)
@@ -55,7 +62,13 @@ PYTHON=${PYTHON:-python3}
 CACHE=${NEUROEDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/neuroedge}/arm64
 MIRROR=${NEUROEDGE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUITES=${NEUROEDGE_ARM64_SUITES:-bookworm bullseye}
-TESTS=${NEUROEDGE_ARM64_TESTS:-tests/edge tests/deploy/test_model_runtime.py}
+NATIVE_TESTS="tests/edge/test_agent_inputs.py tests/edge/test_agent_dicom.py
+    tests/edge/test_png.py tests/edge/test_agent_fuzz.py tests/edge/test_trust.py
+    tests/edge/test_views.py tests/edge/test_manifest_preprocess.py
+    tests/edge/test_manifest_external.py tests/edge/test_shipped_model.py
+    tests/edge/test_agent_cli.py tests/deploy/test_model_runtime.py"
+# shellcheck disable=SC2086 # one line for the log: the paths have no spaces
+TESTS=${NEUROEDGE_ARM64_TESTS:-$(echo $NATIVE_TESTS)}
 SELECT=${NEUROEDGE_ARM64_SELECT-not slow}
 REBUILD=0
 PYTEST_ARGS=()
