@@ -8,7 +8,8 @@
 # A fresh venv (.venv-py38) gets `.[edge,dicom-codecs,dev]` (no TensorFlow: the agent must
 # not need it); the host's Python (with TensorFlow) builds the int8 toy model the agent's
 # tests use (NEUROEDGE_TEST_MODEL). Runs tests/edge, the tests not marked slow (those
-# exercise the kernel: kill -9, live inotify; the same on any Python).
+# exercise the kernel: kill -9, live inotify; the same on any Python), then all of
+# tests/deploy (install.sh with a Python 3.8 venv, as on a Jetson).
 #
 # Environment:
 #   PYTHON38  the Python 3.8 to use (default: python3.8 on the PATH, else pyenv's 3.8.x)
@@ -55,6 +56,9 @@ PYTHONPATH=$PWD TF_CPP_MIN_LOG_LEVEL=2 "$PYTHON" tests/edge/toy_model.py "$model
     >"$model/log" 2>&1 || { cat "$model/log" >&2; echo "py38: building the toy model with" \
     "$PYTHON failed (it needs TensorFlow: install '.[train]' there)" >&2; exit 1; }
 
-NEUROEDGE_TEST_MODEL=$model/toy "$venv/bin/python" -m pytest tests/edge -m "not slow" \
-    -p no:cacheprovider -q "${PYTEST_ARGS[@]}"
+export NEUROEDGE_TEST_MODEL=$model/toy
+"$venv/bin/python" -m pytest tests/edge -m "not slow" -p no:cacheprovider -q "${PYTEST_ARGS[@]}"
+# all of tests/deploy, slow ones too: install.sh building the service's venv with Python 3.8
+# (a Jetson's install.sh --python python3.8), from wheels made in the test
+"$venv/bin/python" -m pytest tests/deploy -p no:cacheprovider -q "${PYTEST_ARGS[@]}"
 echo "Python 3.8 tests passed ($((SECONDS - start)) s with the install)"
