@@ -37,15 +37,24 @@ log = logging.getLogger(__name__)
 
 
 
-class HeldInInbox(OSError):
+class UnfinishedClaim(OSError):
+    """A claim that failed after its ``claiming`` record was written (the folders holding the
+    renamed inputs could not be fsynced): the record is kept, and running ``job`` again
+    (``Claim.resume``) finishes the claim. The caller retries the job, not the path."""
+
+    def __init__(self, job: Job, cause: OSError, text: str | None = None) -> None:
+        super().__init__(cause.errno, text or cause.strerror or str(cause), cause.filename)
+        self.job = job
+
+
+class HeldInInbox(UnfinishedClaim):
     """A cross-filesystem claim failed and its input could not be put back under its name:
     it is safe under the hidden name, its ``claiming`` record kept; running ``job`` again
     (``Claim.resume``) gives it back."""
 
     def __init__(self, job: Job, cause: OSError) -> None:
-        super().__init__(cause.errno, f"{cause.strerror or cause}; the file is kept in the "
-                         f"inbox as {job.held} until it can be put back", cause.filename)
-        self.job = job
+        super().__init__(job, cause, f"{cause.strerror or cause}; the file is kept in the "
+                         f"inbox as {job.held} until it can be put back")
 
 
 class Claim:
@@ -59,8 +68,10 @@ class Claim:
         """Take ``paths`` out of the inbox, as one group.
 
         Returns the jobs (a path gone meanwhile, or not a regular file or link, has none) and
-        the paths that could not be taken with the error (the caller leaves them a while; a
-        ``HeldInInbox`` error carries a journaled job for the caller to retry).
+        the paths that could not be taken with the error (the caller leaves them a while; an
+        ``UnfinishedClaim`` error carries a journaled job for the caller to retry). An error
+        of the disk (EIO, ENOSPC) is never raised: the agent goes on, the inputs stay in the
+        inbox or journaled.
         """
         pending: list[tuple[Job, str]] = []
         refused: list[tuple[str, OSError]] = []
@@ -84,9 +95,15 @@ class Claim:
                 continue
             pending.append((job, path))
         if pending:
-            fsync_dir(self.outbox.jobs)
+            try:
+                fsync_dir(self.outbox.jobs)
+            except OSError as exc:  # nothing moved yet: the inputs stay, taken a while later
+                for job, path in pending:
+                    _forget_quietly(self.outbox, job)
+                    refused.append((path, exc))
+                return [], refused
         moved = FolderBarrier()
-        taken: list[Job] = []
+        taken: list[tuple[Job, str]] = []
         for job, path in pending:
             try:
                 self._take_one(job, path, moved)
@@ -94,23 +111,31 @@ class Claim:
                 refused.append((path, exc))  # its record stays: the caller retries the job
                 continue
             except OSError as exc:
-                self.outbox.delete(job)
+                _forget_quietly(self.outbox, job)
                 if not (isinstance(exc, FileNotFoundError) and not os.path.lexists(path)):
                     # not simply gone meanwhile (then it is dropped): left a while, not
                     # retried at once (a missing claimed folder would otherwise spin)
                     refused.append((path, exc))
                 continue
-            taken.append(job)
-        moved.sync()
-        for job in taken:
+            taken.append((job, path))
+        try:
+            moved.sync()
+        except OSError as exc:  # taken, not durably: each "claiming" record is kept
+            refused.extend((path, UnfinishedClaim(job, exc)) for job, path in taken)
+            return [], refused
+        for job, _ in taken:
             failpoints.hit("after_claim")
             job.is_symlink = os.path.islink(str(self.outbox.claimed_path(job)))  # what we hold
             job.stage = Stage.CLAIMED
             job.attempts = 1  # counted now: the decoding that may crash comes next
-            # Not fsynced: if this update is lost, recovery finds the "claiming" record and
-            # the file in .state/claimed, and finishes the claim from there.
-            self.outbox.save(job, durable=False)
-        return taken, refused
+            # Not fsynced, and a failure to write it is ignored: if this update is lost,
+            # recovery finds the "claiming" record and the file in .state/claimed, and
+            # finishes the claim from there.
+            try:
+                self.outbox.save(job, durable=False)
+            except OSError:
+                pass
+        return [job for job, _ in taken], refused
 
     def _take_one(self, job: Job, path: str, barrier: FolderBarrier) -> None:
         src, dst = Path(path), self.outbox.claimed_path(job)
@@ -200,6 +225,15 @@ class Claim:
         job.stage = Stage.CLAIMED
         self.outbox.save(job)
         return True
+
+
+def _forget_quietly(outbox: Outbox, job: Job) -> None:
+    """Delete a record whose input was not moved. If that fails too, the record stays: the
+    next start's ``resume`` finds no claimed file and forgets it then."""
+    try:
+        outbox.delete(job)
+    except OSError:
+        pass
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -279,6 +279,21 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def read_json_if_there(path: Path) -> Any | None:
+    """The JSON in ``path``; None if there is no such file, or it holds no JSON. Unlike
+    ``read_json``, an error reading a file that is there (EIO, EMFILE) is raised: a caller
+    that would take the file for absent, and write over it, fails and retries instead."""
+    try:
+        with open(str(path), "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None
+
+
 def append_lines_durable(path: Path, lines: list[str]) -> None:
     """Append lines (each plus a newline) with one write and one fsync: all of them or none.
 

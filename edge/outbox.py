@@ -20,6 +20,7 @@ A job record is written *before* each step that moves a file, so after a crash (
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import time
@@ -208,6 +209,22 @@ class Outbox:
         caller's ``FolderBarrier`` (group commit)."""
         write_json_atomic(self.jobs / f"{job.token}.json", job.to_dict(), durable, compact=True,
                           sync_folder=sync_folder)
+
+    def reread(self, job: Job) -> Job | None:
+        """The job as its record says, or None if it has none (finished, or removed by hand).
+        A job that failed carries in memory what its failed step did not make durable (a
+        stage, a destination): it is retried from its record, as a restart would, never
+        ahead of it. An error reading the record is raised (retried later); a record that
+        cannot be read as a job leaves ``job`` as it is (the next start moves it aside)."""
+        try:
+            with open(str(self.jobs / f"{job.token}.json"), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return Job.from_dict(json.loads(data.decode("utf-8")))
+        except (TypeError, ValueError, AttributeError):
+            return job
 
     def delete(self, job: Job) -> None:
         # No fsync: if the unlink is lost, the replayed last step finds its work done.

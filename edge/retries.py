@@ -99,9 +99,11 @@ class Retries:
         them as crashes towards ``[limits] max_attempts``."""
         with self._lock:
             for job in self._jobs:
-                job.paused = True
-                try:
-                    self.outbox.save(job)
+                try:  # the record as it is, not the job as its failed step left it in memory
+                    record = self.outbox.reread(job)
+                    if record is not None:
+                        record.paused = True
+                        self.outbox.save(record)
                 except OSError:
                     pass  # not recorded: the next start counts one attempt, nothing worse
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sdnotify
-from .claim import HeldInInbox
+from .claim import UnfinishedClaim
 from .classifier import Classifier
 from .config import AgentConfig
 from .diskspace import SpaceGuard
@@ -224,8 +224,7 @@ class Agent:
         for job in jobs:
             self._still_working()  # before READY=1: the start timeout, extended per input
             # a job left waiting for a retry when the agent stopped cleanly did not crash it
-            crashed, job.paused = not job.paused, False
-            self._run_job(job, crashed=crashed)
+            self._run_job(job, crashed=not job.paused)
 
     def _received(self, path: str) -> None:
         """An instance the DICOM receiver made durable in the inbox (any thread): it is
@@ -285,7 +284,7 @@ class Agent:
                         self.retries.back(retry[i:])
                         break
                     self._still_working()
-                    self._run_job(job)
+                    self._retry(job)
                 else:
                     self.retries.round_done(len(retry))
             paths = self._take_ready()
@@ -412,7 +411,7 @@ class Agent:
     def _claimed(self, claiming: Future) -> list[Job]:
         jobs, refused = claiming.result()
         for path, exc in refused:
-            if isinstance(exc, HeldInInbox):  # journaled: retried like any unfinished job
+            if isinstance(exc, UnfinishedClaim):  # journaled: retried like any unfinished job
                 self.retries.failed(exc.job, exc)
                 continue
             where, why = self.inbox.find_hint(path), describe_error(exc)
@@ -458,6 +457,21 @@ class Agent:
                 self.retries.failed(job, exc)
                 continue
             self.committer.submit(work)
+
+    def _retry(self, job: Job) -> None:
+        """Run a job that failed again, from its journal record: the job in memory may be
+        ahead of it (a stage or destination its failed step did not make durable), and a
+        step taken from there would leave a record that no longer matches the disk."""
+        try:
+            fresh = self.outbox.reread(job)
+        except OSError as exc:
+            self.retries.failed(job, exc)
+            return
+        if fresh is None:
+            log.warning("the journal record of input %s is gone (removed by hand?); it is no "
+                        "longer retried", (job.sha256 or job.token)[:12])
+            return
+        self._run_job(fresh)
 
     def _run_job(self, job: Job, crashed: bool = False) -> None:
         """Recovery and retries: one job start to finish on this thread (committer idle)."""

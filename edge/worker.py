@@ -39,7 +39,7 @@ from .claim import Claim
 from .classifier import Classifier
 from .commit import Failure, GroupCommit, refuse
 from .config import AgentConfig
-from .durable import read_json
+from .durable import read_json_if_there
 from .index import DailyIndex
 from .outbox import Job, Outbox, Outcome, Stage
 from .prepare import InFlight, Refusal, Work, classify_file, fingerprint
@@ -79,7 +79,8 @@ class Worker:
         """Drive one job to completion from whatever stage it is in; return its outcome.
         ``crashed``: the job was found in the journal at start-up (the agent stopped while
         on it), which counts towards ``[limits] max_attempts``; a retry after a passing
-        error (a full disk) does not. Raises what stopped it; it stays journaled."""
+        error (a full disk) does not, nor does a job ``paused`` at a clean stop while it
+        waited for one. Raises what stopped it; it stays journaled."""
         if job.stage == Stage.CLAIMING and not self.claiming.resume(job):
             return None
         if job.stage == Stage.CLAIMED and not os.path.lexists(
@@ -88,10 +89,11 @@ class Worker:
                       "job", job.token, self.outbox.claimed)
             self.outbox.delete(job)
             return None
+        paused, job.paused = job.paused, False
         if job.stage == Stage.CLAIMED:
-            if crashed:  # this input is tried again: count it, durably, before decoding it
-                job.attempts += 1
-                self.outbox.save(job)
+            if crashed or paused:  # durably, before decoding it: a crash now is counted
+                job.attempts += int(crashed)  # tried again after stopping the agent
+                self.outbox.save(job)  # paused: the record no longer says so
             work = self.prepare(job, replay=replay)
         else:
             work = Work(job, replay=replay)
@@ -130,7 +132,9 @@ class Worker:
         if holder is not None and holder != job.token:
             job.outcome = Outcome.DUPLICATE  # of an input whose report is being written
             return work
-        existing = read_json(self.outbox.reports / f"{job.sha256}.json")
+        # a report that is there but cannot be read now must not be taken for absent: this
+        # input's report would replace it (an identical input's, with its name and token)
+        existing = read_json_if_there(self.outbox.reports / f"{job.sha256}.json")
         if existing is not None:
             own = existing.get("intake", {}).get("token") == job.token
             job.outcome = Outcome.CLASSIFIED if own else Outcome.DUPLICATE
