@@ -9,7 +9,9 @@ browsed there from ``DEST/index.html``:
   page and the front page are written anew (``index/D.html`` goes from the outbox);
 - ``archive/D/`` whole to ``DEST/archive/D/``;
 - the reports D's lines name (``reports/<id>.*``) to ``DEST/reports/``; one that a line of a
-  day not moved still names (a later duplicate) is copied and kept in the outbox;
+  day not moved still names (a later duplicate), or that the line still to come of an input
+  in the agent's journal will name (classified or a duplicate, its index line not yet
+  written: the disk filled up), is copied and kept in the outbox;
 - the quarantined inputs D's lines name, with their ``.reason.json``, to ``DEST/quarantine/``.
   An earlier offload may hold that name already (names are free again in the outbox once
   their day has gone): the input then gets the next free ``name~<sha8>`` name there, and
@@ -75,13 +77,22 @@ from .errors import (
 )
 from .index import DAY, DailyIndex
 from .manifest import sha256_file
-from .offload_plan import Copy, DayPlan, DayPlanner, index_days, keep_whole_reports
+from .offload_plan import (
+    Copy,
+    DayPlan,
+    DayPlanner,
+    index_days,
+    journaled_reports,
+    keep_whole_reports,
+)
 from .offload_readback import link_sha, read_back
 from .outbox import Outbox
 
 RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
 RECORD_SCHEMA = "neuroedge.offload/1"
 _MARGIN = 1 << 20  # DEST's pages, folders, temporary files
+_KEPT_WHY = ("named by a later day or by an input waiting in the agent's journal, or DEST "
+             "holds another report of the same input")
 
 Echo = Callable[[str], None]
 
@@ -220,9 +231,11 @@ class _Offload:
                 self.finish(pending, verify=True)
                 self.echo(f"finished the interrupted offload of {pending.get('day')}")
         # a day an input journaled by the agent is archived in stays (its line is still to
-        # come: moved now, the line would name a file gone to DEST, on no page there)
-        records = (read_json(f) for f in self.box.jobs.glob("*.json"))
-        self.journaled = {str(r["day"]) for r in records if isinstance(r, dict) and r.get("day")}
+        # come: moved now, the line would name a file gone to DEST, on no page there), and
+        # so does the report that line will name (a duplicate's: an earlier day's report)
+        records = [r for r in map(read_json, self.box.jobs.glob("*.json")) if isinstance(r, dict)]
+        self.journaled = {str(r["day"]) for r in records if r.get("day")}
+        self.planner.journaled = journaled_reports(records)
         self._refuse_unindexed(before, pending)
         if os.stat(str(self.dest)).st_dev == os.stat(str(self.root)).st_dev:
             self.echo(f"note: {self.dest} is on the outbox's own disk: moving there frees no "
@@ -274,24 +287,26 @@ class _Offload:
                 "then this command again")
 
     def _check_space(self, plans: Iterator[DayPlan], dry_run: bool) -> None:
-        moved = needed = files = kept = days = 0
+        moved = needed = files = days = 0
+        kept: set[str] = set()  # reports left in the outbox once every day has moved
         for plan in plans:
             days += 1
             files += sum(c.remove for c in plan.copies)
-            kept += sum(not c.remove for c in plan.copies)
+            kept = (kept | {c.src for c in plan.copies if not c.remove}) - {
+                c.src for c in plan.copies if c.remove}  # kept by one day, moved by a later
             moved += plan.moved_bytes()
             needed += plan.needed_bytes()
             if dry_run:
                 self.echo(f"{plan.day}: {sum(c.remove for c in plan.copies)} file(s), "
                           f"{_mb(plan.moved_bytes())} would move"
                           + (f"; {sum(not c.remove for c in plan.copies)} report(s) copied "
-                             "and kept (a later day's line names them)"
+                             f"and kept ({_KEPT_WHY})"
                              if any(not c.remove for c in plan.copies) else ""))
         free, needed = free_bytes(self.dest), needed + _MARGIN  # the same figure either way
         short = free is not None and needed > free
         if dry_run:
             self.echo(f"would move {days} day(s): {files} file(s), {_mb(moved)}"
-                      + (f" ({kept} report(s) copied and kept)" if kept else "")
+                      + (f" ({len(kept)} report(s) copied and kept)" if kept else "")
                       + f"; {_mb(needed)} needed at {self.dest}, "
                       + (f"{_mb(free)} free there" if free is not None else "free space unknown")
                       + ("; too little: the move would be refused. Free space there, use a "
@@ -323,8 +338,8 @@ class _Offload:
         kept = [c for c in plan.copies if not c.remove]
         self.echo(f"moved {plan.day}: {sum(c.remove for c in plan.copies)} file(s), "
                   f"{_mb(plan.moved_bytes())}"
-                  + (f"; kept {len(kept)} report(s) in the outbox (named by a later day, or "
-                     "DEST holds another report of the same input)" if kept else ""))
+                  + (f"; kept {len(kept)} report(s) in the outbox ({_KEPT_WHY})"
+                     if kept else ""))
 
     def _copy_all(self, plan: DayPlan) -> list[Copy]:
         """Copy the day's files that DEST lacks, check those it has; return the copies made

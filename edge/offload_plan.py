@@ -1,9 +1,9 @@
 """What one day's move by ``edge-agent offload`` is, planned before anything is copied: each
 file of the day and where it goes at DEST (a quarantined input under a name free there),
-which reports stay in the outbox (a later day still names them, or DEST holds another of
-them), and the room the copies take at DEST. A conflict at DEST found while planning stops
-the run before anything is copied. How a plan is carried out, and why each step is safe to
-stop after: ``edge.offload``.
+which reports stay in the outbox (a later day still names them, or an input in the agent's
+journal will, or DEST holds another of them), and the room the copies take at DEST. A
+conflict at DEST found while planning stops the run before anything is copied. How a plan
+is carried out, and why each step is safe to stop after: ``edge.offload``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .commit import REASON_SUFFIX
 from .durable import display_name, is_temp_name, json_bytes, split_ext
@@ -36,7 +36,7 @@ class Copy:
     src: str  # relative to the outbox
     dest: str  # relative to DEST
     size: int
-    remove: bool = True  # False: a report a later day still names (copied, kept)
+    remove: bool = True  # False: a report a later day or a journaled input names (copied, kept)
     data: bytes | None = None  # written instead of src's bytes (a line rewritten)
     link: str | None = None  # a quarantined symbolic link's target
     present: bool = False  # already at DEST with this size: compared, not copied
@@ -70,6 +70,22 @@ def index_days(root: Path, wanted: Callable[[str], bool]) -> list[str]:
                   and wanted(p.stem)) if folder.is_dir() else []
 
 
+def journaled_reports(records: Iterable[Any]) -> set[str]:
+    """The report ids that the index lines of jobs in the agent's journal (``.state/jobs``,
+    as read) will name once the agent writes them: those of an input classified or found a
+    duplicate (``edge.commit`` names ``reports/<sha256>.json`` in its line). Such a report
+    must stay in the outbox as if a later day's line named it: moved, that line would name a
+    file gone from the outbox (``edge-agent fsck``: "report missing").
+
+    A job with no sha256 or no such outcome yet (claimed, not hashed or not decided) names
+    no report yet, so nothing need stay for it: the agent, when it starts, hashes and
+    classifies such a job again, and finds it a duplicate only of a report that is in the
+    outbox then; one moved away meanwhile is written anew, as the input's own report."""
+    return {str(r["sha256"]) for r in records if isinstance(r, dict)
+            and r.get("outcome") in _WITH_REPORT and isinstance(r.get("sha256"), str)
+            and r["sha256"]}
+
+
 class DayPlanner:
     """The days of one run, each planned against DEST as it is when asked for: the space
     check plans them all, then each is planned again just before it moves."""
@@ -81,12 +97,14 @@ class DayPlanner:
         self.reserved: set[str] = set()  # quarantine names at DEST promised in this pass
         self.report_files: dict[str, list[str]] = {}
         self.last_day: dict[str, str] = {}  # report id -> the last day whose lines name it
+        self.journaled: set[str] = set()  # report ids journaled inputs' lines will name
 
     def prepare(self, days: list[str]) -> None:
         """The report files of the days' lines (one walk of ``reports/``), and the last day
         that names each report: a day moves a report only if no later day names it (a
         duplicate's line names the earlier input's report), whether that day moves too
-        (later in this run) or stays."""
+        (later in this run) or stays, and no input in the agent's journal will name it
+        (``journaled``, set before: its line, still to come, is a later day's)."""
         first = days[0]
         for day in index_days(self.root, lambda d: d >= first):
             with open(str(self.root / "index" / f"{day}.jsonl"), "rb") as handle:
@@ -155,7 +173,8 @@ class DayPlanner:
         for report_id in ids:
             for name in sorted(self.report_files.get(report_id, [])):
                 self._add(plan, self._copy(f"reports/{name}",
-                                           remove=self.last_day.get(report_id, day) <= day))
+                                           remove=self.last_day.get(report_id, day) <= day
+                                           and report_id not in self.journaled))
         damaged = f"index/{day}.jsonl.damaged"
         if (self.root / damaged).is_file():
             self._add(plan, self._copy(damaged))
