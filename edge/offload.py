@@ -203,9 +203,10 @@ def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: E
     try:
         return _Offload(box, dest, echo).run(before, dry_run)
     except OSError as exc:  # a disk error, DEST unplugged: each step is safe to stop after
-        raise OutputError(f"the offload stopped: {exc.strerror or exc} ({exc.filename}); "
-                          "nothing is lost: run the same command again once that is fixed "
-                          "(a day whose removal had begun is finished first)") from None
+        where = f" ({exc.filename})" if exc.filename else ""  # a failed write names none
+        raise OutputError(f"the offload stopped: {exc.strerror or exc}{where}; nothing is "
+                          "lost: run the same command again once that is fixed (a day whose "
+                          "removal had begun is finished first)") from None
     finally:
         box.unlock()
 

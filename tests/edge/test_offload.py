@@ -225,6 +225,40 @@ def test_not_enough_space_at_dest_fails_before_anything_moves(history, monkeypat
     assert _files(outbox) == before and not any(dest.iterdir())
 
 
+def test_dest_filling_up_mid_copy_says_so_plainly_and_a_rerun_finishes(history,
+                                                                         monkeypatch):
+    """DEST fills up in the middle of a copy (a failed write names no file): one line
+    without a "(None)" in it, exit 73, nothing removed; the same command run again
+    finishes the move."""
+    import contextlib
+    import errno
+
+    from edge import offload
+
+    _, outbox, dest = history
+    real, calls = offload.atomic_file, []
+
+    @contextlib.contextmanager
+    def filling(*args, **kwargs):
+        calls.append(1)
+        with real(*args, **kwargs) as handle:
+            if len(calls) == 3:
+                handle.write(b"part of it")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield handle
+
+    before = _files(outbox)
+    monkeypatch.setattr(offload, "atomic_file", filling)
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest))
+    assert code == 73, out
+    assert "the offload stopped: No space left on device; nothing is lost" in out, out
+    assert "None" not in out and _files(outbox) == before
+    monkeypatch.undo()
+    code, out = _offload(str(outbox), "--before", DAY3, "--to", str(dest))
+    assert code == 0, out
+    _fsck_clean(outbox)
+
+
 def test_dry_run_changes_nothing(history):
     _, outbox, dest = history
     before = _files(outbox)
