@@ -20,7 +20,6 @@ A job record is written *before* each step that moves a file, so after a crash (
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import time
@@ -30,7 +29,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .durable import read_json, remove_stale_temp_files, stale_temp_files, write_json_atomic
+from .durable import (
+    read_json,
+    read_json_if_there,
+    remove_stale_temp_files,
+    stale_temp_files,
+    write_json_atomic,
+)
 from .errors import AgentBusyError, ConfigError, FolderUnavailableError
 
 log = logging.getLogger(__name__)
@@ -216,13 +221,12 @@ class Outbox:
         stage, a destination): it is retried from its record, as a restart would, never
         ahead of it. An error reading the record is raised (retried later); a record that
         cannot be read as a job leaves ``job`` as it is (the next start moves it aside)."""
+        path = self.jobs / f"{job.token}.json"
+        data = read_json_if_there(path)
+        if data is None:
+            return job if path.exists() else None
         try:
-            with open(str(self.jobs / f"{job.token}.json"), "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
-        try:
-            return Job.from_dict(json.loads(data.decode("utf-8")))
+            return Job.from_dict(data)
         except (TypeError, ValueError, AttributeError):
             return job
 
