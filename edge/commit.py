@@ -72,20 +72,27 @@ class GroupCommit:
 
         def step(stage: Stage, do: Callable[[Work, FolderBarrier], None],
                  works: list[Work]) -> list[Work]:
-            barrier, done = FolderBarrier(), []
+            barrier, failed, stepped = FolderBarrier(), set(), []
             for work in works:
                 if work.job.stage != stage:
-                    done.append(work)
                     continue
                 try:
                     do(work, barrier)
                 except Exception as exc:  # noqa: BLE001 - the job stays journaled, retried
-                    failures.append((work.job, exc))
-                    self.release(work, failed=True)
+                    fail(work, exc, failed)
                     continue
-                done.append(work)
-            barrier.sync()
-            return done
+                stepped.append(work)
+            try:
+                barrier.sync()
+            except Exception as exc:  # noqa: BLE001 - the step may not be durable: retried
+                for work in stepped:  # from their records, which the next step must not
+                    fail(work, exc, failed)  # overtake (a move before its "decided")
+            return [work for work in works if id(work) not in failed]
+
+        def fail(work: Work, exc: Exception, failed: set[int]) -> None:
+            failures.append((work.job, exc))
+            self.release(work, failed=True)
+            failed.add(id(work))
 
         works = step(Stage.CLAIMED, self.write_report, group)
         for work in works:
@@ -99,8 +106,10 @@ class GroupCommit:
             if work.job.stage == Stage.DECIDED:
                 failpoints.hit("after_move")
                 work.job.stage = Stage.MOVED
-                # if lost: the move is found done and the index line replayed
-                self.outbox.save(work.job, durable=False)
+                try:  # if lost: the move is found done and the index line replayed
+                    self.outbox.save(work.job, durable=False)
+                except OSError:
+                    pass  # the same: the record still says "decided"
         self.record(works, failures)
         return failures
 
@@ -146,6 +155,8 @@ class GroupCommit:
         self.render(work)
         found = work.prepared
         if found is None or found.report is None:
+            if work.job.outcome == Outcome.CLASSIFIED:  # its own report, written before a
+                barrier.add(self.outbox.reports)  # crash or a failed fsync: make it durable
             return
         base = self.outbox.reports / str(work.job.sha256)
         if found.heatmap_png is not None:
@@ -214,7 +225,10 @@ class GroupCommit:
             assert job.dest is not None
             dest = self.outbox.root / job.dest
             if not os.path.lexists(str(claimed)):
-                return  # moved before a crash (a reason record is written before the move)
+                # moved before a crash, or before its folders' fsync failed: make it durable
+                barrier.add(dest.parent)  # (a reason record is written before the move)
+                barrier.add(claimed.parent)
+                return
             if os.path.lexists(str(dest)) and os.path.samestat(os.lstat(str(claimed)),
                                                               os.lstat(str(dest))):
                 os.unlink(str(claimed))  # the hard link was made, the unlink was not
@@ -269,7 +283,11 @@ class GroupCommit:
             for work in day_works:
                 job = work.job
                 failpoints.hit("after_index")
-                self.outbox.delete(job)
+                try:
+                    self.outbox.delete(job)
+                except OSError as exc:  # retried from its record: the line is found written
+                    failures.append((job, exc))
+                    continue
                 self.counts[job.outcome or Outcome.QUARANTINED] += 1
                 log_outcome(job)
 

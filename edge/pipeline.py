@@ -122,6 +122,8 @@ class Committer:
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the thread silently
             log.exception("committing %d input(s) failed unexpectedly; they stay journaled",
                           len(group))
+            for work in group:  # an identical input must not wait on a report nobody writes
+                self._worker.committing.release(work, failed=True)
             failures = [(work.job, exc) for work in group]
         for job, exc in failures:
             self._on_failure(job, exc)

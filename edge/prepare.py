@@ -218,6 +218,11 @@ class InFlight:
             found = self._kept.pop(token, None)
         return found if found is not None and found.sha256 == sha256 else None
 
+    def held(self) -> int:
+        """Inputs whose report is being written (identical ones wait for it)."""
+        with self._lock:
+            return len(self._holders)
+
     def kept(self) -> int:
         with self._lock:
             return len(self._kept)

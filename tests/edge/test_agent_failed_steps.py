@@ -213,3 +213,83 @@ def test_a_paused_job_is_countable_again_before_it_is_decoded(folders, test_mode
     monkeypatch.setattr(Classifier, "classify", looking)
     assert _run_once(folders, test_model.path)["classified"] == 1
     assert seen == [False]
+
+
+@pytest.mark.parametrize("failing", ["reports fsync", "jobs fsync", "archive fsync",
+                                     "moved save", "record delete"])
+def test_a_disk_error_in_the_commit_is_retried_not_a_traceback(folders, test_model, monkeypatch,
+                                                                caplog, failing):
+    """One of the commit's writes fails once with EIO, after the step itself succeeded: the
+    fsync of the reports folder, of the jobs folder (the "decided" records), of the day's
+    archive folder (the moves), the non-durable "moved" record, or the removal of a finished
+    job's record. Before, each escaped the per-input handling: a traceback ("failed
+    unexpectedly"), and the inputs of a failed report fsync stayed "in flight", so an
+    identical input waited on a report nobody was writing. Now the inputs of that step are
+    retried from their records: each gets one report and one index line, the identical
+    copy is a duplicate, nothing is held."""
+    import logging
+
+    from edge.durable import FolderBarrier
+    from edge.outbox import Outbox, Stage
+
+    inbox, outbox = folders["inbox"], folders["outbox"]
+    for i in range(3):
+        gray_png(inbox / f"scan{i}.png", 30 + 50 * i)
+    (inbox / "copy.png").write_bytes((inbox / "scan0.png").read_bytes())
+    failed: list[str] = []
+
+    def once(name: str) -> bool:
+        if name != failing or failed:
+            return False
+        failed.append(name)
+        return True
+
+    real_sync, real_save, real_delete = FolderBarrier.sync, Outbox.save, Outbox.delete
+    folder_of = {"reports fsync": lambda p: p.name == "reports",
+                 "jobs fsync": lambda p: p.name == "jobs",
+                 "archive fsync": lambda p: p.parent.name == "archive"}
+
+    def sync(self):
+        hit = folder_of.get(failing)
+        if hit and any(hit(Path(p)) for p in self._folders) and once(failing):
+            raise EIO
+        return real_sync(self)
+
+    def save(self, job, *args, **kwargs):
+        if job.stage == Stage.MOVED and once("moved save"):
+            raise EIO
+        return real_save(self, job, *args, **kwargs)
+
+    def delete(self, job):
+        if once("record delete"):
+            raise EIO
+        return real_delete(self, job)
+
+    monkeypatch.setattr(FolderBarrier, "sync", sync)
+    monkeypatch.setattr(Outbox, "save", save)
+    monkeypatch.setattr(Outbox, "delete", delete)
+    caplog.set_level(logging.INFO)
+    from edge.classifier import Classifier
+    from edge.watch import Agent
+
+    config = make_config(folders, test_model.path, watch={"retry_interval": 0.05})
+    agent = Agent(config, Classifier(config), once=False)
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 120  # a bound, not a timing
+    counts = agent.worker.counts
+    while time.monotonic() < deadline and counts["classified"] + counts["duplicate"] < 4:
+        time.sleep(0.02)
+    agent.stop_requested.set()
+    runner.join(60)
+    assert not runner.is_alive()
+    assert failed == [failing]
+    assert (counts["classified"], counts["duplicate"]) == (3, 1), dict(counts)
+    assert agent.worker.in_flight.held() == 0
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records
+                                                         if r.exc_info]
+    assert list(inbox.iterdir()) == [] and _records(outbox) == []
+    lines = _index_lines(outbox)
+    assert sorted(e["outcome"] for e in lines) == ["classified"] * 3 + ["duplicate"]
+    assert len({e["token"] for e in lines}) == 4
+    assert len(list((outbox / "reports").glob("*.json"))) == 3
