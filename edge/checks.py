@@ -52,7 +52,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
             inbox, outbox = resolve_folders(config)
             ok("inbox", f"{inbox} is readable and writable")
             _check_outbox(outbox, inbox, ok, fail)
-            _check_space(outbox, config.watch.min_free_mb, ok, warn)
+            _check_space(outbox, config.watch.min_free_mb, config.watch.warn_days, ok, warn)
             if config.pacs.send_to:
                 _check_sr_queue(outbox, str(config.pacs.peer), ok, warn)
         except EdgeError as exc:
@@ -136,23 +136,30 @@ def _check_outbox(outbox: Path, inbox: Path, ok: Callable[[str, str], None],
            "durably, then removed from the inbox (slower than a rename, equally safe)")
 
 
-def _check_space(outbox: Path, min_free_mb: float, ok: Callable[[str, str], None],
-                 warn: Callable[[str, str], None]) -> None:
+def _check_space(outbox: Path, min_free_mb: float, warn_days: float,
+                 ok: Callable[[str, str], None], warn: Callable[[str, str], None]) -> None:
     """Free space on the outbox's disk: below [watch] min_free_mb the agent takes no new
-    input (a warning: it keeps running, and takes them once space is freed)."""
-    from .diskspace import MB, free_bytes
+    input (a warning: it keeps running, and takes them once space is freed); within
+    [watch] warn_days of it at the last week's rate (the agent's samples), a warning too."""
+    from .diskspace import HISTORY_FILE, MB, DiskForecast, free_bytes
 
     existing = outbox if outbox.exists() else outbox.parent
     free = free_bytes(existing)
     if free is None:
         warn("disk space", f"cannot read the free space of {existing}")
-    elif free < min_free_mb * MB:
+        return
+    if free < min_free_mb * MB:
         warn("disk space", f"only {free // MB} MB free for the outbox, below [watch] "
              f"min_free_mb = {min_free_mb:g}: the agent takes no new input until space is "
              "freed")
+        return
+    forecast = DiskForecast(outbox / ".state" / HISTORY_FILE, min_free_mb * MB, warn_days)
+    forecast.observe(free, save=False)
+    if forecast.warning():
+        warn("disk space", f"filling: {forecast.describe()}; move old days elsewhere with "
+             "`edge-agent offload`")
     else:
-        ok("disk space", f"{free // MB} MB free for the outbox ([watch] min_free_mb = "
-           f"{min_free_mb:g})")
+        ok("disk space", f"{forecast.describe()} ([watch] min_free_mb = {min_free_mb:g})")
 
 
 def _check_codecs(ok: Callable[[str, str], None]) -> None:

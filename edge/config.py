@@ -56,6 +56,7 @@ class WatchConfig:
     max_pending: int = 1000
     retry_interval: float = 60.0
     min_free_mb: float = 200.0  # edge.diskspace: no new input below this on the outbox's disk
+    warn_days: float = 14.0  # edge.diskspace: say this long ahead when the floor will be reached
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,8 @@ def _validate_section(name: str, s: Any, source: str) -> None:
             raise bad("max_pending", "must be at least 1")
         if not s.min_free_mb >= 0:
             raise bad("min_free_mb", "must be >= 0 megabytes (0: no floor)")
+        if not s.warn_days >= 0:
+            raise bad("warn_days", "must be >= 0 days (0: no warning ahead)")
     elif name == "review":
         if not 0.0 <= s.threshold <= 1.0:
             raise bad("threshold", "must be between 0 and 1")

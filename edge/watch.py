@@ -33,7 +33,7 @@ from . import sdnotify
 from .claim import UnfinishedClaim
 from .classifier import Classifier
 from .config import AgentConfig
-from .diskspace import SpaceGuard
+from .diskspace import HISTORY_FILE, MB, DiskForecast, SpaceGuard
 from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
@@ -129,7 +129,9 @@ class Agent:
         self._last_ping = time.monotonic()
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
-        self.space = SpaceGuard(outbox_root, w.min_free_mb)
+        forecast = (DiskForecast(self.outbox.state / HISTORY_FILE, w.min_free_mb * MB,
+                                 w.warn_days) if w.warn_days > 0 else None)
+        self.space = SpaceGuard(outbox_root, w.min_free_mb, forecast=forecast)
         self.index.alerts = self._page_alerts  # what needs a person, on the front page
         self._left_for_space = 0  # --once: inputs left in the inbox for want of disk space
         # an `edge-agent offload` cut off mid-removal: read once, at start (offload takes the

@@ -52,6 +52,7 @@ def test_config_is_frozen():
     ({"watch": {"recursive": "yes"}}, "recursive must be a bool"),
     ({"watch": {"max_pending": 0}}, "max_pending must be at least 1"),
     ({"watch": {"once_settle_limit": 0}}, "once_settle_limit must be > 0 seconds"),
+    ({"watch": {"warn_days": -1}}, "warn_days must be >= 0 days"),
     ({"dicom": {"frame": "last"}}, "frame must be one of middle, first"),
     ({"dicom": {"modalities": "MR"}}, "modalities must be a list of strings"),
     ({"dicom": {"percentile_low": 99, "percentile_high": 1}}, "percentile_low"),
