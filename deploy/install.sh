@@ -22,6 +22,9 @@
 #   /etc/systemd/system/edge-agent.service enabled, and (re)started unless --no-start
 #   /etc/systemd/system/edge-agent.service.d/dicom.conf   only with --dicom/--dicom-port:
 #                                          the DICOM receiver's port and the network it needs
+#   /etc/neuroedge/offload.env, /etc/systemd/system/edge-agent-offload.{service,timer},
+#   /opt/neuroedge/bin/neuroedge-offload   only with --offload-to: old days moved off the box
+#                                          on a schedule (the timer enabled)
 set -euo pipefail
 
 usage() {
@@ -58,6 +61,13 @@ Usage: deploy/install.sh [options]
                     192.168.0.0/16 fc00::/7"); quote a list
   --no-dicom        remove the DICOM drop-in: no receiver, no network (the default when
                     never asked; an upgrade without these options keeps what is there)
+  --offload-to DIR  move the outbox's old days to DIR on a schedule (edge-agent offload, as
+                    the service user: DIR must be writable by it; a disk mounted there, or
+                    the run is refused and moves nothing): writes edge-agent-offload.timer
+  --offload-keep-days N  with --offload-to: days that stay on the box (default 90)
+  --offload-when WHEN    with --offload-to: when, in systemd's calendar syntax (default
+                    "Sun *-*-* 03:00:00"; the agent is stopped for the offload's minutes)
+  --no-offload      remove the schedule (an upgrade without these options keeps it)
   -h, --help        this help
 EOF
 }
@@ -73,19 +83,23 @@ DESTDIR=${DESTDIR:-}
 MANAGE_USER=1 MAKE_VENV=1 START=1 SYSTEMCTL=1
 DICOM_PORT="" DICOM_ALLOW="localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
 DEFAULT_DICOM_PORT=11112
+OFFLOAD_TO="" OFFLOAD_KEEP="" OFFLOAD_WHEN=""
 
 while [ $# -gt 0 ]; do
     case $1 in
         --model|--wheel|--wheels|--python|--extras|--prefix|--data|--user|--destdir|\
-        --dicom-port|--dicom-allow)
+        --dicom-port|--dicom-allow|--offload-to|--offload-keep-days|--offload-when)
             if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
             case $1 in
                 --model) MODEL=$2 ;; --wheel) WHEEL=$2 ;; --wheels) WHEELS=$2 ;;
                 --python) PYTHON=$2 ;; --extras) EXTRAS=$2 ;; --prefix) PREFIX=$2 ;;
                 --data) DATA=$2 ;; --user) SVC_USER=$2 ;; --destdir) DESTDIR=$2 ;;
                 --dicom-port) DICOM_PORT=$2 ;; --dicom-allow) DICOM_ALLOW=$2 ;;
+                --offload-to) OFFLOAD_TO=$2 ;; --offload-keep-days) OFFLOAD_KEEP=$2 ;;
+                --offload-when) OFFLOAD_WHEN=$2 ;;
             esac
             shift 2 ;;
+        --no-offload) OFFLOAD_TO=none; shift ;;
         --dicom) DICOM_PORT=${DICOM_PORT:-$DEFAULT_DICOM_PORT}; shift ;;
         --no-dicom) DICOM_PORT=none; shift ;;
         --no-user) MANAGE_USER=0; shift ;;
@@ -108,6 +122,25 @@ got '$DICOM_PORT'"
 fi
 [[ $DICOM_ALLOW =~ ^[A-Za-z0-9.:/\ -]+$ ]] || die "--dicom-allow takes addresses, prefixes \
 (10.1.0.0/16) or the words localhost, link-local, multicast, any, separated by spaces"
+if [ -z "$OFFLOAD_TO" ] || [ "$OFFLOAD_TO" = none ]; then
+    [ -z "$OFFLOAD_KEEP$OFFLOAD_WHEN" ] || die "--offload-keep-days and --offload-when go with \
+--offload-to DIR (the whole schedule is written again)"
+else
+    [[ $OFFLOAD_TO =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--offload-to must be an absolute path of \
+letters, digits and . _ - / (a disk's mount point, e.g. /media/usb/neuroedge), got '$OFFLOAD_TO'"
+    OFFLOAD_TO=${OFFLOAD_TO%/}
+    OFFLOAD_KEEP=${OFFLOAD_KEEP:-90}
+    [[ $OFFLOAD_KEEP =~ ^[0-9]{1,5}$ ]] && [ "$OFFLOAD_KEEP" -ge 1 ] || die "--offload-keep-days \
+must be a number of days, at least 1, got '$OFFLOAD_KEEP'"
+    OFFLOAD_WHEN=${OFFLOAD_WHEN:-Sun *-*-* 03:00:00}
+    [[ $OFFLOAD_WHEN =~ ^[A-Za-z0-9*:.,/\ ~-]+$ ]] || die "--offload-when takes systemd's \
+calendar syntax (man systemd.time), e.g. 'Sun *-*-* 03:00:00' or 'daily', got '$OFFLOAD_WHEN'"
+    if command -v systemd-analyze >/dev/null \
+            && ! systemd-analyze calendar "$OFFLOAD_WHEN" >/dev/null 2>&1; then
+        die "--offload-when '$OFFLOAD_WHEN' is not a calendar event systemd understands \
+(man systemd.time), e.g. 'Sun *-*-* 03:00:00' or 'daily'"
+    fi
+fi
 PREFIX=${PREFIX%/} DATA=${DATA%/}
 if [ -n "$DESTDIR" ]; then
     mkdir -p "$DESTDIR"
@@ -558,6 +591,51 @@ is missing"
     put_file "$TMP/dicom.conf" "$DROPIN_DIR/dicom.conf" 0644 "$ROOT_OWN"
 fi
 
+# The scheduled offload: offload.env written with --offload-to, everything removed with
+# --no-offload, left as it is otherwise (an upgrade keeps the schedule it had). The units
+# and the script are written again from offload.env on every run (a new program's script).
+OFFLOAD_ENV=/etc/neuroedge/offload.env
+OFFLOAD_UNIT=/etc/systemd/system/edge-agent-offload
+if [ "$OFFLOAD_TO" = none ]; then
+    if [ -e "$D$OFFLOAD_ENV" ] || [ -e "$D$OFFLOAD_UNIT.timer" ]; then
+        if [ -z "$DESTDIR" ] && [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null \
+                && [ -d /run/systemd/system ]; then
+            systemctl disable --now edge-agent-offload.timer >/dev/null 2>&1 || true
+        fi
+        rm -f "$D$OFFLOAD_ENV" "$D$OFFLOAD_UNIT.service" "$D$OFFLOAD_UNIT.timer" \
+            "$D$PREFIX/bin/neuroedge-offload"
+        rmdir "$D$PREFIX/bin" 2>/dev/null || true
+        say "removed the scheduled offload (edge-agent-offload.timer)"
+    fi
+elif [ -n "$OFFLOAD_TO" ]; then
+    {
+        echo "# Written by deploy/install.sh --offload-to: what edge-agent-offload.service does"
+        echo "# (install.sh --offload-to DIR [--offload-keep-days N] [--offload-when WHEN] to"
+        echo "# change it, --no-offload to remove it; docs/agent.md#edge-agent-offload)."
+        echo "OFFLOAD_TO=\"$OFFLOAD_TO\""
+        echo "KEEP_DAYS=\"$OFFLOAD_KEEP\""
+        echo "OFFLOAD_WHEN=\"$OFFLOAD_WHEN\""
+        echo "OUTBOX=\"$DATA/outbox\""
+        echo "SVC_USER=\"$SVC_USER\""
+        echo "AGENT=\"$PREFIX/venv/bin/edge-agent\""
+        echo "CONFIG=\"/etc/neuroedge/config.toml\""
+    } >"$TMP/offload.env"
+    put_file "$TMP/offload.env" "$OFFLOAD_ENV" 0644 "$ROOT_OWN"
+    [ -d "$OFFLOAD_TO" ] || say "note: $OFFLOAD_TO does not exist (yet): mount the disk there \
+and give the user $SVC_USER a folder it may write, or the scheduled offload moves nothing"
+fi
+if [ -e "$D$OFFLOAD_ENV" ] && [ "$OFFLOAD_TO" != none ]; then
+    # shellcheck disable=SC1090 # our own file, its values checked when it was written
+    WHEN=$(. "$D$OFFLOAD_ENV" && printf '%s' "$OFFLOAD_WHEN")
+    make_dir "$PREFIX/bin" 0755 "$ROOT_OWN"
+    put_file "$HERE/neuroedge-offload" "$PREFIX/bin/neuroedge-offload" 0755 "$ROOT_OWN"
+    sed -e "s#/opt/neuroedge#$PREFIX#g" "$HERE/systemd/edge-agent-offload.service" \
+        >"$TMP/offload.service"
+    put_file "$TMP/offload.service" "$OFFLOAD_UNIT.service" 0644 "$ROOT_OWN"
+    sed -e "s#@WHEN@#$WHEN#g" "$HERE/systemd/edge-agent-offload.timer" >"$TMP/offload.timer"
+    put_file "$TMP/offload.timer" "$OFFLOAD_UNIT.timer" 0644 "$ROOT_OWN"
+fi
+
 # What was written above reaches the disk before the script says it is done or restarts
 # the service: a power cut must not leave an empty config.toml or unit file behind.
 sync
@@ -588,7 +666,9 @@ then run install.sh again; the service was not (re)started"
     use_new_venv
 fi
 if [ "$SYSTEMCTL" = 0 ]; then
-    say "installed; --no-systemctl: enable it with: systemctl enable --now edge-agent"
+    units=edge-agent
+    [ ! -e "$OFFLOAD_ENV" ] || units="$units edge-agent-offload.timer"
+    say "installed; --no-systemctl: enable it with: systemctl enable --now $units"
     exit 0
 fi
 if ! command -v systemctl >/dev/null || [ ! -d /run/systemd/system ]; then
@@ -597,6 +677,14 @@ if ! command -v systemctl >/dev/null || [ ! -d /run/systemd/system ]; then
 fi
 systemctl daemon-reload
 systemctl enable edge-agent.service >/dev/null 2>&1 || die "systemctl enable edge-agent failed"
+if [ -e "$OFFLOAD_ENV" ]; then
+    systemctl enable --now edge-agent-offload.timer >/dev/null 2>&1 \
+        || die "systemctl enable --now edge-agent-offload.timer failed"
+    # shellcheck disable=SC1090 # our own file, its values checked when it was written
+    schedule=$(. "$OFFLOAD_ENV" && printf '%s (%s days stay), %s' "$OFFLOAD_TO" "$KEEP_DAYS" \
+        "$OFFLOAD_WHEN")
+    say "old days move to $schedule: systemctl list-timers edge-agent-offload.timer"
+fi
 if [ "$START" = 1 ]; then
     if ! systemctl restart edge-agent.service; then
         # A model or program that passed the check but fails in the service (its sandbox):

@@ -4,7 +4,9 @@
 #   sudo deploy/uninstall.sh [--prefix DIR] [--data DIR] [--destdir DIR] [--no-systemctl]
 #
 # Removed: the systemd unit (stopped and disabled first), the DICOM drop-in install.sh
-# wrote (dicom.conf), and the virtual environments (PREFIX/venv and PREFIX/venvs).
+# wrote (dicom.conf), the scheduled offload's timer, service and script (its settings,
+# /etc/neuroedge/offload.env, stay with the configuration), and the virtual environments
+# (PREFIX/venv and PREFIX/venvs).
 # Kept, because they are records or configuration someone may need: the inbox and outbox
 # (reports, archive, quarantine, the daily index, the journal), the installed models
 # (reports name the model's sha256), /etc/neuroedge, the site's own drop-ins (systemctl
@@ -43,6 +45,18 @@ UNIT=/etc/systemd/system/edge-agent.service
 if [ "$SYSTEMCTL" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     # Stopping lets the agent finish the file in hand (SIGTERM); nothing is lost either way.
     systemctl disable --now edge-agent.service 2>/dev/null || true
+    systemctl disable --now edge-agent-offload.timer 2>/dev/null || true
+fi
+for unit in edge-agent-offload.timer edge-agent-offload.service; do
+    if [ -e "$D/etc/systemd/system/$unit" ]; then
+        rm -f "$D/etc/systemd/system/$unit"
+        say "removed /etc/systemd/system/$unit"
+    fi
+done
+if [ -e "$D$PREFIX/bin/neuroedge-offload" ]; then
+    rm -f "$D$PREFIX/bin/neuroedge-offload"
+    rmdir "$D$PREFIX/bin" 2>/dev/null || true
+    say "removed $PREFIX/bin/neuroedge-offload"
 fi
 if [ -e "$D$UNIT" ]; then
     rm -f "$D$UNIT"

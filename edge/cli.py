@@ -277,23 +277,33 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
 # plain paths: edge.offload says in one line what is wrong with them (click's checks print
 # a usage block)
 @click.argument("outbox", type=click.Path())
-@click.option("--before", required=True, metavar="YYYY-MM-DD",
+@click.option("--before", metavar="YYYY-MM-DD",
               help="Move every day before this one (it must be before today).")
+@click.option("--keep-days", type=int, metavar="N",
+              help="Instead of --before: move every day more than N days old (for a "
+                   "scheduled run).")
 @click.option("--to", "dest", required=True, type=click.Path(),
               help="The folder to move them to, outside the outbox (a USB disk, a share).")
+@click.option("--other-disk", is_flag=True,
+              help="Refuse a --to on the outbox's own disk (a disk not mounted there).")
 @click.option("--dry-run", is_flag=True, help="Only say what would move; change nothing.")
 @_user_errors
-def offload(outbox: str, before: str, dest: str, dry_run: bool) -> None:
+def offload(outbox: str, before: str | None, keep_days: int | None, dest: str,
+            other_disk: bool, dry_run: bool) -> None:
     """Move OUTBOX's days before --before (index, archive, their reports and quarantined
     inputs) to another folder, copied and verified before anything is removed.
 
-    The agent must be stopped. Exit 0: done; 2: a wrong --before or --to; 65: a day has
-    archived inputs but no index file (run fsck first); 66: --to does not exist; 73: --to
-    cannot take them (space, a conflicting file); 75: the agent runs.
+    The agent must be stopped. Exit 0: done; 2: a wrong --before, --keep-days or --to; 65:
+    a day has archived inputs but no index file (run fsck first); 66: --to does not exist
+    (or, with --other-disk, is on the outbox's disk); 73: --to cannot take them (space, a
+    conflicting file); 75: the agent runs.
     """
     from .offload import offload as move_days
 
-    move_days(Path(outbox), before, dest, dry_run, click.echo)
+    if (before is None) == (keep_days is None):
+        raise click.UsageError("give one of --before YYYY-MM-DD and --keep-days N")
+    move_days(Path(outbox), before, dest, dry_run, click.echo, keep_days=keep_days,
+              other_disk=other_disk)
 
 
 @cli.command()

@@ -164,7 +164,7 @@ class DiskForecast:
             log.debug("could not save the disk-usage history %s (%s)", self.path, exc)
 
 
-_WHAT_TO_DO = ("move old days elsewhere with `edge-agent offload` (they stay readable "
+_WHAT_TO_DO = ("move old days elsewhere with edge-agent offload (they stay readable "
                "there), or tell the person who looks after this box")
 
 

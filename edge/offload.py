@@ -40,7 +40,12 @@ A day before ``--before`` whose ``archive/D/`` holds inputs but which has no ind
 (another day's move could take the reports that ``edge-agent fsck`` rebuilds its lines
 from), and the run says to run fsck first, with the command (exit 65, as fsck's own).
 
-The outbox's lock is held throughout: the agent must be stopped.
+The outbox's lock is held throughout: the agent must be stopped. ``--keep-days N`` names
+the days by age instead (``--before`` today minus N days), and ``--other-disk`` refuses a
+DEST on the outbox's own disk (a USB disk not mounted at its mount point): what a scheduled
+run (``deploy/neuroedge-offload``, a systemd timer) needs. Every run that reaches the outbox
+leaves its outcome in ``.state/offload-last.json``; the agent names a failed one on its
+front page when it starts (``last_offload_alerts``), until a later run succeeds.
 
 What a day's move is (its files, where each goes at DEST, which reports stay) is planned
 first, in ``edge.offload_plan``; this module checks the command, carries the plans out and
@@ -90,6 +95,8 @@ from .outbox import Outbox
 
 RECORD_NAME = "offload.json"  # in the outbox's .state: a day whose removal has begun
 RECORD_SCHEMA = "neuroedge.offload/1"
+LAST_NAME = "offload-last.json"  # in the outbox's .state: how the last run ended
+LAST_SCHEMA = "neuroedge.offload-last/1"
 _MARGIN = 1 << 20  # DEST's pages, folders, temporary files
 _KEPT_WHY = ("named by a later day or by an input waiting in the agent's journal, or DEST "
              "holds another report of the same input")
@@ -127,8 +134,19 @@ def parse_before(text: str, today: datetime.date | None = None) -> str:
     return day.isoformat()
 
 
-def check_dest(root: Path, dest_text: str, dry_run: bool) -> Path:
-    """DEST as an existing, writable folder outside the outbox."""
+def before_keeping(keep_days: int, today: datetime.date | None = None) -> str:
+    """``--keep-days N`` as the ``--before`` it stands for: today minus N days (the days from
+    then on stay, today's and N before it)."""
+    if keep_days < 1:
+        raise OffloadUsageError(f"--keep-days {keep_days}: keep at least 1 day (today's "
+                                "inputs are still coming)")
+    today = today or datetime.date.today()
+    return (today - datetime.timedelta(days=keep_days)).isoformat()
+
+
+def check_dest(root: Path, dest_text: str, dry_run: bool, other_disk: bool = False) -> Path:
+    """DEST as an existing, writable folder outside the outbox (``other_disk``: and on
+    another filesystem than the outbox)."""
     dest = Path(dest_text).expanduser()
     if not dest.exists():
         raise FolderUnavailableError(f"--to {dest} does not exist: mount the disk it is on "
@@ -139,6 +157,11 @@ def check_dest(root: Path, dest_text: str, dry_run: bool) -> Path:
     if resolved == root or root in resolved.parents:
         raise OffloadUsageError(f"--to {dest} is inside the outbox {root}: give a folder on "
                                 "other storage (a USB disk, a share)")
+    if other_disk and os.stat(str(resolved)).st_dev == os.stat(str(root)).st_dev:
+        raise FolderUnavailableError(
+            f"--to {dest} is on the outbox's own disk, so the disk meant for it is probably "
+            "not mounted there (moving the days would free nothing): plug in and mount that "
+            "disk, then run again")
     if dry_run:
         reason = None if os.access(str(dest), os.W_OK | os.X_OK) else "no permission"
     else:
@@ -184,16 +207,35 @@ def finishing_command(root: Path, record: dict[str, Any]) -> str:
             f"--to {shlex.quote(str(record.get('dest')))}")
 
 
-def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: Echo) -> int:
-    """Move the days before ``before_text`` to DEST (``dry_run``: only say what would move);
-    return how many days moved."""
-    before = parse_before(before_text)
+def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, echo: Echo,
+            keep_days: int | None = None, other_disk: bool = False) -> int:
+    """Move the days before ``before_text`` (or older than ``keep_days``) to DEST
+    (``dry_run``: only say what would move); return how many days moved. A run that is not
+    dry leaves how it ended in ``.state/offload-last.json`` (``last_offload_alerts``)."""
     root = root.resolve()
     box = Outbox(root)
     if not box.state.is_dir():
         raise ConfigError(f"{root} is not an outbox (it has no .state folder): give the folder "
                           "the agent writes its reports to")
-    dest = check_dest(root, dest_text, dry_run)
+    command = f"edge-agent offload {shlex.quote(str(root))} " + (
+        f"--before {before_text}" if keep_days is None else f"--keep-days {keep_days}") + (
+        f" --to {shlex.quote(dest_text)}") + (" --other-disk" if other_disk else "")
+    try:
+        moved = _offload(box, before_text, dest_text, dry_run, echo, keep_days, other_disk)
+    except EdgeError as exc:
+        if not dry_run:
+            _record_last(box, command, str(exc))
+        raise
+    if not dry_run:
+        _record_last(box, command, None, moved)
+    return moved
+
+
+def _offload(box: Outbox, before_text: str | None, dest_text: str, dry_run: bool, echo: Echo,
+             keep_days: int | None, other_disk: bool) -> int:
+    before = parse_before(before_text) if keep_days is None else before_keeping(keep_days)
+    root = box.root
+    dest = check_dest(root, dest_text, dry_run, other_disk)
     try:
         box.lock(read_only=dry_run)
     except AgentBusyError:
@@ -209,6 +251,32 @@ def offload(root: Path, before_text: str, dest_text: str, dry_run: bool, echo: E
                           "removal had begun is finished first)") from None
     finally:
         box.unlock()
+
+
+def _record_last(box: Outbox, command: str, error: str | None, moved: int = 0) -> None:
+    """How this run ended, for the agent's front page (``last_offload_alerts``). Written
+    even while an agent holds the lock (a run refused for that): a file of its own, which
+    the agent reads only when it starts. Not being able to write it changes nothing."""
+    record = {"schema": LAST_SCHEMA, "time": datetime.datetime.now().astimezone().isoformat(
+        timespec="seconds"), "command": command, "ok": error is None, "error": error,
+        "days_moved": moved}
+    try:
+        write_json_atomic(box.state / LAST_NAME, record)
+    except OSError:
+        pass
+
+
+def last_offload_alerts(root: Path) -> list[str]:
+    """What a person must read when the agent starts after an offload that failed (a
+    scheduled one, run at night, above all): when, why, and the command. Empty once a later
+    run succeeded. Stdlib only, cheap: one read."""
+    record = read_json(root / ".state" / LAST_NAME)
+    if not isinstance(record, dict) or record.get("schema") != LAST_SCHEMA or record.get("ok"):
+        return []
+    error = str(record.get("error")).rstrip(".")
+    return [f"The last offload ({record.get('time')}) did not finish: {error}. Old days stay "
+            "on this box until one does; once that is fixed, run it again (stop the agent "
+            f"first) or wait for the next scheduled run: {record.get('command')}"]
 
 
 class _Offload:

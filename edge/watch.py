@@ -38,7 +38,7 @@ from .errors import ConfigError, FolderUnavailableError
 from .inbox import Inbox
 from .index import DailyIndex
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
-from .offload import pending_offload_alerts
+from .offload import last_offload_alerts, pending_offload_alerts
 from .outbox import Job, Outbox
 from .pipeline import Committer
 from .retries import CLAIM_GROUP, MAX_UNFINISHED, Retries
@@ -159,7 +159,8 @@ class Agent:
         self.outbox.prepare()
         self.outbox.lock()
         try:
-            self._offload_alerts = pending_offload_alerts(self.outbox.root)
+            self._offload_alerts = (pending_offload_alerts(self.outbox.root)
+                                    or last_offload_alerts(self.outbox.root))
             for line in self._offload_alerts:
                 log.warning("%s", line)
             self._recover()

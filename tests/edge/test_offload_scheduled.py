@@ -1,0 +1,121 @@
+"""`edge-agent offload` as a scheduled job runs it (deploy/neuroedge-offload, a systemd
+timer): days named by age (`--keep-days`), a DEST that must be another disk
+(`--other-disk`: a USB disk not mounted leaves only its empty mount point, on the card), and
+the outcome of every run kept for the agent's front page, so a night run that failed is
+seen in the morning."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from agent_helpers import gray_png, make_config, other_filesystem, run_once
+from click.testing import CliRunner
+
+from edge import commit
+from edge.cli import cli
+from edge.offload import LAST_NAME, before_keeping, last_offload_alerts
+from edge.outbox import Outbox
+
+OLD, RECENT = "2025-03-01", "2025-03-02"
+
+
+def _offload(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["offload", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def _last(outbox: Path) -> dict:
+    return json.loads((outbox / ".state" / LAST_NAME).read_text())
+
+
+@pytest.fixture()
+def two_days(folders, test_model, monkeypatch):
+    """An outbox with one input on each of two past days."""
+    config = make_config(folders, test_model.path)
+    for day, level in ((OLD, 40), (RECENT, 200)):
+        gray_png(folders["inbox"] / f"scan-{day}.png", level)
+        monkeypatch.setattr(commit, "local_day", lambda day=day: day)
+        assert run_once(config)["classified"] == 1
+    monkeypatch.undo()
+    return config, folders["outbox"]
+
+
+def test_keep_days_names_the_days_by_age():
+    today = datetime.date(2026, 12, 7)
+    assert before_keeping(1, today) == "2026-12-06"  # today and yesterday stay
+    assert before_keeping(90, today) == "2026-09-08"
+
+
+def test_keep_days_moves_the_days_older_than_n(two_days):
+    _, outbox = two_days
+    keep = (datetime.date.today() - datetime.date.fromisoformat(RECENT)).days  # RECENT stays
+    with tempfile.TemporaryDirectory(dir=str(other_filesystem(outbox))) as usb:
+        code, out = _offload(str(outbox), "--keep-days", str(keep), "--to", usb,
+                             "--other-disk")
+        assert code == 0, out
+        assert (Path(usb) / "index" / f"{OLD}.jsonl").is_file()
+    assert sorted(p.name for p in (outbox / "index").glob("*.jsonl")) == [f"{RECENT}.jsonl"]
+    last = _last(outbox)
+    assert last["ok"] is True and last["days_moved"] == 1 and last["error"] is None
+    assert f"--keep-days {keep}" in last["command"] and "--other-disk" in last["command"]
+    assert last_offload_alerts(outbox) == []
+
+
+def test_usage_mistakes_are_one_line(tmp_path):
+    outbox, usb = tmp_path / "outbox", tmp_path / "usb"
+    Outbox(outbox).prepare()
+    usb.mkdir()
+    for args, words in [([], "give one of --before YYYY-MM-DD and --keep-days N"),
+                        (["--before", OLD, "--keep-days", "3"], "give one of"),
+                        (["--keep-days", "0"], "keep at least 1 day"),
+                        (["--keep-days", "many"], "is not a valid integer")]:
+        code, out = _offload(str(outbox), *args, "--to", str(usb))
+        assert code == 2 and words in out, (args, out)
+        assert "Traceback" not in out
+
+
+def test_a_dest_on_the_outboxs_disk_is_refused_and_the_agent_says_so(two_days, caplog):
+    """The USB disk is not mounted: its mount point is an empty folder on the card. A
+    scheduled run refuses it (exit 66), moves nothing, and the agent's next start names the
+    failed run on its front page and in its log; after a run that succeeds, no longer."""
+    config, outbox = two_days
+    mount_point = outbox.parent / "mnt-usb"  # on the outbox's own filesystem
+    mount_point.mkdir()
+    before = sorted(p.name for p in (outbox / "index").glob("*.jsonl"))
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(mount_point),
+                         "--other-disk")
+    assert code == 66 and "is on the outbox's own disk" in out and "mount that disk" in out
+    assert sorted(p.name for p in (outbox / "index").glob("*.jsonl")) == before
+    assert list(mount_point.iterdir()) == []
+    assert _last(outbox)["ok"] is False
+
+    logging.getLogger().addHandler(caplog.handler)  # the CLI above replaced the handlers
+    caplog.set_level(logging.WARNING)
+    run_once(config)  # the agent, started again after the night's run
+    page = (outbox / "index.html").read_text()
+    assert "The last offload (" in page and "did not finish" in page
+    assert "is on the outbox&#x27;s own disk" in page or "is on the outbox's own disk" in page
+    assert "--keep-days 1" in page and "The last offload" in caplog.text
+
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(mount_point))
+    assert code == 0, out  # without --other-disk: it moves (and says it frees nothing)
+    assert "frees no space" in out and _last(outbox)["ok"] is True
+    run_once(config)
+    assert "The last offload" not in (outbox / "index.html").read_text()
+    shutil.rmtree(str(mount_point))
+
+
+def test_a_dry_run_leaves_no_record(two_days, tmp_path):
+    _, outbox = two_days
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(usb), "--dry-run")
+    assert code == 0, out
+    assert not (outbox / ".state" / LAST_NAME).exists()
