@@ -27,7 +27,14 @@ import stat
 from pathlib import Path
 
 from . import failpoints
-from .durable import FolderBarrier, copy_durable, display_name, free_name, fsync_dir
+from .durable import (
+    FolderBarrier,
+    copy_durable,
+    display_name,
+    free_name,
+    fsync_dir,
+    lexists,
+)
 from .inbox import HELD_PREFIX
 from .manifest import sha256_file
 from .outbox import Job, Outbox, Stage
@@ -204,19 +211,19 @@ class Claim:
         src = self.inbox_root / job.source
         dst = self.outbox.claimed_path(job)
         held = self.inbox_root / job.held if job.held else None
-        if not os.path.lexists(str(dst)):
-            if held is not None and os.path.lexists(str(held)):
+        if not lexists(dst):
+            if held is not None and lexists(held):
                 self._give_back(held, src)  # hidden, not copied: back, taken anew
             self.outbox.delete(job)  # never taken: the inbox scan finds the file again
             return False
-        if held is not None and os.path.lexists(str(held)):
+        if held is not None and lexists(held):
             # copied, then crashed before unlinking: unlink it if the copy is the same bytes,
             # else (changed after the copy) give it back to be taken again
             if _same_file(held, dst):
                 _unlink_quietly(held)
             else:
                 self._give_back(held, src)
-        elif job.cross_filesystem and os.path.lexists(str(src)) and not os.path.islink(str(src)):
+        elif job.cross_filesystem and lexists(src) and not os.path.islink(str(src)):
             # a record from before the hidden name: copied straight from the inbox name,
             # then crashed before unlinking it
             if _same_file(src, dst):

@@ -44,7 +44,14 @@ import click
 
 from . import __version__
 from .config import AgentConfig, load_config
-from .errors import EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_TEMPFAIL, EdgeError
+from .errors import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_INTERRUPTED,
+    EX_TEMPFAIL,
+    EdgeError,
+    StorageError,
+)
 
 log = logging.getLogger("edge")
 
@@ -139,8 +146,11 @@ def watch(config: AgentConfig, inbox: str | None, outbox: str | None, model: str
     config = config.override("paths", inbox=inbox, outbox=outbox, model=model)
     config = config.override("watch", poll=poll)
     config = config.override("network", dicom_port=dicom_port)
-    resolve_folders(config)  # cheap checks first: a wrong folder is reported before the model
-    agent = Agent(config, Classifier(config), once=once)
+    try:
+        resolve_folders(config)  # cheap checks first: a wrong folder is said before the model
+        agent = Agent(config, Classifier(config), once=once)
+    except OSError as exc:  # a disk or share failing: passing, not a configuration error
+        raise StorageError.starting(exc) from None
     agent.install_signal_handlers()
     counts = agent.run()
     if counts.get("unfinished"):

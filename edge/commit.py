@@ -21,8 +21,10 @@ from .config import AgentConfig
 from .durable import (
     FolderBarrier,
     free_name,
+    lexists,
     move_no_replace,
     read_json,
+    read_json_if_there,
     safe_name,
     write_bytes_atomic,
     write_json_new,
@@ -224,12 +226,12 @@ class GroupCommit:
         for _ in range(100):
             assert job.dest is not None
             dest = self.outbox.root / job.dest
-            if not os.path.lexists(str(claimed)):
+            if not lexists(claimed):
                 # moved before a crash, or before its folders' fsync failed: make it durable
                 barrier.add(dest.parent)  # (a reason record is written before the move)
                 barrier.add(claimed.parent)
                 return
-            if os.path.lexists(str(dest)) and os.path.samestat(os.lstat(str(claimed)),
+            if lexists(dest) and os.path.samestat(os.lstat(str(claimed)),
                                                               os.lstat(str(dest))):
                 os.unlink(str(claimed))  # the hard link was made, the unlink was not
                 barrier.add(claimed.parent)
@@ -251,8 +253,8 @@ class GroupCommit:
 
     def _write_reason_record(self, job: Job, dest: Path, barrier: FolderBarrier) -> None:
         path = Path(str(dest) + REASON_SUFFIX)
-        if os.path.lexists(str(path)):
-            existing = read_json(path)
+        if lexists(path):
+            existing = read_json_if_there(path)
             if isinstance(existing, dict) and existing.get("token") == job.token:
                 return  # written before a crash
             raise FileExistsError(str(path))
@@ -261,7 +263,7 @@ class GroupCommit:
     def _forget_reason_record(self, job: Job, dest: Path) -> None:
         """Remove this job's own reason record at a destination it will not use."""
         path = Path(str(dest) + REASON_SUFFIX)
-        existing = read_json(path) if job.outcome == Outcome.QUARANTINED else None
+        existing = read_json_if_there(path) if job.outcome == Outcome.QUARANTINED else None
         if isinstance(existing, dict) and existing.get("token") == job.token:
             os.unlink(str(path))
 

@@ -6,6 +6,7 @@ dispatcher.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,23 @@ class DecodedImage:
     picture: Image.Image  # mode "L" or "RGB"
     details: dict[str, Any] = field(default_factory=dict)  # goes into the report
     notes: list[str] = field(default_factory=list)  # what a reader of the report should know
+
+
+# The errors of a read that are about the input itself (its permissions, its kind, its
+# size): retrying cannot help. Any other error the system reports (an errno: EIO, ENOSPC,
+# ENOMEM, EMFILE, ESTALE, ...) is the machine's, and the input is retried, never refused
+# for it. What is wrong with a file's content, decoders report without an errno (Pillow's
+# OSError "image file is truncated").
+ABOUT_THE_FILE = frozenset({errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP,
+                            errno.EINVAL, errno.EFBIG, errno.EOVERFLOW, errno.ENAMETOOLONG})
+
+
+def raise_if_passing(exc: BaseException) -> None:
+    """Raise ``exc`` again if the system failed the read for a reason of the machine (not
+    in ``ABOUT_THE_FILE``): for the decoders' catch-alls, which turn what a library raises
+    on a damaged file into a refusal."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno not in ABOUT_THE_FILE:
+        raise exc
 
 
 def read_head(path: Path, size: int = 1024) -> bytes:

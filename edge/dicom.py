@@ -41,7 +41,7 @@ from . import dicom_compat as compat
 from . import jpeg
 from .codestream import declared_size
 from .config import DicomConfig, LimitsConfig
-from .decoded import DecodedImage, check_decode_budget, check_dimensions
+from .decoded import DecodedImage, check_decode_budget, check_dimensions, raise_if_passing
 from .errors import DecodeError, InputLimitError, MissingDecoderError, UnsupportedInputError
 from .images import is_effectively_gray
 from .preprocess import window_to_uint8
@@ -98,6 +98,7 @@ def _decode(path: Path, preamble: bool, dicom: DicomConfig, limits: LimitsConfig
     except MemoryError:
         raise InputLimitError("not enough memory to decode this image") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise anything on damaged data
+        raise_if_passing(exc)  # deferred data read from the file now
         raise DecodeError(_decode_failure(exc, tsyntax)) from None
     expected: tuple[int, ...] = (rows, columns) if samples == 1 else (rows, columns, samples)
     if tuple(arr.shape) != expected:
@@ -182,6 +183,7 @@ def _read(path: Path, preamble: bool) -> Any:
     except MemoryError:
         raise InputLimitError("not enough memory to read this DICOM file") from None
     except Exception as exc:  # noqa: BLE001 - truncated files raise EOFError, struct.error, ...
+        raise_if_passing(exc)  # the disk failed the read, not the file
         raise DecodeError(f"the DICOM file is damaged or truncated and cannot be parsed "
                           f"({exc.__class__.__name__}); copy it again from the scanner") from None
     if not hasattr(ds, "file_meta") or ds.file_meta is None:

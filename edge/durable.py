@@ -279,6 +279,18 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def lexists(path: Path | str) -> bool:
+    """Whether ``path`` is there (a link counts, unfollowed). Unlike ``os.path.lexists``,
+    which answers False on any error, only "no such file" is False; an I/O error is raised,
+    so that a failing disk is never taken for an input already moved or removed (the job
+    would be finished or forgotten while its input stays where it was)."""
+    try:
+        os.lstat(str(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
 def read_json_if_there(path: Path) -> Any | None:
     """The JSON in ``path``; None if there is no such file, or it holds no JSON. Unlike
     ``read_json``, an error reading a file that is there (EIO, EMFILE) is raised: a caller
@@ -473,7 +485,7 @@ def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) 
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
                              errno.EXDEV, errno.ENOSYS, errno.EACCES):
             raise
-        if os.path.lexists(str(dst)):
+        if lexists(dst):
             raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from None
         os.rename(str(src), str(dst))
     else:

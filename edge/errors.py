@@ -110,6 +110,24 @@ class FolderUnavailableError(EdgeError):
     exit_code = EX_NOINPUT
 
 
+class StorageError(EdgeError):
+    """A disk or share failed a read or write the agent needed before it could start (EIO,
+    ENOSPC, a share gone stale): nothing was taken or lost.
+
+    Passing as often as not (a USB disk that dropped out, a share reconnecting), so a
+    service manager should retry: exit code 75, not 78, which the unit does not restart.
+    """
+
+    exit_code = EX_TEMPFAIL
+
+    @classmethod
+    def starting(cls, exc: OSError) -> StorageError:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return cls(f"a disk error while starting: {exc.strerror or exc}{where}; nothing was "
+                   "taken or lost. The agent is started again (systemd) or can be run again; "
+                   "if this goes on, check the disk or share (dmesg, the cable, its mount)")
+
+
 class ReceiverUnavailableError(EdgeError):
     """The DICOM receiver cannot listen on its port (in use, address not available).
 

@@ -19,7 +19,13 @@ from PIL import Image
 from . import jpeg
 from .codestream import declared_size
 from .config import LimitsConfig
-from .decoded import DecodedImage, check_decode_budget, check_dimensions, read_head
+from .decoded import (
+    DecodedImage,
+    check_decode_budget,
+    check_dimensions,
+    raise_if_passing,
+    read_head,
+)
 from .errors import DecodeError, InputLimitError, UnsupportedInputError
 from .preprocess import to_8bit_picture
 
@@ -56,6 +62,7 @@ def decode_picture(path: Path, kind: str, limits: LimitsConfig) -> DecodedImage:
     except UnsupportedInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError...
+        raise_if_passing(exc)  # the disk failed the read, not the file
         text = str(exc) or exc.__class__.__name__
         if isinstance(exc, Image.UnidentifiedImageError):
             # Pillow names the open file: the agent's working copy in .state, not the input

@@ -36,10 +36,13 @@ from .durable import (
     stale_temp_files,
     write_json_atomic,
 )
-from .errors import AgentBusyError, ConfigError, FolderUnavailableError
+from .errors import AgentBusyError, ConfigError, FolderUnavailableError, StorageError
 
 log = logging.getLogger(__name__)
 
+# Why the outbox's folders cannot be made that restarting cannot fix: a wrong path or owner.
+_NOT_PASSING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                          errno.ELOOP, errno.ENAMETOOLONG})
 SUBFOLDERS = ("reports", "archive", "quarantine", "index", ".state", ".state/jobs",
               ".state/claimed")
 
@@ -135,6 +138,8 @@ class Outbox:
                                       "real folders (remove the link)")
                 path.mkdir(exist_ok=True)
         except OSError as exc:
+            if exc.errno not in _NOT_PASSING:  # a failing disk, not a wrong path
+                raise StorageError.starting(exc) from None
             raise ConfigError(f"cannot create the outbox folders in {self.root}: "
                               f"{exc.strerror}; check the path and its permissions") from None
         if not os.access(str(self.root), os.W_OK | os.X_OK):
@@ -172,8 +177,12 @@ class Outbox:
                     "first (two agents on one outbox could process a file twice)") from None
             raise
         if not read_only:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                os.close(fd)  # the lock goes with it
+                raise
         self._lock_fd = fd
 
     def unlock(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from .classifier import Classifier
 from .config import AgentConfig
+from .decoded import raise_if_passing
 from .dicom import uid_hash
 from .durable import json_bytes
 from .errors import DecodeError, InputLimitError, UnsupportedInputError
@@ -131,6 +132,11 @@ def classify_file(path: Path, found: Prepared, classifier: Classifier, config: A
         return
     except MemoryError:
         found.refusal = Refusal("InputLimitError", "not enough memory to decode this input")
+        return
+    except OSError as exc:
+        raise_if_passing(exc)  # the disk failed the read, not the file: retried
+        found.refusal = unexpected(exc, found.sha256, "decoded",  # Pillow's, on a bad file
+                                   f"the file could not be decoded ({exc.__class__.__name__})")
         return
     except Exception as exc:  # noqa: BLE001 - a library bug on a hostile file: refuse it
         found.refusal = unexpected(exc, found.sha256, "decoded",

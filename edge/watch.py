@@ -34,7 +34,7 @@ from .claim import UnfinishedClaim
 from .classifier import Classifier
 from .config import AgentConfig
 from .diskspace import HISTORY_FILE, MB, DiskForecast, SpaceGuard
-from .errors import ConfigError, FolderUnavailableError
+from .errors import ConfigError, FolderUnavailableError, StorageError
 from .inbox import Inbox
 from .index import DailyIndex
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
@@ -57,7 +57,15 @@ _EXTEND_USEC = 120_000_000
 
 
 def resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
-    """The inbox and outbox as real absolute paths, checked for sense."""
+    """The inbox and outbox as real absolute paths, checked for sense. A disk error while
+    looking (EIO) is a ``StorageError``: passing, so not a configuration error."""
+    try:
+        return _resolve_folders(config)
+    except OSError as exc:
+        raise StorageError.starting(exc) from None
+
+
+def _resolve_folders(config: AgentConfig) -> tuple[Path, Path]:
     if not config.paths.inbox:
         raise ConfigError("no inbox given: pass INBOX to `edge-agent watch` or set [paths] inbox "
                           "in the config file")
@@ -155,26 +163,19 @@ class Agent:
         signal.signal(signal.SIGINT, request_stop)
 
     def run(self) -> dict[str, int]:
-        """Run until stopped (or, with ``once``, until the backlog is done); return counts."""
-        self.outbox.prepare()
-        self.outbox.lock()
+        """Run until stopped (or, with ``once``, until the backlog is done); return counts.
+        A disk error before the agent is ready is a ``StorageError`` (exit 75: started
+        again), not a traceback: nothing was taken, and the journal says what was begun."""
         try:
-            self._offload_alerts = (pending_offload_alerts(self.outbox.root)
-                                    or last_offload_alerts(self.outbox.root))
-            for line in self._offload_alerts:
-                log.warning("%s", line)
-            self._recover()
-            self.committer.start()
-            if not self.once:
-                self._start_observer()
-            self.inbox.scan()  # the backlog: files already old are settled at once
-            self.inbox.backlog = False
-            if self.inbox.held:
-                journaled = {job.token for job in self.outbox.pending_jobs()}
-                self.worker.claiming.give_back_orphans(self.inbox.held, journaled)
-                self.inbox.held.clear()
-                self.inbox.scan()
-            self.network.start(self.once)
+            self.outbox.prepare()
+            self.outbox.lock()
+        except OSError as exc:
+            raise StorageError.starting(exc) from None
+        try:
+            try:
+                self._start()
+            except OSError as exc:
+                raise StorageError.starting(exc) from None
             sdnotify.notify("READY=1")
             self._ready = True
             sdnotify.notify(f"STATUS=watching {self.inbox_root}")
@@ -486,6 +487,25 @@ class Agent:
     def _page_alerts(self) -> list[str]:
         return (self.space.page_lines() + self.retries.page_lines() + self._offload_alerts
                 + self.network.page_alerts())
+
+    def _start(self) -> None:
+        """What comes before watching: the journal's replay, the backlog, the network."""
+        self._offload_alerts = (pending_offload_alerts(self.outbox.root)
+                                or last_offload_alerts(self.outbox.root))
+        for line in self._offload_alerts:
+            log.warning("%s", line)
+        self._recover()
+        self.committer.start()
+        if not self.once:
+            self._start_observer()
+        self.inbox.scan()  # the backlog: files already old are settled at once
+        self.inbox.backlog = False
+        if self.inbox.held:
+            journaled = {job.token for job in self.outbox.pending_jobs()}
+            self.worker.claiming.give_back_orphans(self.inbox.held, journaled)
+            self.inbox.held.clear()
+            self.inbox.scan()
+        self.network.start(self.once)
 
     def _render_index(self) -> None:
         try:

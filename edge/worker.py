@@ -31,7 +31,6 @@ inputs.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from .claim import Claim
 from .classifier import Classifier
 from .commit import Failure, GroupCommit, refuse
 from .config import AgentConfig
-from .durable import read_json_if_there
+from .durable import lexists, read_json_if_there
 from .index import DailyIndex
 from .outbox import Job, Outbox, Outcome, Stage
 from .prepare import InFlight, Refusal, Work, classify_file, fingerprint
@@ -83,8 +82,7 @@ class Worker:
         waited for one. Raises what stopped it; it stays journaled."""
         if job.stage == Stage.CLAIMING and not self.claiming.resume(job):
             return None
-        if job.stage == Stage.CLAIMED and not os.path.lexists(
-                str(self.outbox.claimed_path(job))):
+        if job.stage == Stage.CLAIMED and not lexists(self.outbox.claimed_path(job)):
             log.error("the claimed input of job %s was removed from %s by hand; forgetting the "
                       "job", job.token, self.outbox.claimed)
             self.outbox.delete(job)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..config import AgentConfig
 from ..dicom import uid_hash
 from ..errors import ConfigError
+from ..worker import describe_error
 from .receiver import DicomReceiver, sweep_spool
 from .sender import Sender
 from .sendqueue import Outgoing, SendQueue
@@ -104,6 +105,9 @@ class NetworkServices:
             if self.sender is not None:
                 if once:
                     self.sender.send_due()
+        except OSError as exc:  # a disk that failed: one line; pending stays on disk
+            log.error("could not finish the study reports or SRs (%s); they are resumed at "
+                      "the next start", describe_error(exc))
         except Exception:  # noqa: BLE001 - what is pending stays on disk for the next run
             log.exception("could not finish the study reports or SRs; they are resumed at the "
                           "next start")

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List
 from ..dicom import uid_hash
 from ..durable import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
 from ..report import now_iso, study_of, valid_uid
+from ..worker import describe_error
 from .settings import StudiesConfig
 from .verdict import Slice, instances_hash, judge, suspicious
 
@@ -151,6 +152,9 @@ class StudyTracker:
                     judged = [uid for uid in self.due() if self._judge_safely(uid)]
                     if judged:
                         self._render_index()
+                except OSError as exc:  # a disk that failed: one line, tried again
+                    log.error("study tracking could not read or write the outbox (%s); "
+                              "trying again in %g s", describe_error(exc), _POLL)
                 except Exception:  # noqa: BLE001 - keep following; the state is on disk
                     log.exception("study tracking failed; retrying")
 
