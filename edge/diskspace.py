@@ -36,6 +36,7 @@ SAMPLE_EVERY = 3_600.0  # seconds of wall clock between two kept samples
 WINDOW_DAYS = 7.0  # the rate of use is measured over this many days ...
 MIN_SPAN_DAYS = 1.0  # ... once the samples span at least this much
 FREED_MB = 100.0  # free space up by more than this between two samples: freed on purpose
+CLOCK_SLACK = 600.0  # a clock set back by less (a time server's correction) is not a reset
 
 
 def free_bytes(path: Path) -> int | None:
@@ -54,7 +55,8 @@ class DiskForecast:
     two samples: an offload or a clean-up frees space on purpose, and counting it would hide
     the use; smaller ups and downs (logs rotated, temporary files) cancel out. What else
     fills the disk counts too: the floor is reached all the same. The samples use the wall
-    clock; one set back (a board without a real-time clock) starts the history afresh.
+    clock; one set back by more than ``CLOCK_SLACK`` (a board without a real-time clock)
+    starts the history afresh.
     """
 
     def __init__(self, path: Path, floor_bytes: float, warn_days: float,
@@ -73,7 +75,7 @@ class DiskForecast:
         """A new measurement: kept as a sample if the last one is an hour old, then the
         forecast is made again. ``save=False``: read-only (``edge-agent check``)."""
         now = self._clock()
-        if self._samples and now < self._samples[-1][0]:
+        if self._samples and now < self._samples[-1][0] - CLOCK_SLACK:
             log.info("the clock is behind the disk-usage history of %s: starting it afresh",
                      self.path)
             self._samples = []
