@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import os
+import pathlib
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from agent_helpers import gray_png, make_config
@@ -114,6 +115,14 @@ class Disk:
             else:
                 attr = name.replace("os.", "")
                 monkeypatch.setattr(os, attr, self._wrap(name, getattr(os, attr)))
+        # Before Python 3.11 pathlib calls the os functions it took at import, through its
+        # accessor (a Jetson's 3.8): those are wrapped too.
+        accessor = getattr(pathlib, "_NormalAccessor", None)
+        for name in OS_CALLS if accessor is not None else ():
+            attr = name.replace("os.", "")
+            if name != "open" and attr in vars(accessor):
+                monkeypatch.setattr(accessor, attr,
+                                    staticmethod(self._wrap(name, vars(accessor)[attr])))
 
     def _wrap(self, name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -146,6 +155,21 @@ class Disk:
         return False
 
 
+def _qualname(frame: Any) -> str:
+    """``Class.method``, as Python 3.11's ``co_qualname`` says it; before 3.11 (a Jetson's
+    3.8) found from the frame's ``self`` along its class's MRO."""
+    code = frame.f_code
+    qualname = getattr(code, "co_qualname", None)
+    if qualname is not None:
+        return str(qualname)
+    owner = frame.f_locals.get("self")
+    if owner is not None:
+        for klass in type(owner).__mro__:
+            if getattr(klass.__dict__.get(code.co_name), "__code__", None) is code:
+                return f"{klass.__name__}.{code.co_name}"
+    return str(code.co_name)
+
+
 def _site(call: str) -> Site | None:
     """The call's site, or None when no ``edge`` code made it."""
     frame = sys._getframe(2)
@@ -155,7 +179,7 @@ def _site(call: str) -> Site | None:
         if filename.startswith(EDGE_DIR):
             where = f"edge/{filename[len(EDGE_DIR):]}:{frame.f_lineno}"
             if line is None:
-                line, function = where, frame.f_code.co_qualname
+                line, function = where, _qualname(frame)
             if not filename.endswith("durable.py"):
                 return Site(call, line, where, str(function))
         frame = frame.f_back
@@ -335,7 +359,8 @@ def books(inputs: dict[str, str], folders: dict[str, Path]) -> list[str]:
 
 # --- the sweep -----------------------------------------------------------------------------
 
-Setup = Callable[[dict[str, Path]], dict[str, str]]
+if TYPE_CHECKING:  # an alias for annotations only: Python 3.8 cannot subscript dict
+    Setup = Callable[[dict[str, Path]], dict[str, str]]
 
 
 def new_folders(root: Path) -> dict[str, Path]:
