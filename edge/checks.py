@@ -53,6 +53,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
             ok("inbox", f"{inbox} is readable and writable")
             _check_outbox(outbox, inbox, ok, fail)
             _check_space(outbox, config.watch.min_free_mb, config.watch.warn_days, ok, warn)
+            _check_last_offload(outbox, ok, warn)
             if config.pacs.send_to:
                 _check_sr_queue(outbox, str(config.pacs.peer), ok, warn)
         except EdgeError as exc:
@@ -160,6 +161,23 @@ def _check_space(outbox: Path, min_free_mb: float, warn_days: float,
              "`edge-agent offload`")
     else:
         ok("disk space", f"{forecast.describe()} ([watch] min_free_mb = {min_free_mb:g})")
+
+
+def _check_last_offload(outbox: Path, ok: Callable[[str, str], None],
+                        warn: Callable[[str, str], None]) -> None:
+    """How the last ``edge-agent offload`` ended (a scheduled one, above all): a failure is
+    a warning with what the front page says of it; none yet says nothing."""
+    from .offload import last_offload, last_offload_alerts
+
+    record = last_offload(outbox)
+    if record is None:
+        return
+    alerts = last_offload_alerts(outbox)
+    if alerts:
+        warn("offload", alerts[0])
+    else:
+        ok("offload", f"the last offload ({record.get('time')}) moved "
+           f"{record.get('days_moved')} day(s): {record.get('command')}")
 
 
 def _check_codecs(ok: Callable[[str, str], None]) -> None:

@@ -266,12 +266,18 @@ def _record_last(box: Outbox, command: str, error: str | None, moved: int = 0) -
         pass
 
 
+def last_offload(root: Path) -> dict[str, Any] | None:
+    """The record of how the last offload run on ``root`` ended (None: none has run)."""
+    record = read_json(root / ".state" / LAST_NAME)
+    return record if isinstance(record, dict) and record.get("schema") == LAST_SCHEMA else None
+
+
 def last_offload_alerts(root: Path) -> list[str]:
     """What a person must read when the agent starts after an offload that failed (a
     scheduled one, run at night, above all): when, why, and the command. Empty once a later
     run succeeded. Stdlib only, cheap: one read."""
-    record = read_json(root / ".state" / LAST_NAME)
-    if not isinstance(record, dict) or record.get("schema") != LAST_SCHEMA or record.get("ok"):
+    record = last_offload(root)
+    if record is None or record.get("ok"):
         return []
     error = str(record.get("error")).rstrip(".")
     return [f"The last offload ({record.get('time')}) did not finish: {error}. Old days stay "

@@ -18,6 +18,7 @@ from agent_helpers import gray_png, make_config, other_filesystem, run_once
 from click.testing import CliRunner
 
 from edge import commit
+from edge.checks import run_checks
 from edge.cli import cli
 from edge.offload import LAST_NAME, before_keeping, last_offload_alerts
 from edge.outbox import Outbox
@@ -104,8 +105,17 @@ def test_a_dest_on_the_outboxs_disk_is_refused_and_the_agent_says_so(two_days, c
     assert "is on the outbox&#x27;s own disk" in page or "is on the outbox's own disk" in page
     assert "--keep-days 1" in page and "The last offload" in caplog.text
 
+    lines: list[str] = []
+    assert run_checks(config, lines.append) == []  # a warning, not a failed check
+    [line] = [line for line in lines if " offload: " in line]
+    assert line.startswith("WARNING offload: The last offload (") and "own disk" in line
+
     code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(mount_point))
     assert code == 0, out  # without --other-disk: it moves (and says it frees nothing)
+    lines.clear()
+    run_checks(config, lines.append)
+    [line] = [line for line in lines if " offload: " in line]
+    assert line.startswith("ok      offload: the last offload (") and "moved 2 day(s)" in line
     assert "frees no space" in out and _last(outbox)["ok"] is True
     run_once(config)
     assert "The last offload" not in (outbox / "index.html").read_text()
