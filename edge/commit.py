@@ -231,8 +231,7 @@ class GroupCommit:
                 barrier.add(dest.parent)  # (a reason record is written before the move)
                 barrier.add(claimed.parent)
                 return
-            if lexists(dest) and os.path.samestat(os.lstat(str(claimed)),
-                                                              os.lstat(str(dest))):
+            if lexists(dest) and os.path.samestat(os.lstat(str(claimed)), os.lstat(str(dest))):
                 os.unlink(str(claimed))  # the hard link was made, the unlink was not
                 barrier.add(claimed.parent)
                 return
