@@ -16,6 +16,7 @@ import errno
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,18 @@ def _run_until(folders, model: Path, classified: int) -> dict[str, int]:
     return result
 
 
+def _once(failing: str, failed: list[str]) -> Callable[[str], bool]:
+    """``once(name)``: True the first time it is asked for the step ``failing`` (which is
+    then noted in ``failed``), False ever after and for every other step."""
+    def once(name: str) -> bool:
+        if name != failing or failed:
+            return False
+        failed.append(name)
+        return True
+
+    return once
+
+
 def _records(outbox: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in (outbox / ".state" / "jobs").glob("*.json")]
 
@@ -77,12 +90,7 @@ def test_a_disk_error_in_the_claim_is_retried_not_a_crash(folders, test_model, m
     for i in range(4):
         gray_png(inbox / f"scan{i}.png", 30 + 40 * i)
     failed: list[str] = []
-
-    def once(name: str) -> bool:
-        if name != failing or failed:
-            return False
-        failed.append(name)
-        return True
+    once = _once(failing, failed)
 
     real_fsync, real_sync, real_save = claim.fsync_dir, FolderBarrier.sync, Outbox.save
 
@@ -237,12 +245,7 @@ def test_a_disk_error_in_the_commit_is_retried_not_a_traceback(folders, test_mod
         gray_png(inbox / f"scan{i}.png", 30 + 50 * i)
     (inbox / "copy.png").write_bytes((inbox / "scan0.png").read_bytes())
     failed: list[str] = []
-
-    def once(name: str) -> bool:
-        if name != failing or failed:
-            return False
-        failed.append(name)
-        return True
+    once = _once(failing, failed)
 
     real_sync, real_save, real_delete = FolderBarrier.sync, Outbox.save, Outbox.delete
     folder_of = {"reports fsync": lambda p: p.name == "reports",
