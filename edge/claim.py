@@ -114,7 +114,7 @@ class Claim:
         for job, path in pending:
             try:
                 self._take_one(job, path, moved)
-            except HeldInInbox as exc:
+            except UnfinishedClaim as exc:  # held in the inbox, or copied and held as well
                 refused.append((path, exc))  # its record stays: the caller retries the job
                 continue
             except OSError as exc:
@@ -177,7 +177,10 @@ class Claim:
                 raise HeldInInbox(job, exc) from stuck
             raise
         failpoints.hit("after_copy")
-        os.unlink(str(held))
+        try:
+            os.unlink(str(held))
+        except OSError as exc:  # copied durably: forgetting the job now would take it twice
+            raise UnfinishedClaim(job, exc) from None  # (the copy and the hidden file)
 
     def _give_back(self, held: Path, src: Path) -> None:
         """``_give_back``, and a log line when a new file had taken the name (by inode: the
@@ -218,16 +221,18 @@ class Claim:
             return False
         if held is not None and lexists(held):
             # copied, then crashed before unlinking: unlink it if the copy is the same bytes,
-            # else (changed after the copy) give it back to be taken again
+            # else (changed after the copy) give it back to be taken again. A failure here
+            # is raised and the job retried: the input must not stay twice (hidden and
+            # copied), or a later start would take it again.
             if _same_file(held, dst):
-                _unlink_quietly(held)
+                _unlink_durably(held)
             else:
                 self._give_back(held, src)
         elif job.cross_filesystem and lexists(src) and not os.path.islink(str(src)):
             # a record from before the hidden name: copied straight from the inbox name,
             # then crashed before unlinking it
             if _same_file(src, dst):
-                _unlink_quietly(src)
+                _unlink_durably(src)
         job.is_symlink = os.path.islink(str(dst))
         job.stage = Stage.CLAIMED
         self.outbox.save(job)
@@ -244,14 +249,14 @@ def _forget_quietly(outbox: Outbox, job: Job) -> None:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if os.path.islink(str(a)) or os.path.islink(str(b)):
-            return os.path.islink(str(a)) and os.path.islink(str(b)) and (
-                os.readlink(str(a)) == os.readlink(str(b)))
-        return os.path.getsize(str(a)) == os.path.getsize(str(b)) and sha256_file(
-            a) == sha256_file(b)
-    except OSError:
-        return False
+    """Whether ``a`` and ``b`` hold the same bytes (or name the same link target). An error
+    reading either is raised: "cannot tell" must not read as "changed" (the input would be
+    given back and its copy kept as well)."""
+    if stat.S_ISLNK(os.lstat(str(a)).st_mode) or stat.S_ISLNK(os.lstat(str(b)).st_mode):
+        return os.path.islink(str(a)) and os.path.islink(str(b)) and (
+            os.readlink(str(a)) == os.readlink(str(b)))
+    return os.lstat(str(a)).st_size == os.lstat(str(b)).st_size and sha256_file(
+        a) == sha256_file(b)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -260,6 +265,11 @@ def _unlink_quietly(path: Path) -> None:
         fsync_dir(path.parent)
     except OSError:
         pass
+
+
+def _unlink_durably(path: Path) -> None:
+    os.unlink(str(path))
+    fsync_dir(path.parent)
 
 
 def _copy_unchanged(src: Path, dst: Path) -> None:
@@ -287,7 +297,15 @@ def _copy_unchanged(src: Path, dst: Path) -> None:
 
 def _give_back(held: Path, src: Path) -> Path:
     """Put a hidden inbox file back under its name, or a free one beside it if that name was
-    taken meanwhile (never over a file): the inbox scan then finds it again. Returns where."""
+    taken meanwhile (never over a file): the inbox scan then finds it again. Returns where.
+    A give-back whose unlink of the hidden name fails (a disk error) takes its link back
+    again, so the file is never under two names the inbox scan could both take; if that
+    fails too, the retry finds the name holding this very file and only unlinks the hidden
+    one."""
+    if lexists(src) and os.path.samestat(os.lstat(str(src)), os.lstat(str(held))):
+        os.unlink(str(held))
+        fsync_dir(src.parent)
+        return src
     target = free_name(src.parent, src.name, "earlier")
     try:
         os.link(str(held), str(target), follow_symlinks=False)  # fails rather than replace
@@ -296,6 +314,10 @@ def _give_back(held: Path, src: Path) -> Path:
     except OSError:  # no hard links here (FAT, some shares): check, then rename
         os.rename(str(held), str(target))
     else:
-        os.unlink(str(held))
+        try:
+            os.unlink(str(held))
+        except OSError:  # under two names, the inbox scan could take it while the retry
+            _unlink_quietly(target)  # gives it back again: it stays hidden until then
+            raise
     fsync_dir(src.parent)
     return target

@@ -68,6 +68,7 @@ from .durable import (
     atomic_file,
     fsync_dir,
     read_json,
+    read_json_if_there,
     remove_stale_temp_files,
     unwritable_reason,
     write_json_atomic,
@@ -308,7 +309,10 @@ class _Offload:
         # a day an input journaled by the agent is archived in stays (its line is still to
         # come: moved now, the line would name a file gone to DEST, on no page there), and
         # so does the report that line will name (a duplicate's: an earlier day's report)
-        records = [r for r in map(read_json, self.box.jobs.glob("*.json")) if isinstance(r, dict)]
+        # read strictly: a record the disk failed to give must stop the run (OutputError),
+        # not let its day move
+        records = [r for r in map(read_json_if_there, self.box.jobs.glob("*.json"))
+                   if isinstance(r, dict)]
         self.journaled = {str(r["day"]) for r in records if r.get("day")}
         self.planner.journaled = journaled_reports(records)
         self._refuse_unindexed(before, pending)

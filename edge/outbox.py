@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from .durable import (
-    read_json,
     read_json_if_there,
     remove_stale_temp_files,
     stale_temp_files,
@@ -248,10 +247,14 @@ class Outbox:
 
     def pending_jobs(self) -> list[Job]:
         """The journal's records. One that cannot be read as a job (damaged, edited by hand)
-        is moved aside to ``.state/damaged/``; its claimed input, if any, is then adopted."""
+        is moved aside to ``.state/damaged/``; its claimed input, if any, is then adopted.
+        An error reading one (EIO) is raised: a record the disk failed to give is not a
+        damaged one (set aside, its archived input would never get its index line)."""
         jobs = []
         for path in sorted(self.jobs.glob("*.json")):
-            data = read_json(path)
+            data = read_json_if_there(path)
+            if data is None and not path.exists():
+                continue  # finished and removed meanwhile
             try:
                 jobs.append(Job.from_dict(data))  # type: ignore[arg-type]
             except (TypeError, ValueError, AttributeError):
