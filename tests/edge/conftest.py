@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,15 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     return {"inbox": inbox, "outbox": tmp_path / "outbox", "root": tmp_path}
 
 
+
+
+@pytest.fixture(scope="module")
+def loaded_classifier(test_model: TestModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The test model loaded once for a module's many agent runs (the disk-fault sweeps:
+    loading it is most of a run's cost)."""
+    from agent_helpers import make_config
+
+    from edge.classifier import Classifier
+
+    folders = {"inbox": tmp_path_factory.mktemp("inbox"), "outbox": Path("/nonexistent")}
+    return Classifier(make_config(folders, test_model.path))

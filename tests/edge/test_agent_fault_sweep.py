@@ -96,11 +96,12 @@ class Plan:
 
 
 class Disk:
-    """The OS calls of the ``edge`` package under ``root``, counted by site, failing as the
-    ``plan`` says. Calls from elsewhere (pytest, watchdog, the test itself) pass through."""
+    """The OS calls of the ``edge`` package under ``roots`` (the test's folder; an inbox on
+    another filesystem), counted by site, failing as the ``plan`` says. Calls from
+    elsewhere (pytest, watchdog, the test itself) pass through."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = str(root.resolve()) + os.sep
+    def __init__(self, *roots: Path) -> None:
+        self.roots = tuple(str(root.resolve()) + os.sep for root in roots)
         self.calls: collections.Counter[Site] = collections.Counter()
         self.plan: Plan | None = None
         self.counting = True
@@ -150,7 +151,7 @@ class Disk:
                     arg = os.readlink(f"/proc/self/fd/{arg}")
                 except OSError:
                     continue
-            if isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith(self.root):
+            if isinstance(arg, (str, os.PathLike)) and os.fspath(arg).startswith(self.roots):
                 return True
         return False
 
@@ -378,6 +379,7 @@ class Runner:
     classifier: Any
     setup: Setup = field(default=lambda folders: fill_inbox(folders["inbox"]))
     live: bool = True  # the running agent; else ``--once``
+    to_finish: int | None = None  # inputs a running agent must finish (None: all of them)
 
     def census(self, root: Path) -> list[Site]:
         """Every site a healthy run calls, in a stable order."""
@@ -386,7 +388,7 @@ class Runner:
         self.disk.calls.clear()
         self.disk.counting = True
         try:
-            self._run(folders, INPUTS)
+            self._run(folders, INPUTS if self.to_finish is None else self.to_finish)
         finally:
             self.disk.counting = False
         return sorted(self.disk.calls, key=lambda s: (s.line, s.asked_by, s.call))
@@ -398,7 +400,8 @@ class Runner:
         with trouble.watching():
             self.disk.plan = plan
             try:
-                wrong += self._run(folders, len(inputs))
+                wrong += self._run(folders, len(inputs) if self.to_finish is None
+                                   else self.to_finish)
             finally:
                 self.disk.plan = None
             if not plan.failed:
@@ -414,15 +417,6 @@ class Runner:
         return run_once(folders, self.model, self.classifier)
 
 
-@pytest.fixture(scope="module")
-def classifier(test_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One loaded model for every run of the sweep (loading it is most of a run's cost)."""
-    from edge.classifier import Classifier
-
-    folders = {"inbox": tmp_path_factory.mktemp("inbox"), "outbox": Path("/nonexistent")}
-    return Classifier(make_config(folders, test_model.path))
-
-
 SAMPLE = int(os.environ.get("NEUROEDGE_SWEEP_EVERY", "1"))  # every n-th site, to go faster
 
 
@@ -430,14 +424,14 @@ SAMPLE = int(os.environ.get("NEUROEDGE_SWEEP_EVERY", "1"))  # every n-th site, t
 @pytest.mark.parametrize("live", [True, False], ids=["running", "once"])
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
                          ids=["EIO-once", "ENOSPC-0.5s"])
-def test_one_failing_disk_call_loses_nothing(tmp_path, test_model, classifier, monkeypatch,
-                                            error, lasting, live):
+def test_one_failing_disk_call_loses_nothing(tmp_path, test_model, loaded_classifier,
+                                            monkeypatch, error, lasting, live):
     """Each site of a healthy run fails in turn: once with EIO, or with ENOSPC for half a
     second from its first call; in a running agent, or in ``--once``. Then a restart on a
     healthy disk. Nothing may be lost, doubled, left unfinished or logged as a traceback."""
     disk = Disk(tmp_path)
     disk.install(monkeypatch)
-    runner = Runner(disk, test_model.path, classifier, live=live)
+    runner = Runner(disk, test_model.path, loaded_classifier, live=live)
     sites = runner.census(tmp_path / "census")
     found = []
     for i, site in enumerate(sites[::SAMPLE]):
@@ -465,7 +459,7 @@ def one_case(tmp_path: Path, model: Path, classifier: Any, monkeypatch: pytest.M
 
 
 def test_f1_an_lstat_error_in_the_move_is_not_taken_for_moved_already(
-        tmp_path, test_model, classifier, monkeypatch):
+        tmp_path, test_model, loaded_classifier, monkeypatch):
     """``GroupCommit.move`` asked ``os.path.lexists(claimed)``, which answers False on any
     error: one EIO and the input counted as moved. Its index line named an archive file that
     was not there, its record was deleted, and the input stayed in ``.state/claimed`` until
@@ -473,17 +467,17 @@ def test_f1_an_lstat_error_in_the_move_is_not_taken_for_moved_already(
     one): fsck found an archived input with no line. ``durable.lexists`` raises it now."""
     plan = Plan(lambda site: site.call == "lstat" and site.function == "lexists"
                 and site.asked_by.startswith("edge/commit.py:"))  # the move's first question
-    assert one_case(tmp_path, test_model.path, classifier, monkeypatch, plan) == []
+    assert one_case(tmp_path, test_model.path, loaded_classifier, monkeypatch, plan) == []
 
 
 def test_f2_a_read_error_while_decoding_is_retried_not_a_quarantine(
-        tmp_path, test_model, classifier, monkeypatch):
+        tmp_path, test_model, loaded_classifier, monkeypatch):
     """Reading the claimed input for decoding fails once with EIO. The decoders took every
     exception for a damaged file, and the good input was quarantined as undecodable instead
     of retried; now a read that failed for a reason of the machine is raised
     (``decoded.raise_if_passing``) and the input is retried."""
     plan = Plan(at("open", "decode_picture"))
-    assert one_case(tmp_path, test_model.path, classifier, monkeypatch, plan) == []
+    assert one_case(tmp_path, test_model.path, loaded_classifier, monkeypatch, plan) == []
 
 
 @pytest.mark.parametrize("call,function", [
@@ -494,18 +488,18 @@ def test_f2_a_read_error_while_decoding_is_retried_not_a_quarantine(
     ("mkdir", "StudyTracker.open"),
 ])
 def test_f3_a_disk_error_while_starting_is_a_clean_temporary_failure(
-        tmp_path, test_model, classifier, monkeypatch, call, function):
+        tmp_path, test_model, loaded_classifier, monkeypatch, call, function):
     """A start whose outbox answers EIO once must say so in one line and exit 75 (systemd
     starts it again), not end in a traceback (exit 1) or as a configuration error (78, not
     restarted: the agent stays down while the inbox fills)."""
     plan = Plan(at(call, function))
-    assert one_case(tmp_path, test_model.path, classifier, monkeypatch, plan) == []
+    assert one_case(tmp_path, test_model.path, loaded_classifier, monkeypatch, plan) == []
 
 
 def test_f4_a_read_error_in_the_study_tracker_is_one_line_not_a_traceback(
-        tmp_path, test_model, classifier, monkeypatch):
+        tmp_path, test_model, loaded_classifier, monkeypatch):
     """Reading a day's index for the study tracker fails once: ``StudyTracker._run`` caught
     it with ``log.exception``, a traceback in the journal for a passing error; now one
     line, and tried again."""
     plan = Plan(at("open", "StudyTracker.poll"))
-    assert one_case(tmp_path, test_model.path, classifier, monkeypatch, plan) == []
+    assert one_case(tmp_path, test_model.path, loaded_classifier, monkeypatch, plan) == []

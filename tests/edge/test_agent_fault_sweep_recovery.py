@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import test_agent_fault_sweep
 from agent_helpers import fast_config, other_filesystem, run_agent
 from test_agent_fault_sweep import (
     INPUTS,
@@ -72,24 +71,7 @@ pytestmark = pytest.mark.slow
 
 CRASH_LIMIT = 60.0  # seconds: a bound on one crashed run, not a timing
 
-# The sweep's fixture (one loaded model for all the runs of this module), registered here
-# under the name it is bound to; an import would be shadowed by every argument naming it.
-loaded_model = test_agent_fault_sweep.classifier
-
-
-# --- two folders, one disk ------------------------------------------------------------------
-
-class TwoDisks(Disk):
-    """The sweep's ``Disk`` over two folders: the test's, and the inbox on another
-    filesystem (``Disk`` answers for one root only)."""
-
-    def __init__(self, root: Path, other: Path) -> None:
-        super().__init__(root)
-        self.other = Disk(other)  # asked only whether a call is under ``other``
-
-    def _ours(self, args: tuple[Any, ...]) -> bool:
-        return super()._ours(args) or self.other._ours(args)
-
+# --- the other filesystem ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def shm() -> Iterator[Path]:
@@ -109,14 +91,14 @@ def elsewhere(shm: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def disk(tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch) -> TwoDisks:
-    made = TwoDisks(tmp_path, elsewhere)
+def disk(tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch) -> Disk:
+    made = Disk(tmp_path, elsewhere)
     made.install(monkeypatch)
     return made
 
 
 @pytest.fixture
-def start_up_census(disk: TwoDisks, monkeypatch: pytest.MonkeyPatch) -> None:
+def start_up_census(disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
     """A census (``Runner.census``) counts the sites of ``Agent._start`` only: the
     journal's replay, the index repair, the backlog scan, giving back hidden inputs. Not
     those of making the agent and taking the lock (the same on any outbox: the sweep's),
@@ -234,32 +216,23 @@ def healthy_start(template: Template, root: Path, shm: Path, model: Path,
 
 
 @pytest.fixture(scope="module")
-def templates(test_model: Any, loaded_model: Any, shm: Path,
+def templates(test_model: Any, loaded_classifier: Any, shm: Path,
               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Template]:
     made = {}
     for name in CRASHES:
         folder = tmp_path_factory.mktemp(f"template-{name}")
         crashed = crash_template(folder, test_model.path, shm, name)
         made[name] = healthy_start(crashed, folder / f"healthy-{name}", shm, test_model.path,
-                                   loaded_model)
+                                   loaded_classifier)
     return made
 
 
-@dataclass
-class RecoveryRunner(Runner):
-    """The sweep's ``Runner`` on a copy of a crash template: a running agent is done once
-    the inputs the crash left unfinished are (``Runner`` waits for all of them)."""
-
-    to_finish: int = INPUTS
-
-    def _run(self, folders: dict[str, Path], inputs: int) -> list[str]:
-        return super()._run(folders, self.to_finish)
-
-
 def runner_for(template: Template, disk: Disk, shm: Path, model: Path, classifier: Any,
-               live: bool) -> RecoveryRunner:
-    return RecoveryRunner(disk, model, classifier, lambda f: template.copy(f, shm), live,
-                          template.to_finish)
+               live: bool) -> Runner:
+    """The sweep's ``Runner`` on copies of a crash template: a running agent is done once
+    the inputs the crash left unfinished are."""
+    return Runner(disk, model, classifier, lambda f: template.copy(f, shm), live,
+                  template.to_finish)
 
 
 def recovery_cases(templates: dict[str, Template], disk: Disk, shm: Path, root: Path,
@@ -322,16 +295,16 @@ RECOVERY_STRIDE = 2
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
                          ids=["EIO-once", "ENOSPC-0.5s"])
 def test_one_failing_disk_call_while_recovering_loses_nothing(
-        tmp_path, test_model, loaded_model, templates, disk, start_up_census, elsewhere, error,
+        tmp_path, test_model, loaded_classifier, templates, disk, start_up_census, elsewhere, error,
         lasting, live):
     """Each site of a recovering start-up fails in turn (EIO once, ENOSPC for 0.5 s), in a
     running agent (even sites) or ``--once`` (odd ones); then a restart on a healthy disk.
     The books must balance."""
     # the census in ``--once`` for both, so that the two halves are the same list's
-    cases = recovery_cases(templates, disk, elsewhere, tmp_path, test_model.path, loaded_model,
+    cases = recovery_cases(templates, disk, elsewhere, tmp_path, test_model.path, loaded_classifier,
                            live=False)
     mine = cases[(0 if live else 1)::RECOVERY_STRIDE][::SAMPLE]
-    found = sweep(mine, templates, disk, elsewhere, tmp_path, test_model.path, loaded_model,
+    found = sweep(mine, templates, disk, elsewhere, tmp_path, test_model.path, loaded_classifier,
                   live, lambda site: Plan(site.__eq__, error, lasting=lasting))
     by_template = collections.Counter(name for name, _ in cases)
     print(f"{len(cases)} recovery sites (by first template: {dict(by_template)}), "
@@ -365,11 +338,11 @@ def across_cases(disk: Disk, elsewhere: Path, root: Path, model: Path, classifie
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
                          ids=["EIO-once", "ENOSPC-0.5s"])
 def test_one_failing_disk_call_in_a_claim_across_filesystems_loses_nothing(
-        tmp_path, test_model, loaded_model, disk, elsewhere, error, lasting, live):
+        tmp_path, test_model, loaded_classifier, disk, elsewhere, error, lasting, live):
     """The inbox on another filesystem (hidden name, copy, unlink): each site the sweep
     does not reach fails in turn, then a restart on a healthy disk."""
-    sites = across_cases(disk, elsewhere, tmp_path, test_model.path, loaded_model, live)
-    runner = Runner(disk, test_model.path, loaded_model, across_filesystems(elsewhere), live)
+    sites = across_cases(disk, elsewhere, tmp_path, test_model.path, loaded_classifier, live)
+    runner = Runner(disk, test_model.path, loaded_classifier, across_filesystems(elsewhere), live)
     found = []
     for i, site in enumerate(sites[::SAMPLE]):
         wrong = runner.case(tmp_path / f"case{i}", Plan(site.__eq__, error, lasting=lasting))
@@ -387,20 +360,21 @@ SEEDS = range(6)
 
 
 def test_a_recovery_site_failing_for_two_seconds_loses_nothing(
-        tmp_path, test_model, loaded_model, templates, disk, start_up_census, elsewhere):
+        tmp_path, test_model, loaded_classifier, templates, disk, start_up_census, elsewhere):
     """A site of the recovering start-up fails with ENOSPC for 2 s in a running agent: the
     retries of the job it failed (every 0.05 s) fail at the same site too, so a fault meets
     a job already failed once. Every ``LONG_STRIDE``-th site, in the sweep's order."""
-    cases = recovery_cases(templates, disk, elsewhere, tmp_path, test_model.path, loaded_model,
+    cases = recovery_cases(templates, disk, elsewhere, tmp_path, test_model.path, loaded_classifier,
                            live=True)
     found = sweep(cases[::LONG_STRIDE], templates, disk, elsewhere, tmp_path, test_model.path,
-                  loaded_model, True, lambda site: Plan(site.__eq__, errno.ENOSPC, lasting=2.0))
+                  loaded_classifier, True,
+                  lambda site: Plan(site.__eq__, errno.ENOSPC, lasting=2.0))
     assert not found, f"{len(found)} site(s):\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_every_disk_call_failing_for_a_moment_loses_nothing(
-        tmp_path, test_model, loaded_model, templates, disk, elsewhere, seed):
+        tmp_path, test_model, loaded_classifier, templates, disk, elsewhere, seed):
     """A disk that stops answering for 0.3 s at a moment the seed draws (every call fails
     with EIO, wherever it comes from, from the n-th on), on a crash template or on a fresh
     inbox across filesystems, in a running agent or ``--once``; then a healthy restart."""
@@ -409,10 +383,10 @@ def test_every_disk_call_failing_for_a_moment_loses_nothing(
     choices = [*templates, "across"]
     name = choices[rng.randrange(len(choices))]
     if name == "across":
-        runner: Runner = Runner(disk, test_model.path, loaded_model,
+        runner: Runner = Runner(disk, test_model.path, loaded_classifier,
                                 across_filesystems(elsewhere), live)
     else:
-        runner = runner_for(templates[name], disk, elsewhere, test_model.path, loaded_model,
+        runner = runner_for(templates[name], disk, elsewhere, test_model.path, loaded_classifier,
                             live)
     runner.census(tmp_path / "census")  # every call of a healthy run, counted
     calls = sum(disk.calls.values())
@@ -436,7 +410,7 @@ def recovery_case(tmp_path: Path, template: Template, disk: Disk, elsewhere: Pat
 
 
 def test_r1_a_journal_record_that_cannot_be_read_is_not_set_aside_as_damaged(
-        tmp_path, test_model, loaded_model, templates, disk, elsewhere):
+        tmp_path, test_model, loaded_classifier, templates, disk, elsewhere):
     """Reading the journal at start-up fails with EIO for half a second. ``pending_jobs``
     took every record it could not read for a damaged one and moved it to
     ``.state/damaged``: an input already archived (its record said "decided") was left with
@@ -444,12 +418,12 @@ def test_r1_a_journal_record_that_cannot_be_read_is_not_set_aside_as_damaged(
     ``recovered-<token>``). Now a read error fails the start (exit 75, started again)."""
     plan = Plan(FINDINGS["test_r1"], errno.EIO, lasting=0.5)
     wrong = recovery_case(tmp_path, templates["decided"], disk, elsewhere, test_model.path,
-                         loaded_model, plan)
+                         loaded_classifier, plan)
     assert not wrong, "\n".join(wrong)
 
 
 def test_r2_a_hidden_input_given_back_twice_is_not_doubled(
-        tmp_path, test_model, loaded_model, templates, disk, elsewhere):
+        tmp_path, test_model, loaded_classifier, templates, disk, elsewhere):
     """A crash left an input hidden (``.neuroedge-held-<token>``, not copied); recovery gives
     it back: a hard link to its name, then the unlink of the hidden name, which fails once.
     The job was retried and gave it back again: its name was taken (by itself), so a second
@@ -457,36 +431,36 @@ def test_r2_a_hidden_input_given_back_twice_is_not_doubled(
     the name is the same file (same inode) and only unlinks the hidden name."""
     plan = Plan(FINDINGS["test_r2"])
     wrong = recovery_case(tmp_path, templates["hidden"], disk, elsewhere, test_model.path,
-                         loaded_model, plan)
+                         loaded_classifier, plan)
     assert not wrong, "\n".join(wrong)
 
 
 def test_r3_a_copy_that_cannot_be_compared_is_not_given_back_as_well(
-        tmp_path, test_model, loaded_model, templates, disk, elsewhere):
+        tmp_path, test_model, loaded_classifier, templates, disk, elsewhere):
     """A crash after a claim across filesystems copied an input: recovery compares the
     hidden input with its copy. One ``stat`` failed, ``_same_file`` said "changed", the
     hidden input was given back to be taken again, and the copy went on too: the input was
     archived twice. Now a comparison that failed fails the job (retried), not decides."""
     plan = Plan(FINDINGS["test_r3"])
     wrong = recovery_case(tmp_path, templates["copied"], disk, elsewhere, test_model.path,
-                         loaded_model, plan)
+                         loaded_classifier, plan)
     assert not wrong, "\n".join(wrong)
 
 
 def test_r4_a_hidden_input_that_could_not_be_unlinked_after_its_copy_is_not_doubled(
-        tmp_path, test_model, loaded_model, templates, disk, elsewhere):
+        tmp_path, test_model, loaded_classifier, templates, disk, elsewhere):
     """Recovery finds a copied input still under its hidden name and unlinks it; the unlink
     failed once and was ignored. The job finished, its record went, and the next start
     found a hidden input without a record and gave it back as ``recovered-<token>``: the
     input was archived twice. Now the unlink (and its folder's fsync) fails the job."""
     plan = Plan(FINDINGS["test_r4"])
     wrong = recovery_case(tmp_path, templates["copied"], disk, elsewhere, test_model.path,
-                         loaded_model, plan)
+                         loaded_classifier, plan)
     assert not wrong, "\n".join(wrong)
 
 
 def test_r5_a_hidden_input_that_could_not_be_unlinked_in_the_claim_is_not_doubled(
-        tmp_path, test_model, loaded_model, disk, elsewhere):
+        tmp_path, test_model, loaded_classifier, disk, elsewhere):
     """A claim across filesystems copies an input durably, then the unlink of its hidden
     name fails once. ``take`` forgot the job (deleted its record) as if nothing had been
     moved; but the copy was in ``.state/claimed`` (adopted as ``recovered-<token>`` at the
@@ -495,7 +469,7 @@ def test_r5_a_hidden_input_that_could_not_be_unlinked_in_the_claim_is_not_double
     and a running agent never finished them. Now the job is kept (an ``UnfinishedClaim``,
     as when the claim's folders cannot be fsynced) and ``Claim.resume`` finishes it."""
     plan = Plan(FINDINGS["test_r5"])
-    runner = Runner(disk, test_model.path, loaded_model, across_filesystems(elsewhere),
+    runner = Runner(disk, test_model.path, loaded_classifier, across_filesystems(elsewhere),
                     live=False)
     wrong = runner.case(tmp_path / "case", plan)
     assert plan.failed, "the planned failure was never reached"
