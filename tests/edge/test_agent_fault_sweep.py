@@ -420,6 +420,17 @@ class Runner:
 SAMPLE = int(os.environ.get("NEUROEDGE_SWEEP_EVERY", "1"))  # every n-th site, to go faster
 
 
+def fail_each(runner: Runner, sites: list[Site], root: Path, error: int,
+              lasting: float) -> list[str]:
+    """Each site (every ``SAMPLE``-th) fails in its own case; what went wrong, by site."""
+    found = []
+    for i, site in enumerate(sites[::SAMPLE]):
+        wrong = runner.case(root / f"case{i}", Plan(site.__eq__, error, lasting=lasting))
+        if wrong:
+            found.append(f"{site}:\n    " + "\n    ".join(wrong))
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("live", [True, False], ids=["running", "once"])
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
@@ -433,11 +444,7 @@ def test_one_failing_disk_call_loses_nothing(tmp_path, test_model, loaded_classi
     disk.install(monkeypatch)
     runner = Runner(disk, test_model.path, loaded_classifier, live=live)
     sites = runner.census(tmp_path / "census")
-    found = []
-    for i, site in enumerate(sites[::SAMPLE]):
-        wrong = runner.case(tmp_path / f"case{i}", Plan(site.__eq__, error, lasting=lasting))
-        if wrong:
-            found.append(f"{site}:\n    " + "\n    ".join(wrong))
+    found = fail_each(runner, sites, tmp_path, error, lasting)
     print(f"{len(sites)} sites")
     assert not found, f"{len(found)} site(s):\n" + "\n".join(found)
 

@@ -62,6 +62,7 @@ from test_agent_fault_sweep import (
     Site,
     agent,
     books,
+    fail_each,
     fill_inbox,
     finished,
     new_folders,
@@ -343,11 +344,7 @@ def test_one_failing_disk_call_in_a_claim_across_filesystems_loses_nothing(
     does not reach fails in turn, then a restart on a healthy disk."""
     sites = across_cases(disk, elsewhere, tmp_path, test_model.path, loaded_classifier, live)
     runner = Runner(disk, test_model.path, loaded_classifier, across_filesystems(elsewhere), live)
-    found = []
-    for i, site in enumerate(sites[::SAMPLE]):
-        wrong = runner.case(tmp_path / f"case{i}", Plan(site.__eq__, error, lasting=lasting))
-        if wrong:
-            found.append(f"{site}:\n    " + "\n    ".join(wrong))
+    found = fail_each(runner, sites, tmp_path, error, lasting)
     print(f"{len(sites)} sites across filesystems")
     assert sites, "the inbox was not on another filesystem: no copy was made"
     assert not found, f"{len(found)} site(s):\n" + "\n".join(found)
