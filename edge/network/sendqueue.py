@@ -169,6 +169,9 @@ class SendQueue:
         self._records: dict[str, tuple[tuple[int, int, int], Outgoing]] = {}
         self._sent_keys: set[str] = set()
         self._sent_read = 0
+        # SRs the PACS accepted whose line in sent.jsonl could not be written (a disk
+        # error): never sent again; the line is written at the next look (``items``)
+        self._unrecorded: dict[str, str] = {}
 
     def open(self) -> None:
         """Create the folder, and drop what a crash left half-written."""
@@ -201,8 +204,26 @@ class SendQueue:
                         continue
                     cached = (signature, item)
                     self._records[entry.name] = cached
-                out.append(replace(cached[1]))
+                if not self._settle_sent(cached[1]):
+                    out.append(replace(cached[1]))
         return sorted(out, key=lambda item: (item.created_at, item.key))
+
+    def _settle_sent(self, item: Outgoing) -> bool:
+        """True if the PACS has ``item`` already, so it is not waiting: its line is in
+        ``sent.jsonl`` (the removal of its record failed), or it was delivered and writing
+        that line failed (written now if it can be). Its record is removed when it can be.
+        Unsure (``sent.jsonl`` unreadable): True, it waits for the next look unsent."""
+        line = self._unrecorded.get(item.key)
+        try:
+            if line is not None:
+                append_lines_durable(self.sent_log, [line])
+                del self._unrecorded[item.key]
+            elif not self.was_sent(item.key):
+                return False
+            self._remove(item)
+        except OSError:
+            pass  # tried again at the next look; meanwhile it is not sent
+        return True
 
     def state(self) -> QueueState:
         """What the queue holds now (from the cached records: cheap to ask often)."""
@@ -328,13 +349,26 @@ class SendQueue:
                                   durable=False)
 
     def delivered(self, item: Outgoing, peer: Peer) -> None:
-        """The PACS accepted it: note that durably, then forget the item."""
+        """The PACS accepted it: note that durably, then forget the item. A disk error
+        does not send it again: a line that cannot be written is kept in memory and written
+        at the next look, a record that cannot be removed is removed then (``_settle_sent``);
+        only a restart before the line is written could send it twice."""
         with self._lock:
             line = json.dumps({"key": item.key, "study": item.study,
                                "sop_instance_uid": item.sop_instance_uid, "to": str(peer),
                                "sent_at": now_iso(), "attempts": item.attempts + 1})
-            append_lines_durable(self.sent_log, [line])
-            self._remove(item)
+            try:
+                append_lines_durable(self.sent_log, [line])
+            except OSError as exc:
+                self._unrecorded[item.key] = line
+                log.error("the PACS took the SR of study %s, but noting that in %s failed "
+                          "(%s); it is not sent again, and the note is written as soon as it "
+                          "can be", item.study, self.sent_log, exc.strerror or exc)
+                return
+            try:
+                self._remove(item)
+            except OSError:
+                pass  # its line is written: never sent again; removed at the next look
 
     def _remove(self, item: Outgoing) -> None:
         for suffix in (".json", ".dcm"):

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from ..dicom import uid_hash
-from ..durable import fsync_dir, read_json, write_bytes_atomic, write_json_atomic
+from ..durable import (
+    fsync_dir,
+    read_json,
+    read_json_if_there,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from ..report import now_iso, study_of, valid_uid
 from ..worker import describe_error
 from .settings import StudiesConfig
@@ -253,10 +259,12 @@ class StudyTracker:
             self.judge(uid)
             self._failures.pop(uid, None)
             return True
-        except OSError as exc:
-            log.error("could not write %s of study %s (%s); retrying later",
+        except OSError as exc:  # a disk error: the study stays pending, judged again later
+            log.error("could not read or write %s of study %s (%s); retrying later",
                       self._what_failed(exc), uid_hash(uid), exc.strerror or exc)
-            self._pending[uid]["changed_at"] = time.time()
+            pending = self._pending.get(uid)
+            if pending is not None:
+                pending["changed_at"] = time.time()
             return False
         except Exception:  # noqa: BLE001 - a defect: log it, park this study, go on
             failures = self._failures.get(uid, (0, 0.0))[0] + 1
@@ -271,12 +279,16 @@ class StudyTracker:
         name = Path(str(exc.filename)) if exc.filename else None
         if name is not None and (self.outbox / ".state" / "outgoing") in name.parents:
             return f"the SR queue ({self.outbox / '.state' / 'outgoing'})"
+        if name is not None and name.parent == self.outbox / "reports":
+            return f"a slice's report ({name.parent})"
         return f"the report ({self.folder})"
 
     def judge(self, uid: str) -> dict[str, Any] | None:
         """Judge a pending study from all its instances; write its report; forget it."""
         pending = self._pending[uid]
-        previous = read_json(self.folder / f"{uid}.json")
+        # read strictly: a report the disk failed to give is not a missing one (the study
+        # would be judged without it and forgotten); the error retries the judgment
+        previous = read_json_if_there(self.folder / f"{uid}.json")
         members: dict[str, str | None] = {}
         offloaded: dict[str, dict[str, Any]] = {}  # report id -> its entry, marked moved
         if isinstance(previous, dict):
@@ -291,7 +303,7 @@ class StudyTracker:
         models: dict[str, dict[str, Any]] = {}
         study_date = None
         for report_id, archived in sorted(members.items()):
-            report = read_json(self.outbox / "reports" / f"{report_id}.json")
+            report = read_json_if_there(self.outbox / "reports" / f"{report_id}.json")
             moved = None
             if not isinstance(report, dict) or study_of(report) != uid:
                 # offloaded (edge.network.study_offload): the previous report kept the slice
@@ -349,11 +361,13 @@ class StudyTracker:
         return doc
 
     def _forget(self, uid: str) -> None:
-        self._pending.pop(uid, None)
+        """Stop tracking a judged study: its state file first, so that a failure to remove
+        it leaves the study pending (judged again, to the same report), not half forgotten."""
         try:
             os.unlink(str(self.state / f"{uid}.json"))
         except FileNotFoundError:
             pass
+        self._pending.pop(uid, None)
 
     def _document(self, uid: str, slices: list[Slice], revision: int, digest: str,
                   study_date: str | None, models: dict[str, dict[str, Any]],
