@@ -313,7 +313,6 @@ def books(inputs: dict[str, str], folders: dict[str, Path]) -> list[str]:
     """What is wrong with the outbox once everything should be finished: every input in
     exactly one place with exactly one index line, its report or reason record beside it,
     nothing journaled or left half-written, and ``fsck`` content."""
-    from edge.fsck import check_outbox
     from edge.manifest import sha256_file
 
     inbox, outbox = folders["inbox"], folders["outbox"]
@@ -346,6 +345,15 @@ def books(inputs: dict[str, str], folders: dict[str, Path]) -> list[str]:
     named = {e["id"] for e in lines if e["outcome"] == "classified"}
     if {r.stem for r in reports} != named:
         wrong.append(f"{len(reports)} reports for {len(named)} classified lines")
+    return wrong + at_rest(folders)
+
+
+def at_rest(folders: dict[str, Path]) -> list[str]:
+    """What is wrong with an outbox that should be at rest: anything journaled, a temporary
+    file left, what ``fsck --deep`` finds."""
+    from edge.fsck import check_outbox
+
+    outbox, wrong = folders["outbox"], []
     journal = os.listdir(outbox / ".state" / "jobs") + os.listdir(outbox / ".state" / "claimed")
     if journal:
         wrong.append(f"still journaled: {journal}")
@@ -353,9 +361,8 @@ def books(inputs: dict[str, str], folders: dict[str, Path]) -> list[str]:
     if leftovers:
         wrong.append(f"temporary files left: {leftovers}")
     found = check_outbox(outbox, repair=False, deep=True)
-    wrong += [f"fsck {f.kind}: {f.where}: {f.what}" for f in found.findings
-              if f.kind in ("problem", "pending")]
-    return wrong
+    return wrong + [f"fsck {f.kind}: {f.where}: {f.what}" for f in found.findings
+                    if f.kind in ("problem", "pending")]
 
 
 # --- the sweep -----------------------------------------------------------------------------

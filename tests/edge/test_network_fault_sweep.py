@@ -35,7 +35,6 @@ import collections
 import errno
 import json
 import linecache
-import os
 import socket
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from typing import Any
 import pytest
 from agent_helpers import make_config
 from network_helpers import free_port, make_study, send_with_pynetdicom
-from test_agent_fault_sweep import EDGE_DIR, SAMPLE, Disk, Plan, Site, Trouble
+from test_agent_fault_sweep import EDGE_DIR, SAMPLE, Disk, Plan, Site, Trouble, at_rest
 
 pytest.importorskip("pynetdicom")
 
@@ -279,7 +278,6 @@ class Case:
     def books(self, folders: dict[str, Path]) -> list[str]:
         """What is wrong once everything should be finished (see the module's docstring)."""
         from edge.dicom import uid_hash
-        from edge.fsck import check_outbox
 
         study_uid, paths = self.study
         inbox, outbox = folders["inbox"], folders["outbox"]
@@ -338,16 +336,7 @@ class Case:
         twice = sorted(n for n in got.values() if n > 1)
         if twice:
             wrong.append(f"the PACS got an SR {twice} times")
-        jobs = os.listdir(outbox / ".state" / "jobs") + os.listdir(outbox / ".state" / "claimed")
-        if jobs:
-            wrong.append(f"still journaled: {jobs}")
-        leftovers = [p.name for p in folders["root"].rglob(".neuroedge-*")]
-        if leftovers:
-            wrong.append(f"temporary files left: {leftovers}")
-        found = check_outbox(outbox, repair=False, deep=True)
-        wrong += [f"fsck {f.kind}: {f.where}: {f.what}" for f in found.findings
-                  if f.kind in ("problem", "pending")]
-        return wrong
+        return wrong + at_rest(folders)
 
 
 def crashed(made: Any, exc: Exception) -> str | None:
