@@ -133,12 +133,8 @@ def classify_file(path: Path, found: Prepared, classifier: Classifier, config: A
     except MemoryError:
         found.refusal = Refusal("InputLimitError", "not enough memory to decode this input")
         return
-    except OSError as exc:
-        raise_if_passing(exc)  # the disk failed the read, not the file: retried
-        found.refusal = unexpected(exc, found.sha256, "decoded",  # Pillow's, on a bad file
-                                   f"the file could not be decoded ({exc.__class__.__name__})")
-        return
     except Exception as exc:  # noqa: BLE001 - a library bug on a hostile file: refuse it
+        raise_if_passing(exc)  # unless the disk failed the read, not the file: retried
         found.refusal = unexpected(exc, found.sha256, "decoded",
                                    f"the file could not be decoded ({exc.__class__.__name__})")
         return
