@@ -227,6 +227,21 @@ def crash(made: Any, exc: Exception) -> str | None:
     return f"the agent crashed {when}: {exc!r}"
 
 
+def start_running(made: Any) -> tuple[threading.Thread, list[Exception]]:
+    """``made.run()`` on a thread of its own; the list gets what it raised, if anything."""
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            made.run()
+        except Exception as exc:  # noqa: BLE001 - what the sweeps look for
+            errors.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    return runner, errors
+
+
 def run_live(folders: dict[str, Path], model: Path, classifier: Any, inputs: int) -> list[str]:
     """The running agent (retries every 0.05 s), stopped once ``inputs`` are finished or
     ``LIVE_BOUND`` seconds have passed; what went wrong."""
@@ -235,16 +250,7 @@ def run_live(folders: dict[str, Path], model: Path, classifier: Any, inputs: int
         made = agent(folders, model, classifier, once=False)
     except Exception as exc:  # noqa: BLE001 - what the sweep looks for
         return [w for w in [crash(made, exc)] if w]
-    errors: list[Exception] = []
-
-    def run() -> None:
-        try:
-            made.run()
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    runner, errors = start_running(made)
     deadline = time.monotonic() + LIVE_BOUND
     while time.monotonic() < deadline and finished(made.worker.counts) < inputs \
             and runner.is_alive():

@@ -38,7 +38,6 @@ import linecache
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,16 @@ from typing import Any
 import pytest
 from agent_helpers import make_config
 from network_helpers import free_port, make_study, send_with_pynetdicom
-from test_agent_fault_sweep import EDGE_DIR, SAMPLE, Disk, Plan, Site, Trouble, at_rest
+from test_agent_fault_sweep import (
+    EDGE_DIR,
+    SAMPLE,
+    Disk,
+    Plan,
+    Site,
+    Trouble,
+    at_rest,
+    start_running,
+)
 
 pytest.importorskip("pynetdicom")
 
@@ -190,22 +198,14 @@ class Case:
         from edge.watch import Agent
 
         study_uid, paths = self.study
-        made, errors = None, []
+        made = None
         self.pacs_from = self.pacs.lines()
         try:
             made = Agent(config_for(folders, self.model, self.pacs, free_port()),
                          self.classifier)
         except Exception as exc:  # noqa: BLE001 - what the sweep looks for
             return [f"the agent could not be made: {exc!r}"]
-
-        def run() -> None:
-            try:
-                made.run()
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
+        runner, errors = start_running(made)
         receiver = made.network.receiver
         deadline = time.monotonic() + LIVE_BOUND
         while runner.is_alive() and not (made._ready and receiver.port) \
