@@ -5,7 +5,7 @@
     <outbox>/.state/outgoing/<key>.dcm    the SR to send (written first, fsynced)
     <outbox>/.state/outgoing/<key>.json   its record: attempts, next attempt, last error
     <outbox>/.state/outgoing/sent.jsonl   one line per SR the PACS accepted
-    <outbox>/.state/outgoing/damaged/     a record and SR that could not be read (logged)
+    <outbox>/.state/outgoing/damaged/     a damaged record whose SR is damaged too (logged)
 
 A record exists only once its SR file is durable, and is removed only once the PACS has
 answered the C-STORE with success (or a warning) and that answer is appended to
@@ -16,6 +16,11 @@ The one window for a second delivery is a crash between the PACS's answer and th
 ``sent.jsonl``; the SR is then sent again with the same SOP Instance UID, which a PACS
 treats as the same object.
 
+A damaged record (bad JSON, a field missing) is rebuilt from its SR; if the SR is not
+DICOM either, both go to ``damaged/``. A disk error reading them (EIO, EMFILE),
+or writing the rebuilt record (ENOSPC), is not damage: both stay as they are, are not sent
+this time, and are read again at the next look (one line in the log).
+
 Retries: after the n-th failed attempt the next one waits ``retry_initial * 2**(n-1)``
 seconds, at most ``retry_max``, +-10% so that several agents do not retry in step (a
 refusal that lasts waits ``retry_max``). ``edge.network.sender`` sends it.
@@ -23,6 +28,7 @@ refusal that lasts waits ``retry_max``). ``edge.network.sender`` sends it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,6 +45,7 @@ from ..durable import (
     fsync_dir,
     move_no_replace,
     read_json,
+    read_json_if_there,
     remove_stale_temp_files,
     write_bytes_atomic,
     write_json_atomic,
@@ -158,6 +165,17 @@ def _count_damaged(folder: Path) -> int:
         return 0
 
 
+def _passing(exc: BaseException) -> bool:
+    """Whether the machine failed a read or write of the queue's files (EIO, ENOSPC,
+    EMFILE): not damage, the same is tried again. An error about the file itself
+    (``ABOUT_THE_FILE``: its permissions, its kind), or a file that is gone, is damage."""
+    from ..decoded import ABOUT_THE_FILE
+
+    return (isinstance(exc, OSError) and exc.errno is not None
+            and exc.errno not in ABOUT_THE_FILE and exc.errno not in (errno.ENOENT,
+                                                                     errno.ENOTDIR))
+
+
 class SendQueue:
     def __init__(self, outbox: Path) -> None:
         self.folder = outbox / ".state" / "outgoing"
@@ -172,6 +190,8 @@ class SendQueue:
         # SRs the PACS accepted whose line in sent.jsonl could not be written (a disk
         # error): never sent again; the line is written at the next look (``items``)
         self._unrecorded: dict[str, str] = {}
+        # keys whose record or SR the disk failed to give at the last look: said once
+        self._unreadable: set[str] = set()
 
     def open(self) -> None:
         """Create the folder, and drop what a crash left half-written."""
@@ -193,8 +213,16 @@ class SendQueue:
             names = {e.name for e in entries}
             for gone in set(self._records) - names:
                 del self._records[gone]
+            self._unreadable &= {name[:-len(".json")] for name in names}
             for entry in entries:
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue  # removed since it was listed
+                except OSError as exc:  # not sent this time; the others are
+                    self._records.pop(entry.name, None)
+                    self._not_now(entry.name[:-len(".json")], "looked at", exc)
+                    continue
                 signature = (st.st_mtime_ns, st.st_size, st.st_ino)
                 cached = self._records.get(entry.name)
                 if cached is None or cached[0] != signature:
@@ -231,21 +259,41 @@ class SendQueue:
                              _count_damaged(self.folder))
 
     def _load(self, path: Path) -> Outgoing | None:
-        data = read_json(path)
+        """The record at ``path``; None if it waits no more (set aside, removed meanwhile)
+        or could not be read now (read again at the next look: nothing is cached)."""
+        try:
+            data = read_json_if_there(path)
+        except OSError as exc:
+            if _passing(exc):  # not damage: a damaged record would be rebuilt or set aside
+                self._not_now(path.stem, "read", exc)
+                return None
+            data = None  # about the file itself (its permissions): rebuilt from its SR
         try:
             if not isinstance(data, dict) or data.get("key") != path.stem:
                 raise ValueError("not a queue record")
-            return Outgoing.from_dict(data)
+            item: Outgoing | None = Outgoing.from_dict(data)
         except ValueError as exc:
             item = self._repair(path, str(exc))
         if item is None or not path.exists():
             return None
+        self._unreadable.discard(path.stem)
         return item
+
+    def _not_now(self, key: str, what: str, exc: OSError) -> None:
+        """Say, once until it reads again, that the disk failed to give ``key``'s files."""
+        from ..worker import describe_error
+
+        level = logging.DEBUG if key in self._unreadable else logging.ERROR
+        self._unreadable.add(key)
+        log.log(level, "the send queue's record %s could not be %s (%s); it and its SR stay "
+                "queued as they are and are tried again at the next look", key, what,
+                describe_error(exc))
 
     def _repair(self, record: Path, why: str) -> Outgoing | None:
         """A damaged record: rebuild it from its SR (what it says is all in the SR), or, if
         the SR cannot be read either, move both to ``damaged/`` and say so. Never drop an
-        SR silently, and never let one record stop the others."""
+        SR silently, and never let one record stop the others. A disk error (reading the
+        SR, writing the record) is not damage: both stay, tried again at the next look."""
         import pydicom
 
         from ..dicom import uid_hash
@@ -264,6 +312,9 @@ class SendQueue:
         except Exception as exc:  # noqa: BLE001 - an SR we cannot read is set aside, below
             from ..worker import describe_error
 
+            if _passing(exc):  # the disk, not the SR: both stay, tried again
+                self._not_now(record.stem, f"repaired ({why})", exc)
+                return None
             aside = self.folder / "damaged"
             aside.mkdir(exist_ok=True)
             for path in (dcm, record):  # an earlier damaged pair of that name is kept too

@@ -17,6 +17,11 @@ losing an update only re-reads lines, which is harmless) and ``.state/studies/<u
 (a study with instances not judged yet, written durably before the cursor moves past them,
 removed once the judgment is durable). Replaying anything twice changes nothing: instances
 are a set, and a re-judgment of the same set keeps its revision and its SR.
+
+A disk error reading any of these (EIO, EMFILE) is never taken for a file that is absent:
+at start it stops the agent (exit 75, started again) before anything is written over; while
+judging, the judgment is retried; rendering ``studies/index.html``, the page keeps what it
+showed of that study and is written again a little later.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+from ..decoded import raise_if_passing
 from ..dicom import uid_hash
 from ..durable import (
     fsync_dir,
-    read_json,
     read_json_if_there,
     write_bytes_atomic,
     write_json_atomic,
@@ -72,6 +77,16 @@ def index_row(doc: Any) -> dict[str, Any] | None:
             "instances": counts["instances"], "series": len(series)}
 
 
+def _read_if_readable(path: Path) -> Any | None:
+    """``read_json_if_there``, except that an error about the file itself (EACCES, EISDIR:
+    retrying cannot help) reads as no report; a disk error (EIO, EMFILE) is raised."""
+    try:
+        return read_json_if_there(path)
+    except OSError as exc:
+        raise_if_passing(exc)
+        return None
+
+
 def _moved(s: Slice, entry: bool) -> dict[str, Any]:
     """What a study report says of an offloaded slice: where its report is, and (in its
     instance entry) what ``Slice.from_entry`` needs to judge it again without that disk."""
@@ -105,14 +120,21 @@ class StudyTracker:
         # studies/index.html's row of each study report, by file name, with the file's
         # (mtime, size, inode) when read: only a report that changed is read again
         self._index_rows: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
+        self._render_retry: float | None = None  # monotonic time to write it again (failed)
+        self._opened = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the folders and read the saved state (the cursor, pending studies)."""
+        """Create the folders and read the saved state (the cursor, pending studies).
+
+        Read strictly: a disk error (EIO) is raised, never taken for a first start (the
+        cursor would be written over at the end of the index, and the inputs indexed since
+        it was saved never grouped) nor for a study no longer pending. The agent then
+        stops (``StorageError``, exit 75) having written nothing, and is started again."""
         self.folder.mkdir(exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
-        cursor = read_json(self.state / "cursor.json")
+        cursor = read_json_if_there(self.state / "cursor.json")
         if isinstance(cursor, dict) and isinstance(cursor.get("offsets"), dict):
             self._offsets = {k: int(v) for k, v in cursor["offsets"].items()
                              if _DAY_FILE.match(k) and isinstance(v, int)}
@@ -120,16 +142,17 @@ class StudyTracker:
             self._tails = {k: v for k, v in tails.items() if k in self._offsets and isinstance(
                 v, str)} if isinstance(tails, dict) else {}
         else:  # first start with studies: begin at the end of what is already indexed
-            self._offsets = {name: size for name, size in self._index_sizes().items()}
+            self._offsets = {name: size for name, size in self._index_sizes(strict=True).items()}
             if self._offsets:
                 log.info("study tracking starts now; inputs indexed before are not grouped "
                          "into studies")
             self._save_cursor()
         for path in sorted(self.state.glob("*.json")):
-            data = read_json(path)
-            if path.name != "cursor.json" and isinstance(data, dict) and valid_uid(
-                    data.get("study")) and path.stem == data["study"]:
+            data = read_json_if_there(path) if path.name != "cursor.json" else None
+            if isinstance(data, dict) and valid_uid(data.get("study")) and (
+                    path.stem == data["study"]):
                 self._pending[data["study"]] = data
+        self._opened = True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="studies", daemon=True)
@@ -143,7 +166,10 @@ class StudyTracker:
 
     def finish(self) -> None:
         """Read what is left in the index and judge every pending study now, settled or not
-        (``watch --once``: the backlog is all there is)."""
+        (``watch --once``: the backlog is all there is). Nothing if ``open`` failed: its
+        state unread, a poll would read the index from its start and write the cursor over."""
+        if not self._opened:
+            return
         with self._lock:
             self.poll()
             for uid in sorted(self._pending):
@@ -156,7 +182,8 @@ class StudyTracker:
                 try:
                     self.poll()
                     judged = [uid for uid in self.due() if self._judge_safely(uid)]
-                    if judged:
+                    if judged or (self._render_retry is not None
+                                  and time.monotonic() >= self._render_retry):
                         self._render_index()
                 except OSError as exc:  # a disk that failed: one line, tried again
                     log.error("study tracking could not read or write the outbox (%s); "
@@ -166,15 +193,22 @@ class StudyTracker:
 
     # --- following the index ---------------------------------------------------------------
 
-    def _index_sizes(self) -> dict[str, int]:
+    def _index_sizes(self, strict: bool = False) -> dict[str, int]:
+        """The size of each day's index file. An error listing them reads as none for this
+        poll (the next looks again); ``strict`` (the first start, which begins at their
+        end): raised, not taken for an empty index (every input ever indexed would then be
+        grouped into studies)."""
         sizes = {}
         try:
             with os.scandir(str(self.outbox / "index")) as entries:
                 for entry in entries:
                     if _DAY_FILE.match(entry.name):
                         sizes[entry.name] = entry.stat().st_size
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError:
+            if strict:
+                raise
         return sizes
 
     def poll(self) -> int:
@@ -281,6 +315,9 @@ class StudyTracker:
             return f"the SR queue ({self.outbox / '.state' / 'outgoing'})"
         if name is not None and name.parent == self.outbox / "reports":
             return f"a slice's report ({name.parent})"
+        if name is not None and name.parent.name == "reports" and self.outbox not in (
+                name.parents):
+            return f"a slice's report offloaded to {name.parent.parent}"
         return f"the report ({self.folder})"
 
     def judge(self, uid: str) -> dict[str, Any] | None:
@@ -315,7 +352,8 @@ class StudyTracker:
                     kept = True
                     continue
                 if moved:  # marked before entries kept the slice: its disk may be at hand
-                    report = read_json(Path(moved) / "reports" / f"{report_id}.json")
+                    # (not mounted: left out with a note; a disk error retries the judgment)
+                    report = _read_if_readable(Path(moved) / "reports" / f"{report_id}.json")
             if not isinstance(report, dict) or study_of(report) != uid:
                 missing += 1
                 continue
@@ -410,22 +448,39 @@ class StudyTracker:
         }
 
     def _render_index(self) -> None:
+        """Write ``studies/index.html``. A study report the disk fails to give (EIO) keeps
+        the row it had (none if it had none) and is not cached as "not a study report": the
+        page is written again ``_RETRY_FIRST`` seconds later, as when writing it fails."""
         if not self.html:
             return
         from .study_pages import studies_index_page
 
+        self._render_retry = None
+        page = self.folder / "index.html"
+        try:
+            reports = list(self.folder.glob("*.json"))
+        except OSError as exc:
+            self._failed_to_render(f"list {self.folder}", exc)
+            return
         rows = []
         seen = set()
-        for path in self.folder.glob("*.json"):
+        for path in reports:
+            cached = self._index_rows.get(path.name)
             try:
                 st = path.stat()
-            except OSError:
+                key = (st.st_mtime_ns, st.st_size, st.st_ino)
+                changed = cached is None or cached[0] != key
+                row = index_row(_read_if_readable(path)) if changed else None
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            except OSError as exc:
+                seen.add(path.name)
+                if cached is not None and cached[1] is not None:
+                    rows.append(cached[1])
+                self._failed_to_render(f"read the report of study {uid_hash(path.stem)}", exc)
                 continue
-            key = (st.st_mtime_ns, st.st_size, st.st_ino)
             seen.add(path.name)
-            cached = self._index_rows.get(path.name)
-            if cached is None or cached[0] != key:
-                row = index_row(read_json(path))
+            if changed:
                 if row is None:
                     log.warning("studies/%s is not a readable study report; it is left out of "
                                 "studies/index.html (the agent writes a new one when that "
@@ -436,6 +491,13 @@ class StudyTracker:
         for gone in set(self._index_rows) - seen:
             del self._index_rows[gone]
         try:
-            write_bytes_atomic(self.folder / "index.html", studies_index_page(rows))
+            write_bytes_atomic(page, studies_index_page(rows))
         except OSError as exc:
-            log.warning("could not update studies/index.html (%s)", exc.strerror or exc)
+            self._failed_to_render(f"update {page}", exc)
+
+    def _failed_to_render(self, what: str, exc: OSError) -> None:
+        """A disk error while writing ``studies/index.html``: one line, written again later
+        (by the tracker's loop: a pass with nothing judged writes it only then)."""
+        self._render_retry = time.monotonic() + _RETRY_FIRST
+        log.warning("could not %s (%s); %s is written again in %.0f s", what,
+                    exc.strerror or exc, self.folder / "index.html", _RETRY_FIRST)

@@ -15,6 +15,11 @@ judged again from these entries (``Slice.from_entry``), without DEST mounted, an
 report keeps them and ``offloaded_to``: the verdict does not change because reports moved.
 An entry marked without them (an older agent) is read from ``offloaded_to`` if that is at
 hand, else left out with a note, as a report that cannot be read.
+
+Both reads are strict: a disk error reading a study report, or the copy at DEST, is raised
+and stops the offload before the record of the day's move is deleted (``edge.offload``:
+"the offload stopped ...", run it again), rather than leave the study unmarked (judged
+again, its moved slices would count as missing) or marked without what it keeps.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..durable import read_json, write_bytes_atomic, write_json_atomic
+from ..durable import read_json_if_there, write_bytes_atomic, write_json_atomic
 from ..report import study_of, valid_uid
 from .studies import index_row
 from .study_pages import study_page
@@ -35,7 +40,9 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
     """Mark the slices whose reports (``report_ids``) moved to ``dest`` in the study reports
     of ``studies`` (None: every study), and render their pages again; return how many
     studies changed. Safe to repeat: the page is written before the study report, so a
-    crash between the two leaves the report unmarked and the next call does both again."""
+    crash between the two leaves the report unmarked and the next call does both again. A
+    disk error reading a study report or a copy at ``dest`` is raised (the call is
+    repeated), never taken for a study report that is not ours."""
     folder = outbox / "studies"
     if not folder.is_dir() or not report_ids:
         return 0
@@ -44,7 +51,7 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
     changed = 0
     for uid in uids:
         path = folder / f"{uid}.json"
-        doc = read_json(path)
+        doc = read_json_if_there(path)
         if index_row(doc) is None:
             continue  # not a study report we wrote (or none): nothing to mark
         marked = False
@@ -72,8 +79,9 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
 
 def _kept(dest: Path, report_id: str, uid: str) -> dict[str, Any]:
     """What the study report keeps of a moved slice (``Slice.kept``), read from the copy at
-    ``dest`` (verified identical before its source was removed); empty if it is unreadable."""
-    report = read_json(dest / "reports" / f"{report_id}.json")
+    ``dest`` (verified identical before its source was removed); empty if it is not there
+    or not that slice's report. A disk error is raised: a copy just verified is readable."""
+    report = read_json_if_there(dest / "reports" / f"{report_id}.json")
     if not isinstance(report, dict) or report.get("id") != report_id or study_of(report) != uid:
         return {}
     try:

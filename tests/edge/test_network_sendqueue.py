@@ -244,14 +244,14 @@ def test_queueing_costs_do_not_grow_with_the_queue(tmp_path, monkeypatch):
     for n in range(120):
         queue.delivered(item(f"s{n:04d}", group=f"s{n}"), PEER)
     reads = {"records": 0, "sent bytes": 0}
-    real_read_json, real_open = sendqueue.read_json, open
+    real_read_json, real_open = sendqueue.read_json_if_there, open
 
     def read_json(path):
         reads["records"] += 1
         return real_read_json(path)
 
 
-    monkeypatch.setattr(sendqueue, "read_json", read_json)
+    monkeypatch.setattr(sendqueue, "read_json_if_there", read_json)
     monkeypatch.setattr(sendqueue, "open", raising=False,
                         value=lambda *a, **k: CountedFile(real_open(*a, **k), reads, "sent bytes"))
     queue.was_sent("warm-up")  # a queue that has been used: its caches are filled
