@@ -67,6 +67,9 @@ Usage: deploy/install.sh [options]
   --offload-keep-days N  with --offload-to: days that stay on the box (default 90)
   --offload-when WHEN    with --offload-to: when, in systemd's calendar syntax (default
                     "Sun *-*-* 03:00:00"; the agent is stopped for the offload's minutes)
+  --offload-max-minutes M  with --offload-to: begin no new day after M minutes (default
+                    60; the rest moves at the next run); one still running 30 minutes
+                    after that is stopped, and the agent started again
   --no-offload      remove the schedule (an upgrade without these options keeps it)
   -h, --help        this help
 EOF
@@ -83,12 +86,13 @@ DESTDIR=${DESTDIR:-}
 MANAGE_USER=1 MAKE_VENV=1 START=1 SYSTEMCTL=1
 DICOM_PORT="" DICOM_ALLOW="localhost link-local 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
 DEFAULT_DICOM_PORT=11112
-OFFLOAD_TO="" OFFLOAD_KEEP="" OFFLOAD_WHEN=""
+OFFLOAD_TO="" OFFLOAD_KEEP="" OFFLOAD_WHEN="" OFFLOAD_MAX=""
 
 while [ $# -gt 0 ]; do
     case $1 in
         --model|--wheel|--wheels|--python|--extras|--prefix|--data|--user|--destdir|\
-        --dicom-port|--dicom-allow|--offload-to|--offload-keep-days|--offload-when)
+        --dicom-port|--dicom-allow|--offload-to|--offload-keep-days|--offload-when|\
+        --offload-max-minutes)
             if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi
             case $1 in
                 --model) MODEL=$2 ;; --wheel) WHEEL=$2 ;; --wheels) WHEELS=$2 ;;
@@ -96,7 +100,7 @@ while [ $# -gt 0 ]; do
                 --data) DATA=$2 ;; --user) SVC_USER=$2 ;; --destdir) DESTDIR=$2 ;;
                 --dicom-port) DICOM_PORT=$2 ;; --dicom-allow) DICOM_ALLOW=$2 ;;
                 --offload-to) OFFLOAD_TO=$2 ;; --offload-keep-days) OFFLOAD_KEEP=$2 ;;
-                --offload-when) OFFLOAD_WHEN=$2 ;;
+                --offload-when) OFFLOAD_WHEN=$2 ;; --offload-max-minutes) OFFLOAD_MAX=$2 ;;
             esac
             shift 2 ;;
         --no-offload) OFFLOAD_TO=none; shift ;;
@@ -123,8 +127,8 @@ fi
 [[ $DICOM_ALLOW =~ ^[A-Za-z0-9.:/\ -]+$ ]] || die "--dicom-allow takes addresses, prefixes \
 (10.1.0.0/16) or the words localhost, link-local, multicast, any, separated by spaces"
 if [ -z "$OFFLOAD_TO" ] || [ "$OFFLOAD_TO" = none ]; then
-    [ -z "$OFFLOAD_KEEP$OFFLOAD_WHEN" ] || die "--offload-keep-days and --offload-when go with \
---offload-to DIR (the whole schedule is written again)"
+    [ -z "$OFFLOAD_KEEP$OFFLOAD_WHEN$OFFLOAD_MAX" ] || die "--offload-keep-days, --offload-when \
+and --offload-max-minutes go with --offload-to DIR (the whole schedule is written again)"
 else
     [[ $OFFLOAD_TO =~ ^/[A-Za-z0-9._/-]+$ ]] || die "--offload-to must be an absolute path of \
 letters, digits and . _ - / (a disk's mount point, e.g. /media/usb/neuroedge), got '$OFFLOAD_TO'"
@@ -132,6 +136,10 @@ letters, digits and . _ - / (a disk's mount point, e.g. /media/usb/neuroedge), g
     OFFLOAD_KEEP=${OFFLOAD_KEEP:-90}
     [[ $OFFLOAD_KEEP =~ ^[0-9]{1,5}$ ]] && [ "$OFFLOAD_KEEP" -ge 1 ] || die "--offload-keep-days \
 must be a number of days, at least 1, got '$OFFLOAD_KEEP'"
+    OFFLOAD_MAX=${OFFLOAD_MAX:-60}
+    [[ $OFFLOAD_MAX =~ ^[0-9]{1,4}$ ]] && [ "$OFFLOAD_MAX" -ge 1 ] && [ "$OFFLOAD_MAX" -le 1440 ] \
+        || die "--offload-max-minutes must be a number of minutes from 1 to 1440 (the agent \
+is stopped meanwhile), got '$OFFLOAD_MAX'"
     OFFLOAD_WHEN=${OFFLOAD_WHEN:-Sun *-*-* 03:00:00}
     [[ $OFFLOAD_WHEN =~ ^[A-Za-z0-9*:.,/\ ~-]+$ ]] || die "--offload-when takes systemd's \
 calendar syntax (man systemd.time), e.g. 'Sun *-*-* 03:00:00' or 'daily', got '$OFFLOAD_WHEN'"
@@ -610,11 +618,13 @@ if [ "$OFFLOAD_TO" = none ]; then
 elif [ -n "$OFFLOAD_TO" ]; then
     {
         echo "# Written by deploy/install.sh --offload-to: what edge-agent-offload.service does"
-        echo "# (install.sh --offload-to DIR [--offload-keep-days N] [--offload-when WHEN] to"
-        echo "# change it, --no-offload to remove it; docs/agent.md#edge-agent-offload)."
+        echo "# (install.sh --offload-to DIR [--offload-keep-days N] [--offload-when WHEN]"
+        echo "# [--offload-max-minutes M] to change it, --no-offload to remove it;"
+        echo "# docs/agent.md#edge-agent-offload)."
         echo "OFFLOAD_TO=\"$OFFLOAD_TO\""
         echo "KEEP_DAYS=\"$OFFLOAD_KEEP\""
         echo "OFFLOAD_WHEN=\"$OFFLOAD_WHEN\""
+        echo "MAX_MINUTES=\"$OFFLOAD_MAX\""
         echo "OUTBOX=\"$DATA/outbox\""
         echo "SVC_USER=\"$SVC_USER\""
         echo "AGENT=\"$PREFIX/venv/bin/edge-agent\""

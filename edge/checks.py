@@ -167,7 +167,7 @@ def _check_last_offload(outbox: Path, ok: Callable[[str, str], None],
                         warn: Callable[[str, str], None]) -> None:
     """How the last ``edge-agent offload`` ended (a scheduled one, above all): a failure is
     a warning with what the front page says of it; none yet says nothing."""
-    from .offload import last_offload, last_offload_alerts
+    from .offload import last_offload, last_offload_alerts, offload_running
 
     record = last_offload(outbox)
     if record is None:
@@ -175,9 +175,15 @@ def _check_last_offload(outbox: Path, ok: Callable[[str, str], None],
     alerts = last_offload_alerts(outbox)
     if alerts:
         warn("offload", alerts[0])
+    elif offload_running(outbox, record):
+        ok("offload", f"an offload is running (since {record.get('time')}, process "
+           f"{record.get('pid')}): {record.get('command')}")
     else:
+        left = record.get("days_left")
         ok("offload", f"the last offload ({record.get('time')}) moved "
-           f"{record.get('days_moved')} day(s): {record.get('command')}")
+           f"{record.get('days_moved')} day(s)" + (
+               f" and left {left} for the next run (its --max-minutes)" if left else "")
+           + f": {record.get('command')}")
 
 
 def _check_codecs(ok: Callable[[str, str], None]) -> None:

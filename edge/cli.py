@@ -296,10 +296,14 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
               help="The folder to move them to, outside the outbox (a USB disk, a share).")
 @click.option("--other-disk", is_flag=True,
               help="Refuse a --to on the outbox's own disk (a disk not mounted there).")
+@click.option("--max-minutes", type=click.IntRange(min=1), metavar="M",
+              help="Begin no new day after M minutes (the day in hand is finished; the rest "
+                   "moves at the next run): bounds how long a scheduled run keeps the agent "
+                   "stopped.")
 @click.option("--dry-run", is_flag=True, help="Only say what would move; change nothing.")
 @_user_errors
 def offload(outbox: str, before: str | None, keep_days: int | None, dest: str,
-            other_disk: bool, dry_run: bool) -> None:
+            other_disk: bool, max_minutes: int | None, dry_run: bool) -> None:
     """Move OUTBOX's days before --before (index, archive, their reports and quarantined
     inputs) to another folder, copied and verified before anything is removed.
 
@@ -313,7 +317,7 @@ def offload(outbox: str, before: str | None, keep_days: int | None, dest: str,
     if (before is None) == (keep_days is None):
         raise click.UsageError("give one of --before YYYY-MM-DD and --keep-days N")
     move_days(Path(outbox), before, dest, dry_run, click.echo, keep_days=keep_days,
-              other_disk=other_disk)
+              other_disk=other_disk, max_minutes=max_minutes)
 
 
 @cli.command()

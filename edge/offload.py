@@ -41,11 +41,15 @@ A day before ``--before`` whose ``archive/D/`` holds inputs but which has no ind
 from), and the run says to run fsck first, with the command (exit 65, as fsck's own).
 
 The outbox's lock is held throughout: the agent must be stopped. ``--keep-days N`` names
-the days by age instead (``--before`` today minus N days), and ``--other-disk`` refuses a
-DEST on the outbox's own disk (a USB disk not mounted at its mount point): what a scheduled
-run (``deploy/neuroedge-offload``, a systemd timer) needs. Every run that reaches the outbox
-leaves its outcome in ``.state/offload-last.json``; the agent names a failed one on its
-front page when it starts (``last_offload_alerts``), until a later run succeeds.
+the days by age instead (``--before`` today minus N days), ``--other-disk`` refuses a DEST
+on the outbox's own disk (a USB disk not mounted at its mount point), and ``--max-minutes
+M`` starts no new day after M minutes (the day in hand is finished; the rest moves at the
+next run): what a scheduled run (``deploy/neuroedge-offload``, a systemd timer, which stops
+the agent meanwhile) needs. Every run that reaches the outbox leaves its outcome in
+``.state/offload-last.json``: written as running (with its pid) once the lock is taken, then
+how it ended. The agent names a failed run on its front page when it starts
+(``last_offload_alerts``), and a run that never ended (killed: the scheduled run's hard
+stop for a disk that does not answer, or the power) too, until a later run succeeds.
 
 What a day's move is (its files, where each goes at DEST, which reports stay) is planned
 first, in ``edge.offload_plan``; this module checks the command, carries the plans out and
@@ -58,6 +62,7 @@ import datetime
 import hashlib
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -209,10 +214,12 @@ def finishing_command(root: Path, record: dict[str, Any]) -> str:
 
 
 def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, echo: Echo,
-            keep_days: int | None = None, other_disk: bool = False) -> int:
+            keep_days: int | None = None, other_disk: bool = False,
+            max_minutes: int | None = None) -> int:
     """Move the days before ``before_text`` (or older than ``keep_days``) to DEST
-    (``dry_run``: only say what would move); return how many days moved. A run that is not
-    dry leaves how it ended in ``.state/offload-last.json`` (``last_offload_alerts``)."""
+    (``dry_run``: only say what would move); return how many days moved. ``max_minutes``:
+    no day is begun after that long (at least one is moved). A run that is not dry leaves
+    how it ended in ``.state/offload-last.json`` (``last_offload_alerts``)."""
     root = root.resolve()
     box = Outbox(root)
     if not box.state.is_dir():
@@ -220,20 +227,23 @@ def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, 
                           "the agent writes its reports to")
     command = f"edge-agent offload {shlex.quote(str(root))} " + (
         f"--before {before_text}" if keep_days is None else f"--keep-days {keep_days}") + (
-        f" --to {shlex.quote(dest_text)}") + (" --other-disk" if other_disk else "")
+        f" --to {shlex.quote(dest_text)}") + (" --other-disk" if other_disk else "") + (
+        f" --max-minutes {max_minutes}" if max_minutes is not None else "")
+    run = _Offload(box, echo, max_minutes)
     try:
-        moved = _offload(box, before_text, dest_text, dry_run, echo, keep_days, other_disk)
+        moved = _offload(box, run, before_text, dest_text, dry_run, keep_days, other_disk,
+                         command)
     except EdgeError as exc:
         if not dry_run:
-            _record_last(box, command, str(exc))
+            _record_last(box, command, str(exc), run.moved)
         raise
     if not dry_run:
-        _record_last(box, command, None, moved)
+        _record_last(box, command, None, moved, run.left)
     return moved
 
 
-def _offload(box: Outbox, before_text: str | None, dest_text: str, dry_run: bool, echo: Echo,
-             keep_days: int | None, other_disk: bool) -> int:
+def _offload(box: Outbox, run: _Offload, before_text: str | None, dest_text: str,
+             dry_run: bool, keep_days: int | None, other_disk: bool, command: str) -> int:
     before = parse_before(before_text) if keep_days is None else before_keeping(keep_days)
     root = box.root
     dest = check_dest(root, dest_text, dry_run, other_disk)
@@ -244,7 +254,9 @@ def _offload(box: Outbox, before_text: str | None, dest_text: str, dry_run: bool
                              "first: systemctl stop edge-agent (and start it again after)"
                              ) from None
     try:
-        return _Offload(box, dest, echo).run(before, dry_run)
+        if not dry_run:  # a run killed from here on is named when the agent starts again
+            _record_last(box, command, None, running=True)
+        return run.run(dest, before, dry_run)
     except OSError as exc:  # a disk error, DEST unplugged: each step is safe to stop after
         where = f" ({exc.filename})" if exc.filename else ""  # a failed write names none
         raise OutputError(f"the offload stopped: {exc.strerror or exc}{where}; nothing is "
@@ -254,13 +266,18 @@ def _offload(box: Outbox, before_text: str | None, dest_text: str, dry_run: bool
         box.unlock()
 
 
-def _record_last(box: Outbox, command: str, error: str | None, moved: int = 0) -> None:
-    """How this run ended, for the agent's front page (``last_offload_alerts``). Written
-    even while an agent holds the lock (a run refused for that): a file of its own, which
-    the agent reads only when it starts. Not being able to write it changes nothing."""
+def _record_last(box: Outbox, command: str, error: str | None, moved: int = 0,
+                 left: int = 0, running: bool = False) -> None:
+    """How this run ended, for the agent's front page (``last_offload_alerts``); or, with
+    ``running``, that it began (``ok`` null, its pid): a run killed before its end leaves
+    that. Written even while an agent holds the lock (a run refused for that): a file of its
+    own, which the agent reads only when it starts. Not being able to write it changes
+    nothing."""
     record = {"schema": LAST_SCHEMA, "time": datetime.datetime.now().astimezone().isoformat(
-        timespec="seconds"), "command": command, "ok": error is None, "error": error,
-        "days_moved": moved}
+        timespec="seconds"), "command": command, "ok": None if running else error is None,
+        "error": error, "days_moved": moved, "days_left": left}
+    if running:
+        record["pid"] = os.getpid()
     try:
         write_json_atomic(box.state / LAST_NAME, record)
     except OSError:
@@ -278,25 +295,52 @@ def last_offload_alerts(root: Path) -> list[str]:
     scheduled one, run at night, above all): when, why, and the command. Empty once a later
     run succeeded. Stdlib only, cheap: one read."""
     record = last_offload(root)
-    if record is None or record.get("ok"):
+    if record is None or record.get("ok") or offload_running(root, record):
         return []
-    error = str(record.get("error")).rstrip(".")
+    if record.get("ok") is None:
+        error = ("it was stopped before its end (the scheduled run stops one that runs past "
+                 "its time, as on a disk that does not answer; or the power went). Nothing is "
+                 "lost: every step of it is safe to stop after")
+    else:
+        error = str(record.get("error")).rstrip(".")
     return [f"The last offload ({record.get('time')}) did not finish: {error}. Old days stay "
             "on this box until one does; once that is fixed, run it again (stop the agent "
             f"first) or wait for the next scheduled run: {record.get('command')}"]
 
 
+def offload_running(root: Path, record: dict[str, Any]) -> bool:
+    """Whether the run ``record`` says is running still is: it holds the outbox's lock (the
+    lock file names its pid, and that process is there). Stdlib only."""
+    pid = record.get("pid")
+    if record.get("ok") is not None or not isinstance(pid, int):
+        return False
+    try:
+        with open(str(root / ".state" / "lock"), "rb") as handle:
+            holder = handle.read(32).strip()
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False  # ProcessLookupError: gone; PermissionError: another user's: not ours
+    return holder == str(pid).encode()
+
+
 class _Offload:
-    def __init__(self, box: Outbox, dest: Path, echo: Echo) -> None:
+    dest: Path  # --to, checked; set by run()
+    planner: DayPlanner
+
+    def __init__(self, box: Outbox, echo: Echo, max_minutes: int | None = None) -> None:
         self.box = box
         self.root = box.root
-        self.dest = dest
         self.echo = echo
-        self.planner = DayPlanner(box, dest)
+        self.max_minutes = max_minutes
+        self.moved = 0  # days moved so far
+        self.left = 0  # days to move left for the next run (--max-minutes)
         self.before = ""  # --before, kept in the record for the command that finishes it
         self.journaled: set[str] = set()  # days with inputs the agent's journal still holds
 
-    def run(self, before: str, dry_run: bool) -> int:
+    def run(self, dest: Path, before: str, dry_run: bool) -> int:
+        started = time.monotonic()
+        self.dest = dest
+        self.planner = DayPlanner(self.box, dest)
         self.before = before
         pending = pending_offload(self.root)
         if pending is not None:
@@ -333,10 +377,24 @@ class _Offload:
         if dry_run:
             return 0
         for plan in self.planner.plans(days):  # each planned once the day before it moved
+            if self.moved and self._out_of_time(started):
+                self.left = len(days) - self.moved
+                break
             self.move_day(plan)
+            self.moved += 1
         DailyIndex(self.root).render(days=[])  # the front page, without the days moved
-        self.echo(f"moved {len(days)} day(s) to {self.dest} (open {self.dest / 'index.html'})")
-        return len(days)
+        self.echo(f"moved {self.moved} day(s) to {self.dest} (open {self.dest / 'index.html'})")
+        if self.left:
+            self.echo(f"stopped after --max-minutes {self.max_minutes}: {self.left} day(s) "
+                      "before the limit stay for the next run (run the same command again to "
+                      "move them now)")
+        return self.moved
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``--max-minutes`` is used up: no new day is begun then (the day in hand
+        was finished; a scheduled run stops the agent for the offload's time)."""
+        return (self.max_minutes is not None
+                and time.monotonic() - started >= self.max_minutes * 60)
 
     # --- before anything moves ------------------------------------------------------------
 

@@ -172,8 +172,9 @@ class Outbox:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise AgentBusyError(
-                    f"another edge-agent is already using the outbox {self.root}; stop it "
-                    "first (two agents on one outbox could process a file twice)") from None
+                    f"another edge-agent is already using the outbox {self.root}{_holder(path)}"
+                    " (the agent, or an offload or fsck run); stop it first (two agents on "
+                    "one outbox could process a file twice)") from None
             raise
         if not read_only:
             try:
@@ -267,3 +268,13 @@ class Outbox:
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+def _holder(lock: Path) -> str:
+    """The pid the holder of ``lock`` wrote in it, as ' (process N)'; empty if unreadable."""
+    try:
+        with open(str(lock), "rb") as handle:
+            pid = handle.read(32).strip().decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (process {pid})" if pid.isdigit() else ""

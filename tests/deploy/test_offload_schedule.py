@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import deploy_fixtures
@@ -53,7 +54,8 @@ def test_install_writes_the_schedule_and_keeps_it_on_upgrade(tmp_path: Path, mod
     assert "wrote /etc/neuroedge/offload.env" in out and "does not exist (yet)" in out
     env = _env(dest / "etc/neuroedge/offload.env")
     assert env == {"OFFLOAD_TO": "/media/usb/neuroedge", "KEEP_DAYS": "30",
-                   "OFFLOAD_WHEN": "Sun *-*-* 03:00:00", "OUTBOX": "/var/lib/neuroedge/outbox",
+                   "OFFLOAD_WHEN": "Sun *-*-* 03:00:00", "MAX_MINUTES": "60",
+                   "OUTBOX": "/var/lib/neuroedge/outbox",
                    "SVC_USER": "neuroedge", "AGENT": "/opt/neuroedge/venv/bin/edge-agent",
                    "CONFIG": "/etc/neuroedge/config.toml"}
     script = dest / "opt/neuroedge/bin/neuroedge-offload"
@@ -66,10 +68,11 @@ def test_install_writes_the_schedule_and_keeps_it_on_upgrade(tmp_path: Path, mod
     out = run(INSTALL, *base).stdout  # an upgrade that does not mention the schedule keeps it
     assert snapshot(dest) == before and "offload" not in out
 
-    run(INSTALL, *base, "--offload-to", "/mnt/nas/box1", "--offload-when", "daily")
+    run(INSTALL, *base, "--offload-to", "/mnt/nas/box1", "--offload-when", "daily",
+        "--offload-max-minutes", "20")
     env = _env(dest / "etc/neuroedge/offload.env")
-    assert (env["OFFLOAD_TO"], env["KEEP_DAYS"], env["OFFLOAD_WHEN"]) == (
-        "/mnt/nas/box1", "90", "daily")
+    assert (env["OFFLOAD_TO"], env["KEEP_DAYS"], env["OFFLOAD_WHEN"], env["MAX_MINUTES"]) == (
+        "/mnt/nas/box1", "90", "daily", "20")
     assert "OnCalendar=daily\n" in (dest / UNITS[1]).read_text()
 
     out = run(INSTALL, *base, "--no-offload").stdout
@@ -100,6 +103,9 @@ def test_custom_prefix_reaches_the_service_and_uninstall_removes_the_schedule(
     (["--offload-to", "/media/usb", "--offload-keep-days", "ninety"], "number of days"),
     (["--offload-to", "/media/usb", "--offload-when", "someday"], "calendar"),
     (["--offload-keep-days", "30"], "go with --offload-to DIR"),
+    (["--offload-max-minutes", "30"], "go with --offload-to DIR"),
+    (["--offload-to", "/media/usb", "--offload-max-minutes", "0"], "from 1 to 1440"),
+    (["--offload-to", "/media/usb", "--offload-max-minutes", "2h"], "number of minutes"),
 ])
 def test_offload_usage_errors_are_clear(tmp_path: Path, model: Path, args, message):
     proc = run(INSTALL, "--destdir", str(tmp_path / "root"), "--model", str(model),
@@ -173,12 +179,38 @@ def test_the_script_stops_offloads_and_starts_the_agent_again(tmp_path: Path, ac
         env={**env, **_settings(agent, Path("/data/outbox"), Path("/media/usb"))})
     assert proc.returncode == status, proc.stdout + proc.stderr
     offload = ("edge-agent --config /etc/neuroedge/config.toml offload /data/outbox "
-               "--keep-days 30 --to /media/usb --other-disk")
+               "--keep-days 30 --to /media/usb --other-disk --max-minutes 60")
     expected = ["systemctl is-active --quiet edge-agent.service",
                 *(["systemctl stop edge-agent.service"] if active else []),
                 "setpriv --reuid=0 --regid=0", offload,
                 *(["systemctl start edge-agent.service"] if active else [])]
     assert calls.read_text().splitlines() == expected
+
+
+def test_an_offload_past_its_time_is_stopped_and_the_agent_started_again(tmp_path: Path):
+    """An offload that does not end (here: one that sleeps; on a box, a share or disk that
+    stopped answering) is stopped once MAX_MINUTES + GRACE_MINUTES are up (here the tests'
+    2-second deadline), and the agent is started again: the outbox is never left without
+    its agent for longer than that."""
+    env, calls = _stand_ins(tmp_path / "bin", active=True)
+    agent = tmp_path / "bin" / "edge-agent"
+    agent.write_text(f'#!/bin/sh\necho "edge-agent $*" >>{calls}\necho $$ >{tmp_path}/pid\n'
+                     'exec sleep 600\n')
+    agent.chmod(0o755)
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60,
+        env={**env, **_settings(str(agent), Path("/data/outbox"), Path("/media/usb")),
+             "MAX_MINUTES": "5", "NEUROEDGE_OFFLOAD_DEADLINE_S": "2"})
+    assert proc.returncode == 124, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 30  # TERM was enough: no minute's wait for KILL
+    assert "still runs 2 s after it began" in proc.stderr and "nothing is lost" in proc.stderr
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    lines = calls.read_text().splitlines()
+    assert lines[-2].endswith("--other-disk --max-minutes 5"), lines
+    assert lines[-1] == "systemctl start edge-agent.service"
 
 
 def test_the_script_says_what_is_missing_and_a_failed_restart(tmp_path: Path):

@@ -9,18 +9,30 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
-from agent_helpers import gray_png, make_config, other_filesystem, run_once
+from agent_helpers import gray_png, make_config, other_filesystem, run_agent, run_once
 from click.testing import CliRunner
 
+import edge.offload
 from edge import commit
 from edge.checks import run_checks
 from edge.cli import cli
-from edge.offload import LAST_NAME, before_keeping, last_offload_alerts
+from edge.offload import (
+    LAST_NAME,
+    before_keeping,
+    last_offload_alerts,
+    offload_running,
+    pending_offload_alerts,
+)
 from edge.outbox import Outbox
 
 OLD, RECENT = "2025-03-01", "2025-03-02"
@@ -129,3 +141,99 @@ def test_a_dry_run_leaves_no_record(two_days, tmp_path):
     code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(usb), "--dry-run")
     assert code == 0, out
     assert not (outbox / ".state" / LAST_NAME).exists()
+
+
+def _check_line(config) -> str:
+    lines: list[str] = []
+    run_checks(config, lines.append)
+    [line] = [line for line in lines if " offload: " in line]
+    return line
+
+
+def test_max_minutes_begins_no_new_day_once_used_up(two_days, tmp_path, monkeypatch):
+    """A scheduled run stops the agent: ``--max-minutes`` bounds that. The day in hand is
+    finished, no new one begun; the rest moves at the next run. (A clock that moves 70 s a
+    look: the first day always moves; the second would begin 70 s in, past the minute.)"""
+    config, outbox = two_days
+    ticks = iter(range(0, 10_000, 70))
+    monkeypatch.setattr(edge.offload, "time", types.SimpleNamespace(
+        monotonic=lambda: float(next(ticks))))
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(usb),
+                         "--max-minutes", "1")
+    assert code == 0, out
+    assert "moved 1 day(s)" in out and "stopped after --max-minutes 1: 1 day(s)" in out, out
+    assert (usb / "index" / f"{OLD}.jsonl").is_file()
+    assert [p.name for p in (outbox / "index").glob("*.jsonl")] == [f"{RECENT}.jsonl"]
+    last = _last(outbox)
+    assert (last["ok"], last["days_moved"], last["days_left"]) == (True, 1, 1)
+    assert last["command"].endswith("--max-minutes 1") and "pid" not in last
+    assert last_offload_alerts(outbox) == []  # not a failure: the rest moves next time
+    line = _check_line(config)
+    assert line.startswith("ok      offload:") and "left 1 for the next run" in line, line
+
+    monkeypatch.undo()
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(usb),
+                         "--max-minutes", "1")
+    assert code == 0 and "moved 1 day(s)" in out and "stopped after" not in out, out
+    assert list((outbox / "index").glob("*.jsonl")) == []
+    assert _last(outbox)["days_left"] == 0
+
+
+@pytest.mark.parametrize("minutes", ["0", "-5", "soon"])
+def test_max_minutes_must_be_a_whole_number_of_minutes(two_days, tmp_path, minutes):
+    _, outbox = two_days
+    code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(tmp_path),
+                         "--max-minutes", minutes)
+    assert code == 2 and "--max-minutes" in out and "Traceback" not in out, out
+    assert not (outbox / ".state" / LAST_NAME).exists()
+
+
+def test_a_run_killed_before_its_end_is_named_when_the_agent_starts(two_days, tmp_path):
+    """The scheduled run kills an offload that runs past its time (a disk that stopped
+    answering), and a power cut kills one anywhere: neither writes how it ended. The record
+    written when it began (``ok`` null, its pid) then says it: the agent's next start names
+    it on its front page, and ``check`` warns, until a run ends."""
+    config, outbox = two_days
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    args = ["offload", str(outbox), "--keep-days", "1", "--to", str(usb)]
+    killed = run_agent(args, NEUROEDGE_FAILPOINT="offload_remove")  # SIGKILL, as kill -9
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    last = _last(outbox)
+    assert last["ok"] is None and isinstance(last["pid"], int) and last["error"] is None
+    [alert] = last_offload_alerts(outbox)
+    assert "did not finish: it was stopped before its end" in alert and "Nothing is lost" in alert
+    assert alert.endswith(f"--keep-days 1 --to {usb}"), alert
+    assert pending_offload_alerts(outbox)  # it died removing a day: that is said first
+    line = _check_line(config)
+    assert line.startswith("WARNING offload: The last offload (") and "stopped before" in line
+
+    finished = run_agent(args)  # the next run finishes the day, then moves the rest
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert last_offload_alerts(outbox) == [] and _last(outbox)["ok"] is True
+    assert list((outbox / "index").glob("*.jsonl")) == []
+
+
+def test_a_run_that_is_still_running_is_not_taken_for_a_killed_one(two_days):
+    """``check`` while an offload runs: the pid in its record holds the outbox's lock."""
+    config, outbox = two_days
+    box = Outbox(outbox)
+    box.lock()  # this process plays the running offload: its pid in .state/lock
+    try:
+        edge.offload._record_last(box, "edge-agent offload ...", None, running=True)
+        last = _last(outbox)
+        assert last["pid"] == os.getpid() and offload_running(outbox, last)
+        assert last_offload_alerts(outbox) == []
+        line = _check_line(config)
+        assert line.startswith("ok      offload: an offload is running (since "), line
+    finally:
+        box.unlock()
+    # the same record once another process holds the lock (the agent, started after the
+    # offload died): a run that never ended
+    other = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    (outbox / ".state" / "lock").write_text(other.stdout)
+    assert not offload_running(outbox, _last(outbox))
+    assert "stopped before its end" in last_offload_alerts(outbox)[0]
