@@ -28,8 +28,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Callable
 
+from .liveness import Progress
 from .outbox import Job
 from .worker import Work, Worker
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 QUEUE_DEPTH = 8  # classified inputs waiting to be written (each holds a 150 kB thumbnail,
 # or the heat-map PNG and page drawn from it: about 300 kB)
 _STOP = None
+# a group's commit (at most QUEUE_DEPTH inputs: a few fsyncs each) taking longer than this
+# is stuck (a disk that stopped answering): the watchdog pings stop (``edge.liveness``)
+COMMIT_BOUND = 300.0
 
 
 class Committer:
@@ -49,9 +54,11 @@ class Committer:
         self._on_failure = on_failure
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+        self.progress = Progress("committer", COMMIT_BOUND)
 
     def start(self) -> None:
         self._thread.start()
+        self.progress.running(self._thread)
 
     def submit(self, work: Work) -> None:
         """Queue a prepared job. While the queue is full, rather than wait, draw the
@@ -87,15 +94,25 @@ class Committer:
         (a hung disk: what it was writing stays journaled for the next start)."""
         if not self._thread.is_alive():
             return True
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        try:  # a full queue behind a stuck group must not hold the stop past ``timeout``
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            self.progress.running(None)
+            return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self.progress.running(None)
         return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
             group, stop = self._next_group()
             if group:
-                self._commit(group)
+                self.progress.begin()
+                try:
+                    self._commit(group)
+                finally:
+                    self.progress.end()
             for _ in range(len(group) + stop):
                 self._queue.task_done()
             if stop:

@@ -37,6 +37,7 @@ from .diskspace import HISTORY_FILE, MB, DiskForecast, SpaceGuard
 from .errors import ConfigError, FolderUnavailableError, StorageError
 from .inbox import Inbox
 from .index import DailyIndex
+from .liveness import Progress
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
 from .offload import last_offload_alerts, pending_offload_alerts
 from .outbox import Job, Outbox
@@ -135,6 +136,7 @@ class Agent:
         self._ping_every = sdnotify.watchdog_interval()  # seconds; None: no systemd watchdog
         self._ready = False  # READY=1 sent: start-up (the journal's replay) is over
         self._last_ping = time.monotonic()
+        self._stalled_said: set[str] = set()  # the stalled threads last logged
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
         forecast = (DiskForecast(self.outbox.state / HISTORY_FILE, w.min_free_mb * MB,
@@ -437,11 +439,31 @@ class Agent:
 
     def _ping_watchdog(self) -> None:
         """WATCHDOG=1 to systemd when due: from this thread, between files, so a hung
-        decoder or a hung disk write (the committer's queue full) stops the pings."""
+        decoder or a hung disk write (the committer's queue full) stops the pings; and only
+        while the committer, the study tracker and the SR sender make progress, so one of
+        them stuck for ever does too (``edge.liveness``): systemd then restarts the agent,
+        instead of an agent that looks alive and writes no report or sends no SR."""
         now = time.monotonic()
-        if self._ping_every and now - self._last_ping >= self._ping_every:
+        every = self._ping_every or _RENDER_EVERY  # without a watchdog: still said
+        if now - self._last_ping < every:
+            return
+        self._last_ping = now
+        stalled = {part.name: why for part in self._progress()
+                   for why in [part.stalled(now)] if why}
+        if stalled:
+            if set(stalled) != self._stalled_said:  # said once per stall, not every ping
+                log.error("%s: %s", "; ".join(stalled.values()),
+                          "no more WATCHDOG=1, so systemd restarts the agent (journaled inputs "
+                          "are finished at the next start)" if self._ping_every else
+                          "the agent must be restarted (`systemctl restart edge-agent`)")
+            self._stalled_said = set(stalled)
+            return
+        self._stalled_said = set()
+        if self._ping_every:
             sdnotify.notify("WATCHDOG=1")
-            self._last_ping = now
+
+    def _progress(self) -> list[Progress]:
+        return [self.committer.progress, *self.network.progress()]
 
     def _still_working(self) -> None:
         """Between two inputs: WATCHDOG=1 when due and, while starting or stopping,

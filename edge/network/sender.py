@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..liveness import Progress
 from .receiver import bound_reads
 from .sendqueue import Outgoing, SendQueue
 from .settings import NetworkConfig, PacsConfig, Peer
@@ -145,10 +146,15 @@ class Sender:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # one attempt waits at most for the connection, the association, the C-STORE and
+        # the release, each bounded by [pacs] timeout; stuck past this (a PACS that never
+        # lets go), the watchdog pings stop (``edge.liveness``)
+        self.progress = Progress("SR sender", 6 * pacs.timeout + 60.0)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
         self._thread.start()
+        self.progress.running(self._thread)
 
     def wake(self) -> None:
         self._wake.set()
@@ -156,6 +162,7 @@ class Sender:
     def stop(self, timeout: float) -> None:
         self._stop.set()
         self._wake.set()
+        self.progress.running(None)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -191,6 +198,7 @@ class Sender:
     def _attempt(self, item: Outgoing) -> bool:
         """Send one SR; False if the PACS could not be reached at all."""
         path = self.queue.path_of(item)
+        self.progress.begin()  # each attempt has the bound to itself
         try:
             code = self._send(path, item, self.peer, self.network, self.pacs)
         except Exception as exc:  # noqa: BLE001 - every failure is retried later
@@ -222,6 +230,7 @@ class Sender:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.progress.begin()
             try:
                 wait = self.send_due()
             except OSError as exc:  # the queue's own files: a full disk, a folder's owner
@@ -232,5 +241,6 @@ class Sender:
             except Exception:  # noqa: BLE001 - keep the thread alive; the queue is on disk
                 log.exception("the SR sender failed unexpectedly; retrying in a minute")
                 wait = 60.0
+            self.progress.end()
             self._wake.wait(60.0 if wait is None else min(wait, 60.0))
             self._wake.clear()

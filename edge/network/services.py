@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..config import AgentConfig
 from ..dicom import uid_hash
 from ..errors import ConfigError
+from ..liveness import Progress
 from ..worker import describe_error
 from .receiver import DicomReceiver, sweep_spool
 from .sender import Sender
@@ -61,6 +62,10 @@ class NetworkServices:
         self.sender = (Sender(self.queue, peer, config.network, config.pacs)
                        if self.queue is not None and peer is not None else None)
         self._started = False
+
+    def progress(self) -> list[Progress]:
+        """The network's threads, for the watchdog (``edge.liveness``)."""
+        return [part.progress for part in (self.tracker, self.sender) if part is not None]
 
     def page_alerts(self) -> list[str]:
         """What the outbox's front page must say of the SRs (none: nothing to say)."""

@@ -43,6 +43,7 @@ from ..durable import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from ..liveness import Progress
 from ..report import now_iso, study_of, valid_uid
 from ..worker import describe_error
 from .settings import StudiesConfig
@@ -57,6 +58,9 @@ STUDY_NOTICE = ("NOT FOR CLINICAL USE. This is an automated research summary of 
 _DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 _POLL = 0.5  # seconds between two reads of the index (a study waits up to this on top)
 _RETRY_FIRST, _RETRY_MAX = 30.0, 900.0  # seconds before a study that failed is tried again
+# one poll of the index, or one study's judgment, taking longer than this is stuck (a read
+# on a share that stopped answering): the watchdog pings stop (``edge.liveness``)
+JUDGE_BOUND = 300.0
 _CLOCK_SLACK = 5.0  # seconds "in the future" a saved time may be before the clock went back
 
 OnJudged = Callable[[Dict[str, Any], List[Slice]], None]  # typing: Python 3.8
@@ -116,6 +120,7 @@ class StudyTracker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (the thread, or finish())
+        self.progress = Progress("study tracker", JUDGE_BOUND)
         self._failures: dict[str, tuple[int, float]] = {}  # uid: (failures, monotonic retry)
         # studies/index.html's row of each study report, by file name, with the file's
         # (mtime, size, inode) when read: only a report that changed is read again
@@ -157,9 +162,11 @@ class StudyTracker:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="studies", daemon=True)
         self._thread.start()
+        self.progress.running(self._thread)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.progress.running(None)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -178,6 +185,7 @@ class StudyTracker:
 
     def _run(self) -> None:
         while not self._stop.wait(_POLL):
+            self.progress.begin()
             with self._lock:
                 try:
                     self.poll()
@@ -190,6 +198,7 @@ class StudyTracker:
                               "trying again in %g s", describe_error(exc), _POLL)
                 except Exception:  # noqa: BLE001 - keep following; the state is on disk
                     log.exception("study tracking failed; retrying")
+            self.progress.end()
 
     # --- following the index ---------------------------------------------------------------
 
@@ -289,6 +298,7 @@ class StudyTracker:
     def _judge_safely(self, uid: str) -> bool:
         """Judge one study; a failure is logged and retried later, never allowed to stop
         the other studies (they are judged in turn, the oldest first)."""
+        self.progress.begin()  # each study has the bound to itself
         try:
             self.judge(uid)
             self._failures.pop(uid, None)
