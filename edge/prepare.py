@@ -105,6 +105,12 @@ def fingerprint(path: Path, config: AgentConfig, t0: float) -> Prepared:
     return found
 
 
+# The longest one wait for a file still changing after its claim: five of them stay well
+# inside the unit's WatchdogSec (3 min; no ping while an input is fingerprinted), whatever
+# [watch] settle_seconds says (a slow share's, 60 s, would have had the agent killed).
+SETTLE_WAIT_MAX = 20.0
+
+
 def _stable_hash(path: Path, settle_seconds: float) -> tuple[str, int]:
     """sha256 of a file no one is still writing (re-hashed if it changed meanwhile)."""
     digest, size = "", 0
@@ -116,7 +122,7 @@ def _stable_hash(path: Path, settle_seconds: float) -> tuple[str, int]:
         if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
             break
         log.warning("input %s changed while being read; waiting for it to settle", digest[:12])
-        time.sleep(max(settle_seconds, 0.5))
+        time.sleep(min(max(settle_seconds, 0.5), SETTLE_WAIT_MAX))
     return digest, size
 
 

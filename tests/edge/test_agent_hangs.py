@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,31 @@ def test_closing_the_committer_keeps_its_bound_behind_a_stuck_group(monkeypatch)
         assert closing == [False] and time.monotonic() - started < 2.0
     finally:
         release.set()
+
+
+def test_a_file_still_changing_after_its_claim_is_not_waited_on_past_the_watchdog(
+        tmp_path, monkeypatch):
+    """The re-hash of a file that changed while it was read waits ``settle_seconds`` a try,
+    on the thread that pings systemd's watchdog: with a slow share's 60 s, five tries ran
+    past ``WatchdogSec`` (3 min) and systemd killed the agent over one input. Each wait is
+    capped (``SETTLE_WAIT_MAX``), five of them well inside it."""
+    from edge import prepare
+
+    path = tmp_path / "growing.dcm"
+    path.write_bytes(b"x")
+    real_hash = prepare.sha256_file
+
+    def hash_while_it_grows(p):  # a writer still appending: each read sees it change
+        digest = real_hash(p)
+        with open(str(p), "ab") as handle:
+            handle.write(b"x")
+        return digest
+
+    waits: list[float] = []
+    monkeypatch.setattr(prepare, "sha256_file", hash_while_it_grows)
+    monkeypatch.setattr(prepare, "time", types.SimpleNamespace(sleep=waits.append))
+    prepare._stable_hash(path, 60.0)
+    assert len(waits) == 5 and max(waits) <= prepare.SETTLE_WAIT_MAX
+    assert sum(waits) < 180 * 0.6, waits  # the unit's WatchdogSec, with room to spare
+    assert "WatchdogSec=3min" in (Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+                                  / "edge-agent.service").read_text()
