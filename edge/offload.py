@@ -316,11 +316,16 @@ def offload_running(root: Path, record: dict[str, Any]) -> bool:
         return False
     try:
         with open(str(root / ".state" / "lock"), "rb") as handle:
-            holder = handle.read(32).strip()
+            if handle.read(32).strip() != str(pid).encode():
+                return False
         os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # gone
+    except PermissionError:
+        return True  # there, and another user's (check run by staff, the offload by the agent's)
     except (OSError, ValueError):
-        return False  # ProcessLookupError: gone; PermissionError: another user's: not ours
-    return holder == str(pid).encode()
+        return False
+    return True
 
 
 class _Offload:

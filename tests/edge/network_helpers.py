@@ -3,6 +3,7 @@ pynetdicom clients (a module of its own, like agent_helpers)."""
 
 from __future__ import annotations
 
+import shlex
 import socket
 import subprocess
 import time
@@ -127,7 +128,12 @@ class StoreSCP:
 
     def start(self) -> StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.done.mkdir(exist_ok=True)
+        # storescp writes each file in place: a name in ``done`` (touched once the file is
+        # saved) says it is whole, so ``received`` never hands a test a file still written
+        done = shlex.quote(str(self.done))
         self.proc = subprocess.Popen([tool("storescp"), "-aet", self.aet, "-od", str(self.folder),
+                                      "--exec-on-reception", f"touch {done}/#f",
                                       *self.options, str(self.port)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 10
@@ -158,8 +164,14 @@ class StoreSCP:
                     return True
         return False
 
+    @property
+    def done(self) -> Path:
+        return self.folder.with_name(self.folder.name + ".done")
+
     def received(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.is_file())
+        """The instances received whole (not one storescp is still writing)."""
+        whole = {p.name for p in self.done.iterdir()}
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and p.name in whole)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, every: float = 0.1) -> Any:

@@ -237,3 +237,22 @@ def test_a_run_that_is_still_running_is_not_taken_for_a_killed_one(two_days):
     (outbox / ".state" / "lock").write_text(other.stdout)
     assert not offload_running(outbox, _last(outbox))
     assert "stopped before its end" in last_offload_alerts(outbox)[0]
+
+
+def test_check_by_another_user_sees_a_running_offload_as_running(two_days, monkeypatch):
+    """``check`` run by a member of the staff group while the service user's offload runs:
+    signalling that process is not allowed (EPERM), which says it is there."""
+    _, outbox = two_days
+    box = Outbox(outbox)
+    box.lock()
+    try:
+        edge.offload._record_last(box, "edge-agent offload ...", None, running=True)
+
+        def not_yours(pid, sig):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(edge.offload.os, "kill", not_yours)
+        assert offload_running(outbox, _last(outbox))
+        assert last_offload_alerts(outbox) == []
+    finally:
+        box.unlock()
