@@ -21,6 +21,7 @@ def dataset_dir() -> Path:
     return DATASET_DIR
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: none where it is not installed
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the README's test command): two workers a core, at most eight. The long
     tests wait on subprocesses, sockets and timers as much as they compute: on this
