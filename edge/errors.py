@@ -9,6 +9,8 @@ sysexits.h's, the same in every package.
 
 from __future__ import annotations
 
+import errno
+
 EX_USAGE = 64  # a command-line option is wrong
 EX_DATAERR = 65  # an input is wrong (a refused file, a bad data folder)
 EX_NOINPUT = 66  # an input or a folder is missing
@@ -123,6 +125,12 @@ class StorageError(EdgeError):
     @classmethod
     def starting(cls, exc: OSError) -> StorageError:
         where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.EACCES, errno.EPERM):  # not the disk: a file's owner or mode
+            return cls(f"this user may not open a file of the outbox while starting: "
+                       f"{exc.strerror or exc}{where}; nothing was taken or lost. A command "
+                       "run as root in the outbox leaves files the agent may not open: give "
+                       "them back to the agent's user (sudo chown -R neuroedge: OUTBOX); the "
+                       "agent is started again (systemd) and goes on once it may")
         return cls(f"a disk error while starting: {exc.strerror or exc}{where}; nothing was "
                    "taken or lost. The agent is started again (systemd) or can be run again; "
                    "if this goes on, check the disk or share (dmesg, the cable, its mount)")

@@ -245,6 +245,25 @@ def test_a_study_state_that_cannot_be_read_at_start_is_exit_75_and_nothing_is_wr
     assert len(doc["instances"]) == 4 and doc["revision"] == 2 and not doc["notes"]
 
 
+def test_a_study_state_this_user_may_not_read_says_whose_it_is_and_writes_nothing(
+        folders, test_model, monkeypatch):
+    """The cursor owned by root (a command run as root in the outbox): not "a disk error,
+    check the cable" but who may not open what, and the chown that cures it; exit 75, so
+    the agent goes on by itself once it is given back."""
+    config, _ = _study_with_state(folders, test_model.path)
+    outbox = folders["outbox"]
+    path = outbox / ".state" / "studies" / "cursor.json"
+    before = files(outbox / ".state" / "studies")
+    with monkeypatch.context() as m:
+        failing_reads(m, path, error=errno.EACCES)
+        with pytest.raises(StorageError) as raised:
+            run_once(config)
+    said = str(raised.value)
+    assert raised.value.exit_code == EX_TEMPFAIL and str(path) in said
+    assert "may not open" in said and "chown -R neuroedge:" in said and "disk error" not in said
+    assert files(outbox / ".state" / "studies") == before
+
+
 def test_an_index_that_cannot_be_listed_at_the_first_start_is_not_taken_for_none(
         tmp_path, monkeypatch):
     """The first start with study reports begins at the end of the index. Listing the index
