@@ -117,6 +117,10 @@ class OffloadUsageError(EdgeError):
     exit_code = 2
 
 
+class OffloadBusyError(AgentBusyError):
+    """Another ``edge-agent offload`` holds the outbox (exit 75, as for the agent)."""
+
+
 class UnindexedDayError(EdgeError):
     """Archived inputs of a day with no index file: ``edge-agent fsck`` must index them
     first. Exit 65, as fsck's for problems in the outbox."""
@@ -234,7 +238,7 @@ def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, 
         moved = _offload(box, run, before_text, dest_text, dry_run, keep_days, other_disk,
                          command)
     except EdgeError as exc:
-        if not dry_run:
+        if not dry_run and not isinstance(exc, OffloadBusyError):  # that run's record stays
             _record_last(box, command, str(exc), run.moved)
         raise
     if not dry_run:
@@ -250,6 +254,12 @@ def _offload(box: Outbox, run: _Offload, before_text: str | None, dest_text: str
     try:
         box.lock(read_only=dry_run)
     except AgentBusyError:
+        last = last_offload(root)
+        if last is not None and offload_running(root, last):
+            raise OffloadBusyError(f"another offload is running on the outbox {root} (process "
+                                   f"{last.get('pid')}, since {last.get('time')}: "
+                                   f"{last.get('command')}); let it end, then run this again "
+                                   "if it is still needed") from None
         raise AgentBusyError(f"edge-agent is running on the outbox {root}: stop edge-agent "
                              "first: systemctl stop edge-agent (and start it again after)"
                              ) from None

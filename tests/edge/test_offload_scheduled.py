@@ -256,3 +256,21 @@ def test_check_by_another_user_sees_a_running_offload_as_running(two_days, monke
         assert last_offload_alerts(outbox) == []
     finally:
         box.unlock()
+
+
+def test_an_offload_while_another_runs_says_so_and_leaves_its_record(two_days, tmp_path):
+    """A hand-run offload while the scheduled one runs: refused (75) with what runs, and
+    the running one's record (which names it if it is killed) is not written over."""
+    _, outbox = two_days
+    box = Outbox(outbox)
+    box.lock()  # this process plays the running offload
+    try:
+        edge.offload._record_last(box, "edge-agent offload (scheduled)", None, running=True)
+        before = (outbox / ".state" / LAST_NAME).read_bytes()
+        code, out = _offload(str(outbox), "--keep-days", "1", "--to", str(tmp_path))
+        assert code == 75, out
+        assert f"another offload is running on the outbox {outbox} (process {os.getpid()}" in out
+        assert "edge-agent offload (scheduled)" in out and "Traceback" not in out
+        assert (outbox / ".state" / LAST_NAME).read_bytes() == before
+    finally:
+        box.unlock()
