@@ -72,6 +72,7 @@ from .durable import (
     FolderBarrier,
     atomic_file,
     fsync_dir,
+    lexists,
     read_json,
     read_json_if_there,
     remove_stale_temp_files,
@@ -226,7 +227,11 @@ def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, 
     how it ended in ``.state/offload-last.json`` (``last_offload_alerts``)."""
     root = root.resolve()
     box = Outbox(root)
-    if not box.state.is_dir():
+    try:
+        is_outbox = box.state.is_dir()
+    except OSError as exc:  # a disk error is not "not an outbox"
+        raise _stopped(exc) from None
+    if not is_outbox:
         raise ConfigError(f"{root} is not an outbox (it has no .state folder): give the folder "
                           "the agent writes its reports to")
     command = f"edge-agent offload {shlex.quote(str(root))} " + (
@@ -250,9 +255,11 @@ def _offload(box: Outbox, run: _Offload, before_text: str | None, dest_text: str
              dry_run: bool, keep_days: int | None, other_disk: bool, command: str) -> int:
     before = parse_before(before_text) if keep_days is None else before_keeping(keep_days)
     root = box.root
-    dest = check_dest(root, dest_text, dry_run, other_disk)
     try:
+        dest = check_dest(root, dest_text, dry_run, other_disk)
         box.lock(read_only=dry_run)
+    except OSError as exc:  # DEST or the outbox failing before anything began
+        raise _stopped(exc) from None
     except AgentBusyError:
         last = last_offload(root)
         if last is not None and offload_running(root, last):
@@ -268,12 +275,17 @@ def _offload(box: Outbox, run: _Offload, before_text: str | None, dest_text: str
             _record_last(box, command, None, running=True)
         return run.run(dest, before, dry_run)
     except OSError as exc:  # a disk error, DEST unplugged: each step is safe to stop after
-        where = f" ({exc.filename})" if exc.filename else ""  # a failed write names none
-        raise OutputError(f"the offload stopped: {exc.strerror or exc}{where}; nothing is "
-                          "lost: run the same command again once that is fixed (a day whose "
-                          "removal had begun is finished first)") from None
+        raise _stopped(exc) from None
     finally:
         box.unlock()
+
+
+def _stopped(exc: OSError) -> OutputError:
+    """A disk error (of the outbox or DEST) said in one line: exit 73, nothing lost."""
+    where = f" ({exc.filename})" if exc.filename else ""  # a failed write names none
+    return OutputError(f"the offload stopped: {exc.strerror or exc}{where}; nothing is lost: "
+                       "run the same command again once that is fixed (a day whose removal "
+                       "had begun is finished first)")
 
 
 def _record_last(box: Outbox, command: str, error: str | None, moved: int = 0,
@@ -557,7 +569,7 @@ class _Offload:
         barrier = FolderBarrier()
         for item in record["files"]:
             source = self.root / str(item["path"])
-            if not os.path.lexists(str(source)):
+            if not lexists(source):  # an I/O error is not "removed already"
                 continue
             if verify and item.get("copy") is not None:
                 self._check_copy(dest, item, day)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .commit import REASON_SUFFIX
-from .durable import display_name, is_temp_name, json_bytes, split_ext
+from .durable import display_name, is_temp_name, json_bytes, lexists, split_ext
 from .errors import OutputError
 from .index import DAY
 from .offload_readback import same_or_absent
@@ -221,10 +221,10 @@ class DayPlanner:
         ``name~<sha8>-2``, ... where each of the two files is absent or already the same
         bytes (copied by an interrupted run): the same choice on every rerun."""
         src = self.root / moved_to
-        if not os.path.lexists(str(src)) or moved_to in plan.sources:
+        if not lexists(src) or moved_to in plan.sources:
             return None
         record = Path(str(src) + REASON_SUFFIX)
-        has_record = os.path.lexists(str(record))
+        has_record = lexists(record)
         stem, ext = split_ext(src.name)
         tag = str(entry.get("id") or entry.get("token") or "x")[:8]
         for n in range(100000):
