@@ -1,17 +1,24 @@
 """The disk-fault sweep of ``edge-agent offload``: every OS call it makes fails once, in turn.
 
 ``test_offload.py`` kills the offload at each durable step; this fails each disk call
-instead. A healthy offload of three days (duplicates across days, a quarantined input, a
-report kept because a later day names it) records every OS call site of the ``edge``
-package under the outbox and DEST (DEST on another filesystem where there is one), with
-the ``Disk`` of ``test_agent_fault_sweep.py``. Each site then fails in turn, from a fresh
-copy of the same outbox: with EIO once, and with ENOSPC for half a second. The offload may
+instead. A healthy offload of two of three days (duplicates across days, a quarantined
+input, a report kept because the third day names it, a DICOM study whose slices came on
+two days) records every OS call site of the ``edge`` package under the outbox and DEST
+(DEST on another filesystem where there is one), with the ``Disk`` of
+``test_agent_fault_sweep.py``: about 128 sites, and 129 in a run that first finishes an
+offload stopped dead while removing a day. Each site then fails in turn, from a fresh copy
+of the same outbox: with EIO once, and with ENOSPC for half a second. The offload may
 fail, in one line (an ``EdgeError``), never with a traceback; run again on a healthy disk
-it must succeed, and the books must be those of the healthy run: every input, report and
-quarantined file in the outbox or at DEST with identical bytes, every index line in one
-day file naming files that are there, no offload record left, ``fsck --deep`` clean and
-``.state/offload-last.json`` saying ok. ``NEUROEDGE_SWEEP_EVERY=n`` sweeps every n-th
-site only.
+it must succeed, and the books must be those of the healthy run: every input, report,
+quarantined file and study report in the outbox or at DEST with identical bytes, every
+index line in one day file naming files that are there, no offload record left, ``fsck
+--deep`` clean and ``.state/offload-last.json`` saying ok.
+
+It found three problems on 2026-12-07, each with a test of its own below that failed
+before its fix: an I/O error taken for "removed already" while removing a day, and for
+"not in the outbox" while planning a quarantined input (the file stayed in the outbox, its
+line went to DEST), and a disk error before the lock ending in a traceback.
+``NEUROEDGE_SWEEP_EVERY=n`` sweeps every n-th site only.
 """
 
 from __future__ import annotations
@@ -26,27 +33,33 @@ from typing import Any
 
 import pytest
 from agent_helpers import gray_png, make_config, other_filesystem, run_once
+from network_helpers import make_study
 from test_agent_fault_sweep import EDGE_DIR, SAMPLE, Disk, Plan, Site
 
 from edge import commit
 
 BEFORE = "2025-03-03"  # the first two days move; the third names a report of the first
-DAYS = (("2025-03-01", {"a.png": 30, "b.png": 220, "notes.txt": "not an image\n"}),
-        ("2025-03-02", {"a-again.png": 30, "c.png": 100, "d.png": 160}),
-        ("2025-03-03", {"a-third.png": 30, "e.png": 190}))
+# each day's inputs (name: grey level or text), and the slices of one DICOM study it got
+DAYS = (("2025-03-01", {"a.png": 30, "b.png": 220, "notes.txt": "not an image\n"}, [0.6, 0.1]),
+        ("2025-03-02", {"a-again.png": 30, "c.png": 100, "d.png": 160}, [0.1]),
+        ("2025-03-03", {"a-third.png": 30, "e.png": 190}, []))
 
 
 def make_history(root: Path, model: Path) -> Path:
-    """An outbox with the three days of ``INPUTS``, handled by the real agent."""
+    """An outbox with the three days of ``DAYS``, handled by the real agent, and a DICOM
+    study whose slices came on the first two (its page names reports of both)."""
     folders = {"inbox": root / "inbox", "outbox": root / "outbox", "root": root}
     folders["inbox"].mkdir(parents=True)
-    config = make_config(folders, model)
-    for day, inputs in DAYS:
+    config = make_config(folders, model, studies={"settle_seconds": 0})
+    uid = None
+    for day, inputs, levels in DAYS:
         for name, value in inputs.items():
             if isinstance(value, int):
                 gray_png(folders["inbox"] / name, value)
             else:
                 (folders["inbox"] / name).write_text(value)
+        if levels:
+            uid, _ = make_study(folders["inbox"] / day, levels, study_uid=uid)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(commit, "local_day", lambda day=day: day)
             counts = run_once(config)
@@ -54,10 +67,12 @@ def make_history(root: Path, model: Path) -> Path:
     return folders["outbox"]
 
 
-def contents(root: Path) -> dict[str, bytes]:
+def contents(root: Path, dest: Path | None = None) -> dict[str, bytes]:
     """The files of an outbox or DEST that the offload keeps or moves (not its state, not
-    the pages it writes anew)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+    the pages it writes anew); ``dest``, where a study report names it, as ``DEST``."""
+    where = str(dest).encode() if dest is not None else None
+    return {p.relative_to(root).as_posix(): p.read_bytes() if where is None else
+            p.read_bytes().replace(where, b"DEST") for p in sorted(root.rglob("*"))
             if p.is_file() and ".state" not in p.relative_to(root).parts
             and p.suffix != ".html"}
 
@@ -72,7 +87,7 @@ def books(outbox: Path, dest: Path, expected: tuple[dict[str, bytes], dict[str, 
 
     wrong = []
     for name, root, want in (("outbox", outbox, expected[0]), ("DEST", dest, expected[1])):
-        have = contents(root)
+        have = contents(root, dest)
         if set(have) != set(want):
             wrong.append(f"{name}: missing {sorted(set(want) - set(have))}, extra "
                          f"{sorted(set(have) - set(want))}")
@@ -122,15 +137,25 @@ class Sweep:
     """Fresh copies of one history, offloaded with ``disk`` failing as a plan says, then
     again on a healthy disk."""
 
-    def __init__(self, history: Path, disk: Disk, dests: Path) -> None:
+    def __init__(self, history: Path, disk: Disk, dests: Path,
+                 history_dest: Path | None = None) -> None:
         self.history, self.disk, self.dests = history, disk, dests
+        self.history_dest = history_dest  # DEST of an offload interrupted in ``history``
         self.original = contents(history)
         self.expected: tuple[dict[str, bytes], dict[str, bytes]] = ({}, {})
 
     def fresh(self, root: Path) -> tuple[Path, Path]:
+        from edge.offload import RECORD_NAME
+
         outbox = root / "outbox"
         shutil.copytree(str(self.history), str(outbox), symlinks=True)
         dest = Path(tempfile.mkdtemp(prefix="usb-", dir=str(self.dests)))
+        if self.history_dest is not None:  # the interrupted run's copies, and its record
+            shutil.rmtree(str(dest))
+            shutil.copytree(str(self.history_dest), str(dest), symlinks=True)
+            record = outbox / ".state" / RECORD_NAME
+            doc = json.loads(record.read_text())
+            record.write_text(json.dumps({**doc, "dest": str(dest)}))
         return outbox, dest
 
     def census(self, root: Path) -> list[Site]:
@@ -141,7 +166,7 @@ class Sweep:
             assert run_offload(outbox, dest) is None
         finally:
             self.disk.counting = False
-        self.expected = (contents(outbox), contents(dest))
+        self.expected = (contents(outbox, dest), contents(dest, dest))
         assert books(outbox, dest, self.expected, self.original) == []
         return sorted(self.disk.calls, key=lambda s: (s.line, s.asked_by, s.call))
 
@@ -166,6 +191,36 @@ def history(test_model, tmp_path_factory) -> Path:
     return make_history(tmp_path_factory.mktemp("history"), test_model.path)
 
 
+class _Killed(BaseException):
+    """The offload stopped dead at a failpoint (as by ``kill -9``: no handler runs)."""
+
+
+@pytest.fixture(scope="module")
+def interrupted(history, tmp_path_factory) -> tuple[Path, Path]:
+    """The history with an offload stopped dead in the middle of removing its first day
+    (the third file): the outbox with its ``.state/offload.json``, and that DEST."""
+    from edge import failpoints
+    from edge.offload import RECORD_NAME, offload
+
+    root = tmp_path_factory.mktemp("interrupted")
+    outbox, dest = root / "outbox", root / "usb"
+    shutil.copytree(str(history), str(outbox), symlinks=True)
+    dest.mkdir()
+    hits = []
+
+    def hit(name: str) -> None:
+        hits.append(name)
+        if hits.count("offload_remove") == 3:
+            raise _Killed()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(failpoints, "hit", hit)
+        with pytest.raises(_Killed):
+            offload(outbox, BEFORE, str(dest), dry_run=False, echo=lambda text: None)
+    assert (outbox / ".state" / RECORD_NAME).is_file()
+    return outbox, dest
+
+
 def dests_folder(tmp_path: Path) -> Path:
     """Where each case's DEST is made: on another filesystem than the outbox if there is
     one (a USB disk), else beside it."""
@@ -188,9 +243,20 @@ def sweep(history, tmp_path, monkeypatch) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("finishing", [False, True], ids=["fresh", "finishing"])
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
                          ids=["EIO-once", "ENOSPC-0.5s"])
-def test_one_failing_disk_call_in_an_offload_loses_nothing(sweep, tmp_path, error, lasting):
+def test_one_failing_disk_call_in_an_offload_loses_nothing(history, interrupted, tmp_path,
+                                                          monkeypatch, error, lasting,
+                                                          finishing):
+    """Each site of a healthy offload fails in turn (EIO once; ENOSPC for 0.5 s), then a
+    healthy rerun. ``finishing``: the run finds the record of an offload stopped dead while
+    removing its first day, and finishes it (each copy checked again) before moving on."""
+    outbox, dest = interrupted if finishing else (history, None)
+    dests = dests_folder(tmp_path)
+    disk = Disk(tmp_path, dests)
+    disk.install(monkeypatch)
+    sweep = Sweep(outbox, disk, dests, dest)
     sites = sweep.census(tmp_path / "census")
     found = []
     for i, site in enumerate(sites[::SAMPLE]):
