@@ -221,25 +221,25 @@ def interrupted(history, tmp_path_factory) -> tuple[Path, Path]:
     return outbox, dest
 
 
-def dests_folder(tmp_path: Path) -> Path:
+@pytest.fixture()
+def dests(tmp_path) -> Any:
     """Where each case's DEST is made: on another filesystem than the outbox if there is
-    one (a USB disk), else beside it."""
+    one (a USB disk), else beside it; removed after."""
     try:
         base = Path(tempfile.mkdtemp(prefix="neuroedge-offload-sweep-",
                                      dir=str(other_filesystem(tmp_path))))
     except pytest.skip.Exception:
         base = tmp_path / "dests"
         base.mkdir()
-    return base
+    yield base
+    shutil.rmtree(str(base), ignore_errors=True)
 
 
 @pytest.fixture()
-def sweep(history, tmp_path, monkeypatch) -> Any:
-    dests = dests_folder(tmp_path)
+def sweep(history, tmp_path, dests, monkeypatch) -> Sweep:
     disk = Disk(tmp_path, dests)
     disk.install(monkeypatch)
-    yield Sweep(history, disk, dests)
-    shutil.rmtree(str(dests), ignore_errors=True)
+    return Sweep(history, disk, dests)
 
 
 @pytest.mark.slow
@@ -247,13 +247,12 @@ def sweep(history, tmp_path, monkeypatch) -> Any:
 @pytest.mark.parametrize("error,lasting", [(errno.EIO, 0.0), (errno.ENOSPC, 0.5)],
                          ids=["EIO-once", "ENOSPC-0.5s"])
 def test_one_failing_disk_call_in_an_offload_loses_nothing(history, interrupted, tmp_path,
-                                                          monkeypatch, error, lasting,
+                                                          dests, monkeypatch, error, lasting,
                                                           finishing):
     """Each site of a healthy offload fails in turn (EIO once; ENOSPC for 0.5 s), then a
     healthy rerun. ``finishing``: the run finds the record of an offload stopped dead while
     removing its first day, and finishes it (each copy checked again) before moving on."""
     outbox, dest = interrupted if finishing else (history, None)
-    dests = dests_folder(tmp_path)
     disk = Disk(tmp_path, dests)
     disk.install(monkeypatch)
     sweep = Sweep(outbox, disk, dests, dest)
