@@ -231,6 +231,10 @@ def _check_sr_queue(outbox: Path, peer: str, ok: Callable[[str, str], None],
     from .network.sendqueue import read_queue_state
 
     state = read_queue_state(outbox)
+    if state.unreadable:
+        warn("sr queue", f"{state.unreadable} SR record(s) in {outbox / '.state' / 'outgoing'} "
+             "could not be read just now (a disk error): not counted below; the agent tries "
+             "them again. If this goes on, check the disk (dmesg)")
     if state.damaged:
         warn("sr queue", f"{state.damaged} SR(s) in {outbox / '.state' / 'outgoing' / 'damaged'}"
              " could not be read and will not be sent (the agent logged why); judging their "

@@ -44,7 +44,6 @@ from ..durable import (
     free_name,
     fsync_dir,
     move_no_replace,
-    read_json,
     read_json_if_there,
     remove_stale_temp_files,
     write_bytes_atomic,
@@ -102,6 +101,7 @@ class QueueState:
     failing: int = 0  # of those, the ones with at least one failed attempt
     refused: int = 0  # the PACS refuses them until something is changed there
     damaged: int = 0  # set aside in damaged/: they will not be sent
+    unreadable: int = 0  # records the disk failed to give just now (``read_queue_state``)
     oldest: str | None = None  # the created_at of the oldest SR queued
     waiting_error: str | None = None  # the newest error of a waiting SR
     refused_error: str | None = None  # the newest refusal
@@ -153,8 +153,13 @@ def read_queue_state(outbox: Path) -> QueueState:
     the running agent owns the queue). A record being replaced, or damaged, is skipped:
     the agent repairs or sets it aside."""
     folder = outbox / ".state" / "outgoing"
-    records = [read_json(path) for path in sorted(folder.glob("*.json"))]  # None: skipped
-    return QueueState.of(records, _count_damaged(folder))
+    records, unreadable = [], 0
+    for path in sorted(folder.glob("*.json")):
+        try:
+            records.append(read_json_if_there(path))  # None: skipped
+        except OSError:  # a disk error: not an SR fewer (the agent retries it)
+            unreadable += 1
+    return replace(QueueState.of(records, _count_damaged(folder)), unreadable=unreadable)
 
 
 def _count_damaged(folder: Path) -> int:

@@ -109,6 +109,29 @@ def test_a_queue_record_that_cannot_be_read_is_left_as_it_is_and_read_again(
     assert "rebuilt" not in caplog.text and "damaged" not in caplog.text
 
 
+def test_check_counts_a_queue_record_it_cannot_read_apart_not_as_no_sr(tmp_path, monkeypatch):
+    """``edge-agent check`` reads the queue as it is on disk: a record the disk failed to
+    give was skipped, so the queue looked shorter (or empty: "no SR waiting"). Now it is
+    counted apart and said as a warning."""
+    from edge.network.sendqueue import read_queue_state
+
+    queue = _queue_of_three(tmp_path)
+    assert read_queue_state(tmp_path).waiting == 3
+    from edge.checks import _check_sr_queue
+
+    lines: list[tuple[str, str]] = []
+    with monkeypatch.context() as m:
+        failing_reads(m, queue.folder / "k1.json")
+        state = read_queue_state(tmp_path)
+        _check_sr_queue(tmp_path, "PACS@10.0.0.5:104", lambda *a: lines.append(("ok", *a)),
+                        lambda *a: lines.append(("WARNING", *a)))
+    assert (state.waiting, state.unreadable) == (2, 1)
+    warning = [text for level, _, text in lines if level == "WARNING"]
+    assert len(warning) == 1 and warning[0].startswith("1 SR record(s) in ")
+    assert "could not be read just now (a disk error)" in warning[0]
+    assert ("ok", "sr queue") in [(level, what) for level, what, _ in lines]  # the 2 waiting
+
+
 @pytest.mark.parametrize("failing", ["SR read", "record write"])
 def test_a_damaged_record_is_set_aside_only_for_real_damage(tmp_path, monkeypatch, caplog,
                                                             failing):
