@@ -1,4 +1,4 @@
-"""``python -m trainer``: train, evaluate, summary, pack, unpack, throughput, audit-leakage,
+"""``python -m trainer``: train, evaluate, summary, pack, unpack, travel, throughput, audit-leakage,
 audit-shortcuts, diagnose.
 
 Heavy imports (Keras, TensorFlow, matplotlib) happen inside each command, so ``--help``
@@ -457,6 +457,35 @@ def throughput(arch: str, batch_size: int, steps: int, warmup: int, cpu_kernels:
                        f"{r['speedup']:.2f} |")
     if json_out:
         write_bytes_atomic(Path(json_out), (json.dumps(result, indent=1) + "\n").encode())
+
+
+@main.command()
+@click.option("--carry", multiple=True, metavar="PATH",
+              help="An ignored path the call carries (repeatable), e.g. .gpu and .whl.")
+@click.option("--repo", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="The checkout the device tool sends.")
+@click.option("--limit-mib", type=float, default=64, show_default=True,
+              help="What one call may carry.")
+@click.option("--margin-mib", type=float, default=1, show_default=True,
+              help="Kept free below the limit (how the tool counts is not known to the byte).")
+@_user_errors
+def travel(carry: tuple[str, ...], repo: str, limit_mib: float, margin_mib: float) -> None:
+    """Measure what a GPU-machine call would carry; fail if over the limit.
+
+    Counts the working tree (tracked files and untracked ones git does not ignore, a
+    shared/ folder) and each --carry path, every file rounded up to 4 KiB blocks. Exit 0:
+    it fits; 1: the tool would refuse the call (the largest files are named).
+    """
+    from trainer.travel import check, measure, table
+
+    if limit_mib <= 0 or not 0 <= margin_mib < limit_mib:
+        raise OptionError(f"--limit-mib must be above 0 and --margin-mib from 0 to below it, "
+                          f"got {limit_mib:g} and {margin_mib:g}")
+    limit, margin = int(limit_mib * 2**20), int(margin_mib * 2**20)
+    parts = measure(repo, carry)
+    click.echo(table(parts, limit))
+    for warning in check(parts, limit, margin):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command("audit-leakage")
