@@ -17,7 +17,7 @@ from trainer_testdata import make_dataset
 
 from trainer.cli import main
 from trainer.errors import OptionError
-from trainer.travel import BLOCK, TravelError, check, measure
+from trainer.travel import BLOCK, LIMIT, TravelError, check, measure
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -193,3 +193,20 @@ def test_prepare_refuses_two_versions_of_one_wheel(campaign_checkout):
     (repo / ".whl" / "namex-0.0.1-py3-none-any.whl").write_bytes(b"old")
     done = _prepare(repo, _prepare_env(repo, data, external))
     assert done.returncode == 2 and "several namex wheels in .whl/: keep one" in done.stderr
+
+
+# The campaign's carried files as measured on 2026-12-07 (docs/gpu-campaign.md): the pack
+# at WebP quality 80, the external check, the wheels.
+CARRIED_AT_80 = 47_167_005 + 1_845_727 + 2_893_481
+
+
+def test_the_repository_leaves_room_for_the_campaign_call():
+    """A tree that grows past this (a large file committed, or left untracked and not
+    ignored) pushes the campaign's pack below quality 80 or out of the call."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tree = measure(REPO)[0]
+    room = LIMIT - 2**20 - CARRIED_AT_80 - tree.counted
+    assert room > 0, (f"the working tree counts {tree.counted / 2**20:.1f} MiB and leaves no "
+                      f"room for the GPU campaign's carried files at quality 80; its largest: "
+                      f"{tree.largest}")
