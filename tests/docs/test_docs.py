@@ -185,7 +185,8 @@ def test_every_edge_agent_command_and_option_is_in_the_site():
 
 # Every other command line of the project, by `python -m MODULE`, read from its own --help.
 WORKSTATION_CLIS = ["trainer", "trainer.audit", "converters.tflite", "converters.trust",
-                    "converters.score", "converters.benchmark", "benchmarks", "edge.benchmark"]
+                    "converters.score", "converters.rule", "converters.benchmark", "benchmarks",
+                    "edge.benchmark"]
 
 
 def _help(args: list[str]) -> str | None:
