@@ -12,6 +12,8 @@
       .state/lock                      held by the running agent
       .state/jobs/<token>.json         intent records: the journal
       .state/claimed/<token>           inputs taken out of the inbox, being worked on
+      .state/stalled.json              a side thread stalled: no crash counted at the next
+                                       start (``edge.liveness``)
 
 A job record is written *before* each step that moves a file, so after a crash (power cut,
 ``kill -9``) the next start reads ``.state/jobs`` and finishes every step that was begun.

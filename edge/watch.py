@@ -37,7 +37,7 @@ from .diskspace import HISTORY_FILE, MB, DiskForecast, SpaceGuard
 from .errors import ConfigError, FolderUnavailableError, StorageError
 from .inbox import Inbox
 from .index import DailyIndex
-from .liveness import Progress
+from .liveness import Progress, clear_stall, excused_by_stall, forget_stall, record_stall
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
 from .offload import last_offload_alerts, pending_offload_alerts
 from .outbox import Job, Outbox
@@ -227,10 +227,14 @@ class Agent:
                 jobs.append(job)
         if jobs:
             log.warning("resuming %d input(s) interrupted by a crash or power cut", len(jobs))
+        # a job left waiting for a retry when the agent stopped cleanly did not crash it, nor
+        # did the journal's jobs when a stalled side thread got the agent restarted
+        stalled = excused_by_stall(self.outbox.state, sum(not job.paused for job in jobs),
+                                   self.config.limits.max_attempts)
         for job in jobs:
             self._still_working()  # before READY=1: the start timeout, extended per input
-            # a job left waiting for a retry when the agent stopped cleanly did not crash it
-            self._run_job(job, crashed=not job.paused)
+            self._run_job(job, crashed=not job.paused and not stalled)
+        clear_stall(self.outbox.state)  # only now: a start dying in the replay finds it too
 
     def _received(self, path: str) -> None:
         """An instance the DICOM receiver made durable in the inbox (any thread): it is
@@ -442,7 +446,9 @@ class Agent:
         decoder or a hung disk write (the committer's queue full) stops the pings; and only
         while the committer, the study tracker and the SR sender make progress, so one of
         them stuck for ever does too (``edge.liveness``): systemd then restarts the agent,
-        instead of an agent that looks alive and writes no report or sends no SR."""
+        instead of an agent that looks alive and writes no report or sends no SR. Such a
+        stall is recorded for the next start, which then counts no crash against the inputs
+        taken; a stall of this thread (a hung decoder) cannot be, so its input is counted."""
         now = time.monotonic()
         every = self._ping_every or _RENDER_EVERY  # without a watchdog: still said
         if now - self._last_ping < every:
@@ -456,8 +462,12 @@ class Agent:
                           "no more WATCHDOG=1, so systemd restarts the agent (journaled inputs "
                           "are finished at the next start)" if self._ping_every else
                           "the agent must be restarted (`systemctl restart edge-agent`)")
+                # for the next start: the inputs taken did not stop the agent (edge.liveness)
+                record_stall(self.outbox.state, stalled)
             self._stalled_said = set(stalled)
             return
+        if self._stalled_said:  # the stall cleared: a crash from now on counts again
+            forget_stall(self.outbox.state)
         self._stalled_said = set()
         if self._ping_every:
             sdnotify.notify("WATCHDOG=1")
