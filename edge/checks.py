@@ -54,6 +54,7 @@ def run_checks(config: AgentConfig, echo: Callable[[str], None]) -> list[str]:
             _check_outbox(outbox, inbox, ok, fail)
             _check_space(outbox, config.watch.min_free_mb, config.watch.warn_days, ok, warn)
             _check_last_offload(outbox, ok, warn)
+            _check_stall(outbox, warn)
             if config.pacs.send_to:
                 _check_sr_queue(outbox, str(config.pacs.peer), ok, warn)
         except EdgeError as exc:
@@ -184,6 +185,32 @@ def _check_last_offload(outbox: Path, ok: Callable[[str, str], None],
            f"{record.get('days_moved')} day(s)" + (
                f" and left {left} for the next run (its --max-minutes)" if left else "")
            + f": {record.get('command')}")
+
+
+def _check_stall(outbox: Path, warn: Callable[[str, str], None]) -> None:
+    """A stall the agent recorded (``edge.liveness``): there while one of its side threads
+    is stalled, and from a restart for one until the next start has replayed the journal.
+    Nothing is said when there is none."""
+    from .liveness import STALL_RECORD, read_stall
+
+    path = outbox / ".state" / STALL_RECORD
+    try:
+        stall = read_stall(outbox / ".state")
+    except ValueError:
+        warn("stalled thread", f"{path} is damaged: the agent's next start removes it and "
+             "counts the inputs it finds in the journal as having stopped it, as after a crash")
+        return
+    except OSError as exc:
+        warn("stalled thread", f"{path} could not be read ({exc.strerror or exc}); if this goes "
+             "on, check the disk (dmesg)")
+        return
+    if stall is None:
+        return
+    warn("stalled thread", f"the agent's {stall.names()} thread stalled (process {stall.pid}, "
+         f"{stall.time}): {'; '.join(stall.why)}. systemd restarts the agent, and its next "
+         "start does not count the inputs it had taken as having stopped it. If this comes "
+         "back, look at what the thread waits on: the outbox's disk (committer, study "
+         "tracker), an offload's --to folder (study tracker), the PACS (SR sender)")
 
 
 def _check_codecs(ok: Callable[[str, str], None]) -> None:

@@ -300,3 +300,31 @@ def test_inputs_taken_when_a_stalled_committer_got_the_agent_restarted_are_not_c
     assert seen == {"scan.png": 1} and counts["classified"] == 1
     assert not _record(folders["outbox"]).exists()
 
+
+# --- what the other commands make of it ---------------------------------------------------
+
+def test_check_warns_of_a_stall_record_and_fsck_finds_nothing_wrong(folders, test_model):
+    from edge.checks import run_checks
+    from edge.fsck import check_outbox
+
+    outbox = folders["outbox"]
+    Outbox(outbox).prepare()
+    _write_record(outbox)
+    config = make_config(folders, test_model.path)
+    lines: list[str] = []
+    assert run_checks(config, lines.append) == []  # a warning, not a failed check
+    [line] = [line for line in lines if "stalled thread:" in line]
+    assert line.startswith("WARNING stalled thread: the agent's committer thread stalled "
+                           "(process 4242, 2026-12-08T03:00:00+01:00): " + WHY), line
+    assert "does not count the inputs it had taken" in line
+
+    _record(outbox).write_text("{")
+    lines.clear()
+    run_checks(config, lines.append)
+    [line] = [line for line in lines if "stalled thread:" in line]
+    assert "is damaged" in line and "counts the inputs" in line
+
+    _write_record(outbox)
+    result = check_outbox(outbox, repair=False)
+    assert not result.of("problem") and not result.of("pending"), result.findings
+    assert _record(outbox).exists()
