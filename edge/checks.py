@@ -206,7 +206,7 @@ def _check_stall(outbox: Path, warn: Callable[[str, str], None]) -> None:
         return
     if stall is None:
         return
-    warn("stalled thread", f"the agent's {stall.names()} thread stalled (process {stall.pid}, "
+    warn("stalled thread", f"the agent's {stall.names()} stalled (process {stall.pid}, "
          f"{stall.time}): {'; '.join(stall.why)}. systemd restarts the agent, and its next "
          "start does not count the inputs it had taken as having stopped it. If this comes "
          "back, look at what the thread waits on: the outbox's disk (committer, study "

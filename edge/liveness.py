@@ -88,10 +88,11 @@ class Stall:
     excused: int = 0
 
     def names(self) -> str:
-        """The threads for a sentence: "committer", "study tracker and SR sender"."""
+        """The threads for a sentence: "committer thread", "study tracker and SR sender
+        threads"."""
         if len(self.threads) == 1:
-            return self.threads[0]
-        return ", ".join(self.threads[:-1]) + " and " + self.threads[-1]
+            return f"{self.threads[0]} thread"
+        return ", ".join(self.threads[:-1]) + f" and {self.threads[-1]} threads"
 
     def to_dict(self) -> dict[str, object]:
         return {"threads": self.threads, "why": self.why, "time": self.time, "pid": self.pid,
@@ -175,14 +176,14 @@ def excused_by_stall(state: Path, charged: int, max_attempts: int) -> bool:
     if stall is None:
         return False
     if stall.excused >= max_attempts:
-        log.warning("the agent was restarted for a stalled %s thread, but %d start(s) since "
+        log.warning("the agent was restarted for a stalled %s, but %d start(s) since "
                     "died before replaying the journal to its end: its %d input(s) are counted "
                     "as having stopped the agent", stall.names(), stall.excused, charged)
         return False
     if charged:  # durably, before the first input is replayed
         write_json_atomic(path, Stall(stall.threads, stall.why, stall.time, stall.pid,
                                       stall.excused + 1).to_dict())
-    log.warning("the agent was restarted for a stalled %s thread (process %s, %s), not for an "
+    log.warning("the agent was restarted for a stalled %s (process %s, %s), not for an "
                 "input: %d journaled input(s) are not counted as having stopped it ([limits] "
                 "max_attempts)", stall.names(), stall.pid, stall.time, charged)
     return True

@@ -318,6 +318,12 @@ def test_check_warns_of_a_stall_record_and_fsck_finds_nothing_wrong(folders, tes
                            "(process 4242, 2026-12-08T03:00:00+01:00): " + WHY), line
     assert "does not count the inputs it had taken" in line
 
+    _write_record(outbox, threads=["SR sender", "study tracker"], why=["a", "b"])
+    lines.clear()
+    run_checks(config, lines.append)
+    [line] = [line for line in lines if "stalled thread:" in line]
+    assert "the agent's SR sender and study tracker threads stalled" in line and ": a; b." in line
+
     _record(outbox).write_text("{")
     lines.clear()
     run_checks(config, lines.append)
