@@ -128,14 +128,22 @@ class NetworkServices:
 
         study = doc["study_instance_uid"]
         tag = uid_hash(study)
-        header = None
+        header, disk_error = None, None
         for s in slices:
             if s.archived_as:
                 try:
                     header = read_header(self.outbox / s.archived_as)
                     break
-                except Exception:  # noqa: BLE001 - try the study's next instance
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # moved away (offloaded, by hand): the study's next instance
+                except OSError as exc:  # a disk error is not "not in the archive"
+                    disk_error = exc
+                except Exception:  # noqa: BLE001 - a damaged file: the study's next instance
                     continue
+        if header is None and disk_error is not None:
+            # raised, the study stays pending and its judgment is retried (the same report,
+            # and the SR queued then); taken for absence, the SR was never sent
+            raise disk_error
         if header is None:
             log.error("cannot send the SR of study %s: none of its instances is in the archive "
                       "any more (the PACS needs their patient and study attributes)", tag)

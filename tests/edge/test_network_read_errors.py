@@ -29,6 +29,7 @@ from network_helpers import make_study
 from test_network_sendqueue import DOC, PEER, SLICES, header, item
 from test_network_studies import _minimal_report, _tracker_with_two_studies
 
+from edge.dicom import uid_hash
 from edge.errors import EX_TEMPFAIL, StorageError
 from edge.network.sender import Sender
 from edge.network.sendqueue import SendQueue
@@ -486,3 +487,50 @@ def test_an_offload_that_cannot_read_a_study_report_stops_and_its_rerun_marks_it
     doc = json.loads(path.read_text())
     assert [i.get("offloaded_to") for i in doc["instances"]] == [str(usb)] * 3
     assert all("probabilities" in i for i in doc["instances"])
+
+
+# --- the SR's patient and study attributes, read from the archive -----------------------
+
+def test_an_archived_header_the_disk_fails_to_give_retries_the_judgment_not_drops_the_sr(
+        folders, test_model, monkeypatch, caplog):
+    """Reading the archived instances' headers for the SR failed (EIO, or ENOSPC from a
+    share): that was taken for "none of its instances is in the archive any more", and the
+    study was judged with its SR never queued, for good (found by the network fault sweep
+    under load). Now the study stays pending, its judgment is retried, and the SR is queued
+    once the disk answers. An instance that is gone, or not DICOM, still passes to the
+    next."""
+    from edge.network import sr
+
+    config = make_config(folders, test_model.path, studies={"settle_seconds": 0,
+                                                            "min_slices": 1},
+                         pacs={"send_to": "PACS@127.0.0.1:1", "timeout": 1.0})
+    uid, _ = make_study(folders["inbox"] / "s", [0.6, 0.6])
+    outbox = folders["outbox"]
+    read_header = sr.read_header
+
+    def failing(path: Path) -> Any:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(sr, "read_header", failing)
+        run_once(config)
+    assert SendQueue(outbox).items() == []
+    assert (outbox / ".state" / "studies" / f"{uid}.json").is_file()  # still pending
+    assert not any("none of its instances is in the archive" in r.getMessage()
+                   for r in caplog.records)
+
+    calls = []
+
+    def first_gone(path: Path) -> Any:  # the first instance offloaded: the second serves
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return read_header(path)
+
+    with monkeypatch.context() as m:
+        m.setattr(sr, "read_header", first_gone)
+        run_once(config)  # the disk answers again
+    assert len(calls) == 2
+    (queued,) = SendQueue(outbox).items()
+    assert queued.study == uid_hash(uid)
+    assert not (outbox / ".state" / "studies" / f"{uid}.json").exists()
