@@ -2,7 +2,9 @@
 none of the packages that machine lacks (TensorFlow, pydicom, pynetdicom, watchdog, the
 TFLite runtimes) importable. A tiny pack, a two-link chain (a fine-tune of an earlier
 entry), both evaluations of each run with the external check, the weights sent back in
-parts, and campaign-collect.sh putting them together again.
+parts, and campaign-collect.sh putting them together again; then, as here after a real
+call, trainer/campaign-after.sh: scored on the original files, converted to int8 both ways
+the agent may run a model, and judged by the shipping rule.
 
 Slow (JAX compiles each model; the network is the smallest, an MLP). The GPU machine's
 own Python 3.12 stack was rehearsed by hand (docs/gpu-campaign.md); this holds the script
@@ -103,3 +105,34 @@ def test_the_campaign_trains_chains_evaluates_and_returns_with_the_gpu_machines_
                                text=True, timeout=120)
     assert collected.returncode == 0, collected.stderr
     assert (tmp_path / "back" / returned[1]).is_file()
+
+    # here, after the call: scored on the original files, int8 through the gate both ways
+    # the agent may run it, judged by the shipping rule beside the shipped model
+    after = subprocess.run(["bash", "trainer/campaign-after.sh", str(out),
+                            str(tmp_path / "after")], cwd=REPO, capture_output=True,
+                           text=True, timeout=600,
+                           env=dict(os.environ, PYTHON=sys.executable, DATA=str(data),
+                                    NO_TFLITE_RUNTIME="1"))
+    assert after.returncode == 0, after.stdout[-3000:] + after.stderr[-3000:]
+    run_name = Path(returned[1]).parent.name
+    for suffix in ("", "-mirror"):
+        assert (tmp_path / "after/runs" / run_name / f"evaluation-original{suffix}"
+                / "metrics.json").is_file()
+    rule = json.loads((tmp_path / "after/rule.json").read_text())
+    judged = {Path(m["folder"]).name: m for m in rule["models"]}
+    assert {f"{run_name}-int8", f"{run_name}-mirror-int8"} <= set(judged)
+    for suffix in ("", "-mirror"):  # untrained, and tflite-runtime not checked: out
+        assert not judged[f"{run_name}{suffix}-int8"]["candidate"]
+        assert any("tflite-runtime was not required" in why
+                   for why in judged[f"{run_name}{suffix}-int8"]["out"])
+    again = subprocess.run(["bash", "trainer/campaign-after.sh", str(out),
+                            str(tmp_path / "after")], cwd=REPO, capture_output=True,
+                           text=True, timeout=600,
+                           env=dict(os.environ, PYTHON=sys.executable, DATA=str(data),
+                                    NO_TFLITE_RUNTIME="1"))
+    assert again.returncode == 0 and "through the gate" not in again.stdout  # kept
+
+    refused = subprocess.run(["bash", "trainer/campaign-after.sh", str(out),
+                              str(tmp_path / "after2")], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, env=dict(os.environ, DATA=str(data)))
+    assert refused.returncode == 2 and "TFLITE_RUNTIME_PYTHON" in refused.stderr
