@@ -9,7 +9,10 @@ external check (``evaluation/metrics.json`` of each run).
   pick: official accuracy >= ``min_official``, then the best tumour sensitivity on the
   external check (ties: official accuracy, then validation accuracy); an architecture with no
   such run sends its best by validation accuracy. The int8 gate, which decides shipping, is
-  run back on the workstation (TensorFlow is not on the GPU machine).
+  run back on the workstation (TensorFlow is not on the GPU machine), so the parts left over
+  then carry the other runs, in the same order (eligible first, then the best tumour
+  sensitivity): the rule is applied again there on their int8 models, and a run not sent
+  back could not be judged at all.
 - ``val``: the best paper-family run by validation accuracy above ``above`` (the first
   campaigns' choice; 51 MB fits once).
 
@@ -95,6 +98,10 @@ def choose(runs: list[dict[str, Any]], rule: str = "rule", min_official: float =
                     else max(mine, key=lambda r: (r["val"], *_rule_key(r))))
             picks.append({**pick, "eligible": bool(eligible)})
         picks.sort(key=lambda r: (r["eligible"], *_rule_key(r)), reverse=True)
+        named = {r["name"] for r in picks}
+        rest = [{**r, "eligible": (r["official"] or 0.0) >= min_official}
+                for r in with_model if r["name"] not in named]
+        picks += sorted(rest, key=lambda r: (r["eligible"], *_rule_key(r)), reverse=True)
     else:
         raise ValueError(f"unknown rule {rule!r}; use 'rule' or 'val'")
     chosen, parts, size = [], 0, 0

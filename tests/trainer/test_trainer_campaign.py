@@ -42,9 +42,13 @@ def test_the_rule_picks_per_architecture_by_tumour_sensitivity(tmp_path):
     _run(tmp_path, "gap", "dsconv_cbam_gap", 0.90, 0.890, None, size=0)  # no weights here
     runs = read_runs(tmp_path)
     assert len(runs) == 6
-    assert choose(runs) == ["r18-s0", "res-s1"]  # eligible architectures first
-    # none eligible: each architecture's best by validation accuracy
-    assert set(choose(runs, min_official=0.99)) == {"r18-s1", "res-s1"}
+    assert choose(runs, max_parts=2) == ["r18-s0", "res-s1"]  # eligible architectures first
+    # the parts left carry the other runs, eligible first, for the int8 rule back here
+    assert choose(runs) == ["r18-s0", "res-s1", "r18-s1", "r18-s2", "res-s0"]
+    assert choose(runs, max_parts=4) == ["r18-s0", "res-s1", "r18-s1", "r18-s2"]
+    # none eligible: each architecture's best by validation accuracy, then by sensitivity
+    assert choose(runs, min_official=0.99) == ["r18-s1", "res-s1", "r18-s2", "res-s0",
+                                               "r18-s0"]
 
 
 def test_the_parts_and_bytes_limits(tmp_path):
