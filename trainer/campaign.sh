@@ -28,7 +28,8 @@
 #
 # Which weights come back: trainer/campaign_select.py (RETURN=rule, the default: per
 # architecture the run the shipping rule of docs/results.md would pick, judged here on the
-# float model and the pack's copy of the test split; RETURN=val: the best paper-family run by
+# float model and the pack's copy of the test split, then the other runs while parts are
+# left, for the int8 rule back on the workstation; RETURN=val: the best paper-family run by
 # validation accuracy, the first campaigns' way), at most RETURN_PARTS files of 15 MiB.
 #
 # MODELS lists run names; a name that is not an architecture is a variant, written
