@@ -28,6 +28,12 @@ travel() {
     "$PYTHON" -m trainer travel --carry .gpu --carry .whl --limit-mib "$LIMIT_MIB" \
         --margin-mib "$MARGIN_MIB"
 }
+fits() {  # 0: the call fits; 1: it does not; anything else stops the script
+    local status=0
+    travel >/dev/null 2>&1 || status=$?
+    [ "$status" -le 1 ] || { travel || true; fail "could not measure the call (exit $status, above)"; }
+    return "$status"
+}
 
 [ -e .git ] && [ -f trainer/campaign.sh ] \
     || fail "run this from the repository root (the checkout the device tool sends)" 2
@@ -49,6 +55,8 @@ for name in keras namex optree; do
     have=(.whl/"$name"-*.whl)
     if [ -e "${have[0]}" ]; then
         [ "${#have[@]}" -eq 1 ] || fail "several $name wheels in .whl/: keep one" 2
+        [[ ${have[0]} == .whl/"$name-$version"-* ]] || fail "${have[0]} is not the \
+$name $version installed here: remove it (or FRESH=1 makes all again)" 2
         say "have ${have[0]}"
         continue
     fi
@@ -73,7 +81,7 @@ fi
 
 # 3. the data pack, at the best quality that travels
 rm -rf .gpu/pack .gpu/*.tmp  # loose files never travel; a tar file only whole
-if [ -f .gpu/pack.tar.gz ] && travel >/dev/null 2>&1; then
+if [ -f .gpu/pack.tar.gz ] && fits; then
     say "keeping .gpu/pack.tar.gz (it fits; FRESH=1 makes it again)"
 else
     fitted=
@@ -82,20 +90,25 @@ else
         say "packing $DATA at WebP quality $quality"
         "$PYTHON" -m trainer pack --data "$DATA" --out .gpu/pack --quality "$quality" \
             || fail "packing failed (above)"
-        tar czf .gpu/pack.tar.gz.tmp -C .gpu pack && mv .gpu/pack.tar.gz.tmp .gpu/pack.tar.gz
+        if ! tar czf .gpu/pack.tar.gz.tmp -C .gpu pack; then
+            rm -rf .gpu/pack .gpu/pack.tar.gz.tmp
+            fail "tar could not write .gpu/pack.tar.gz (above)"
+        fi
+        mv .gpu/pack.tar.gz.tmp .gpu/pack.tar.gz
         rm -rf .gpu/pack
-        if travel >/dev/null 2>&1; then
+        if fits; then
             fitted=$quality
             break
         fi
         say "quality $quality does not fit"
     done
     if [ -z "$fitted" ]; then
+        travel >&2 || true  # with the last pack: the table and the largest files
         rm -f .gpu/pack.tar.gz
-        travel >&2 || true
         fail "no pack quality of \"$QUALITIES\" makes the call fit: carry less (above)"
     fi
 fi
+[ -f .gpu/pack.tar.gz ] || fail "no .gpu/pack.tar.gz was made"
 
 travel
 quality=$(tar xzf .gpu/pack.tar.gz -O pack/pack.json | "$PYTHON" -c \

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from trainer.errors import OptionError, TrainerError
 
-__all__ = ["BLOCK", "LIMIT", "MANY_FILES", "Part", "TravelError", "measure", "check", "table"]
+__all__ = ["BLOCK", "LIMIT", "MANY_FILES", "NotACheckout", "Part", "TravelError", "check",
+           "measure", "table"]
 
 LIMIT = 64 * 2**20  # the device tool's limit for what travels
 BLOCK = 4096
@@ -30,7 +31,11 @@ MANY_FILES = 500  # a carried folder with more files should travel as one tar fi
 
 
 class TravelError(TrainerError):
-    """What a device call would carry is over its limit, or cannot be measured."""
+    """What a device call would carry is over its limit (exit 1)."""
+
+
+class NotACheckout(OptionError):
+    """The folder is not a git checkout's top level, or git is missing (exit 64)."""
 
 
 @dataclass
@@ -51,18 +56,28 @@ class Part:
         self.largest = sorted(self.largest, reverse=True)[:5]
 
 
-def _git_files(repo: Path) -> list[str]:
-    """The working tree's files as git sees them: tracked, and untracked but not ignored."""
+def _git(repo: Path, *args: str) -> bytes:
     try:
-        listed = subprocess.run(
-            ["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others",
-             "--exclude-standard"], check=True, capture_output=True).stdout
+        return subprocess.run(["git", "-C", str(repo), *args], check=True,
+                              capture_output=True).stdout
     except FileNotFoundError:
-        raise TravelError("git is not installed; the device tool sends a git checkout, so "
-                          "its size is measured with git") from None
+        raise NotACheckout("git is not installed; the device tool sends a git checkout, so "
+                           "its size is measured with git") from None
     except subprocess.CalledProcessError as exc:
-        raise TravelError(f"{repo} is not a git checkout ({exc.stderr.decode().strip()}); run "
-                          "this from the repository root the device tool sends") from None
+        raise NotACheckout(f"{repo} is not a git checkout ({exc.stderr.decode().strip()}); "
+                           "run this from the repository root the device tool sends") from None
+
+
+def _git_files(repo: Path) -> list[str]:
+    """The working tree's files as git sees them: tracked, and untracked but not ignored.
+    From the top level only: in a sub-folder git lists that folder alone, and the tool
+    sends the whole checkout."""
+    top = Path(os.fsdecode(_git(repo, "rev-parse", "--show-toplevel")).strip())
+    if top.resolve() != repo.resolve():
+        raise NotACheckout(f"{repo} is inside the checkout {top}, not its top level: the "
+                           "device tool sends the whole checkout; give --repo "
+                           f"{top} (carried paths are relative to it)")
+    listed = _git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
     return sorted({name for name in os.fsdecode(listed).split("\0") if name})
 
 
@@ -89,7 +104,7 @@ def measure(repo: Path | str, carry: Sequence[str] = ()) -> list[Part]:
     for name in carry:
         path = (repo / name)
         relative = os.path.normpath(os.path.relpath(str(path.absolute()), str(repo)))
-        if relative.startswith(".."):
+        if relative == ".." or relative.startswith("../"):
             raise OptionError(f"--carry {name}: not inside the checkout {repo}; the device "
                               "tool carries paths of the checkout only (copy it into an "
                               "ignored folder there)")

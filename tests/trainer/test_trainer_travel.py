@@ -112,9 +112,25 @@ def test_the_command_prints_the_table_and_fails_cleanly(checkout, monkeypatch):
 
 def test_a_folder_that_is_no_git_checkout_is_said_so(tmp_path):
     result = CliRunner().invoke(main, ["travel", "--repo", str(tmp_path)])
-    assert result.exit_code == 1 and "is not a git checkout" in result.output
+    assert result.exit_code == 64 and "is not a git checkout" in result.output  # not 1: size
     with pytest.raises(OptionError):
         measure(tmp_path, ["nothing"])
+
+
+def test_a_sub_folder_of_the_checkout_is_refused_not_measured_alone(checkout):
+    """git lists a sub-folder's files alone; the tool sends the whole checkout."""
+    (checkout / "sub").mkdir()
+    (checkout / "sub" / "big.bin").write_bytes(b"b" * 100_000)
+    result = CliRunner().invoke(main, ["travel", "--repo", str(checkout / "sub")])
+    assert result.exit_code == 64 and "not its top level" in result.output
+    assert str(checkout.resolve()) in result.output
+
+
+def test_a_carried_folder_whose_name_starts_with_two_dots_is_inside(checkout):
+    (checkout / "..odd").mkdir()
+    (checkout / "..odd" / "f").write_bytes(b"f")
+    tree, odd = measure(checkout, ["..odd"])
+    assert (odd.name, odd.files) == ("..odd", 1)
 
 
 # --- trainer/campaign-prepare.sh -----------------------------------------------------------
@@ -210,3 +226,28 @@ def test_the_repository_leaves_room_for_the_campaign_call():
     assert room > 0, (f"the working tree counts {tree.counted / 2**20:.1f} MiB and leaves no "
                       f"room for the GPU campaign's carried files at quality 80; its largest: "
                       f"{tree.largest}")
+
+
+def test_prepare_refuses_a_wheel_of_another_version_than_installed(campaign_checkout):
+    repo, data, external = campaign_checkout
+    (repo / ".whl" / f"keras-{importlib.metadata.version('keras')}-py3-none-any.whl").unlink()
+    (repo / ".whl" / "keras-0.0.1-py3-none-any.whl").write_bytes(b"old")
+    done = _prepare(repo, _prepare_env(repo, data, external))
+    assert done.returncode == 2 and "is not the keras" in done.stderr
+
+
+def test_prepare_stops_when_tar_fails_and_leaves_no_half_pack(campaign_checkout, tmp_path):
+    """tar failing in an `a && b` list did not stop the script (set -e skips such lists):
+    the call was measured without a pack, "fitted", and the script ended in a traceback."""
+    repo, data, external = campaign_checkout
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tar").write_text('#!/bin/sh\nfor a; do case "$a" in *pack.tar.gz.tmp) '
+                              ': > "$a";; esac; done\nexit 2\n')
+    (fake / "tar").chmod(0o755)
+    env = _prepare_env(repo, data, external, EXTERNAL="none")
+    env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    done = _prepare(repo, env)
+    assert done.returncode == 1 and "tar could not write .gpu/pack.tar.gz" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (repo / ".gpu").iterdir()) == []
