@@ -9,10 +9,12 @@
 # evaluation-original-mirror (the original test files and the external check),
 # models/<run>-int8 and models/<run>-mirror-int8 (each through the gate, tflite-runtime
 # required: the rule asks for it), rule.json and rule.txt. Run again, it keeps what is
-# done. Nothing is shipped: a pick other than the shipped model is shipped by hand
-# (docs/results.md, "The shipped model"; its trust checks: python -m converters.trust).
+# done. A model the gate refuses (its exit 3) is said and left out; any other failure
+# stops the script. Nothing is shipped: a pick other than the shipped model is shipped by
+# hand (docs/results.md, "The shipped model"; its trust checks: python -m converters.trust).
 # TFLITE_RUNTIME_PYTHON: a Python with tflite-runtime 2.14 (docs/conversion.md); without
-# it (NO_TFLITE_RUNTIME=1, a rehearsal) the models are converted but out under the rule.
+# it (NO_TFLITE_RUNTIME=1, a rehearsal) the models go to models-rehearsal/ instead, out
+# under the rule, and a later real run does not take them for done.
 set -euo pipefail
 src=${1:?usage: campaign-after.sh FILES_DIR DEST}
 dest=${2:?usage: campaign-after.sh FILES_DIR DEST}
@@ -28,6 +30,7 @@ say() { echo "[after] $*"; }
 [ -d "$DATA/Testing" ] || fail "no data set at $DATA (its original Testing files are what \
 is scored); set DATA=FOLDER" 2
 runtime=()
+models=$dest/models
 if [ -n "$TFLITE_RUNTIME_PYTHON" ]; then
     "$TFLITE_RUNTIME_PYTHON" -c "import tflite_runtime" 2>/dev/null \
         || fail "$TFLITE_RUNTIME_PYTHON cannot import tflite_runtime" 2
@@ -36,6 +39,8 @@ if [ -n "$TFLITE_RUNTIME_PYTHON" ]; then
 elif [ -z "$NO_TFLITE_RUNTIME" ]; then
     fail "set TFLITE_RUNTIME_PYTHON to a Python with tflite-runtime 2.14: the shipping rule \
 takes only models verified there (or NO_TFLITE_RUNTIME=1 for a rehearsal)" 2
+else
+    models=$dest/models-rehearsal
 fi
 
 bash "$(dirname "$0")/campaign-collect.sh" "$src" "$dest"
@@ -50,23 +55,30 @@ for model in "$dest"/runs/*/model.keras; do
         if [ ! -f "$run/evaluation-original$suffix/metrics.json" ]; then
             say "$name$suffix: scoring the float model on the original files"
             "$PYTHON" -m trainer evaluate "$run" --data "$DATA" --test-time "$test_time" \
-                --out "$run/evaluation-original$suffix"
+                --out "$run/evaluation-original$suffix" \
+                || say "$name$suffix: the evaluation failed (above); the gate still measures it"
         fi
-        out=$dest/models/$name$suffix-int8
+        out=$models/$name$suffix-int8
         if [ ! -f "$out/model.json" ]; then
             say "$name$suffix: int8 through the gate"
-            if ! "$PYTHON" -m converters.tflite --int8 --model "$run" --data "$DATA" \
-                    --out "$out" --name "$name$suffix" --test-time "$test_time" --no-trust \
-                    "${runtime[@]}"; then
+            status=0
+            "$PYTHON" -m converters.tflite --int8 --model "$run" --data "$DATA" --out "$out" \
+                --name "$name$suffix" --test-time "$test_time" --no-trust "${runtime[@]}" \
+                || status=$?
+            if [ "$status" -eq 3 ]; then
                 say "$name$suffix: refused by the gate (above); not a candidate"
                 continue
             fi
+            [ "$status" -eq 0 ] || fail "the conversion of $name$suffix failed (exit $status, \
+above): not a gate verdict; mend it and run this again (what is done is kept)"
         fi
         converted+=("$out")
     done
 done
+rm -f "$dest/rule.json" "$dest/rule.txt"  # never an earlier run's verdict
 if [ "${#converted[@]}" -eq 0 ]; then
-    say "no model passed the gate: the shipped model stays (the rule's third clause)"
+    say "no model passed the gate: the shipped model stays (the rule's third clause)" \
+        | tee "$dest/rule.txt"
     exit 0
 fi
 "$PYTHON" -m converters.rule "${converted[@]}" --json "$dest/rule.json" | tee "$dest/rule.txt"
