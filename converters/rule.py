@@ -133,9 +133,10 @@ def judge(folder: Path, shipped: bool = False) -> Judged:
 
 def pick(models: list[Judged]) -> Judged | None:
     """Rule 2 over the candidates; None if there is none (rule 3: the shipped model stays).
-    Candidates measured on fewer test images than the most any was measured on are out:
-    a subset's accuracy is not the official split's."""
-    full = max((m.n or 0 for m in models if not m.out), default=0)
+    Candidates measured on fewer test images than the most any model here was measured on
+    (the shipped one, or one out for another reason) are out: a subset's accuracy is not
+    the official split's."""
+    full = max((m.n or 0 for m in models), default=0)
     for model in models:
         if not model.out and (model.n or 0) < full:
             model.out.append(f"measured on {model.n} test images, the others on {full} "

@@ -103,6 +103,15 @@ def test_a_model_scored_on_part_of_the_test_split_is_out(tmp_path):
     assert "measured on 400 test images, the others on 1311" in part.out[-1]
 
 
+def test_a_subset_is_out_against_a_whole_split_model_that_is_out_itself(tmp_path):
+    """Without the shipped model, a model scored on 400 pictures was the only candidate
+    when the whole-split one beside it was out for another reason."""
+    part = judge(_model(tmp_path, "part", br35h=99.0, n=400))
+    whole_but_out = judge(_model(tmp_path, "whole", official=90.0))
+    assert pick([part, whole_but_out]) is None
+    assert "measured on 400 test images" in part.out[-1]
+
+
 def test_no_candidate_at_all_says_so_and_writes_the_json(tmp_path):
     out = _model(tmp_path, "out", official=90.0)
     record = tmp_path / "rule.json"
