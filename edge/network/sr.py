@@ -69,8 +69,13 @@ def instance_uid(study_uid: str, instances_hash: str) -> str:
 
 
 def read_header(path: Path) -> Dataset:
-    """The patient and study attributes of an archived instance (no pixel data read)."""
+    """The patient and study attributes of an archived instance (no pixel data read). A file
+    that holds none (empty, damaged: ``force`` reads anything) raises ``ValueError``, so
+    the caller takes the study's next instance rather than send an SR with blank patient
+    and study attributes."""
     source = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    if "StudyInstanceUID" not in source:
+        raise ValueError(f"{path.name} holds no DICOM study attributes")
     header = Dataset()
     for keyword in PATIENT_STUDY_KEYS:
         if keyword in source:

@@ -328,6 +328,8 @@ class StudyTracker:
         if name is not None and name.parent.name == "reports" and self.outbox not in (
                 name.parents):
             return f"a slice's report offloaded to {name.parent.parent}"
+        if name is not None and (self.outbox / "archive") in name.parents:
+            return f"an archived instance, read for the SR ({self.outbox / 'archive'})"
         return f"the report ({self.folder})"
 
     def judge(self, uid: str) -> dict[str, Any] | None:

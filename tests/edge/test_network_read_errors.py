@@ -518,6 +518,8 @@ def test_an_archived_header_the_disk_fails_to_give_retries_the_judgment_not_drop
     assert (outbox / ".state" / "studies" / f"{uid}.json").is_file()  # still pending
     assert not any("none of its instances is in the archive" in r.getMessage()
                    for r in caplog.records)
+    assert any("an archived instance, read for the SR" in r.getMessage()
+               for r in caplog.records)
 
     calls = []
 
@@ -534,3 +536,17 @@ def test_an_archived_header_the_disk_fails_to_give_retries_the_judgment_not_drop
     (queued,) = SendQueue(outbox).items()
     assert queued.study == uid_hash(uid)
     assert not (outbox / ".state" / "studies" / f"{uid}.json").exists()
+
+
+def test_an_archived_instance_that_holds_no_dicom_header_passes_to_the_next(tmp_path):
+    """``dcmread(force=True)`` reads an empty or damaged file as an empty data set: the SR
+    was built from it with blank patient and study attributes. Now such a file raises, and
+    the study's next instance gives the header."""
+    from edge.network.sr import read_header
+
+    empty, garbage = tmp_path / "empty.dcm", tmp_path / "garbage.dcm"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"x" * 10)
+    for path in (empty, garbage):
+        with pytest.raises(ValueError, match="holds no DICOM study attributes"):
+            read_header(path)
