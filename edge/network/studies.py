@@ -304,8 +304,16 @@ class StudyTracker:
             self._failures.pop(uid, None)
             return True
         except OSError as exc:  # a disk error: the study stays pending, judged again later
-            log.error("could not read or write %s of study %s (%s); retrying later",
-                      self._what_failed(exc), uid_hash(uid), exc.strerror or exc)
+            # The first retry comes after settle_seconds, as for any change (a passing
+            # error); each that fails again waits longer (30 s, doubling to 15 min), or an
+            # error that stays would rewrite the study's report and log a line at every
+            # poll (every 0.5 s with settle_seconds = 0), wearing an SD card for nothing.
+            failures = self._failures.get(uid, (0, 0.0))[0] + 1
+            delay = 0.0 if failures == 1 else min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 2))
+            self._failures[uid] = (failures, time.monotonic() + delay)
+            log.error("could not read or write %s of study %s (%s); retrying %s",
+                      self._what_failed(exc), uid_hash(uid), exc.strerror or exc,
+                      f"in {delay:.0f}s" if delay else "later")
             pending = self._pending.get(uid)
             if pending is not None:
                 pending["changed_at"] = time.time()

@@ -346,3 +346,55 @@ def test_a_study_whose_sr_cannot_be_queued_says_so(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert said and all("SR queue" in m and "Permission denied" in m for m in said), said
     assert "1.2.1" in tracker._pending  # tried again later
+
+
+def test_a_disk_error_that_stays_is_retried_less_and_less_often(tmp_path, monkeypatch,
+                                                                caplog):
+    """A study whose judgment failed on a disk error was tried again after each
+    ``settle_seconds``: with an error that stays (and settle_seconds = 0, every poll) that
+    rewrote its report and logged a line twice a second. The first retry still comes at
+    once; then 30 s, 60 s, ... up to 15 min; a success forgets the count."""
+    import errno
+
+    from edge.network import studies
+
+    outbox, tracker = _tracker_with_two_studies(tmp_path)
+    tracker.poll()
+    assert sorted(tracker.due()) == ["1.2.1", "1.2.2"]
+    clock = [1000.0]
+    monkeypatch.setattr(studies.time, "monotonic", lambda: clock[0])
+    calls = []
+    judge = tracker.judge
+
+    def failing(uid):
+        calls.append(uid)
+        if uid == "1.2.1":
+            raise OSError(errno.EIO, "Input/output error", str(outbox / "reports" / "x.json"))
+        return judge(uid)
+
+    monkeypatch.setattr(tracker, "judge", failing)
+
+    def one_poll():
+        return [uid for uid in tracker.due(now=time.time() + 1) if tracker._judge_safely(uid)]
+
+    assert one_poll() == ["1.2.2"]
+    assert one_poll() == []  # the first retry: at once (after settle_seconds)
+    assert calls.count("1.2.1") == 2
+    for _ in range(20):  # parked for 30 s now
+        one_poll()
+    assert calls.count("1.2.1") == 2
+    clock[0] += 31
+    one_poll()
+    assert calls.count("1.2.1") == 3
+    clock[0] += 31  # now 60 s
+    one_poll()
+    assert calls.count("1.2.1") == 3
+    clock[0] += 30
+    one_poll()
+    assert calls.count("1.2.1") == 4
+    assert "retrying in 60s" in caplog.text
+
+    monkeypatch.setattr(tracker, "judge", judge)  # the disk answers again
+    clock[0] += 121
+    assert one_poll() == ["1.2.1"]
+    assert "1.2.1" not in tracker._failures
