@@ -308,9 +308,7 @@ class StudyTracker:
             # error); each that fails again waits longer (30 s, doubling to 15 min), or an
             # error that stays would rewrite the study's report and log a line at every
             # poll (every 0.5 s with settle_seconds = 0), wearing an SD card for nothing.
-            failures = self._failures.get(uid, (0, 0.0))[0] + 1
-            delay = 0.0 if failures == 1 else min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 2))
-            self._failures[uid] = (failures, time.monotonic() + delay)
+            failures, delay = self._park(uid, first_at_once=True)
             log.error("could not read or write %s of study %s (%s); retrying %s",
                       self._what_failed(exc), uid_hash(uid), exc.strerror or exc,
                       f"in {delay:.0f}s" if delay else "later")
@@ -319,12 +317,19 @@ class StudyTracker:
                 pending["changed_at"] = time.time()
             return False
         except Exception:  # noqa: BLE001 - a defect: log it, park this study, go on
-            failures = self._failures.get(uid, (0, 0.0))[0] + 1
-            delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (failures - 1))
-            self._failures[uid] = (failures, time.monotonic() + delay)
+            failures, delay = self._park(uid, first_at_once=False)
             log.exception("could not judge study %s (attempt %d); the other studies go on; "
                           "retrying in %.0fs", uid_hash(uid), failures, delay)
             return False
+
+    def _park(self, uid: str, first_at_once: bool) -> tuple[int, float]:
+        """Count one more failure of ``uid`` and hold it back: 30 s, doubling to 15 min
+        (``first_at_once``: the first failure is not held back). Returns (failures, delay)."""
+        failures = self._failures.get(uid, (0, 0.0))[0] + 1
+        steps = failures - 2 if first_at_once else failures - 1
+        delay = 0.0 if steps < 0 else min(_RETRY_MAX, _RETRY_FIRST * 2 ** steps)
+        self._failures[uid] = (failures, time.monotonic() + delay)
+        return failures, delay
 
     def _what_failed(self, exc: OSError) -> str:
         """The file ``exc`` is about, in words (its name holds the study's UID: not logged)."""
