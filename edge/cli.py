@@ -300,24 +300,29 @@ def fsck(outbox: str, dry_run: bool, deep: bool, as_json: bool) -> None:
               help="Begin no new day after M minutes (the day in hand is finished; the rest "
                    "moves at the next run): bounds how long a scheduled run keeps the agent "
                    "stopped.")
+@click.option("--stall-minutes", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="M",
+              help="End the offload (exit 73) when no step is done for M minutes (a disk or "
+                   "share that stopped answering); every step is safe to stop after.")
 @click.option("--dry-run", is_flag=True, help="Only say what would move; change nothing.")
 @_user_errors
 def offload(outbox: str, before: str | None, keep_days: int | None, dest: str,
-            other_disk: bool, max_minutes: int | None, dry_run: bool) -> None:
+            other_disk: bool, max_minutes: int | None, stall_minutes: float,
+            dry_run: bool) -> None:
     """Move OUTBOX's days before --before (index, archive, their reports and quarantined
     inputs) to another folder, copied and verified before anything is removed.
 
     The agent must be stopped. Exit 0: done; 2: a wrong --before, --keep-days or --to; 65:
     a day has archived inputs but no index file (run fsck first); 66: --to does not exist
     (or, with --other-disk, is on the outbox's disk); 73: --to cannot take them (space, a
-    conflicting file); 75: the agent runs.
+    conflicting file), or no step was done for --stall-minutes; 75: the agent runs.
     """
     from .offload import offload as move_days
 
     if (before is None) == (keep_days is None):
         raise click.UsageError("give one of --before YYYY-MM-DD and --keep-days N")
     move_days(Path(outbox), before, dest, dry_run, click.echo, keep_days=keep_days,
-              other_disk=other_disk, max_minutes=max_minutes)
+              other_disk=other_disk, max_minutes=max_minutes, stall_minutes=stall_minutes)
 
 
 @cli.command()

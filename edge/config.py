@@ -52,6 +52,7 @@ class WatchConfig:
     settle_seconds: float = 3.0
     settle_after_close: float = 0.5
     once_settle_limit: float = 120.0  # watch --once: stop waiting for a file still changing
+    stall_limit: float = 600.0  # no systemd watchdog: end the agent after this long stuck
     recursive: bool = True
     max_pending: int = 1000
     retry_interval: float = 60.0
@@ -240,7 +241,7 @@ def _validate_section(name: str, s: Any, source: str) -> None:
         s.validate(bad)
     elif name == "watch":
         for key in ("poll_interval", "rescan_interval", "retry_interval",
-                    "once_settle_limit"):
+                    "once_settle_limit", "stall_limit"):
             if not getattr(s, key) > 0:
                 raise bad(key, "must be > 0 seconds")
         for key in ("settle_seconds", "settle_after_close"):

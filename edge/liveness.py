@@ -25,10 +25,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .durable import fsync_dir, lexists, read_json_if_there, write_json_atomic
+from .errors import EX_TEMPFAIL
 from .report import now_iso
 
 log = logging.getLogger(__name__)
@@ -187,3 +189,58 @@ def excused_by_stall(state: Path, charged: int, max_attempts: int) -> bool:
                 "input: %d journaled input(s) are not counted as having stopped it ([limits] "
                 "max_attempts)", stall.names(), stall.pid, stall.time, charged)
     return True
+
+
+class SelfWatchdog:
+    """systemd's watchdog for a process that has none: ``watch --once`` (a cron job), the
+    agent run in a terminal, a container or a unit without ``WatchdogSec``, and ``edge-agent
+    offload`` run by hand.
+
+    The main thread calls ``alive`` between two pieces of its work (the agent: at every tick
+    of its loop, between inputs, between the steps of its stop). If ``limit`` seconds pass
+    without a call, it is stuck (a disk or share that stopped answering, a decoder that
+    hangs, a lock a stuck thread holds), and this thread says what it was doing (``say``:
+    the line, then ``then``: what happens now) and ends the process with ``code``, as
+    systemd's watchdog would kill it. Only for work that is safe to stop at any point (the
+    agent's journal, the offload's steps). Without it, ``--once`` waited for ever holding
+    the outbox's lock, so neither the next cron run, nor the service, nor an offload could
+    start; and a thread stuck in a read on a dead share ignores Ctrl-C, while the end of the
+    process takes it down."""
+
+    def __init__(self, limit: float, doing: Callable[[], str], then: str,
+                 code: int = EX_TEMPFAIL, say: Callable[[str], None] = log.error,
+                 end: Callable[[int], None] = os._exit) -> None:
+        self.limit = limit
+        self._doing = doing  # what the main thread began last, in words
+        self._then = then
+        self._code = code
+        self._say = say
+        self._end = end
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+
+    def alive(self) -> None:
+        """The main thread made progress (cheap: one clock read)."""
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self.alive()
+        threading.Thread(target=self._run, name="self-watchdog", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(5.0, self.limit / 4)):
+            quiet = time.monotonic() - self._last
+            if quiet <= self.limit or self._stop.is_set():
+                continue
+            self._say(f"no progress for {quiet:.0f}s while {self._doing()} (a disk or share "
+                      f"that stopped answering, or a file that hangs its decoder): {self._then}")
+            for handler in logging.getLogger().handlers:  # that line, before the end
+                try:
+                    handler.flush()
+                except Exception:  # noqa: BLE001, S110 - a log that cannot flush: end anyway
+                    pass
+            self._end(self._code)
+            return

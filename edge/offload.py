@@ -80,6 +80,7 @@ from .durable import (
     write_json_atomic,
 )
 from .errors import (
+    EX_CANTCREAT,
     EX_DATAERR,
     AgentBusyError,
     ConfigError,
@@ -88,6 +89,7 @@ from .errors import (
     OutputError,
 )
 from .index import DAY, DailyIndex
+from .liveness import SelfWatchdog
 from .manifest import sha256_file
 from .offload_plan import (
     Copy,
@@ -220,11 +222,14 @@ def finishing_command(root: Path, record: dict[str, Any]) -> str:
 
 def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, echo: Echo,
             keep_days: int | None = None, other_disk: bool = False,
-            max_minutes: int | None = None) -> int:
+            max_minutes: int | None = None, stall_minutes: float = 10.0) -> int:
     """Move the days before ``before_text`` (or older than ``keep_days``) to DEST
     (``dry_run``: only say what would move); return how many days moved. ``max_minutes``:
-    no day is begun after that long (at least one is moved). A run that is not dry leaves
-    how it ended in ``.state/offload-last.json`` (``last_offload_alerts``)."""
+    no day is begun after that long (at least one is moved). ``stall_minutes``: with no
+    step done for that long (a disk or share that stopped answering), the process ends, exit
+    73 (``SelfWatchdog``): every step is safe to stop after, and a thread stuck in a read on
+    a dead share ignores Ctrl-C. A run that is not dry leaves how it ended in
+    ``.state/offload-last.json`` (``last_offload_alerts``)."""
     root = root.resolve()
     box = Outbox(root)
     try:
@@ -239,15 +244,25 @@ def offload(root: Path, before_text: str | None, dest_text: str, dry_run: bool, 
         f" --to {shlex.quote(dest_text)}") + (" --other-disk" if other_disk else "") + (
         f" --max-minutes {max_minutes}" if max_minutes is not None else "")
     run = _Offload(box, echo, max_minutes)
+    watchdog = SelfWatchdog(
+        stall_minutes * 60, lambda: run.doing,
+        f"ending the offload (exit 73, --stall-minutes {stall_minutes:g}). Nothing is lost: "
+        "every step of it is safe to stop after. Once that disk answers again, run the same "
+        f"command again (it finishes what was begun first): {command}", code=EX_CANTCREAT)
+    run.alive = watchdog.alive
+    watchdog.start()
     try:
-        moved = _offload(box, run, before_text, dest_text, dry_run, keep_days, other_disk,
-                         command)
-    except EdgeError as exc:
-        if not dry_run and not isinstance(exc, OffloadBusyError):  # that run's record stays
-            _record_last(box, command, str(exc), run.moved)
-        raise
-    if not dry_run:
-        _record_last(box, command, None, moved, run.left)
+        try:
+            moved = _offload(box, run, before_text, dest_text, dry_run, keep_days, other_disk,
+                             command)
+        except EdgeError as exc:
+            if not dry_run and not isinstance(exc, OffloadBusyError):  # its record stays
+                _record_last(box, command, str(exc), run.moved)
+            raise
+        if not dry_run:
+            _record_last(box, command, None, moved, run.left)
+    finally:
+        watchdog.stop()
     return moved
 
 
@@ -363,6 +378,13 @@ class _Offload:
         self.left = 0  # days to move left for the next run (--max-minutes)
         self.before = ""  # --before, kept in the record for the command that finishes it
         self.journaled: set[str] = set()  # days with inputs the agent's journal still holds
+        self.doing = "checking the outbox and DEST"  # what it began last, in words
+        self.alive: Callable[[], None] = lambda: None  # a step was done (SelfWatchdog)
+
+    def step(self, doing: str) -> None:
+        """A new step begins (the last one was done)."""
+        self.doing = doing
+        self.alive()
 
     def run(self, dest: Path, before: str, dry_run: bool) -> int:
         started = time.monotonic()
@@ -399,6 +421,7 @@ class _Offload:
             if pending is not None:
                 DailyIndex(self.root).render(days=[])
             return 0
+        self.step(f"reading the {len(days)} day(s) to move")
         self.planner.prepare(days)
         self._check_space(self.planner.plans(days), dry_run)
         if dry_run:
@@ -409,6 +432,7 @@ class _Offload:
                 break
             self.move_day(plan)
             self.moved += 1
+        self.step("writing the outbox's front page")
         DailyIndex(self.root).render(days=[])  # the front page, without the days moved
         self.echo(f"moved {self.moved} day(s) to {self.dest} (open {self.dest / 'index.html'})")
         if self.left:
@@ -486,10 +510,12 @@ class _Offload:
     def move_day(self, plan: DayPlan) -> None:
         copied = self._copy_all(plan)
         for copy in copied:
+            self.step(f"reading back the copy {self.dest / copy.dest}")
             if read_back(self.dest / copy.dest) != copy.sha256:
                 raise OutputError(f"the copy {self.dest / copy.dest} reads back different from "
                                   f"{self.root / copy.src}: the disk at {self.dest} may be "
                                   f"failing; nothing of {plan.day} was removed")
+        self.step(f"writing {plan.day}'s page at {self.dest}")
         DailyIndex(self.dest).render([plan.day])  # DEST's day page and front page
         *others, index = plan.copies  # the index file is last: it names the others
         record = {"schema": RECORD_SCHEMA, "dest": str(self.dest), "day": plan.day,
@@ -515,6 +541,7 @@ class _Offload:
             if copy.skip:
                 continue
             target = self.dest / copy.dest
+            self.step(f"copying {self.root / copy.src} to {target}")
             if not copy.present:
                 self._make_folder(target.parent, barrier)
                 try:
@@ -557,6 +584,7 @@ class _Offload:
                     for chunk in iter(lambda: source.read(1 << 20), b""):
                         digest.update(chunk)
                         out.write(chunk)
+                        self.alive()  # a big file on a slow disk: each MB is a step
         if copy.data is None:
             info = os.stat(str(self.root / copy.src))
             os.utime(str(target), ns=(info.st_atime_ns, info.st_mtime_ns))
@@ -569,6 +597,7 @@ class _Offload:
         barrier = FolderBarrier()
         for item in record["files"]:
             source = self.root / str(item["path"])
+            self.step(f"removing {source}, copied to {dest}")
             if not lexists(source):  # an I/O error is not "removed already"
                 continue
             if verify and item.get("copy") is not None:
@@ -584,7 +613,9 @@ class _Offload:
                 barrier.add(self.box.archive)
             except OSError as exc:  # something put there since: it stays, nothing is lost
                 self.echo(f"note: {archive} stays ({exc.strerror}): look at what is in it")
+        self.step(f"syncing the outbox's folders after removing {day}")
         barrier.sync()
+        self.step(f"marking {day}'s moved slices in the study reports")
         self._note_in_studies(dest, record)
         os.unlink(str(self.box.state / RECORD_NAME))
         fsync_dir(self.box.state)

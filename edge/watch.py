@@ -37,7 +37,14 @@ from .diskspace import HISTORY_FILE, MB, DiskForecast, SpaceGuard
 from .errors import ConfigError, FolderUnavailableError, StorageError
 from .inbox import Inbox
 from .index import DailyIndex
-from .liveness import Progress, clear_stall, excused_by_stall, forget_stall, record_stall
+from .liveness import (
+    Progress,
+    SelfWatchdog,
+    clear_stall,
+    excused_by_stall,
+    forget_stall,
+    record_stall,
+)
 from .network.services import NetworkServices  # issue 15: DICOM receiver, studies, PACS
 from .offload import last_offload_alerts, pending_offload_alerts
 from .outbox import Job, Outbox
@@ -137,6 +144,13 @@ class Agent:
         self._ready = False  # READY=1 sent: start-up (the journal's replay) is over
         self._last_ping = time.monotonic()
         self._stalled_said: set[str] = set()  # the stalled threads last logged
+        # no systemd watchdog (--once, a terminal, a container): the agent ends itself when
+        # its main loop is stuck (edge.liveness.SelfWatchdog), as systemd would end it
+        self._doing = "starting"  # what the main loop began last, for that message
+        self._self_watchdog = None if self._ping_every else SelfWatchdog(
+            w.stall_limit, lambda: self._doing,
+            "ending the agent (exit 75) to free the outbox; the inputs it had taken stay "
+            "journaled and are finished at the next start ([watch] stall_limit)")
         self.network = NetworkServices(config, self.inbox_root, outbox_root,
                                        list(classifier.describe()["labels"]), self._received)
         forecast = (DiskForecast(self.outbox.state / HISTORY_FILE, w.min_free_mb * MB,
@@ -168,7 +182,17 @@ class Agent:
         """Run until stopped (or, with ``once``, until the backlog is done); return counts.
         A disk error before the agent is ready is a ``StorageError`` (exit 75: started
         again), not a traceback: nothing was taken, and the journal says what was begun."""
+        if self._self_watchdog is not None:
+            self._self_watchdog.start()
         try:
+            return self._run()
+        finally:
+            if self._self_watchdog is not None:
+                self._self_watchdog.stop()
+
+    def _run(self) -> dict[str, int]:
+        try:
+            self._alive("opening the outbox")
             self.outbox.prepare()
             self.outbox.lock()
         except OSError as exc:
@@ -187,15 +211,20 @@ class Agent:
             self._loop()
         finally:
             sdnotify.notify("STOPPING=1")
+            self._alive("stopping: the DICOM receiver and the file events")
             self.network.stop_receiver()
             self._stop_observer()
+            self._alive("stopping: the inbox claim in progress")
             self._claimer.shutdown(wait=True)
+            self._alive("stopping: the reports still being written")
             if not self.committer.close(_CLOSE_TIMEOUT):
                 log.warning("still writing after %gs; stopping anyway: the inputs being written "
                             "stay journaled and are finished at the next start", _CLOSE_TIMEOUT)
             else:
                 self.retries.pause_all()
-            self.network.finish(self.once)
+            self._alive("stopping: the study reports and SRs")
+            self.network.finish(self.once, self._alive)
+            self._alive("stopping: the index pages")
             self._render_index()
             self.outbox.unlock()
         counts = dict(self.worker.counts, unfinished=self.retries.waiting()[0],
@@ -211,6 +240,7 @@ class Agent:
 
     def _recover(self) -> None:
         """Finish whatever a crash interrupted, before looking at anything new."""
+        self._alive("recovering the journal")
         removed = self.outbox.remove_temp_files()
         if removed:
             log.warning("removed %d partial temporary file(s) left by an interrupted run",
@@ -233,6 +263,7 @@ class Agent:
                                    self.config.limits.max_attempts)
         for job in jobs:
             self._still_working()  # before READY=1: the start timeout, extended per input
+            self._alive("finishing an input a crash or stop interrupted")
             self._run_job(job, crashed=not job.paused and not stalled)
         clear_stall(self.outbox.state)  # only now: a start dying in the replay finds it too
 
@@ -283,10 +314,12 @@ class Agent:
             if self._rescan.is_set() or now - last_scan >= w.rescan_interval or (
                     self.inbox.overflowed and len(self.inbox.pending) < w.max_pending // 2):
                 self._rescan.clear()
+                self._alive("reading the inbox")
                 self.inbox.scan()
                 last_scan = now
             if self.retries.waiting()[0] and now - last_retry >= w.retry_interval:
                 last_retry = now
+                self._alive("waiting for the reports being written, before a retry")
                 self.committer.wait_idle()  # retries run here, alone
                 retry = self.retries.take_round()
                 for i, job in enumerate(retry):
@@ -294,6 +327,7 @@ class Agent:
                         self.retries.back(retry[i:])
                         break
                     self._still_working()
+                    self._alive("retrying an input")
                     self._retry(job)
                 else:
                     self.retries.round_done(len(retry))
@@ -327,6 +361,7 @@ class Agent:
                     self._gave_up_waiting(now):
                 break
             if self.once and not self.inbox.pending and not self.inbox.overflowed:
+                self._alive("reading the inbox")
                 self.inbox.scan()  # anything that arrived meanwhile belongs to the backlog
                 if not self.inbox.pending:
                     break
@@ -419,6 +454,7 @@ class Agent:
         self._prepare(jobs)
 
     def _claimed(self, claiming: Future) -> list[Job]:
+        self._alive("taking inputs out of the inbox")
         jobs, refused = claiming.result()
         for path, exc in refused:
             if isinstance(exc, UnfinishedClaim):  # journaled: retried like any unfinished job
@@ -441,6 +477,13 @@ class Agent:
             self.inbox.skip_for(path, self.config.watch.retry_interval)
         return jobs
 
+    def _alive(self, doing: str | None = None) -> None:
+        """The main loop made progress (``doing``: what it begins now, in words)."""
+        if doing is not None:
+            self._doing = doing
+        if self._self_watchdog is not None:
+            self._self_watchdog.alive()
+
     def _ping_watchdog(self) -> None:
         """WATCHDOG=1 to systemd when due: from this thread, between files, so a hung
         decoder or a hung disk write (the committer's queue full) stops the pings; and only
@@ -449,6 +492,7 @@ class Agent:
         instead of an agent that looks alive and writes no report or sends no SR. Such a
         stall is recorded for the next start, which then counts no crash against the inputs
         taken; a stall of this thread (a hung decoder) cannot be, so its input is counted."""
+        self._alive()
         now = time.monotonic()
         every = self._ping_every or _RENDER_EVERY  # without a watchdog: still said
         if now - self._last_ping < every:
@@ -487,11 +531,13 @@ class Agent:
     def _prepare(self, jobs: list[Job]) -> None:
         for job in jobs:  # all of them, even when asked to stop: they are claimed already
             self._still_working()
+            self._alive("classifying an input")
             try:
                 work = self.worker.prepare(job)
             except Exception as exc:  # noqa: BLE001 - keep the input journaled, retry later
                 self.retries.failed(job, exc)
                 continue
+            self._alive("handing a report to be written (the outbox's disk)")
             self.committer.submit(work)
 
     def _retry(self, job: Job) -> None:
@@ -530,6 +576,7 @@ class Agent:
         self.committer.start()
         if not self.once:
             self._start_observer()
+        self._alive("reading the inbox's backlog")
         self.inbox.scan()  # the backlog: files already old are settled at once
         self.inbox.backlog = False
         if self.inbox.held:
@@ -537,6 +584,7 @@ class Agent:
             self.worker.claiming.give_back_orphans(self.inbox.held, journaled)
             self.inbox.held.clear()
             self.inbox.scan()
+        self._alive("starting the DICOM network")
         self.network.start(self.once)
 
     def _render_index(self) -> None:

@@ -167,8 +167,10 @@ class Sender:
             self._thread.join(timeout)
             self._thread = None
 
-    def send_due(self, now: float | None = None) -> float | None:
-        """Try every item that is due; return seconds until the next is due (None: empty)."""
+    def send_due(self, now: float | None = None,
+                 alive: Callable[[], None] = lambda: None) -> float | None:
+        """Try every item that is due; return seconds until the next is due (None: empty).
+        ``alive`` is called after each item (``NetworkServices.finish``)."""
         # No attempt is ever scheduled further ahead than retry_max (+10%): one that is was
         # scheduled before the clock was set back, and is due now rather than that much later.
         horizon = self.pacs.retry_max * 1.1 + 5.0
@@ -186,6 +188,7 @@ class Sender:
                 continue
             if not self._attempt(item):
                 down = item
+            alive()
         if down is not None and postponed:
             log.log(logging.WARNING if down.attempts == 1 else logging.INFO,
                     "the PACS %s cannot be reached (%s); %d other SR(s) wait with the one "

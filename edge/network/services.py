@@ -98,18 +98,20 @@ class NetworkServices:
         if self.receiver is not None:
             self.receiver.stop()
 
-    def finish(self, once: bool) -> None:
-        """After the agent's last report: judge and send (``once``), or just stop."""
+    def finish(self, once: bool, alive: Callable[[], None] = lambda: None) -> None:
+        """After the agent's last report: judge and send (``once``), or just stop.
+        ``alive`` is called after each study judged and each SR tried (the agent's
+        ``SelfWatchdog``: a long, healthy finish is not a hang)."""
         if not self._started:  # the agent failed before (perhaps another one owns the outbox)
             return
         try:
             if self.tracker is not None:
                 self.tracker.stop()
                 if once:
-                    self.tracker.finish()
+                    self.tracker.finish(alive)
             if self.sender is not None:
                 if once:
-                    self.sender.send_due()
+                    self.sender.send_due(alive=alive)
         except OSError as exc:  # a disk that failed: one line; pending stays on disk
             log.error("could not finish the study reports or SRs (%s); they are resumed at "
                       "the next start", describe_error(exc))

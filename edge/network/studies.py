@@ -171,7 +171,7 @@ class StudyTracker:
             self._thread.join(timeout)
             self._thread = None
 
-    def finish(self) -> None:
+    def finish(self, alive: Callable[[], None] = lambda: None) -> None:
         """Read what is left in the index and judge every pending study now, settled or not
         (``watch --once``: the backlog is all there is). Nothing if ``open`` failed: its
         state unread, a poll would read the index from its start and write the cursor over."""
@@ -181,6 +181,7 @@ class StudyTracker:
             self.poll()
             for uid in sorted(self._pending):
                 self._judge_safely(uid)
+                alive()
             self._render_index()
 
     def _run(self) -> None:

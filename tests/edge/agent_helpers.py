@@ -160,6 +160,36 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Makes one step of the agent or the offload hang, in a subprocess only (a file named
+# sitecustomize on PYTHONPATH is imported by every Python that starts with it there): a
+# read on a share that stopped answering, for the hang tests (test_self_watchdog.py).
+HANG = '''
+import os, time
+def hang(*args, **kwargs):
+    time.sleep(3600)
+if os.environ.get("NEUROEDGE_TEST_HANG") == "classify":
+    import edge.worker
+    edge.worker.Worker.prepare = hang
+if os.environ.get("NEUROEDGE_TEST_HANG") == "offload-copy":
+    import edge.offload
+    write = edge.offload._Offload._write
+    def write_then_hang(self, copy, target, barrier):
+        if copy.dest.startswith("archive/"):  # a report or two copied, then DEST hangs
+            hang()
+        return write(self, copy, target, barrier)
+    edge.offload._Offload._write = write_then_hang
+'''
+
+
+def hanging(tmp_path: Path, where: str) -> dict[str, str]:
+    """The environment of a subprocess whose ``where`` hangs (``HANG``): for ``run_agent``."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HANG)
+    return {"NEUROEDGE_TEST_HANG": where,
+            "PYTHONPATH": str(hook) + os.pathsep + agent_env()["PYTHONPATH"]}
+
+
 def run_agent(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge"] + args, capture_output=True,
                           text=True, timeout=timeout, env=agent_env(**env), cwd=str(REPO_ROOT))

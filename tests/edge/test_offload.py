@@ -8,10 +8,11 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
-from agent_helpers import gray_png, make_config, run_agent, run_once
+from agent_helpers import gray_png, hanging, make_config, run_agent, run_once
 from click.testing import CliRunner
 from network_helpers import make_study
 
@@ -481,3 +482,35 @@ def test_a_study_marked_offloaded_before_slices_were_kept_reads_them_from_dest(
     doc = json.loads(path.read_text())
     assert doc["counts"]["instances"] == 2
     assert doc["notes"] == ["3 report(s) of this study could not be read and were left out"]
+
+
+
+def test_an_offload_whose_dest_stops_answering_ends_with_exit_73_and_loses_nothing(
+        history, tmp_path: Path) -> None:
+    """The real ``edge-agent offload``, its DEST hanging mid-copy (a share that stopped
+    answering): it ends itself (exit 73, naming the step and the command to run again)
+    instead of waiting for ever; nothing was removed from the outbox; the same command,
+    DEST back, moves the days."""
+    from edge.offload import last_offload_alerts
+
+    _, outbox, dest = history
+    before = _files(outbox)
+    args = ["offload", str(outbox), "--before", DAY3, "--to", str(dest),
+            "--stall-minutes", "0.05"]
+    began = time.monotonic()
+    hung = run_agent(args, timeout=90, **hanging(tmp_path, "offload-copy"))
+    took = time.monotonic() - began
+    said = hung.stdout + hung.stderr
+    assert hung.returncode == 73, said[-2000:]
+    assert "no progress for" in said and "copying" in said and "Nothing is lost" in said, said
+    assert f"--to {dest}" in said and "Traceback" not in said, said
+    assert took < 60, f"ended after {took:.0f}s with a 3 s limit"
+    assert _files(outbox) == before, "the outbox changed"
+    alerts = last_offload_alerts(outbox)  # what the agent's front page says next
+    assert len(alerts) == 1 and "stopped before its end" in alerts[0], alerts
+
+    again = run_agent(args[:-2])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert set(_files(outbox)) == {"index.html", "studies/index.html"}
+    assert last_offload_alerts(outbox) == []
+    _fsck_clean(outbox)
