@@ -5,80 +5,18 @@
 #   TFLITE_RUNTIME_PYTHON=/path/to/venv-tflrt/bin/python \
 #       bash trainer/campaign-after.sh FILES_DIR DEST
 # FILES_DIR: the files the call sent back ($OUT's); DEST: where the runs go (runs/gpu-NAME).
-# DEST receives runs/<run>/ (trainer/campaign-collect.sh) with evaluation-original and
-# evaluation-original-mirror (the original test files and the external check),
-# models/<run>-int8 and models/<run>-mirror-int8 (each through the gate, tflite-runtime
-# required: the rule asks for it), rule.json and rule.txt. Run again, it keeps what is
-# done. A model the gate refuses (its exit 3) is said and left out; any other failure
-# stops the script. Nothing is shipped: a pick other than the shipped model is shipped by
-# hand (docs/results.md, "The shipped model"; its trust checks: python -m converters.trust).
-# TFLITE_RUNTIME_PYTHON: a Python with tflite-runtime 2.14 (docs/conversion.md); without
-# it (NO_TFLITE_RUNTIME=1, a rehearsal) the models go to models-rehearsal/ instead, out
-# under the rule, and a later real run does not take them for done.
+# DEST receives runs/<run>/ (trainer/campaign-collect.sh); then trainer/judge-runs.sh DEST
+# DEST/runs/*/ does the rest (its header says what it writes and needs:
+# TFLITE_RUNTIME_PYTHON, or NO_TFLITE_RUNTIME=1 for a rehearsal). Run again, it keeps what
+# is done.
 set -euo pipefail
 src=${1:?usage: campaign-after.sh FILES_DIR DEST}
 dest=${2:?usage: campaign-after.sh FILES_DIR DEST}
-PYTHON=${PYTHON:-python3}
-DATA=${DATA:-../shared/data/brain-tumor-mri}
-TEST_TIMES=${TEST_TIMES:-none mirror-mean}
-TFLITE_RUNTIME_PYTHON=${TFLITE_RUNTIME_PYTHON:-}
-NO_TFLITE_RUNTIME=${NO_TFLITE_RUNTIME:-}
 
-fail() { echo "error: $1" >&2; exit "${2:-1}"; }
-say() { echo "[after] $*"; }
-
-[ -d "$DATA/Testing" ] || fail "no data set at $DATA (its original Testing files are what \
-is scored); set DATA=FOLDER" 2
-runtime=()
-models=$dest/models
-if [ -n "$TFLITE_RUNTIME_PYTHON" ]; then
-    "$TFLITE_RUNTIME_PYTHON" -c "import tflite_runtime" 2>/dev/null \
-        || fail "$TFLITE_RUNTIME_PYTHON cannot import tflite_runtime" 2
-    runtime=(--require-runtime tflite-runtime --check-runtime
-             "tflite-runtime=$TFLITE_RUNTIME_PYTHON")
-elif [ -z "$NO_TFLITE_RUNTIME" ]; then
-    fail "set TFLITE_RUNTIME_PYTHON to a Python with tflite-runtime 2.14: the shipping rule \
-takes only models verified there (or NO_TFLITE_RUNTIME=1 for a rehearsal)" 2
-else
-    models=$dest/models-rehearsal
-fi
-
-bash "$(dirname "$0")/campaign-collect.sh" "$src" "$dest"
-converted=()
-for model in "$dest"/runs/*/model.keras; do
-    [ -e "$model" ] || fail "no model came back in $src (weights.sha256 names none)"
-    run=$(dirname "$model")
-    name=$(basename "$run")
-    for test_time in $TEST_TIMES; do
-        suffix=
-        [ "$test_time" = mirror-mean ] && suffix=-mirror
-        if [ ! -f "$run/evaluation-original$suffix/metrics.json" ]; then
-            say "$name$suffix: scoring the float model on the original files"
-            "$PYTHON" -m trainer evaluate "$run" --data "$DATA" --test-time "$test_time" \
-                --out "$run/evaluation-original$suffix" \
-                || say "$name$suffix: the evaluation failed (above); the gate still measures it"
-        fi
-        out=$models/$name$suffix-int8
-        if [ ! -f "$out/model.json" ]; then
-            say "$name$suffix: int8 through the gate"
-            status=0
-            "$PYTHON" -m converters.tflite --int8 --model "$run" --data "$DATA" --out "$out" \
-                --name "$name$suffix" --test-time "$test_time" --no-trust "${runtime[@]}" \
-                || status=$?
-            if [ "$status" -eq 3 ]; then
-                say "$name$suffix: refused by the gate (above); not a candidate"
-                continue
-            fi
-            [ "$status" -eq 0 ] || fail "the conversion of $name$suffix failed (exit $status, \
-above): not a gate verdict; mend it and run this again (what is done is kept)"
-        fi
-        converted+=("$out")
-    done
-done
-rm -f "$dest/rule.json" "$dest/rule.txt"  # never an earlier run's verdict
-if [ "${#converted[@]}" -eq 0 ]; then
-    say "no model passed the gate: the shipped model stays (the rule's third clause)" \
-        | tee "$dest/rule.txt"
-    exit 0
-fi
-"$PYTHON" -m converters.rule "${converted[@]}" --json "$dest/rule.json" | tee "$dest/rule.txt"
+here=$(dirname "$0")
+bash "$here/judge-runs.sh" --check  # before anything is collected
+bash "$here/campaign-collect.sh" "$src" "$dest"
+runs=("$dest"/runs/*/)
+[ -e "${runs[0]}/model.keras" ] || { echo "error: no model came back in $src \
+(weights.sha256 names none)" >&2; exit 1; }
+exec bash "$here/judge-runs.sh" "$dest" "${runs[@]}"

@@ -136,3 +136,24 @@ def test_the_campaign_trains_chains_evaluates_and_returns_with_the_gpu_machines_
                               str(tmp_path / "after2")], cwd=REPO, capture_output=True,
                              text=True, timeout=60, env=dict(os.environ, DATA=str(data)))
     assert refused.returncode == 2 and "TFLITE_RUNTIME_PYTHON" in refused.stderr
+
+
+def test_judge_runs_refuses_a_folder_that_is_not_a_trained_run(tmp_path: Path) -> None:
+    """trainer/judge-runs.sh (what campaign-after.sh does once the runs are collected, and
+    how a CPU run is judged): a folder with no model.keras is named, before any work."""
+    data = tmp_path / "data"
+    (data / "Testing").mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    env = dict(os.environ, DATA=str(data), NO_TFLITE_RUNTIME="1")
+    judged = subprocess.run(["bash", "trainer/judge-runs.sh", str(tmp_path / "dest"),
+                             str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert judged.returncode == 2 and "holds no model.keras" in judged.stderr, judged.stderr
+    ready = subprocess.run(["bash", "trainer/judge-runs.sh", "--check"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert ready.returncode == 0, ready.stderr
+    env.pop("NO_TFLITE_RUNTIME")
+    env.pop("TFLITE_RUNTIME_PYTHON", None)
+    unready = subprocess.run(["bash", "trainer/judge-runs.sh", "--check"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert unready.returncode == 2 and "TFLITE_RUNTIME_PYTHON" in unready.stderr
