@@ -61,6 +61,7 @@ class Judged:
     found: str = ""
     agreement: float | None = None
     n: int | None = None
+    external_n: int | None = None  # the Br35H pictures its sensitivity was measured on
     out: list[str] = field(default_factory=list)
     shipped: bool = False
 
@@ -73,7 +74,8 @@ class Judged:
                 "shipped": self.shipped, "official_pct": self.official,
                 "deduplicated_pct": self.deduplicated, "br35h_sensitivity_pct": self.br35h,
                 "br35h_found": self.found, "top1_agreement_pct": self.agreement,
-                "test_images": self.n, "candidate": not self.out, "out": self.out}
+                "test_images": self.n, "br35h_images": self.external_n,
+                "candidate": not self.out, "out": self.out}
 
 
 def _runtime(manifest: Any, name: str) -> dict[str, Any] | None:
@@ -103,6 +105,7 @@ def judge(folder: Path, shipped: bool = False) -> Judged:
         judged.br35h = float(external["quantized_tumour_sensitivity_pct"])
         images = int(external.get("tumour_images") or 0)
         judged.found = f"{round(judged.br35h * images / 100)} of {images}" if images else ""
+        judged.external_n = images
 
     out = judged.out
     if manifest.quantization != "int8":
@@ -137,12 +140,22 @@ def pick(models: list[Judged]) -> Judged | None:
     """Rule 2 over the candidates; None if there is none (rule 3: the shipped model stays).
     Candidates measured on fewer test images than the most any model here was measured on
     (the shipped one, or one out for another reason) are out: a subset's accuracy is not
-    the official split's."""
+    the official split's. So are those whose Br35H figure counts other pictures than the
+    others' (an older or newer copy of the folder): the rule ranks by it."""
     full = max((m.n or 0 for m in models), default=0)
+    pictures = {m.external_n for m in models if m.external_n}
     for model in models:
         if not model.out and (model.n or 0) < full:
             model.out.append(f"measured on {model.n} test images, the others on {full} "
                              "(converted with --eval-limit?)")
+    if len(pictures) > 1:  # which count is right is not for the rule to say: all are out
+        for model in models:
+            if not model.out and model.external_n:
+                others = sorted(pictures - {model.external_n})
+                model.out.append(
+                    f"its {EXTERNAL_NAME} figure counts {model.external_n} pictures, another "
+                    f"model's {', '.join(map(str, others))}: score them all on the same "
+                    f"folder (python -m converters.score MODEL --data DATA --record)")
     candidates = [m for m in models if not m.out]
     if not candidates:
         return None

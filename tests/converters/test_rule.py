@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(SHIPPED is None, reason="no shipped model in edg
 
 
 def _model(tmp_path: Path, name: str, official=98.6, dedup=96.0, br35h=85.0, drop=0.1,
-           agreement=99.5, required=("tflite-runtime",), n=None, external=True) -> Path:
+           agreement=99.5, required=("tflite-runtime",), n=None, external=True,
+           pictures=None) -> Path:
     folder = tmp_path / name
     shutil.copytree(SHIPPED, folder)
     path = folder / "model.json"
@@ -33,6 +34,8 @@ def _model(tmp_path: Path, name: str, official=98.6, dedup=96.0, br35h=85.0, dro
     metrics["dedup"]["quantized_accuracy_pct"] = dedup
     if external:
         metrics["external"][0]["quantized_tumour_sensitivity_pct"] = br35h
+        if pictures is not None:
+            metrics["external"][0]["tumour_images"] = pictures
     else:
         metrics["external"] = []
     data["thresholds"]["required_runtimes"] = list(required)
@@ -110,6 +113,21 @@ def test_a_subset_is_out_against_a_whole_split_model_that_is_out_itself(tmp_path
     whole_but_out = judge(_model(tmp_path, "whole", official=90.0))
     assert pick([part, whole_but_out]) is None
     assert "measured on 400 test images" in part.out[-1]
+
+
+def test_br35h_figures_over_other_pictures_are_not_ranked_against_each_other(tmp_path):
+    """A model scored on another copy of the folder (95 pictures against the shipped
+    model's 89) found more, and was picked: the figures are not comparable. Now none of
+    them is a candidate until all are scored on the same folder; the shipped model stays."""
+    other = judge(_model(tmp_path, "other", br35h=99.0, pictures=95))
+    same = judge(_model(tmp_path, "same", br35h=88.0))
+    shipped = judge(SHIPPED, shipped=True)
+    assert other.external_n == 95 and shipped.external_n == 89
+    assert pick([shipped, other, same]) is None
+    assert "counts 95 pictures, another model's 89" in other.out[-1]
+    assert "counts 89 pictures, another model's 95" in same.out[-1]
+    same = judge(tmp_path / "same")
+    assert pick([judge(SHIPPED, shipped=True), same]) is same  # the same pictures: as before
 
 
 def test_no_candidate_at_all_says_so_and_writes_the_json(tmp_path):
