@@ -143,10 +143,11 @@ def folders_in(root: Path) -> dict[str, Path]:
     return {"inbox": root / "inbox", "outbox": root / "outbox", "root": root}
 
 
-def config_for(folders: dict[str, Path], model: Path, pacs: Pacs, port: int) -> Any:
+def config_for(folders: dict[str, Path], model: Path, pacs: Pacs, port: int,
+               settle: float = 0.3) -> Any:
     return make_config(folders, model, watch={"retry_interval": 0.05},
                        network={"dicom_port": port, "min_free_mb": 0},
-                       studies={"settle_seconds": 0.3},
+                       studies={"settle_seconds": settle},
                        pacs={"send_to": f"PACS@127.0.0.1:{pacs.port}", "timeout": 5.0,
                              "retry_initial": 0.2, "retry_max": 1.0})
 
@@ -192,6 +193,19 @@ class Case:
     pacs_from: int = 0  # the PACS's log lines before this case
     left_while_running: list[str] = field(default_factory=list)
     unsettled: bool = False  # the running agent did not finish: the restart must
+    # A case may start from an outbox made before it (``folders``, in a subclass: a study
+    # judged again), where the study has instances already: their answers, by SOP Instance UID
+    earlier: dict[str, int] = field(default_factory=dict)
+    moved_to: tuple[Path, ...] = ()  # where ``edge-agent offload`` moved earlier days
+    settle: float = 0.3  # [studies] settle_seconds
+
+    def folders(self, root: Path) -> dict[str, Path]:
+        """The case's inbox and outbox (none yet)."""
+        return folders_in(root)
+
+    def done(self, folders: dict[str, Path], acknowledged: int) -> bool:
+        """Whether the running agent has finished (it is stopped then)."""
+        return settled(folders, self.study[0], acknowledged)
 
     def run(self, folders: dict[str, Path]) -> list[str]:
         """The running agent; what went wrong."""
@@ -201,7 +215,7 @@ class Case:
         made = None
         self.pacs_from = self.pacs.lines()
         try:
-            made = Agent(config_for(folders, self.model, self.pacs, free_port()),
+            made = Agent(config_for(folders, self.model, self.pacs, free_port(), self.settle),
                          self.classifier)
         except Exception as exc:  # noqa: BLE001 - what the sweep looks for
             return [f"the agent could not be made: {exc!r}"]
@@ -216,12 +230,12 @@ class Case:
             uids = [sop_uid(p) for p in paths]
             codes = send_with_pynetdicom(receiver.port, paths)
             self.statuses = {str(uids[i]): code for i, code in enumerate(codes)}
-            acknowledged = sum(1 for c in codes if c == SUCCESS)
+            acknowledged = sum(1 for c in [*codes, *self.earlier.values()] if c == SUCCESS)
             deadline = time.monotonic() + SETTLED_BOUND
             while runner.is_alive() and time.monotonic() < deadline \
-                    and not settled(folders, study_uid, acknowledged):
+                    and not self.done(folders, acknowledged):
                 time.sleep(0.02)
-            self.unsettled = not settled(folders, study_uid, acknowledged)
+            self.unsettled = not self.done(folders, acknowledged)
         made.stop_requested.set()
         runner.join(LIVE_BOUND)
         if runner.is_alive():
@@ -236,7 +250,7 @@ class Case:
         from edge.watch import Agent
 
         try:
-            Agent(config_for(folders, self.model, self.pacs, 0), self.classifier,
+            Agent(config_for(folders, self.model, self.pacs, 0, self.settle), self.classifier,
                   once=True).run()
         except Exception as exc:  # noqa: BLE001 - what the sweep looks for
             return [f"restart: {crashed(None, exc)}"]
@@ -244,7 +258,7 @@ class Case:
 
     def census(self, root: Path) -> list[Site]:
         """Every site a healthy run calls, in a stable order."""
-        folders = folders_in(root)
+        folders = self.folders(root)
         self.disk.calls.clear()
         self.disk.counting = True
         try:
@@ -256,7 +270,7 @@ class Case:
         return sorted(self.disk.calls, key=lambda s: (s.line, s.asked_by, s.call))
 
     def case(self, root: Path, plan: Plan) -> list[str]:
-        folders = folders_in(root)
+        folders = self.folders(root)
         trouble, wrong = Trouble(), []
         self.disk.counting = False
         with trouble.watching():
@@ -291,17 +305,19 @@ class Case:
             wrong.append(f"left in the inbox: {left}")
         stored: collections.Counter[str] = collections.Counter()
         for folder in ("archive", "quarantine"):
-            for path in (outbox / folder).rglob("*"):
+            for path in [p for box in (outbox, *self.moved_to) for p in (box / folder).rglob("*")]:
                 if path.is_file() and not path.name.endswith(".reason.json"):
                     stored[str(sop_uid(path))] += 1
                     if folder == "quarantine":
                         wrong.append(f"a good instance quarantined: {path.name}")
-        acknowledged = {u for u, c in self.statuses.items() if c == SUCCESS}
+        answers = {**self.earlier, **self.statuses}
+        acknowledged = {u for u, c in answers.items() if c == SUCCESS}
         lost, doubled = acknowledged - set(stored), [u for u, n in stored.items() if n > 1]
         if lost or doubled:
             wrong.append(f"acknowledged and lost: {len(lost)}, stored twice: {len(doubled)}")
-        by_tag = {uid_hash(u): u for u in self.statuses}  # received as <time>-<tag>-<hex>
-        lines = [json.loads(line) for f in (outbox / "index").glob("*.jsonl")
+        by_tag = {uid_hash(u): u for u in answers}  # received as <time>-<tag>-<hex>
+        lines = [json.loads(line) for box in (outbox, *self.moved_to)
+                 for f in (box / "index").glob("*.jsonl")
                  for line in f.read_text().splitlines()]
         named = collections.Counter(by_tag.get((str(e.get("file_name")).split("-") + [""])[1])
                                     for e in lines)
