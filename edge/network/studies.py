@@ -99,6 +99,15 @@ def _moved(s: Slice, entry: bool) -> dict[str, Any]:
     return {"offloaded_to": s.offloaded_to, **(s.kept() if entry else {})}
 
 
+def instance_entry(s: Slice) -> dict[str, Any]:
+    """A slice's entry in ``instances`` of a study report (and, for a slice offloaded while
+    its study was pending, in the study's state: ``edge.network.study_offload``)."""
+    return {"report": s.report_id, "sop_instance_uid": s.sop_instance_uid,
+            "series_instance_uid": s.series_instance_uid, "label": s.label,
+            "confidence": s.confidence, "needs_review": s.needs_review,
+            "archived_as": s.archived_as, **_moved(s, True)}
+
+
 class StudyTracker:
     """Follows the daily index, keeps pending studies, judges them once settled."""
 
@@ -360,9 +369,13 @@ class StudyTracker:
                 moved_to = inst.get("offloaded_to")
                 if isinstance(moved_to, str) and moved_to:
                     offloaded[inst["report"]] = inst
+        # slices offloaded while the study was pending: their entries are in its state
+        for report_id, entry in (pending.get("offloaded") or {}).items():
+            if isinstance(entry, dict):
+                offloaded.setdefault(report_id, entry)
         for report_id, archived in pending["members"].items():
             members.setdefault(report_id, archived)
-        slices, missing, kept = [], 0, False
+        slices, missing, kept = [], 0, []
         models: dict[str, dict[str, Any]] = {}
         study_date = None
         for report_id, archived in sorted(members.items()):
@@ -375,7 +388,7 @@ class StudyTracker:
                 again = Slice.from_entry(entry) if entry else None
                 if again is not None:
                     slices.append(again)
-                    kept = True
+                    kept.append(entry)
                     continue
                 if moved:  # marked before entries kept the slice: its disk may be at hand
                     # (not mounted: left out with a note; a disk error retries the judgment)
@@ -388,11 +401,14 @@ class StudyTracker:
             models.setdefault(str(model.get("sha256")), {
                 k: model.get(k) for k in ("name", "version", "sha256", "runtime")})
             study_date = study_date or (report.get("dicom") or {}).get("study_date")
-        if kept:  # slices rebuilt from the previous report were judged with its models
-            for model in previous.get("models") or []:
+        if kept:  # slices rebuilt from entries were judged with the previous report's models
+            # (or, kept in the pending state, with the model each entry names)
+            earlier = previous if isinstance(previous, dict) else {}
+            for model in [*(earlier.get("models") or []), *(e.get("model") for e in kept)]:
                 if isinstance(model, dict):
                     models.setdefault(str(model.get("sha256")), model)
-            study_date = study_date or previous.get("study_date")
+            study_date = study_date or earlier.get("study_date") or next(
+                (e["study_date"] for e in kept if e.get("study_date")), None)
         if not slices:
             log.warning("study %s: none of its %d report(s) can be read; not judged",
                         uid_hash(uid), len(members))
@@ -464,11 +480,7 @@ class StudyTracker:
                             "probability_not_normal": round(
                                 1.0 - s.probabilities.get(normal, 0.0), 4),
                             **_moved(s, False)} for s in top],
-            "instances": [{"report": s.report_id, "sop_instance_uid": s.sop_instance_uid,
-                           "series_instance_uid": s.series_instance_uid, "label": s.label,
-                           "confidence": s.confidence, "needs_review": s.needs_review,
-                           "archived_as": s.archived_as, **_moved(s, True)}
-                          for s in sorted(slices, key=lambda s: s.report_id)],
+            "instances": [instance_entry(s) for s in sorted(slices, key=lambda s: s.report_id)],
             "models": sorted(models.values(), key=lambda m: str(m.get("sha256"))),
             "notes": notes,
         }

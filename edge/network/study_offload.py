@@ -16,6 +16,13 @@ report keeps them and ``offloaded_to``: the verdict does not change because repo
 An entry marked without them (an older agent) is read from ``offloaded_to`` if that is at
 hand, else left out with a note, as a report that cannot be read.
 
+A study still pending (noted, not judged yet: the agent stopped within ``settle_seconds``
+of its last instance, or its judgment failing for days) has no study report to mark: its
+moved slices' entries, with the model and study date their reports named, are kept in its
+state (``.state/studies/<uid>.json``, ``offloaded``), which the judgment reads as it reads
+a previous report's. Before, such a study was judged without them ("could not be read and
+were left out"), and its SR sent so, or, with all its slices moved, not judged at all.
+
 Both reads are strict: a disk error reading a study report, or the copy at DEST, is raised
 and stops the offload before the record of the day's move is deleted (``edge.offload``:
 "the offload stopped ...", run it again), rather than leave the study unmarked (judged
@@ -30,7 +37,7 @@ from typing import Any
 
 from ..durable import read_json_if_there, write_bytes_atomic, write_json_atomic
 from ..report import study_of, valid_uid
-from .studies import index_row
+from .studies import index_row, instance_entry
 from .study_pages import study_page
 from .verdict import Slice
 
@@ -38,17 +45,19 @@ from .verdict import Slice
 def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
                    studies: Iterable[str] | None) -> int:
     """Mark the slices whose reports (``report_ids``) moved to ``dest`` in the study reports
-    of ``studies`` (None: every study), and render their pages again; return how many
-    studies changed. Safe to repeat: the page is written before the study report, so a
-    crash between the two leaves the report unmarked and the next call does both again. A
-    disk error reading a study report or a copy at ``dest`` is raised (the call is
-    repeated), never taken for a study report that is not ours."""
+    of ``studies`` (None: every study), and render their pages again, or keep their entries
+    in a study's state if it is still pending; return how many studies changed. Safe to
+    repeat: the page is written before the study report, so a crash between the two leaves
+    the report unmarked and the next call does both again. A disk error reading a study
+    report, a state or a copy at ``dest`` is raised (the call is repeated), never taken for
+    a study report that is not ours."""
     folder = outbox / "studies"
     if not folder.is_dir() or not report_ids:
         return 0
+    studies = None if studies is None else list(studies)
     uids = sorted(p.stem for p in folder.glob("*.json")) if studies is None else sorted(
         {uid for uid in studies if valid_uid(uid)})
-    changed = 0
+    changed = _note_in_pending(outbox, dest, report_ids, studies)
     for uid in uids:
         path = folder / f"{uid}.json"
         doc = read_json_if_there(path)
@@ -75,6 +84,49 @@ def note_offloaded(outbox: Path, dest: Path, report_ids: set[str],
         write_json_atomic(path, doc)
         changed += 1
     return changed
+
+
+def _note_in_pending(outbox: Path, dest: Path, report_ids: set[str],
+                     studies: Iterable[str] | None) -> int:
+    """Keep in each pending study's state the entries of its slices moved to ``dest`` (the
+    module's docstring); return how many states changed."""
+    state = outbox / ".state" / "studies"
+    paths = sorted(p for p in state.glob("*.json") if p.name != "cursor.json") if (
+        studies is None) else [state / f"{uid}.json" for uid in sorted(set(studies))
+                               if valid_uid(uid)]
+    changed = 0
+    for path in paths:
+        data = read_json_if_there(path)
+        if not (isinstance(data, dict) and data.get("study") == path.stem
+                and isinstance(data.get("members"), dict)):
+            continue  # not pending (judged, or never noted)
+        kept = data.get("offloaded") if isinstance(data.get("offloaded"), dict) else {}
+        marked = False
+        for report_id, archived in sorted(data["members"].items()):
+            if report_id in report_ids and report_id not in kept:
+                entry = _entry(dest, report_id, path.stem, archived)
+                if entry:
+                    kept[report_id] = entry
+                    marked = True
+        if marked:
+            write_json_atomic(path, {**data, "offloaded": kept})
+            changed += 1
+    return changed
+
+
+def _entry(dest: Path, report_id: str, uid: str, archived: Any) -> dict[str, Any]:
+    """A moved slice's entry, as its study report would keep it, with its model and study
+    date; empty if the copy at ``dest`` is not there or not that slice's report."""
+    report = read_json_if_there(dest / "reports" / f"{report_id}.json")
+    if not isinstance(report, dict) or report.get("id") != report_id or study_of(report) != uid:
+        return {}
+    try:
+        s = Slice.from_report(report, archived if isinstance(archived, str) else None,
+                              str(dest))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+    return {**instance_entry(s), "model": report.get("model"),
+            "study_date": (report.get("dicom") or {}).get("study_date")}
 
 
 def _kept(dest: Path, report_id: str, uid: str) -> dict[str, Any]:

@@ -16,7 +16,8 @@ copied for every case; the first wave was:
 - ``pending``: noted, not judged yet (its state in ``.state/studies``), so the second wave
   arrives while the first judgment waits;
 - ``queued``: judged, its SR still in the queue (the PACS was down), so the new judgment
-  must replace it.
+  must replace it;
+- ``pending-offloaded``: noted, not judged, and its day then offloaded (finding n5).
 
 The books are the sweep's (``Case.books``: every instance acknowledged archived once with
 one index line, the study report listing exactly them, its SR sent or queued and never
@@ -64,7 +65,7 @@ pytest.importorskip("pynetdicom")
 
 SECOND = [0.1, 0.6]  # the second wave: a dark slice (glioma, for the toy model), a grey one
 DAY1, DAY2 = "2025-03-01", "2025-03-02"  # the offloaded setup's first wave, and --before
-SETUPS = ("judged", "offloaded", "pending", "queued")
+SETUPS = ("judged", "offloaded", "pending", "queued", "pending-offloaded")
 REJUDGE_STRIDE = int(os.environ.get("NEUROEDGE_REJUDGE_STRIDE", "12"))
 
 
@@ -265,3 +266,29 @@ def test_a_study_judged_again_under_one_failing_disk_call_loses_nothing(
     print(f"{setup}: {len(sites)} sites, {len(chosen)} swept here")
     assert not found, f"{len(found)} site(s):\n" + "\n".join(found)
 
+
+# --- the findings, one test each --------------------------------------------------------------
+
+def test_n5_a_pending_study_whose_day_was_offloaded_is_judged_from_every_instance(
+        tmp_path, test_model, loaded_classifier, monkeypatch, pacs, waves):  # noqa: F811
+    """The first wave is noted, not judged (the agent stopped within settle_seconds of it),
+    and its day is then moved off the box by ``edge-agent offload``; the second wave comes.
+    The offload marked study reports only: the pending study, with none, was judged from the
+    second wave's 2 instances of 6 ("4 report(s) of this study could not be read and were
+    left out") and that SR sent; with every slice moved it was not judged at all. Now the
+    offload keeps the moved slices' entries in the study's state (``offloaded``), and the
+    judgment reads them as it reads a previous report's."""
+    from edge.network import studies
+
+    monkeypatch.setattr(studies, "_POLL", 0.05)
+    disk = Disk(tmp_path)
+    disk.install(monkeypatch)
+    written: list[tuple[str, int, Any]] = []
+    note_study_reports(monkeypatch, written)
+    start = setup_outbox(tmp_path / "setup", "pending-offloaded", disk, test_model.path,
+                         loaded_classifier, pacs, waves, monkeypatch)
+    case = Rejudged(disk, test_model.path, loaded_classifier, pacs, (waves[0], waves[2]),
+                    written=written, **start)
+    case.census(tmp_path / "case")  # the books of a healthy run: it fails on what is wrong
+    doc = study_report({"outbox": tmp_path / "case" / "outbox"}, waves[0])
+    assert doc is not None and doc["study_date"] and doc["models"], doc
