@@ -131,17 +131,22 @@ class NetworkServices:
         study = doc["study_instance_uid"]
         tag = uid_hash(study)
         header, disk_error = None, None
-        for s in slices:
-            if s.archived_as:
-                try:
-                    header = read_header(self.outbox / s.archived_as)
-                    break
-                except (FileNotFoundError, NotADirectoryError):
-                    continue  # moved away (offloaded, by hand): the study's next instance
-                except OSError as exc:  # a disk error is not "not in the archive"
-                    disk_error = exc
-                except Exception:  # noqa: BLE001 - a damaged file: the study's next instance
-                    continue
+        archived = [self.outbox / s.archived_as for s in slices if s.archived_as]
+        # an offloaded slice's instance went with its day to DEST, in the same layout: the
+        # only copy at hand of a study judged after all of its instances moved (it was
+        # pending when its day was offloaded), whose SR was otherwise never queued
+        archived += [Path(s.offloaded_to) / s.archived_as for s in slices
+                     if s.archived_as and s.offloaded_to]
+        for path in archived:
+            try:
+                header = read_header(path)
+                break
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # moved away (offloaded, by hand): the study's next instance
+            except OSError as exc:  # a disk error is not "not in the archive"
+                disk_error = exc
+            except Exception:  # noqa: BLE001 - a damaged file: the study's next instance
+                continue
         if header is None and disk_error is not None:
             # raised, the study stays pending and its judgment is retried (the same report,
             # and the SR queued then); taken for absence, the SR was never sent

@@ -292,3 +292,27 @@ def test_n5_a_pending_study_whose_day_was_offloaded_is_judged_from_every_instanc
     case.census(tmp_path / "case")  # the books of a healthy run: it fails on what is wrong
     doc = study_report({"outbox": tmp_path / "case" / "outbox"}, waves[0])
     assert doc is not None and doc["study_date"] and doc["models"], doc
+
+
+def test_n6_a_study_judged_after_all_its_instances_were_offloaded_still_gets_its_sr(
+        tmp_path, test_model, loaded_classifier, monkeypatch, pacs, waves):  # noqa: F811
+    """The first wave is noted, not judged, and its day offloaded (as in n5); then no second
+    wave comes (the sweep: the agent failed to start, or every instance was refused), and
+    the restart judges the study from its four offloaded slices. Its SR needs the patient
+    and study attributes of an archived instance, and every one had gone to DEST with its
+    day: "cannot send the SR ... none of its instances is in the archive any more", the SR
+    never queued (13 sites of the ``pending-offloaded`` sweep). Now an offloaded slice's
+    instance is read at DEST, which keeps the archive's layout, when the outbox has none."""
+    disk = Disk(tmp_path)
+    disk.install(monkeypatch)
+    written: list[tuple[str, int, Any]] = []
+    note_study_reports(monkeypatch, written)
+    start = setup_outbox(tmp_path / "setup", "pending-offloaded", disk, test_model.path,
+                         loaded_classifier, pacs, waves, monkeypatch)
+    case = Rejudged(disk, test_model.path, loaded_classifier, pacs, (waves[0], []),
+                    written=written, **start)
+    folders = case.folders(tmp_path / "case")
+    case.pacs_from = pacs.lines()
+    assert case.restart(folders) == []  # watch --once: judges what is pending, sends the SR
+    assert case.books(folders) == []
+    assert len(pacs.got(waves[0], case.pacs_from)) == 1
