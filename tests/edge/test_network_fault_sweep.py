@@ -46,13 +46,10 @@ from typing import Any
 
 import pytest
 from agent_helpers import make_config
+from disk_sites import EDGE_DIR, Disk, Plan, Site
 from network_helpers import free_port, make_study, send_with_pynetdicom
 from test_agent_fault_sweep import (
-    EDGE_DIR,
     SAMPLE,
-    Disk,
-    Plan,
-    Site,
     Trouble,
     at_rest,
     start_running,

@@ -33,8 +33,9 @@ from typing import Any
 
 import pytest
 from agent_helpers import gray_png, make_config, other_filesystem, run_once
+from disk_sites import EDGE_DIR, Disk, Plan, Site
 from network_helpers import make_study
-from test_agent_fault_sweep import EDGE_DIR, SAMPLE, Disk, Plan, Site
+from test_agent_fault_sweep import SAMPLE
 
 from edge import commit
 
