@@ -61,10 +61,12 @@ def finished(counts: dict[str, int]) -> int:
     return counts["classified"] + counts["duplicate"] + counts["quarantined"]
 
 
-def agent(folders: dict[str, Path], model: Path, classifier: Any, once: bool) -> Any:
+def agent(folders: dict[str, Path], model: Path, classifier: Any, once: bool,
+          **sections: dict[str, Any]) -> Any:
+    """The agent, retrying every 0.05 s; ``sections``: more of its configuration."""
     from edge.watch import Agent
 
-    config = make_config(folders, model, watch={"retry_interval": 0.05})
+    config = make_config(folders, model, **{"watch": {"retry_interval": 0.05}, **sections})
     return Agent(config, classifier, once=once)
 
 
@@ -120,11 +122,12 @@ def run_live(folders: dict[str, Path], model: Path, classifier: Any, inputs: int
     return []
 
 
-def run_once(folders: dict[str, Path], model: Path, classifier: Any) -> list[str]:
+def run_once(folders: dict[str, Path], model: Path, classifier: Any,
+             **sections: dict[str, Any]) -> list[str]:
     """``watch --once``; what went wrong."""
     made = None
     try:
-        made = agent(folders, model, classifier, once=True)
+        made = agent(folders, model, classifier, once=True, **sections)
         made.run()
     except Exception as exc:  # noqa: BLE001 - what the sweep looks for
         return [w for w in [crash(made, exc)] if w]

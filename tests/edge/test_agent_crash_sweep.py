@@ -1,0 +1,413 @@
+"""kill -9 at every disk call: the crash sweep.
+
+(docstring written at the end: what it covers, found, costs, leaves.)
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from agent_helpers import REPO_ROOT, agent_env, fast_config, gray_png, pydicom_file
+from disk_sites import Site
+from test_agent_fault_sweep import Trouble, books, fill_inbox, new_folders, run_once
+from test_agent_fault_sweep_recovery import CRASHES, Template, crash_template, shm  # noqa: F401
+
+HERE = Path(__file__).resolve().parent
+KILLED = -signal.SIGKILL
+RUN_BOUND = 60.0  # seconds for one crashing run: a bound, not a timing
+WHEN = ("before", "after")  # kill just before the call, or just after it returned
+# Up to three kills in a row fall on one input's replay here: ``max_attempts`` (3) would
+# quarantine it as a crash-loop (by design, ``test_agent_crash.py`` and the adversarial
+# probe test that); the sweep asks for every input where the crashes left it.
+LIMITS = {"max_attempts": 10}
+
+# Every n-th case of each sweep below instead of its CI stride (1: every case, by hand).
+EVERY = int(os.environ.get("NEUROEDGE_CRASH_EVERY", "0"))
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+def fresh_inbox(inbox: Path) -> dict[str, str]:
+    """The disk sweep's inputs (four pictures, an identical copy, a file that cannot be
+    decoded) and a DICOM: seven, one claim group."""
+    from edge.manifest import sha256_file
+
+    fill_inbox(inbox)
+    (inbox / "mr.dcm").write_bytes(pydicom_file("MR_small.dcm").read_bytes())
+    return {p.name: sha256_file(p) for p in inbox.iterdir()}
+
+
+def backlog_inbox(inbox: Path) -> dict[str, str]:
+    """Twelve inputs, one and a half claim groups (``edge.retries.CLAIM_GROUP``, 8)."""
+    from edge.manifest import sha256_file
+
+    fresh_inbox(inbox)
+    for i in range(5):
+        gray_png(inbox / f"more{i}.png", 45 + 40 * i)
+    return {p.name: sha256_file(p) for p in inbox.iterdir()}
+
+
+# --- the crashing agent --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kill:
+    """Where the agent kills itself: at the ``nth`` call of ``site``, ``when`` (before,
+    after, or ``cut``: a write half written), counting calls ``during`` its whole run or
+    its start-up (``Agent._start``) only. ``site`` is a ``Site`` or, for the findings'
+    tests, a ``Where``."""
+
+    site: Site | Where
+    when: str = "before"
+    nth: int = 1
+    during: str = "run"
+
+    def __str__(self) -> str:
+        nth = f" (call {self.nth})" if self.nth > 1 else ""
+        return f"{self.when} {self.site}{nth}" + (
+            " while starting" if self.during == "start" else "")
+
+    def plan(self) -> dict[str, Any]:
+        """As ``crash_at_site.py`` reads it."""
+        where = self.site
+        at = ({"where": [where.call, where.function, where.asked_by]}
+              if isinstance(where, Where) else
+              {"site": [where.call, where.line, where.asked_by, where.function]})
+        return {**at, "nth": self.nth, "when": self.when, "during": self.during}
+
+
+@dataclass(frozen=True)
+class Where:
+    """The sites of one OS call in one ``edge`` function (``Class.method``), asked for from
+    a file whose name starts with ``asked_by``: a finding's site, whatever its line."""
+
+    call: str
+    function: str
+    asked_by: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.call} in {self.function}" + (
+            f" (for {self.asked_by})" if self.asked_by else "")
+
+
+@dataclass
+class Crasher:
+    """Runs the real ``edge-agent watch`` in a subprocess (``crash_at_site.py``) on a
+    case's folders, with ``--once`` or as a running agent stopped with SIGTERM once its
+    inputs are indexed."""
+
+    model: Path
+    config: Path  # outside the case's folders: reading it is not a site
+    live: bool = False
+
+    def run(self, folders: dict[str, Path], plan: dict[str, Any], inputs: int,
+            log: Path) -> int:
+        """The run's exit status (``KILLED``: the kill came); its output in ``log``."""
+        roots = [str(folders["root"])] + ([str(folders["inbox"].parent)] if not str(
+            folders["inbox"]).startswith(str(folders["root"]) + os.sep) else [])
+        args = [sys.executable, str(HERE / "crash_at_site.py"), "--config", str(self.config),
+                "watch", str(folders["inbox"]), "--outbox", str(folders["outbox"]),
+                "--model", str(self.model)] + ([] if self.live else ["--once"])
+        env = agent_env(NEUROEDGE_CRASH_PLAN=json.dumps({"roots": roots, **plan}))
+        with open(log, "w") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(REPO_ROOT))
+            deadline = time.monotonic() + RUN_BOUND
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self.live and indexed(folders["outbox"]) >= inputs:
+                    proc.send_signal(signal.SIGTERM)  # a stop can be the site too
+                    break
+                time.sleep(0.02)
+            try:
+                return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"the agent did not end within {RUN_BOUND:g}s: {log}")
+
+    def census(self, folders: dict[str, Path], inputs: int, log: Path,
+               during: str = "run") -> dict[Site, int]:
+        """Every site a healthy run reaches, with its count of calls."""
+        out = log.with_suffix(".census.json")
+        rc = self.run(folders, {"census": str(out), "during": during}, inputs, log)
+        assert rc == 0, f"the healthy run ended {rc}: {log.read_text()[-3000:]}"
+        return {Site(*fields[:4]): fields[4] for fields in json.loads(out.read_text())}
+
+    def crash(self, folders: dict[str, Path], kill: Kill, inputs: int, log: Path) -> bool:
+        """Run until the kill; False if the run ended without reaching it."""
+        return self.run(folders, kill.plan(), inputs, log) == KILLED
+
+
+def indexed(outbox: Path) -> int:
+    """Index lines written, when the journal is empty (else 0: not finished)."""
+    try:
+        if os.listdir(outbox / ".state" / "jobs"):
+            return 0
+        return sum(f.read_text().count("\n") for f in (outbox / "index").glob("*.jsonl"))
+    except OSError:
+        return 0
+
+
+def in_order(census: dict[Site, int]) -> list[Site]:
+    return sorted(census, key=lambda s: (s.line, s.asked_by, s.call))
+
+
+def kills(census: dict[Site, int], whens: tuple[str, ...] = WHEN, during: str = "run",
+          calls: Callable[[Site], bool] = lambda site: site.call != "file.write",
+          nths: Callable[[int], list[int]] = lambda count: [1]) -> list[Kill]:
+    """Each site of ``census`` that ``calls`` selects, at each of ``nths(count)`` calls
+    and each of ``whens``, in the census's order."""
+    return [Kill(site, when, nth, during) for site in in_order(census) if calls(site)
+            for nth in sorted(set(nths(census[site]))) for when in whens]
+
+
+def stride(cases: list[Any], ci: int) -> list[Any]:
+    """Every ``ci``-th case (CI), or every ``NEUROEDGE_CRASH_EVERY``-th when set."""
+    return cases[::EVERY or ci]
+
+
+# --- a case --------------------------------------------------------------------------------
+
+if TYPE_CHECKING:  # for annotations only: Python 3.8 cannot subscript dict
+    Setup = Callable[[dict[str, Path]], dict[str, str]]
+
+
+def after_crashes(root: Path, crasher: Crasher, classifier: Any, setup: Setup,
+                  crashes: list[Kill]) -> list[str] | None:
+    """A fresh case: ``setup``, the agent killed at each of ``crashes`` in turn (each a run
+    of its own on what the last left), then ``--once`` on a healthy disk, in this process;
+    what went wrong (None: the first kill was never reached, nothing to judge)."""
+    folders = new_folders(root)
+    inputs = setup(folders)
+    wrong = []
+    for i, kill in enumerate(crashes):
+        log = root.parent / f"{root.name}-crash{i}.log"
+        if not crasher.crash(folders, kill, len(inputs), log):
+            if i == 0:
+                return None
+            wrong.append(f"crash {i + 1} not reached ({kill})")  # said, not an error
+        text = log.read_text()
+        if "Traceback" in text:
+            wrong.append(f"crash {i + 1}: traceback logged: {text[-2000:]}")
+    trouble = Trouble()
+    with trouble.watching():
+        wrong += [f"restart: {w}" for w in run_once(folders, crasher.model, classifier,
+                                                    limits=LIMITS)]
+    wrong += [f"restart: traceback logged: {t}" for t in trouble.tracebacks]
+    wrong += [f"restart: thread died: {t}" for t in trouble.thread_deaths]
+    return [w for w in wrong if "not reached" not in w] + books(inputs, folders)
+
+
+def sweep(root: Path, crasher: Crasher, classifier: Any, setup: Setup,
+          cases: list[list[Kill]]) -> tuple[list[str], list[str]]:
+    """Each case (its kills in turn); what went wrong, by case, and the cases whose first
+    kill was not reached (a site whose calls depend on timing)."""
+    found, missed = [], []
+    for i, crashes in enumerate(cases):
+        wrong = after_crashes(root / f"case{i}", crasher, classifier, setup, crashes)
+        if wrong is None:
+            missed.append(str(crashes[0]))
+        elif wrong:
+            found.append(" then ".join(map(str, crashes)) + ":\n    " + "\n    ".join(wrong))
+    return found, missed
+
+
+@pytest.fixture
+def crasher(tmp_path: Path, test_model: Any) -> Crasher:
+    (tmp_path / "config").mkdir()
+    limits = "".join(f"{key} = {value}\n" for key, value in LIMITS.items())
+    return Crasher(test_model.path, fast_config(tmp_path / "config", f"[limits]\n{limits}"))
+
+
+def fresh_census(crasher: Crasher, root: Path, setup: Setup) -> dict[Site, int]:
+    folders = new_folders(root)
+    inputs = setup(folders)
+    return crasher.census(folders, len(inputs), root.parent / f"{root.name}.log")
+
+
+def report(found: list[str], missed: list[str], cases: int, census: dict[Site, int]) -> None:
+    print(f"{len(census)} sites, {sum(census.values())} calls; {cases} cases, "
+          f"{len(missed)} not reached" + "".join(f"\n  not reached: {m}" for m in missed))
+    assert not found, f"{len(found)} case(s):\n" + "\n".join(found)
+
+
+# --- a. a fresh run ------------------------------------------------------------------------
+
+FRESH_STRIDE = {False: 13, True: 29}  # CI: every 13th case with --once, 29th running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("live", [False, True], ids=["once", "running"])
+def test_a_kill_at_any_disk_call_of_a_fresh_run_loses_nothing(
+        tmp_path, crasher, loaded_classifier, live):
+    crasher.live = live
+    census = fresh_census(crasher, tmp_path / "census", fresh_inbox_setup)
+    cases = [[kill] for kill in stride(kills(census), FRESH_STRIDE[live])]
+    found, missed = sweep(tmp_path, crasher, loaded_classifier, fresh_inbox_setup, cases)
+    report(found, missed, len(cases), census)
+
+
+def fresh_inbox_setup(folders: dict[str, Path]) -> dict[str, str]:
+    return fresh_inbox(folders["inbox"])
+
+
+# --- b. the recovering start-up --------------------------------------------------------------
+
+@pytest.fixture
+def elsewhere(shm: Path, tmp_path: Path) -> Path:  # noqa: F811 - shm: the recovery sweep's
+    """This test's folder on the other filesystem (inboxes of claims across filesystems)."""
+    folder = shm / tmp_path.name
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def templates(test_model: Any, shm: Path,  # noqa: F811
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Template]:
+    """The recovery sweep's crash templates: the real agent killed at each durable step."""
+    return {name: crash_template(tmp_path_factory.mktemp(f"template-{name}"), test_model.path,
+                                 shm, name) for name in CRASHES}
+
+
+def recovery_census(crasher: Crasher, templates: dict[str, Template], root: Path,
+                    elsewhere: Path) -> list[tuple[str, Site, int]]:
+    """Every site a recovering start-up (``Agent._start``) reaches on a template, each with
+    the first template that reaches it and its count there, in a stable order."""
+    first: dict[Site, tuple[str, int]] = {}
+    for name, template in templates.items():
+        folders = new_folders(root / f"census-{name}")
+        template.copy(folders, elsewhere)
+        census = crasher.census(folders, len(template.inputs), root / f"census-{name}.log",
+                                during="start")
+        for site in in_order(census):
+            first.setdefault(site, (name, census[site]))
+    return [(name, site, count) for site, (name, count) in first.items()]
+
+
+def template_setup(template: Template, elsewhere: Path) -> Setup:
+    return lambda folders: template.copy(folders, elsewhere)
+
+
+def sweep_templates(root: Path, crasher: Crasher, classifier: Any,
+                    templates: dict[str, Template], elsewhere: Path,
+                    cases: list[tuple[str, list[Kill]]]) -> tuple[list[str], list[str]]:
+    """Each case on a copy of its template; as ``sweep``. (Case folders have names of
+    their own: an inbox across filesystems is put under that name on ``elsewhere``.)"""
+    found, missed = [], []
+    for i, (name, crashes) in enumerate(cases):
+        setup = template_setup(templates[name], elsewhere)
+        wrong = after_crashes(root / f"{root.name}-{name}-{i}", crasher, classifier, setup,
+                              crashes)
+        if wrong is None:
+            missed.append(f"[{name}] {crashes[0]}")
+        elif wrong:
+            found.append(f"[{name}] " + " then ".join(map(str, crashes)) + ":\n    "
+                         + "\n    ".join(wrong))
+    return found, missed
+
+
+RECOVERY_STRIDE = 9  # CI: every 9th case (site and when) of the recovering start-up
+TWICE_STRIDE = 25  # CI: every 25th site also gets a second crash in the next recovery
+
+
+@pytest.mark.slow
+def test_b_kill_at_any_disk_call_while_recovering_loses_nothing(
+        tmp_path, crasher, loaded_classifier, templates, elsewhere):
+    """Each crash template (the real agent killed at each durable step, ``--once``), then
+    a kill at each site the recovering start-up reaches, before and after the call, then
+    a healthy ``--once``. A sample of sites is followed by a second kill, in the second
+    recovery, at a site further on in that template's list."""
+    sites = recovery_census(crasher, templates, tmp_path / "census", elsewhere)
+    once = [(name, [Kill(site, when, 1, "start")]) for name, site, _ in sites for when in WHEN]
+    twice = []
+    for i, (name, site, _) in enumerate(sites):
+        later = [s for n, s, _ in sites[i + 1:] if n == name] or [site]
+        twice.append((name, [Kill(site, "after", 1, "start"),
+                             Kill(later[len(later) // 2], "before", 1, "start")]))
+    cases = stride(once, RECOVERY_STRIDE) + stride(twice, TWICE_STRIDE)
+    found, missed = sweep_templates(tmp_path, crasher, loaded_classifier, templates, elsewhere,
+                                    cases)
+    print(f"{len(sites)} recovery sites (by first template: "
+          f"{dict(collections.Counter(n for n, _, _ in sites))}); {len(cases)} cases, "
+          f"{len(missed)} not reached" + "".join(f"\n  not reached: {m}" for m in missed))
+    assert not found, f"{len(found)} case(s):\n" + "\n".join(found)
+
+
+# --- c. more inputs than one claim group -------------------------------------------------------
+
+BACKLOG_STRIDE = {False: 23, True: 47}  # CI: every 23rd case with --once, 47th running
+
+
+def spread(count: int) -> list[int]:
+    """The first call of a site, one in the middle, and the last."""
+    return [1, count // 2 + 1, count]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("live", [False, True], ids=["once", "running"])
+def test_c_kill_at_any_disk_call_in_a_backlog_loses_nothing(
+        tmp_path, crasher, loaded_classifier, live):
+    """Twelve inputs (a claim group and a half): each site's first, middle and last call,
+    before and after; the later ones fall in the second group, or in the first group's
+    commit while the second is claimed ahead."""
+    crasher.live = live
+    setup: Setup = lambda folders: backlog_inbox(folders["inbox"])  # noqa: E731
+    census = fresh_census(crasher, tmp_path / "census", setup)
+    cases = [[kill] for kill in stride(kills(census, nths=spread), BACKLOG_STRIDE[live])]
+    found, missed = sweep(tmp_path, crasher, loaded_classifier, setup, cases)
+    report(found, missed, len(cases), census)
+
+
+# --- d. a write cut short --------------------------------------------------------------------
+
+CUT_STRIDE = 2  # CI: every other cut write
+
+
+def is_write(site: Site) -> bool:
+    return site.call in ("write", "file.write")
+
+
+@pytest.mark.slow
+def test_d_a_write_cut_short_by_a_crash_loses_nothing(tmp_path, crasher, loaded_classifier,
+                                                      templates, elsewhere):
+    """Every write of a fresh run (the journal's records, the reports, the index's lines,
+    the pages: ``os.write`` and writes through a file object) and of a start-up recovering
+    the "moved" template (index lines replayed) is cut short: half its bytes written and
+    flushed to the OS, then SIGKILL. Its first and last call, then a healthy restart."""
+    census = fresh_census(crasher, tmp_path / "census", fresh_inbox_setup)
+    fresh = [[kill] for kill in kills(census, ("cut",), calls=is_write,
+                                      nths=lambda count: [1, count])]
+    found, missed = sweep(tmp_path / "fresh", crasher, loaded_classifier, fresh_inbox_setup,
+                          stride(fresh, CUT_STRIDE))
+    template = templates["moved"]
+    folders = new_folders(tmp_path / "census-moved")
+    template.copy(folders, elsewhere)
+    start = crasher.census(folders, len(template.inputs), tmp_path / "census-moved.log",
+                           during="start")
+    recovering = [("moved", [kill]) for kill in kills(start, ("cut",), "start", is_write,
+                                                      lambda count: [1, count])]
+    more, more_missed = sweep_templates(tmp_path / "moved", crasher, loaded_classifier,
+                                        templates, elsewhere, stride(recovering, CUT_STRIDE))
+    print(f"{len(fresh)} cut writes in a fresh run, {len(recovering)} while recovering; "
+          f"{len(missed + more_missed)} not reached"
+          + "".join(f"\n  not reached: {m}" for m in missed + more_missed))
+    assert not found + more, f"{len(found + more)} case(s):\n" + "\n".join(found + more)
+
+
+# --- the findings, one test each ---------------------------------------------------------------
+
+def one_crash(tmp_path: Path, crasher: Crasher, classifier: Any, *crashes: Kill,
+              setup: Setup = fresh_inbox_setup) -> list[str]:
+    wrong = after_crashes(tmp_path / "case", crasher, classifier, setup, list(crashes))
+    assert wrong is not None, f"the kill was never reached: {crashes[0]}"
+    return wrong
