@@ -196,6 +196,8 @@ class Outbox:
         """Where a crash can leave the agent's temporary files."""
         folders = [self.reports, self.quarantine, self.jobs, self.claimed, self.root,
                    self.root / "index",
+                   # the disk's samples, a stall's record, the offload's records
+                   self.state,
                    # issue 15: study reports, their state, the SR send queue
                    self.root / "studies", self.state / "studies", self.state / "outgoing"]
         if self.archive.is_dir():

@@ -411,3 +411,16 @@ def one_crash(tmp_path: Path, crasher: Crasher, classifier: Any, *crashes: Kill,
     wrong = after_crashes(tmp_path / "case", crasher, classifier, setup, list(crashes))
     assert wrong is not None, f"the kill was never reached: {crashes[0]}"
     return wrong
+
+
+@pytest.mark.parametrize("when", ["after", "cut"])
+def test_k1_a_crash_while_writing_the_disk_usage_leaves_no_temporary_file(
+        tmp_path, crasher, loaded_classifier, when):
+    """The agent writes ``.state/disk-usage.json`` (its hourly samples of the disk) as
+    every file, through a temporary file beside it; a crash before its rename left that
+    file in ``.state``, where no start-up looked (``Outbox.temp_folders`` listed the
+    folders inside ``.state``, not ``.state`` itself), nor ``fsck``: one more for every
+    crash there, for ever. ``.state/stalled.json`` and the offload's records are written
+    there the same way."""
+    kill = Kill(Where("file.write", "write_bytes_atomic", "edge/diskspace.py:"), when)
+    assert one_crash(tmp_path, crasher, loaded_classifier, kill) == []
