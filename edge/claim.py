@@ -221,13 +221,19 @@ class Claim:
             return False
         if held is not None and lexists(held):
             # copied, then crashed before unlinking: unlink it if the copy is the same bytes,
-            # else (changed after the copy) give it back to be taken again. A failure here
-            # is raised and the job retried: the input must not stay twice (hidden and
-            # copied), or a later start would take it again.
+            # else (written on after the copy) give it back to be taken again once settled,
+            # and discard the copy of its earlier version, as a claim that sees the change
+            # does (kept, it was archived beside the whole file). The copy goes first: a
+            # crash between the two leaves the hidden file alone, given back at the next
+            # start. A failure here is raised and the job retried: the input must not stay
+            # twice (hidden and copied), or a later start would take it again.
             if _same_file(held, dst):
                 _unlink_durably(held)
             else:
+                _unlink_durably(dst)
                 self._give_back(held, src)
+                self.outbox.delete(job)
+                return False
         elif job.cross_filesystem and lexists(src) and not os.path.islink(str(src)):
             # a record from before the hidden name: copied straight from the inbox name,
             # then crashed before unlinking it

@@ -424,3 +424,31 @@ def test_k1_a_crash_while_writing_the_disk_usage_leaves_no_temporary_file(
     there the same way."""
     kill = Kill(Where("file.write", "write_bytes_atomic", "edge/diskspace.py:"), when)
     assert one_crash(tmp_path, crasher, loaded_classifier, kill) == []
+
+
+def test_k2_a_file_that_changed_after_its_copy_is_not_archived_twice_after_a_crash(
+        tmp_path, test_model, loaded_classifier, shm, elsewhere):  # noqa: F811
+    """The inbox on another filesystem: the agent killed between an input's copy into
+    ``.state/claimed`` and the unlink of its hidden original, and the file written on
+    meanwhile (an exporter still writing it). Recovery found the two different and gave
+    the original back, as it should, but kept the copy as an input too: the earlier, partial
+    version was archived (or quarantined) beside the whole one, which was taken again. A
+    claim that sees the change itself discards its copy; recovery now does the same."""
+    from edge.manifest import sha256_file
+
+    (tmp_path / "template").mkdir()
+    template = crash_template(tmp_path / "template", test_model.path, shm, "copied")
+    folders = new_folders(tmp_path / "case")
+    inputs = template.copy(folders, elsewhere)
+    records = [json.loads(p.read_text()) for p in
+               (folders["outbox"] / ".state" / "jobs").glob("*.json")]
+    (job,) = [r for r in records if r["held"] and Path(folders["inbox"], r["held"]).exists()]
+    held = folders["inbox"] / job["held"]
+    with open(held, "ab") as writer:  # the rest of the file, written after the copy
+        writer.write(b"\0" * 4096)
+    inputs[job["source"]] = sha256_file(held)
+    trouble = Trouble()
+    with trouble.watching():
+        assert run_once(folders, test_model.path, loaded_classifier) == []
+    assert trouble.tracebacks == []
+    assert books(inputs, folders) == []
