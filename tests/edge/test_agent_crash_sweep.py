@@ -261,6 +261,38 @@ def fresh_inbox_setup(folders: dict[str, Path]) -> dict[str, str]:
     return fresh_inbox(folders["inbox"])
 
 
+def across_filesystems(elsewhere: Path) -> Setup:
+    """A setup: the fresh inputs in an inbox on another filesystem than the outbox."""
+
+    def setup(folders: dict[str, Path]) -> dict[str, str]:
+        folders["inbox"].rmdir()
+        folders["inbox"] = elsewhere / folders["root"].name / "inbox"
+        folders["inbox"].mkdir(parents=True)
+        return fresh_inbox(folders["inbox"])
+
+    return setup
+
+
+ACROSS_STRIDE = 3  # CI: every 3rd case
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_disk_call_of_a_claim_across_filesystems_loses_nothing(
+        tmp_path, crasher, loaded_classifier, elsewhere):
+    """The inbox on another filesystem (hidden name, copy, unlink): each site a run there
+    reaches and a run beside the outbox does not (those are swept above), at its first
+    and its last call, before and after; then a healthy ``--once``."""
+    setup = across_filesystems(elsewhere)
+    beside = fresh_census(crasher, tmp_path / "census-beside", fresh_inbox_setup)
+    census = fresh_census(crasher, tmp_path / "census-across", setup)
+    only = {site: n for site, n in census.items() if site not in beside}
+    cases = [[kill] for kill in stride(kills(only, nths=lambda count: [1, count]),
+                                       ACROSS_STRIDE)]
+    found, missed = sweep(tmp_path, crasher, loaded_classifier, setup, cases)
+    assert only, "the inbox was not on another filesystem: no copy was made"
+    report(found, missed, len(cases), only)
+
+
 # --- b. the recovering start-up --------------------------------------------------------------
 
 @pytest.fixture
