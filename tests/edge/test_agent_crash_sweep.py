@@ -1,6 +1,67 @@
-"""kill -9 at every disk call: the crash sweep.
+"""kill -9 at any disk call: the crash sweep.
 
-(docstring written at the end: what it covers, found, costs, leaves.)
+``test_agent_crash.py`` kills the agent at its four named durable steps (and two of the
+claim across filesystems) through ``NEUROEDGE_FAILPOINT``; the disk sweeps
+(``test_agent_fault_sweep*.py``) make each OS call fail, in-process, but never kill it.
+Here the real ``edge-agent watch`` runs in a subprocess (``crash_at_site.py``: the sweeps'
+``Disk`` of ``disk_sites.py`` installed inside it, calling the agent's own entry point)
+that kills itself with SIGKILL at the n-th call of one site, just before the call, just
+after it returned (or raised), or in a write cut short: half its bytes written and flushed
+to the OS, then killed. A census of a healthy run, in the same subprocess, gives the
+sites. After the kill (or two), ``--once`` on a healthy disk, in this process, and the
+disk sweep's books: every input in exactly one place with one index line, its report or
+reason record beside it, nothing in the inbox or the journal, no temporary file, ``fsck
+--deep`` clean; no traceback in the killed run's output or the restart's log.
+
+- **a. A fresh run**: the disk sweep's six inputs (a duplicate pair, a file that cannot be
+  decoded) and an MR DICOM, one claim group; each of the ~195 sites of ``--once`` and ~160
+  of a running agent (stopped with SIGTERM once its inputs are indexed, so a kill can fall
+  in the stop too), before and after its first call. And the claim across filesystems
+  (inbox on ``/dev/shm``): the 16 sites only it reaches, first and last call.
+- **b. The recovering start-up**: the recovery sweep's nine crash templates (the real
+  agent killed at each durable step, a torn index tail, a damaged record, hidden and
+  copied inputs of a claim across filesystems); each site ``Agent._start`` reaches on
+  them (~120, calls counted there only), on the first template that reaches it, killed
+  before and after; and, for each site, a second kill in the next recovery, at a site
+  further on in that template's list: a crash during the recovery of a crash during a
+  recovery, then the healthy restart.
+- **c. More inputs than one claim group**: twelve (``CLAIM_GROUP`` is 8), each site's
+  first, middle and last call, before and after, ``--once`` and running: the later calls
+  fall in the second group, or in the first group's commit while the second is claimed.
+- **d. A write cut short**: every ``os.write`` (an index line, the lock's PID) and every
+  write through a file object (the journal's records, reports, heat-maps, pages, study
+  files, the disk's samples; a site ``file.write`` of ``crash_at_site.py``) of a fresh run
+  and of the recovery of the "moved" template (index lines replayed), first and last call.
+
+Up to three kills can fall on one input's replay, and ``[limits] max_attempts`` (3) would
+then quarantine it as a crash loop, by design; the runs here allow 10 (``LIMITS``), so the
+books ask for every input where the crashes left it. A site reached in the census but not
+in a case (a count or an order that depends on timing) is said in the output and skipped.
+
+It found one problem on 2026-12-07, and writing it turned up a second, each with a test
+of its own below that failed before its fix: a crash while ``.state/disk-usage.json`` was
+written left its temporary file in ``.state`` for good (no start-up or ``fsck`` looked
+there: ``test_k1``); and recovering a claim across filesystems killed between the copy and
+the unlink of a file written on meanwhile archived the copy of its earlier version beside
+the whole file (found by reading the recovery's code while writing the sweep; its case
+needs a writer, which no census has: ``test_k2``).
+
+Cost: each case is a subprocess of about a second and a restart in this process. CI runs
+every n-th case (``FRESH_STRIDE``, ``RECOVERY_STRIDE``, ...): 141 cases, 2 min 54 s for
+the file on the 2-core machine (2026-12-07, beside a CPU training at low priority).
+``NEUROEDGE_CRASH_EVERY=n`` runs every n-th case of every sweep instead (1: all of them).
+By hand that day, after the fixes: a, b and d at every case, 1,125 cases in 20 min 30 s
+(364 with ``--once``, 304 running, 60 across filesystems, 363 recovering of which 121 with
+a second kill, 34 cut writes), and c at every third, 437 cases in 8 min 32 s; nothing
+found, 6 kills not reached (later calls of the index append, whose count depends on how
+the inputs fall into groups).
+
+Not covered: a power cut's lost page cache (a kill keeps what was written but not
+fsynced: whether the fsyncs are in the right places is not tested here); sites a healthy
+run never reaches (the retry paths after an error: the disk sweeps fail those, never kill
+there); files arriving during the run; three kills in a row; the DICOM receiver's network
+path and the offload (their own sweeps fail their calls, none kills them); the study
+tracker's and the SR queue's state after a kill (the books look at the inputs).
 """
 
 from __future__ import annotations
@@ -250,6 +311,8 @@ FRESH_STRIDE = {False: 13, True: 29}  # CI: every 13th case with --once, 29th ru
 @pytest.mark.parametrize("live", [False, True], ids=["once", "running"])
 def test_a_kill_at_any_disk_call_of_a_fresh_run_loses_nothing(
         tmp_path, crasher, loaded_classifier, live):
+    """The fresh inputs; each site of a healthy run killed before and after its first
+    call, in ``--once`` or a running agent; then a healthy ``--once``."""
     crasher.live = live
     census = fresh_census(crasher, tmp_path / "census", fresh_inbox_setup)
     cases = [[kill] for kill in stride(kills(census), FRESH_STRIDE[live])]
@@ -348,7 +411,7 @@ def sweep_templates(root: Path, crasher: Crasher, classifier: Any,
     return found, missed
 
 
-RECOVERY_STRIDE = 9  # CI: every 9th case (site and when) of the recovering start-up
+RECOVERY_STRIDE = 11  # CI: every 11th case (site and when) of the recovering start-up
 TWICE_STRIDE = 25  # CI: every 25th site also gets a second crash in the next recovery
 
 
@@ -377,7 +440,7 @@ def test_b_kill_at_any_disk_call_while_recovering_loses_nothing(
 
 # --- c. more inputs than one claim group -------------------------------------------------------
 
-BACKLOG_STRIDE = {False: 23, True: 47}  # CI: every 23rd case with --once, 47th running
+BACKLOG_STRIDE = {False: 31, True: 47}  # CI: every 31st case with --once, 47th running
 
 
 def spread(count: int) -> list[int]:
@@ -459,7 +522,7 @@ def test_k1_a_crash_while_writing_the_disk_usage_leaves_no_temporary_file(
 
 
 def test_k2_a_file_that_changed_after_its_copy_is_not_archived_twice_after_a_crash(
-        tmp_path, test_model, loaded_classifier, shm, elsewhere):  # noqa: F811
+        tmp_path, test_model, loaded_classifier, elsewhere):
     """The inbox on another filesystem: the agent killed between an input's copy into
     ``.state/claimed`` and the unlink of its hidden original, and the file written on
     meanwhile (an exporter still writing it). Recovery found the two different and gave
@@ -469,7 +532,7 @@ def test_k2_a_file_that_changed_after_its_copy_is_not_archived_twice_after_a_cra
     from edge.manifest import sha256_file
 
     (tmp_path / "template").mkdir()
-    template = crash_template(tmp_path / "template", test_model.path, shm, "copied")
+    template = crash_template(tmp_path / "template", test_model.path, elsewhere, "copied")
     folders = new_folders(tmp_path / "case")
     inputs = template.copy(folders, elsewhere)
     records = [json.loads(p.read_text()) for p in
