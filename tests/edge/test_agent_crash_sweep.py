@@ -83,7 +83,13 @@ import pytest
 from agent_helpers import REPO_ROOT, agent_env, fast_config, gray_png, pydicom_file
 from disk_sites import Site
 from test_agent_fault_sweep import Trouble, books, fill_inbox, new_folders, run_once
-from test_agent_fault_sweep_recovery import CRASHES, Template, crash_template, shm  # noqa: F401
+from test_agent_fault_sweep_recovery import (  # noqa: F401 - shm: a fixture
+    CRASHES,
+    Template,
+    across_filesystems,
+    crash_template,
+    shm,
+)
 
 HERE = Path(__file__).resolve().parent
 KILLED = -signal.SIGKILL
@@ -342,18 +348,6 @@ def fresh_inbox_setup(folders: dict[str, Path]) -> dict[str, str]:
     return fresh_inbox(folders["inbox"])
 
 
-def across_filesystems(elsewhere: Path) -> Setup:
-    """A setup: the fresh inputs in an inbox on another filesystem than the outbox."""
-
-    def setup(folders: dict[str, Path]) -> dict[str, str]:
-        folders["inbox"].rmdir()
-        folders["inbox"] = elsewhere / folders["root"].name / "inbox"
-        folders["inbox"].mkdir(parents=True)
-        return fresh_inbox(folders["inbox"])
-
-    return setup
-
-
 ACROSS_STRIDE = 3  # CI: every 3rd case
 
 
@@ -363,7 +357,7 @@ def test_a_kill_at_any_disk_call_of_a_claim_across_filesystems_loses_nothing(
     """The inbox on another filesystem (hidden name, copy, unlink): each site a run there
     reaches and a run beside the outbox does not (those are swept above), at its first
     and its last call, before and after; then a healthy ``--once``."""
-    setup = across_filesystems(elsewhere)
+    setup = across_filesystems(elsewhere, fresh_inbox)
     beside = fresh_census(crasher, tmp_path / "census-beside", fresh_inbox_setup)
     census = fresh_census(crasher, tmp_path / "census-across", setup)
     only = {site: n for site, n in census.items() if site not in beside}

@@ -313,14 +313,16 @@ def test_one_failing_disk_call_while_recovering_loses_nothing(
     assert not found, f"{len(found)} site(s):\n" + "\n".join(found)
 
 
-def across_filesystems(elsewhere: Path) -> Callable[[dict[str, Path]], dict[str, str]]:
-    """A ``Runner`` setup: the sweep's inputs in an inbox on the other filesystem."""
+def across_filesystems(elsewhere: Path, fill: Callable[[Path], dict[str, str]] = fill_inbox,
+                       ) -> Callable[[dict[str, Path]], dict[str, str]]:
+    """A ``Runner`` setup: ``fill``'s inputs (the sweep's) in an inbox on the other
+    filesystem."""
 
     def setup(folders: dict[str, Path]) -> dict[str, str]:
         folders["inbox"].rmdir()
         folders["inbox"] = elsewhere / folders["root"].name / "inbox"
         folders["inbox"].mkdir(parents=True)
-        return fill_inbox(folders["inbox"])
+        return fill(folders["inbox"])
 
     return setup
 
