@@ -287,6 +287,20 @@ def test_a_study_judged_again_under_one_failing_disk_call_loses_nothing(
 
 # --- the findings, one test each --------------------------------------------------------------
 
+def pending_offloaded(tmp_path: Path, test_model: Any, classifier: Any,
+                      monkeypatch: pytest.MonkeyPatch, the_pacs: Pacs, waves: Any,
+                      second: tuple[Any, Any]) -> Rejudged:
+    """A case on the ``pending-offloaded`` outbox (n5, n6), its second wave ``second``."""
+    disk = Disk(tmp_path)
+    disk.install(monkeypatch)
+    written: list[tuple[str, int, Any]] = []
+    note_study_reports(monkeypatch, written)
+    start = setup_outbox(tmp_path / "setup", "pending-offloaded", disk, test_model.path,
+                         classifier, the_pacs, waves, monkeypatch)
+    return Rejudged(disk, test_model.path, classifier, the_pacs, second, written=written,
+                    **start)
+
+
 def test_n5_a_pending_study_whose_day_was_offloaded_is_judged_from_every_instance(
         tmp_path, test_model, loaded_classifier, monkeypatch, pacs, waves):  # noqa: F811
     """The first wave is noted, not judged (the agent stopped within settle_seconds of it),
@@ -299,14 +313,8 @@ def test_n5_a_pending_study_whose_day_was_offloaded_is_judged_from_every_instanc
     from edge.network import studies
 
     monkeypatch.setattr(studies, "_POLL", 0.05)
-    disk = Disk(tmp_path)
-    disk.install(monkeypatch)
-    written: list[tuple[str, int, Any]] = []
-    note_study_reports(monkeypatch, written)
-    start = setup_outbox(tmp_path / "setup", "pending-offloaded", disk, test_model.path,
-                         loaded_classifier, pacs, waves, monkeypatch)
-    case = Rejudged(disk, test_model.path, loaded_classifier, pacs, (waves[0], waves[2]),
-                    written=written, **start)
+    case = pending_offloaded(tmp_path, test_model, loaded_classifier, monkeypatch, pacs,
+                             waves, (waves[0], waves[2]))
     case.census(tmp_path / "case")  # the books of a healthy run: it fails on what is wrong
     doc = study_report({"outbox": tmp_path / "case" / "outbox"}, waves[0])
     assert doc is not None and doc["study_date"] and doc["models"], doc
@@ -321,14 +329,8 @@ def test_n6_a_study_judged_after_all_its_instances_were_offloaded_still_gets_its
     day: "cannot send the SR ... none of its instances is in the archive any more", the SR
     never queued (13 sites of the ``pending-offloaded`` sweep). Now an offloaded slice's
     instance is read at DEST, which keeps the archive's layout, when the outbox has none."""
-    disk = Disk(tmp_path)
-    disk.install(monkeypatch)
-    written: list[tuple[str, int, Any]] = []
-    note_study_reports(monkeypatch, written)
-    start = setup_outbox(tmp_path / "setup", "pending-offloaded", disk, test_model.path,
-                         loaded_classifier, pacs, waves, monkeypatch)
-    case = Rejudged(disk, test_model.path, loaded_classifier, pacs, (waves[0], []),
-                    written=written, **start)
+    case = pending_offloaded(tmp_path, test_model, loaded_classifier, monkeypatch, pacs,
+                             waves, (waves[0], []))
     folders = case.folders(tmp_path / "case")
     case.pacs_from = pacs.lines()
     assert case.restart(folders) == []  # watch --once: judges what is pending, sends the SR
