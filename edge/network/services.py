@@ -10,6 +10,7 @@ once.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from ..dicom import uid_hash
 from ..errors import ConfigError
 from ..liveness import Progress
 from ..worker import describe_error
+from .dest_reads import DestReads
 from .receiver import DicomReceiver, sweep_spool
 from .sender import Sender
 from .sendqueue import Outgoing, SendQueue
@@ -37,6 +39,7 @@ class NetworkServices:
         self.receiver = (DicomReceiver(config.network, inbox, on_received)
                          if config.network.dicom_port else None)
         self.tracker: StudyTracker | None = None
+        self.dest_reads = DestReads()  # at an offload's DEST: the tracker's, and the SR's
         studies = config.studies.enabled
         if studies and config.studies.normal_label not in labels:
             problem = (f"[studies] normal_label {config.studies.normal_label!r} is not one of "
@@ -53,7 +56,8 @@ class NetworkServices:
             review = {"review_threshold": config.review.threshold,
                       "review_min_margin": config.review.min_margin}
             self.tracker = StudyTracker(outbox, config.studies, labels, review,
-                                        html=config.report.html, on_judged=self._on_judged)
+                                        html=config.report.html, on_judged=self._on_judged,
+                                        dest_reads=self.dest_reads)
         peer = config.pacs.peer
         if peer is not None and self.tracker is None:
             raise ConfigError(f"{config.source or 'config'}: [pacs] send_to needs study "
@@ -134,12 +138,14 @@ class NetworkServices:
         archived = [self.outbox / s.archived_as for s in slices if s.archived_as]
         # an offloaded slice's instance went with its day to DEST, in the same layout: the
         # only copy at hand of a study judged after all of its instances moved (it was
-        # pending when its day was offloaded), whose SR was otherwise never queued
-        archived += [Path(s.offloaded_to) / s.archived_as for s in slices
-                     if s.archived_as and s.offloaded_to]
-        for path in archived:
+        # pending when its day was offloaded), whose SR was otherwise never queued. Read
+        # there within a bound (a share that stopped answering: the judgment is retried)
+        at_dest = {Path(s.offloaded_to) / s.archived_as: s.offloaded_to for s in slices
+                   if s.archived_as and s.offloaded_to}
+        for path in [*archived, *at_dest]:
             try:
-                header = read_header(path)
+                header = (self.dest_reads.read(at_dest[path], path, partial(read_header, path))
+                          if path in at_dest else read_header(path))
                 break
             except (FileNotFoundError, NotADirectoryError):
                 continue  # moved away (offloaded, by hand): the study's next instance

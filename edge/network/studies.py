@@ -32,6 +32,7 @@ import os
 import re
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -46,6 +47,7 @@ from ..durable import (
 from ..liveness import Progress
 from ..report import now_iso, study_of, valid_uid
 from ..worker import describe_error
+from .dest_reads import DestNotAnswering, DestReads
 from .settings import StudiesConfig
 from .verdict import Slice, instances_hash, judge, suspicious
 
@@ -113,13 +115,16 @@ class StudyTracker:
 
     def __init__(self, outbox: Path, rule: StudiesConfig, labels: list[str],
                  review_rule: dict[str, Any], html: bool = True,
-                 on_judged: OnJudged | None = None) -> None:
+                 on_judged: OnJudged | None = None, dest_reads: DestReads | None = None) -> None:
         self.outbox = outbox
         self.rule = rule
         self.labels = list(labels)
         self.review_rule = review_rule
         self.html = html
         self.on_judged = on_judged
+        # reads at an offload's DEST (a share that may stop answering): bounded, shared
+        # with ``on_judged``, which reads an offloaded instance there for the SR
+        self.dest_reads = dest_reads or DestReads()
         self.folder = outbox / "studies"
         self.state = outbox / ".state" / "studies"
         self.counts = {"judged": 0}
@@ -344,6 +349,9 @@ class StudyTracker:
     def _what_failed(self, exc: OSError) -> str:
         """The file ``exc`` is about, in words (its name holds the study's UID: not logged)."""
         name = Path(str(exc.filename)) if exc.filename else None
+        if isinstance(exc, DestNotAnswering) and name is not None and name.parent.name != (
+                "reports"):
+            return f"an instance offloaded to {exc.dest}, read for the SR"
         if name is not None and (self.outbox / ".state" / "outgoing") in name.parents:
             return f"the SR queue ({self.outbox / '.state' / 'outgoing'})"
         if name is not None and name.parent == self.outbox / "reports":
@@ -392,7 +400,9 @@ class StudyTracker:
                     continue
                 if moved:  # marked before entries kept the slice: its disk may be at hand
                     # (not mounted: left out with a note; a disk error retries the judgment)
-                    report = _read_if_readable(Path(moved) / "reports" / f"{report_id}.json")
+                    at_dest = Path(moved) / "reports" / f"{report_id}.json"
+                    report = self.dest_reads.read(moved, at_dest,
+                                                  partial(_read_if_readable, at_dest))
             if not isinstance(report, dict) or study_of(report) != uid:
                 missing += 1
                 continue

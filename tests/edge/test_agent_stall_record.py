@@ -37,7 +37,7 @@ def _record(outbox: Path) -> Path:
 
 
 def _write_record(outbox: Path, **fields: Any) -> None:
-    record = {"threads": ["committer"], "why": [WHY], "time": "2026-12-08T03:00:00+01:00",
+    record = {"threads": ["committer"], "why": [WHY], "time": "2026-12-07T03:00:00+01:00",
               "pid": 4242, **fields}
     _record(outbox).write_text(json.dumps(record))
 
@@ -315,7 +315,7 @@ def test_check_warns_of_a_stall_record_and_fsck_finds_nothing_wrong(folders, tes
     assert run_checks(config, lines.append) == []  # a warning, not a failed check
     [line] = [line for line in lines if "stalled thread:" in line]
     assert line.startswith("WARNING stalled thread: the agent's committer thread stalled "
-                           "(process 4242, 2026-12-08T03:00:00+01:00): " + WHY), line
+                           "(process 4242, 2026-12-07T03:00:00+01:00): " + WHY), line
     assert "does not count the inputs it had taken" in line
 
     _write_record(outbox, threads=["SR sender", "study tracker"], why=["a", "b"])
