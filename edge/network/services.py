@@ -72,10 +72,11 @@ class NetworkServices:
         return [part.progress for part in (self.tracker, self.sender) if part is not None]
 
     def page_alerts(self) -> list[str]:
-        """What the outbox's front page must say of the SRs (none: nothing to say)."""
-        if self.queue is None:
-            return []
-        return self.queue.state().page_lines(str(self.config.pacs.peer))
+        """What the outbox's front page must say of the studies and SRs (none: all is well)."""
+        lines = self.tracker.page_lines() if self.tracker is not None else []
+        if self.queue is not None:
+            lines += self.queue.state().page_lines(str(self.config.pacs.peer))
+        return lines
 
     def start(self, once: bool) -> None:
         self._started = True

@@ -45,7 +45,7 @@ from ..durable import (
     write_json_atomic,
 )
 from ..liveness import Progress
-from ..report import now_iso, study_of, valid_uid
+from ..report import now_iso, shown_time, study_of, valid_uid
 from ..worker import describe_error
 from .dest_reads import DestNotAnswering, DestReads
 from .settings import StudiesConfig
@@ -136,6 +136,8 @@ class StudyTracker:
         self._lock = threading.Lock()  # one pass at a time (the thread, or finish())
         self.progress = Progress("study tracker", JUDGE_BOUND)
         self._failures: dict[str, tuple[int, float]] = {}  # uid: (failures, monotonic retry)
+        # uid: (when its judgment first failed, what failed in words): for the front page
+        self._held: dict[str, tuple[str, str]] = {}
         # studies/index.html's row of each study report, by file name, with the file's
         # (mtime, size, inode) when read: only a report that changed is read again
         self._index_rows: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
@@ -317,6 +319,7 @@ class StudyTracker:
         try:
             self.judge(uid)
             self._failures.pop(uid, None)
+            self._held.pop(uid, None)
             return True
         except OSError as exc:  # a disk error: the study stays pending, judged again later
             # The first retry comes after settle_seconds, as for any change (a passing
@@ -324,15 +327,17 @@ class StudyTracker:
             # error that stays would rewrite the study's report and log a line at every
             # poll (every 0.5 s with settle_seconds = 0), wearing an SD card for nothing.
             failures, delay = self._park(uid, first_at_once=True)
-            log.error("could not read or write %s of study %s (%s); retrying %s",
-                      self._what_failed(exc), uid_hash(uid), exc.strerror or exc,
-                      f"in {delay:.0f}s" if delay else "later")
+            what, error = self._what_failed(exc), exc.strerror or exc
+            self._hold(uid, f"could not read or write {what} ({error})")
+            log.error("could not read or write %s of study %s (%s); retrying %s", what,
+                      uid_hash(uid), error, f"in {delay:.0f}s" if delay else "later")
             pending = self._pending.get(uid)
             if pending is not None:
                 pending["changed_at"] = time.time()
             return False
         except Exception:  # noqa: BLE001 - a defect: log it, park this study, go on
             failures, delay = self._park(uid, first_at_once=False)
+            self._hold(uid, "an unexpected error (the agent's log has its details)")
             log.exception("could not judge study %s (attempt %d); the other studies go on; "
                           "retrying in %.0fs", uid_hash(uid), failures, delay)
             return False
@@ -345,6 +350,23 @@ class StudyTracker:
         delay = 0.0 if steps < 0 else min(_RETRY_MAX, _RETRY_FIRST * 2 ** steps)
         self._failures[uid] = (failures, time.monotonic() + delay)
         return failures, delay
+
+    def _hold(self, uid: str, why: str) -> None:
+        since = self._held.get(uid, (now_iso(), ""))[0]
+        self._held[uid] = (since, why)
+
+    def page_lines(self) -> list[str]:
+        """What the outbox's front page must say of the studies, in plain words: those whose
+        judgment failed again after its first retry (a disk error that stays, an offload's
+        DEST that stopped answering); nothing for one that passed at once."""
+        held = [(since, why) for uid, (since, why) in list(self._held.items())
+                if self._failures.get(uid, (0, 0.0))[0] >= 2]
+        if not held:
+            return []
+        since, why = min(held)  # the study held back longest
+        return [f"{len(held)} study report(s) are held back by an error that has not cleared: "
+                f"{why}, since {shown_time(since)}. They are judged automatically once it "
+                "clears; each slice's own report on these pages is complete."]
 
     def _what_failed(self, exc: OSError) -> str:
         """The file ``exc`` is about, in words (its name holds the study's UID: not logged)."""
@@ -458,6 +480,7 @@ class StudyTracker:
         except FileNotFoundError:
             pass
         self._pending.pop(uid, None)
+        self._held.pop(uid, None)
 
     def _document(self, uid: str, slices: list[Slice], revision: int, digest: str,
                   study_date: str | None, models: dict[str, dict[str, Any]],

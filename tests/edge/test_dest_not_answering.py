@@ -97,15 +97,20 @@ def test_a_slice_report_on_a_dead_share_retries_the_judgment_instead_of_hanging(
     assert f"a slice's report offloaded to {dest}" in line, line
     assert f"{dest} did not answer within 0.5 s" in line and "retrying" in line, line
     no_traceback(caplog)
+    assert tracker.page_lines() == []  # one failure may be passing: the front page waits
 
     judged, took = within_bound(lambda: tracker._judge_safely(uid))  # the read still waits
     assert judged is False and took < 0.3, took
     assert "has not answered an earlier read yet" in errors(caplog)[-1]
     assert len(readers()) == 1 and tracker.dest_reads.waiting() == [dest]
+    (page,) = tracker.page_lines()  # failing again: the front page says so, in words
+    assert page.startswith("1 study report(s) are held back by an error that has not "
+                           f"cleared: could not read or write a slice's report offloaded to "
+                           f"{dest} ({dest} has not answered an earlier read yet"), page
 
     share_answers(tracker.dest_reads, at_dest, real)
     judged, _ = within_bound(lambda: tracker._judge_safely(uid))
-    assert judged is True and uid not in tracker._pending
+    assert judged is True and uid not in tracker._pending and tracker.page_lines() == []
     doc = json.loads((outbox / "studies" / f"{uid}.json").read_text())
     assert len(doc["instances"]) == 2 and doc["notes"] == []
 
@@ -162,11 +167,14 @@ def test_an_sr_whose_instance_is_on_a_dead_share_waits_instead_of_hanging(tmp_pa
     assert f"an instance offloaded to {dest}, read for the SR" in line, line
     assert "did not answer within" in line, line
     no_traceback(caplog)
+    assert within_bound(lambda: tracker._judge_safely(uid))[0] is False
+    (page,) = services.page_alerts()
+    assert f"an instance offloaded to {dest}, read for the SR" in page, page
 
     share_answers(services.dest_reads, at_dest, real)
     judged, _ = within_bound(lambda: tracker._judge_safely(uid))
     assert judged is True and uid not in tracker._pending
-    assert len(queue.items()) == 1
+    assert len(queue.items()) == 1 and services.page_alerts() == []
 
 
 def test_a_read_at_dest_gives_what_the_read_gave_or_raised(tmp_path):

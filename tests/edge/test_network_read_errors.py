@@ -367,6 +367,25 @@ def test_a_slice_report_at_dest_that_cannot_be_read_retries_the_judgment(tmp_pat
     assert len(doc["instances"]) == 2 and doc["notes"] == []
 
 
+def test_a_study_held_back_by_a_disk_error_that_stays_is_on_the_front_page(tmp_path,
+                                                                            monkeypatch):
+    """A study whose judgment fails again and again (a disk error that stays) was held back
+    for ever with a line in the log at each retry, and nothing on the pages a person reads.
+    Now, from its second failure on, the front page says so (``page_lines``, under "Needs
+    attention"), until it is judged."""
+    tracker, outbox, at_dest, uid = _study_with_a_slice_at_dest(tmp_path)
+    with monkeypatch.context() as m:
+        failing_reads(m, at_dest)
+        assert tracker._judge_safely(uid) is False
+        assert tracker.page_lines() == []  # the first may be passing
+        assert tracker._judge_safely(uid) is False
+    (line,) = tracker.page_lines()
+    assert line.startswith("1 study report(s) are held back by an error that has not cleared: "
+                           "could not read or write a slice's report offloaded to "
+                           f"{at_dest.parent.parent} (Input/output error), since "), line
+    assert tracker._judge_safely(uid) is True and tracker.page_lines() == []
+
+
 def test_a_slice_report_at_dest_this_user_may_not_read_is_left_out_with_a_note(
         tmp_path, monkeypatch):
     """EACCES is about the file, not the disk: retrying cannot help, so the slice is left
