@@ -375,3 +375,54 @@ def test_patient_values_never_reach_the_log_through_pydicom(tmp_path, test_model
     for value in ("1970-01-31", "female", "25:61", "42 years"):
         assert value not in log, f"{value!r} is in the log"
     assert "classified input" in log and "is queued for PACS" in log
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["same bytes", "another transfer syntax"])
+def test_a_scanner_that_sends_a_judged_study_again(tmp_path, test_model, agents, pacs_servers,
+                                                   how):
+    """The operator presses "send" again after the study was judged and its SR sent. The
+    same bytes are duplicates: nothing is classified again, the study keeps its revision
+    and the PACS gets no second SR. In another transfer syntax (``storescu -xi``: implicit
+    VR) the files are new inputs: each is classified, the study is judged again from its
+    same 6 instances (each counted once, by SOP Instance UID) to the same verdict, and the
+    PACS gets revision 2, which names the first SR as its predecessor."""
+    dcmtk()
+    if not test_model.toy:
+        pytest.skip("needs the toy model's known answers")
+    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
+    pacs_servers.append(pacs)
+    port = free_port()
+    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 1.0\n[pacs]\n"
+                  f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\n", port).start()
+    agents.append(agent)
+    uid, files = make_study(tmp_path / "scanner", GLIOMA_STUDY[:6])
+    assert storescu(port, files).returncode == 0
+    (first_sr,) = wait_for(pacs.received, 90)
+    first = agent.study(uid)
+    assert first is not None and first["revision"] == 1
+
+    again = storescu(port, files, *(["-xi"] if how != "same bytes" else []))
+    assert again.returncode == 0, again.stderr
+    (day,) = (agent.outbox / "index").glob("*.jsonl")
+    wait_for(lambda: len(day.read_text().splitlines()) == 12, 60)
+    outcomes = [json.loads(line)["outcome"] for line in day.read_text().splitlines()]
+    if how == "same bytes":
+        assert outcomes == ["classified"] * 6 + ["duplicate"] * 6
+        time.sleep(4)  # settle_seconds and more: nothing else reaches the PACS
+        assert pacs.received() == [first_sr]
+        assert agent.study(uid) == first
+    else:
+        assert outcomes == ["classified"] * 12
+        wait_for(lambda: len(pacs.received()) == 2, 60)
+        doc = agent.study(uid)
+        assert doc is not None and doc["revision"] == 2
+        assert (doc["verdict"], doc["counts"]) == (first["verdict"], first["counts"])
+        (second_sr,) = set(pacs.received()) - {first_sr}
+        before = pydicom.dcmread(str(first_sr))
+        after = pydicom.dcmread(str(second_sr))
+        named = after.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+        assert named.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            before.SOPInstanceUID)
+    assert agent.stop() == 0
