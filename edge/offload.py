@@ -391,6 +391,11 @@ class _Offload:
         self.dest = dest
         self.planner = DayPlanner(self.box, dest)
         self.before = before
+        if not dry_run:  # a run killed in an atomic write left its temporary file: this one
+            # holds the outbox's lock (no agent writes there) and writes DEST's pages
+            self.box.remove_temp_files()
+            for folder in (dest, dest / "index"):
+                remove_stale_temp_files(folder)
         pending = pending_offload(self.root)
         if pending is not None:
             if dry_run:
