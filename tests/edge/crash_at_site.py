@@ -13,6 +13,9 @@ point, ``edge.entry.main``) with the disk sweeps' ``Disk`` installed in this pro
   then killed; or ``where`` (``[call, function, asked_by]``) for ``site``: the sites of
   one call in one ``edge`` function (``Class.method``), asked for from a file whose name
   starts with ``asked_by`` (the findings' tests: line numbers change);
+- ``power`` (one of ``power_cut.MODELS``): the kill is a power cut, the disk first rolled
+  back to what that model of a file system keeps of what was not fsynced
+  (``power_cut.py``, the power-cut sweep's);
 - ``during``: ``start`` counts and kills only inside ``Agent._start`` (the journal's
   replay), ``run`` (the default) anywhere.
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from disk_sites import Disk, Plan, Site, _site
+from power_cut import Durability
 
 WHEN = ("before", "after", "cut")
 
@@ -47,10 +51,12 @@ class CrashingDisk(Disk):
     """A ``Disk`` whose failing call kills the process (``when``), counting only while
     ``active``."""
 
-    def __init__(self, *roots: Any, when: str = "before", active: bool = True) -> None:
+    def __init__(self, *roots: Any, when: str = "before", active: bool = True,
+                 power: Durability | None = None) -> None:
         super().__init__(*roots)
         self.when = when
         self.active = active
+        self.power = power  # a power cut, not a kill: what was not fsynced is lost
 
     def install(self, monkeypatch: Any) -> None:
         super().install(monkeypatch)
@@ -69,17 +75,28 @@ class CrashingDisk(Disk):
     def _check(self, site: Site) -> bool:
         return self.active and super()._check(site)
 
+    def through(self, name: str, real: Callable[..., Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        if self.power is not None:
+            return self.power.through(name, real, args, kwargs)
+        return real(*args, **kwargs)
+
     def fail(self, site: Site, real: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Any:
         if self.when == "before":
-            die()
+            self.die()
         if self.when == "cut" and site.call in ("write", "file.write"):
             data = args[-1]  # os.write(fd, data), file.write(data)
             args = (*args[:-1], data[:len(data) // 2])
         try:
-            real(*args, **kwargs)
+            self.through(site.call, real, args, kwargs)
         finally:  # after it returned, or raised (``mkdir`` of a folder that is there)
-            die()
+            self.die()
+
+    def die(self) -> None:
+        if self.power is not None:
+            self.power.cut()
+        die()
 
 
 class _Written:
@@ -133,8 +150,9 @@ def main() -> None:
     spec = json.loads(os.environ["NEUROEDGE_CRASH_PLAN"])
     assert spec.get("when", "before") in WHEN, spec
     during = spec.get("during", "run")
+    power = Durability(spec["roots"], spec["power"]) if spec.get("power") else None
     disk = CrashingDisk(*map(Path, spec["roots"]), when=spec.get("when", "before"),
-                        active=during == "run")
+                        active=during == "run", power=power)
     if spec.get("site"):
         disk.plan = Plan(site_of(spec["site"]).__eq__, nth=int(spec.get("nth", 1)))
     elif spec.get("where"):

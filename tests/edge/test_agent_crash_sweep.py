@@ -204,10 +204,12 @@ class Crasher:
                 pytest.fail(f"the agent did not end within {RUN_BOUND:g}s: {log}")
 
     def census(self, folders: dict[str, Path], inputs: int, log: Path,
-               during: str = "run") -> dict[Site, int]:
-        """Every site a healthy run reaches, with its count of calls."""
+               during: str = "run", power: str | None = None) -> dict[Site, int]:
+        """Every site a healthy run reaches, with its count of calls (``power``: with the
+        power-cut sweep's model recording, as its cases run)."""
         out = log.with_suffix(".census.json")
-        rc = self.run(folders, {"census": str(out), "during": during}, inputs, log)
+        plan = {"census": str(out), "during": during, **({"power": power} if power else {})}
+        rc = self.run(folders, plan, inputs, log)
         assert rc == 0, f"the healthy run ended {rc}: {log.read_text()[-3000:]}"
         return {Site(*fields[:4]): fields[4] for fields in json.loads(out.read_text())}
 

@@ -1,0 +1,198 @@
+"""A power cut at any disk call: the power-cut sweep.
+
+The crash sweep (``test_agent_crash_sweep.py``) kills the agent at every disk call, but a
+``kill -9`` keeps what was written and not fsynced: whether the agent's fsyncs are where
+they must be is not tested there. Here the same subprocess (``crash_at_site.py``) records,
+inside the agent, what each ``fsync`` made durable, and at the cut rolls the disk back to
+what a file system could keep after losing its page cache (``power_cut.py``), by two
+models: ``strict`` (every change not fsynced is lost: each folder's entries as its last
+fsync saw them, each file's bytes as its last fsync left them; a file never fsynced is
+empty) and ``ordered`` (ext4's ``data=ordered`` without its rename heuristic, XFS: the
+folders' entries survive, file data not fsynced is lost). Then SIGKILL, ``--once`` on a
+healthy disk, in this process, and the crash sweep's books (every input in one place with
+one index line, its report or reason beside it, nothing journaled, no temporary file,
+``fsck --deep`` clean, no traceback). The inputs are fsynced, and their folder, before
+the agent starts: the clinic's files are on the disk when it drops them in.
+
+Where to cut: in ``strict`` the disk changes only at an ``fsync``, so a cut after each
+``fsync`` call (every call, not only a site's first) is every state a power cut can leave
+of the run; in ``ordered`` every call that changes a folder (``rename``, ``replace``,
+``link``, ``unlink``, ``mkdir``, ``rmdir``, ``symlink``, an ``open`` that creates) changes
+it too, at its first and last call, and each ``fsync`` call.
+
+- **a. A fresh run**: the crash sweep's seven inputs, with ``--once`` and in a running
+  agent (stopped with SIGTERM once its inputs are indexed).
+- **b. The recovering start-up**: the recovery sweep's crash templates (the real agent
+  killed at each durable step), a cut at each call of ``Agent._start``, and for a sample,
+  a second cut in the next recovery.
+- **c. A claim across filesystems** (inbox on ``/dev/shm``): the calls only it makes.
+
+What it found (2026-12-08), each with a test of its own below that failed before its fix:
+see ``docs/reliability.md`` ("A power cut at every disk call").
+
+Cost: each case is a subprocess of about a second and a restart in this process. CI runs
+every n-th case (``STRIDE``); ``NEUROEDGE_POWER_EVERY=n`` runs every n-th of each sweep
+instead (1: all of them), by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from disk_sites import Site
+from power_cut import MODELS, durably
+from test_agent_crash_sweep import (  # noqa: F401 - crasher, elsewhere, templates: fixtures
+    Crasher,
+    Kill,
+    Where,
+    crasher,
+    each,
+    elsewhere,
+    fresh_inbox,
+    in_order,
+    report,
+    sweep,
+    templates,
+)
+from test_agent_fault_sweep import new_folders
+from test_agent_fault_sweep_recovery import shm  # noqa: F401 - a fixture
+
+if TYPE_CHECKING:  # for annotations only: Python 3.8 cannot subscript dict
+    from test_agent_crash_sweep import Case, Setup
+
+EVERY = int(os.environ.get("NEUROEDGE_POWER_EVERY", "0"))
+# Calls that change a folder's entries: ``ordered`` keeps what they did, ``strict`` does not.
+NAMING = ("rename", "replace", "link", "unlink", "mkdir", "rmdir", "symlink", "open",
+          "os.open")
+
+
+@dataclass(frozen=True)
+class Cut(Kill):
+    """A power cut: the kill, after the disk lost what ``model`` says it loses."""
+
+    model: str = "strict"
+
+    def __str__(self) -> str:
+        return f"power cut ({self.model}) {super().__str__()}"
+
+    def plan(self) -> dict[str, Any]:
+        return {**super().plan(), "power": self.model}
+
+
+def cuts(census: dict[Site, int], during: str = "run",
+         models: tuple[str, ...] = MODELS) -> list[Cut]:
+    """After every ``fsync`` call (both models), and after the first and last call of each
+    site that changes a folder (``ordered``), in the census's order."""
+    found = []
+    for site in in_order(census):
+        count = census[site]
+        for model in models:
+            if site.call == "fsync":
+                nths = range(1, count + 1)
+            elif model == "ordered" and site.call in NAMING:
+                nths = sorted({1, count})
+            else:
+                continue
+            found += [Cut(site, "after", nth, during, model) for nth in nths]
+    return found
+
+
+def on_disk(setup: Setup) -> Setup:
+    """``setup``, then its inbox and outbox fsynced: durable before the agent starts."""
+    def made(folders: dict[str, Path]) -> dict[str, str]:
+        inputs = setup(folders)
+        durably([folders[name] for name in ("inbox", "outbox") if folders[name].exists()])
+        return inputs
+
+    return made
+
+
+def fresh(folders: dict[str, Path]) -> dict[str, str]:
+    return fresh_inbox(folders["inbox"])
+
+
+def census_of(runner: Crasher, root: Path, setup: Setup, inputs: int | None = None,
+              during: str = "run") -> dict[Site, int]:
+    folders = new_folders(root)
+    made = setup(folders)
+    return runner.census(folders, inputs or len(made), root.parent / f"{root.name}.log",
+                          during, power="strict")
+
+
+def stride(cases: list[Any], ci: int) -> list[Any]:
+    return cases[::EVERY or ci]
+
+
+def judge(tmp_path: Path, runner: Crasher, classifier: Any, cases: list[Case],
+          census: dict[Site, int]) -> None:
+    found, missed = sweep(tmp_path / "case", runner, classifier, cases)
+    report(found, missed, len(cases), census)
+
+
+# --- a. a fresh run ------------------------------------------------------------------------
+
+FRESH_STRIDE = {False: 9, True: 23}  # CI: every 9th cut with --once, 23rd running
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["once", "running"])
+def test_a_power_cut_at_any_disk_call_of_a_fresh_run_loses_nothing(
+        tmp_path, crasher, loaded_classifier, live):  # noqa: F811 - a fixture
+    crasher.live = live
+    setup = on_disk(fresh)
+    census = census_of(crasher, tmp_path / "census", setup)
+    cases = each(setup, stride(cuts(census), FRESH_STRIDE[live]))
+    judge(tmp_path, crasher, loaded_classifier, cases, census)
+
+
+# --- b. the recovering start-up --------------------------------------------------------------
+
+RECOVERY_STRIDE = 13  # CI: every 13th cut of a recovering start-up
+TWICE_STRIDE = 40  # CI: every 40th also gets a second cut in the next recovery
+
+
+def template_setup(template: Any, elsewhere: Path) -> Setup:  # noqa: F811 - a fixture's name
+    return on_disk(lambda folders: template.copy(folders, elsewhere))
+
+
+def test_b_power_cut_at_any_disk_call_while_recovering_loses_nothing(
+        tmp_path, crasher, loaded_classifier, templates, elsewhere):  # noqa: F811
+    """Each crash template (the agent killed at a durable step; what it left counts as on
+    the disk), a cut at each call of the recovering start-up, then a healthy ``--once``;
+    a sample gets a second cut, in the second recovery, further on in the same list."""
+    once: list[Case] = []
+    twice: list[Case] = []
+    census: dict[Site, int] = {}
+    for name, template in templates.items():
+        setup = template_setup(template, elsewhere)
+        start = census_of(crasher, tmp_path / f"census-{name}", setup,
+                          len(template.inputs), during="start")
+        census.update(start)
+        made = cuts(start, during="start")
+        once += each(setup, made, f"[{name}] ")
+        twice += [(f"[{name}] ", setup, [cut, made[(i + len(made)) // 2]])
+                  for i, cut in enumerate(made[:-1])]
+    judge(tmp_path, crasher, loaded_classifier,
+          stride(once, RECOVERY_STRIDE) + stride(twice, TWICE_STRIDE), census)
+
+
+# --- c. a claim across filesystems -------------------------------------------------------------
+
+ACROSS_STRIDE = 5  # CI: every 5th cut
+
+
+def test_c_power_cut_at_any_disk_call_of_a_claim_across_filesystems_loses_nothing(
+        tmp_path, crasher, loaded_classifier, elsewhere):  # noqa: F811
+    """The inbox on another filesystem (hidden name, copy, unlink), every cut of a run
+    there, then a healthy ``--once``."""
+    from test_agent_fault_sweep_recovery import across_filesystems
+
+    setup = on_disk(across_filesystems(elsewhere, fresh_inbox))
+    census = census_of(crasher, tmp_path / "census", setup)
+    assert any("claim.py" in site.line and site.call == "symlink" or "copy" in site.function
+               for site in census), "the inbox was not on another filesystem: no copy made"
+    judge(tmp_path, crasher, loaded_classifier, each(setup, stride(cuts(census),
+                                                                   ACROSS_STRIDE)), census)
