@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .durable import (
+    fsync_dir,
     read_json_if_there,
     remove_stale_temp_files,
     stale_temp_files,
@@ -138,6 +139,11 @@ class Outbox:
                     raise ConfigError(f"{path} is a symbolic link; the outbox's folders must be "
                                       "real folders (remove the link)")
                 path.mkdir(exist_ok=True)
+            # each folder's entry durable in its parent before anything is moved into it:
+            # the claim fsyncs .state/claimed, not the folders that hold it (a power cut
+            # would otherwise take a first start's folders, inputs and all)
+            for folder in (self.root.parent, self.root, self.state):
+                fsync_dir(folder)
         except OSError as exc:
             if exc.errno not in _NOT_PASSING:  # a failing disk, not a wrong path
                 raise StorageError.starting(exc) from None

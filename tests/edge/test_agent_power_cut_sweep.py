@@ -196,3 +196,24 @@ def test_c_power_cut_at_any_disk_call_of_a_claim_across_filesystems_loses_nothin
                for site in census), "the inbox was not on another filesystem: no copy made"
     judge(tmp_path, crasher, loaded_classifier, each(setup, stride(cuts(census),
                                                                    ACROSS_STRIDE)), census)
+
+
+# --- the findings, one test each ---------------------------------------------------------------
+
+def one_cut(tmp_path: Path, runner: Crasher, classifier: Any, cut: Cut) -> list[str]:
+    from test_agent_crash_sweep import after_crashes
+
+    wrong = after_crashes(tmp_path / "case", runner, classifier, on_disk(fresh), [cut])
+    assert wrong is not None, f"the cut was never reached: {cut}"
+    return wrong
+
+
+def test_p1_the_outbox_folders_are_durable_before_an_input_is_moved_into_them(
+        tmp_path, crasher, loaded_classifier):  # noqa: F811
+    """A first start made the outbox's folders (``outbox``, ``.state``, ``.state/claimed``,
+    ...) and never fsynced the folders holding them: the claim then fsynced the inbox
+    (the inputs gone from it) and ``.state/claimed`` (the inputs in it), but not the
+    entry of ``claimed`` in ``.state``, of ``.state`` in the outbox, of the outbox in its
+    folder. Cut there (``strict``): every input lost with the folders."""
+    cut = Cut(Where("fsync", "fsync_dir", "edge/claim.py:"), "after", 3, model="strict")
+    assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
