@@ -135,11 +135,14 @@ class Claim:
             job.is_symlink = os.path.islink(str(self.outbox.claimed_path(job)))  # what we hold
             job.stage = Stage.CLAIMED
             job.attempts = 1  # counted now: the decoding that may crash comes next
-            # Not fsynced, and a failure to write it is ignored: if this update is lost,
-            # recovery finds the "claiming" record and the file in .state/claimed, and
-            # finishes the claim from there.
+            # Its folder not fsynced, and a failure to write it is ignored: if this update
+            # is lost, recovery finds the "claiming" record and the file in .state/claimed,
+            # and finishes the claim from there. Its data is fsynced: a file system that
+            # keeps a rename and not the data written before it (XFS; ext4 without its
+            # rename heuristic) would otherwise put an empty record in the claiming one's
+            # place after a power cut, set aside as damaged, its input's name lost.
             try:
-                self.outbox.save(job, durable=False)
+                self.outbox.save(job, sync_folder=False)
             except OSError:
                 pass
         return [job for job, _ in taken], refused

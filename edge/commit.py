@@ -108,8 +108,10 @@ class GroupCommit:
             if work.job.stage == Stage.DECIDED:
                 failpoints.hit("after_move")
                 work.job.stage = Stage.MOVED
-                try:  # if lost: the move is found done and the index line replayed
-                    self.outbox.save(work.job, durable=False)
+                # if lost: the move is found done and the index line replayed; its data
+                # fsynced, or a power cut could leave it empty (``Claim.take`` says why)
+                try:
+                    self.outbox.save(work.job, sync_folder=False)
                 except OSError:
                     pass  # the same: the record still says "decided"
         self.record(works, failures)

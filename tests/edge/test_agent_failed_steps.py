@@ -80,8 +80,8 @@ def test_a_disk_error_in_the_claim_is_retried_not_a_crash(folders, test_model, m
     """One of the claim's writes fails once with EIO: the jobs' folder fsync (nothing is
     moved yet: the inputs are taken again a moment later), the fsync of the folders the
     inputs were renamed into (their "claiming" records are kept and the jobs retried), or
-    the non-durable "claimed" record (ignored: recovery finishes a claim from its "claiming"
-    record). No traceback; every input gets its report and one index line."""
+    the "claimed" record, whose folder is not fsynced (ignored: recovery finishes a claim
+    from its "claiming" record). No traceback; every input gets its report and one index line."""
     from edge import claim
     from edge.durable import FolderBarrier
     from edge.outbox import Outbox, Stage
@@ -105,7 +105,7 @@ def test_a_disk_error_in_the_claim_is_retried_not_a_crash(folders, test_model, m
         return real_sync(self)
 
     def save(self, job, *args, **kwargs):
-        if job.stage == Stage.CLAIMED and kwargs.get("durable") is False and once(
+        if job.stage == Stage.CLAIMED and kwargs.get("sync_folder") is False and once(
                 "claimed save"):
             raise EIO
         return real_save(self, job, *args, **kwargs)

@@ -217,3 +217,25 @@ def test_p1_the_outbox_folders_are_durable_before_an_input_is_moved_into_them(
     folder. Cut there (``strict``): every input lost with the folders."""
     cut = Cut(Where("fsync", "fsync_dir", "edge/claim.py:"), "after", 3, model="strict")
     assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
+
+
+def test_p2_a_claimed_record_renamed_into_place_is_never_empty(
+        tmp_path, crasher, loaded_classifier):  # noqa: F811
+    """The "claimed" record was written without an fsync (its loss is harmless: the
+    "claiming" record before it is replayed), then renamed over the durable "claiming"
+    one. On a file system that keeps the rename and not the data (``ordered``: ext4
+    without its rename heuristic, XFS) the record came back empty: set aside as damaged,
+    its input taken again as ``recovered-<token>``, its name lost (a refused one's
+    record named it so). Cut before the first report's fsync: the claim is done."""
+    cut = Cut(Where("fsync", "atomic_file", "edge/commit.py:"), "before", model="ordered")
+    assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
+
+
+def test_p3_a_moved_record_renamed_into_place_is_never_empty(
+        tmp_path, crasher, loaded_classifier):  # noqa: F811
+    """The same for the "moved" record, written without an fsync after the move: empty
+    after a cut (``ordered``) just before the index line's fsync, set aside as damaged,
+    the input archived (its report too) and never given its index line."""
+    cut = Cut(Where("fsync", "append_lines_durable", "edge/index.py:"), "before",
+              model="ordered")
+    assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
