@@ -237,6 +237,12 @@ class Claim:
                 self._give_back(held, src)
                 self.outbox.delete(job)
                 return False
+        elif not job.cross_filesystem and lexists(src) and os.path.samestat(
+                os.lstat(str(src)), os.lstat(str(dst))):
+            # renamed, and a power cut kept the new name and the old one (a file system
+            # that writes each folder on its own: FAT, exFAT, ext2): one file, two names;
+            # left in the inbox, it would be taken again
+            _unlink_durably(src)
         elif job.cross_filesystem and lexists(src) and not os.path.islink(str(src)):
             # a record from before the hidden name: copied straight from the inbox name,
             # then crashed before unlinking it

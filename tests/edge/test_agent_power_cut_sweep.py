@@ -239,3 +239,14 @@ def test_p3_a_moved_record_renamed_into_place_is_never_empty(
     cut = Cut(Where("fsync", "append_lines_durable", "edge/index.py:"), "before",
               model="ordered")
     assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
+
+
+def test_p4_a_claim_whose_rename_survived_only_in_claimed_is_not_taken_twice(
+        tmp_path, crasher, loaded_classifier):  # noqa: F811
+    """The claim renames each input into ``.state/claimed``, then fsyncs that folder, then
+    the inbox. A file system that writes each folder on its own (``strict``; FAT, exFAT,
+    ext2: no journal keeps the rename whole) can keep the new name and the old one after a
+    cut between the two: the same file under both names. Recovery finished the claim and
+    the inbox scan took the inbox name again: every input archived twice."""
+    cut = Cut(Where("fsync", "fsync_dir", "edge/claim.py:"), "after", 2, model="strict")
+    assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
