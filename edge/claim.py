@@ -156,7 +156,7 @@ class Claim:
                 raise
             self._take_across_filesystems(job, src, dst)
         barrier.add(dst.parent)
-        barrier.add(src.parent)
+        barrier.add(src.parent, left=True)
 
     def _take_across_filesystems(self, job: Job, src: Path, dst: Path) -> None:
         """Hide the input under its own folder, copy it durably, unlink it if unchanged."""

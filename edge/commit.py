@@ -231,11 +231,12 @@ class GroupCommit:
             if not lexists(claimed):
                 # moved before a crash, or before its folders' fsync failed: make it durable
                 barrier.add(dest.parent)  # (a reason record is written before the move)
-                barrier.add(claimed.parent)
+                barrier.add(claimed.parent, left=True)
                 return
             if lexists(dest) and os.path.samestat(os.lstat(str(claimed)), os.lstat(str(dest))):
                 os.unlink(str(claimed))  # the hard link was made, the unlink was not
-                barrier.add(claimed.parent)
+                barrier.add(dest.parent)
+                barrier.add(claimed.parent, left=True)
                 return
             try:
                 if job.outcome == Outcome.QUARANTINED:

@@ -57,17 +57,25 @@ def fsync_dir(folder: Path) -> None:
 class FolderBarrier:
     """Folders whose new, renamed or removed entries must become durable before the next
     step: ``add`` them while doing a step for a group of inputs, then ``sync`` fsyncs each
-    one once."""
+    one once.
+
+    A folder a file only left (``left=True``: the source of a move) is fsynced after every
+    folder a file reached: on a file system that writes each folder on its own (FAT,
+    exFAT, ext2: no journal keeps a move whole), a power cut between the two fsyncs then
+    leaves a moved file under both names, never under neither."""
 
     def __init__(self) -> None:
-        self._folders: dict[str, Path] = {}
+        self._folders: dict[str, tuple[Path, bool]] = {}
 
-    def add(self, folder: Path) -> None:
-        self._folders.setdefault(str(folder), folder)
+    def add(self, folder: Path, left: bool = False) -> None:
+        was = self._folders.get(str(folder))
+        self._folders[str(folder)] = (folder, left and (was is None or was[1]))
 
     def sync(self) -> None:
-        for folder in self._folders.values():
-            fsync_dir(folder)
+        for last in (False, True):
+            for folder, left in self._folders.values():
+                if left == last:
+                    fsync_dir(folder)
         self._folders.clear()
 
 
@@ -492,7 +500,7 @@ def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) 
         os.unlink(str(src))
     own = FolderBarrier() if barrier is None else barrier
     own.add(dst.parent)
-    own.add(src.parent)
+    own.add(src.parent, left=True)
     if barrier is None:
         own.sync()
 

@@ -250,3 +250,29 @@ def test_p4_a_claim_whose_rename_survived_only_in_claimed_is_not_taken_twice(
     the inbox scan took the inbox name again: every input archived twice."""
     cut = Cut(Where("fsync", "fsync_dir", "edge/claim.py:"), "after", 2, model="strict")
     assert one_cut(tmp_path, crasher, loaded_classifier, cut) == []
+
+
+def test_p5_the_folder_a_moved_input_left_is_fsynced_after_the_one_it_reached(
+        tmp_path, monkeypatch):
+    """A group's moves share one ``FolderBarrier``, which fsynced the folders in the order
+    they were first added: an archived input added ``archive/<day>`` and ``.state/claimed``,
+    a refused one after it ``quarantine``, fsynced last. A cut after ``.state/claimed``'s
+    fsync (``strict``; a file system without a journal) kept the refused input's unlink
+    from ``claimed`` and lost its link in ``quarantine``: gone from both (the sweep found
+    it there, the 13th fsync of a fresh run's commit). Folders an input left are fsynced
+    after every folder an input reached."""
+    from edge import durable
+
+    claimed, archive, quarantine = (tmp_path / name for name in ("claimed", "archive",
+                                                                 "quarantine"))
+    for folder in (claimed, archive, quarantine):
+        folder.mkdir()
+    (claimed / "a").write_bytes(b"a")
+    (claimed / "b").write_bytes(b"b")
+    barrier = durable.FolderBarrier()
+    durable.move_no_replace(claimed / "a", archive / "a", barrier)
+    durable.move_no_replace(claimed / "b", quarantine / "b", barrier)
+    synced: list[Path] = []
+    monkeypatch.setattr(durable, "fsync_dir", synced.append)
+    barrier.sync()
+    assert synced.index(claimed) > max(synced.index(archive), synced.index(quarantine))
