@@ -290,9 +290,13 @@ class StudyTracker:
             changed.add(uid)
 
     def _save_cursor(self) -> None:
-        # Not fsynced: a lost update only makes the next start re-read lines (idempotent).
+        # Its folder not fsynced: a lost update only makes the next start re-read lines
+        # (idempotent). Its data fsynced: renamed into place unsynced, a power cut could
+        # leave it empty (XFS; ext4 without its rename heuristic), read as a first start,
+        # which skips the lines indexed meanwhile (``Claim.take`` says the same).
         write_json_atomic(self.state / "cursor.json",
-                          {"offsets": self._offsets, "tails": self._tails}, durable=False)
+                          {"offsets": self._offsets, "tails": self._tails},
+                          sync_folder=False)
 
     def due(self, now: float | None = None) -> list[str]:
         """Pending studies quiet for ``settle_seconds``, oldest first.

@@ -280,3 +280,31 @@ def test_p5_the_folder_a_moved_input_left_is_fsynced_after_the_one_it_reached(
     monkeypatch.setattr(durable, "fsync_dir", synced.append)
     barrier.sync()
     assert synced.index(claimed) > max(synced.index(archive), synced.index(quarantine))
+
+
+def test_p6_the_study_cursor_renamed_into_place_is_never_empty(
+        tmp_path, crasher, loaded_classifier):  # noqa: F811
+    """The study tracker's cursor (how far it has read each day's index) was written like
+    the journal's "claimed" record: renamed into place without an ``fsync``. Empty after a
+    cut (``ordered``), it was read back as absent, which is a first start: the tracker
+    began at the end of the index, and an MR instance indexed just before the cut was
+    never grouped into a study (found by reading the code after p2 and p3: the sweep's
+    books look at the inputs, not at studies)."""
+    from test_agent_crash_sweep import after_crashes
+
+    from edge.manifest import sha256_file
+
+    def mr_only(folders: dict[str, Path]) -> dict[str, str]:
+        path = folders["inbox"] / "mr.dcm"
+        fresh_inbox(folders["inbox"])
+        for other in folders["inbox"].iterdir():
+            if other != path:
+                other.unlink()
+        return {path.name: sha256_file(path)}
+
+    cut = Cut(Where("fsync", "append_lines_durable", "edge/index.py:"), "after",
+              model="ordered")
+    folders_root = tmp_path / "case"
+    wrong = after_crashes(folders_root, crasher, loaded_classifier, on_disk(mr_only), [cut])
+    assert wrong == []
+    assert list((folders_root / "outbox" / "studies").glob("*.json")), "no study judged"
