@@ -58,7 +58,8 @@ found, 6 kills not reached (later calls of the index append, whose count depends
 the inputs fall into groups).
 
 Not covered: a power cut's lost page cache (a kill keeps what was written but not
-fsynced: whether the fsyncs are in the right places is not tested here); sites a healthy
+fsynced: whether the fsyncs are in the right places is the power-cut sweep's,
+``test_agent_power_cut_sweep.py``); sites a healthy
 run never reaches (the retry paths after an error: the disk sweeps fail those, never kill
 there); files arriving during the run; three kills in a row; the DICOM receiver's network
 path and the offload (their own sweeps fail their calls, none kills them); the study
