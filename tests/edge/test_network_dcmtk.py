@@ -97,17 +97,26 @@ def storescu(port: int, files: list[Path], *options: str, calling: str = "SCANNE
                           capture_output=True, text=True, timeout=120)
 
 
-def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, agents,
-                                                         pacs_servers):
+def _agent_sending_to_a_pacs(tmp_path: Path, test_model, agents, pacs_servers,
+                             settle: float) -> tuple[Agent, StoreSCP, int]:
+    """storescp as the PACS, and a running agent with the toy model receiving on a port of
+    its own and sending its SRs there."""
     dcmtk()
     if not test_model.toy:
         pytest.skip("needs the toy model's known answers")
     pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
     pacs_servers.append(pacs)
     port = free_port()
-    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 2.0\n[pacs]\n"
+    agent = Agent(tmp_path, test_model.path, f"[studies]\nsettle_seconds = {settle}\n[pacs]\n"
                   f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\n", port).start()
     agents.append(agent)
+    return agent, pacs, port
+
+
+def test_a_scanner_sends_a_study_and_the_pacs_gets_one_sr(tmp_path, test_model, agents,
+                                                         pacs_servers):
+    agent, pacs, port = _agent_sending_to_a_pacs(tmp_path, test_model, agents, pacs_servers,
+                                                 settle=2.0)
     echo = subprocess.run([tool("echoscu"), "-aec", "NEUROEDGE", "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=60)
     assert echo.returncode == 0, echo.stderr
@@ -388,15 +397,8 @@ def test_a_scanner_that_sends_a_judged_study_again(tmp_path, test_model, agents,
     VR) the files are new inputs: each is classified, the study is judged again from its
     same 6 instances (each counted once, by SOP Instance UID) to the same verdict, and the
     PACS gets revision 2, which names the first SR as its predecessor."""
-    dcmtk()
-    if not test_model.toy:
-        pytest.skip("needs the toy model's known answers")
-    pacs = StoreSCP(tmp_path / "pacs", free_port()).start()
-    pacs_servers.append(pacs)
-    port = free_port()
-    agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 1.0\n[pacs]\n"
-                  f"send_to = \"PACS@127.0.0.1:{pacs.port}\"\n", port).start()
-    agents.append(agent)
+    agent, pacs, port = _agent_sending_to_a_pacs(tmp_path, test_model, agents, pacs_servers,
+                                                 settle=1.0)
     uid, files = make_study(tmp_path / "scanner", GLIOMA_STUDY[:6])
     assert storescu(port, files).returncode == 0
     (first_sr,) = wait_for(pacs.received, 90)
