@@ -321,9 +321,8 @@ class StudyTracker:
         the other studies (they are judged in turn, the oldest first)."""
         self.progress.begin()  # each study has the bound to itself
         try:
-            self.judge(uid)
+            self.judge(uid)  # its success forgets the study (``_forget``), held back or not
             self._failures.pop(uid, None)
-            self._held.pop(uid, None)
             return True
         except OSError as exc:  # a disk error: the study stays pending, judged again later
             # The first retry comes after settle_seconds, as for any change (a passing
