@@ -226,8 +226,11 @@ def setup_outbox(root: Path, name: str, disk: Disk, model: Path, classifier: Any
 
     uid, first, _ = waves
     pending, offloaded = name.startswith("pending"), name.endswith("offloaded")
+    # settle: long enough that the wave is judged once, whole: with 0.3 s a CI machine busy
+    # with other workers let more than that pass between two of its slices' index lines, and
+    # the study was judged on three and again on four (revision 2, a setup that went wrong)
     case = FirstWave(disk, model, classifier, Unreachable() if name == "queued" else peer,
-                     (uid, first), settle=3600.0 if pending else 0.3,
+                     (uid, first), settle=3600.0 if pending else 2.0,
                      until="pending" if pending else "queued" if name == "queued" else "judged")
     folders = folders_in(root)
     disk.counting, disk.plan = False, None
