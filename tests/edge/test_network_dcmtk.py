@@ -397,8 +397,9 @@ def test_a_scanner_that_sends_a_judged_study_again(tmp_path, test_model, agents,
     VR) the files are new inputs: each is classified, the study is judged again from its
     same 6 instances (each counted once, by SOP Instance UID) to the same verdict, and the
     PACS gets revision 2, which names the first SR as its predecessor."""
+    # settle 2 s: each wave judged once, whole, on a busy CI machine (see the re-judgment sweep)
     agent, pacs, port = _agent_sending_to_a_pacs(tmp_path, test_model, agents, pacs_servers,
-                                                 settle=1.0)
+                                                 settle=2.0)
     uid, files = make_study(tmp_path / "scanner", GLIOMA_STUDY[:6])
     assert storescu(port, files).returncode == 0
     (first_sr,) = wait_for(pacs.received, 90)
