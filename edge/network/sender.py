@@ -24,6 +24,10 @@ from .settings import NetworkConfig, PacsConfig, Peer
 log = logging.getLogger(__name__)
 
 SUCCESS_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)  # success, and the C-STORE warnings
+# Seconds between looks at the queue when no SR is due sooner, or when the queue's own
+# files could not be read or written (a record read again at the next look); a new SR
+# wakes the sender at once.
+_LOOK_AGAIN = 60.0
 
 # What a C-STORE failure status means (DICOM PS3.4 B.2.3 and PS3.7 C), what to do, and
 # whether the PACS will refuse the same SR again until something changes there (its SOP
@@ -240,10 +244,10 @@ class Sender:
                 log.error("cannot write the SR queue in %s (%s); the SRs stay queued there "
                           "and are tried again in a minute: check the disk's free space and "
                           "the folder's owner", self.queue.folder, exc.strerror or exc)
-                wait = 60.0
+                wait = _LOOK_AGAIN
             except Exception:  # noqa: BLE001 - keep the thread alive; the queue is on disk
                 log.exception("the SR sender failed unexpectedly; retrying in a minute")
-                wait = 60.0
+                wait = _LOOK_AGAIN
             self.progress.end()
-            self._wake.wait(60.0 if wait is None else min(wait, 60.0))
+            self._wake.wait(_LOOK_AGAIN if wait is None else min(wait, _LOOK_AGAIN))
             self._wake.clear()
