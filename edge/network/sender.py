@@ -204,6 +204,7 @@ class Sender:
 
     def _attempt(self, item: Outgoing) -> bool:
         """Send one SR; False if the PACS could not be reached at all."""
+        self._name_predecessor(item)
         path = self.queue.path_of(item)
         self.progress.begin()  # each attempt has the bound to itself
         try:
@@ -234,6 +235,37 @@ class Sender:
         log.info("sent the SR of study %s to %s%s", item.study, self.peer,
                  f" (warning status 0x{code:04X})" if code else "")
         return True
+
+    def _name_predecessor(self, item: Outgoing) -> None:
+        """Name in ``item``'s SR the last SR of its study the PACS took, if it names none.
+
+        A study judged again builds its SR naming the earlier one only if that one is known
+        to have arrived (``NetworkServices._on_judged``). Judged again while this thread was
+        sending the earlier SR, or after an SR never sent was replaced, the new SR named
+        none, and the PACS got two reports of one study with nothing saying that the second
+        replaces the first. Sends are one at a time, so here, before each attempt, the
+        PACS's last SR of the study is known; the queued file is rewritten with it (once:
+        then it names one)."""
+        last = self.queue.last_sent(item.group)
+        if last is None or last[0] == item.key:
+            return
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        from .sr import encode, name_predecessor
+
+        path = self.queue.path_of(item)
+        try:
+            ds = pydicom.dcmread(str(path))
+        except (OSError, InvalidDicomError, ValueError, AttributeError):
+            return  # not readable now: the attempt says why (or sends it as it is)
+        if "PredecessorDocumentsSequence" in ds or "SeriesInstanceUID" not in ds:
+            return
+        name_predecessor(ds, last[2] or item.sop_class_uid, last[1])
+        # a disk error writing it is the queue's own (``_run``: tried again in a minute)
+        if self.queue.rewrite(item, encode(ds)):
+            log.info("the SR of study %s names the SR the PACS took before it as its "
+                     "predecessor", item.study)
 
     def _run(self) -> None:
         while not self._stop.is_set():

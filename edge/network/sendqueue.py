@@ -162,6 +162,21 @@ def read_queue_state(outbox: Path) -> QueueState:
     return replace(QueueState.of(records, _count_damaged(folder)), unreadable=unreadable)
 
 
+def _sent_entry(line: bytes) -> tuple[str, str, str, str] | None:
+    """A line of ``sent.jsonl``: (key, group, SOP Instance UID, SOP Class UID), the last
+    three empty where the line lacks them (its group is its study in lines written before
+    2026-12-07, when the two were the same); None if it is not a line of ours."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+        return None
+    text = [entry.get(name) for name in ("group", "study", "sop_instance_uid", "sop_class_uid")]
+    group, study, uid, sop_class = [v if isinstance(v, str) else "" for v in text]
+    return entry["key"], group or study, uid, sop_class
+
+
 def _count_damaged(folder: Path) -> int:
     damaged = folder / "damaged"
     try:
@@ -192,6 +207,9 @@ class SendQueue:
         self._records: dict[str, tuple[tuple[int, int, int], Outgoing]] = {}
         self._sent_keys: set[str] = set()
         self._sent_read = 0
+        # the last SR the PACS accepted of each group (a study): key, SOP Instance UID,
+        # SOP Class UID (``last_sent``)
+        self._last_sent: dict[str, tuple[str, str, str]] = {}
         # SRs the PACS accepted whose line in sent.jsonl could not be written (a disk
         # error): never sent again; the line is written at the next look (``items``)
         self._unrecorded: dict[str, str] = {}
@@ -339,25 +357,41 @@ class SendQueue:
     def was_sent(self, key: str) -> bool:
         """Whether ``sent.jsonl`` has a line for ``key`` (read once, then only what grew)."""
         with self._lock:
-            try:
-                with open(str(self.sent_log), "rb") as handle:
-                    size = os.fstat(handle.fileno()).st_size
-                    if size < self._sent_read:  # cut back (a torn line repaired): read again
-                        self._sent_keys, self._sent_read = set(), 0
-                    handle.seek(self._sent_read)
-                    data = handle.read(size - self._sent_read)
-            except FileNotFoundError:
-                return False
-            end = data.rfind(b"\n") + 1  # a torn last line is read once it is whole
-            for line in data[:end].splitlines():
-                try:
-                    entry = json.loads(line.decode("utf-8"))
-                except ValueError:
-                    continue
-                if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-                    self._sent_keys.add(entry["key"])
-            self._sent_read += end
-            return key in self._sent_keys
+            return self._read_sent() and key in self._sent_keys
+
+    def last_sent(self, group: str) -> tuple[str, str, str] | None:
+        """The last SR of ``group`` the PACS accepted: (key, SOP Instance UID, SOP Class
+        UID; the class is empty in lines written before it was noted), or None."""
+        with self._lock:
+            self._read_sent()
+            last = self._last_sent.get(group)
+            for line in self._unrecorded.values():  # accepted, its line not written yet
+                entry = _sent_entry(line.encode("utf-8"))
+                if entry is not None and entry[1] == group:
+                    last = (entry[0], *entry[2:])
+            return last
+
+    def _read_sent(self) -> bool:
+        """Read what ``sent.jsonl`` gained since the last read; False if there is none."""
+        try:
+            with open(str(self.sent_log), "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < self._sent_read:  # cut back (a torn line repaired): read again
+                    self._sent_keys, self._sent_read, self._last_sent = set(), 0, {}
+                handle.seek(self._sent_read)
+                data = handle.read(size - self._sent_read)
+        except FileNotFoundError:
+            return False
+        end = data.rfind(b"\n") + 1  # a torn last line is read once it is whole
+        for line in data[:end].splitlines():
+            entry = _sent_entry(line)
+            if entry is not None:
+                key, group, uid, sop_class = entry
+                self._sent_keys.add(key)
+                if group and uid:
+                    self._last_sent[group] = (key, uid, sop_class)
+        self._sent_read += end
+        return True
 
     def enqueue(self, item: Outgoing, data: bytes) -> bool:
         """Queue ``data`` (a DICOM file) under ``item.key``; False if it is queued or sent
@@ -378,6 +412,15 @@ class SendQueue:
 
     def path_of(self, item: Outgoing) -> Path:
         return self.folder / f"{item.key}.dcm"
+
+    def rewrite(self, item: Outgoing, data: bytes) -> bool:
+        """Replace ``item``'s SR file with ``data`` (atomically: a crash leaves one or the
+        other); False if the item is no longer queued."""
+        with self._lock:
+            if not (self.folder / f"{item.key}.json").exists():
+                return False
+            write_bytes_atomic(self.folder / f"{item.key}.dcm", data)
+            return True
 
     def failed(self, item: Outgoing, error: str, pacs: PacsConfig,
                lasting: bool = False) -> float:
@@ -410,8 +453,9 @@ class SendQueue:
         at the next look, a record that cannot be removed is removed then (``_settle_sent``);
         only a restart before the line is written could send it twice."""
         with self._lock:
-            line = json.dumps({"key": item.key, "study": item.study,
-                               "sop_instance_uid": item.sop_instance_uid, "to": str(peer),
+            line = json.dumps({"key": item.key, "study": item.study, "group": item.group,
+                               "sop_instance_uid": item.sop_instance_uid,
+                               "sop_class_uid": item.sop_class_uid, "to": str(peer),
                                "sent_at": now_iso(), "attempts": item.attempts + 1})
             try:
                 append_lines_durable(self.sent_log, [line])

@@ -118,13 +118,19 @@ def build_sr(doc: dict[str, Any], slices: list[Slice], header: Dataset, pacs: Pa
     ds.PerformedProcedureCodeSequence = Sequence()
     ds.CurrentRequestedProcedureEvidenceSequence = _evidence(study, slices)
     if predecessor:
-        ds.PredecessorDocumentsSequence = _evidence(study, [], (ds.SeriesInstanceUID, [
-            (sop_class, predecessor)]))
+        name_predecessor(ds, sop_class, predecessor)
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = _codes("NE-TRIAGE", "Brain MR triage (research only)")
     ds.ContinuityOfContent = "SEPARATE"
     ds.ContentSequence = Sequence(_content(doc, slices, numeric))
     return ds
+
+
+def name_predecessor(ds: Dataset, sop_class: str, sop_instance_uid: str) -> None:
+    """Name the SR that ``ds`` replaces at the PACS (an earlier judgment of its study, in
+    the same series) in its Predecessor Documents Sequence."""
+    ds.PredecessorDocumentsSequence = _evidence(str(ds.StudyInstanceUID), [], (
+        ds.SeriesInstanceUID, [(sop_class, sop_instance_uid)]))
 
 
 def encode(ds: Dataset) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -136,6 +137,95 @@ def test_the_sr_is_a_new_series_of_the_same_study(sr_type, sop_class, value_type
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3.4.5.1"
     again = build_sr(DOC, SLICES, header(), PacsConfig(sr_type=sr_type))
     assert again.SOPInstanceUID == ds.SOPInstanceUID  # the same judgment, the same instance
+
+
+def _judged(revision: int, previous: str | None) -> tuple[Outgoing, bytes]:
+    """A judgment of study 1.2.3.4 (instances_hash ``"%02d" * 32``) queued as
+    ``NetworkServices._on_judged`` queues it: naming no predecessor (the one before, if any,
+    was not known to have arrived when it was built)."""
+    from edge.network.sr import instance_uid
+
+    digest = f"{revision:02d}" * 32
+    doc = {**DOC, "instances_hash": digest, "revision": revision,
+           "previous_instances_hash": previous}
+    ds = build_sr(doc, SLICES, header(), PacsConfig())
+    return Outgoing(key=f"s-{digest[:16]}", study="s", group="s",
+                    sop_class_uid=COMPREHENSIVE_SR, sop_instance_uid=instance_uid(
+                        "1.2.3.4", digest), created_at=f"2026-12-07T10:00:0{revision}"), \
+        encode(ds)
+
+
+def _predecessors(data: bytes) -> list[str]:
+    back = pydicom.dcmread(io.BytesIO(data))
+    return [ref.ReferencedSOPInstanceUID for d in back.get("PredecessorDocumentsSequence", [])
+            for series in d.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence]
+
+
+def test_an_sr_judged_while_the_one_before_was_being_sent_names_it(tmp_path):
+    """The study is judged again while the sender is sending its first SR: the new SR is
+    built naming none (the first was not known to have arrived) and replaces the first in
+    the queue; the PACS takes the first. The second must name it when it is sent, or the
+    PACS holds two reports of one study with nothing saying which replaces which."""
+    queue = SendQueue(tmp_path)
+    queue.open()
+    first, first_sr = _judged(1, None)
+    second, second_sr = _judged(2, "01" * 32)
+    queue.enqueue(first, first_sr)
+    got: list[bytes] = []
+
+    def pacs(path, item, peer, network, pacs_config):
+        got.append(path.read_bytes())
+        if item.key == first.key:  # the tracker, meanwhile
+            assert not queue.was_sent(first.key)
+            assert queue.enqueue(second, second_sr)
+        return 0
+
+    sender = Sender(queue, PEER, NetworkConfig(), PacsConfig(), send=pacs)
+    sender.send_due()
+    sender.send_due()
+    assert queue.items() == [] and len(got) == 2 and _predecessors(got[0]) == []
+    assert _predecessors(got[1]) == [first.sop_instance_uid]
+    back = pydicom.dcmread(io.BytesIO(got[1]))
+    assert back.SOPInstanceUID == second.sop_instance_uid and back.InstanceNumber == 2
+    sent = [json.loads(line) for line in queue.sent_log.read_text().splitlines()]
+    assert [(s["key"], s["group"], s["sop_class_uid"]) for s in sent] == [
+        (first.key, "s", COMPREHENSIVE_SR), (second.key, "s", COMPREHENSIVE_SR)]
+
+
+def test_an_sr_that_replaced_one_never_sent_names_the_last_the_pacs_took(tmp_path):
+    """Revision 1 reached the PACS; revision 2 waited (the PACS down) and was replaced by
+    revision 3, whose SR names revision 2 (its previous judgment) nowhere, as 2 never
+    arrived: sent, it names revision 1, the report the PACS holds. A later restart reads
+    that from ``sent.jsonl``, including a line written before lines had a group. An SR
+    that names its predecessor already is sent as it is."""
+    queue = SendQueue(tmp_path)
+    queue.open()
+    first, first_sr = _judged(1, None)
+    old_line = {"key": first.key, "study": "s", "sop_instance_uid": first.sop_instance_uid,
+                "to": str(PEER), "sent_at": "2026-12-01T10:00:00+00:00", "attempts": 1}
+    queue.sent_log.write_text(json.dumps(old_line) + "\n")
+    queue.enqueue(*_judged(2, "01" * 32))
+    third, third_sr = _judged(3, "02" * 32)
+    queue.enqueue(third, third_sr)
+    got: list[bytes] = []
+
+    def pacs(path, item, peer, network, pacs_config):
+        got.append(path.read_bytes())
+        return 0
+
+    restarted = SendQueue(tmp_path)
+    restarted.open()
+    Sender(restarted, PEER, NetworkConfig(), PacsConfig(), send=pacs).send_due()
+    assert len(got) == 1 and _predecessors(got[0]) == [first.sop_instance_uid]
+
+    named = build_sr({**DOC, "instances_hash": "04" * 32, "revision": 4}, SLICES, header(),
+                     PacsConfig(), predecessor=third.sop_instance_uid)
+    fourth = replace(third, key="s-" + "04" * 8, sop_instance_uid=str(named.SOPInstanceUID))
+    queued = encode(named)
+    restarted.enqueue(fourth, queued)
+    Sender(restarted, PEER, NetworkConfig(), PacsConfig(), send=pacs).send_due()
+    assert got[1] == queued  # named already: not rewritten
+    assert (restarted.folder / "sent.jsonl").read_text().count("\n") == 3
 
 
 def test_an_sr_never_mixes_studies():
