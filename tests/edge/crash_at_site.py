@@ -17,7 +17,16 @@ point, ``edge.entry.main``) with the disk sweeps' ``Disk`` installed in this pro
   back to what that model of a file system keeps of what was not fsynced
   (``power_cut.py``, the power-cut sweep's);
 - ``during``: ``start`` counts and kills only inside ``Agent._start`` (the journal's
-  replay), ``run`` (the default) anywhere.
+  replay), ``run`` (the default) anywhere;
+- ``fault``: a disk error first, raised as the disk sweeps' ``Plan`` raises it, the kill
+  after it: ``site`` or ``where`` (as above), ``errno`` (a name, ``EIO``, or a number),
+  ``nth`` (the nth call of those sites fails) and ``lasting`` (seconds: every call of
+  those sites fails for that long; 0, the default, that one call only). Nothing counts
+  until the fault has happened: the kill's ``nth`` and the census are of the calls after
+  it (the calls it fails are not counted, and never killed), so that the kill lands in
+  the agent's handling of the error, its retry of the input or its hold (the fault-then-
+  kill sweep, ``test_agent_fault_kill_sweep.py``). The census also says whether the fault
+  happened, in ``census.fault`` (``"faulted"``/``"not reached"``) beside it.
 
 Besides the OS calls of ``disk_sites.OS_CALLS``, a write through a file object opened
 for writing under the roots is a site too (``file.write``): the journal's records, the
@@ -28,11 +37,13 @@ reports and the pages are written that way, and a crash part-way through one is 
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,14 +60,17 @@ def die() -> None:
 
 class CrashingDisk(Disk):
     """A ``Disk`` whose failing call kills the process (``when``), counting only while
-    ``active``."""
+    ``active``; with a ``fault``, a call that plan fails raises its error first, and only
+    the calls after it are counted (and killed at)."""
 
     def __init__(self, *roots: Any, when: str = "before", active: bool = True,
-                 power: Durability | None = None) -> None:
+                 power: Durability | None = None, fault: Plan | None = None) -> None:
         super().__init__(*roots)
         self.when = when
         self.active = active
         self.power = power  # a power cut, not a kill: what was not fsynced is lost
+        self.fault = fault
+        self._raising = threading.local()  # this thread's failing call is the fault's
 
     def install(self, monkeypatch: Any) -> None:
         super().install(monkeypatch)
@@ -73,7 +87,17 @@ class CrashingDisk(Disk):
         monkeypatch.setattr(io, "open", opened)
 
     def _check(self, site: Site) -> bool:
-        return self.active and super()._check(site)
+        if not self.active:
+            return False
+        if self.fault is not None:
+            with self._lock:
+                before = not self.fault.failed
+                if self.fault.fails(site):  # the fault (or, lasting, its next call)
+                    self._raising.fault = True
+                    return True
+                if before:
+                    return False  # nothing counts before the fault
+        return super()._check(site)
 
     def through(self, name: str, real: Callable[..., Any], args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
@@ -83,6 +107,10 @@ class CrashingDisk(Disk):
 
     def fail(self, site: Site, real: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Any:
+        if getattr(self._raising, "fault", False):
+            self._raising.fault = False
+            assert self.fault is not None
+            raise OSError(self.fault.error, os.strerror(self.fault.error))
         if self.when == "before":
             self.die()
         if self.when == "cut" and site.call in ("write", "file.write"):
@@ -146,19 +174,37 @@ def site_of(fields: list[str]) -> Site:
     return Site(call, line, asked_by, function)
 
 
+def matching(spec: dict[str, Any]) -> Callable[[Site], bool] | None:
+    """The sites a plan's ``site`` or ``where`` names (None: neither)."""
+    if spec.get("site"):
+        return site_of(spec["site"]).__eq__
+    if spec.get("where"):
+        call, function, asked_by = spec["where"]
+        return lambda site: ((site.call, site.function) == (call, function)
+                             and site.asked_by.startswith(asked_by))
+    return None
+
+
+def fault_of(spec: dict[str, Any]) -> Plan:
+    """The fault's ``Plan``: its sites, its error (a name or a number), ``nth``, ``lasting``."""
+    matches = matching(spec)
+    assert matches is not None, f"a fault names no site: {spec}"
+    code = spec.get("errno", "EIO")
+    return Plan(matches, code if isinstance(code, int) else getattr(errno, code),
+                nth=int(spec.get("nth", 1)), lasting=float(spec.get("lasting", 0.0)))
+
+
 def main() -> None:
     spec = json.loads(os.environ["NEUROEDGE_CRASH_PLAN"])
     assert spec.get("when", "before") in WHEN, spec
     during = spec.get("during", "run")
     power = Durability(spec["roots"], spec["power"]) if spec.get("power") else None
+    fault = fault_of(spec["fault"]) if spec.get("fault") else None
     disk = CrashingDisk(*map(Path, spec["roots"]), when=spec.get("when", "before"),
-                        active=during == "run", power=power)
-    if spec.get("site"):
-        disk.plan = Plan(site_of(spec["site"]).__eq__, nth=int(spec.get("nth", 1)))
-    elif spec.get("where"):
-        call, function, asked_by = spec["where"]
-        disk.plan = Plan(lambda site: (site.call, site.function) == (call, function)
-                         and site.asked_by.startswith(asked_by), nth=int(spec.get("nth", 1)))
+                        active=during == "run", power=power, fault=fault)
+    kill = matching(spec)
+    if kill is not None:
+        disk.plan = Plan(kill, nth=int(spec.get("nth", 1)))
     if during == "start":
         from edge.watch import Agent
 
@@ -186,6 +232,9 @@ def main() -> None:
                            for site, n in disk.calls.items()]
             with open(spec["census"], "w") as out:
                 json.dump(counted, out)
+            if fault is not None:
+                with open(spec["census"] + ".fault", "w") as out:
+                    out.write("faulted" if fault.failed else "not reached")
 
 
 if __name__ == "__main__":
