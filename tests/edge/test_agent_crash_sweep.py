@@ -61,7 +61,8 @@ Not covered: a power cut's lost page cache (a kill keeps what was written but no
 fsynced: whether the fsyncs are in the right places is the power-cut sweep's,
 ``test_agent_power_cut_sweep.py``); sites a healthy
 run never reaches (the retry paths after an error: the disk sweeps fail those, never kill
-there); files arriving during the run; three kills in a row; the DICOM receiver's network
+there; ``test_agent_fault_kill_sweep.py`` kills there, after a fault); files arriving
+during the run; three kills in a row; the DICOM receiver's network
 path and the offload (their own sweeps fail their calls, none kills them); the study
 tracker's and the SR queue's state after a kill (the books look at the inputs).
 """
