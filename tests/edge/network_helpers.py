@@ -71,13 +71,18 @@ def make_study(folder: Path, levels: list[float], study_uid: str | None = None,
 
 def send_with_pynetdicom(port: int, paths: list[Path], calling: str = "SCANNER",
                          called: str = "NEUROEDGE",
-                         on_status: Callable[[Path, int], None] | None = None) -> list[int]:
-    """C-STORE each file over one association; return the statuses (-1: no answer)."""
+                         on_status: Callable[[Path, int], None] | None = None,
+                         dimse_timeout: float | None = None) -> list[int]:
+    """C-STORE each file over one association; return the statuses (-1: no answer).
+    ``dimse_timeout``: how long to wait for each answer (pynetdicom's default: 30 s; a
+    receiver killed while an instance is sent is noticed only then)."""
     import pydicom
     from pynetdicom import AE
 
     datasets = [pydicom.dcmread(str(p)) for p in paths]
     ae = AE(ae_title=calling)
+    if dimse_timeout is not None:
+        ae.dimse_timeout = dimse_timeout
     for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
                                      for ds in datasets}):
         ae.add_requested_context(sop_class, [syntax])
