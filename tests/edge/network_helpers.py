@@ -108,6 +108,24 @@ def send_with_pynetdicom(port: int, paths: list[Path], calling: str = "SCANNER",
     return statuses
 
 
+def settle_in_doubt(inbox: Path, outbox: Path) -> list[str]:
+    """What is wrong with the receiver's instances in doubt (``edge.network.receiver``): a
+    temporary file in the inbox with a second link, kept for a day in case its sender did
+    not get the answer (a kill or an abort after the answer went out, before the sender's
+    next request confirmed it). Each must be a link to an archived instance (no space of
+    its own); it is removed here, as its day out would."""
+    archived = {(p.stat().st_dev, p.stat().st_ino) for p in (outbox / "archive").rglob("*")
+                if p.is_file()}
+    wrong = []
+    for path in inbox.glob(".neuroedge-*.tmp"):
+        info = path.stat()
+        if info.st_nlink > 1:
+            if (info.st_dev, info.st_ino) not in archived:
+                wrong.append(f"an instance in doubt that is not archived: {path.name}")
+            path.unlink()
+    return wrong
+
+
 def echo_with_pynetdicom(port: int, calling: str = "SCANNER") -> tuple[bool, int | None]:
     """(association accepted, C-ECHO status or None)."""
     from pynetdicom import AE

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from agent_helpers import REPO_ROOT, agent_env, fast_config
 from disk_sites import Site
-from network_helpers import free_port, make_study, send_with_pynetdicom
+from network_helpers import free_port, make_study, send_with_pynetdicom, settle_in_doubt
 from test_agent_crash_sweep import EVERY, HERE, KILLED, RUN_BOUND, Kill, Where, in_order
 from test_agent_fault_sweep import at_rest
 from test_network_fault_sweep import sop_uid, study_report, swept
@@ -184,7 +184,7 @@ def books(folders: dict[str, Path], study: tuple[str, list[Path]], runs: list[Ru
     if {u for u, c in answers.items() if c == SUCCESS} != every:
         wrong.append(f"answers: {sorted(answers.values())} for {len(paths)} instances "
                      "(after the scanner sent again what it got no Success for)")
-    wrong += in_doubt(inbox, outbox)
+    wrong += settle_in_doubt(inbox, outbox)  # kept a day, in case they are sent again
     left = sorted(p.name for p in inbox.rglob("*") if p.is_file())
     if left:
         wrong.append(f"left in the inbox: {left}")
@@ -212,24 +212,6 @@ def books(folders: dict[str, Path], study: tuple[str, list[Path]], runs: list[Ru
         wrong.append(f"the study was judged from {len(judged)} of {len(every)} instances "
                      f"(notes: {(doc or {}).get('notes')})")
     return wrong + at_rest(folders)
-
-
-def in_doubt(inbox: Path, outbox: Path) -> list[str]:
-    """What is wrong with the receiver's instances in doubt: a temporary file in the inbox
-    with a second link, kept for a day in case the sender did not get its answer (a kill
-    after the answer went out, before the sender's next request confirmed it). Each must be
-    a link to an instance archived (no space of its own); it is removed here, as its day
-    out would."""
-    archived = {(p.stat().st_dev, p.stat().st_ino) for p in (outbox / "archive").rglob("*")
-                if p.is_file()}
-    wrong = []
-    for path in inbox.glob(".neuroedge-*.tmp"):
-        info = path.stat()
-        if info.st_nlink > 1:
-            if (info.st_dev, info.st_ino) not in archived:
-                wrong.append(f"an instance in doubt that is not archived: {path.name}")
-            path.unlink()
-    return wrong
 
 
 # --- the sweep ----------------------------------------------------------------------------
