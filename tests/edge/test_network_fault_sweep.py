@@ -43,7 +43,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,20 @@ def sop_uid(path: Path) -> str | None:
         return str(pydicom.dcmread(str(path), stop_before_pixels=True, force=True).SOPInstanceUID)
     except Exception:  # noqa: BLE001 - not an instance: the books say so
         return None
+
+
+def stored_instances(outboxes: Iterable[Path]) -> tuple[collections.Counter[str], list[str]]:
+    """Each SOP Instance UID archived or quarantined in ``outboxes``, counted; and a line for
+    each one quarantined (the studies sent here are all good MR slices)."""
+    stored: collections.Counter[str] = collections.Counter()
+    wrong = []
+    for folder in ("archive", "quarantine"):
+        for path in [p for box in outboxes for p in (box / folder).rglob("*")]:
+            if path.is_file() and not path.name.endswith(".reason.json"):
+                stored[str(sop_uid(path))] += 1
+                if folder == "quarantine":
+                    wrong.append(f"a good instance quarantined: {path.name}")
+    return stored, wrong
 
 
 def study_report(folders: dict[str, Path], uid: str) -> dict[str, Any] | None:
@@ -314,13 +328,8 @@ class Case:
         left = sorted(p.name for p in inbox.rglob("*") if p.is_file())
         if left:
             wrong.append(f"left in the inbox: {left}")
-        stored: collections.Counter[str] = collections.Counter()
-        for folder in ("archive", "quarantine"):
-            for path in [p for box in (outbox, *self.moved_to) for p in (box / folder).rglob("*")]:
-                if path.is_file() and not path.name.endswith(".reason.json"):
-                    stored[str(sop_uid(path))] += 1
-                    if folder == "quarantine":
-                        wrong.append(f"a good instance quarantined: {path.name}")
+        stored, quarantined = stored_instances((outbox, *self.moved_to))
+        wrong += quarantined
         answers = {**self.earlier, **self.statuses}
         acknowledged = {u for u, c in answers.items() if c == SUCCESS}
         lost, doubled = acknowledged - set(stored), [u for u, n in stored.items() if n > 1]
