@@ -14,7 +14,16 @@ named like the agent's other temporary files (``.neuroedge-*.tmp``: the inbox ne
 them). When the last fragment has arrived the file is fsynced and renamed to its final name
 in the inbox (``<time>-<SOP UID hash>-<random>.dcm``), the folder is fsynced, and only then
 is the C-STORE answered with success: an acknowledged instance is on disk, and from there the
-agent's journal takes over exactly as for a copied file. A failed write (a full disk, an
+agent's journal takes over exactly as for a copied file.
+
+An answer can be lost on the way (a ``kill -9`` or a power cut between the rename and the
+answer, a connection that drops): the sender then sends the instance again, which must not
+be stored twice. So the temporary file is kept, a second hard link to the received instance
+(no space of its own), until the answer has surely arrived: the sender's next request on
+the association, or its release. A temporary file with a second link is such an instance
+"in doubt": kept by the start-up's clean-up, and an instance received again with the same
+bytes is answered with success and not stored again (one line in the log); both links gone
+once it has (``IN_DOUBT_SECONDS`` at most). A failed write (a full disk, an
 inbox that cannot be written, less than ``[network] min_free_mb`` free, checked as the file
 grows) stops writing, removes the file and answers 0xA700 (out of resources): the sender keeps
 the instance. A transfer that ends without an answer (an abort, a lost connection) has its
@@ -28,6 +37,8 @@ identifiers).
 
 from __future__ import annotations
 
+import errno
+import filecmp
 import logging
 import os
 import secrets
@@ -50,6 +61,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 MAX_PDU = 131072  # bytes held per association while receiving (dcmtk's largest)
 STALE_SPOOL_SECONDS = 3600.0  # a temporary file unchanged this long is a transfer given up
+# An instance stored whose answer may not have reached its sender is recognised if sent
+# again within this long (its temporary file, a second link to it, is kept as long)
+IN_DOUBT_SECONDS = 86400.0
 _SWEEP_EVERY = 300.0
 
 UNCOMPRESSED = ("1.2.840.10008.1.2.1",  # Explicit VR Little Endian
@@ -69,6 +83,9 @@ COMPRESSED = ("1.2.840.10008.1.2.5",  # RLE Lossless
               "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
               "1.2.840.10008.1.2.4.51")  # JPEG Extended (12-bit)
 
+# link() errors of a filesystem without hard links (``durable.move_no_replace``'s)
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV,
+                 errno.ENOSYS, errno.EACCES)
 _SPOOL_CHECK_BYTES = 8 << 20  # free space is checked again every 8 MB an instance grows
 # pynetdicom reads each PDU whole, as long as its length field says (up to 4 GB), however
 # long the peer takes, and its timers cannot run meanwhile: a PDU is read here instead,
@@ -209,6 +226,10 @@ class DicomReceiver:
         self._lock = threading.Lock()
         self._sessions: dict[int, dict[str, Any]] = {}
         self._spools: dict[str, _SpoolFile] = {}  # received into, not yet answered
+        # Second links to instances stored and answered: whose answer is not confirmed yet,
+        # by association (its next request confirms it); in doubt (a crash, an abort)
+        self._unconfirmed: dict[int, list[str]] = {}
+        self._in_doubt: set[str] = set()
         self._server: Any = None
         self._ae: Any = None
         self._patched: tuple[Any, Any] | None = None
@@ -241,6 +262,11 @@ class DicomReceiver:
             _active = self
         self._stopping = False
         sweep_spool(self.inbox, max_age=0.0)  # what a crash left half-received
+        with self._lock:
+            self._in_doubt = set(in_doubt(self.inbox))  # what a crash left unconfirmed
+        if self._in_doubt:
+            log.info("%d instance(s) stored before a crash or an abort may not have been "
+                     "acknowledged: sent again, they are not stored twice", len(self._in_doubt))
         _config.LOG_HANDLER_LEVEL = "none"  # its standard logs carry UIDs and identifiers
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -385,6 +411,11 @@ class DicomReceiver:
     def _on_ended(self, event: Any) -> None:
         reader = getattr(event.assoc, "dul", None)
         self._discard_spools(lambda spool: spool.owner is reader or not spool.owner.is_alive())
+        if event.event.name == "EVT_RELEASED":  # the sender had every answer
+            self._confirm(event.assoc)
+        else:  # an abort: the last answer may not have reached the sender
+            with self._lock:
+                self._in_doubt.update(self._unconfirmed.pop(id(event.assoc), []))
         with self._lock:
             session = self._sessions.pop(id(event.assoc), None)
         if session is None:
@@ -406,6 +437,7 @@ class DicomReceiver:
         caller = self._caller(event)
         sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         tag = uid_hash(sop) if sop else "no-uid"
+        self._confirm(event.assoc)  # a new request: the sender had the last answer
         try:
             spooled = Path(event.dataset_path)
             spool = self._take_spool(str(spooled))
@@ -421,12 +453,22 @@ class DicomReceiver:
                              "was told to retry", tag, caller, free // 1000000,
                              self.config.min_free_mb)
                 return OUT_OF_RESOURCES
-            final = self._publish(spooled, tag)
+            earlier = self._stored_before(spooled, size)
+            if earlier is not None:  # in doubt until this answer is confirmed in turn
+                with self._lock:
+                    self._in_doubt.discard(earlier)
+                    self._unconfirmed.setdefault(id(event.assoc), []).append(earlier)
+                log.info("instance %s from %s received again, the same bytes as one stored "
+                         "whose answer it may not have had: not stored twice", tag, caller)
+                return SUCCESS  # pynetdicom removes the spooled copy
+            final, kept = self._publish(spooled, tag)
         except Exception as exc:  # noqa: BLE001 - never acknowledge what is not on disk
             self._failed(event, "failed to store instance %s from %s (%s); the sender was told "
                          "to retry", tag, caller, describe_error(exc))
             return OUT_OF_RESOURCES
         with self._lock:
+            if kept is not None:
+                self._unconfirmed.setdefault(id(event.assoc), []).append(kept)
             self.counts["instances"] += 1
             self.counts["bytes"] += size
             session = self._sessions.get(id(event.assoc))
@@ -448,21 +490,85 @@ class DicomReceiver:
                 session["failed"] += 1
         log.error(message, *args)
 
-    def _publish(self, spooled: Path, tag: str) -> Path:
+    def _publish(self, spooled: Path, tag: str) -> tuple[Path, str | None]:
+        """Give the instance its name in the inbox, durably; keep its temporary file as a
+        second link (returned) where the filesystem has hard links."""
         fd = os.open(str(spooled), os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        # out of pynetdicom's way (it removes the spooled file once answered); a crash here
+        # leaves a temporary file with one link: never published, removed at the next start
+        kept = str(self.inbox / f"{TMP_PREFIX}{secrets.token_hex(8)}{TMP_SUFFIX}")
+        os.rename(str(spooled), kept)
+        try:
+            final, linked = self._link(kept, tag)
+        except BaseException:
+            self._forget(kept)  # not published: the sender is told to retry
+            raise
+        if not linked:
+            return final, None
+        try:
+            fsync_dir(self.inbox)
+        except OSError:  # in the inbox, maybe not for good: a resend is not stored again
+            with self._lock:
+                self._in_doubt.add(kept)
+            raise
+        return final, kept
+
+    def _link(self, kept: str, tag: str) -> tuple[Path, bool]:
+        """The instance's name in the inbox, never replacing anything: a second link to
+        ``kept`` (True), or, where the filesystem has no hard links (FAT and the like),
+        ``kept`` moved there and fsynced (False: nothing kept)."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for _ in range(10):
             final = self.inbox / f"{stamp}-{tag}-{secrets.token_hex(3)}.dcm"
             try:
-                move_no_replace(spooled, final)  # and fsync the inbox folder
-                return final
+                os.link(kept, str(final), follow_symlinks=False)
+                return final, True
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+            try:
+                move_no_replace(Path(kept), final)  # and fsync the inbox folder
+                return final, False
             except FileExistsError:
                 continue
         raise FileExistsError(f"no free name for a received instance in {self.inbox}")
+
+    def _confirm(self, assoc: Any) -> None:
+        """The answers given on ``assoc`` reached its sender: their second links go."""
+        with self._lock:
+            kept = self._unconfirmed.pop(id(assoc), [])
+        for path in kept:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass  # in doubt at the next start, gone within IN_DOUBT_SECONDS
+
+    def _stored_before(self, spooled: Path, size: int) -> str | None:
+        """The second link of an instance in doubt with the same bytes, if there is one."""
+        with self._lock:
+            candidates = sorted(self._in_doubt)
+        for path in candidates:
+            try:
+                if os.stat(path).st_size == size and filecmp.cmp(path, str(spooled),
+                                                                  shallow=False):
+                    return path
+            except OSError:
+                self._forget(path)  # removed meanwhile (expired)
+        return None
+
+    def _forget(self, path: str) -> None:
+        with self._lock:
+            self._in_doubt.discard(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
     # --- housekeeping ---------------------------------------------------------------------
 
@@ -539,7 +645,8 @@ def bound_reads(channel: Any, where: str, seconds: float,
 def sweep_spool(inbox: Path, max_age: float) -> int:
     """Delete temporary files of transfers that were given up (an aborted association, a
     crash): ours only (``.neuroedge-*.tmp``), and only once unchanged for ``max_age``
-    seconds. None of them was acknowledged: their senders still have the instances."""
+    seconds. None of them was acknowledged: their senders still have the instances. One
+    with a second link is an instance stored, in doubt: kept ``IN_DOUBT_SECONDS``."""
     removed = 0
     now = time.time()
     try:
@@ -550,9 +657,11 @@ def sweep_spool(inbox: Path, max_age: float) -> int:
         if not (entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
             continue
         try:
-            if now - entry.stat(follow_symlinks=False).st_mtime >= max_age:
+            info = entry.stat(follow_symlinks=False)
+            if now - info.st_mtime >= (max_age if info.st_nlink < 2 else max(
+                    max_age, IN_DOUBT_SECONDS)):
                 os.unlink(entry.path)
-                removed += 1
+                removed += 1 if info.st_nlink < 2 else 0  # (an instance in doubt: stored)
         except OSError:
             continue
     if removed:
@@ -561,3 +670,21 @@ def sweep_spool(inbox: Path, max_age: float) -> int:
                     "interrupted transfer (never acknowledged: the sender still has them)",
                     removed)
     return removed
+
+
+def in_doubt(inbox: Path) -> list[str]:
+    """The temporary files in ``inbox`` with a second link: instances stored whose answer
+    may not have reached their sender (``DicomReceiver._publish``)."""
+    found = []
+    try:
+        entries = list(os.scandir(str(inbox)))
+    except OSError:
+        return found
+    for entry in entries:
+        try:
+            if entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX) \
+                    and entry.stat(follow_symlinks=False).st_nlink > 1:
+                found.append(entry.path)
+        except OSError:
+            continue
+    return found

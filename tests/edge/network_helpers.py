@@ -71,13 +71,18 @@ def make_study(folder: Path, levels: list[float], study_uid: str | None = None,
 
 def send_with_pynetdicom(port: int, paths: list[Path], calling: str = "SCANNER",
                          called: str = "NEUROEDGE",
-                         on_status: Callable[[Path, int], None] | None = None) -> list[int]:
-    """C-STORE each file over one association; return the statuses (-1: no answer)."""
+                         on_status: Callable[[Path, int], None] | None = None,
+                         dimse_timeout: float | None = None) -> list[int]:
+    """C-STORE each file over one association; return the statuses (-1: no answer).
+    ``dimse_timeout``: how long to wait for each answer (pynetdicom's default: 30 s; a
+    receiver killed while an instance is sent is noticed only then)."""
     import pydicom
     from pynetdicom import AE
 
     datasets = [pydicom.dcmread(str(p)) for p in paths]
     ae = AE(ae_title=calling)
+    if dimse_timeout is not None:
+        ae.dimse_timeout = dimse_timeout
     for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
                                      for ds in datasets}):
         ae.add_requested_context(sop_class, [syntax])
@@ -101,6 +106,24 @@ def send_with_pynetdicom(port: int, paths: list[Path], calling: str = "SCANNER",
         if assoc.is_established:
             assoc.release()
     return statuses
+
+
+def settle_in_doubt(inbox: Path, outbox: Path) -> list[str]:
+    """What is wrong with the receiver's instances in doubt (``edge.network.receiver``): a
+    temporary file in the inbox with a second link, kept for a day in case its sender did
+    not get the answer (a kill or an abort after the answer went out, before the sender's
+    next request confirmed it). Each must be a link to an archived instance (no space of
+    its own); it is removed here, as its day out would."""
+    archived = {(p.stat().st_dev, p.stat().st_ino) for p in (outbox / "archive").rglob("*")
+                if p.is_file()}
+    wrong = []
+    for path in inbox.glob(".neuroedge-*.tmp"):
+        info = path.stat()
+        if info.st_nlink > 1:
+            if (info.st_dev, info.st_ino) not in archived:
+                wrong.append(f"an instance in doubt that is not archived: {path.name}")
+            path.unlink()
+    return wrong
 
 
 def echo_with_pynetdicom(port: int, calling: str = "SCANNER") -> tuple[bool, int | None]:

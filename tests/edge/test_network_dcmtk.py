@@ -308,7 +308,7 @@ def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
     """Every instance the sender saw acknowledged is processed once; none twice."""
     import threading
 
-    from network_helpers import send_with_pynetdicom
+    from network_helpers import send_with_pynetdicom, settle_in_doubt
 
     port = free_port()
     agent = Agent(tmp_path, test_model.path, "[studies]\nsettle_seconds = 0.5\n", port).start()
@@ -351,6 +351,7 @@ def test_kill_minus_9_during_a_c_store_burst(tmp_path, test_model, agents):
     lines = [json.loads(line) for f in (outbox / "index").glob("*.jsonl")
              for line in f.read_text().splitlines()]
     assert len(lines) == len(reported) and {e["outcome"] for e in lines} == {"classified"}
+    assert settle_in_doubt(agent.inbox, outbox) == []  # the last answer before the kill
     assert not [p for p in agent.inbox.iterdir()], "left in the inbox"
     assert not os.listdir(outbox / ".state" / "jobs")
     doc = restarted.study(uid)
