@@ -149,11 +149,15 @@ class Kill:
 
     def plan(self) -> dict[str, Any]:
         """As ``crash_at_site.py`` reads it."""
-        where = self.site
-        at = ({"where": [where.call, where.function, where.asked_by]}
-              if isinstance(where, Where) else
-              {"site": [where.call, where.line, where.asked_by, where.function]})
-        return {**at, "nth": self.nth, "when": self.when, "during": self.during}
+        return {**planned_at(self.site), "nth": self.nth, "when": self.when,
+                "during": self.during}
+
+
+def planned_at(where: Site | Where) -> dict[str, Any]:
+    """A site (or a ``Where``) as ``crash_at_site.py``'s plan names it."""
+    if isinstance(where, Where):
+        return {"where": [where.call, where.function, where.asked_by]}
+    return {"site": [where.call, where.line, where.asked_by, where.function]}
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ from test_agent_crash_sweep import (
     fresh_inbox_setup,
     in_order,
     kills,
+    planned_at,
     sweep,
 )
 from test_agent_fault_sweep import new_folders
@@ -120,11 +121,8 @@ class Fault:
         return f"{self.error} at {self.site}{nth}{lasting}"
 
     def plan(self) -> dict[str, Any]:
-        where = self.site
-        at = ({"where": [where.call, where.function, where.asked_by]}
-              if isinstance(where, Where) else
-              {"site": [where.call, where.line, where.asked_by, where.function]})
-        return {**at, "errno": self.error, "nth": self.nth, "lasting": self.lasting}
+        return {**planned_at(self.site), "errno": self.error, "nth": self.nth,
+                "lasting": self.lasting}
 
 
 @dataclass(frozen=True)
