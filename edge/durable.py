@@ -477,6 +477,11 @@ def free_name(folder: Path, name: str, tag: str, reserved: Collection[str] = (),
     return chosen(numbered(probe))
 
 
+# What ``link`` raises on a filesystem without hard links (FAT, exFAT, some network shares)
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV,
+                 errno.ENOSYS, errno.EACCES)
+
+
 def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) -> None:
     """Move ``src`` to ``dst`` (same filesystem) and never overwrite an existing ``dst``.
 
@@ -490,8 +495,7 @@ def move_no_replace(src: Path, dst: Path, barrier: FolderBarrier | None = None) 
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
-                             errno.EXDEV, errno.ENOSYS, errno.EACCES):
+        if exc.errno not in NO_HARD_LINKS:
             raise
         if lexists(dst):
             raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from None

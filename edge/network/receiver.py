@@ -37,7 +37,6 @@ identifiers).
 
 from __future__ import annotations
 
-import errno
 import filecmp
 import logging
 import os
@@ -50,7 +49,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..dicom import uid_hash
-from ..durable import TMP_PREFIX, TMP_SUFFIX, create_temp, fsync_dir, move_no_replace
+from ..durable import (
+    NO_HARD_LINKS,
+    TMP_PREFIX,
+    TMP_SUFFIX,
+    create_temp,
+    fsync_dir,
+    move_no_replace,
+)
 from ..errors import ConfigError, ReceiverUnavailableError
 from ..worker import describe_error
 from .settings import NetworkConfig
@@ -83,9 +89,6 @@ COMPRESSED = ("1.2.840.10008.1.2.5",  # RLE Lossless
               "1.2.840.10008.1.2.4.50",  # JPEG Baseline (8-bit)
               "1.2.840.10008.1.2.4.51")  # JPEG Extended (12-bit)
 
-# link() errors of a filesystem without hard links (``durable.move_no_replace``'s)
-NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV,
-                 errno.ENOSYS, errno.EACCES)
 _SPOOL_CHECK_BYTES = 8 << 20  # free space is checked again every 8 MB an instance grows
 # pynetdicom reads each PDU whole, as long as its length field says (up to 4 GB), however
 # long the peer takes, and its timers cannot run meanwhile: a PDU is read here instead,
@@ -649,21 +652,16 @@ def sweep_spool(inbox: Path, max_age: float) -> int:
     with a second link is an instance stored, in doubt: kept ``IN_DOUBT_SECONDS``."""
     removed = 0
     now = time.time()
-    try:
-        entries = list(os.scandir(str(inbox)))
-    except OSError:
-        return 0
-    for entry in entries:
-        if not (entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX)):
+    for path, info in _temp_files(inbox):
+        stored = info.st_nlink > 1  # in doubt (not counted: it is archived, not lost)
+        if now - info.st_mtime < (max(max_age, IN_DOUBT_SECONDS) if stored else max_age):
             continue
         try:
-            info = entry.stat(follow_symlinks=False)
-            if now - info.st_mtime >= (max_age if info.st_nlink < 2 else max(
-                    max_age, IN_DOUBT_SECONDS)):
-                os.unlink(entry.path)
-                removed += 1 if info.st_nlink < 2 else 0  # (an instance in doubt: stored)
+            os.unlink(path)
         except OSError:
             continue
+        if not stored:
+            removed += 1
     if removed:
         fsync_dir(inbox)
         log.warning("removed %d partly received instance(s) left in the inbox by an "
@@ -675,16 +673,21 @@ def sweep_spool(inbox: Path, max_age: float) -> int:
 def in_doubt(inbox: Path) -> list[str]:
     """The temporary files in ``inbox`` with a second link: instances stored whose answer
     may not have reached their sender (``DicomReceiver._publish``)."""
+    return [path for path, info in _temp_files(inbox) if info.st_nlink > 1]
+
+
+def _temp_files(inbox: Path) -> list[tuple[str, os.stat_result]]:
+    """Our temporary files in ``inbox`` (``.neuroedge-*.tmp``) with their status; none when
+    the folder cannot be read."""
     found = []
     try:
         entries = list(os.scandir(str(inbox)))
     except OSError:
         return found
     for entry in entries:
-        try:
-            if entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX) \
-                    and entry.stat(follow_symlinks=False).st_nlink > 1:
-                found.append(entry.path)
-        except OSError:
-            continue
+        if entry.name.startswith(TMP_PREFIX) and entry.name.endswith(TMP_SUFFIX):
+            try:
+                found.append((entry.path, entry.stat(follow_symlinks=False)))
+            except OSError:
+                continue
     return found
