@@ -239,13 +239,12 @@ class Sender:
     def _name_predecessor(self, item: Outgoing) -> None:
         """Name in ``item``'s SR the last SR of its study the PACS took, if it names none.
 
-        A study judged again builds its SR naming the earlier one only if that one is known
-        to have arrived (``NetworkServices._on_judged``). Judged again while this thread was
-        sending the earlier SR, or after an SR never sent was replaced, the new SR named
-        none, and the PACS got two reports of one study with nothing saying that the second
-        replaces the first. Sends are one at a time, so here, before each attempt, the
-        PACS's last SR of the study is known; the queued file is rewritten with it (once:
-        then it names one)."""
+        A study judged again builds its SR naming the last SR of the study known to have
+        arrived then (``NetworkServices._on_judged``). Judged again while this thread was
+        sending the earlier SR, the new SR named none, and the PACS got two reports of one
+        study with nothing saying that the second replaces the first. Sends are one at a
+        time, so here, before each attempt, the PACS's last SR of the study is known; the
+        queued file is rewritten with it (once: then it names one)."""
         last = self.queue.last_sent(item.group)
         if last is None or last[0] == item.key:
             return

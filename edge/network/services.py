@@ -131,7 +131,7 @@ class NetworkServices:
         """Queue the study's SR for the PACS (a replayed judgment is not queued twice)."""
         if self.queue is None:
             return
-        from .sr import build_sr, encode, instance_uid, read_header, sop_class_for
+        from .sr import build_sr, encode, read_header, sop_class_for
 
         study = doc["study_instance_uid"]
         tag = uid_hash(study)
@@ -162,11 +162,13 @@ class NetworkServices:
             log.error("cannot send the SR of study %s: none of its instances is in the archive "
                       "any more (the PACS needs their patient and study attributes)", tag)
             return
-        previous = doc.get("previous_instances_hash")
-        predecessor = (instance_uid(study, previous) if previous
-                       and self.queue.was_sent(f"{tag}-{previous[:16]}") else None)
+        # the last SR of the study the PACS took, as the sender names it before each attempt
+        # (``Sender._name_predecessor``: one sent meanwhile is named then)
+        key = f"{tag}-{doc['instances_hash'][:16]}"
+        last = self.queue.last_sent(tag)
+        predecessor = last[1] if last is not None and last[0] != key else None
         ds = build_sr(doc, slices, header, self.config.pacs, predecessor)
-        item = Outgoing(key=f"{tag}-{doc['instances_hash'][:16]}", study=tag, group=tag,
+        item = Outgoing(key=key, study=tag, group=tag,
                         sop_class_uid=sop_class_for(self.config.pacs),
                         sop_instance_uid=str(ds.SOPInstanceUID), created_at=doc["created_at"])
         if self.queue.enqueue(item, encode(ds)):
